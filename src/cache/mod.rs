@@ -1,0 +1,13 @@
+//! The cache: the contract between stage one (which only writes through this module)
+//! and stage two (which only reads through it). Plain zstd Parquet shards plus a JSON
+//! manifest; the schema is documented in [`schema`] and in the README.
+
+pub mod manifest;
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+pub use manifest::{Manifest, Positions, ShardInfo, Task};
+pub use reader::{CacheReader, SoftLabelBatch};
+pub use schema::LogprobEncoding;
+pub use writer::ShardBuilder;

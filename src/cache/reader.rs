@@ -1,0 +1,238 @@
+//! Stage two's (and `inspect`'s) side of the cache: a directory in, verified batches of
+//! decoded soft labels out, one row group at a time (memory is bounded by the row group,
+//! whatever the cache size).
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use crate::cache::manifest::{Manifest, ShardInfo, sha256_file};
+use crate::cache::schema::{self, LogprobEncoding};
+use crate::error::{Error, Result};
+
+/// Decoded soft labels of a run of cached positions.
+///
+/// # Shapes
+/// - `rows`, `positions`, `hard_labels`, `tail_logmass`, `entropy`: `[n]`
+/// - `ids`, `logprobs`: `[n * k]`, row-major, most probable first within each position
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SoftLabelBatch {
+    pub k: usize,
+    pub rows: Vec<u64>,
+    pub positions: Vec<u32>,
+    pub hard_labels: Vec<Option<i64>>,
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub tail_logmass: Vec<f32>,
+    pub entropy: Vec<f32>,
+}
+
+impl SoftLabelBatch {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// An opened, structurally validated cache.
+#[derive(Debug, Clone)]
+pub struct CacheReader {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl CacheReader {
+    /// Open `dir`: read and validate its manifest and check that every shard file is
+    /// there with the size the manifest records (checksums: [`CacheReader::verify`]).
+    pub fn open(dir: &Path) -> Result<CacheReader> {
+        let manifest = Manifest::read(dir)?;
+        let reader = CacheReader { dir: dir.to_path_buf(), manifest };
+        for shard in &reader.manifest.shards {
+            let path = reader.shard_path(shard);
+            let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::cache(
+                    &path,
+                    "shard listed in manifest.json is missing",
+                ),
+                _ => Error::io(&path, e),
+            })?;
+            if meta.len() != shard.bytes {
+                return Err(Error::cache(
+                    &path,
+                    format!("shard is {} bytes but manifest.json records {} (truncated or replaced)", meta.len(), shard.bytes),
+                ));
+            }
+        }
+        Ok(reader)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of a shard; the manifest has already checked the name is a plain file name.
+    pub fn shard_path(&self, shard: &ShardInfo) -> PathBuf {
+        self.dir.join(&shard.file)
+    }
+
+    /// Check every shard's SHA-256 against the manifest; the error names the first bad file.
+    pub fn verify(&self, mut on_shard: impl FnMut(&ShardInfo)) -> Result<()> {
+        for shard in &self.manifest.shards {
+            let path = self.shard_path(shard);
+            let sha = sha256_file(&path)?;
+            if sha != shard.sha256 {
+                return Err(Error::cache(
+                    &path,
+                    format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256),
+                ));
+            }
+            on_shard(shard);
+        }
+        Ok(())
+    }
+
+    /// Stream one shard as decoded batches of at most `batch_positions` positions.
+    pub fn read_shard(&self, shard: &ShardInfo, batch_positions: usize) -> Result<ShardBatches> {
+        let path = self.shard_path(shard);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
+        let expected = schema::shard_schema(self.manifest.encoding.logprobs);
+        let found = builder.schema();
+        for field in expected.fields() {
+            match found.field_with_name(field.name()) {
+                Ok(f) if f.data_type() == field.data_type() => {}
+                Ok(f) => {
+                    return Err(Error::cache(
+                        &path,
+                        format!("column `{}` has type {} but the schema says {}", field.name(), f.data_type(), field.data_type()),
+                    ));
+                }
+                Err(_) => return Err(Error::cache(&path, format!("column `{}` is missing", field.name()))),
+            }
+        }
+        let rows_in_file = builder.metadata().file_metadata().num_rows();
+        if rows_in_file < 0 || rows_in_file as u64 != shard.positions {
+            return Err(Error::cache(
+                &path,
+                format!("shard has {rows_in_file} positions but manifest.json records {}", shard.positions),
+            ));
+        }
+        let inner = builder
+            .with_batch_size(batch_positions.max(1))
+            .build()
+            .map_err(|e| Error::parquet(&path, e))?;
+        Ok(ShardBatches {
+            path,
+            inner,
+            k: self.manifest.top_k,
+            vocab: self.manifest.vocab_size,
+            encoding: self.manifest.encoding.logprobs,
+            step: self.manifest.encoding.logprob_step,
+            first_row: shard.first_row,
+            end_row: shard.first_row + shard.rows,
+        })
+    }
+}
+
+/// Iterator over the decoded batches of one shard.
+pub struct ShardBatches {
+    path: PathBuf,
+    inner: ParquetRecordBatchReader,
+    k: usize,
+    vocab: usize,
+    encoding: LogprobEncoding,
+    step: f64,
+    first_row: u64,
+    end_row: u64,
+}
+
+impl Iterator for ShardBatches {
+    type Item = Result<SoftLabelBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.inner.next()?;
+        Some(batch.map_err(|e| Error::arrow(&self.path, e)).and_then(|b| self.decode(&b)))
+    }
+}
+
+impl ShardBatches {
+    fn decode(&self, batch: &RecordBatch) -> Result<SoftLabelBatch> {
+        let bad = |m: String| Error::cache(&self.path, m);
+        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("column `{name}` is missing")));
+        let n = batch.num_rows();
+        let k = self.k;
+        let mut out = SoftLabelBatch { k, ..Default::default() };
+
+        let rows = col(schema::ROW)?.as_primitive::<UInt64Type>();
+        out.rows = rows.values().to_vec();
+        if let Some(r) = out.rows.iter().find(|&&r| r < self.first_row || r >= self.end_row) {
+            return Err(bad(format!(
+                "row {r} lies outside the shard's rows {}..{} recorded in manifest.json",
+                self.first_row, self.end_row
+            )));
+        }
+        out.positions = col(schema::POSITION)?.as_primitive::<UInt32Type>().values().to_vec();
+        let labels = col(schema::HARD_LABEL)?.as_primitive::<Int64Type>();
+        out.hard_labels = (0..n).map(|i| labels.is_valid(i).then(|| labels.value(i))).collect();
+
+        let ids = col(schema::TOP_IDS)?.as_list::<i32>();
+        check_list_lengths(ids, k, schema::TOP_IDS).map_err(&bad)?;
+        let id_values = ids.values().as_primitive::<UInt32Type>();
+        let start = ids.value_offsets()[0] as usize;
+        out.ids = id_values.values()[start..start + n * k].to_vec();
+        if let Some(id) = out.ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(bad(format!("token id {id} in `top_ids` is outside the vocabulary of {}", self.vocab)));
+        }
+
+        let top1 = col(schema::TOP1_LOGPROB)?.as_primitive::<Float32Type>();
+        match self.encoding {
+            LogprobEncoding::DeltaU16 => {
+                let deltas = col(schema::LOGPROB_DELTAS)?.as_list::<i32>();
+                check_list_lengths(deltas, k, schema::LOGPROB_DELTAS).map_err(&bad)?;
+                let start = deltas.value_offsets()[0] as usize;
+                let values = &deltas.values().as_primitive::<UInt16Type>().values()[start..start + n * k];
+                out.logprobs.reserve(n * k);
+                let mut buf = Vec::with_capacity(k);
+                for (i, chunk) in values.chunks_exact(k).enumerate() {
+                    schema::decode_deltas(top1.value(i), chunk, self.step, &mut buf);
+                    out.logprobs.extend_from_slice(&buf);
+                }
+            }
+            LogprobEncoding::F32 => {
+                let lps = col(schema::TOP_LOGPROBS)?.as_list::<i32>();
+                check_list_lengths(lps, k, schema::TOP_LOGPROBS).map_err(&bad)?;
+                let start = lps.value_offsets()[0] as usize;
+                out.logprobs = lps.values().as_primitive::<Float32Type>().values()[start..start + n * k].to_vec();
+            }
+        }
+        out.tail_logmass = col(schema::TAIL_LOGMASS)?.as_primitive::<Float32Type>().values().to_vec();
+        out.entropy = col(schema::ENTROPY)?.as_primitive::<Float32Type>().values().to_vec();
+        Ok(out)
+    }
+}
+
+/// Every list must hold exactly `k` entries (checked before any slicing).
+fn check_list_lengths(list: &arrow::array::ListArray, k: usize, name: &str) -> std::result::Result<(), String> {
+    let offsets = list.value_offsets();
+    for (i, w) in offsets.windows(2).enumerate() {
+        let len = (w[1] - w[0]) as i64;
+        if len != k as i64 {
+            return Err(format!("`{name}` of position {i} in the batch has {len} entries, expected top_k = {k}"));
+        }
+    }
+    if list.null_count() > 0 {
+        return Err(format!("`{name}` has null lists"));
+    }
+    let needed = offsets[0] as usize + list.len() * k;
+    if list.values().len() < needed {
+        return Err(format!("`{name}` values are shorter than its offsets"));
+    }
+    Ok(())
+}

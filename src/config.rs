@@ -1,0 +1,283 @@
+//! Pipeline settings: parsed (from a pipeline TOML file and/or the command line), then
+//! validated into typed configs that the stages take. Errors name the key
+//! (`cache.top_k must be >= 1`); unknown keys are errors, not silent defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{LogprobEncoding, Positions};
+use crate::error::{Error, Result};
+
+/// `[cache]` of a pipeline file, or the flags of `cache-teacher`: every key optional
+/// until validation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// The frozen teacher, an ONNX model.
+    pub teacher: Option<PathBuf>,
+    /// Training data, `.parquet` or `.jsonl`.
+    pub data: Option<PathBuf>,
+    /// Output cache directory.
+    pub out: Option<PathBuf>,
+    /// `tokenizer.json` for text data.
+    pub tokenizer: Option<PathBuf>,
+    pub text_column: Option<String>,
+    pub prompt_column: Option<String>,
+    pub completion_column: Option<String>,
+    /// Hard-label column of classification data (default `label`, when present).
+    pub label_column: Option<String>,
+    /// `completion` (default with prompt/completion) or `all`.
+    pub positions: Option<String>,
+    pub top_k: Option<usize>,
+    pub temperature: Option<f32>,
+    pub batch_size: Option<usize>,
+    pub rows_per_shard: Option<u64>,
+    pub max_seq_len: Option<usize>,
+    /// `truncate` (default, with a warning and a count) or `refuse`.
+    pub long_sequences: Option<String>,
+    /// ONNX input name -> dataset column, for numeric models whose names differ.
+    pub inputs: Option<BTreeMap<String, String>>,
+    /// ONNX output holding the logits (default `logits`, else the first output).
+    pub output: Option<String>,
+    /// `delta_u16` (default) or `f32`.
+    pub logprob_encoding: Option<String>,
+    pub threads: Option<usize>,
+}
+
+impl CacheSettings {
+    /// Fill every key that `self` leaves unset from `other` (command line over file).
+    pub fn or(self, other: CacheSettings) -> CacheSettings {
+        CacheSettings {
+            teacher: self.teacher.or(other.teacher),
+            data: self.data.or(other.data),
+            out: self.out.or(other.out),
+            tokenizer: self.tokenizer.or(other.tokenizer),
+            text_column: self.text_column.or(other.text_column),
+            prompt_column: self.prompt_column.or(other.prompt_column),
+            completion_column: self.completion_column.or(other.completion_column),
+            label_column: self.label_column.or(other.label_column),
+            positions: self.positions.or(other.positions),
+            top_k: self.top_k.or(other.top_k),
+            temperature: self.temperature.or(other.temperature),
+            batch_size: self.batch_size.or(other.batch_size),
+            rows_per_shard: self.rows_per_shard.or(other.rows_per_shard),
+            max_seq_len: self.max_seq_len.or(other.max_seq_len),
+            long_sequences: self.long_sequences.or(other.long_sequences),
+            inputs: self.inputs.or(other.inputs),
+            output: self.output.or(other.output),
+            logprob_encoding: self.logprob_encoding.or(other.logprob_encoding),
+            threads: self.threads.or(other.threads),
+        }
+    }
+
+    /// Resolve relative paths against `base` (a pipeline file's directory).
+    pub fn relative_to(mut self, base: &Path) -> CacheSettings {
+        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
+        self.teacher = fix(self.teacher);
+        self.data = fix(self.data);
+        self.out = fix(self.out);
+        self.tokenizer = fix(self.tokenizer);
+        self
+    }
+
+    /// Check every key and produce the typed config.
+    pub fn validate(self) -> Result<CacheTeacherConfig> {
+        let need = |v: Option<PathBuf>, key: &str, flag: &str| {
+            v.ok_or_else(|| Error::Config(format!("cache.{key} is required (--{flag} or `{key}` in the pipeline's [cache])")))
+        };
+        let teacher = need(self.teacher.clone(), "teacher", "teacher")?;
+        let data = need(self.data.clone(), "data", "data")?;
+        let out = need(self.out.clone(), "out", "out")?;
+
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::Config(format!("cache.temperature must be > 0 (got {temperature})")));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Config("cache.top_k must be >= 1".into()));
+        }
+        let batch_size = self.batch_size.unwrap_or(32);
+        if batch_size == 0 {
+            return Err(Error::Config("cache.batch_size must be >= 1".into()));
+        }
+        let rows_per_shard = self.rows_per_shard.unwrap_or(1024);
+        if rows_per_shard == 0 {
+            return Err(Error::Config("cache.rows_per_shard must be >= 1".into()));
+        }
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        if threads == 0 {
+            return Err(Error::Config("cache.threads must be >= 1".into()));
+        }
+        let encoding = match self.logprob_encoding.as_deref().unwrap_or("delta_u16") {
+            "delta_u16" => LogprobEncoding::DeltaU16,
+            "f32" => LogprobEncoding::F32,
+            other => return Err(Error::Config(format!("cache.logprob_encoding must be `delta_u16` or `f32` (got `{other}`)"))),
+        };
+
+        let text = match (&self.tokenizer, &self.text_column, &self.prompt_column, &self.completion_column) {
+            (None, None, None, None) => None,
+            (None, ..) => {
+                return Err(Error::Config("cache.tokenizer is required with text columns (--tokenizer tokenizer.json)".into()));
+            }
+            (Some(tok), text, prompt, completion) => {
+                let source = match (text, prompt, completion) {
+                    (Some(t), None, None) => TextSource::Text(t.clone()),
+                    (None, Some(p), Some(c)) => TextSource::PromptCompletion { prompt: p.clone(), completion: c.clone() },
+                    (None, None, None) => TextSource::Text("text".into()),
+                    (Some(_), _, _) => {
+                        return Err(Error::Config("cache.text_column cannot be combined with prompt_column/completion_column".into()));
+                    }
+                    _ => return Err(Error::Config("cache.prompt_column and cache.completion_column go together".into())),
+                };
+                let positions = match (self.positions.as_deref(), &source) {
+                    (None, TextSource::PromptCompletion { .. }) | (Some("completion"), TextSource::PromptCompletion { .. }) => {
+                        Positions::Completion
+                    }
+                    (Some("completion"), TextSource::Text(_)) => {
+                        return Err(Error::Config("cache.positions = \"completion\" needs prompt_column and completion_column".into()));
+                    }
+                    (None, TextSource::Text(_)) | (Some("all"), _) => Positions::All,
+                    (Some(other), _) => {
+                        return Err(Error::Config(format!("cache.positions must be `completion` or `all` (got `{other}`)")));
+                    }
+                };
+                let max_seq_len = self.max_seq_len.unwrap_or(512);
+                if max_seq_len < 2 {
+                    return Err(Error::Config("cache.max_seq_len must be >= 2".into()));
+                }
+                let long = match self.long_sequences.as_deref().unwrap_or("truncate") {
+                    "truncate" => LongSequences::Truncate,
+                    "refuse" => LongSequences::Refuse,
+                    other => return Err(Error::Config(format!("cache.long_sequences must be `truncate` or `refuse` (got `{other}`)"))),
+                };
+                Some(TextConfig { tokenizer: tok.clone(), source, positions, max_seq_len, long })
+            }
+        };
+        if text.is_none() && self.positions.is_some() {
+            return Err(Error::Config("cache.positions applies to text data only".into()));
+        }
+        let settings = serde_json::to_value(&self).expect("settings serialise");
+        Ok(CacheTeacherConfig {
+            teacher,
+            data,
+            out,
+            text,
+            label_column: self.label_column.clone(),
+            top_k: self.top_k,
+            temperature,
+            batch_size,
+            rows_per_shard,
+            inputs: self.inputs.clone().unwrap_or_default().into_iter().collect(),
+            output: self.output.clone(),
+            encoding,
+            threads,
+            settings,
+        })
+    }
+}
+
+/// Where the text comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextSource {
+    Text(String),
+    PromptCompletion { prompt: String, completion: String },
+}
+
+/// What to do with a sequence longer than `max_seq_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongSequences {
+    Truncate,
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub tokenizer: PathBuf,
+    pub source: TextSource,
+    pub positions: Positions,
+    pub max_seq_len: usize,
+    pub long: LongSequences,
+}
+
+/// Validated settings of stage one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheTeacherConfig {
+    pub teacher: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub text: Option<TextConfig>,
+    pub label_column: Option<String>,
+    /// `None`: 64, or every class when the teacher has fewer.
+    pub top_k: Option<usize>,
+    pub temperature: f32,
+    pub batch_size: usize,
+    pub rows_per_shard: u64,
+    pub inputs: Vec<(String, String)>,
+    pub output: Option<String>,
+    pub encoding: LogprobEncoding,
+    pub threads: usize,
+    /// The settings as given (for the manifest).
+    pub settings: serde_json::Value,
+}
+
+/// A pipeline file: the declarative form of an experiment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Stage one.
+    pub cache: CacheSettings,
+}
+
+impl PipelineFile {
+    /// Parse a pipeline file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<PipelineFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut file: PipelineFile =
+            toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.cache = file.cache.relative_to(base);
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> CacheSettings {
+        CacheSettings { teacher: Some("t.onnx".into()), data: Some("d.jsonl".into()), out: Some("o".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = CacheSettings { temperature: Some(0.0), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.temperature must be > 0"), "{e}");
+        let e = CacheSettings { top_k: Some(0), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.top_k must be >= 1"), "{e}");
+        let e = CacheSettings { teacher: None, ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.teacher is required"), "{e}");
+        let e = CacheSettings { text_column: Some("t".into()), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.tokenizer is required"), "{e}");
+    }
+
+    #[test]
+    fn prompt_completion_defaults_to_completion_positions() {
+        let c = CacheSettings {
+            tokenizer: Some("tok.json".into()),
+            prompt_column: Some("prompt".into()),
+            completion_column: Some("completion".into()),
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.text.unwrap().positions, Positions::Completion);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = toml::from_str::<PipelineFile>("[cache]\ntop_kk = 3\n").unwrap_err().to_string();
+        assert!(e.contains("top_kk"), "{e}");
+    }
+}

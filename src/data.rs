@@ -1,0 +1,347 @@
+//! Training data for both stages: Parquet or JSONL files, streamed row by row.
+//!
+//! Callers ask for columns by name and kind; every row comes back as one [`Field`] per
+//! requested column. Errors name the file, the column, the (0-based) row and what type
+//! was found versus expected. Memory is bounded by one Parquet record batch.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use crate::error::{Error, Result};
+
+/// File format, from the extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Jsonl,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Format> {
+        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+            Some("parquet") | Some("pq") => Ok(Format::Parquet),
+            Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
+            _ => Err(Error::data(path, "unknown data format: expected a .parquet or .jsonl file")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// What a requested column must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A UTF-8 string.
+    Text,
+    /// A number or a list of numbers (features fed to the teacher or student).
+    Numbers,
+    /// An integer class label.
+    Label,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Text => "a string",
+            Kind::Numbers => "a number or a list of numbers",
+            Kind::Label => "an integer",
+        }
+    }
+}
+
+/// A column a caller wants.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub kind: Kind,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, kind: Kind) -> Column {
+        Column { name: name.into(), kind }
+    }
+}
+
+/// One value of one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Text(String),
+    Numbers(Vec<f32>),
+    Label(i64),
+    /// Null in Parquet, `null` or absent in JSONL.
+    Missing,
+}
+
+/// One row: its 0-based index in the file and one field per requested column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub index: u64,
+    pub fields: Vec<Field>,
+}
+
+/// Column names present in a data file (for messages and for optional columns).
+pub fn column_names(path: &Path) -> Result<Vec<String>> {
+    match Format::of(path)? {
+        Format::Parquet => {
+            let file = open(path)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+            Ok(builder.schema().fields().iter().map(|f| f.name().clone()).collect())
+        }
+        Format::Jsonl => {
+            let reader = std::io::BufReader::new(open(path)?);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| Error::io(path, e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| Error::data(path, format!("line {}: not valid JSON: {e}", i + 1)))?;
+                let obj = value.as_object().ok_or_else(|| Error::data(path, format!("line {}: not a JSON object", i + 1)))?;
+                return Ok(obj.keys().cloned().collect());
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Number of rows (Parquet: from the footer; JSONL: non-blank lines).
+pub fn count_rows(path: &Path) -> Result<u64> {
+    match Format::of(path)? {
+        Format::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
+            Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+        }
+        Format::Jsonl => {
+            let reader = std::io::BufReader::new(open(path)?);
+            let mut n = 0;
+            for line in reader.lines() {
+                if !line.map_err(|e| Error::io(path, e))?.trim().is_empty() {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Stream the rows of `path`, one [`Field`] per column of `columns`.
+///
+/// A requested column that the file does not have is an error naming the file's columns.
+pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    let names = column_names(path)?;
+    for c in columns {
+        if !names.contains(&c.name) {
+            return Err(Error::data(
+                path,
+                format!("column `{}` not found; the file has columns: {}", c.name, names.join(", ")),
+            ));
+        }
+    }
+    match Format::of(path)? {
+        Format::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
+            let arrow_schema = builder.schema().clone();
+            let mut order = Vec::new();
+            for c in columns {
+                let (i, field) = arrow_schema.column_with_name(&c.name).expect("checked above");
+                check_arrow_type(path, &c.name, field.data_type(), c.kind)?;
+                order.push(i);
+            }
+            // Project the root columns we need (parquet leaf indices follow root order).
+            let mut roots: Vec<usize> = order.clone();
+            roots.sort_unstable();
+            roots.dedup();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+            let reader = builder.with_projection(mask).with_batch_size(1024).build().map_err(|e| Error::parquet(path, e))?;
+            // After projection, columns keep the file's order: map each request to its slot.
+            let slots = order.iter().map(|i| roots.iter().position(|r| r == i).expect("projected")).collect();
+            Ok(Box::new(ParquetRows {
+                path: path.to_path_buf(),
+                reader,
+                columns: columns.to_vec(),
+                slots,
+                batch: None,
+                at: 0,
+                next_index: 0,
+            }))
+        }
+        Format::Jsonl => Ok(Box::new(JsonlRows {
+            path: path.to_path_buf(),
+            lines: std::io::BufReader::new(open(path)?).lines(),
+            columns: columns.to_vec(),
+            line_no: 0,
+            next_index: 0,
+        })),
+    }
+}
+
+fn check_arrow_type(path: &Path, name: &str, dt: &DataType, kind: Kind) -> Result<()> {
+    let ok = match kind {
+        Kind::Text => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        Kind::Label => dt.is_integer(),
+        Kind::Numbers => match dt {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().is_numeric(),
+            other => other.is_numeric(),
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::data(path, format!("column `{name}` has type {dt}, expected {}", kind.describe())))
+    }
+}
+
+struct ParquetRows {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    columns: Vec<Column>,
+    slots: Vec<usize>,
+    batch: Option<RecordBatch>,
+    at: usize,
+    next_index: u64,
+}
+
+impl Iterator for ParquetRows {
+    type Item = Result<Row>;
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if let Some(batch) = &self.batch
+                && self.at < batch.num_rows()
+            {
+                let i = self.at;
+                self.at += 1;
+                let index = self.next_index;
+                self.next_index += 1;
+                let mut fields = Vec::with_capacity(self.columns.len());
+                for (c, &slot) in self.columns.iter().zip(&self.slots) {
+                    match arrow_field(batch.column(slot), i, c.kind) {
+                        Ok(f) => fields.push(f),
+                        Err(m) => return Some(Err(Error::data(&self.path, format!("row {index}, column `{}`: {m}", c.name)))),
+                    }
+                }
+                return Some(Ok(Row { index, fields }));
+            }
+            match self.reader.next()? {
+                Ok(b) => {
+                    self.batch = Some(b);
+                    self.at = 0;
+                }
+                Err(e) => return Some(Err(Error::arrow(&self.path, e))),
+            }
+        }
+    }
+}
+
+fn arrow_field(array: &ArrayRef, i: usize, kind: Kind) -> std::result::Result<Field, String> {
+    if array.is_null(i) {
+        return Ok(Field::Missing);
+    }
+    match kind {
+        Kind::Text => {
+            let s = match array.data_type() {
+                DataType::Utf8 => array.as_string::<i32>().value(i),
+                DataType::LargeUtf8 => array.as_string::<i64>().value(i),
+                DataType::Utf8View => array.as_string_view().value(i),
+                dt => return Err(format!("type {dt} is not a string")),
+            };
+            Ok(Field::Text(s.to_string()))
+        }
+        Kind::Label => {
+            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Int64).map_err(|e| e.to_string())?;
+            Ok(Field::Label(v.as_primitive::<arrow::datatypes::Int64Type>().value(0)))
+        }
+        Kind::Numbers => {
+            let values = match array.data_type() {
+                DataType::List(_) => array.as_list::<i32>().value(i),
+                DataType::LargeList(_) => array.as_list::<i64>().value(i),
+                DataType::FixedSizeList(_, _) => array.as_fixed_size_list().value(i),
+                _ => array.slice(i, 1),
+            };
+            if values.null_count() > 0 {
+                return Err("list holds a null value".to_string());
+            }
+            let f = arrow::compute::cast(&values, &DataType::Float32).map_err(|e| e.to_string())?;
+            Ok(Field::Numbers(f.as_primitive::<arrow::datatypes::Float32Type>().values().to_vec()))
+        }
+    }
+}
+
+struct JsonlRows {
+    path: PathBuf,
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    columns: Vec<Column>,
+    line_no: u64,
+    next_index: u64,
+}
+
+impl Iterator for JsonlRows {
+    type Item = Result<Row>;
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            let line = match self.lines.next()? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(Error::io(&self.path, e))),
+            };
+            self.line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let index = self.next_index;
+            self.next_index += 1;
+            let at = |m: String| Error::data(&self.path, format!("row {index} (line {}): {m}", self.line_no));
+            let value: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(at(format!("not valid JSON: {e}")))),
+            };
+            let Some(obj) = value.as_object() else {
+                return Some(Err(at("not a JSON object".to_string())));
+            };
+            let mut fields = Vec::with_capacity(self.columns.len());
+            for c in &self.columns {
+                match json_field(obj.get(&c.name), c.kind) {
+                    Ok(f) => fields.push(f),
+                    Err(m) => return Some(Err(at(format!("column `{}`: {m}", c.name)))),
+                }
+            }
+            return Some(Ok(Row { index, fields }));
+        }
+    }
+}
+
+fn json_field(v: Option<&serde_json::Value>, kind: Kind) -> std::result::Result<Field, String> {
+    use serde_json::Value as J;
+    let found = |v: &J| match v {
+        J::Bool(_) => "a boolean",
+        J::Number(_) => "a number",
+        J::String(_) => "a string",
+        J::Array(_) => "a list",
+        J::Object(_) => "an object",
+        J::Null => "null",
+    };
+    let Some(v) = v else { return Ok(Field::Missing) };
+    match (kind, v) {
+        (_, J::Null) => Ok(Field::Missing),
+        (Kind::Text, J::String(s)) => Ok(Field::Text(s.clone())),
+        (Kind::Label, J::Number(n)) if n.as_i64().is_some() => Ok(Field::Label(n.as_i64().unwrap_or_default())),
+        (Kind::Numbers, J::Number(n)) => Ok(Field::Numbers(vec![n.as_f64().unwrap_or(f64::NAN) as f32])),
+        (Kind::Numbers, J::Array(items)) => items
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| format!("list holds {}, expected numbers", found(x))))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Field::Numbers),
+        (kind, other) => Err(format!("found {}, expected {}", found(other), kind.describe())),
+    }
+}

@@ -1,0 +1,15 @@
+//! The `distill` binary: a shim over the library (see `cli.rs`).
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    match cli::run(cli::Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            cli::report(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

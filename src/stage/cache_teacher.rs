@@ -1,0 +1,669 @@
+//! Stage one orchestration: data + teacher in, a verified top-k cache out.
+//!
+//! Streams the dataset in batches through the teacher, turns every cached position's
+//! logits into a [`SoftLabel`], and hands them to the cache writer shard by shard. After
+//! each shard, `manifest.partial.json` records it, so a rerun of the same command skips
+//! finished shards; `manifest.json` is written last.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::cache::manifest::{
+    self, DatasetInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
+    ToolInfo, Totals,
+};
+use crate::cache::{LogprobEncoding, Positions, ShardBuilder, Task, schema, writer};
+use crate::config::{CacheTeacherConfig, LongSequences, TextSource};
+use crate::data::{self, Column, Field, Kind, Row};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::teacher::{InputMapping, SoftLabel, Teacher, TeacherBatch, TopKScratch, topk};
+
+/// What a finished (or already complete) run reports.
+#[derive(Debug, Clone)]
+pub struct CacheSummary {
+    pub dir: PathBuf,
+    pub rows: u64,
+    pub positions: u64,
+    pub shards: usize,
+    pub bytes: u64,
+    /// Shards found finished from an earlier, interrupted run.
+    pub resumed_shards: usize,
+    /// Rows computed in this run and the time it took (0 when nothing was left to do).
+    pub rows_computed: u64,
+    pub tokens_computed: u64,
+    pub seconds: f64,
+    pub already_complete: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Optional behaviour of a run that is not part of the cache's identity.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub quiet: bool,
+    /// Replace an existing cache made with other settings.
+    pub overwrite: bool,
+    pub ort_lib: Option<PathBuf>,
+    /// The command line, recorded in the manifest.
+    pub command: Vec<String>,
+}
+
+/// A tokenizer plus its fingerprint.
+struct TextSide {
+    tokenizer: tokenizers::Tokenizer,
+    info: TokenizerInfo,
+    pad_id: i64,
+}
+
+/// Run stage one.
+pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
+    // Inputs first: nothing is created before the inputs are known to be usable.
+    let format = data::Format::of(&cfg.data)?;
+    if !cfg.data.is_file() {
+        return Err(Error::io(&cfg.data, std::io::Error::new(std::io::ErrorKind::NotFound, "data file not found")));
+    }
+    if !cfg.teacher.is_file() {
+        return Err(Error::io(&cfg.teacher, std::io::Error::new(std::io::ErrorKind::NotFound, "teacher model not found")));
+    }
+    let text_side = match &cfg.text {
+        Some(t) => Some(load_tokenizer(&t.tokenizer)?),
+        None => None,
+    };
+    let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
+    let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, opts.ort_lib.as_deref())?;
+    let vocab = teacher.vocab_size;
+    let top_k = match cfg.top_k {
+        Some(k) if k > vocab => {
+            return Err(Error::Config(format!(
+                "cache.top_k = {k} is larger than the teacher's {} of {vocab} (output `{}`)",
+                if teacher.task == Task::Classification { "class count" } else { "vocabulary" },
+                teacher.output_name()
+            )));
+        }
+        Some(k) => k,
+        None => vocab.min(64),
+    };
+    let positions_mode = match (&cfg.text, teacher.task) {
+        (Some(t), Task::CausalLm) => t.positions,
+        (_, Task::Classification) => Positions::Example,
+        (None, Task::CausalLm) => {
+            return Err(Error::teacher(
+                &cfg.teacher,
+                "the model outputs [batch, seq, vocab] logits (a causal LM) but no tokenizer/text column was given",
+            ));
+        }
+    };
+    if let Some(ts) = &text_side
+        && ts.info.vocab_size > vocab
+    {
+        return Err(Error::Tokenizer {
+            path: cfg.text.as_ref().expect("text").tokenizer.clone(),
+            message: format!(
+                "tokenizer has {} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary",
+                ts.info.vocab_size
+            ),
+        });
+    }
+
+    // Columns.
+    let names = data::column_names(&cfg.data)?;
+    let mut columns = Vec::new();
+    match &cfg.text {
+        Some(t) => match &t.source {
+            TextSource::Text(c) => columns.push(Column::new(c, Kind::Text)),
+            TextSource::PromptCompletion { prompt, completion } => {
+                columns.push(Column::new(prompt, Kind::Text));
+                columns.push(Column::new(completion, Kind::Text));
+            }
+        },
+        None => {
+            for (col, _) in teacher.feature_columns() {
+                if !names.contains(&col) {
+                    return Err(Error::data(
+                        &cfg.data,
+                        format!(
+                            "the teacher's input is fed from column `{col}`, which the file does not have (columns: {}); \
+                             map it with --input INPUT=COLUMN",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                columns.push(Column::new(col, Kind::Numbers));
+            }
+        }
+    }
+    let label_column = match (&cfg.label_column, teacher.task) {
+        (Some(l), _) => Some(l.clone()),
+        (None, Task::Classification) if names.iter().any(|n| n == "label") => Some("label".to_string()),
+        _ => None,
+    };
+    if let Some(l) = &label_column {
+        columns.push(Column::new(l, Kind::Label));
+    }
+
+    // Identity of the cache.
+    let dataset = DatasetInfo {
+        file: file_name(&cfg.data),
+        format: format.name().to_string(),
+        sha256: manifest::sha256_file(&cfg.data)?,
+        rows: data::count_rows(&cfg.data)?,
+    };
+    let step = match cfg.encoding {
+        LogprobEncoding::DeltaU16 => schema::DEFAULT_LOGPROB_STEP,
+        LogprobEncoding::F32 => 0.0,
+    };
+    let encoding = EncodingInfo {
+        logprobs: cfg.encoding,
+        logprob_step: step,
+        max_abs_error: step / 2.0,
+        compression: format!("zstd({})", writer::ZSTD_LEVEL),
+    };
+    let identity = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "teacher_sha256": teacher.sha256,
+        "logits_output": teacher.output_name(),
+        "inputs": teacher.inputs_info(),
+        "tokenizer_sha256": text_side.as_ref().map(|t| t.info.sha256.clone()),
+        "dataset_sha256": dataset.sha256,
+        "columns": columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "top_k": top_k,
+        "temperature": cfg.temperature,
+        "positions": positions_mode,
+        "max_seq_len": cfg.text.as_ref().map(|t| t.max_seq_len),
+        "encoding": encoding,
+        "rows_per_shard": cfg.rows_per_shard,
+    });
+    let fingerprint = manifest::sha256_bytes(identity.to_string().as_bytes());
+    let mut man = Manifest {
+        schema_version: SCHEMA_VERSION,
+        complete: false,
+        tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
+        task: teacher.task,
+        teacher: manifest::TeacherInfo {
+            file: file_name(&cfg.teacher),
+            sha256: teacher.sha256.clone(),
+            bytes: teacher.bytes,
+            inputs: teacher.inputs_info().to_vec(),
+            outputs: teacher.outputs_info().to_vec(),
+            logits_output: teacher.output_name().to_string(),
+        },
+        tokenizer: text_side.as_ref().map(|t| t.info.clone()),
+        vocab_size: vocab,
+        top_k,
+        temperature: cfg.temperature,
+        positions: positions_mode,
+        encoding,
+        dataset,
+        rows_per_shard: cfg.rows_per_shard,
+        fingerprint,
+        settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
+        command: opts.command.clone(),
+        totals: Totals::default(),
+        shards: Vec::new(),
+    };
+
+    // The output directory: new, resumable, complete, or someone else's.
+    let out = &cfg.out;
+    let resumed = prepare_out_dir(out, &man, opts.overwrite)?;
+    let mut warnings = Vec::new();
+    match resumed {
+        OutState::Complete(existing) => {
+            return Ok(CacheSummary {
+                dir: out.clone(),
+                rows: existing.totals.rows,
+                positions: existing.totals.positions,
+                shards: existing.shards.len(),
+                bytes: existing.shards.iter().map(|s| s.bytes).sum(),
+                resumed_shards: existing.shards.len(),
+                rows_computed: 0,
+                tokens_computed: 0,
+                seconds: 0.0,
+                already_complete: true,
+                warnings,
+            });
+        }
+        OutState::Partial(existing) => {
+            man.shards = existing.shards;
+            man.totals = existing.totals;
+        }
+        OutState::Fresh => {}
+    }
+    let resumed_shards = man.shards.len();
+    let start_row = man.shards.last().map(|s| s.first_row + s.rows).unwrap_or(0);
+
+    // Stream.
+    let total_rows = man.dataset.rows;
+    let progress = Progress::new(total_rows, "caching", opts.quiet);
+    progress.set_position(start_row);
+    let mut rows = data::read_rows(&cfg.data, &columns)?.skip(start_row as usize);
+    let mut builder = ShardBuilder::new(cfg.encoding, step);
+    let mut shard_first_row = start_row;
+    let mut shard_rows = 0u64;
+    let mut scratch: Vec<TopKScratch> = (0..cfg.threads).map(|_| TopKScratch::default()).collect();
+    let started = Instant::now();
+    let mut rows_computed = 0u64;
+    let mut tokens_computed = 0u64;
+    let label_slot = label_column.as_ref().map(|_| columns.len() - 1);
+    let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
+
+    loop {
+        batch.clear();
+        // A batch never crosses a shard boundary, so shards depend on rows only.
+        let room = (cfg.rows_per_shard - shard_rows).min(cfg.batch_size as u64) as usize;
+        for row in rows.by_ref().take(room) {
+            batch.push(row?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let hard: Vec<Option<i64>> = batch
+            .iter()
+            .map(|r| match label_slot.map(|s| &r.fields[s]) {
+                Some(Field::Label(l)) => Some(*l),
+                _ => None,
+            })
+            .collect();
+        let labels = match &text_side {
+            None => numeric_batch(cfg, &mut teacher, &batch, &columns, top_k, &hard, &mut scratch)?,
+            Some(ts) => {
+                let (labels, tokens) = token_batch(cfg, ts, &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut warnings)?;
+                tokens_computed += tokens;
+                labels
+            }
+        };
+        for (row, position, label, soft) in &labels {
+            builder.push(*row, *position, *label, soft);
+        }
+        man.totals.positions += labels.len() as u64;
+        for r in &batch {
+            if !labels.iter().any(|(row, ..)| *row == r.index) {
+                man.totals.rows_without_positions += 1;
+            }
+        }
+        shard_rows += batch.len() as u64;
+        rows_computed += batch.len() as u64;
+        man.totals.rows += batch.len() as u64;
+        progress.inc(batch.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
+
+        if shard_rows == cfg.rows_per_shard {
+            let info = builder.write(out, man.shards.len(), shard_first_row, shard_rows)?;
+            finish_shard(out, &mut man, info)?;
+            shard_first_row += shard_rows;
+            shard_rows = 0;
+        }
+    }
+    if shard_rows > 0 {
+        let info = builder.write(out, man.shards.len(), shard_first_row, shard_rows)?;
+        finish_shard(out, &mut man, info)?;
+    }
+    progress.finish();
+    if man.totals.rows != total_rows {
+        return Err(Error::data(
+            &cfg.data,
+            format!("read {} rows but the file had {total_rows} when hashed: it changed during the run", man.totals.rows),
+        ));
+    }
+    if man.totals.truncated_rows > 0 {
+        let t = cfg.text.as_ref().expect("text");
+        warnings.push(format!(
+            "{} rows were longer than max_seq_len = {} tokens and were truncated",
+            man.totals.truncated_rows, t.max_seq_len
+        ));
+    }
+    if man.totals.rows_without_positions > 0 {
+        warnings.push(format!(
+            "{} rows produced no cached position (empty text or completion)",
+            man.totals.rows_without_positions
+        ));
+    }
+    man.complete = true;
+    man.validate(&out.join(MANIFEST_FILE))?;
+    man.write_atomic(out, MANIFEST_FILE)?;
+    let partial = out.join(PARTIAL_MANIFEST_FILE);
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    Ok(CacheSummary {
+        dir: out.clone(),
+        rows: man.totals.rows,
+        positions: man.totals.positions,
+        shards: man.shards.len(),
+        bytes: man.shards.iter().map(|s| s.bytes).sum(),
+        resumed_shards,
+        rows_computed,
+        tokens_computed,
+        seconds: started.elapsed().as_secs_f64(),
+        already_complete: false,
+        warnings,
+    })
+}
+
+fn finish_shard(out: &Path, man: &mut Manifest, info: ShardInfo) -> Result<()> {
+    man.shards.push(info);
+    man.write_atomic(out, PARTIAL_MANIFEST_FILE)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}
+
+fn load_tokenizer(path: &Path) -> Result<TextSide> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: format!("not a valid tokenizer.json: {e}") })?;
+    let pad_id = tokenizer
+        .get_padding()
+        .map(|p| p.pad_id as i64)
+        .or_else(|| ["<|pad|>", "<pad>", "[PAD]", "<|endoftext|>"].iter().find_map(|t| tokenizer.token_to_id(t).map(|i| i as i64)))
+        .unwrap_or(0);
+    Ok(TextSide {
+        info: TokenizerInfo { file: file_name(path), sha256: manifest::sha256_bytes(&bytes), vocab_size: tokenizer.get_vocab_size(true) },
+        tokenizer,
+        pad_id,
+    })
+}
+
+enum OutState {
+    Fresh,
+    Partial(Manifest),
+    Complete(Manifest),
+}
+
+/// Decide what to do with `out`: start fresh, resume a partial cache made with the same
+/// settings, report a complete one, or refuse.
+fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutState> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::cache(out, "--out exists and is not a directory"));
+    }
+    let complete = out.join(MANIFEST_FILE);
+    let partial = out.join(PARTIAL_MANIFEST_FILE);
+    let existing = if complete.exists() {
+        Some((Manifest::read_file(&complete)?, true))
+    } else if partial.exists() {
+        Some((Manifest::read_file(&partial)?, false))
+    } else {
+        None
+    };
+    match existing {
+        Some((old, _)) if old.fingerprint != man.fingerprint && !overwrite => Err(Error::cache(
+            out,
+            format!(
+                "holds a cache made with other settings ({}); use another --out or --overwrite to replace it",
+                describe_difference(&old, man)
+            ),
+        )),
+        Some((old, true)) if old.fingerprint == man.fingerprint && !overwrite => Ok(OutState::Complete(old)),
+        Some((old, false)) if old.fingerprint == man.fingerprint && !overwrite => {
+            // Keep the finished shards whose files are intact; recompute from the first that is not.
+            let mut kept = old.clone();
+            kept.shards.clear();
+            kept.totals = Totals::default();
+            for s in &old.shards {
+                let p = out.join(&s.file);
+                let intact = std::fs::metadata(&p).map(|m| m.len() == s.bytes).unwrap_or(false)
+                    && manifest::sha256_file(&p).map(|h| h == s.sha256).unwrap_or(false);
+                if !intact {
+                    break;
+                }
+                kept.totals.rows += s.rows;
+                kept.totals.positions += s.positions;
+                kept.shards.push(s.clone());
+            }
+            remove_unlisted(out, &kept.shards)?;
+            Ok(OutState::Partial(kept))
+        }
+        Some(_) => {
+            // --overwrite: remove what the old cache wrote.
+            for f in [MANIFEST_FILE, PARTIAL_MANIFEST_FILE] {
+                let p = out.join(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            remove_unlisted(out, &[])?;
+            Ok(OutState::Fresh)
+        }
+        None => {
+            if out.exists() {
+                let stray: Vec<String> = std::fs::read_dir(out)
+                    .map_err(|e| Error::io(out, e))?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !(manifest::is_shard_file_name(n) || n.ends_with(".partial")))
+                    .collect();
+                if !stray.is_empty() {
+                    return Err(Error::cache(
+                        out,
+                        format!("--out is not empty and is not a distill cache (found {}); choose an empty or new directory", stray.join(", ")),
+                    ));
+                }
+                remove_unlisted(out, &[])?;
+            } else {
+                std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            }
+            // Probe writability before any work is done.
+            let probe = out.join(".distill-write-probe");
+            std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
+            std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
+            Ok(OutState::Fresh)
+        }
+    }
+}
+
+/// Delete shard files and temporaries that the manifest does not list.
+fn remove_unlisted(out: &Path, keep: &[ShardInfo]) -> Result<()> {
+    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
+        let entry = entry.map_err(|e| Error::io(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = manifest::is_shard_file_name(&name) || (name.starts_with('.') && name.ends_with(".partial"));
+        if ours && !keep.iter().any(|s| s.file == name) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_difference(old: &Manifest, new: &Manifest) -> String {
+    let a = &old.settings["identity"];
+    let b = &new.settings["identity"];
+    let mut diffs = Vec::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, v) in b {
+            if a.get(k) != Some(v) {
+                diffs.push(format!("{k}: {} -> {}", a.get(k).map(|x| x.to_string()).unwrap_or("none".into()), v));
+            }
+        }
+    }
+    if diffs.is_empty() { "fingerprint differs".to_string() } else { diffs.join("; ") }
+}
+
+type Labelled = (u64, u32, Option<i64>, SoftLabel);
+
+/// Top-k of many rows of logits, split over `scratch.len()` threads.
+///
+/// # Shapes
+/// - `logits`: `[n, vocab]` (row `i` at `starts[i] * vocab`)
+fn soft_labels(
+    logits: &[f32],
+    vocab: usize,
+    starts: &[usize],
+    temperature: f32,
+    k: usize,
+    scratch: &mut [TopKScratch],
+) -> std::result::Result<Vec<SoftLabel>, (usize, usize)> {
+    let mut out: Vec<SoftLabel> = (0..starts.len())
+        .map(|_| SoftLabel { ids: Vec::new(), logprobs: Vec::new(), tail_logmass: 0.0, entropy: 0.0 })
+        .collect();
+    let threads = scratch.len().max(1).min(starts.len().max(1));
+    let per = starts.len().div_ceil(threads).max(1);
+    let results: Vec<std::result::Result<(), (usize, usize)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = out
+            .chunks_mut(per)
+            .zip(starts.chunks(per))
+            .zip(scratch.iter_mut())
+            .enumerate()
+            .map(|(c, ((outs, sts), sc))| {
+                s.spawn(move || {
+                    for (j, (o, &st)) in outs.iter_mut().zip(sts).enumerate() {
+                        topk::soft_top_k_into(&logits[st * vocab..(st + 1) * vocab], temperature, k, sc, o)
+                            .map_err(|col| (c * per + j, col))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("top-k worker panicked")).collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(out)
+}
+
+fn numeric_batch(
+    cfg: &CacheTeacherConfig,
+    teacher: &mut Teacher,
+    batch: &[Row],
+    columns: &[Column],
+    k: usize,
+    hard: &[Option<i64>],
+    scratch: &mut [TopKScratch],
+) -> Result<Vec<Labelled>> {
+    let widths = teacher.feature_columns();
+    let mut feeds: Vec<(String, Vec<f32>, usize)> = Vec::new();
+    for (slot, c) in columns.iter().enumerate().filter(|(_, c)| c.kind == Kind::Numbers) {
+        let declared = widths.iter().find(|(n, _)| *n == c.name).and_then(|(_, w)| *w);
+        let mut width = declared;
+        let mut values = Vec::new();
+        for r in batch {
+            let v = match &r.fields[slot] {
+                Field::Numbers(v) => v,
+                _ => return Err(Error::data(&cfg.data, format!("row {}, column `{}`: value is missing (null)", r.index, c.name))),
+            };
+            let w = *width.get_or_insert(v.len());
+            if v.len() != w {
+                return Err(Error::data(
+                    &cfg.data,
+                    format!("row {}, column `{}`: {} values, but the teacher's input expects {w}", r.index, c.name, v.len()),
+                ));
+            }
+            if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::data(&cfg.data, format!("row {}, column `{}`: value {bad} is {}", r.index, c.name, v[bad])));
+            }
+            values.extend_from_slice(v);
+        }
+        feeds.push((c.name.clone(), values, width.unwrap_or(0)));
+    }
+    let vocab = teacher.vocab_size;
+    let temperature = cfg.temperature;
+    let teacher_path = teacher.path().to_path_buf();
+    teacher.run(&TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, |shape, logits| {
+        if shape != [batch.len(), vocab] {
+            return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
+        }
+        let starts: Vec<usize> = (0..batch.len()).collect();
+        let soft = soft_labels(logits, vocab, &starts, temperature, k, scratch).map_err(|(i, col)| {
+            Error::teacher(&teacher_path, format!("row {}: logit {col} is not finite ({})", batch[i].index, logits[i * vocab + col]))
+        })?;
+        Ok(batch.iter().zip(hard).zip(soft).map(|((r, h), s)| (r.index, 0u32, *h, s)).collect())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token_batch(
+    cfg: &CacheTeacherConfig,
+    ts: &TextSide,
+    teacher: &mut Teacher,
+    batch: &[Row],
+    k: usize,
+    scratch: &mut [TopKScratch],
+    totals: &mut Totals,
+    _warnings: &mut [String],
+) -> Result<(Vec<Labelled>, u64)> {
+    let text = cfg.text.as_ref().expect("token batch has text settings");
+    let tok_err = |r: &Row, m: String| Error::Tokenizer { path: text.tokenizer.clone(), message: format!("row {}: {m}", r.index) };
+    let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
+    for r in batch {
+        let get = |slot: usize, name: &str| match &r.fields[slot] {
+            Field::Text(s) => Ok(s.as_str()),
+            _ => Err(Error::data(&cfg.data, format!("row {}, column `{name}`: value is missing (null)", r.index))),
+        };
+        let (mut ids, first) = match &text.source {
+            TextSource::Text(c) => {
+                let t = get(0, c)?;
+                let enc = ts.tokenizer.encode(t, true).map_err(|e| tok_err(r, e.to_string()))?;
+                (enc.get_ids().to_vec(), 0usize)
+            }
+            TextSource::PromptCompletion { prompt, completion } => {
+                let p = get(0, prompt)?;
+                let c = get(1, completion)?;
+                let pe = ts.tokenizer.encode(p, true).map_err(|e| tok_err(r, e.to_string()))?;
+                let ce = ts.tokenizer.encode(c, false).map_err(|e| tok_err(r, e.to_string()))?;
+                let mut ids = pe.get_ids().to_vec();
+                let m = ids.len();
+                ids.extend_from_slice(ce.get_ids());
+                // Position m-1 predicts the first completion token.
+                let first = if text.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
+                (ids, first)
+            }
+        };
+        if ids.len() > text.max_seq_len {
+            if text.long == LongSequences::Refuse {
+                return Err(Error::data(
+                    &cfg.data,
+                    format!(
+                        "row {}: {} tokens is longer than max_seq_len = {} (long_sequences = \"refuse\")",
+                        r.index,
+                        ids.len(),
+                        text.max_seq_len
+                    ),
+                ));
+            }
+            ids.truncate(text.max_seq_len);
+            totals.truncated_rows += 1;
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
+            return Err(tok_err(r, format!("token id {bad} is outside the teacher's vocabulary of {}", teacher.vocab_size)));
+        }
+        seqs.push((ids, first));
+    }
+    let seq = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![ts.pad_id; batch.len() * seq];
+    let mut mask = vec![0i64; batch.len() * seq];
+    let mut tokens = 0u64;
+    for (b, (s, _)) in seqs.iter().enumerate() {
+        for (t, &id) in s.iter().enumerate() {
+            ids[b * seq + t] = id as i64;
+            mask[b * seq + t] = 1;
+        }
+        tokens += s.len() as u64;
+    }
+    // Cached positions: p predicts token p + 1.
+    let mut wanted: Vec<(usize, u64, u32, i64)> = Vec::new(); // (flat index, row, position, hard label)
+    for (b, (s, first)) in seqs.iter().enumerate() {
+        for p in *first..s.len().saturating_sub(1) {
+            wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
+        }
+    }
+    let vocab = teacher.vocab_size;
+    let temperature = cfg.temperature;
+    let teacher_path = teacher.path().to_path_buf();
+    let labels = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
+        if shape != [batch.len(), seq, vocab] {
+            return Err(Error::teacher(
+                &teacher_path,
+                format!("logits have shape {shape:?}, expected [{}, {seq}, {vocab}]", batch.len()),
+            ));
+        }
+        let starts: Vec<usize> = wanted.iter().map(|w| w.0).collect();
+        let soft = soft_labels(logits, vocab, &starts, temperature, k, scratch).map_err(|(i, col)| {
+            Error::teacher(
+                &teacher_path,
+                format!("row {}, position {}: logit {col} is not finite ({})", wanted[i].1, wanted[i].2, logits[starts[i] * vocab + col]),
+            )
+        })?;
+        Ok(wanted.iter().zip(soft).map(|(w, s)| (w.1, w.2, Some(w.3), s)).collect())
+    })?;
+    Ok((labels, tokens))
+}

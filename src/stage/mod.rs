@@ -1,0 +1,7 @@
+//! Orchestration of the stages; the work itself lives in `teacher`, `cache` and `data`.
+
+pub mod cache_teacher;
+pub mod inspect;
+
+pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};
+pub use inspect::{CacheStats, inspect};

@@ -1,0 +1,379 @@
+//! The frozen teacher: an ONNX model run through ONNX Runtime (stage one only).
+//!
+//! On load the model's inputs are inspected and each is given a feed: a dataset column
+//! (numeric models), or, for token models, `input_ids`, `attention_mask`, `position_ids`,
+//! `token_type_ids` and empty `past_key_values.*` (Optimum "with past" exports), which the
+//! user should not have to provide. An input that cannot be fed is an error listing the
+//! model's inputs. The logits output decides the task: `[batch, classes]` is
+//! classification, `[batch, seq, vocab]` a causal LM.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, ValueType};
+
+use crate::cache::manifest::{IoInfo, Task, sha256_file};
+use crate::error::{Error, Result};
+
+/// How one ONNX input is filled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feed {
+    /// From a numeric dataset column of this name.
+    Column(String),
+    InputIds,
+    AttentionMask,
+    /// `cumsum(attention_mask) - 1`, clamped at 0 (what Hugging Face computes).
+    PositionIds,
+    /// All zeros (single-segment input).
+    TokenTypeIds,
+    /// A zero-length past: `[batch, heads, 0, head_dim]`, zeros.
+    EmptyPast,
+}
+
+impl Feed {
+    fn describe(&self) -> String {
+        match self {
+            Feed::Column(c) => format!("column:{c}"),
+            Feed::InputIds => "input_ids".into(),
+            Feed::AttentionMask => "attention_mask".into(),
+            Feed::PositionIds => "position_ids".into(),
+            Feed::TokenTypeIds => "token_type_ids (zeros)".into(),
+            Feed::EmptyPast => "empty past (length 0)".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InputPlan {
+    name: String,
+    dtype: TensorElementType,
+    shape: Vec<i64>,
+    feed: Feed,
+}
+
+/// What a teacher is given for one batch.
+pub enum TeacherBatch<'a> {
+    /// Numeric features: `(column name, flat values [batch * width], width)`.
+    Numeric { batch: usize, columns: &'a [(String, Vec<f32>, usize)] },
+    /// Right-padded tokens. # Shapes: `ids`, `mask`: `[batch * seq]`
+    Tokens { batch: usize, seq: usize, ids: &'a [i64], mask: &'a [i64] },
+}
+
+/// How inputs are mapped when the model is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct InputMapping {
+    /// Token model: feed `input_ids` & co from a tokenizer.
+    pub tokens: bool,
+    /// Explicit `input = column` pairs (numeric models).
+    pub columns: Vec<(String, String)>,
+    /// Output holding the logits; default `logits`, else the first output.
+    pub output: Option<String>,
+}
+
+/// A loaded teacher.
+pub struct Teacher {
+    path: PathBuf,
+    session: Session,
+    inputs: Vec<InputPlan>,
+    output: String,
+    pub task: Task,
+    /// Classes or vocabulary: the last dimension of the logits.
+    pub vocab_size: usize,
+    pub sha256: String,
+    pub bytes: u64,
+    io_inputs: Vec<IoInfo>,
+    io_outputs: Vec<IoInfo>,
+}
+
+fn dims(shape: &[i64]) -> String {
+    let d: Vec<String> = shape.iter().map(|&d| if d < 0 { "?".to_string() } else { d.to_string() }).collect();
+    format!("[{}]", d.join(", "))
+}
+
+impl Teacher {
+    /// Load `path` with `threads` intra-op threads and plan its inputs.
+    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, ort_lib: Option<&Path>) -> Result<Teacher> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let env = super::runtime::environment(ort_lib)?;
+        let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
+        let session = Session::builder(env)
+            .map_err(|e| configure(e.to_string()))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| configure(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| configure(e.to_string()))?
+            .commit_from_file(path)
+            .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
+        let sha256 = sha256_file(path)?;
+
+        let describe = |name: &str, t: &ValueType| -> IoInfo {
+            IoInfo {
+                name: name.to_string(),
+                dtype: t.tensor_type().map(|t| t.to_string()).unwrap_or_else(|| format!("{t:?}")),
+                shape: t.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+                filled_from: None,
+            }
+        };
+        let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
+        let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
+        let listing = |ios: &[IoInfo]| {
+            ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ")
+        };
+
+        // The logits output.
+        let output = match &mapping.output {
+            Some(o) => o.clone(),
+            None if io_outputs.iter().any(|o| o.name == "logits") => "logits".to_string(),
+            None => io_outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+        };
+        let Some(out_info) = io_outputs.iter().find(|o| o.name == output) else {
+            return Err(Error::teacher(
+                path,
+                format!("output `{output}` does not exist; the model's outputs are: {}", listing(&io_outputs)),
+            ));
+        };
+        if out_info.dtype != "f32" {
+            return Err(Error::teacher(path, format!("output `{output}` is {}, expected f32 logits", out_info.dtype)));
+        }
+        let task = match out_info.shape.len() {
+            2 => Task::Classification,
+            3 => Task::CausalLm,
+            _ => {
+                return Err(Error::teacher(
+                    path,
+                    format!(
+                        "output `{output}` has shape {}, expected [batch, classes] or [batch, seq, vocab]",
+                        dims(&out_info.shape)
+                    ),
+                ));
+            }
+        };
+        let vocab = *out_info.shape.last().expect("rank >= 2");
+        if vocab <= 0 {
+            return Err(Error::teacher(
+                path,
+                format!("output `{output}` has a dynamic last dimension {}; the class/vocabulary count must be fixed", dims(&out_info.shape)),
+            ));
+        }
+
+        // Plan each input.
+        let mut inputs = Vec::new();
+        for (outlet, io) in session.inputs().iter().zip(io_inputs.iter_mut()) {
+            let name = outlet.name().to_string();
+            let Some(dtype) = outlet.dtype().tensor_type() else {
+                return Err(Error::teacher(path, format!("input `{name}` is not a tensor")));
+            };
+            let mapped = mapping.columns.iter().find(|(i, _)| *i == name).map(|(_, c)| c.clone());
+            let feed = if let Some(col) = mapped {
+                Feed::Column(col)
+            } else if mapping.tokens {
+                match name.as_str() {
+                    "input_ids" => Feed::InputIds,
+                    "attention_mask" => Feed::AttentionMask,
+                    "position_ids" => Feed::PositionIds,
+                    "token_type_ids" => Feed::TokenTypeIds,
+                    n if n.starts_with("past_key_values") || n.starts_with("past.") => {
+                        if io.shape.len() != 4 || io.shape[1] <= 0 || io.shape[3] <= 0 {
+                            return Err(Error::teacher(
+                                path,
+                                format!("past input `{n}` has shape {}, expected [batch, heads, past_seq, head_dim] with fixed heads and head_dim", dims(&io.shape)),
+                            ));
+                        }
+                        Feed::EmptyPast
+                    }
+                    _ => {
+                        return Err(Error::teacher(
+                            path,
+                            format!(
+                                "cannot fill input `{name}` of a token model (known: input_ids, attention_mask, \
+                                 position_ids, token_type_ids, past_key_values.*); the model's inputs are: {}",
+                                listing(&session_inputs_listing(&session))
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                // Numeric model: an input is fed from the dataset column of the same name.
+                Feed::Column(name.clone())
+            };
+            io.filled_from = Some(feed.describe());
+            inputs.push(InputPlan { name, dtype, shape: io.shape.clone(), feed });
+        }
+        if mapping.tokens && !inputs.iter().any(|i| i.feed == Feed::InputIds) {
+            return Err(Error::teacher(
+                path,
+                format!("a tokenizer was given but the model has no `input_ids` input; its inputs are: {}", listing(&io_inputs)),
+            ));
+        }
+        for (input, _) in &mapping.columns {
+            if !inputs.iter().any(|i| &i.name == input) {
+                return Err(Error::teacher(
+                    path,
+                    format!("--input names `{input}`, which the model does not have; its inputs are: {}", listing(&io_inputs)),
+                ));
+            }
+        }
+
+        Ok(Teacher {
+            path: path.to_path_buf(),
+            session,
+            inputs,
+            output,
+            task,
+            vocab_size: vocab as usize,
+            sha256,
+            bytes: meta.len(),
+            io_inputs,
+            io_outputs,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn output_name(&self) -> &str {
+        &self.output
+    }
+    pub fn inputs_info(&self) -> &[IoInfo] {
+        &self.io_inputs
+    }
+    pub fn outputs_info(&self) -> &[IoInfo] {
+        &self.io_outputs
+    }
+
+    /// Dataset columns the model is fed from, with the width each input expects
+    /// (`None` when that dimension is dynamic).
+    pub fn feature_columns(&self) -> Vec<(String, Option<usize>)> {
+        self.inputs
+            .iter()
+            .filter_map(|i| match &i.feed {
+                Feed::Column(c) => Some((c.clone(), i.shape.get(1).filter(|&&d| d > 0).map(|&d| d as usize))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Run one batch; `f` sees the logits' shape and values while they are borrowed
+    /// from ONNX Runtime (no copy).
+    ///
+    /// # Shapes
+    /// - logits: `[batch, classes]` or `[batch, seq, vocab]`
+    pub fn run<R>(&mut self, batch: &TeacherBatch<'_>, f: impl FnOnce(&[usize], &[f32]) -> Result<R>) -> Result<R> {
+        let mut feeds: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
+        for plan in &self.inputs {
+            let value = self.input_value(plan, batch)?;
+            feeds.push((Cow::Owned(plan.name.clone()), value));
+        }
+        let path = self.path.clone();
+        let output = self.output.clone();
+        let outputs = self.session.run(feeds).map_err(|e| Error::teacher(&path, format!("inference failed: {e}")))?;
+        let value = outputs
+            .get(&output)
+            .ok_or_else(|| Error::teacher(&path, format!("output `{output}` missing from the run's results")))?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::teacher(&path, format!("output `{output}`: {e}")))?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        f(&shape, data)
+    }
+
+    fn input_value(&self, plan: &InputPlan, batch: &TeacherBatch<'_>) -> Result<SessionInputValue<'static>> {
+        let bad = |m: String| Error::teacher(&self.path, m);
+        match (&plan.feed, batch) {
+            (Feed::Column(col), TeacherBatch::Numeric { batch, columns }) => {
+                let (_, values, width) = columns
+                    .iter()
+                    .find(|(c, _, _)| c == col)
+                    .ok_or_else(|| bad(format!("input `{}`: no values for column `{col}`", plan.name)))?;
+                let shape: Vec<i64> = if plan.shape.len() == 1 { vec![*batch as i64] } else { vec![*batch as i64, *width as i64] };
+                if plan.shape.len() == 1 && *width != 1 {
+                    return Err(bad(format!("input `{}` is [batch] but column `{col}` has {width} values per row", plan.name)));
+                }
+                if plan.shape.len() > 2 {
+                    return Err(bad(format!("input `{}` has shape {}; numeric columns feed [batch] or [batch, features]", plan.name, dims(&plan.shape))));
+                }
+                numeric_tensor(plan, shape, values).map_err(bad)
+            }
+            (Feed::Column(col), TeacherBatch::Tokens { .. }) => {
+                Err(bad(format!("input `{}` is fed from column `{col}`, which a token batch does not carry", plan.name)))
+            }
+            (feed, TeacherBatch::Tokens { batch, seq, ids, mask }) => {
+                let shape = vec![*batch as i64, *seq as i64];
+                let values: Vec<i64> = match feed {
+                    Feed::InputIds => ids.to_vec(),
+                    Feed::AttentionMask => mask.to_vec(),
+                    Feed::TokenTypeIds => vec![0; ids.len()],
+                    Feed::PositionIds => {
+                        let mut p = Vec::with_capacity(mask.len());
+                        for row in mask.chunks(*seq) {
+                            let mut c = 0i64;
+                            for &m in row {
+                                c += m;
+                                p.push((c - 1).max(0));
+                            }
+                        }
+                        p
+                    }
+                    Feed::EmptyPast => {
+                        let s = vec![*batch as i64, plan.shape[1], 0, plan.shape[3]];
+                        return match plan.dtype {
+                            TensorElementType::Float32 => Tensor::<f32>::from_array((s, Vec::<f32>::new())).map(|t| t.into_dyn().into()),
+                            other => return Err(bad(format!("past input `{}` has dtype {other}", plan.name))),
+                        }
+                        .map_err(|e| bad(format!("input `{}`: {e}", plan.name)));
+                    }
+                    Feed::Column(_) => unreachable!("handled above"),
+                };
+                int_tensor(plan, shape, values).map_err(bad)
+            }
+            (feed, TeacherBatch::Numeric { .. }) => {
+                Err(bad(format!("input `{}` needs {} but the batch has no tokens", plan.name, feed.describe())))
+            }
+        }
+    }
+}
+
+fn session_inputs_listing(session: &Session) -> Vec<IoInfo> {
+    session
+        .inputs()
+        .iter()
+        .map(|o| IoInfo {
+            name: o.name().to_string(),
+            dtype: o.dtype().tensor_type().map(|t| t.to_string()).unwrap_or_default(),
+            shape: o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+            filled_from: None,
+        })
+        .collect()
+}
+
+fn numeric_tensor(plan: &InputPlan, shape: Vec<i64>, values: &[f32]) -> std::result::Result<SessionInputValue<'static>, String> {
+    let err = |e: ort::Error| format!("input `{}`: {e}", plan.name);
+    Ok(match plan.dtype {
+        TensorElementType::Float32 => Tensor::<f32>::from_array((shape, values.to_vec())).map_err(err)?.into_dyn().into(),
+        TensorElementType::Float64 => {
+            Tensor::<f64>::from_array((shape, values.iter().map(|&v| v as f64).collect::<Vec<_>>())).map_err(err)?.into_dyn().into()
+        }
+        TensorElementType::Int64 => {
+            Tensor::<i64>::from_array((shape, values.iter().map(|&v| v as i64).collect::<Vec<_>>())).map_err(err)?.into_dyn().into()
+        }
+        TensorElementType::Int32 => {
+            Tensor::<i32>::from_array((shape, values.iter().map(|&v| v as i32).collect::<Vec<_>>())).map_err(err)?.into_dyn().into()
+        }
+        other => return Err(format!("input `{}` has dtype {other}; numeric columns feed f32, f64, i64 or i32", plan.name)),
+    })
+}
+
+fn int_tensor(plan: &InputPlan, shape: Vec<i64>, values: Vec<i64>) -> std::result::Result<SessionInputValue<'static>, String> {
+    let err = |e: ort::Error| format!("input `{}`: {e}", plan.name);
+    Ok(match plan.dtype {
+        TensorElementType::Int64 => Tensor::<i64>::from_array((shape, values)).map_err(err)?.into_dyn().into(),
+        TensorElementType::Int32 => {
+            Tensor::<i32>::from_array((shape, values.into_iter().map(|v| v as i32).collect::<Vec<_>>())).map_err(err)?.into_dyn().into()
+        }
+        TensorElementType::Bool => {
+            Tensor::<bool>::from_array((shape, values.into_iter().map(|v| v != 0).collect::<Vec<_>>())).map_err(err)?.into_dyn().into()
+        }
+        other => return Err(format!("input `{}` has dtype {other}; token inputs feed i64, i32 or bool", plan.name)),
+    })
+}

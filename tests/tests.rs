@@ -1,0 +1,5 @@
+//! Integration tests: one binary, real ONNX Runtime, real Parquet files, real outside readers.
+
+mod common;
+
+mod cache_teacher;
