@@ -121,7 +121,7 @@ pub fn render(dir: &Path, m: &Manifest, s: &CacheStats) -> String {
     let _ = writeln!(o, "  rows {}, positions {}, entries {}", s.rows, s.positions, s.entries);
     let _ = writeln!(
         o,
-        "  bytes {} ({:.2} per entry, {:.1} per position)",
+        "  bytes {}: {:.2} bytes per entry, {:.1} bytes per position",
         s.bytes, s.bytes_per_entry, s.bytes_per_position
     );
     let _ = writeln!(o, "  mean teacher entropy {:.4} nats (at T = {})", s.mean_entropy, m.temperature);
