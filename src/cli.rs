@@ -205,6 +205,11 @@ fn print_cache_summary(s: &stage::CacheSummary, quiet: bool) {
         line.push_str(&format!(" (resumed after {} finished shards)", s.resumed_shards));
     }
     println!("{line}");
+    let t = &s.timings;
+    println!(
+        "  time: teacher {:.2}s, soft labels {:.2}s, data+tokenize {:.2}s, encode+write {:.2}s",
+        t.teacher, t.soft_labels, t.data, t.write
+    );
 }
 
 /// Parse the command line and run it.

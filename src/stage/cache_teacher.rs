@@ -35,6 +35,21 @@ pub struct CacheSummary {
     pub seconds: f64,
     pub already_complete: bool,
     pub warnings: Vec<String>,
+    /// Where this run's time went.
+    pub timings: Timings,
+}
+
+/// Seconds spent in each part of stage one (this run only).
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Reading and tokenizing the data.
+    pub data: f64,
+    /// ONNX Runtime inference.
+    pub teacher: f64,
+    /// Top-k, log-softmax, tail mass and entropy.
+    pub soft_labels: f64,
+    /// Encoding and writing shards.
+    pub write: f64,
 }
 
 /// Optional behaviour of a run that is not part of the cache's identity.
@@ -221,6 +236,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
                 seconds: 0.0,
                 already_complete: true,
                 warnings,
+                timings: Timings::default(),
             });
         }
         OutState::Partial(existing) => {
@@ -246,14 +262,17 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     let mut tokens_computed = 0u64;
     let label_slot = label_column.as_ref().map(|_| columns.len() - 1);
     let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
+    let mut timings = Timings::default();
 
     loop {
         batch.clear();
         // A batch never crosses a shard boundary, so shards depend on rows only.
         let room = (cfg.rows_per_shard - shard_rows).min(cfg.batch_size as u64) as usize;
+        let t_read = Instant::now();
         for row in rows.by_ref().take(room) {
             batch.push(row?);
         }
+        timings.data += t_read.elapsed().as_secs_f64();
         if batch.is_empty() {
             break;
         }
@@ -265,13 +284,14 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
             })
             .collect();
         let labels = match &text_side {
-            None => numeric_batch(cfg, &mut teacher, &batch, &columns, top_k, &hard, &mut scratch)?,
+            None => numeric_batch(cfg, &mut teacher, &batch, &columns, top_k, &hard, &mut scratch, &mut timings)?,
             Some(ts) => {
-                let (labels, tokens) = token_batch(cfg, ts, &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut warnings)?;
+                let (labels, tokens) = token_batch(cfg, ts, &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut timings)?;
                 tokens_computed += tokens;
                 labels
             }
         };
+        let t_write = Instant::now();
         for (row, position, label, soft) in &labels {
             builder.push(*row, *position, *label, soft);
         }
@@ -292,10 +312,13 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
             shard_first_row += shard_rows;
             shard_rows = 0;
         }
+        timings.write += t_write.elapsed().as_secs_f64();
     }
     if shard_rows > 0 {
+        let t_write = Instant::now();
         let info = builder.write(out, man.shards.len(), shard_first_row, shard_rows)?;
         finish_shard(out, &mut man, info)?;
+        timings.write += t_write.elapsed().as_secs_f64();
     }
     progress.finish();
     if man.totals.rows != total_rows {
@@ -336,6 +359,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         seconds: started.elapsed().as_secs_f64(),
         already_complete: false,
         warnings,
+        timings,
     })
 }
 
@@ -529,6 +553,7 @@ fn numeric_batch(
     k: usize,
     hard: &[Option<i64>],
     scratch: &mut [TopKScratch],
+    timings: &mut Timings,
 ) -> Result<Vec<Labelled>> {
     let widths = teacher.feature_columns();
     let mut feeds: Vec<(String, Vec<f32>, usize)> = Vec::new();
@@ -558,7 +583,10 @@ fn numeric_batch(
     let vocab = teacher.vocab_size;
     let temperature = cfg.temperature;
     let teacher_path = teacher.path().to_path_buf();
+    let t_run = Instant::now();
     teacher.run(&TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, |shape, logits| {
+        timings.teacher += t_run.elapsed().as_secs_f64();
+        let t_soft = Instant::now();
         if shape != [batch.len(), vocab] {
             return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
         }
@@ -566,6 +594,7 @@ fn numeric_batch(
         let soft = soft_labels(logits, vocab, &starts, temperature, k, scratch).map_err(|(i, col)| {
             Error::teacher(&teacher_path, format!("row {}: logit {col} is not finite ({})", batch[i].index, logits[i * vocab + col]))
         })?;
+        timings.soft_labels += t_soft.elapsed().as_secs_f64();
         Ok(batch.iter().zip(hard).zip(soft).map(|((r, h), s)| (r.index, 0u32, *h, s)).collect())
     })
 }
@@ -579,8 +608,9 @@ fn token_batch(
     k: usize,
     scratch: &mut [TopKScratch],
     totals: &mut Totals,
-    _warnings: &mut [String],
+    timings: &mut Timings,
 ) -> Result<(Vec<Labelled>, u64)> {
+    let t_tok = Instant::now();
     let text = cfg.text.as_ref().expect("token batch has text settings");
     let tok_err = |r: &Row, m: String| Error::Tokenizer { path: text.tokenizer.clone(), message: format!("row {}: {m}", r.index) };
     let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
@@ -649,7 +679,11 @@ fn token_batch(
     let vocab = teacher.vocab_size;
     let temperature = cfg.temperature;
     let teacher_path = teacher.path().to_path_buf();
+    timings.data += t_tok.elapsed().as_secs_f64();
+    let t_run = Instant::now();
     let labels = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
+        timings.teacher += t_run.elapsed().as_secs_f64();
+        let t_soft = Instant::now();
         if shape != [batch.len(), seq, vocab] {
             return Err(Error::teacher(
                 &teacher_path,
@@ -663,6 +697,7 @@ fn token_batch(
                 format!("row {}, position {}: logit {col} is not finite ({})", wanted[i].1, wanted[i].2, logits[starts[i] * vocab + col]),
             )
         })?;
+        timings.soft_labels += t_soft.elapsed().as_secs_f64();
         Ok(wanted.iter().zip(soft).map(|(w, s)| (w.1, w.2, Some(w.3), s)).collect())
     })?;
     Ok((labels, tokens))

@@ -103,6 +103,9 @@ impl Teacher {
             .map_err(|e| configure(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| configure(e.to_string()))?
+            // Spinning worker threads would steal the cores the top-k runs on between batches.
+            .with_intra_op_spinning(false)
+            .map_err(|e| configure(e.to_string()))?
             .commit_from_file(path)
             .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
         let sha256 = sha256_file(path)?;

@@ -24,8 +24,71 @@ pub struct SoftLabel {
 /// Scratch space reused across rows so the hot loop does not allocate.
 #[derive(Default)]
 pub struct TopKScratch {
-    order: Vec<u32>,
-    in_top: Vec<bool>,
+    /// Min-heap of the best `k` seen so far, as (logit, id).
+    heap: Vec<(f32, u32)>,
+    /// `exp(z - max)` of every entry, f32.
+    exps: Vec<f32>,
+}
+
+/// `exp(x)` for `x <= 0`, vectorisable (no libm call): `2^n * e^t` with
+/// `n = round(x log2 e)`, `t = x - n ln 2` in `[-ln2/2, ln2/2]`, and `e^t` by its degree-7
+/// Taylor polynomial, whose remainder `(ln2/2)^8 / 8! < 5e-9` is below f32 rounding.
+/// Inputs below -87 are clamped there (`e^-87` ~ 1.6e-38, the smallest normal range);
+/// callers that need smaller values (the tail) detect the clamp and recompute in f64.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
+    let x = if x > -87.0 { x } else { -87.0 };
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
+    // The integer n sits in the low mantissa bits of `shifted`: no float->int conversion.
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let t = x - n * std::f32::consts::LN_2;
+    let p = 1.0
+        + t * (1.0
+            + t * (1.0 / 2.0
+                + t * (1.0 / 6.0
+                    + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0 + t * (1.0 / 5040.0)))))));
+    f32::from_bits((n_int.wrapping_add(127) as u32) << 23) * p
+}
+
+/// Sum in f64 with four independent accumulators (vectorisable, no long dependency chain).
+#[inline]
+fn sum_f64(values: &[f32]) -> f64 {
+    let mut acc = [0f64; 4];
+    let chunks = values.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..4 {
+            acc[j] += c[j] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&v| v as f64).sum::<f64>()
+}
+
+/// `a` ranks above `b`: higher logit first, lower id on ties.
+#[inline]
+fn better(a: (f32, u32), b: (f32, u32)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+/// Restore the min-heap property (worst entry at the root) below `i`.
+#[inline]
+fn sift_down(heap: &mut [(f32, u32)], mut i: usize) {
+    loop {
+        let l = 2 * i + 1;
+        if l >= heap.len() {
+            return;
+        }
+        let r = l + 1;
+        let worst = if r < heap.len() && better(heap[l], heap[r]) { r } else { l };
+        if better(heap[i], heap[worst]) {
+            heap.swap(i, worst);
+            i = worst;
+        } else {
+            return;
+        }
+    }
 }
 
 /// Soft label of one row of logits.
@@ -47,6 +110,11 @@ pub fn soft_top_k(
 }
 
 /// As [`soft_top_k`], writing into `out` (its vectors are cleared first).
+///
+/// One pass finds the maximum and the top-k (a k-entry min-heap: O(vocab) comparisons plus
+/// O(k log(vocab/k) log k) replacements); a second computes `exp(z - max)` once per entry
+/// (f32) with f64 sums for the partition function and the entropy; the tail is the f64 sum of
+/// those exponentials outside the top-k (no `1 - sum` cancellation).
 pub fn soft_top_k_into(
     logits: &[f32],
     temperature: f32,
@@ -56,70 +124,93 @@ pub fn soft_top_k_into(
 ) -> Result<(), usize> {
     let vocab = logits.len();
     debug_assert!(k >= 1 && k <= vocab);
-    let inv_t = 1.0 / temperature as f64;
+    let inv_t = 1.0 / temperature;
 
-    // Pass 1: max, and the finiteness check.
-    let mut max = f32::NEG_INFINITY;
-    for (i, &x) in logits.iter().enumerate() {
-        if !x.is_finite() {
-            return Err(i);
-        }
-        if x > max {
-            max = x;
+    // Pass 1a: finiteness and max, in 8 independent lanes (vectorised).
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut finite = true;
+    let chunks = logits.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            let x = c[j];
+            finite &= x.is_finite();
+            lanes[j] = if x > lanes[j] { x } else { lanes[j] };
         }
     }
-    let max = max as f64 * inv_t;
-
-    // Pass 2: partition sum and sum of p*z (for the entropy), in f64.
-    let mut sum = 0.0f64;
-    let mut sum_ez = 0.0f64;
-    for &x in logits {
-        let z = x as f64 * inv_t - max;
-        let e = z.exp();
-        sum += e;
-        sum_ez += e * z;
+    for &x in rest {
+        finite &= x.is_finite();
+        lanes[0] = if x > lanes[0] { x } else { lanes[0] };
     }
+    if !finite {
+        return Err(logits.iter().position(|x| !x.is_finite()).expect("a non-finite entry exists"));
+    }
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+
+    // Pass 1b: top-k by raw logit (the order is the same after dividing by T > 0): the
+    // first k entries form a min-heap; later entries only enter when they beat its root.
+    let heap = &mut scratch.heap;
+    heap.clear();
+    heap.extend(logits[..k].iter().enumerate().map(|(i, &x)| (x, i as u32)));
+    for j in (0..k / 2).rev() {
+        sift_down(heap, j);
+    }
+    let mut threshold = heap[0].0;
+    for (i, &x) in logits.iter().enumerate().skip(k) {
+        // Strictly greater: an equal logit seen later has a higher id and ranks lower.
+        if x > threshold {
+            heap[0] = (x, i as u32);
+            sift_down(heap, 0);
+            threshold = heap[0].0;
+        }
+    }
+    let max_z = max * inv_t;
+
+    // Pass 2: exponentials once (f32, vectorised), sums in f64.
+    let exps = &mut scratch.exps;
+    exps.clear();
+    exps.extend(logits.iter().map(|&x| exp_nonpositive(x * inv_t - max_z)));
+    let sum = sum_f64(exps);
+    let mut acc = [0f64; 4];
+    let pairs = logits.chunks_exact(4).zip(exps.chunks_exact(4));
+    for (xs, es) in pairs {
+        for j in 0..4 {
+            acc[j] += (es[j] * (xs[j] * inv_t - max_z)) as f64;
+        }
+    }
+    let done = vocab / 4 * 4;
+    let sum_ez = acc.iter().sum::<f64>()
+        + logits[done..].iter().zip(&exps[done..]).map(|(&x, &e)| (e * (x * inv_t - max_z)) as f64).sum::<f64>();
     let log_z = sum.ln(); // log partition of (z - max)
     // H = -sum p log p, with log p = z - log_z  =>  H = log_z - E_p[z]
     out.entropy = (log_z - sum_ez / sum) as f32;
 
-    // Top-k: partial selection on indices, then sort the k by descending logit
-    // (ties broken by the lower id so the result is deterministic).
-    let order = &mut scratch.order;
-    order.clear();
-    order.extend(0..vocab as u32);
-    let cmp = |a: &u32, b: &u32| {
-        logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b))
-    };
-    if k < vocab {
-        order.select_nth_unstable_by(k - 1, cmp);
-    }
-    let top = &mut order[..k];
-    top.sort_unstable_by(cmp);
-
+    heap.sort_unstable_by(|a, b| if better(*a, *b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
     out.ids.clear();
     out.logprobs.clear();
-    for &id in top.iter() {
+    for &(x, id) in heap.iter() {
         out.ids.push(id);
-        out.logprobs.push((logits[id as usize] as f64 * inv_t - max - log_z) as f32);
+        out.logprobs.push(((x * inv_t - max_z) as f64 - log_z) as f32);
     }
 
-    // Tail mass summed directly over the entries outside the top-k (no 1 - sum
-    // cancellation), so tiny tails keep their precision.
     if k == vocab {
         out.tail_logmass = f32::NEG_INFINITY;
     } else {
-        let in_top = &mut scratch.in_top;
-        in_top.clear();
-        in_top.resize(vocab, false);
-        for &id in top.iter() {
-            in_top[id as usize] = true;
+        for &(_, id) in heap.iter() {
+            exps[id as usize] = 0.0;
         }
-        let mut tail = 0.0f64;
-        for (i, &x) in logits.iter().enumerate() {
-            if !in_top[i] {
-                tail += (x as f64 * inv_t - max).exp();
+        let mut tail = sum_f64(exps);
+        if tail < 1e-30 {
+            // Every outside entry is at the clamp (below e^-87 of the top): redo in f64.
+            for &(_, id) in heap.iter() {
+                exps[id as usize] = f32::NAN;
             }
+            tail = logits
+                .iter()
+                .zip(exps.iter())
+                .filter(|(_, e)| !e.is_nan())
+                .map(|(&x, _)| ((x as f64 - max as f64) / temperature as f64).exp())
+                .sum();
         }
         out.tail_logmass = (tail.ln() - log_z) as f32;
     }
@@ -173,9 +264,33 @@ mod tests {
 
     /// A tail far below f32 epsilon relative to the head keeps its value: logits
     /// [0, -40] at k = 1: tail = log(e^-40 / (1 + e^-40)) = -40 - log1p(e^-40) = -40.
+    /// And below f32's range (e^-200): -200.
     #[test]
     fn tiny_tail_is_exact() {
         let s = soft_top_k(&[0.0, -40.0], 1.0, 1, &mut TopKScratch::default()).unwrap();
         assert!((s.tail_logmass + 40.0).abs() < 1e-4, "{}", s.tail_logmass);
+        let s = soft_top_k(&[0.0, -200.0, -200.0], 1.0, 1, &mut TopKScratch::default()).unwrap();
+        assert!((s.tail_logmass - (-200.0 + 2f32.ln())).abs() < 1e-3, "{}", s.tail_logmass);
+    }
+
+    /// The heap selection agrees with a full sort on random logits with many ties.
+    #[test]
+    fn heap_selection_matches_a_full_sort() {
+        let mut state = 12345u64;
+        let mut scratch = TopKScratch::default();
+        for trial in 0..200 {
+            let vocab = 1 + trial % 97;
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((state >> 33) % 17) as f32 - 8.0
+                })
+                .collect();
+            let k = 1 + (trial * 7) % vocab;
+            let s = soft_top_k(&logits, 1.5, k, &mut scratch).unwrap();
+            let mut order: Vec<u32> = (0..vocab as u32).collect();
+            order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+            assert_eq!(s.ids, order[..k].to_vec(), "vocab {vocab} k {k}");
+        }
     }
 }
