@@ -52,6 +52,7 @@ pub mod cache;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod loss;
 pub mod progress;
 pub mod stage;
 pub mod teacher;

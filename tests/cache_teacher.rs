@@ -16,6 +16,7 @@ fn read_all(dir: &Path) -> (distill::cache::Manifest, SoftLabelBatch) {
             all.rows.extend(b.rows);
             all.positions.extend(b.positions);
             all.hard_labels.extend(b.hard_labels);
+            all.hard_label_logprobs.extend(b.hard_label_logprobs);
             all.ids.extend(b.ids);
             all.logprobs.extend(b.logprobs);
             all.tail_logmass.extend(b.tail_logmass);
@@ -77,6 +78,9 @@ fn compare_with_reference(dir: &Path, reference: &str, tol: f64) {
         let i = (0..all.len()).find(|&i| all.rows[i] == row && all.positions[i] == pos).unwrap_or_else(|| panic!("row {row} position {pos} not cached"));
         if let Some(h) = p.get("hard_label").and_then(|h| h.as_i64()) {
             assert_eq!(all.hard_labels[i], Some(h), "hard label at row {row} position {pos}");
+            let lp = p["hard_label_logprob"].as_f64().unwrap();
+            let got = all.hard_label_logprobs[i].unwrap() as f64;
+            assert!((got - lp).abs() <= 1e-4, "hard label log-prob {got} vs {lp}");
         }
         let ids: Vec<u64> = p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
         let lps: Vec<f64> = p["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();

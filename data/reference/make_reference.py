@@ -4,6 +4,7 @@ For each fixture teacher, the first rows of its training data go through
 onnxruntime one row at a time (no padding), and numpy computes, in float64:
   logp = log_softmax(logits / T) over the full vocabulary,
   the top-k ids (stable order: higher logit first, lower id on ties) and their logp,
+  the logp of the hard label (the `label` column, or the next token),
   tail_logmass = log(sum of p outside the top-k), entropy = -sum p log p.
 
 Causal LM rows use the prompt/completion columns: ids = tokenizer(prompt, with the
@@ -27,7 +28,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 data = os.path.dirname(here)
 
 
-def soft(logits, T, k):
+def soft(logits, T, k, label=None):
     z = logits.astype(np.float64) / T
     m = z.max()
     lse = m + np.log(np.exp(z - m).sum())
@@ -37,7 +38,9 @@ def soft(logits, T, k):
     rest = order[k:]
     tail = float(np.log(np.exp(logp[rest]).sum())) if len(rest) else float("-inf")
     p = np.exp(logp)
+    extra = {"hard_label_logprob": float(logp[label])} if label is not None else {}
     return {
+        **extra,
         "ids": [int(i) for i in top],
         "logprobs": [float(logp[i]) for i in top],
         "tail_logmass": tail if np.isfinite(tail) else None,
@@ -52,7 +55,8 @@ def digits(n=40, T=2.0, k=5):
     out = []
     for r in range(n):
         logits = sess.run(["logits"], {"features": x[r:r + 1]})[0][0]
-        out.append({"row": r, "position": 0, **soft(logits, T, k)})
+        label = int(table.column("label")[r].as_py())
+        out.append({"row": r, "position": 0, "hard_label": label, **soft(logits, T, k, label)})
     return {"teacher": "digits/teacher.onnx", "data": "digits/train.parquet", "top_k": k, "temperature": T, "positions": out}
 
 
@@ -68,7 +72,7 @@ def lm(n=6, T=2.0, k=8):
         ids = np.array([p + c], dtype=np.int64)
         logits = sess.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
         for pos in range(len(p) - 1, ids.shape[1] - 1):
-            out.append({"row": r, "position": pos, "hard_label": int(ids[0, pos + 1]), **soft(logits[pos], T, k)})
+            out.append({"row": r, "position": pos, "hard_label": int(ids[0, pos + 1]), **soft(logits[pos], T, k, int(ids[0, pos + 1]))})
     return {"teacher": "lm/teacher.onnx", "data": "lm/train.jsonl", "top_k": k, "temperature": T, "positions": out}
 
 

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// Decoded soft labels of a run of cached positions.
 ///
 /// # Shapes
-/// - `rows`, `positions`, `hard_labels`, `tail_logmass`, `entropy`: `[n]`
+/// - `rows`, `positions`, `hard_labels`, `hard_label_logprobs`, `tail_logmass`, `entropy`: `[n]`
 /// - `ids`, `logprobs`: `[n * k]`, row-major, most probable first within each position
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SoftLabelBatch {
@@ -23,6 +23,7 @@ pub struct SoftLabelBatch {
     pub rows: Vec<u64>,
     pub positions: Vec<u32>,
     pub hard_labels: Vec<Option<i64>>,
+    pub hard_label_logprobs: Vec<Option<f32>>,
     pub ids: Vec<u32>,
     pub logprobs: Vec<f32>,
     pub tail_logmass: Vec<f32>,
@@ -181,6 +182,8 @@ impl ShardBatches {
         out.positions = col(schema::POSITION)?.as_primitive::<UInt32Type>().values().to_vec();
         let labels = col(schema::HARD_LABEL)?.as_primitive::<Int64Type>();
         out.hard_labels = (0..n).map(|i| labels.is_valid(i).then(|| labels.value(i))).collect();
+        let label_lps = col(schema::HARD_LABEL_LOGPROB)?.as_primitive::<Float32Type>();
+        out.hard_label_logprobs = (0..n).map(|i| label_lps.is_valid(i).then(|| label_lps.value(i))).collect();
 
         let ids = col(schema::TOP_IDS)?.as_list::<i32>();
         check_list_lengths(ids, k, schema::TOP_IDS).map_err(&bad)?;

@@ -6,6 +6,7 @@
 //! | `row` | UInt64 | 0-based row of the dataset the position comes from |
 //! | `position` | UInt32 | token position whose next-token distribution this is (0 for classification) |
 //! | `hard_label` | Int64, nullable | next token (causal LM) or the `label` column (classification) |
+//! | `hard_label_logprob` | Float32, nullable | teacher's `log p_T(hard_label)` over the full distribution |
 //! | `top_ids` | List<UInt32> | the k most probable ids, most probable first |
 //! | `top1_logprob` | Float32 | `log p_T(top_ids[0])`, exact |
 //! | `logprob_deltas` | List<UInt16> | (`delta_u16` encoding) quantised gaps, see below |
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub const ROW: &str = "row";
 pub const POSITION: &str = "position";
 pub const HARD_LABEL: &str = "hard_label";
+pub const HARD_LABEL_LOGPROB: &str = "hard_label_logprob";
 pub const TOP_IDS: &str = "top_ids";
 pub const TOP1_LOGPROB: &str = "top1_logprob";
 pub const LOGPROB_DELTAS: &str = "logprob_deltas";
@@ -70,6 +72,7 @@ pub fn shard_schema(encoding: LogprobEncoding) -> Schema {
         Field::new(ROW, DataType::UInt64, false),
         Field::new(POSITION, DataType::UInt32, false),
         Field::new(HARD_LABEL, DataType::Int64, true),
+        Field::new(HARD_LABEL_LOGPROB, DataType::Float32, true),
         list_of(TOP_IDS, DataType::UInt32),
         Field::new(TOP1_LOGPROB, DataType::Float32, false),
     ];

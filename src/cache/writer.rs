@@ -39,6 +39,7 @@ pub struct ShardBuilder {
     row: UInt64Builder,
     position: UInt32Builder,
     hard_label: Int64Builder,
+    hard_label_logprob: Float32Builder,
     top_ids: ListBuilder<UInt32Builder>,
     top1: Float32Builder,
     deltas: ListBuilder<UInt16Builder>,
@@ -61,6 +62,7 @@ impl ShardBuilder {
             row: UInt64Builder::new(),
             position: UInt32Builder::new(),
             hard_label: Int64Builder::new(),
+            hard_label_logprob: Float32Builder::new(),
             top_ids: ListBuilder::new(UInt32Builder::new()).with_field(item(DataType::UInt32)),
             top1: Float32Builder::new(),
             deltas: ListBuilder::new(UInt16Builder::new()).with_field(item(DataType::UInt16)),
@@ -77,11 +79,12 @@ impl ShardBuilder {
         self.positions
     }
 
-    /// Add one cached position.
-    pub fn push(&mut self, row: u64, position: u32, hard_label: Option<i64>, soft: &SoftLabel) {
+    /// Add one cached position; `hard_label` comes with the teacher's log-prob of it.
+    pub fn push(&mut self, row: u64, position: u32, hard_label: Option<(i64, f32)>, soft: &SoftLabel) {
         self.row.append_value(row);
         self.position.append_value(position);
-        self.hard_label.append_option(hard_label);
+        self.hard_label.append_option(hard_label.map(|h| h.0));
+        self.hard_label_logprob.append_option(hard_label.map(|h| h.1));
         self.top_ids.values().append_slice(&soft.ids);
         self.top_ids.append(true);
         self.top1.append_value(soft.logprobs[0]);
@@ -106,6 +109,7 @@ impl ShardBuilder {
             Arc::new(self.row.finish()),
             Arc::new(self.position.finish()),
             Arc::new(self.hard_label.finish()),
+            Arc::new(self.hard_label_logprob.finish()),
             Arc::new(self.top_ids.finish()),
             Arc::new(self.top1.finish()),
         ];
@@ -167,6 +171,7 @@ pub fn writer_properties(encoding: LogprobEncoding, step: f64) -> WriterProperti
         .set_column_encoding(col(schema::POSITION), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(list(schema::TOP_IDS), true)
         .set_column_encoding(col(schema::TOP1_LOGPROB), Encoding::BYTE_STREAM_SPLIT)
+        .set_column_encoding(col(schema::HARD_LABEL_LOGPROB), Encoding::BYTE_STREAM_SPLIT)
         .set_column_encoding(col(schema::TAIL_LOGMASS), Encoding::BYTE_STREAM_SPLIT)
         .set_column_encoding(col(schema::ENTROPY), Encoding::BYTE_STREAM_SPLIT)
         .set_key_value_metadata(Some(vec![

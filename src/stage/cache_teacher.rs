@@ -502,7 +502,15 @@ fn describe_difference(old: &Manifest, new: &Manifest) -> String {
     if diffs.is_empty() { "fingerprint differs".to_string() } else { diffs.join("; ") }
 }
 
-type Labelled = (u64, u32, Option<i64>, SoftLabel);
+/// (row, position, hard label with the teacher's log-prob of it, soft label)
+type Labelled = (u64, u32, Option<(i64, f32)>, SoftLabel);
+
+/// `log p_T(label)` from a row's soft label: every log-prob is `logit / T - log Z`.
+fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32) -> Option<f32> {
+    let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
+    let top = soft.ids[0] as usize;
+    Some(soft.logprobs[0] + (logits[l] - logits[top]) / temperature)
+}
 
 /// Top-k of many rows of logits, split over `scratch.len()` threads.
 ///
@@ -581,6 +589,13 @@ fn numeric_batch(
         feeds.push((c.name.clone(), values, width.unwrap_or(0)));
     }
     let vocab = teacher.vocab_size;
+    for (r, h) in batch.iter().zip(hard) {
+        if let Some(h) = h
+            && !(0..vocab as i64).contains(h)
+        {
+            return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
+        }
+    }
     let temperature = cfg.temperature;
     let teacher_path = teacher.path().to_path_buf();
     let t_run = Instant::now();
@@ -595,7 +610,17 @@ fn numeric_batch(
             Error::teacher(&teacher_path, format!("row {}: logit {col} is not finite ({})", batch[i].index, logits[i * vocab + col]))
         })?;
         timings.soft_labels += t_soft.elapsed().as_secs_f64();
-        Ok(batch.iter().zip(hard).zip(soft).map(|((r, h), s)| (r.index, 0u32, *h, s)).collect())
+        Ok(batch
+            .iter()
+            .zip(hard)
+            .zip(soft)
+            .enumerate()
+            .map(|(i, ((r, h), s))| {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let h = h.map(|h| (h, label_logprob(row, &s, h, temperature).expect("labels were range-checked")));
+                (r.index, 0u32, h, s)
+            })
+            .collect())
     })
 }
 
@@ -698,7 +723,15 @@ fn token_batch(
             )
         })?;
         timings.soft_labels += t_soft.elapsed().as_secs_f64();
-        Ok(wanted.iter().zip(soft).map(|(w, s)| (w.1, w.2, Some(w.3), s)).collect())
+        Ok(wanted
+            .iter()
+            .zip(soft)
+            .map(|(w, s)| {
+                let row = &logits[w.0 * vocab..(w.0 + 1) * vocab];
+                let lp = label_logprob(row, &s, w.3, temperature).unwrap_or(f32::NAN);
+                (w.1, w.2, Some((w.3, lp)), s)
+            })
+            .collect())
     })?;
     Ok((labels, tokens))
 }

@@ -1,0 +1,293 @@
+//! Stage two's objective: the distillation loss over cached top-k soft labels plus the
+//! hard-label cross-entropy. Pure functions over tensors; no I/O.
+//!
+//! `L = alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * CE(p_student,1, hard)`
+//! (Hinton et al. 2015). The cache holds only the teacher's top-k, so the KL is taken over
+//! one of two documented supports ([`TailMode`]):
+//!
+//! - `Renormalize`: both distributions are restricted to the teacher's top-k ids and
+//!   renormalised there; the mass outside is ignored.
+//! - `Bucket`: the top-k ids plus one "rest" bucket; the teacher's rest mass is the exact
+//!   `tail_logmass` from stage one and the student's is `1 - sum_k p_student`. This is the KL
+//!   between the two distributions coarsened to k + 1 outcomes, a lower bound of the full KL
+//!   that equals it when k = vocabulary.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// How the mass outside the cached top-k is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TailMode {
+    Renormalize,
+    Bucket,
+}
+
+/// The teacher side of a batch.
+///
+/// # Shapes
+/// - `ids`: `[n, k]` token/class ids
+/// - `logprobs`: `[n, k]` teacher log-probs at the training temperature
+/// - `tail_logmass`: `[n]` log of the teacher mass outside the top-k (used by `Bucket`;
+///   ignored when `k` equals the vocabulary)
+pub struct SoftTargets {
+    pub ids: Tensor<2, Int>,
+    pub logprobs: Tensor<2>,
+    pub tail_logmass: Tensor<1>,
+}
+
+/// The loss and its parts (each a mean over the positions that count).
+pub struct LossParts {
+    /// `alpha * T^2 * kl + (1 - alpha) * ce`, shape `[1]`.
+    pub loss: Tensor<1>,
+    /// Mean KL (without `T^2`), shape `[1]`.
+    pub kl: Tensor<1>,
+    /// Mean cross-entropy with the hard labels, shape `[1]`.
+    pub ce: Tensor<1>,
+}
+
+/// Floor for the student's rest mass before its log (keeps the gradient finite when the
+/// student puts everything inside the top-k).
+const MIN_REST: f64 = 1e-12;
+
+/// Per-position KL(teacher || student) over the cached support.
+///
+/// # Shapes
+/// - `student_logits`: `[n, vocab]`
+/// - returns `[n]`
+pub fn kl_per_position(student_logits: Tensor<2>, soft: &SoftTargets, temperature: f32, tail: TailMode) -> Tensor<1> {
+    let [_, vocab] = student_logits.dims();
+    let [_, k] = soft.ids.dims();
+    let student = log_softmax(student_logits.div_scalar(temperature), 1);
+    let student_k = student.gather(1, soft.ids.clone()); // [n, k]
+    let teacher = soft.logprobs.clone();
+    match tail {
+        TailMode::Bucket if k < vocab => {
+            let p = teacher.clone().exp();
+            let inside = (p * (teacher - student_k.clone())).sum_dim(1).squeeze_dim::<1>(1); // [n]
+            let student_rest = (student_k.exp().sum_dim(1).squeeze_dim::<1>(1).neg() + 1.0).clamp_min(MIN_REST).log();
+            let teacher_rest = soft.tail_logmass.clone();
+            inside + teacher_rest.clone().exp() * (teacher_rest - student_rest)
+        }
+        _ => {
+            // Renormalised over the top-k (also the exact KL when k = vocabulary).
+            let t = teacher.clone() - log_sum_exp(teacher).unsqueeze_dim(1);
+            let s = student_k.clone() - log_sum_exp(student_k).unsqueeze_dim(1);
+            (t.clone().exp() * (t - s)).sum_dim(1).squeeze_dim::<1>(1)
+        }
+    }
+}
+
+/// Per-position cross-entropy with the hard labels at temperature 1.
+///
+/// # Shapes
+/// - `student_logits`: `[n, vocab]`, `hard`: `[n]`, returns `[n]`
+pub fn ce_per_position(student_logits: Tensor<2>, hard: Tensor<1, Int>) -> Tensor<1> {
+    let lp = log_softmax(student_logits, 1);
+    lp.gather(1, hard.unsqueeze_dim(1)).squeeze_dim::<1>(1).neg()
+}
+
+/// The distillation loss, averaged over the positions where `mask` is 1.
+///
+/// # Shapes
+/// - `student_logits`: `[n, vocab]`
+/// - `soft`: see [`SoftTargets`] (`[n, k]`)
+/// - `hard`: `[n]` class / next-token ids (any value where `mask` is 0)
+/// - `mask`: `[n]`, 1 for positions that count, 0 for padding
+pub fn distillation_loss(
+    student_logits: Tensor<2>,
+    soft: &SoftTargets,
+    hard: Tensor<1, Int>,
+    mask: Tensor<1>,
+    alpha: f32,
+    temperature: f32,
+    tail: TailMode,
+) -> LossParts {
+    let count = mask.clone().sum().clamp_min(1.0);
+    let ce = (ce_per_position(student_logits.clone(), hard) * mask.clone()).sum() / count.clone();
+    let kl = if alpha > 0.0 {
+        (kl_per_position(student_logits, soft, temperature, tail) * mask).sum() / count
+    } else {
+        ce.zeros_like()
+    };
+    let t2 = temperature * temperature;
+    let loss = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
+    LossParts { loss, kl, ce }
+}
+
+/// `log(sum(exp(x)))` over dim 1, stable. `[n, k] -> [n]`
+fn log_sum_exp(x: Tensor<2>) -> Tensor<1> {
+    let max = x.clone().max_dim(1).detach(); // [n, 1]
+    ((x - max.clone()).exp().sum_dim(1).log() + max).squeeze_dim::<1>(1)
+}
+
+/// Re-temper cached log-probs from the cache temperature to a training temperature,
+/// renormalised over the top-k: with `lp_i = z_i / T_c - log Z`, `z_i / T_t = lp_i * T_c / T_t
+/// + const`, so the top-k's relative values at `T_t` are exact. The mass outside the top-k at
+/// `T_t` is not recoverable, which is why `Bucket` refuses a different temperature.
+///
+/// # Shapes
+/// - `logprobs`: `[k]` (in place)
+pub fn retemper(logprobs: &mut [f32], cache_temperature: f32, train_temperature: f32) {
+    let scale = cache_temperature as f64 / train_temperature as f64;
+    let max = logprobs.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 * scale));
+    let lse = max + logprobs.iter().map(|&v| (v as f64 * scale - max).exp()).sum::<f64>().ln();
+    for v in logprobs.iter_mut() {
+        *v = (*v as f64 * scale - lse) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn dev() -> Device {
+        Device::default()
+    }
+
+    fn t2(v: &[f32], n: usize, k: usize) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [n, k]), &dev())
+    }
+
+    fn scalar(t: Tensor<1>) -> f64 {
+        t.into_data().try_to_vec::<f32>().unwrap()[0] as f64
+    }
+
+    /// f64 log-softmax of a row, the hand reference.
+    fn log_softmax_ref(z: &[f64], t: f64) -> Vec<f64> {
+        let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b / t));
+        let lse = m + z.iter().map(|&x| (x / t - m).exp()).sum::<f64>().ln();
+        z.iter().map(|&x| x / t - lse).collect()
+    }
+
+    fn soft_full(teacher_logits: &[f64], t: f64) -> (Vec<f32>, Vec<i64>) {
+        let lp = log_softmax_ref(teacher_logits, t);
+        (lp.iter().map(|&v| v as f32).collect(), (0..lp.len() as i64).collect())
+    }
+
+    fn targets(lp: Vec<f32>, ids: Vec<i64>, tail: Vec<f32>, n: usize, k: usize) -> SoftTargets {
+        SoftTargets {
+            ids: Tensor::from_data(TensorData::new(ids, [n, k]), &dev()),
+            logprobs: t2(&lp, n, k),
+            tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [n]), &dev()),
+        }
+    }
+
+    /// k = vocabulary: the cached KL equals the full KL computed directly (f64, by hand):
+    /// KL = sum p_t (log p_t - log p_s) with both at T = 2.
+    #[test]
+    fn full_vocabulary_equals_full_kl() {
+        let teacher = [2.0, 1.0, 0.1, -1.0];
+        let student = [0.5f32, 0.3, 0.9, -0.2];
+        let t = 2.0;
+        let pt = log_softmax_ref(&teacher, t);
+        let ps = log_softmax_ref(&student.map(|v| v as f64), t);
+        let want: f64 = pt.iter().zip(&ps).map(|(a, b)| a.exp() * (a - b)).sum();
+        let (lp, ids) = soft_full(&teacher, t);
+        for mode in [TailMode::Renormalize, TailMode::Bucket] {
+            let soft = targets(lp.clone(), ids.clone(), vec![f32::NEG_INFINITY], 1, 4);
+            let kl = scalar(kl_per_position(t2(&student, 1, 4), &soft, t as f32, mode));
+            assert!((kl - want).abs() < 1e-6, "{mode:?}: {kl} vs {want}");
+        }
+    }
+
+    /// KL >= 0 on random inputs, and 0 when the student equals the teacher, in both modes
+    /// with k < vocabulary (the student's rest mass then equals the stored tail mass).
+    #[test]
+    fn kl_is_nonnegative_and_zero_at_the_teacher() {
+        let teacher = [3.0, -1.0, 0.5, 2.0, 0.0, -2.0];
+        let t = 1.5;
+        let lp = log_softmax_ref(&teacher, t);
+        // top-3 ids: 0 (3.0), 3 (2.0), 2 (0.5); tail = log(sum of the other three p)
+        let ids = vec![0i64, 3, 2];
+        let top: Vec<f32> = ids.iter().map(|&i| lp[i as usize] as f32).collect();
+        let tail = ([1usize, 4, 5].iter().map(|&i| lp[i].exp()).sum::<f64>()).ln() as f32;
+        let same: Vec<f32> = teacher.iter().map(|&v| v as f32).collect();
+        for mode in [TailMode::Renormalize, TailMode::Bucket] {
+            let soft = targets(top.clone(), ids.clone(), vec![tail], 1, 3);
+            let at_teacher = scalar(kl_per_position(t2(&same, 1, 6), &soft, t as f32, mode));
+            assert!(at_teacher.abs() < 1e-6, "{mode:?}: {at_teacher}");
+            for shift in [0.3f32, -2.0, 5.0] {
+                let other: Vec<f32> = same.iter().enumerate().map(|(i, v)| v + shift * (i as f32 - 2.5)).collect();
+                let kl = scalar(kl_per_position(t2(&other, 1, 6), &soft, t as f32, mode));
+                assert!(kl > 0.0, "{mode:?} shift {shift}: {kl}");
+            }
+        }
+    }
+
+    /// Bucket mode against PyTorch on a k < vocab case:
+    /// ```python
+    /// import torch
+    /// t = torch.tensor([3.0, -1.0, 0.5, 2.0, 0.0, -2.0]); s = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5, 0.0]); T = 1.5
+    /// pt = torch.log_softmax(t / T, 0); ps = torch.log_softmax(s / T, 0); ids = [0, 3, 2]; rest = [1, 4, 5]
+    /// P = torch.cat([pt[ids], pt[rest].logsumexp(0, keepdim=True)]); Q = torch.cat([ps[ids], ps[rest].logsumexp(0, keepdim=True)])
+    /// print((P.exp() * (P - Q)).sum().item())          # 0.30920493602752686
+    /// Pr = pt[ids] - pt[ids].logsumexp(0); Qr = ps[ids] - ps[ids].logsumexp(0)
+    /// print((Pr.exp() * (Pr - Qr)).sum().item())       # 0.18064472079277039
+    /// ```
+    #[test]
+    fn matches_pytorch_on_a_truncated_support() {
+        let teacher = [3.0, -1.0, 0.5, 2.0, 0.0, -2.0];
+        let student = [1.0f32, 0.0, 1.0, 1.0, 0.5, 0.0];
+        let t = 1.5;
+        let lp = log_softmax_ref(&teacher, t);
+        let ids = vec![0i64, 3, 2];
+        let top: Vec<f32> = ids.iter().map(|&i| lp[i as usize] as f32).collect();
+        let tail = ([1usize, 4, 5].iter().map(|&i| lp[i].exp()).sum::<f64>()).ln() as f32;
+        let soft = targets(top, ids, vec![tail], 1, 3);
+        let bucket = scalar(kl_per_position(t2(&student, 1, 6), &soft, t as f32, TailMode::Bucket));
+        let renorm = scalar(kl_per_position(t2(&student, 1, 6), &soft, t as f32, TailMode::Renormalize));
+        assert!((bucket - 0.309_204_94).abs() < 1e-5, "{bucket}");
+        assert!((renorm - 0.180_644_72).abs() < 1e-5, "{renorm}");
+    }
+
+    /// alpha = 0 is plain cross-entropy; by hand: logits [1, 2, 0], label 1:
+    /// CE = -(2 - log(e + e^2 + 1)) = log(2.718282 + 7.389056 + 1) - 2 = 0.407606.
+    /// alpha = 1 is T^2 * KL (T = 3 scales the same KL by 9).
+    #[test]
+    fn alpha_zero_is_cross_entropy_and_t_squared_scales_the_kl() {
+        let logits = [1.0f32, 2.0, 0.0];
+        let (lp, ids) = soft_full(&[0.0, 1.0, 3.0], 3.0);
+        let soft = targets(lp, ids, vec![f32::NEG_INFINITY], 1, 3);
+        let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![1i64], [1]), &dev());
+        let one: Tensor<1> = Tensor::ones([1], &dev());
+        let p = distillation_loss(t2(&logits, 1, 3), &soft, hard.clone(), one.clone(), 0.0, 3.0, TailMode::Bucket);
+        assert!((scalar(p.loss) - 0.407606).abs() < 1e-5);
+        let p = distillation_loss(t2(&logits, 1, 3), &soft, hard, one, 1.0, 3.0, TailMode::Bucket);
+        let kl = scalar(p.kl);
+        assert!(kl > 0.0);
+        assert!((scalar(p.loss) - 9.0 * kl).abs() < 1e-5);
+    }
+
+    /// Masked positions do not count: a batch of [good, garbage] with mask [1, 0] has the
+    /// loss of [good] alone.
+    #[test]
+    fn masked_positions_do_not_count() {
+        let (lp, ids) = soft_full(&[0.0, 1.0, 3.0], 2.0);
+        let one = targets(lp.clone(), ids.clone(), vec![f32::NEG_INFINITY], 1, 3);
+        let two = targets([lp.clone(), vec![-0.1, -5.0, -9.0]].concat(), [ids.clone(), vec![2, 1, 0]].concat(), vec![f32::NEG_INFINITY; 2], 2, 3);
+        let h1: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64], [1]), &dev());
+        let h2: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), &dev());
+        let m1: Tensor<1> = Tensor::ones([1], &dev());
+        let m2: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0], [2]), &dev());
+        let a = distillation_loss(t2(&[0.2, 0.1, 0.4], 1, 3), &one, h1, m1, 0.5, 2.0, TailMode::Renormalize);
+        let b = distillation_loss(t2(&[0.2, 0.1, 0.4, 9.0, -9.0, 3.0], 2, 3), &two, h2, m2, 0.5, 2.0, TailMode::Renormalize);
+        assert!((scalar(a.loss) - scalar(b.loss)).abs() < 1e-6);
+    }
+
+    /// Re-tempering cached log-probs equals computing them at the new temperature and
+    /// renormalising over the same top-k (hand reference in f64).
+    #[test]
+    fn retemper_is_exact_over_the_top_k() {
+        let z = [4.0, 2.5, 1.0, -3.0, 0.2];
+        let cached = log_softmax_ref(&z, 2.0);
+        let mut top: Vec<f32> = cached[..3].iter().map(|&v| v as f32).collect();
+        retemper(&mut top, 2.0, 1.0);
+        let want = log_softmax_ref(&z[..3], 1.0);
+        for (a, b) in top.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+}
