@@ -56,5 +56,6 @@ pub mod loss;
 pub mod progress;
 pub mod stage;
 pub mod teacher;
+pub mod text;
 
 pub use error::{Error, Result};

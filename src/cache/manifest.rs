@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PARTIAL_MANIFEST_FILE: &str = "manifest.partial.json";
+/// The teacher's tokenizer, copied into the cache so the cache is self-contained.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// What the teacher predicts, which decides what a cached row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +145,12 @@ pub struct Manifest {
     pub positions: Positions,
     pub encoding: EncodingInfo,
     pub dataset: DatasetInfo,
+    /// Text columns and tokenization (token models); stage two tokenizes the same way.
+    pub text: Option<crate::text::TextColumns>,
+    /// Numeric dataset columns fed to the teacher (numeric models), in input order.
+    pub features: Vec<String>,
+    /// Hard-label column of classification data.
+    pub label_column: Option<String>,
     pub rows_per_shard: u64,
     /// SHA-256 over everything that decides the cache's content; a rerun resumes only
     /// into a cache with the same fingerprint.

@@ -18,6 +18,7 @@ use crate::data::{self, Column, Field, Kind, Row};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::teacher::{InputMapping, SoftLabel, Teacher, TeacherBatch, TopKScratch, topk};
+use crate::text::{self, TextColumns, Tokenizer};
 
 /// What a finished (or already complete) run reports.
 #[derive(Debug, Clone)]
@@ -63,13 +64,6 @@ pub struct RunOptions {
     pub command: Vec<String>,
 }
 
-/// A tokenizer plus its fingerprint.
-struct TextSide {
-    tokenizer: tokenizers::Tokenizer,
-    info: TokenizerInfo,
-    pad_id: i64,
-}
-
 /// Run stage one.
 pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
     // Inputs first: nothing is created before the inputs are known to be usable.
@@ -81,7 +75,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         return Err(Error::io(&cfg.teacher, std::io::Error::new(std::io::ErrorKind::NotFound, "teacher model not found")));
     }
     let text_side = match &cfg.text {
-        Some(t) => Some(load_tokenizer(&t.tokenizer)?),
+        Some(t) => Some(Tokenizer::load(&t.tokenizer)?),
         None => None,
     };
     let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
@@ -109,13 +103,13 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         }
     };
     if let Some(ts) = &text_side
-        && ts.info.vocab_size > vocab
+        && ts.vocab_size() > vocab
     {
         return Err(Error::Tokenizer {
             path: cfg.text.as_ref().expect("text").tokenizer.clone(),
             message: format!(
                 "tokenizer has {} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary",
-                ts.info.vocab_size
+                ts.vocab_size()
             ),
         });
     }
@@ -156,6 +150,14 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         columns.push(Column::new(l, Kind::Label));
     }
 
+    let text_columns = cfg.text.as_ref().map(|t| {
+        let (text, prompt, completion) = match &t.source {
+            TextSource::Text(c) => (Some(c.clone()), None, None),
+            TextSource::PromptCompletion { prompt, completion } => (None, Some(prompt.clone()), Some(completion.clone())),
+        };
+        TextColumns { text, prompt, completion, positions: positions_mode, max_seq_len: t.max_seq_len }
+    });
+
     // Identity of the cache.
     let dataset = DatasetInfo {
         file: file_name(&cfg.data),
@@ -179,7 +181,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         "teacher_sha256": teacher.sha256,
         "logits_output": teacher.output_name(),
         "inputs": teacher.inputs_info(),
-        "tokenizer_sha256": text_side.as_ref().map(|t| t.info.sha256.clone()),
+        "tokenizer_sha256": text_side.as_ref().map(|t| t.sha256.clone()),
         "dataset_sha256": dataset.sha256,
         "columns": columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
         "top_k": top_k,
@@ -203,13 +205,16 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
             outputs: teacher.outputs_info().to_vec(),
             logits_output: teacher.output_name().to_string(),
         },
-        tokenizer: text_side.as_ref().map(|t| t.info.clone()),
+        tokenizer: text_side.as_ref().map(|t| TokenizerInfo { file: file_name(&t.path), sha256: t.sha256.clone(), vocab_size: t.vocab_size() }),
         vocab_size: vocab,
         top_k,
         temperature: cfg.temperature,
         positions: positions_mode,
         encoding,
         dataset,
+        text: text_columns.clone(),
+        features: columns.iter().filter(|c| c.kind == Kind::Numbers).map(|c| c.name.clone()).collect(),
+        label_column: label_column.clone(),
         rows_per_shard: cfg.rows_per_shard,
         fingerprint,
         settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
@@ -244,6 +249,10 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
             man.totals = existing.totals;
         }
         OutState::Fresh => {}
+    }
+    if let Some(ts) = &text_side {
+        let bytes = std::fs::read(&ts.path).map_err(|e| Error::io(&ts.path, e))?;
+        manifest::write_atomic(&out.join(manifest::TOKENIZER_FILE), &bytes)?;
     }
     let resumed_shards = man.shards.len();
     let start_row = man.shards.last().map(|s| s.first_row + s.rows).unwrap_or(0);
@@ -286,7 +295,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         let labels = match &text_side {
             None => numeric_batch(cfg, &mut teacher, &batch, &columns, top_k, &hard, &mut scratch, &mut timings)?,
             Some(ts) => {
-                let (labels, tokens) = token_batch(cfg, ts, &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut timings)?;
+                let (labels, tokens) = token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut timings)?;
                 tokens_computed += tokens;
                 labels
             }
@@ -370,22 +379,6 @@ fn finish_shard(out: &Path, man: &mut Manifest, info: ShardInfo) -> Result<()> {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
-}
-
-fn load_tokenizer(path: &Path) -> Result<TextSide> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: format!("not a valid tokenizer.json: {e}") })?;
-    let pad_id = tokenizer
-        .get_padding()
-        .map(|p| p.pad_id as i64)
-        .or_else(|| ["<|pad|>", "<pad>", "[PAD]", "<|endoftext|>"].iter().find_map(|t| tokenizer.token_to_id(t).map(|i| i as i64)))
-        .unwrap_or(0);
-    Ok(TextSide {
-        info: TokenizerInfo { file: file_name(path), sha256: manifest::sha256_bytes(&bytes), vocab_size: tokenizer.get_vocab_size(true) },
-        tokenizer,
-        pad_id,
-    })
 }
 
 enum OutState {
@@ -627,7 +620,8 @@ fn numeric_batch(
 #[allow(clippy::too_many_arguments)]
 fn token_batch(
     cfg: &CacheTeacherConfig,
-    ts: &TextSide,
+    ts: &Tokenizer,
+    cols: &TextColumns,
     teacher: &mut Teacher,
     batch: &[Row],
     k: usize,
@@ -637,54 +631,28 @@ fn token_batch(
 ) -> Result<(Vec<Labelled>, u64)> {
     let t_tok = Instant::now();
     let text = cfg.text.as_ref().expect("token batch has text settings");
-    let tok_err = |r: &Row, m: String| Error::Tokenizer { path: text.tokenizer.clone(), message: format!("row {}: {m}", r.index) };
     let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
     for r in batch {
-        let get = |slot: usize, name: &str| match &r.fields[slot] {
-            Field::Text(s) => Ok(s.as_str()),
-            _ => Err(Error::data(&cfg.data, format!("row {}, column `{name}`: value is missing (null)", r.index))),
-        };
-        let (mut ids, first) = match &text.source {
-            TextSource::Text(c) => {
-                let t = get(0, c)?;
-                let enc = ts.tokenizer.encode(t, true).map_err(|e| tok_err(r, e.to_string()))?;
-                (enc.get_ids().to_vec(), 0usize)
-            }
-            TextSource::PromptCompletion { prompt, completion } => {
-                let p = get(0, prompt)?;
-                let c = get(1, completion)?;
-                let pe = ts.tokenizer.encode(p, true).map_err(|e| tok_err(r, e.to_string()))?;
-                let ce = ts.tokenizer.encode(c, false).map_err(|e| tok_err(r, e.to_string()))?;
-                let mut ids = pe.get_ids().to_vec();
-                let m = ids.len();
-                ids.extend_from_slice(ce.get_ids());
-                // Position m-1 predicts the first completion token.
-                let first = if text.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
-                (ids, first)
-            }
-        };
-        if ids.len() > text.max_seq_len {
+        let t = text::tokenize(ts, cols, &r.fields, r.index, &cfg.data)?;
+        if t.truncated {
             if text.long == LongSequences::Refuse {
                 return Err(Error::data(
                     &cfg.data,
-                    format!(
-                        "row {}: {} tokens is longer than max_seq_len = {} (long_sequences = \"refuse\")",
-                        r.index,
-                        ids.len(),
-                        text.max_seq_len
-                    ),
+                    format!("row {}: longer than max_seq_len = {} tokens (long_sequences = \"refuse\")", r.index, text.max_seq_len),
                 ));
             }
-            ids.truncate(text.max_seq_len);
             totals.truncated_rows += 1;
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
-            return Err(tok_err(r, format!("token id {bad} is outside the teacher's vocabulary of {}", teacher.vocab_size)));
+        if let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
+            return Err(Error::Tokenizer {
+                path: text.tokenizer.clone(),
+                message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {}", r.index, teacher.vocab_size),
+            });
         }
-        seqs.push((ids, first));
+        seqs.push((t.ids, t.first_position));
     }
     let seq = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(1);
-    let mut ids = vec![ts.pad_id; batch.len() * seq];
+    let mut ids = vec![ts.pad_id as i64; batch.len() * seq];
     let mut mask = vec![0i64; batch.len() * seq];
     let mut tokens = 0u64;
     for (b, (s, _)) in seqs.iter().enumerate() {

@@ -1,0 +1,155 @@
+//! Stage two's student for causal language modelling: a Llama-style decoder (RMSNorm,
+//! rotary positions in the Hugging Face `rotate_half` convention, SwiGLU, causal + padding
+//! attention mask, no biases).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Hyperparameters of the decoder student.
+#[derive(Config, Debug)]
+pub struct DecoderConfig {
+    /// Vocabulary (from the cache's manifest).
+    pub vocab_size: usize,
+    #[config(default = 64)]
+    pub d_model: usize,
+    #[config(default = 2)]
+    pub layers: usize,
+    #[config(default = 2)]
+    pub heads: usize,
+    #[config(default = 172)]
+    pub d_ff: usize,
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+}
+
+impl DecoderConfig {
+    pub fn init(&self, device: &Device) -> Decoder {
+        assert!(self.d_model % self.heads == 0 && (self.d_model / self.heads) % 2 == 0, "d_model / heads must be even");
+        let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let norm = || RmsNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device);
+        let blocks = (0..self.layers)
+            .map(|_| Block {
+                attn_norm: norm(),
+                q: lin(self.d_model, self.d_model),
+                k: lin(self.d_model, self.d_model),
+                v: lin(self.d_model, self.d_model),
+                o: lin(self.d_model, self.d_model),
+                mlp_norm: norm(),
+                gate: lin(self.d_model, self.d_ff),
+                up: lin(self.d_model, self.d_ff),
+                down: lin(self.d_ff, self.d_model),
+                heads: self.heads,
+            })
+            .collect();
+        Decoder {
+            embed: EmbeddingConfig::new(self.vocab_size, self.d_model).init(device),
+            blocks,
+            norm: norm(),
+            head: lin(self.d_model, self.vocab_size),
+            heads: self.heads,
+            rope_theta: self.rope_theta,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: RmsNorm,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    pub norm: RmsNorm,
+    pub head: Linear,
+    pub heads: usize,
+    pub rope_theta: f64,
+}
+
+/// `cat(-x2, x1)` over the last dim. `[b, h, s, d] -> [b, h, s, d]`
+fn rotate_half(x: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+impl Block {
+    /// # Shapes
+    /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, s, s]` additive (0 or a large negative);
+    ///   `cos`, `sin`: `[1, 1, s, head_dim]`
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<3> {
+        let [b, s, d] = x.dims();
+        let hd = d / self.heads;
+        let h = self.attn_norm.forward(x.clone());
+        let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
+        let q = split(self.q.forward(h.clone()));
+        let k = split(self.k.forward(h.clone()));
+        let v = split(self.v.forward(h));
+        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
+        let k = k.clone() * cos + rotate_half(k) * sin;
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, s, s]
+        let attn = softmax(scores, 3).matmul(v); // [b, h, s, hd]
+        let attn = attn.swap_dims(1, 2).reshape([b, s, d]);
+        let x = x + self.o.forward(attn);
+        let h = self.mlp_norm.forward(x.clone());
+        x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h))
+    }
+}
+
+impl Decoder {
+    /// # Shapes
+    /// - `tokens`: `[b, s]`; `lengths`: the real (unpadded) length of each row
+    /// - returns logits `[b, s, vocab]` (positions past a row's length are garbage, to be masked)
+    pub fn forward(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
+        let [b, s] = tokens.dims();
+        let device = tokens.device();
+        let d = self.embed.weight.dims()[1];
+        let hd = d / self.heads;
+        // Rotary tables, HF convention: angle[p, i] = p * theta^(-2i/hd), duplicated halves.
+        let mut cos = Vec::with_capacity(s * hd);
+        let mut sin = Vec::with_capacity(s * hd);
+        for p in 0..s {
+            for j in 0..hd {
+                let i = j % (hd / 2);
+                let angle = p as f64 * self.rope_theta.powf(-2.0 * i as f64 / hd as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos: Tensor<4> = Tensor::from_data(TensorData::new(cos, [1, 1, s, hd]), &device);
+        let sin: Tensor<4> = Tensor::from_data(TensorData::new(sin, [1, 1, s, hd]), &device);
+        // Causal + key-padding mask, additive.
+        let mut mask = vec![0f32; b * s * s];
+        for (r, &len) in lengths.iter().enumerate() {
+            for i in 0..s {
+                for j in 0..s {
+                    if j > i || j >= len {
+                        mask[(r * s + i) * s + j] = -1e9;
+                    }
+                }
+            }
+        }
+        let mask: Tensor<4> = Tensor::from_data(TensorData::new(mask, [b, 1, s, s]), &device);
+        let mut x = self.embed.forward(tokens);
+        for block in &self.blocks {
+            x = block.forward(x, mask.clone(), cos.clone(), sin.clone());
+        }
+        self.head.forward(self.norm.forward(x))
+    }
+}

@@ -1,0 +1,49 @@
+//! Stage two's student for numeric features: a multilayer perceptron classifier.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// Hyperparameters of the MLP student.
+#[derive(Config, Debug)]
+pub struct MlpConfig {
+    /// Input features per example.
+    pub input: usize,
+    /// Widths of the hidden layers (ReLU after each).
+    pub hidden: Vec<usize>,
+    /// Classes (from the cache's manifest).
+    pub classes: usize,
+}
+
+impl MlpConfig {
+    pub fn init(&self, device: &Device) -> Mlp {
+        let mut layers = Vec::new();
+        let mut width = self.input;
+        for &h in &self.hidden {
+            layers.push(LinearConfig::new(width, h).init(device));
+            width = h;
+        }
+        Mlp { layers, output: LinearConfig::new(width, self.classes).init(device) }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+    pub output: Linear,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// - `x`: `[batch, input]`
+    /// - returns logits `[batch, classes]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
+        for layer in &self.layers {
+            h = relu(layer.forward(h));
+        }
+        self.output.forward(h)
+    }
+}
