@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use distill::config::{CacheSettings, PipelineFile};
+use distill::config::{CacheSettings, PipelineFile, TrainSettings};
+use distill::student::StudentSpec;
+use distill::stage::train_student::TrainOptions;
 use distill::stage::{self, RunOptions};
 use distill::{Error, Result};
 
@@ -51,7 +53,29 @@ enum Command {
         /// The cache directory.
         cache: PathBuf,
     },
-    /// Run the stages a pipeline file describes (today: `[cache]`), then inspect the cache.
+    /// Stage two: train a Burn student from a cache and the hard labels (the teacher is never loaded).
+    ///
+    /// Checkpoints every --checkpoint-every steps and at the end; --resume continues the
+    /// run in --out from its last checkpoint with the same batches.
+    TrainStudent(TrainArgs),
+    /// Evaluate a trained student on held-out data: accuracy (classifier) or perplexity
+    /// (LM), and top-1 agreement with the teacher when a cache of that data is given.
+    Eval {
+        /// Run directory of train-student (holds student.json, student.bpk).
+        #[arg(long, value_name = "RUN_DIR")]
+        student: PathBuf,
+        /// Held-out data with the training data's columns.
+        #[arg(long, value_name = "DATA")]
+        data: PathBuf,
+        /// A cache of the same data (any k, T = 1 recommended) for top-1 agreement.
+        #[arg(long, value_name = "CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pipeline file: cache the teacher, train the distilled and the hard-label-only
+    /// students for each seed, evaluate all three on the held-out data, print a table.
     Run {
         /// A pipeline file, e.g. pipelines/lm.toml.
         pipeline: PathBuf,
@@ -65,6 +89,113 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         ort_lib: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Read settings from a pipeline file's [student] and [train]; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    /// The cache written by cache-teacher.
+    #[arg(long, value_name = "CACHE_DIR")]
+    cache: Option<PathBuf>,
+    /// The training data the cache was made from (its hash is checked).
+    #[arg(long, value_name = "DATA")]
+    data: Option<PathBuf>,
+    /// Run directory (config, metrics.csv, checkpoints, student.bpk/.safetensors/.json).
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+    /// Student: `mlp:hidden=64,64` or `decoder:d_model=64,layers=2,heads=2,d_ff=172`.
+    #[arg(long, value_name = "SPEC")]
+    student: Option<String>,
+    /// Weight of the distillation term (0 = hard labels only) [default: 0.5].
+    #[arg(long, value_name = "A")]
+    alpha: Option<f32>,
+    /// Training temperature [default: the cache's]; another value needs --tail renormalize.
+    #[arg(long, value_name = "T")]
+    temperature: Option<f32>,
+    /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.
+    #[arg(long, value_name = "MODE")]
+    tail: Option<String>,
+    /// Passes over the data [default: 10].
+    #[arg(long, value_name = "N")]
+    epochs: Option<usize>,
+    /// Stop after N optimizer steps (overrides --epochs).
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Rows per batch [default: 32].
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Peak learning rate of AdamW (5% warm-up, cosine to 10%) [default: 1e-3].
+    #[arg(long, value_name = "LR")]
+    lr: Option<f64>,
+    /// AdamW weight decay [default: 0].
+    #[arg(long, value_name = "WD")]
+    weight_decay: Option<f64>,
+    /// Seed of the initialisation and the shuffles [default: 0].
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// `flex` (pure-Rust CPU, default), `tch` or `tch-cuda[:N]` (builds with --features tch).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Checkpoint every N steps [default: 200].
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Train on the first N rows only.
+    #[arg(long, value_name = "N")]
+    max_rows: Option<u64>,
+    /// tokenizer.json [default: the copy inside the cache]; must be the cache's tokenizer.
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<distill::config::TrainConfig> {
+        let flags = TrainSettings {
+            cache: self.cache.clone(),
+            data: self.data.clone(),
+            out: self.out.clone(),
+            tokenizer: self.tokenizer.clone(),
+            alpha: self.alpha,
+            temperature: self.temperature,
+            tail: self.tail.clone(),
+            epochs: self.epochs,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            device: self.device.clone(),
+            checkpoint_every: self.checkpoint_every,
+            max_rows: self.max_rows,
+        };
+        let (settings, file_student) = match &self.pipeline {
+            Some(p) => {
+                let file = PipelineFile::load(p)?;
+                let defaults = pipeline_train_defaults(&file);
+                (flags.or(defaults), file.student)
+            }
+            None => (flags, None),
+        };
+        let student = match (&self.student, file_student) {
+            (Some(s), _) => StudentSpec::parse(s)?,
+            (None, Some(s)) => s,
+            (None, None) => return Err(distill::Error::Config("train.student is required (--student SPEC or [student] in the pipeline)".into())),
+        };
+        settings.validate(student)
+    }
+}
+
+/// A pipeline's [train], with cache/data defaulting to [cache]'s out/data.
+fn pipeline_train_defaults(file: &PipelineFile) -> TrainSettings {
+    let t = file.train.clone().unwrap_or_default();
+    TrainSettings { cache: t.cache.clone().or(file.cache.out.clone()), data: t.data.clone().or(file.cache.data.clone()), ..t }
 }
 
 #[derive(Args, Debug)]
@@ -237,18 +368,141 @@ pub fn run(cli: Cli) -> Result<()> {
             reader.verify(|_| n += 1)?;
             println!("{}: ok, {n} shards match their checksums", cache.display());
         }
+        Command::TrainStudent(args) => {
+            let cfg = args.config()?;
+            let opts = TrainOptions { quiet: args.quiet, resume: args.resume, command };
+            let s = stage::train_student::train_student(&cfg, &opts)?;
+            print_train_summary(&s);
+        }
+        Command::Eval { student, data, cache, json } => {
+            let r = stage::eval::eval_student(&student, &data, cache.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("serialises"));
+            } else {
+                println!("{}", render_report(&r));
+            }
+        }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
-            let cfg = file.cache.validate()?;
-            let opts = RunOptions { quiet, overwrite, ort_lib, command };
+            let cfg = file.cache.clone().validate()?;
+            let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone() };
             eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, quiet);
             let (manifest, stats) = stage::inspect(&summary.dir)?;
             print!("{}", stage::inspect::render(&summary.dir, &manifest, &stats));
+            if let (Some(student), Some(eval)) = (file.student.clone(), file.eval.clone()) {
+                run_students(&file, student, &eval, &cfg, &opts, quiet)?;
+            }
         }
     }
     Ok(())
+}
+
+fn print_train_summary(s: &stage::train_student::TrainSummary) {
+    let resumed = s.resumed_from.map(|r| format!(" (resumed from step {r})")).unwrap_or_default();
+    println!(
+        "{}: trained {} steps{} in {:.1}s, {:.0} positions/s, final loss {:.4}, cache reads {:.1}% of the time",
+        s.out.display(),
+        s.steps,
+        resumed,
+        s.seconds,
+        s.positions_per_second,
+        s.final_loss,
+        100.0 * s.cache_read_seconds / s.seconds.max(1e-9)
+    );
+}
+
+fn render_report(r: &stage::eval::EvalReport) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = r.accuracy {
+        parts.push(format!("accuracy {:.4}", a));
+    }
+    if let Some(p) = r.perplexity {
+        parts.push(format!("perplexity {:.3}", p));
+    }
+    if let Some(a) = r.top1_agreement {
+        parts.push(format!("top-1 agreement with teacher {:.4}", a));
+    }
+    parts.push(format!("over {} positions", r.positions));
+    parts.join(", ")
+}
+
+/// The comparison a pipeline asks for: teacher vs distilled vs hard-label-only students.
+fn run_students(
+    file: &PipelineFile,
+    student: StudentSpec,
+    eval: &distill::config::EvalSettings,
+    cache_cfg: &distill::config::CacheTeacherConfig,
+    opts: &RunOptions,
+    quiet: bool,
+) -> Result<()> {
+    // The teacher on the held-out data, at T = 1 (exact perplexity/accuracy; top-1 for agreement).
+    let mut eval_cache = cache_cfg.clone();
+    eval_cache.data = eval.data.clone();
+    eval_cache.out = cache_cfg.out.with_file_name(format!(
+        "{}-eval",
+        cache_cfg.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cache".into())
+    ));
+    eval_cache.temperature = 1.0;
+    eval_cache.top_k = Some(1);
+    eprintln!("== teacher on the held-out data: cache-teacher T = 1, k = 1 -> {}", eval_cache.out.display());
+    let s = stage::cache_teacher(&eval_cache, opts)?;
+    print_cache_summary(&s, quiet);
+    let teacher = stage::eval::teacher_metrics(&eval_cache.out)?;
+
+    let base = pipeline_train_defaults(file);
+    let seeds = if eval.seeds.is_empty() { vec![base.seed.unwrap_or(0)] } else { eval.seeds.clone() };
+    let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
+    let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();
+    for (label, alpha) in [("hard labels only (alpha = 0)", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {
+        let mut reports = Vec::new();
+        for &seed in &seeds {
+            let name = if alpha == 0.0 { format!("hard-seed{seed}") } else { format!("distilled-seed{seed}") };
+            let run_dir = out.join(&name);
+            if run_dir.exists() {
+                std::fs::remove_dir_all(&run_dir).map_err(|e| distill::Error::Io { path: run_dir.clone(), source: e })?;
+            }
+            let settings = TrainSettings { alpha: Some(alpha), seed: Some(seed), out: Some(run_dir.clone()), ..base.clone() };
+            let cfg = settings.validate(student.clone())?;
+            eprintln!("== stage two: {label}, seed {seed} -> {}", run_dir.display());
+            let s = stage::train_student::train_student(&cfg, &TrainOptions { quiet, resume: false, command: opts.command.clone() })?;
+            print_train_summary(&s);
+            let r = stage::eval::eval_student(&run_dir, &eval.data, Some(&eval_cache.out))?;
+            println!("  {}", render_report(&r));
+            reports.push(r);
+        }
+        rows.push((format!("{label} (alpha = {alpha})"), reports));
+    }
+    let table = results_table(&teacher, &rows, seeds.len());
+    println!("\n{table}");
+    let path = out.join("results.md");
+    std::fs::create_dir_all(&out).map_err(|e| distill::Error::Io { path: out.clone(), source: e })?;
+    std::fs::write(&path, &table).map_err(|e| distill::Error::Io { path, source: e })?;
+    Ok(())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+fn results_table(teacher: &stage::eval::EvalReport, rows: &[(String, Vec<stage::eval::EvalReport>)], seeds: usize) -> String {
+    let lm = teacher.perplexity.is_some();
+    let metric = if lm { "held-out perplexity" } else { "held-out accuracy" };
+    let mut t = format!("| model | {metric} | top-1 agreement with teacher |\n|---|---|---|\n");
+    let tv = if lm { teacher.perplexity.unwrap_or(f64::NAN) } else { teacher.accuracy.unwrap_or(f64::NAN) };
+    t.push_str(&format!("| teacher | {tv:.4} | 1 |\n"));
+    for (name, reports) in rows {
+        let vals: Vec<f64> = reports.iter().map(|r| if lm { r.perplexity } else { r.accuracy }.unwrap_or(f64::NAN)).collect();
+        let agr: Vec<f64> = reports.iter().map(|r| r.top1_agreement.unwrap_or(f64::NAN)).collect();
+        let (m, s) = mean_std(&vals);
+        let (am, as_) = mean_std(&agr);
+        t.push_str(&format!("| student, {name} | {m:.4} ± {s:.4} | {am:.4} ± {as_:.4} |\n"));
+    }
+    t.push_str(&format!("\nmean ± standard deviation over {seeds} seed(s)\n"));
+    t
 }
 
 /// Print the error and its chain of causes.

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogprobEncoding, Positions};
 use crate::error::{Error, Result};
+use crate::loss::TailMode;
+use crate::student::StudentSpec;
 
 /// `[cache]` of a pipeline file, or the flags of `cache-teacher`: every key optional
 /// until validation.
@@ -222,12 +224,196 @@ pub struct CacheTeacherConfig {
     pub settings: serde_json::Value,
 }
 
+/// `[train]` of a pipeline file, or the flags of `train-student`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    /// The cache from stage one (default in a pipeline: `[cache].out`).
+    pub cache: Option<PathBuf>,
+    /// Training data, the file the cache was made from (default: `[cache].data`).
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    pub out: Option<PathBuf>,
+    /// tokenizer.json (default: the copy inside the cache).
+    pub tokenizer: Option<PathBuf>,
+    /// Weight of the distillation term, 0..=1 (0 = hard labels only).
+    pub alpha: Option<f32>,
+    /// Training temperature (default: the cache's).
+    pub temperature: Option<f32>,
+    /// `bucket` (default) or `renormalize`.
+    pub tail: Option<String>,
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps (overrides epochs).
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub seed: Option<u64>,
+    /// `flex` (pure-Rust CPU, default), `tch` (libtorch CPU) or `tch-cuda[:N]`.
+    pub device: Option<String>,
+    pub checkpoint_every: Option<usize>,
+    /// Train on the first N dataset rows only (a small labelled set).
+    pub max_rows: Option<u64>,
+}
+
+impl TrainSettings {
+    pub fn or(self, o: TrainSettings) -> TrainSettings {
+        TrainSettings {
+            cache: self.cache.or(o.cache),
+            data: self.data.or(o.data),
+            out: self.out.or(o.out),
+            tokenizer: self.tokenizer.or(o.tokenizer),
+            alpha: self.alpha.or(o.alpha),
+            temperature: self.temperature.or(o.temperature),
+            tail: self.tail.or(o.tail),
+            epochs: self.epochs.or(o.epochs),
+            steps: self.steps.or(o.steps),
+            batch_size: self.batch_size.or(o.batch_size),
+            lr: self.lr.or(o.lr),
+            weight_decay: self.weight_decay.or(o.weight_decay),
+            seed: self.seed.or(o.seed),
+            device: self.device.or(o.device),
+            checkpoint_every: self.checkpoint_every.or(o.checkpoint_every),
+            max_rows: self.max_rows.or(o.max_rows),
+        }
+    }
+
+    pub fn relative_to(mut self, base: &Path) -> TrainSettings {
+        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
+        self.cache = fix(self.cache);
+        self.data = fix(self.data);
+        self.out = fix(self.out);
+        self.tokenizer = fix(self.tokenizer);
+        self
+    }
+
+    pub fn validate(self, student: StudentSpec) -> Result<TrainConfig> {
+        let need = |v: Option<PathBuf>, key: &str| {
+            v.ok_or_else(|| Error::Config(format!("train.{key} is required (--{key} or `{key}` in the pipeline's [train])")))
+        };
+        let alpha = self.alpha.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(Error::Config(format!("train.alpha must be in 0..=1 (got {alpha})")));
+        }
+        if let Some(t) = self.temperature
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err(Error::Config(format!("train.temperature must be > 0 (got {t})")));
+        }
+        let tail = match self.tail.as_deref().unwrap_or("bucket") {
+            "bucket" => TailMode::Bucket,
+            "renormalize" | "renormalise" => TailMode::Renormalize,
+            other => return Err(Error::Config(format!("train.tail must be `bucket` or `renormalize` (got `{other}`)"))),
+        };
+        let batch_size = self.batch_size.unwrap_or(32);
+        if batch_size == 0 {
+            return Err(Error::Config("train.batch_size must be >= 1".into()));
+        }
+        let lr = self.lr.unwrap_or(1e-3);
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::Config(format!("train.lr must be > 0 (got {lr})")));
+        }
+        let epochs = self.epochs.unwrap_or(10);
+        if epochs == 0 || self.steps == Some(0) {
+            return Err(Error::Config("train.epochs and train.steps must be >= 1".into()));
+        }
+        let device = TrainDevice::parse(self.device.as_deref().unwrap_or("flex"))?;
+        student.validate()?;
+        Ok(TrainConfig {
+            cache: need(self.cache.clone(), "cache")?,
+            data: need(self.data.clone(), "data")?,
+            out: need(self.out.clone(), "out")?,
+            tokenizer: self.tokenizer.clone(),
+            student,
+            alpha,
+            temperature: self.temperature,
+            tail,
+            epochs,
+            steps: self.steps,
+            batch_size,
+            lr,
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            seed: self.seed.unwrap_or(0),
+            device,
+            checkpoint_every: self.checkpoint_every.unwrap_or(200).max(1),
+            max_rows: self.max_rows,
+        })
+    }
+}
+
+/// Where the student trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainDevice {
+    /// Burn's pure-Rust CPU backend.
+    Flex,
+    /// libtorch on the CPU (cargo feature `tch`).
+    Tch,
+    /// libtorch on CUDA device N (cargo feature `tch`).
+    TchCuda(usize),
+}
+
+impl TrainDevice {
+    pub fn parse(s: &str) -> Result<TrainDevice> {
+        match s {
+            "flex" | "cpu" => Ok(TrainDevice::Flex),
+            "tch" => Ok(TrainDevice::Tch),
+            "tch-cuda" | "cuda" => Ok(TrainDevice::TchCuda(0)),
+            s if s.starts_with("tch-cuda:") || s.starts_with("cuda:") => s
+                .split_once(':')
+                .and_then(|(_, n)| n.parse().ok())
+                .map(TrainDevice::TchCuda)
+                .ok_or_else(|| Error::Config(format!("train.device `{s}`: expected tch-cuda:N"))),
+            other => Err(Error::Config(format!("train.device must be `flex`, `tch` or `tch-cuda[:N]` (got `{other}`)"))),
+        }
+    }
+}
+
+/// Validated settings of stage two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub cache: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub student: StudentSpec,
+    pub alpha: f32,
+    pub temperature: Option<f32>,
+    pub tail: TailMode,
+    pub epochs: usize,
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub device: TrainDevice,
+    pub checkpoint_every: usize,
+    pub max_rows: Option<u64>,
+}
+
+/// `[eval]` of a pipeline file: held-out data and the seeds to average over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// Held-out data with the same columns as the training data.
+    pub data: PathBuf,
+    /// Seeds; each trains one distilled and one hard-label-only student.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+}
+
 /// A pipeline file: the declarative form of an experiment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
     /// Stage one.
     pub cache: CacheSettings,
+    /// The student's architecture.
+    pub student: Option<StudentSpec>,
+    /// Stage two.
+    pub train: Option<TrainSettings>,
+    /// Evaluation of teacher, distilled and hard-label-only students.
+    pub eval: Option<EvalSettings>,
 }
 
 impl PipelineFile {
@@ -238,6 +424,12 @@ impl PipelineFile {
             toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         file.cache = file.cache.relative_to(base);
+        file.train = file.train.map(|t| t.relative_to(base));
+        if let Some(e) = &mut file.eval
+            && e.data.is_relative()
+        {
+            e.data = base.join(&e.data);
+        }
         Ok(file)
     }
 }

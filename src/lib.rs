@@ -53,6 +53,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod loss;
+pub mod student;
 pub mod progress;
 pub mod stage;
 pub mod teacher;

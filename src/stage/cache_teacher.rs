@@ -395,12 +395,26 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutSta
     }
     let complete = out.join(MANIFEST_FILE);
     let partial = out.join(PARTIAL_MANIFEST_FILE);
+    let read = |p: &Path| match Manifest::read_file(p) {
+        Ok(m) => Ok(Some(m)),
+        // An unreadable manifest (another schema, hand-edited) may be replaced on request.
+        Err(_) if overwrite => Ok(None),
+        Err(e) => Err(e),
+    };
     let existing = if complete.exists() {
-        Some((Manifest::read_file(&complete)?, true))
+        Some((read(&complete)?, true))
     } else if partial.exists() {
-        Some((Manifest::read_file(&partial)?, false))
+        Some((read(&partial)?, false))
     } else {
         None
+    };
+    let existing = match existing {
+        Some((None, _)) => Some((man.clone(), true)).map(|(mut m, c)| {
+            m.fingerprint = String::from("unreadable");
+            (m, c)
+        }),
+        Some((Some(m), c)) => Some((m, c)),
+        None => None,
     };
     match existing {
         Some((old, _)) if old.fingerprint != man.fingerprint && !overwrite => Err(Error::cache(

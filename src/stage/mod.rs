@@ -2,6 +2,8 @@
 
 pub mod cache_teacher;
 pub mod inspect;
+pub mod train_student;
+pub mod eval;
 
 pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};
 pub use inspect::{CacheStats, inspect};

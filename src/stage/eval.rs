@@ -1,0 +1,153 @@
+//! `distill eval`: a trained student on held-out data (accuracy, or perplexity over the
+//! trained positions), its agreement with the teacher's top-1 from a cache of the same data,
+//! and the teacher's own metrics read from such a cache. The teacher is never loaded.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::cache::manifest::{TOKENIZER_FILE, sha256_file};
+use crate::cache::{CacheReader, Task};
+use crate::error::{Error, Result};
+use crate::stage::train_student::{StudentFile, prepare_rows};
+use crate::student::{self, Student};
+use crate::text::Tokenizer;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct EvalReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Share of positions where the student's top-1 equals the teacher's (from a cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    pub positions: u64,
+}
+
+/// Teacher top-1 per (row, position), from a cache of the evaluation data.
+fn teacher_top1(cache: &Path, data: &Path) -> Result<HashMap<(u64, u32), u32>> {
+    let reader = CacheReader::open(cache)?;
+    let sha = sha256_file(data)?;
+    if sha != reader.manifest().dataset.sha256 {
+        return Err(Error::cache(cache, format!("was not made from {} (dataset sha256 differs)", data.display())));
+    }
+    let mut top = HashMap::new();
+    for shard in &reader.manifest().shards {
+        for b in reader.read_shard(shard, 8192)? {
+            let b = b?;
+            for i in 0..b.len() {
+                top.insert((b.rows[i], b.positions[i]), b.ids[i * b.k]);
+            }
+        }
+    }
+    Ok(top)
+}
+
+/// Evaluate the student saved in `run_dir` on `data`.
+pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result<EvalReport> {
+    let sf_path = run_dir.join("student.json");
+    let sf: StudentFile = serde_json::from_slice(&std::fs::read(&sf_path).map_err(|e| Error::io(&sf_path, e))?)
+        .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
+    let device = Device::flex();
+    let mut model = sf.arch.init(&device);
+    student::load_burnpack(&mut model, &run_dir.join("student.bpk"))?;
+    let tok = match &sf.data.text {
+        Some(_) => Some(Tokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
+        None => None,
+    };
+    let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
+    let rows = prepare_rows(data, &sf.data, tok.as_ref(), 0, u64::MAX)?;
+    let mut report = EvalReport::default();
+    let (mut correct, mut agree, mut agree_n, mut nll, mut n) = (0u64, 0u64, 0u64, 0f64, 0u64);
+    for chunk in rows.chunks(64) {
+        match (&model, sf.data.task) {
+            (Student::Mlp(mlp), Task::Classification) => {
+                let width = chunk[0].features.len();
+                let x: Vec<f32> = chunk.iter().flat_map(|r| r.features.iter().copied()).collect();
+                let logits = mlp.forward(Tensor::from_data(TensorData::new(x, [chunk.len(), width]), &device));
+                let pred: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default();
+                for (r, p) in chunk.iter().zip(pred) {
+                    let label = r.label.ok_or_else(|| Error::data(data, format!("row {}: label is missing", r.index)))?;
+                    correct += (p == label) as u64;
+                    if let Some(t) = top1.as_ref().and_then(|t| t.get(&(r.index, 0))) {
+                        agree += (p == *t as i64) as u64;
+                        agree_n += 1;
+                    }
+                    n += 1;
+                }
+            }
+            (Student::Decoder(dec), Task::CausalLm) => {
+                let chunk: Vec<_> = chunk.iter().filter(|r| !r.positions.is_empty()).collect();
+                if chunk.is_empty() {
+                    continue;
+                }
+                let b = chunk.len();
+                let s = chunk.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
+                let mut ids = vec![0i64; b * s];
+                for (i, r) in chunk.iter().enumerate() {
+                    for (t, &id) in r.tokens.iter().enumerate() {
+                        ids[i * s + t] = id as i64;
+                    }
+                }
+                let lengths: Vec<usize> = chunk.iter().map(|r| r.tokens.len()).collect();
+                let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [b, s]), &device);
+                let logits = dec.forward(tokens, &lengths);
+                let vocab = logits.dims()[2];
+                let lp: Vec<f32> = log_softmax(logits, 2).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+                for (i, r) in chunk.iter().enumerate() {
+                    for p in r.positions.clone() {
+                        let row = &lp[(i * s + p) * vocab..(i * s + p + 1) * vocab];
+                        nll -= row[r.tokens[p + 1] as usize] as f64;
+                        n += 1;
+                        if let Some(t) = top1.as_ref().and_then(|t| t.get(&(r.index, p as u32))) {
+                            let arg = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &v)| if v > a.1 { (j, v) } else { a }).0;
+                            agree += (arg as u32 == *t) as u64;
+                            agree_n += 1;
+                        }
+                    }
+                }
+            }
+            _ => return Err(Error::Config(format!("{}: student and data task do not match", sf_path.display()))),
+        }
+    }
+    report.positions = n;
+    match sf.data.task {
+        Task::Classification => report.accuracy = Some(correct as f64 / n.max(1) as f64),
+        Task::CausalLm => report.perplexity = Some((nll / n.max(1) as f64).exp()),
+    }
+    if agree_n > 0 {
+        report.top1_agreement = Some(agree as f64 / agree_n as f64);
+    }
+    Ok(report)
+}
+
+/// The teacher's metrics on the data a cache was made from, read from the cache alone:
+/// accuracy (top-1 equals the label) for classifiers; perplexity from the stored log-prob of
+/// each next token for LMs (exact at the cache's temperature; use a T = 1 cache).
+pub fn teacher_metrics(cache: &Path) -> Result<EvalReport> {
+    let reader = CacheReader::open(cache)?;
+    let m = reader.manifest();
+    let (mut correct, mut nll, mut n) = (0u64, 0f64, 0u64);
+    for shard in &m.shards {
+        for b in reader.read_shard(shard, 8192)? {
+            let b = b?;
+            for i in 0..b.len() {
+                if let (Some(h), Some(lp)) = (b.hard_labels[i], b.hard_label_logprobs[i]) {
+                    correct += (b.ids[i * b.k] as i64 == h) as u64;
+                    nll -= lp as f64;
+                    n += 1;
+                }
+            }
+        }
+    }
+    let mut r = EvalReport { positions: n, top1_agreement: Some(1.0), ..Default::default() };
+    match m.task {
+        Task::Classification => r.accuracy = Some(correct as f64 / n.max(1) as f64),
+        Task::CausalLm => r.perplexity = Some((nll / n.max(1) as f64).exp()),
+    }
+    Ok(r)
+}
