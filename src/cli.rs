@@ -455,7 +455,7 @@ fn run_students(
     let seeds = if eval.seeds.is_empty() { vec![base.seed.unwrap_or(0)] } else { eval.seeds.clone() };
     let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
     let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();
-    for (label, alpha) in [("hard labels only (alpha = 0)", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {
+    for (label, alpha) in [("hard labels only", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {
         let mut reports = Vec::new();
         for &seed in &seeds {
             let name = if alpha == 0.0 { format!("hard-seed{seed}") } else { format!("distilled-seed{seed}") };
@@ -499,9 +499,15 @@ fn results_table(teacher: &stage::eval::EvalReport, rows: &[(String, Vec<stage::
         let agr: Vec<f64> = reports.iter().map(|r| r.top1_agreement.unwrap_or(f64::NAN)).collect();
         let (m, s) = mean_std(&vals);
         let (am, as_) = mean_std(&agr);
-        t.push_str(&format!("| student, {name} | {m:.4} ± {s:.4} | {am:.4} ± {as_:.4} |\n"));
+        if reports.len() > 1 {
+            t.push_str(&format!("| student, {name} | {m:.4} ± {s:.4} | {am:.4} ± {as_:.4} |\n"));
+        } else {
+            t.push_str(&format!("| student, {name} | {m:.4} | {am:.4} |\n"));
+        }
     }
-    t.push_str(&format!("\nmean ± standard deviation over {seeds} seed(s)\n"));
+    if seeds > 1 {
+        t.push_str(&format!("\nmean ± standard deviation over {seeds} seeds\n"));
+    }
     t
 }
 

@@ -3,3 +3,4 @@
 mod common;
 
 mod cache_teacher;
+mod train_student;

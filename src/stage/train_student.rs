@@ -427,7 +427,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         temperature: train_t,
         tail: cfg.tail,
     };
-    let config_json = serde_json::to_vec_pretty(&serde_json::json!({
+    let mut config = serde_json::json!({
         "student": student_file,
         "train": {
             "alpha": cfg.alpha, "temperature": train_t, "tail": cfg.tail, "epochs": cfg.epochs, "steps": cfg.steps,
@@ -435,10 +435,12 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             "device": cfg.device, "checkpoint_every": cfg.checkpoint_every, "max_rows": cfg.max_rows,
             "cache": cfg.cache, "data": cfg.data,
         },
-        "command": opts.command,
-    }))
-    .expect("serialises");
-    let config_sha = manifest::sha256_bytes(&config_json);
+    });
+    // The settings' identity (a resumed run must match it); the command line is recorded
+    // beside it but may differ (it carries --resume).
+    let config_sha = manifest::sha256_bytes(config.to_string().as_bytes());
+    config["command"] = serde_json::json!(opts.command);
+    let config_json = serde_json::to_vec_pretty(&config).expect("serialises");
 
     // Run directory: new, or resumed from a checkpoint made with the same config.
     let out = &cfg.out;
