@@ -261,3 +261,21 @@ fn every_pipeline_file_parses_and_validates() {
     }
     assert!(n >= 2);
 }
+
+/// The libtorch backend trains the same student to a comparable held-out accuracy
+/// (`cargo test --release --features tch tch_`, with LIBTORCH/LD_LIBRARY_PATH from .ci/setup-tch).
+#[cfg(feature = "tch")]
+#[test]
+fn tch_backend_trains_the_digits_student() {
+    let t = temp();
+    let cache = digits_cache(t.path());
+    let common = ["--steps", "600", "--batch-size", "32", "--lr", "0.005", "--max-rows", "300", "--alpha", "0.7"];
+    let flex = t.path().join("flex");
+    ok(&train(&cache, &flex, &[&common[..], &["--device", "flex"]].concat()));
+    let tch = t.path().join("tch");
+    let o = train(&cache, &tch, &[&common[..], &["--device", "tch"]].concat());
+    ok(&o);
+    let (a, b) = (accuracy(&flex), accuracy(&tch));
+    assert!(b > 0.9, "tch student accuracy {b}");
+    assert!((a - b).abs() < 0.03, "flex {a} vs tch {b}");
+}
