@@ -244,6 +244,7 @@ fn rerun_resumes_from_finished_shards_and_gives_the_same_cache() {
         std::fs::copy(full.join(&s.file), cut.join(&s.file)).unwrap();
     }
     std::fs::write(cut.join(".shard-00003.parquet.partial"), b"PAR1 half a shard").unwrap();
+    partial.checksum = partial.compute_checksum();
     std::fs::write(cut.join("manifest.partial.json"), serde_json::to_vec_pretty(&partial).unwrap()).unwrap();
 
     let o = distill(digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "3"]));

@@ -4,3 +4,5 @@ mod common;
 
 mod cache_teacher;
 mod train_student;
+mod failures;
+mod fuzz;

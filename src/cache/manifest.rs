@@ -161,6 +161,10 @@ pub struct Manifest {
     pub command: Vec<String>,
     pub totals: Totals,
     pub shards: Vec<ShardInfo>,
+    /// SHA-256 of this manifest's JSON with `checksum` set to "": a hand edit that does not
+    /// recompute it is detected.
+    #[serde(default)]
+    pub checksum: String,
 }
 
 impl Manifest {
@@ -185,6 +189,16 @@ impl Manifest {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::cache(path, format!("manifest is not valid: {e}")))?;
+        let want = manifest.compute_checksum();
+        if manifest.checksum != want {
+            return Err(Error::cache(
+                path,
+                format!(
+                    "manifest checksum mismatch (records {:?}, content hashes to {want}): the manifest was edited or damaged",
+                    manifest.checksum
+                ),
+            ));
+        }
         manifest.validate(path)?;
         Ok(manifest)
     }
@@ -243,9 +257,19 @@ impl Manifest {
         Ok(())
     }
 
-    /// Write to `dir/name` atomically (temporary file, fsync, rename, fsync dir).
+    /// SHA-256 of the canonical JSON of this manifest with an empty `checksum`.
+    pub fn compute_checksum(&self) -> String {
+        let mut copy = self.clone();
+        copy.checksum.clear();
+        sha256_bytes(&serde_json::to_vec(&copy).expect("manifest serialises"))
+    }
+
+    /// Write to `dir/name` atomically (temporary file, fsync, rename, fsync dir), with a
+    /// fresh checksum.
     pub fn write_atomic(&self, dir: &Path, name: &str) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        let mut m = self.clone();
+        m.checksum = m.compute_checksum();
+        let json = serde_json::to_vec_pretty(&m).expect("manifest serialises");
         write_atomic(&dir.join(name), &json)
     }
 }

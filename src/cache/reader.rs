@@ -8,7 +8,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::cache::manifest::{Manifest, ShardInfo, sha256_file};
+use crate::cache::manifest::{Manifest, ShardInfo, sha256_bytes, sha256_file};
 use crate::cache::schema::{self, LogprobEncoding};
 use crate::error::{Error, Result};
 
@@ -101,10 +101,23 @@ impl CacheReader {
     }
 
     /// Stream one shard as decoded batches of at most `batch_positions` positions.
+    ///
+    /// The shard is read into memory once and its SHA-256 checked against the manifest
+    /// before anything is decoded, so a corrupted shard is refused by name, never half-used.
     pub fn read_shard(&self, shard: &ShardInfo, batch_positions: usize) -> Result<ShardBatches> {
         let path = self.shard_path(shard);
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if bytes.len() as u64 != shard.bytes {
+            return Err(Error::cache(
+                &path,
+                format!("shard is {} bytes but manifest.json records {} (truncated or replaced)", bytes.len(), shard.bytes),
+            ));
+        }
+        let sha = sha256_bytes(&bytes);
+        if sha != shard.sha256 {
+            return Err(Error::cache(&path, format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256)));
+        }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| Error::parquet(&path, e))?;
         let expected = schema::shard_schema(self.manifest.encoding.logprobs);
         let found = builder.schema();
         for field in expected.fields() {

@@ -221,6 +221,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         command: opts.command.clone(),
         totals: Totals::default(),
         shards: Vec::new(),
+        checksum: String::new(),
     };
 
     // The output directory: new, resumable, complete, or someone else's.

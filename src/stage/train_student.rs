@@ -402,6 +402,9 @@ fn lr_at(base: f64, step: usize, total: usize) -> f64 {
 /// Run stage two.
 pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (reader, train_t) = check_cache(cfg)?;
+    // Every shard's checksum before the first step: a damaged cache is refused up front,
+    // not after hours of training (shards are checked again as they are read).
+    reader.verify(|_| {})?;
     let m: Manifest = reader.manifest().clone();
     let tok = match (&m.text, &m.tokenizer) {
         (Some(_), Some(info)) => Some(load_tokenizer(cfg.tokenizer.as_deref(), &cfg.cache, &info.sha256)?),
