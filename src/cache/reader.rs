@@ -117,7 +117,22 @@ impl CacheReader {
         if sha != shard.sha256 {
             return Err(Error::cache(&path, format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256)));
         }
+        let file_len = bytes.len() as i64;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| Error::parquet(&path, e))?;
+        // Bounds-check every column chunk before the Parquet reader uses the offsets (it
+        // asserts on negative ones: found by tests/fuzz.rs).
+        for (g, rg) in builder.metadata().row_groups().iter().enumerate() {
+            for c in rg.columns() {
+                let start = c.dictionary_page_offset().unwrap_or_else(|| c.data_page_offset());
+                let len = c.compressed_size();
+                if start < 0 || len < 0 || start.checked_add(len).is_none_or(|end| end > file_len) {
+                    return Err(Error::cache(
+                        &path,
+                        format!("row group {g}, column {}: chunk at {start}+{len} lies outside the {file_len}-byte file", c.column_path()),
+                    ));
+                }
+            }
+        }
         let expected = schema::shard_schema(self.manifest.encoding.logprobs);
         let found = builder.schema();
         for field in expected.fields() {
