@@ -46,7 +46,10 @@ hard = shard.column("hard_label").to_numpy()
 
 
 def kd_loss(logits, t_ids, t_lp, t_tail, t_hard, mask):
-    """logits [n, V]; t_ids/t_lp [n, k]; t_tail, t_hard, mask [n]."""
+    """logits [n, V]; t_ids/t_lp [n, k]; t_tail, t_hard, mask [n]. Like distill, only the
+    rows with a cached soft label enter the loss."""
+    keep = mask.nonzero()[:, 0]
+    logits, t_ids, t_lp, t_tail, t_hard, mask = (x[keep] for x in (logits, t_ids, t_lp, t_tail, t_hard, mask))
     s = torch.log_softmax(logits / T, -1)
     sk = s.gather(1, t_ids)
     p = t_lp.exp()

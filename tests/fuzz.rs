@@ -14,6 +14,9 @@ use proptest::prelude::*;
 use crate::common::*;
 
 fn cases() -> u32 {
+    // Panics that the reader catches and turns into errors stay off the test output.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(distill::cache::reader::install_panic_hook);
     std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
 }
 

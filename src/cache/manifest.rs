@@ -274,6 +274,37 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// A minimal complete manifest around one shard, for benchmarks and tests of the reader.
+    #[doc(hidden)]
+    pub fn synthetic_for_bench(top_k: usize, vocab_size: usize, encoding: LogprobEncoding, step: f64, shard: ShardInfo) -> Manifest {
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            complete: true,
+            tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
+            task: Task::CausalLm,
+            teacher: TeacherInfo { file: "synthetic".into(), sha256: String::new(), bytes: 0, inputs: vec![], outputs: vec![], logits_output: "logits".into() },
+            tokenizer: None,
+            vocab_size,
+            top_k,
+            temperature: 1.0,
+            positions: Positions::All,
+            encoding: EncodingInfo { logprobs: encoding, logprob_step: step, max_abs_error: step / 2.0, compression: "zstd".into() },
+            dataset: DatasetInfo { file: "synthetic".into(), format: "none".into(), sha256: String::new(), rows: shard.rows },
+            text: None,
+            features: vec![],
+            label_column: None,
+            rows_per_shard: shard.rows,
+            fingerprint: String::new(),
+            settings: serde_json::Value::Null,
+            command: vec![],
+            totals: Totals { rows: shard.rows, positions: shard.positions, ..Default::default() },
+            shards: vec![shard],
+            checksum: String::new(),
+        }
+    }
+}
+
 /// `shard-` + digits + `.parquet`, nothing else (no separators, no `..`).
 pub fn is_shard_file_name(name: &str) -> bool {
     name.strip_prefix("shard-")

@@ -154,9 +154,8 @@ impl CacheReader {
                 format!("shard has {rows_in_file} positions but manifest.json records {}", shard.positions),
             ));
         }
-        let inner = builder
-            .with_batch_size(batch_positions.max(1))
-            .build()
+        let inner = guarded(|| builder.with_batch_size(batch_positions.max(1)).build())
+            .map_err(|panic| Error::cache(&path, format!("shard could not be decoded (damaged Parquet metadata: {panic})")))?
             .map_err(|e| Error::parquet(&path, e))?;
         Ok(ShardBatches {
             path,
@@ -186,9 +185,46 @@ pub struct ShardBatches {
 impl Iterator for ShardBatches {
     type Item = Result<SoftLabelBatch>;
     fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.inner.next()?;
+        let inner = &mut self.inner;
+        let batch = match guarded(|| inner.next()) {
+            Ok(b) => b?,
+            Err(panic) => {
+                return Some(Err(Error::cache(&self.path, format!("shard could not be decoded (damaged Parquet data: {panic})"))));
+            }
+        };
         Some(batch.map_err(|e| Error::arrow(&self.path, e)).and_then(|b| self.decode(&b)))
     }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f`, turning a panic inside it into `Err(message)`. The Parquet reader asserts on some
+/// malformed inputs (a dictionary-encoded page without a dictionary, found by tests/fuzz.rs);
+/// a damaged shard from another team must end in an error, not an abort. While `f` runs, the
+/// hook of [`install_panic_hook`] stays silent.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    QUIET_PANICS.with(|q| q.set(q.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(q.get() - 1));
+    r.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string())
+    })
+}
+
+/// A panic hook that keeps panics caught by [`guarded`] off stderr and reports all others
+/// as the default hook does. The binary installs it first thing.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if QUIET_PANICS.with(|q| q.get()) == 0 {
+            default(info);
+        }
+    }));
 }
 
 impl ShardBatches {

@@ -303,6 +303,7 @@ impl Rng {
 }
 
 /// The training device (with autodiff).
+#[allow(deprecated)] // burn-tch is deprecated upstream; the project keeps it as the libtorch backend
 pub fn device_for(choice: TrainDevice) -> Result<Device> {
     match choice {
         TrainDevice::Flex => Ok(Device::flex()),
@@ -321,8 +322,8 @@ pub fn device_for(choice: TrainDevice) -> Result<Device> {
 ///
 /// # Shapes
 /// - MLP: features `[b, input]` -> logits `[b, classes]`, one target per row
-/// - decoder: tokens `[b, s]` -> logits `[b * s, vocab]`, targets at cached positions, the
-///   rest masked
+/// - decoder: tokens `[b, s]` -> logits `[b * s, vocab]` -> the `[m, vocab]` rows of the m
+///   cached positions
 fn batch_loss(
     model: &Student,
     batch: &[&Example],
@@ -355,33 +356,34 @@ fn batch_loss(
             (logits.reshape([b * s, vocab]), b * s)
         }
     };
+    // Only the positions with a cached soft label enter the loss: the decoder's logits are
+    // narrowed to those rows first (an LM batch is mostly prompt and padding positions).
     let seq = n / b;
-    let mut ids = vec![0i64; n * k];
-    let mut lps = vec![-(k as f32).ln(); n * k];
-    let mut tail = vec![-30f32; n];
-    let mut hard = vec![0i64; n];
-    let mut mask = vec![0f32; n];
-    let mut count = 0;
+    let mut rows_idx: Vec<i64> = Vec::new();
+    let (mut ids, mut lps, mut tail, mut hard) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, e) in batch.iter().enumerate() {
         for t in &e.targets {
-            let i = if seq == 1 { r } else { r * seq + t.position };
-            for j in 0..k {
-                ids[i * k + j] = t.ids[j] as i64;
-                lps[i * k + j] = t.logprobs[j];
-            }
-            tail[i] = t.tail;
-            hard[i] = t.hard;
-            mask[i] = 1.0;
-            count += 1;
+            rows_idx.push(if seq == 1 { r } else { r * seq + t.position } as i64);
+            ids.extend(t.ids.iter().map(|&i| i as i64));
+            lps.extend_from_slice(&t.logprobs);
+            tail.push(t.tail);
+            hard.push(t.hard);
         }
     }
-    let soft = SoftTargets {
-        ids: Tensor::from_data(TensorData::new(ids, [n, k]), device),
-        logprobs: Tensor::from_data(TensorData::new(lps, [n, k]), device),
-        tail_logmass: Tensor::from_data(TensorData::new(tail, [n]), device),
+    let count = rows_idx.len();
+    let logits = if seq == 1 {
+        logits
+    } else {
+        let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(rows_idx, [count]), device);
+        logits.select(0, idx)
     };
-    let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [n]), device);
-    let mask: Tensor<1> = Tensor::from_data(TensorData::new(mask, [n]), device);
+    let soft = SoftTargets {
+        ids: Tensor::from_data(TensorData::new(ids, [count, k]), device),
+        logprobs: Tensor::from_data(TensorData::new(lps, [count, k]), device),
+        tail_logmass: Tensor::from_data(TensorData::new(tail, [count]), device),
+    };
+    let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
+    let mask: Tensor<1> = Tensor::ones([count], device);
     (loss::distillation_loss(logits, &soft, hard, mask, cfg.alpha, train_t, cfg.tail), count)
 }
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Peak RSS of `distill train-student` on an LM cache 1x and 10x as large (the training data
+# repeated 10 times, cached with the same settings), same steps: streaming keeps memory flat.
+#     bash benches/memory.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2
+cargo build --release --quiet
+tmp=$(mktemp -d)
+for i in $(seq 10); do cat data/lm/train.jsonl; done > "$tmp/train10.jsonl"
+for n in 1 10; do
+    data=data/lm/train.jsonl
+    [ $n = 10 ] && data=$tmp/train10.jsonl
+    ./target/release/distill cache-teacher --teacher data/lm/teacher.onnx --tokenizer data/lm/tokenizer.json \
+        --data "$data" --prompt-column prompt --completion-column completion --top-k 64 --temperature 2 \
+        --rows-per-shard 512 --out "$tmp/cache$n" --quiet > /dev/null
+    bytes=$(du -sb "$tmp/cache$n" | cut -f1)
+    /usr/bin/time -f "%M" -o "$tmp/rss$n" ./target/release/distill train-student --cache "$tmp/cache$n" --data "$data" \
+        --out "$tmp/run$n" --student decoder:d_model=64,layers=2,heads=2,d_ff=172 --steps 40 --batch-size 16 --quiet > /dev/null
+    echo "cache ${n}x: $bytes bytes, train-student peak RSS $(cat "$tmp/rss$n") KiB"
+done
+python3 -c "print(f'peak RSS 10x / 1x: {$(cat "$tmp/rss10")/$(cat "$tmp/rss1"):.3f}')"
+rm -rf "$tmp"
