@@ -258,78 +258,87 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     let resumed_shards = man.shards.len();
     let start_row = man.shards.last().map(|s| s.first_row + s.rows).unwrap_or(0);
 
-    // Stream.
+    // Stream. The main thread reads, tokenizes and runs the teacher; a worker thread turns
+    // the copied logits into soft labels and writes the shards, so the top-k and the
+    // encoding of batch n overlap the inference of batch n + 1.
     let total_rows = man.dataset.rows;
     let progress = Progress::new(total_rows, "caching", opts.quiet);
     progress.set_position(start_row);
     let mut rows = data::read_rows(&cfg.data, &columns)?.skip(start_row as usize);
-    let mut builder = ShardBuilder::new(cfg.encoding, step);
-    let mut shard_first_row = start_row;
-    let mut shard_rows = 0u64;
-    let mut scratch: Vec<TopKScratch> = (0..cfg.threads).map(|_| TopKScratch::default()).collect();
     let started = Instant::now();
     let mut rows_computed = 0u64;
     let mut tokens_computed = 0u64;
     let label_slot = label_column.as_ref().map(|_| columns.len() - 1);
-    let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
     let mut timings = Timings::default();
-
-    loop {
-        batch.clear();
-        // A batch never crosses a shard boundary, so shards depend on rows only.
-        let room = (cfg.rows_per_shard - shard_rows).min(cfg.batch_size as u64) as usize;
-        let t_read = Instant::now();
-        for row in rows.by_ref().take(room) {
-            batch.push(row?);
-        }
-        timings.data += t_read.elapsed().as_secs_f64();
-        if batch.is_empty() {
-            break;
-        }
-        let hard: Vec<Option<i64>> = batch
-            .iter()
-            .map(|r| match label_slot.map(|s| &r.fields[s]) {
-                Some(Field::Label(l)) => Some(*l),
-                _ => None,
-            })
-            .collect();
-        let labels = match &text_side {
-            None => numeric_batch(cfg, &mut teacher, &batch, &columns, top_k, &hard, &mut scratch, &mut timings)?,
-            Some(ts) => {
-                let (labels, tokens) = token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, top_k, &mut scratch, &mut man.totals, &mut timings)?;
-                tokens_computed += tokens;
-                labels
+    let mut truncated_rows = 0u64;
+    let vocab_size = teacher.vocab_size;
+    let teacher_path = teacher.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
+    let sink = Sink { out, encoding: cfg.encoding, step, temperature: cfg.temperature, top_k, vocab: vocab_size, threads: cfg.threads, teacher_path };
+    let (main_result, worker_result) = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || sink.run(rx, man));
+        let main_result = (|| -> Result<()> {
+            let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
+            let mut shard_first_row = start_row;
+            let mut shard_rows = 0u64;
+            loop {
+                batch.clear();
+                // A batch never crosses a shard boundary, so shards depend on rows only.
+                let room = (cfg.rows_per_shard - shard_rows).min(cfg.batch_size as u64) as usize;
+                let t_read = Instant::now();
+                for row in rows.by_ref().take(room) {
+                    batch.push(row?);
+                }
+                timings.data += t_read.elapsed().as_secs_f64();
+                if batch.is_empty() {
+                    break;
+                }
+                let hard: Vec<Option<i64>> = batch
+                    .iter()
+                    .map(|r| match label_slot.map(|s| &r.fields[s]) {
+                        Some(Field::Label(l)) => Some(*l),
+                        _ => None,
+                    })
+                    .collect();
+                let pending = match &text_side {
+                    None => numeric_batch(cfg, &mut teacher, &batch, &columns, &hard, &mut timings)?,
+                    Some(ts) => {
+                        let (pending, tokens, truncated) =
+                            token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, &mut timings)?;
+                        tokens_computed += tokens;
+                        truncated_rows += truncated;
+                        pending
+                    }
+                };
+                if tx.send(Job::Batch(pending)).is_err() {
+                    return Ok(()); // the worker stopped with an error; it is reported below
+                }
+                shard_rows += batch.len() as u64;
+                rows_computed += batch.len() as u64;
+                progress.inc(batch.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
+                if shard_rows == cfg.rows_per_shard {
+                    if tx.send(Job::Flush { first_row: shard_first_row, rows: shard_rows }).is_err() {
+                        return Ok(());
+                    }
+                    shard_first_row += shard_rows;
+                    shard_rows = 0;
+                }
             }
-        };
-        let t_write = Instant::now();
-        for (row, position, label, soft) in &labels {
-            builder.push(*row, *position, *label, soft);
-        }
-        man.totals.positions += labels.len() as u64;
-        for r in &batch {
-            if !labels.iter().any(|(row, ..)| *row == r.index) {
-                man.totals.rows_without_positions += 1;
+            if shard_rows > 0 {
+                let _ = tx.send(Job::Flush { first_row: shard_first_row, rows: shard_rows });
             }
-        }
-        shard_rows += batch.len() as u64;
-        rows_computed += batch.len() as u64;
-        man.totals.rows += batch.len() as u64;
-        progress.inc(batch.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
-
-        if shard_rows == cfg.rows_per_shard {
-            let info = builder.write(out, man.shards.len(), shard_first_row, shard_rows)?;
-            finish_shard(out, &mut man, info)?;
-            shard_first_row += shard_rows;
-            shard_rows = 0;
-        }
-        timings.write += t_write.elapsed().as_secs_f64();
-    }
-    if shard_rows > 0 {
-        let t_write = Instant::now();
-        let info = builder.write(out, man.shards.len(), shard_first_row, shard_rows)?;
-        finish_shard(out, &mut man, info)?;
-        timings.write += t_write.elapsed().as_secs_f64();
-    }
+            Ok(())
+        })();
+        drop(tx);
+        (main_result, worker.join().expect("shard writer thread panicked"))
+    });
+    let (mut man, soft_seconds, write_seconds) = match (main_result, worker_result) {
+        (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(done)) => done,
+    };
+    timings.soft_labels = soft_seconds;
+    timings.write = write_seconds;
+    man.totals.truncated_rows += truncated_rows;
     progress.finish();
     if man.totals.rows != total_rows {
         return Err(Error::data(
@@ -513,6 +522,92 @@ fn describe_difference(old: &Manifest, new: &Manifest) -> String {
 /// (row, position, hard label with the teacher's log-prob of it, soft label)
 type Labelled = (u64, u32, Option<(i64, f32)>, SoftLabel);
 
+/// The logits of one batch's cached positions, copied out of ONNX Runtime for the worker.
+struct Pending {
+    /// `[n, vocab]`, one row per cached position.
+    logits: Vec<f32>,
+    /// (dataset row, position, hard label) of each logits row.
+    meta: Vec<(u64, u32, Option<i64>)>,
+    /// Dataset rows of the batch (rows without any cached position are counted).
+    rows: Vec<u64>,
+}
+
+enum Job {
+    Batch(Pending),
+    /// Every row of `first_row .. first_row + rows` has been sent: write the shard.
+    Flush { first_row: u64, rows: u64 },
+}
+
+/// The worker side of stage one: soft labels, shard building and writing.
+struct Sink<'a> {
+    out: &'a Path,
+    encoding: crate::cache::LogprobEncoding,
+    step: f64,
+    temperature: f32,
+    top_k: usize,
+    vocab: usize,
+    threads: usize,
+    teacher_path: std::path::PathBuf,
+}
+
+impl Sink<'_> {
+    /// Returns the manifest with its shards and position counts, and the seconds spent on
+    /// soft labels and on writing.
+    fn run(self, jobs: std::sync::mpsc::Receiver<Job>, mut man: Manifest) -> Result<(Manifest, f64, f64)> {
+        let mut builder = ShardBuilder::new(self.encoding, self.step);
+        let mut scratch: Vec<TopKScratch> = (0..self.threads).map(|_| TopKScratch::default()).collect();
+        let (mut soft_s, mut write_s) = (0.0, 0.0);
+        for job in jobs {
+            match job {
+                Job::Batch(p) => {
+                    let t = Instant::now();
+                    let labels = self.label(&p, &mut scratch)?;
+                    soft_s += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    for (row, position, label, soft) in &labels {
+                        builder.push(*row, *position, *label, soft);
+                    }
+                    man.totals.positions += labels.len() as u64;
+                    man.totals.rows += p.rows.len() as u64;
+                    for r in &p.rows {
+                        if !p.meta.iter().any(|m| m.0 == *r) {
+                            man.totals.rows_without_positions += 1;
+                        }
+                    }
+                    write_s += t.elapsed().as_secs_f64();
+                }
+                Job::Flush { first_row, rows } => {
+                    let t = Instant::now();
+                    let info = builder.write(self.out, man.shards.len(), first_row, rows)?;
+                    finish_shard(self.out, &mut man, info)?;
+                    write_s += t.elapsed().as_secs_f64();
+                }
+            }
+        }
+        Ok((man, soft_s, write_s))
+    }
+
+    fn label(&self, p: &Pending, scratch: &mut [TopKScratch]) -> Result<Vec<Labelled>> {
+        let vocab = self.vocab;
+        let starts: Vec<usize> = (0..p.meta.len()).collect();
+        let soft = soft_labels(&p.logits, vocab, &starts, self.temperature, self.top_k, scratch).map_err(|(i, col)| {
+            let (row, position, _) = p.meta[i];
+            let at = if p.meta.iter().all(|m| m.1 == 0) { format!("row {row}") } else { format!("row {row}, position {position}") };
+            Error::teacher(&self.teacher_path, format!("{at}: logit {col} is not finite ({})", p.logits[i * vocab + col]))
+        })?;
+        Ok(p.meta
+            .iter()
+            .zip(soft)
+            .enumerate()
+            .map(|(i, (&(row, position, hard), s))| {
+                let logits = &p.logits[i * vocab..(i + 1) * vocab];
+                let h = hard.map(|h| (h, label_logprob(logits, &s, h, self.temperature).unwrap_or(f32::NAN)));
+                (row, position, h, s)
+            })
+            .collect())
+    }
+}
+
 /// `log p_T(label)` from a row's soft label: every log-prob is `logit / T - log Z`.
 fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32) -> Option<f32> {
     let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
@@ -566,11 +661,9 @@ fn numeric_batch(
     teacher: &mut Teacher,
     batch: &[Row],
     columns: &[Column],
-    k: usize,
     hard: &[Option<i64>],
-    scratch: &mut [TopKScratch],
     timings: &mut Timings,
-) -> Result<Vec<Labelled>> {
+) -> Result<Pending> {
     let widths = teacher.feature_columns();
     let mut feeds: Vec<(String, Vec<f32>, usize)> = Vec::new();
     for (slot, c) in columns.iter().enumerate().filter(|(_, c)| c.kind == Kind::Numbers) {
@@ -604,48 +697,35 @@ fn numeric_batch(
             return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
         }
     }
-    let temperature = cfg.temperature;
     let teacher_path = teacher.path().to_path_buf();
     let t_run = Instant::now();
-    teacher.run(&TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, |shape, logits| {
-        timings.teacher += t_run.elapsed().as_secs_f64();
-        let t_soft = Instant::now();
+    let pending = teacher.run(&TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, |shape, logits| {
         if shape != [batch.len(), vocab] {
             return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
         }
-        let starts: Vec<usize> = (0..batch.len()).collect();
-        let soft = soft_labels(logits, vocab, &starts, temperature, k, scratch).map_err(|(i, col)| {
-            Error::teacher(&teacher_path, format!("row {}: logit {col} is not finite ({})", batch[i].index, logits[i * vocab + col]))
-        })?;
-        timings.soft_labels += t_soft.elapsed().as_secs_f64();
-        Ok(batch
-            .iter()
-            .zip(hard)
-            .zip(soft)
-            .enumerate()
-            .map(|(i, ((r, h), s))| {
-                let row = &logits[i * vocab..(i + 1) * vocab];
-                let h = h.map(|h| (h, label_logprob(row, &s, h, temperature).expect("labels were range-checked")));
-                (r.index, 0u32, h, s)
-            })
-            .collect())
-    })
+        Ok(Pending {
+            logits: logits.to_vec(),
+            meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
+            rows: batch.iter().map(|r| r.index).collect(),
+        })
+    })?;
+    timings.teacher += t_run.elapsed().as_secs_f64();
+    Ok(pending)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Tokenize, pad and run one batch; returns the logits of its cached positions, the
+/// token count and the number of truncated rows.
 fn token_batch(
     cfg: &CacheTeacherConfig,
     ts: &Tokenizer,
     cols: &TextColumns,
     teacher: &mut Teacher,
     batch: &[Row],
-    k: usize,
-    scratch: &mut [TopKScratch],
-    totals: &mut Totals,
     timings: &mut Timings,
-) -> Result<(Vec<Labelled>, u64)> {
+) -> Result<(Pending, u64, u64)> {
     let t_tok = Instant::now();
     let text = cfg.text.as_ref().expect("token batch has text settings");
+    let mut truncated = 0u64;
     let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
     for r in batch {
         let t = text::tokenize(ts, cols, &r.fields, r.index, &cfg.data)?;
@@ -656,7 +736,7 @@ fn token_batch(
                     format!("row {}: longer than max_seq_len = {} tokens (long_sequences = \"refuse\")", r.index, text.max_seq_len),
                 ));
             }
-            totals.truncated_rows += 1;
+            truncated += 1;
         }
         if let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
             return Err(Error::Tokenizer {
@@ -685,36 +765,26 @@ fn token_batch(
         }
     }
     let vocab = teacher.vocab_size;
-    let temperature = cfg.temperature;
     let teacher_path = teacher.path().to_path_buf();
     timings.data += t_tok.elapsed().as_secs_f64();
     let t_run = Instant::now();
-    let labels = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
-        timings.teacher += t_run.elapsed().as_secs_f64();
-        let t_soft = Instant::now();
+    let pending = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
         if shape != [batch.len(), seq, vocab] {
             return Err(Error::teacher(
                 &teacher_path,
                 format!("logits have shape {shape:?}, expected [{}, {seq}, {vocab}]", batch.len()),
             ));
         }
-        let starts: Vec<usize> = wanted.iter().map(|w| w.0).collect();
-        let soft = soft_labels(logits, vocab, &starts, temperature, k, scratch).map_err(|(i, col)| {
-            Error::teacher(
-                &teacher_path,
-                format!("row {}, position {}: logit {col} is not finite ({})", wanted[i].1, wanted[i].2, logits[starts[i] * vocab + col]),
-            )
-        })?;
-        timings.soft_labels += t_soft.elapsed().as_secs_f64();
-        Ok(wanted
-            .iter()
-            .zip(soft)
-            .map(|(w, s)| {
-                let row = &logits[w.0 * vocab..(w.0 + 1) * vocab];
-                let lp = label_logprob(row, &s, w.3, temperature).unwrap_or(f32::NAN);
-                (w.1, w.2, Some((w.3, lp)), s)
-            })
-            .collect())
+        let mut copy = Vec::with_capacity(wanted.len() * vocab);
+        for w in &wanted {
+            copy.extend_from_slice(&logits[w.0 * vocab..(w.0 + 1) * vocab]);
+        }
+        Ok(Pending {
+            logits: copy,
+            meta: wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect(),
+            rows: batch.iter().map(|r| r.index).collect(),
+        })
     })?;
-    Ok((labels, tokens))
+    timings.teacher += t_run.elapsed().as_secs_f64();
+    Ok((pending, tokens, truncated))
 }
