@@ -29,7 +29,7 @@ pub struct DecoderConfig {
 
 impl DecoderConfig {
     pub fn init(&self, device: &Device) -> Decoder {
-        assert!(self.d_model % self.heads == 0 && (self.d_model / self.heads) % 2 == 0, "d_model / heads must be even");
+        assert!(self.d_model.is_multiple_of(self.heads) && (self.d_model / self.heads).is_multiple_of(2), "d_model / heads must be even");
         let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
         let norm = || RmsNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device);
         let blocks = (0..self.layers)
