@@ -14,6 +14,7 @@ use distill::{Error, Result};
 #[derive(Parser, Debug)]
 #[command(
     name = "distill",
+    term_width = 100,
     version,
     about = "Knowledge distillation with an offline logit cache",
     long_about = "Knowledge distillation with an offline logit cache.\n\n\

@@ -6,3 +6,4 @@ mod cache_teacher;
 mod train_student;
 mod failures;
 mod fuzz;
+mod snapshots;
