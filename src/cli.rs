@@ -49,6 +49,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Combine the parts of a sharded capture (cache-teacher --shard I/N) into one cache:
+    /// refuses gaps, overlaps, missing or unfinished parts, and parts made with other settings.
+    Merge {
+        /// Directory of the merged cache (may be the directory the parts wrote into).
+        #[arg(long, value_name = "CACHE_DIR")]
+        out: PathBuf,
+        /// Directories holding part manifests and their shards.
+        #[arg(required = true, value_name = "PART_DIR")]
+        parts: Vec<PathBuf>,
+    },
     /// Check every shard of a cache against the checksums in its manifest.
     Verify {
         /// The cache directory.
@@ -264,6 +274,11 @@ struct CacheTeacherArgs {
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
+    /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
+    /// parts with `distill merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
     /// Replace an existing cache in --out made with other settings.
     #[arg(long)]
     overwrite: bool,
@@ -301,6 +316,7 @@ impl CacheTeacherArgs {
             output: self.output.clone(),
             logprob_encoding: self.logprob_encoding.clone(),
             threads: self.threads,
+            shard: self.shard.clone(),
         };
         Ok(match &self.pipeline {
             Some(p) => flags.or(PipelineFile::load(p)?.cache),
@@ -362,6 +378,10 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", stage::inspect::render(&cache, &manifest, &stats));
             }
+        }
+        Command::Merge { out, parts } => {
+            let s = stage::merge::merge(&out, &parts, command)?;
+            println!("{}: merged {} parts, {} shards, {} rows, {} positions", s.out.display(), s.parts, s.shards, s.rows, s.positions);
         }
         Command::Verify { cache } => {
             let reader = distill::cache::CacheReader::open(&cache)?;
@@ -514,10 +534,15 @@ fn results_table(teacher: &stage::eval::EvalReport, rows: &[(String, Vec<stage::
 
 /// Print the error and its chain of causes.
 pub fn report(e: &Error) {
-    eprintln!("error: {e}");
+    let top = e.to_string();
+    eprintln!("error: {top}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        eprintln!("  caused by: {s}");
+        let text = s.to_string();
+        // Our messages already end with their cause; print only what they do not say.
+        if !top.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
         source = s.source();
     }
 }

@@ -46,6 +46,8 @@ pub struct CacheSettings {
     /// `delta_u16` (default) or `f32`.
     pub logprob_encoding: Option<String>,
     pub threads: Option<usize>,
+    /// `I/N`: compute only the shards `j` with `j % N == I` (one worker of N).
+    pub shard: Option<String>,
 }
 
 impl CacheSettings {
@@ -71,6 +73,7 @@ impl CacheSettings {
             output: self.output.or(other.output),
             logprob_encoding: self.logprob_encoding.or(other.logprob_encoding),
             threads: self.threads.or(other.threads),
+            shard: self.shard.or(other.shard),
         }
     }
 
@@ -160,7 +163,19 @@ impl CacheSettings {
         if text.is_none() && self.positions.is_some() {
             return Err(Error::Config("cache.positions applies to text data only".into()));
         }
-        let settings = serde_json::to_value(&self).expect("settings serialise");
+        let part = match self.shard.as_deref() {
+            None => None,
+            Some(s) => {
+                let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+                match parsed {
+                    Some((index, count)) if count >= 1 && index < count => Some(crate::cache::manifest::PartInfo { index, count }),
+                    _ => return Err(Error::Config(format!("cache.shard must be I/N with 0 <= I < N (got `{s}`)"))),
+                }
+            }
+        };
+        let mut given = self.clone();
+        given.shard = None; // every worker of a sharded capture records the same settings
+        let settings = serde_json::to_value(&given).expect("settings serialise");
         Ok(CacheTeacherConfig {
             teacher,
             data,
@@ -175,6 +190,7 @@ impl CacheSettings {
             output: self.output.clone(),
             encoding,
             threads,
+            part,
             settings,
         })
     }
@@ -220,6 +236,8 @@ pub struct CacheTeacherConfig {
     pub output: Option<String>,
     pub encoding: LogprobEncoding,
     pub threads: usize,
+    /// This worker's slice of a sharded capture.
+    pub part: Option<crate::cache::manifest::PartInfo>,
     /// The settings as given (for the manifest).
     pub settings: serde_json::Value,
 }

@@ -7,3 +7,4 @@ mod train_student;
 mod failures;
 mod fuzz;
 mod snapshots;
+mod sharding;

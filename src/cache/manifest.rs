@@ -129,11 +129,30 @@ pub struct Totals {
     pub rows_without_positions: u64,
 }
 
+/// Which slice of a sharded capture (`cache-teacher --shard I/N`) a part manifest covers:
+/// the shards whose index `j` has `j % count == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartInfo {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl PartInfo {
+    /// `manifest.part-I-of-N.json`, and with `.partial` while the part runs.
+    pub fn file_name(&self, partial: bool) -> String {
+        format!("manifest.part-{}-of-{}{}.json", self.index, self.count, if partial { ".partial" } else { "" })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub schema_version: u32,
     pub complete: bool,
+    /// Set on the manifest of one part of a sharded capture; `distill merge` combines parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
     pub tool: ToolInfo,
     pub task: Task,
     pub teacher: TeacherInfo,
@@ -172,6 +191,16 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         if !path.exists() {
+            let has_parts = std::fs::read_dir(dir)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("manifest.part-")))
+                .unwrap_or(false);
+            if has_parts {
+                return Err(Error::cache(
+                    dir,
+                    "holds part manifests of a sharded capture (cache-teacher --shard I/N) but no manifest.json; \
+                     combine the parts with `distill merge --out DIR PART_DIR...`",
+                ));
+            }
             if dir.join(PARTIAL_MANIFEST_FILE).exists() {
                 return Err(Error::cache(
                     dir,
@@ -220,6 +249,9 @@ impl Manifest {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad(format!("temperature {} must be > 0", self.temperature));
         }
+        if let Some(part) = self.part {
+            return self.validate_part(path, part);
+        }
         let mut next_row = 0u64;
         let mut positions = 0u64;
         for (i, shard) in self.shards.iter().enumerate() {
@@ -257,6 +289,35 @@ impl Manifest {
         Ok(())
     }
 
+    /// A part manifest holds the shards `j` with `j % count == index`, each at row
+    /// `j * rows_per_shard`, in increasing order.
+    fn validate_part(&self, path: &Path, part: PartInfo) -> Result<()> {
+        let bad = |m: String| Err(Error::cache(path, m));
+        if part.count == 0 || part.index >= part.count {
+            return bad(format!("part {}/{} is not a valid slice", part.index, part.count));
+        }
+        let mut last: Option<usize> = None;
+        let (mut rows, mut positions) = (0u64, 0u64);
+        for shard in &self.shards {
+            let Some(j) = shard_index(&shard.file) else {
+                return bad(format!("shard file {:?} is not a plain shard-NNNNN.parquet name", shard.file));
+            };
+            if j % part.count != part.index || last.is_some_and(|l| j <= l) {
+                return bad(format!("shard {} does not belong to part {}/{} in order", shard.file, part.index, part.count));
+            }
+            if Some(shard.first_row) != (j as u64).checked_mul(self.rows_per_shard) || shard.rows > self.rows_per_shard {
+                return bad(format!("shard {} does not start at row {} x {}", shard.file, j, self.rows_per_shard));
+            }
+            last = Some(j);
+            rows = rows.saturating_add(shard.rows);
+            positions = positions.saturating_add(shard.positions);
+        }
+        if self.complete && (rows != self.totals.rows || positions != self.totals.positions) {
+            return bad(format!("part shards hold {rows} rows / {positions} positions but totals say {} / {}", self.totals.rows, self.totals.positions));
+        }
+        Ok(())
+    }
+
     /// SHA-256 of the canonical JSON of this manifest with an empty `checksum`.
     pub fn compute_checksum(&self) -> String {
         let mut copy = self.clone();
@@ -281,6 +342,7 @@ impl Manifest {
         Manifest {
             schema_version: SCHEMA_VERSION,
             complete: true,
+            part: None,
             tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
             task: Task::CausalLm,
             teacher: TeacherInfo { file: "synthetic".into(), sha256: String::new(), bytes: 0, inputs: vec![], outputs: vec![], logits_output: "logits".into() },
@@ -310,6 +372,14 @@ pub fn is_shard_file_name(name: &str) -> bool {
     name.strip_prefix("shard-")
         .and_then(|s| s.strip_suffix(".parquet"))
         .is_some_and(|d| !d.is_empty() && d.len() <= 9 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The index `j` of `shard-j.parquet`.
+pub fn shard_index(name: &str) -> Option<usize> {
+    if !is_shard_file_name(name) {
+        return None;
+    }
+    name.strip_prefix("shard-")?.strip_suffix(".parquet")?.parse().ok()
 }
 
 pub fn shard_file_name(index: usize) -> String {

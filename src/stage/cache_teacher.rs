@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cache::manifest::{
-    self, DatasetInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
+    self, DatasetInfo, PartInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
     ToolInfo, Totals,
 };
 use crate::cache::{LogprobEncoding, Positions, ShardBuilder, Task, schema, writer};
@@ -195,6 +195,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     let mut man = Manifest {
         schema_version: SCHEMA_VERSION,
         complete: false,
+        part: cfg.part,
         tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
         task: teacher.task,
         teacher: manifest::TeacherInfo {
@@ -226,7 +227,9 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
 
     // The output directory: new, resumable, complete, or someone else's.
     let out = &cfg.out;
-    let resumed = prepare_out_dir(out, &man, opts.overwrite)?;
+    let part = cfg.part.unwrap_or(PartInfo { index: 0, count: 1 });
+    let names = ManifestNames::of(cfg.part);
+    let resumed = prepare_out_dir(out, &man, opts.overwrite, &names, part)?;
     let mut warnings = Vec::new();
     match resumed {
         OutState::Complete(existing) => {
@@ -256,15 +259,24 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         manifest::write_atomic(&out.join(manifest::TOKENIZER_FILE), &bytes)?;
     }
     let resumed_shards = man.shards.len();
-    let start_row = man.shards.last().map(|s| s.first_row + s.rows).unwrap_or(0);
+    // This run's shards: indices j of this part (all of them without --shard), after the
+    // finished ones. Shard j always holds rows j*R .. (j+1)*R.
+    let total_rows = man.dataset.rows;
+    let per = cfg.rows_per_shard;
+    let all_shards = total_rows.div_ceil(per) as usize;
+    let done: std::collections::HashSet<usize> = man.shards.iter().filter_map(|s| manifest::shard_index(&s.file)).collect();
+    let mine: Vec<usize> = (0..all_shards).filter(|j| j % part.count == part.index).collect();
+    let plan: Vec<usize> = mine.iter().copied().filter(|j| !done.contains(j)).collect();
+    let rows_of = |j: usize| per.min(total_rows - j as u64 * per);
+    let my_rows: u64 = mine.iter().map(|&j| rows_of(j)).sum();
+    let done_rows: u64 = man.shards.iter().map(|s| s.rows).sum();
 
     // Stream. The main thread reads, tokenizes and runs the teacher; a worker thread turns
     // the copied logits into soft labels and writes the shards, so the top-k and the
     // encoding of batch n overlap the inference of batch n + 1.
-    let total_rows = man.dataset.rows;
-    let progress = Progress::new(total_rows, "caching", opts.quiet);
-    progress.set_position(start_row);
-    let mut rows = data::read_rows(&cfg.data, &columns)?.skip(start_row as usize);
+    let progress = Progress::new(my_rows, "caching", opts.quiet);
+    progress.set_position(done_rows);
+    let mut rows = data::read_rows(&cfg.data, &columns)?;
     let started = Instant::now();
     let mut rows_computed = 0u64;
     let mut tokens_computed = 0u64;
@@ -274,17 +286,25 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     let vocab_size = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
-    let sink = Sink { out, encoding: cfg.encoding, step, temperature: cfg.temperature, top_k, vocab: vocab_size, threads: cfg.threads, teacher_path };
+    let sink = Sink { out, partial_name: names.partial.clone(), encoding: cfg.encoding, step, temperature: cfg.temperature, top_k, vocab: vocab_size, threads: cfg.threads, teacher_path };
     let (main_result, worker_result) = std::thread::scope(|scope| {
         let worker = scope.spawn(move || sink.run(rx, man));
         let main_result = (|| -> Result<()> {
             let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
-            let mut shard_first_row = start_row;
-            let mut shard_rows = 0u64;
-            loop {
+            let mut cursor = 0u64; // next dataset row the reader would return
+            for &j in &plan {
+              let shard_first_row = j as u64 * per;
+              let shard_len = rows_of(j);
+              // Skip the rows of shards that are finished or belong to other workers.
+              for row in rows.by_ref().take((shard_first_row - cursor) as usize) {
+                  row?;
+              }
+              cursor = shard_first_row;
+              let mut shard_rows = 0u64;
+              while shard_rows < shard_len {
                 batch.clear();
                 // A batch never crosses a shard boundary, so shards depend on rows only.
-                let room = (cfg.rows_per_shard - shard_rows).min(cfg.batch_size as u64) as usize;
+                let room = (shard_len - shard_rows).min(cfg.batch_size as u64) as usize;
                 let t_read = Instant::now();
                 for row in rows.by_ref().take(room) {
                     batch.push(row?);
@@ -293,6 +313,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
                 if batch.is_empty() {
                     break;
                 }
+                cursor += batch.len() as u64;
                 let hard: Vec<Option<i64>> = batch
                     .iter()
                     .map(|r| match label_slot.map(|s| &r.fields[s]) {
@@ -316,16 +337,10 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
                 shard_rows += batch.len() as u64;
                 rows_computed += batch.len() as u64;
                 progress.inc(batch.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
-                if shard_rows == cfg.rows_per_shard {
-                    if tx.send(Job::Flush { first_row: shard_first_row, rows: shard_rows }).is_err() {
-                        return Ok(());
-                    }
-                    shard_first_row += shard_rows;
-                    shard_rows = 0;
-                }
-            }
-            if shard_rows > 0 {
-                let _ = tx.send(Job::Flush { first_row: shard_first_row, rows: shard_rows });
+              }
+              if shard_rows > 0 && tx.send(Job::Flush { index: j, first_row: shard_first_row, rows: shard_rows }).is_err() {
+                  return Ok(());
+              }
             }
             Ok(())
         })();
@@ -340,10 +355,10 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     timings.write = write_seconds;
     man.totals.truncated_rows += truncated_rows;
     progress.finish();
-    if man.totals.rows != total_rows {
+    if man.totals.rows != my_rows {
         return Err(Error::data(
             &cfg.data,
-            format!("read {} rows but the file had {total_rows} when hashed: it changed during the run", man.totals.rows),
+            format!("read {} rows but expected {my_rows} of the {total_rows} the file had when hashed: it changed during the run", man.totals.rows),
         ));
     }
     if man.totals.truncated_rows > 0 {
@@ -360,9 +375,9 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         ));
     }
     man.complete = true;
-    man.validate(&out.join(MANIFEST_FILE))?;
-    man.write_atomic(out, MANIFEST_FILE)?;
-    let partial = out.join(PARTIAL_MANIFEST_FILE);
+    man.validate(&out.join(&names.complete))?;
+    man.write_atomic(out, &names.complete)?;
+    let partial = out.join(&names.partial);
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
     }
@@ -382,9 +397,24 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     })
 }
 
-fn finish_shard(out: &Path, man: &mut Manifest, info: ShardInfo) -> Result<()> {
+fn finish_shard(out: &Path, name: &str, man: &mut Manifest, info: ShardInfo) -> Result<()> {
     man.shards.push(info);
-    man.write_atomic(out, PARTIAL_MANIFEST_FILE)
+    man.write_atomic(out, name)
+}
+
+/// The manifest file names of a run: the whole cache, or one part of a sharded capture.
+struct ManifestNames {
+    complete: String,
+    partial: String,
+}
+
+impl ManifestNames {
+    fn of(part: Option<PartInfo>) -> ManifestNames {
+        match part {
+            Some(p) => ManifestNames { complete: p.file_name(false), partial: p.file_name(true) },
+            None => ManifestNames { complete: MANIFEST_FILE.into(), partial: PARTIAL_MANIFEST_FILE.into() },
+        }
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -399,12 +429,12 @@ enum OutState {
 
 /// Decide what to do with `out`: start fresh, resume a partial cache made with the same
 /// settings, report a complete one, or refuse.
-fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutState> {
+fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &ManifestNames, part: PartInfo) -> Result<OutState> {
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let complete = out.join(MANIFEST_FILE);
-    let partial = out.join(PARTIAL_MANIFEST_FILE);
+    let complete = out.join(&names.complete);
+    let partial = out.join(&names.partial);
     let read = |p: &Path| match Manifest::read_file(p) {
         Ok(m) => Ok(Some(m)),
         // An unreadable manifest (another schema, hand-edited) may be replaced on request.
@@ -451,18 +481,18 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutSta
                 kept.totals.positions += s.positions;
                 kept.shards.push(s.clone());
             }
-            remove_unlisted(out, &kept.shards)?;
+            remove_unlisted(out, &kept.shards, part)?;
             Ok(OutState::Partial(kept))
         }
         Some(_) => {
             // --overwrite: remove what the old cache wrote.
-            for f in [MANIFEST_FILE, PARTIAL_MANIFEST_FILE] {
+            for f in [&names.complete, &names.partial] {
                 let p = out.join(f);
                 if p.exists() {
                     std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
                 }
             }
-            remove_unlisted(out, &[])?;
+            remove_unlisted(out, &[], part)?;
             Ok(OutState::Fresh)
         }
         None => {
@@ -471,7 +501,12 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutSta
                     .map_err(|e| Error::io(out, e))?
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !(manifest::is_shard_file_name(n) || n.ends_with(".partial")))
+                    .filter(|n| {
+                        !(manifest::is_shard_file_name(n)
+                            || n.ends_with(".partial")
+                            || n == manifest::TOKENIZER_FILE
+                            || (part.count > 1 && n.starts_with("manifest.part-")))
+                    })
                     .collect();
                 if !stray.is_empty() {
                     return Err(Error::cache(
@@ -479,7 +514,7 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutSta
                         format!("--out is not empty and is not a distill cache (found {}); choose an empty or new directory", stray.join(", ")),
                     ));
                 }
-                remove_unlisted(out, &[])?;
+                remove_unlisted(out, &[], part)?;
             } else {
                 std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             }
@@ -492,12 +527,15 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool) -> Result<OutSta
     }
 }
 
-/// Delete shard files and temporaries that the manifest does not list.
-fn remove_unlisted(out: &Path, keep: &[ShardInfo]) -> Result<()> {
+/// Delete this part's shard files and temporaries that the manifest does not list (shards
+/// of other parts in a shared directory are left alone).
+fn remove_unlisted(out: &Path, keep: &[ShardInfo], part: PartInfo) -> Result<()> {
     for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
         let entry = entry.map_err(|e| Error::io(out, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = manifest::is_shard_file_name(&name) || (name.starts_with('.') && name.ends_with(".partial"));
+        let base = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).unwrap_or(&name);
+        let mine = manifest::shard_index(base).is_some_and(|j| j % part.count == part.index);
+        let ours = mine && (manifest::is_shard_file_name(&name) || name.starts_with('.'));
         if ours && !keep.iter().any(|s| s.file == name) {
             std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
         }
@@ -534,13 +572,14 @@ struct Pending {
 
 enum Job {
     Batch(Pending),
-    /// Every row of `first_row .. first_row + rows` has been sent: write the shard.
-    Flush { first_row: u64, rows: u64 },
+    /// Every row of `first_row .. first_row + rows` has been sent: write shard `index`.
+    Flush { index: usize, first_row: u64, rows: u64 },
 }
 
 /// The worker side of stage one: soft labels, shard building and writing.
 struct Sink<'a> {
     out: &'a Path,
+    partial_name: String,
     encoding: crate::cache::LogprobEncoding,
     step: f64,
     temperature: f32,
@@ -576,10 +615,10 @@ impl Sink<'_> {
                     }
                     write_s += t.elapsed().as_secs_f64();
                 }
-                Job::Flush { first_row, rows } => {
+                Job::Flush { index, first_row, rows } => {
                     let t = Instant::now();
-                    let info = builder.write(self.out, man.shards.len(), first_row, rows)?;
-                    finish_shard(self.out, &mut man, info)?;
+                    let info = builder.write(self.out, index, first_row, rows)?;
+                    finish_shard(self.out, &self.partial_name, &mut man, info)?;
                     write_s += t.elapsed().as_secs_f64();
                 }
             }

@@ -4,6 +4,7 @@ pub mod cache_teacher;
 pub mod inspect;
 pub mod train_student;
 pub mod eval;
+pub mod merge;
 
 pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};
 pub use inspect::{CacheStats, inspect};

@@ -1,0 +1,133 @@
+//! `distill merge`: combine the part manifests of a sharded capture
+//! (`cache-teacher --shard I/N`, one worker per part, e.g. a Slurm job array) into one
+//! cache. Refuses gaps, overlaps, missing or unfinished parts, and parts made with other
+//! settings or teachers. Reads and writes only through the cache module's types.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::Manifest;
+use crate::cache::manifest::{self, MANIFEST_FILE, TOKENIZER_FILE, sha256_file};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct MergeSummary {
+    pub out: PathBuf,
+    pub parts: usize,
+    pub shards: usize,
+    pub rows: u64,
+    pub positions: u64,
+}
+
+/// Merge the parts found in `inputs` (directories; `out` may be one of them) into `out`.
+pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
+    let mut parts: Vec<(PathBuf, Manifest)> = Vec::new();
+    for dir in inputs {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("manifest.part-") && !name.ends_with(".partial.json") && name.ends_with(".json") {
+                parts.push((dir.clone(), Manifest::read_file(&e.path())?));
+            } else if name.starts_with("manifest.part-") && name.ends_with(".partial.json") {
+                return Err(Error::cache(e.path(), "this part is not finished (rerun its cache-teacher --shard command)"));
+            }
+        }
+    }
+    let Some((_, first)) = parts.first().cloned() else {
+        return Err(Error::Config(format!(
+            "no part manifests (manifest.part-I-of-N.json) in {}",
+            inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let count = first.part.map(|p| p.count).unwrap_or(0);
+    let mut seen = vec![false; count];
+    for (dir, m) in &parts {
+        let here = dir.join(m.part.map(|p| p.file_name(false)).unwrap_or_default());
+        if m.fingerprint != first.fingerprint {
+            return Err(Error::cache(
+                &here,
+                format!(
+                    "was made with other settings or another teacher/dataset than part {:?} (fingerprint {} vs {})",
+                    first.part.map(|p| p.index),
+                    &m.fingerprint[..12.min(m.fingerprint.len())],
+                    &first.fingerprint[..12.min(first.fingerprint.len())]
+                ),
+            ));
+        }
+        let Some(p) = m.part.filter(|p| p.count == count) else {
+            return Err(Error::cache(&here, format!("is not a part of the same {count}-way capture")));
+        };
+        if !m.complete {
+            return Err(Error::cache(&here, "this part is not finished"));
+        }
+        if std::mem::replace(&mut seen[p.index], true) {
+            return Err(Error::cache(&here, format!("part {}/{count} was given twice", p.index)));
+        }
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        return Err(Error::Config(format!("part {missing}/{count} is missing (each of 0..{count} is needed)")));
+    }
+
+    // Shards in row order must tile the dataset exactly.
+    let mut shards: Vec<(PathBuf, manifest::ShardInfo)> =
+        parts.iter().flat_map(|(d, m)| m.shards.iter().map(move |s| (d.clone(), s.clone()))).collect();
+    shards.sort_by_key(|(_, s)| s.first_row);
+    let mut next = 0u64;
+    for (_, s) in &shards {
+        if s.first_row != next {
+            return Err(Error::Config(format!(
+                "the parts do not tile the dataset: {} starts at row {} but row {next} comes next ({})",
+                s.file,
+                s.first_row,
+                if s.first_row > next { "a gap" } else { "an overlap" }
+            )));
+        }
+        next += s.rows;
+    }
+    if next != first.dataset.rows {
+        return Err(Error::Config(format!("the parts cover {next} rows but the dataset has {}", first.dataset.rows)));
+    }
+
+    // Bring the shards (checked) into `out`, then publish the manifest last.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for (dir, s) in &shards {
+        let src = dir.join(&s.file);
+        let sha = sha256_file(&src)?;
+        if sha != s.sha256 {
+            return Err(Error::cache(&src, format!("checksum mismatch: file has sha256 {sha}, its part manifest records {}", s.sha256)));
+        }
+        let dst = out.join(&s.file);
+        if !same_file(&src, &dst) {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            manifest::write_atomic(&dst, &bytes)?;
+        }
+    }
+    if let Some((dir, _)) = parts.iter().find(|(d, _)| d.join(TOKENIZER_FILE).exists()) {
+        let src = dir.join(TOKENIZER_FILE);
+        if !same_file(&src, &out.join(TOKENIZER_FILE)) {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            manifest::write_atomic(&out.join(TOKENIZER_FILE), &bytes)?;
+        }
+    }
+    let mut merged = first.clone();
+    merged.part = None;
+    merged.complete = true;
+    merged.shards = shards.into_iter().map(|(_, s)| s).collect();
+    merged.totals = Default::default();
+    for (_, m) in &parts {
+        merged.totals.rows += m.totals.rows;
+        merged.totals.positions += m.totals.positions;
+        merged.totals.truncated_rows += m.totals.truncated_rows;
+        merged.totals.rows_without_positions += m.totals.rows_without_positions;
+    }
+    merged.command = command;
+    merged.validate(&out.join(MANIFEST_FILE))?;
+    merged.write_atomic(out, MANIFEST_FILE)?;
+    Ok(MergeSummary { out: out.to_path_buf(), parts: parts.len(), shards: merged.shards.len(), rows: merged.totals.rows, positions: merged.totals.positions })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
