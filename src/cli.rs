@@ -155,6 +155,9 @@ struct TrainArgs {
     /// Train on the first N rows only.
     #[arg(long, value_name = "N")]
     max_rows: Option<u64>,
+    /// Use the first K cached entries per position (K <= the cache's k; the rest joins the tail).
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
     /// tokenizer.json [default: the copy inside the cache]; must be the cache's tokenizer.
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
@@ -185,6 +188,7 @@ impl TrainArgs {
             device: self.device.clone(),
             checkpoint_every: self.checkpoint_every,
             max_rows: self.max_rows,
+            top_k: self.top_k,
         };
         let (settings, file_student) = match &self.pipeline {
             Some(p) => {

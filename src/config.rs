@@ -272,6 +272,9 @@ pub struct TrainSettings {
     pub checkpoint_every: Option<usize>,
     /// Train on the first N dataset rows only (a small labelled set).
     pub max_rows: Option<u64>,
+    /// Use only the first k cached entries of each position (k <= the cache's top_k); the
+    /// dropped entries' mass joins the tail.
+    pub top_k: Option<usize>,
 }
 
 impl TrainSettings {
@@ -293,6 +296,7 @@ impl TrainSettings {
             device: self.device.or(o.device),
             checkpoint_every: self.checkpoint_every.or(o.checkpoint_every),
             max_rows: self.max_rows.or(o.max_rows),
+            top_k: self.top_k.or(o.top_k),
         }
     }
 
@@ -355,6 +359,10 @@ impl TrainSettings {
             device,
             checkpoint_every: self.checkpoint_every.unwrap_or(200).max(1),
             max_rows: self.max_rows,
+            top_k: match self.top_k {
+                Some(0) => return Err(Error::Config("train.top_k must be >= 1".into())),
+                k => k,
+            },
         })
     }
 }
@@ -407,6 +415,7 @@ pub struct TrainConfig {
     pub device: TrainDevice,
     pub checkpoint_every: usize,
     pub max_rows: Option<u64>,
+    pub top_k: Option<usize>,
 }
 
 /// `[eval]` of a pipeline file: held-out data and the seeds to average over.

@@ -279,3 +279,17 @@ fn tch_backend_trains_the_digits_student() {
     assert!(b > 0.9, "tch student accuracy {b}");
     assert!((a - b).abs() < 0.03, "flex {a} vs tch {b}");
 }
+
+/// One cache serves students that ask for fewer entries than it holds: the dropped
+/// entries' mass joins the tail; asking for more than the cache holds is refused.
+#[test]
+fn a_cache_serves_a_smaller_k_and_refuses_a_larger_one() {
+    let t = temp();
+    let cache = digits_cache(t.path()); // k = 10 (every class), T = 4
+    let common = ["--steps", "300", "--batch-size", "32", "--lr", "0.005", "--max-rows", "300", "--alpha", "0.7"];
+    let k3 = t.path().join("k3");
+    ok(&train(&cache, &k3, &[&common[..], &["--top-k", "3"]].concat()));
+    assert!(accuracy(&k3) > 0.85);
+    let o = train(&cache, &t.path().join("k20"), &[&common[..], &["--top-k", "20"]].concat());
+    fails_with(&o, &["train.top_k = 20", "holds only the top 10"]);
+}

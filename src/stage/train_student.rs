@@ -116,6 +116,11 @@ fn check_cache(cfg: &TrainConfig) -> Result<(CacheReader, f32)> {
     if rows != m.dataset.rows {
         return Err(Error::cache(&cfg.cache, format!("dataset has {rows} rows, the manifest records {}", m.dataset.rows)));
     }
+    if let Some(k) = cfg.top_k
+        && k > m.top_k
+    {
+        return Err(Error::Config(format!("train.top_k = {k} but the cache holds only the top {} entries per position", m.top_k)));
+    }
     let t = cfg.temperature.unwrap_or(m.temperature);
     if (t - m.temperature).abs() > 1e-6 && cfg.tail == TailMode::Bucket && m.top_k < m.vocab_size {
         return Err(Error::Config(format!(
@@ -236,6 +241,7 @@ fn load_shard(
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
     let t0 = Instant::now();
     let k = m.top_k;
+    let k_used = cfg.top_k.unwrap_or(k);
     let retemper = (train_t - m.temperature).abs() > 1e-6;
     for batch in reader.read_shard(shard, 8192)? {
         let b = batch?;
@@ -261,15 +267,23 @@ fn load_shard(
                     ));
                 }
             }
-            let mut logprobs = b.logprobs[i * k..(i + 1) * k].to_vec();
+            let all = &b.logprobs[i * k..(i + 1) * k];
+            let mut logprobs = all[..k_used].to_vec();
+            // A smaller k: the dropped entries' mass joins the tail (log-sum-exp, f64).
+            let mut tail = b.tail_logmass[i] as f64;
+            if k_used < k {
+                let terms = all[k_used..].iter().map(|&v| v as f64).chain((tail.is_finite()).then_some(tail));
+                let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+                tail = max + terms.map(|v| (v - max).exp()).sum::<f64>().ln();
+            }
             if retemper {
                 loss::retemper(&mut logprobs, m.temperature, train_t);
             }
             ex.targets.push(Target {
                 position,
-                ids: b.ids[i * k..(i + 1) * k].to_vec(),
+                ids: b.ids[i * k..i * k + k_used].to_vec(),
                 logprobs,
-                tail: if b.tail_logmass[i].is_finite() { b.tail_logmass[i] } else { -1e4 },
+                tail: if tail.is_finite() { tail as f32 } else { -1e4 },
                 hard,
             });
         }
@@ -437,7 +451,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         "train": {
             "alpha": cfg.alpha, "temperature": train_t, "tail": cfg.tail, "epochs": cfg.epochs, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
-            "device": cfg.device, "checkpoint_every": cfg.checkpoint_every, "max_rows": cfg.max_rows,
+            "device": cfg.device, "checkpoint_every": cfg.checkpoint_every, "max_rows": cfg.max_rows, "top_k": cfg.top_k,
             "cache": cfg.cache, "data": cfg.data,
         },
     });
@@ -535,7 +549,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                     continue;
                 }
                 let refs: Vec<&Example> = chunk.iter().collect();
-                let (parts, count) = batch_loss(&model, &refs, m.top_k, cfg, train_t, &device);
+                let (parts, count) = batch_loss(&model, &refs, cfg.top_k.unwrap_or(m.top_k), cfg, train_t, &device);
                 let lr = lr_at(cfg.lr, step, total);
                 let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
                 if !l.is_finite() {
