@@ -149,7 +149,7 @@ impl ShardBuilder {
             rows,
             positions,
             bytes,
-            sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: crate::cache::manifest::hex(&hasher.finalize()),
         })
     }
 }

@@ -110,16 +110,8 @@ impl Teacher {
             .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
         let sha256 = sha256_file(path)?;
 
-        let describe = |name: &str, t: &ValueType| -> IoInfo {
-            IoInfo {
-                name: name.to_string(),
-                dtype: t.tensor_type().map(|t| t.to_string()).unwrap_or_else(|| format!("{t:?}")),
-                shape: t.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
-                filled_from: None,
-            }
-        };
-        let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
-        let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| describe(o.name(), o.dtype())).collect();
+        let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
+        let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
         let listing = |ios: &[IoInfo]| {
             ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ")
         };
@@ -191,7 +183,7 @@ impl Teacher {
                             format!(
                                 "cannot fill input `{name}` of a token model (known: input_ids, attention_mask, \
                                  position_ids, token_type_ids, past_key_values.*); the model's inputs are: {}",
-                                listing(&session_inputs_listing(&session))
+                                listing(&session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect::<Vec<_>>())
                             ),
                         ));
                     }
@@ -337,17 +329,14 @@ impl Teacher {
     }
 }
 
-fn session_inputs_listing(session: &Session) -> Vec<IoInfo> {
-    session
-        .inputs()
-        .iter()
-        .map(|o| IoInfo {
-            name: o.name().to_string(),
-            dtype: o.dtype().tensor_type().map(|t| t.to_string()).unwrap_or_default(),
-            shape: o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
-            filled_from: None,
-        })
-        .collect()
+/// An ONNX input or output as the manifest records it.
+fn io_info(name: &str, t: &ValueType) -> IoInfo {
+    IoInfo {
+        name: name.to_string(),
+        dtype: t.tensor_type().map(|t| t.to_string()).unwrap_or_else(|| format!("{t:?}")),
+        shape: t.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+        filled_from: None,
+    }
 }
 
 fn numeric_tensor(plan: &InputPlan, shape: Vec<i64>, values: &[f32]) -> std::result::Result<SessionInputValue<'static>, String> {
