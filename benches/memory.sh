@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak RSS of `distill train-student` on an LM cache 1x and 10x as large (the training data
-# repeated 10 times, cached with the same settings), 40 steps, seeds 0-3. The peak of one run
+# repeated 10 times, cached with the same settings), 40 steps, seeds 0-7. The peak of one run
 # depends on the batch shapes it meets (the longest row of a batch sizes its tensors), so the
 # comparison is the largest peak over the seeds: streaming keeps it flat in the cache size.
 #     bash benches/memory.sh
@@ -18,7 +18,7 @@ for n in 1 10; do
         --rows-per-shard 512 --out "$tmp/cache$n" --quiet > /dev/null
     bytes=$(du -sb "$tmp/cache$n" | cut -f1)
     peaks=""
-    for seed in 0 1 2 3; do
+    for seed in 0 1 2 3 4 5 6 7; do
         rm -rf "$tmp/run$n"
         /usr/bin/time -f "%M" -o "$tmp/rss" ./target/release/distill train-student --cache "$tmp/cache$n" --data "$data" \
             --out "$tmp/run$n" --student decoder:d_model=64,layers=2,heads=2,d_ff=172 --steps 40 --batch-size 16 \
