@@ -7,8 +7,11 @@
 //!    batches; for every cached position the top-k of `log_softmax(logits / T)` over the full
 //!    distribution and the exact log of the mass outside the top-k ([`teacher::topk`]) go into
 //!    zstd Parquet shards plus a manifest ([`cache`]).
-//! 2. **Stage two** trains a student from the cache and the hard labels alone; it reads the
-//!    cache only through [`cache::CacheReader`] and never loads the teacher.
+//! 2. **Stage two, `train-student`** ([`stage::train_student`]): a Burn student ([`student`]:
+//!    an MLP or a Llama-style decoder) learns from the cache and the hard labels alone with the
+//!    loss in [`loss`]; it reads the cache only through [`cache::CacheReader`] and never loads
+//!    the teacher. [`stage::eval`] measures students (and the teacher, from a cache);
+//!    [`stage::merge`] combines the parts of a sharded capture.
 //!
 //! The cache is the contract: self-describing ([`cache::Manifest`]), verifiable (checksums,
 //! fingerprints), portable (plain Parquet, schema in [`cache::schema`]) and resumable.

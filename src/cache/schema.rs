@@ -7,10 +7,10 @@
 //! | `position` | UInt32 | token position whose next-token distribution this is (0 for classification) |
 //! | `hard_label` | Int64, nullable | next token (causal LM) or the `label` column (classification) |
 //! | `hard_label_logprob` | Float32, nullable | teacher's `log p_T(hard_label)` over the full distribution |
-//! | `top_ids` | List<UInt32> | the k most probable ids, most probable first |
+//! | `top_ids` | `List<UInt32>` | the k most probable ids, most probable first |
 //! | `top1_logprob` | Float32 | `log p_T(top_ids[0])`, exact |
-//! | `logprob_deltas` | List<UInt16> | (`delta_u16` encoding) quantised gaps, see below |
-//! | `top_logprobs` | List<Float32> | (`f32` encoding) `log p_T` of each id, exact |
+//! | `logprob_deltas` | `List<UInt16>` | (`delta_u16` encoding) quantised gaps, see below |
+//! | `top_logprobs` | `List<Float32>` | (`f32` encoding) `log p_T` of each id, exact |
 //! | `tail_logmass` | Float32 | `log(1 - sum_k p_T)`: exact log of the mass outside the top-k (`-inf` when k = vocab) |
 //! | `entropy` | Float32 | entropy of the full softened teacher distribution, nats |
 //!
