@@ -2,7 +2,7 @@
 //!
 //! Two stages, joined by a cache on disk:
 //!
-//! 1. **Stage one, `cache-teacher`** ([`stage::cache_teacher`]): a frozen teacher (an ONNX
+//! 1. **Stage one, `cache-teacher`** ([`stage::cache_teacher()`]): a frozen teacher (an ONNX
 //!    model, run by ONNX Runtime through [`teacher`]) reads the training data ([`data`]) in
 //!    batches; for every cached position the top-k of `log_softmax(logits / T)` over the full
 //!    distribution and the exact log of the mass outside the top-k ([`teacher::topk`]) go into
