@@ -12,10 +12,7 @@ fn s(p: &Path) -> String {
 
 fn digits_cache(dir: &Path, rows_per_shard: &str) -> PathBuf {
     let out = dir.join("cache");
-    ok(&distill([
-        "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-        "--out", &s(&out), "--temperature", "4", "--rows-per-shard", rows_per_shard, "--quiet",
-    ]));
+    cache_digits("train.parquet", &out, &["--temperature", "4", "--rows-per-shard", rows_per_shard]);
     out
 }
 

@@ -26,11 +26,7 @@ fn seed_cache() -> &'static (tempfile::TempDir, Vec<u8>, Vec<u8>) {
     SEED.get_or_init(|| {
         let t = temp();
         let out = t.path().join("cache");
-        ok(&distill([
-            "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(),
-            "--data", &data("digits/test.parquet").display().to_string(), "--out", &out.display().to_string(),
-            "--top-k", "3", "--rows-per-shard", "1000", "--quiet",
-        ]));
+        cache_digits("test.parquet", &out, &["--top-k", "3", "--rows-per-shard", "1000"]);
         let manifest = std::fs::read(out.join("manifest.json")).unwrap();
         let shard = std::fs::read(out.join("shard-00000.parquet")).unwrap();
         (t, manifest, shard)

@@ -28,11 +28,7 @@ fn help_pages() {
 fn inspect_report() {
     let t = temp();
     let out = t.path().join("cache");
-    ok(&distill([
-        "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(),
-        "--data", &data("digits/test.parquet").display().to_string(), "--out", &out.display().to_string(),
-        "--top-k", "5", "--temperature", "2", "--quiet",
-    ]));
+    cache_digits("test.parquet", &out, &["--top-k", "5", "--temperature", "2"]);
     let o = distill(["inspect".as_ref(), out.as_os_str()]);
     ok(&o);
     settings().bind(|| insta::assert_snapshot!("inspect_digits_k5_t2", stdout(&o)));

@@ -8,11 +8,7 @@ use crate::common::*;
 /// A digits cache (T = 4, every class) made once per test.
 fn digits_cache(dir: &Path) -> PathBuf {
     let out = dir.join("cache");
-    ok(&distill([
-        "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(),
-        "--data", &data("digits/train.parquet").display().to_string(),
-        "--out", &out.display().to_string(), "--temperature", "4", "--rows-per-shard", "400", "--quiet",
-    ]));
+    cache_digits("train.parquet", &out, &["--temperature", "4", "--rows-per-shard", "400"]);
     out
 }
 
@@ -152,11 +148,7 @@ mod mismatch {
         let t = temp();
         // k = 3 < 10 classes, so the tail is not empty.
         let cache = t.path().join("k3");
-        ok(&distill([
-            "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(),
-            "--data", &data("digits/train.parquet").display().to_string(), "--out", &cache.display().to_string(),
-            "--temperature", "4", "--top-k", "3", "--quiet",
-        ]));
+        cache_digits("train.parquet", &cache, &["--temperature", "4", "--top-k", "3"]);
         let o = train(&cache, &t.path().join("r"), &["--temperature", "2", "--steps", "5"]);
         fails_with(&o, &["train.temperature = 2", "cache's temperature 4", "renormalize"]);
         // Renormalising re-tempers the top-k exactly: allowed.

@@ -52,6 +52,18 @@ pub fn fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
+/// `distill cache-teacher` on the digits teacher over `data/digits/<split>` into `out`, with
+/// `extra` flags; asserts success.
+pub fn cache_digits(split: &str, out: &Path, extra: &[&str]) {
+    let mut a = vec![
+        "cache-teacher".to_string(), "--teacher".into(), data("digits/teacher.onnx").display().to_string(),
+        "--data".into(), data(&format!("digits/{split}")).display().to_string(), "--out".into(), out.display().to_string(),
+        "--quiet".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    ok(&distill(a));
+}
+
 /// Python with onnxruntime/pyarrow/duckdb: `python3` on PATH (the .venv when run through .ci/test).
 pub fn python(script: &str, args: &[&Path]) -> Output {
     Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 runs")
