@@ -439,7 +439,7 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
         Ok(m) => Ok(Some(m)),
         // An unreadable manifest (another schema, hand-edited) may be replaced on request.
         Err(_) if overwrite => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it"))),
     };
     let existing = if complete.exists() {
         Some((read(&complete)?, true))
