@@ -449,10 +449,9 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
         None
     };
     let existing = match existing {
-        Some((None, _)) => Some((man.clone(), true)).map(|(mut m, c)| {
-            m.fingerprint = String::from("unreadable");
-            (m, c)
-        }),
+        // Unreadable, which `read` allows only with --overwrite: every arm below that keeps or
+        // resumes a cache requires !overwrite, so it is replaced like any other.
+        Some((None, c)) => Some((man.clone(), c)),
         Some((Some(m), c)) => Some((m, c)),
         None => None,
     };
