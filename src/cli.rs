@@ -69,6 +69,30 @@ enum Command {
     /// Checkpoints every --checkpoint-every steps and at the end; --resume continues the
     /// run in --out from its last checkpoint with the same batches.
     TrainStudent(TrainArgs),
+    /// Run a student over data and write its raw logits as JSONL (one line per row).
+    ///
+    /// The student is a train-student run directory or a Hugging Face checkpoint
+    /// directory (config.json + model.safetensors + tokenizer.json), e.g. RUN_DIR/hf.
+    Predict {
+        /// Run directory of train-student, or a Hugging Face checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        student: PathBuf,
+        /// Rows to run on (Parquet or JSONL).
+        #[arg(long, value_name = "DATA")]
+        data: PathBuf,
+        /// Output JSONL: {"row", "tokens", "logits"} per row.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Text column (Hugging Face checkpoints; a run directory knows its columns).
+        #[arg(long, default_value = "text")]
+        text_column: String,
+        /// Longest sequence fed to a Hugging Face checkpoint (longer rows are cut).
+        #[arg(long, default_value_t = 512)]
+        max_seq_len: usize,
+        /// Only the first N rows.
+        #[arg(long, value_name = "N")]
+        max_rows: Option<u64>,
+    },
     /// Evaluate a trained student on held-out data: accuracy (classifier) or perplexity
     /// (LM), and top-1 agreement with the teacher when a cache of that data is given.
     Eval {
@@ -399,6 +423,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let s = stage::train_student::train_student(&cfg, &opts)?;
             print_train_summary(&s);
         }
+        Command::Predict { student, data, out, text_column, max_seq_len, max_rows } => {
+            let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows };
+            let n = stage::eval::predict(&student, &data, &out, &opts)?;
+            println!("{}: logits of {n} rows", out.display());
+        }
         Command::Eval { student, data, cache, json } => {
             let r = stage::eval::eval_student(&student, &data, cache.as_deref())?;
             if json {
@@ -425,6 +454,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_train_summary(s: &stage::train_student::TrainSummary) {
+    for n in &s.notes {
+        eprintln!("note: {n}");
+    }
     let resumed = s.resumed_from.map(|r| format!(" (resumed from step {r})")).unwrap_or_default();
     println!(
         "{}: trained {} steps{} in {:.1}s, {:.0} positions/s, final loss {:.4}, cache reads {:.1}% of the time",

@@ -452,6 +452,11 @@ impl PipelineFile {
         let base = path.parent().unwrap_or(Path::new("."));
         file.cache = file.cache.relative_to(base);
         file.train = file.train.map(|t| t.relative_to(base));
+        if let Some(StudentSpec::Hf { path: p }) = &mut file.student
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         if let Some(e) = &mut file.eval
             && e.data.is_relative()
         {

@@ -103,6 +103,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
         }
     };
     if let Some(ts) = &text_side
+        && teacher.task == Task::CausalLm
         && ts.vocab_size() > vocab
     {
         return Err(Error::Tokenizer {
@@ -325,7 +326,7 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
                     None => numeric_batch(cfg, &mut teacher, &batch, &columns, &hard, &mut timings)?,
                     Some(ts) => {
                         let (pending, tokens, truncated) =
-                            token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, &mut timings)?;
+                            token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, &hard, &mut timings)?;
                         tokens_computed += tokens;
                         truncated_rows += truncated;
                         pending
@@ -759,8 +760,10 @@ fn token_batch(
     cols: &TextColumns,
     teacher: &mut Teacher,
     batch: &[Row],
+    hard: &[Option<i64>],
     timings: &mut Timings,
 ) -> Result<(Pending, u64, u64)> {
+    let classify = teacher.task == Task::Classification;
     let t_tok = Instant::now();
     let text = cfg.text.as_ref().expect("token batch has text settings");
     let mut truncated = 0u64;
@@ -776,7 +779,7 @@ fn token_batch(
             }
             truncated += 1;
         }
-        if let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
+        if !classify && let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
             return Err(Error::Tokenizer {
                 path: text.tokenizer.clone(),
                 message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {}", r.index, teacher.vocab_size),
@@ -795,6 +798,32 @@ fn token_batch(
         }
         tokens += s.len() as u64;
     }
+    let vocab = teacher.vocab_size;
+    let teacher_path = teacher.path().to_path_buf();
+    timings.data += t_tok.elapsed().as_secs_f64();
+    if classify {
+        // One soft label per row: logits [batch, classes].
+        for (r, h) in batch.iter().zip(hard) {
+            if let Some(h) = h
+                && !(0..vocab as i64).contains(h)
+            {
+                return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
+            }
+        }
+        let t_run = Instant::now();
+        let pending = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
+            if shape != [batch.len(), vocab] {
+                return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
+            }
+            Ok(Pending {
+                logits: logits.to_vec(),
+                meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
+                rows: batch.iter().map(|r| r.index).collect(),
+            })
+        })?;
+        timings.teacher += t_run.elapsed().as_secs_f64();
+        return Ok((pending, tokens, truncated));
+    }
     // Cached positions: p predicts token p + 1.
     let mut wanted: Vec<(usize, u64, u32, i64)> = Vec::new(); // (flat index, row, position, hard label)
     for (b, (s, first)) in seqs.iter().enumerate() {
@@ -802,9 +831,6 @@ fn token_batch(
             wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
         }
     }
-    let vocab = teacher.vocab_size;
-    let teacher_path = teacher.path().to_path_buf();
-    timings.data += t_tok.elapsed().as_secs_f64();
     let t_run = Instant::now();
     let pending = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
         if shape != [batch.len(), seq, vocab] {

@@ -21,7 +21,7 @@ use crate::data::{self, Column, Field, Kind};
 use crate::error::{Error, Result};
 use crate::loss::{self, SoftTargets, TailMode};
 use crate::progress::Progress;
-use crate::student::{self, Student, StudentArch};
+use crate::student::{self, Student, StudentArch, StudentSpec, hf};
 use crate::text::{self, TextColumns, Tokenizer};
 
 /// What the student reads from a dataset: saved beside it so `eval` reads data the same way.
@@ -45,6 +45,10 @@ pub struct StudentFile {
     pub alpha: f32,
     pub temperature: f32,
     pub tail: TailMode,
+    /// The cache's class count / vocabulary when the student's is larger (a padded
+    /// embedding): logits are sliced to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_vocab: Option<usize>,
 }
 
 /// The checkpoint pointer, `checkpoint.json`.
@@ -77,7 +81,12 @@ pub struct TrainSummary {
     pub cache_read_seconds: f64,
     pub final_loss: f64,
     pub resumed_from: Option<usize>,
+    /// Things the user should know (pretrained weights adapted, vocabulary sliced).
+    pub notes: Vec<String>,
 }
+
+/// Where a trained encoder or decoder student is also written as a Hugging Face checkpoint.
+pub const HF_DIR: &str = "hf";
 
 /// One dataset row joined with its cached positions.
 struct Example {
@@ -130,19 +139,100 @@ fn check_cache(cfg: &TrainConfig) -> Result<(CacheReader, f32)> {
             m.temperature, m.temperature
         )));
     }
-    match (&cfg.student, m.task) {
-        (student::StudentSpec::Mlp { .. }, Task::Classification) | (student::StudentSpec::Decoder { .. }, Task::CausalLm) => {}
-        (s, task) => {
-            return Err(Error::Config(format!(
-                "student kind `{}` cannot learn a {task:?} cache",
-                match s {
-                    student::StudentSpec::Mlp { .. } => "mlp",
-                    student::StudentSpec::Decoder { .. } => "decoder",
-                }
-            )));
-        }
+    use student::StudentSpec as S;
+    let kind = match &cfg.student {
+        S::Mlp { .. } => "mlp",
+        S::Encoder { .. } => "encoder",
+        S::Decoder { .. } => "decoder",
+        S::Hf { path } => hf::read_arch(path)?.kind_name(),
+    };
+    let fits = match (kind, m.task) {
+        ("mlp", Task::Classification) => m.text.is_none(),
+        ("encoder", Task::Classification) => m.text.is_some(),
+        ("decoder", Task::CausalLm) => true,
+        _ => false,
+    };
+    if !fits {
+        let cache_kind = match (m.task, m.text.is_some()) {
+            (Task::Classification, false) => "classification over numeric features (student kind `mlp`)",
+            (Task::Classification, true) => "classification over tokens (student kind `encoder`)",
+            (Task::CausalLm, _) => "causal LM (student kind `decoder`)",
+        };
+        return Err(Error::Config(format!("student kind `{kind}` cannot learn this cache: it holds {cache_kind}")));
     }
     Ok((reader, t))
+}
+
+/// Check that a pretrained checkpoint can learn from this cache: vocabulary, classes,
+/// positions, tokenizer. A vocabulary padded past the cache's is sliced (noted); a smaller
+/// one, another tokenizer or another class count is refused.
+fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option<&Tokenizer>, notes: &mut Vec<String>) -> Result<()> {
+    let dir = ck.dir.display().to_string();
+    if let (Some(theirs), Some(ours)) = (&ck.tokenizer, tok) {
+        let theirs_tok = Tokenizer::load(theirs)?;
+        if theirs_tok.sha256 != ours.sha256 {
+            let (a, b) = (theirs_tok.inner.get_vocab(true), ours.inner.get_vocab(true));
+            let mut diff: Vec<String> = b
+                .iter()
+                .filter(|(t, id)| a.get(*t) != Some(id))
+                .map(|(t, id)| format!("`{t}` is {id} in the cache's tokenizer but {:?} in the checkpoint's", a.get(t)))
+                .collect();
+            diff.sort();
+            if !diff.is_empty() || a.len() != b.len() {
+                return Err(Error::Tokenizer {
+                    path: theirs.clone(),
+                    message: format!(
+                        "the checkpoint's tokenizer ({} tokens) is not the cache's ({} tokens): {}",
+                        a.len(),
+                        b.len(),
+                        diff.first().cloned().unwrap_or_else(|| "the checkpoint's has extra tokens".into())
+                    ),
+                });
+            }
+        }
+    }
+    let tokens = tok.map(|t| t.vocab_size()).unwrap_or(0);
+    let has_classifier = ck.has("classifier.weight");
+    match &mut ck.arch {
+        StudentArch::Decoder { vocab_size, .. } => {
+            if *vocab_size < m.vocab_size {
+                return Err(Error::Config(format!(
+                    "{dir}: the student's vocab_size is {vocab_size} but the cache's vocabulary (the teacher's logits) has {}                      entries: cached token ids >= {vocab_size} would have no logit",
+                    m.vocab_size
+                )));
+            }
+            if *vocab_size > m.vocab_size {
+                notes.push(format!(
+                    "the student's vocabulary ({vocab_size}) is padded past the cache's ({}): its logits are sliced to the                      first {} (the padding rows get no gradient and are kept in the export)",
+                    m.vocab_size, m.vocab_size
+                ));
+            }
+        }
+        StudentArch::Encoder { vocab_size, classes, max_positions, .. } => {
+            if *vocab_size < tokens {
+                return Err(Error::Config(format!(
+                    "{dir}: the student's vocab_size is {vocab_size} but the cache's tokenizer has {tokens} tokens"
+                )));
+            }
+            if !has_classifier && *classes != m.vocab_size {
+                // A bare encoder (no head yet): the head is made for the cache's classes.
+                *classes = m.vocab_size;
+            } else if *classes != m.vocab_size {
+                return Err(Error::Config(format!(
+                    "{dir}: the checkpoint classifies into {classes} classes (id2label / num_labels) but the cache has {}",
+                    m.vocab_size
+                )));
+            }
+            let need = m.text.as_ref().map(|t| t.max_seq_len).unwrap_or(0);
+            if *max_positions < need {
+                return Err(Error::Config(format!(
+                    "{dir}: max_position_embeddings is {max_positions} but the cache's sequences are up to {need} tokens"
+                )));
+            }
+        }
+        StudentArch::Mlp { .. } => unreachable!("checkpoints are encoders or decoders"),
+    }
+    Ok(())
 }
 
 fn load_tokenizer(cfg_tokenizer: Option<&Path>, dir: &Path, expected: &str) -> Result<Tokenizer> {
@@ -336,12 +426,14 @@ pub fn device_for(choice: TrainDevice) -> Result<Device> {
 ///
 /// # Shapes
 /// - MLP: features `[b, input]` -> logits `[b, classes]`, one target per row
+/// - encoder: tokens `[b, s]` -> logits `[b, classes]`, one target per row
 /// - decoder: tokens `[b, s]` -> logits `[b * s, vocab]` -> the `[m, vocab]` rows of the m
 ///   cached positions
 fn batch_loss(
     model: &Student,
     batch: &[&Example],
     k: usize,
+    vocab: usize,
     cfg: &TrainConfig,
     train_t: f32,
     device: &Device,
@@ -354,17 +446,13 @@ fn batch_loss(
             let x: Tensor<2> = Tensor::from_data(TensorData::new(x, [b, width]), device);
             (mlp.forward(x), b)
         }
+        Student::Encoder(enc) => {
+            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
+            (enc.forward(tokens, &lengths), b)
+        }
         Student::Decoder(dec) => {
-            let s = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
-            let mut ids = vec![0i64; b * s];
-            let mut lengths = Vec::with_capacity(b);
-            for (r, e) in batch.iter().enumerate() {
-                for (t, &id) in e.tokens.iter().enumerate() {
-                    ids[r * s + t] = id as i64;
-                }
-                lengths.push(e.tokens.len());
-            }
-            let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [b, s]), device);
+            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
+            let s = tokens.dims()[1];
             let logits = dec.forward(tokens, &lengths);
             let vocab = logits.dims()[2];
             (logits.reshape([b * s, vocab]), b * s)
@@ -391,6 +479,9 @@ fn batch_loss(
         let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(rows_idx, [count]), device);
         logits.select(0, idx)
     };
+    // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
+    // columns are not part of the distribution.
+    let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
     let soft = SoftTargets {
         ids: Tensor::from_data(TensorData::new(ids, [count, k]), device),
         logprobs: Tensor::from_data(TensorData::new(lps, [count, k]), device),
@@ -399,6 +490,24 @@ fn batch_loss(
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
     (loss::distillation_loss(logits, &soft, hard, mask, cfg.alpha, train_t, cfg.tail), count)
+}
+
+/// Rows of token ids, right-padded with id 0 (padding is masked by the lengths).
+///
+/// # Shapes
+/// - returns tokens `[b, s]` with `s` the longest row (at least 1), and each row's length
+pub(crate) fn token_tensor<'a>(rows: impl ExactSizeIterator<Item = &'a [u32]> + Clone, device: &Device) -> (Tensor<2, Int>, Vec<usize>) {
+    let b = rows.len();
+    let s = rows.clone().map(<[u32]>::len).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; b * s];
+    let mut lengths = Vec::with_capacity(b);
+    for (r, row) in rows.enumerate() {
+        for (t, &id) in row.iter().enumerate() {
+            ids[r * s + t] = id as i64;
+        }
+        lengths.push(row.len());
+    }
+    (Tensor::from_data(TensorData::new(ids, [b, s]), device), lengths)
 }
 
 fn scalar(t: &Tensor<1>) -> f64 {
@@ -433,11 +542,25 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         text: m.text.clone(),
         tokenizer_sha256: m.tokenizer.as_ref().map(|t| t.sha256.clone()),
     };
-    let width = match m.task {
-        Task::Classification => prepare_rows(&cfg.data, &spec, None, 0, 1)?.first().map(|r| r.features.len()).unwrap_or(0),
-        Task::CausalLm => 0,
+    let width = match (m.task, &m.text) {
+        (Task::Classification, None) => prepare_rows(&cfg.data, &spec, None, 0, 1)?.first().map(|r| r.features.len()).unwrap_or(0),
+        _ => 0,
     };
-    let arch = StudentArch::resolve(&cfg.student, width, m.vocab_size);
+    let dims = student::CacheDims {
+        outputs: m.vocab_size,
+        features: width,
+        tokens: tok.as_ref().map(|t| t.vocab_size()).unwrap_or(0),
+        max_seq_len: m.text.as_ref().map(|t| t.max_seq_len).unwrap_or(0),
+    };
+    let mut notes = Vec::new();
+    let (arch, hf_start) = match &cfg.student {
+        StudentSpec::Hf { path } => {
+            let mut ck = hf::read_checkpoint(path)?;
+            check_hf_fits(&mut ck, &m, tok.as_ref(), &mut notes)?;
+            (ck.arch.clone(), Some(ck))
+        }
+        spec => (StudentArch::resolve(spec, &dims), None),
+    };
     let student_file = StudentFile {
         arch: arch.clone(),
         data: spec.clone(),
@@ -445,6 +568,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         alpha: cfg.alpha,
         temperature: train_t,
         tail: cfg.tail,
+        output_vocab: (arch.vocab() > m.vocab_size).then_some(m.vocab_size),
     };
     let mut config = serde_json::json!({
         "student": student_file,
@@ -493,7 +617,15 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let base = device_for(cfg.device)?;
     base.seed(cfg.seed);
     let device = base.autodiff();
-    let mut model = arch.init(&device);
+    let mut model = match hf_start {
+        // A resumed run loads its checkpoint below; the pretrained weights only start a run.
+        Some(ck) if resume_state.is_none() => {
+            let (model, more) = hf::load_student(ck, &device)?;
+            notes.extend(more);
+            model
+        }
+        _ => arch.init(&device),
+    };
     let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
     let (mut step, start_epoch, mut skip) = match &resume_state {
         Some(s) => {
@@ -549,7 +681,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                     continue;
                 }
                 let refs: Vec<&Example> = chunk.iter().collect();
-                let (parts, count) = batch_loss(&model, &refs, cfg.top_k.unwrap_or(m.top_k), cfg, train_t, &device);
+                let (parts, count) = batch_loss(&model, &refs, cfg.top_k.unwrap_or(m.top_k), m.vocab_size, cfg, train_t, &device);
                 let lr = lr_at(cfg.lr, step, total);
                 let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
                 if !l.is_finite() {
@@ -588,6 +720,10 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let valid = model.valid();
     student::save_burnpack(&Student::clone(&valid), &out.join("student.bpk"))?;
     student::save_safetensors(&valid, &out.join("student.safetensors"))?;
+    if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {
+        let tokenizer = out.join(TOKENIZER_FILE);
+        hf::write_checkpoint(&valid, &arch, &out.join(HF_DIR), Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()), tok.as_ref().map(|t| t.pad_id))?;
+    }
     write_atomic(&out.join("student.json"), &serde_json::to_vec_pretty(&student_file).expect("serialises"))?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(TrainSummary {
@@ -599,6 +735,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         cache_read_seconds: read_seconds,
         final_loss: last_loss,
         resumed_from,
+        notes,
     })
 }
 

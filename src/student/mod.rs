@@ -1,8 +1,11 @@
-//! Stage two's students (Burn modules): an MLP over numeric features and a Llama-style
-//! decoder for causal LMs; how a student is specified, built, saved and loaded. The class
+//! Stage two's students (Burn modules): an MLP over numeric features, a BERT-style encoder
+//! classifier over tokens and a Llama-style decoder for causal LMs; how a student is
+//! specified, built, saved and loaded. The class
 //! count / vocabulary always comes from the cache's manifest.
 
 pub mod decoder;
+pub mod encoder;
+pub mod hf;
 pub mod mlp;
 
 use std::path::Path;
@@ -13,14 +16,16 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, DecoderConfig};
+pub use encoder::{Encoder, EncoderConfig};
 pub use mlp::{Mlp, MlpConfig};
 
 use crate::error::{Error, Result};
 
-/// A student of either kind.
+/// A student of any kind.
 #[derive(Module, Debug)]
 pub enum Student {
     Mlp(Mlp),
+    Encoder(Encoder),
     Decoder(Decoder),
 }
 
@@ -33,6 +38,20 @@ pub enum StudentSpec {
         #[serde(default = "default_hidden")]
         hidden: Vec<usize>,
     },
+    /// BERT-style Transformer encoder classifier over tokens.
+    Encoder {
+        #[serde(default = "d64")]
+        d_model: usize,
+        #[serde(default = "d2")]
+        layers: usize,
+        #[serde(default = "d2")]
+        heads: usize,
+        #[serde(default = "d256")]
+        d_ff: usize,
+    },
+    /// A pretrained Hugging Face checkpoint directory (`LlamaForCausalLM` or
+    /// `BertForSequenceClassification` / `BertModel`): architecture and starting weights.
+    Hf { path: std::path::PathBuf },
     /// Llama-style causal decoder.
     Decoder {
         #[serde(default = "d64")]
@@ -58,12 +77,22 @@ fn d2() -> usize {
 fn d172() -> usize {
     172
 }
+fn d256() -> usize {
+    256
+}
 
 impl StudentSpec {
-    /// Parse `mlp:hidden=64,64` or `decoder:d_model=64,layers=2,heads=2,d_ff=172`.
+    /// Parse `mlp:hidden=64,64`, `encoder:d_model=64,layers=2,heads=2,d_ff=256` or
+    /// `decoder:d_model=64,layers=2,heads=2,d_ff=172`.
     pub fn parse(s: &str) -> Result<StudentSpec> {
         let bad = |m: String| Error::Config(format!("--student `{s}`: {m}"));
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        if kind == "hf" {
+            if rest.is_empty() {
+                return Err(bad("expected hf:DIR (a Hugging Face checkpoint directory)".into()));
+            }
+            return Ok(StudentSpec::Hf { path: rest.into() });
+        }
         let mut pairs: Vec<(String, String)> = Vec::new();
         for part in rest.split(',').filter(|p| !p.is_empty()) {
             match part.split_once('=') {
@@ -88,20 +117,25 @@ impl StudentSpec {
                 }
                 Ok(StudentSpec::Mlp { hidden })
             }
-            "decoder" => {
-                let (mut d_model, mut layers, mut heads, mut d_ff) = (64, 2, 2, 172);
+            "encoder" | "decoder" => {
+                let (mut d_model, mut layers, mut heads) = (64, 2, 2);
+                let mut d_ff = if kind == "encoder" { 256 } else { 172 };
                 for (k, v) in &pairs {
                     match k.as_str() {
                         "d_model" => d_model = num(v, k)?,
                         "layers" => layers = num(v, k)?,
                         "heads" => heads = num(v, k)?,
                         "d_ff" => d_ff = num(v, k)?,
-                        other => return Err(bad(format!("unknown decoder key `{other}` (known: d_model, layers, heads, d_ff)"))),
+                        other => return Err(bad(format!("unknown {kind} key `{other}` (known: d_model, layers, heads, d_ff)"))),
                     }
                 }
-                Ok(StudentSpec::Decoder { d_model, layers, heads, d_ff })
+                Ok(if kind == "encoder" {
+                    StudentSpec::Encoder { d_model, layers, heads, d_ff }
+                } else {
+                    StudentSpec::Decoder { d_model, layers, heads, d_ff }
+                })
             }
-            other => Err(bad(format!("unknown student kind `{other}` (known: mlp, decoder)"))),
+            other => Err(bad(format!("unknown student kind `{other}` (known: mlp, encoder, decoder, hf:DIR)"))),
         }
     }
 
@@ -111,6 +145,22 @@ impl StudentSpec {
             StudentSpec::Mlp { hidden } => {
                 if hidden.contains(&0) {
                     return Err(Error::Config("student.hidden widths must be >= 1".into()));
+                }
+            }
+            StudentSpec::Encoder { d_model, layers, heads, d_ff } => {
+                if *d_model == 0 || *layers == 0 || *heads == 0 || *d_ff == 0 {
+                    return Err(Error::Config("student.d_model, layers, heads and d_ff must be >= 1".into()));
+                }
+                if d_model % heads != 0 {
+                    return Err(Error::Config(format!("student.d_model ({d_model}) must be a multiple of student.heads ({heads})")));
+                }
+            }
+            StudentSpec::Hf { path } => {
+                if !path.join("config.json").is_file() {
+                    return Err(Error::Config(format!(
+                        "student.path {}: not a Hugging Face checkpoint directory (no config.json)",
+                        path.display()
+                    )));
                 }
             }
             StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
@@ -128,30 +178,106 @@ impl StudentSpec {
     }
 }
 
+/// What the cache and data fix about a student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheDims {
+    /// Class count (classification) or vocabulary (causal LM) of the teacher's logits.
+    pub outputs: usize,
+    /// Numeric features per row (MLP).
+    pub features: usize,
+    /// Token vocabulary of the cache's tokenizer (encoder).
+    pub tokens: usize,
+    /// The cache's `max_seq_len` (encoder positions).
+    pub max_seq_len: usize,
+}
+
 /// The resolved architecture of a trained student, saved beside its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StudentArch {
     Mlp { input: usize, hidden: Vec<usize>, classes: usize },
-    Decoder { vocab_size: usize, d_model: usize, layers: usize, heads: usize, d_ff: usize },
+    Encoder {
+        vocab_size: usize,
+        classes: usize,
+        max_positions: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        d_ff: usize,
+        #[serde(default = "two")]
+        type_vocab_size: usize,
+        #[serde(default = "bert_eps")]
+        norm_eps: f64,
+    },
+    Decoder {
+        vocab_size: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        d_ff: usize,
+        #[serde(default = "rope_theta")]
+        rope_theta: f64,
+        #[serde(default = "rms_eps")]
+        norm_eps: f64,
+    },
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn rope_theta() -> f64 {
+    10000.0
+}
+fn rms_eps() -> f64 {
+    1e-5
 }
 
 impl StudentArch {
-    /// Resolve a spec against the cache: `width` is the feature count (MLP), `vocab` the
-    /// class count or vocabulary.
-    pub fn resolve(spec: &StudentSpec, width: usize, vocab: usize) -> StudentArch {
+    /// Resolve a spec against the cache and data.
+    pub fn resolve(spec: &StudentSpec, dims: &CacheDims) -> StudentArch {
+        let vocab = dims.outputs;
         match spec {
-            StudentSpec::Mlp { hidden } => StudentArch::Mlp { input: width, hidden: hidden.clone(), classes: vocab },
-            StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
-                StudentArch::Decoder { vocab_size: vocab, d_model: *d_model, layers: *layers, heads: *heads, d_ff: *d_ff }
-            }
+            StudentSpec::Mlp { hidden } => StudentArch::Mlp { input: dims.features, hidden: hidden.clone(), classes: vocab },
+            StudentSpec::Encoder { d_model, layers, heads, d_ff } => StudentArch::Encoder {
+                vocab_size: dims.tokens,
+                classes: vocab,
+                max_positions: dims.max_seq_len,
+                d_model: *d_model,
+                layers: *layers,
+                heads: *heads,
+                d_ff: *d_ff,
+                type_vocab_size: 2,
+                norm_eps: bert_eps(),
+            },
+            StudentSpec::Decoder { d_model, layers, heads, d_ff } => StudentArch::Decoder {
+                vocab_size: vocab,
+                d_model: *d_model,
+                layers: *layers,
+                heads: *heads,
+                d_ff: *d_ff,
+                rope_theta: rope_theta(),
+                norm_eps: rms_eps(),
+            },
+            StudentSpec::Hf { .. } => unreachable!("a Hugging Face student's architecture comes from its config.json (hf::read_arch)"),
+        }
+    }
+
+    /// `mlp`, `encoder` or `decoder`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StudentArch::Mlp { .. } => "mlp",
+            StudentArch::Encoder { .. } => "encoder",
+            StudentArch::Decoder { .. } => "decoder",
         }
     }
 
     /// Output classes / vocabulary.
     pub fn vocab(&self) -> usize {
         match self {
-            StudentArch::Mlp { classes, .. } => *classes,
+            StudentArch::Mlp { classes, .. } | StudentArch::Encoder { classes, .. } => *classes,
             StudentArch::Decoder { vocab_size, .. } => *vocab_size,
         }
     }
@@ -159,12 +285,26 @@ impl StudentArch {
     pub fn init(&self, device: &Device) -> Student {
         match self {
             StudentArch::Mlp { input, hidden, classes } => Student::Mlp(MlpConfig::new(*input, hidden.clone(), *classes).init(device)),
-            StudentArch::Decoder { vocab_size, d_model, layers, heads, d_ff } => Student::Decoder(
+            StudentArch::Encoder { vocab_size, classes, max_positions, d_model, layers, heads, d_ff, type_vocab_size, norm_eps } => {
+                Student::Encoder(
+                    EncoderConfig::new(*vocab_size, *classes, *max_positions)
+                        .with_d_model(*d_model)
+                        .with_layers(*layers)
+                        .with_heads(*heads)
+                        .with_d_ff(*d_ff)
+                        .with_type_vocab_size(*type_vocab_size)
+                        .with_norm_eps(*norm_eps)
+                        .init(device),
+                )
+            }
+            StudentArch::Decoder { vocab_size, d_model, layers, heads, d_ff, rope_theta, norm_eps } => Student::Decoder(
                 DecoderConfig::new(*vocab_size)
                     .with_d_model(*d_model)
                     .with_layers(*layers)
                     .with_heads(*heads)
                     .with_d_ff(*d_ff)
+                    .with_rope_theta(*rope_theta)
+                    .with_norm_eps(*norm_eps)
                     .init(device),
             ),
         }

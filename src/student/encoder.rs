@@ -1,0 +1,139 @@
+//! Stage two's student for text classification: a BERT-style Transformer encoder
+//! classifier (learned word + position + token-type embeddings, post-LayerNorm blocks with
+//! GELU feed-forward, a tanh pooler over the first token, a linear classifier). The layout
+//! follows Hugging Face `BertForSequenceClassification` so checkpoints map one to one.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax, tanh};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Hyperparameters of the encoder student.
+#[derive(Config, Debug)]
+pub struct EncoderConfig {
+    /// Token vocabulary (from the cache's tokenizer).
+    pub vocab_size: usize,
+    /// Output classes (from the cache's manifest).
+    pub classes: usize,
+    /// Longest sequence the position table holds (the cache's `max_seq_len` or more).
+    pub max_positions: usize,
+    #[config(default = 2)]
+    pub type_vocab_size: usize,
+    #[config(default = 64)]
+    pub d_model: usize,
+    #[config(default = 2)]
+    pub layers: usize,
+    #[config(default = 2)]
+    pub heads: usize,
+    #[config(default = 256)]
+    pub d_ff: usize,
+    #[config(default = 1e-12)]
+    pub norm_eps: f64,
+}
+
+impl EncoderConfig {
+    pub fn init(&self, device: &Device) -> Encoder {
+        assert!(self.d_model.is_multiple_of(self.heads), "d_model must be a multiple of heads");
+        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let norm = || LayerNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device);
+        let blocks = (0..self.layers)
+            .map(|_| EncoderBlock {
+                q: lin(self.d_model, self.d_model),
+                k: lin(self.d_model, self.d_model),
+                v: lin(self.d_model, self.d_model),
+                attn_out: lin(self.d_model, self.d_model),
+                attn_norm: norm(),
+                up: lin(self.d_model, self.d_ff),
+                down: lin(self.d_ff, self.d_model),
+                mlp_norm: norm(),
+                heads: self.heads,
+            })
+            .collect();
+        Encoder {
+            word: EmbeddingConfig::new(self.vocab_size, self.d_model).init(device),
+            position: EmbeddingConfig::new(self.max_positions, self.d_model).init(device),
+            token_type: EmbeddingConfig::new(self.type_vocab_size, self.d_model).init(device),
+            embed_norm: norm(),
+            blocks,
+            pooler: lin(self.d_model, self.d_model),
+            classifier: lin(self.d_model, self.classes),
+            heads: self.heads,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderBlock {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: LayerNorm,
+    pub up: Linear,
+    pub down: Linear,
+    pub mlp_norm: LayerNorm,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub word: Embedding,
+    pub position: Embedding,
+    pub token_type: Embedding,
+    pub embed_norm: LayerNorm,
+    pub blocks: Vec<EncoderBlock>,
+    pub pooler: Linear,
+    pub classifier: Linear,
+    pub heads: usize,
+}
+
+impl EncoderBlock {
+    /// # Shapes
+    /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, 1, s]` additive (0 or a large negative)
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
+        let [b, s, d] = x.dims();
+        let hd = d / self.heads;
+        let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
+        let q = split(self.q.forward(x.clone()));
+        let k = split(self.k.forward(x.clone()));
+        let v = split(self.v.forward(x.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, s, s]
+        let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, d]);
+        let x = self.attn_norm.forward(x + self.attn_out.forward(attn));
+        self.mlp_norm.forward(x.clone() + self.down.forward(gelu(self.up.forward(x))))
+    }
+}
+
+impl Encoder {
+    /// # Shapes
+    /// - `tokens`: `[b, s]` (the first token of each row is the `[CLS]`-like token that is
+    ///   pooled); `lengths`: the real (unpadded) length of each row, `s <= max_positions`
+    /// - returns logits `[b, classes]`
+    pub fn forward(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<2> {
+        let [b, s] = tokens.dims();
+        let device = tokens.device();
+        let d = self.word.weight.dims()[1];
+        let positions = self.position.weight.val().narrow(0, 0, s).reshape([1, s, d]);
+        let token_type = self.token_type.weight.val().narrow(0, 0, 1).reshape([1, 1, d]);
+        let mut x = self.embed_norm.forward(self.word.forward(tokens) + positions + token_type);
+        // Key-padding mask, additive.
+        let mut mask = vec![0f32; b * s];
+        for (r, &len) in lengths.iter().enumerate() {
+            for j in len..s {
+                mask[r * s + j] = -1e9;
+            }
+        }
+        let mask: Tensor<4> = Tensor::from_data(TensorData::new(mask, [b, 1, 1, s]), &device);
+        for block in &self.blocks {
+            x = block.forward(x, mask.clone());
+        }
+        let first = x.narrow(1, 0, 1).reshape([b, d]);
+        self.classifier.forward(tanh(self.pooler.forward(first)))
+    }
+
+    /// Longest sequence the position table holds.
+    pub fn max_positions(&self) -> usize {
+        self.position.weight.dims()[0]
+    }
+}

@@ -1,0 +1,463 @@
+//! Hugging Face checkpoints in and out: a `config.json` + `model.safetensors` directory
+//! (or sharded, `model.safetensors.index.json`) for a Llama-style decoder
+//! (`LlamaForCausalLM`) or a BERT encoder classifier (`BertForSequenceClassification`).
+//!
+//! Reading maps every weight onto the Burn student by name, checking each shape; an
+//! architecture or option the students do not implement is refused with the key that says
+//! so. Writing produces a directory `transformers` loads with `AutoModelForCausalLM` /
+//! `AutoModelForSequenceClassification`. Burn's `Linear` stores `[in, out]`, PyTorch's
+//! `[out, in]`: weights are transposed both ways.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, LayerNorm, Linear, RmsNorm};
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{Value, json};
+
+use super::{Decoder, Encoder, Student, StudentArch};
+use crate::cache::manifest::write_atomic;
+use crate::error::{Error, Result};
+
+/// The weights file written by [`write_checkpoint`].
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A checkpoint read from disk: its architecture and its tensors as f32.
+pub struct HfCheckpoint {
+    pub dir: PathBuf,
+    pub arch: StudentArch,
+    /// `name -> (shape, values)` (PyTorch layout).
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The checkpoint's own tokenizer.json, if it has one.
+    pub tokenizer: Option<PathBuf>,
+    /// Weights present in the files but not used (buffers such as rotary tables).
+    pub unused: Vec<String>,
+}
+
+impl HfCheckpoint {
+    /// Does the checkpoint hold a tensor of this name?
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Does `dir` look like a Hugging Face checkpoint (a `config.json` with a `model_type`)?
+pub fn is_checkpoint(dir: &Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v.get("model_type").is_some())
+}
+
+fn cfg_err(dir: &Path, message: String) -> Error {
+    Error::Config(format!("{}: {message}", dir.join("config.json").display()))
+}
+
+/// Read `config.json` into the architecture it describes, refusing what the students do
+/// not implement.
+pub fn read_arch(dir: &Path) -> Result<StudentArch> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let c: Value = serde_json::from_slice(&bytes).map_err(|e| cfg_err(dir, format!("not valid JSON: {e}")))?;
+    let int = |k: &str| -> Result<usize> {
+        c.get(k).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| cfg_err(dir, format!("`{k}` is missing or not an integer")))
+    };
+    let int_or = |k: &str, d: usize| c.get(k).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(d);
+    let float_or = |k: &str, d: f64| c.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let str_or = |k: &str, d: &str| c.get(k).and_then(Value::as_str).unwrap_or(d).to_string();
+    let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
+    match model_type {
+        "llama" => {
+            let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+            let kv = int_or("num_key_value_heads", heads);
+            if kv != heads {
+                return Err(cfg_err(dir, format!(
+                    "num_key_value_heads = {kv} but num_attention_heads = {heads}: grouped-query attention is not supported by the decoder student"
+                )));
+            }
+            for k in ["attention_bias", "mlp_bias"] {
+                if c.get(k).and_then(Value::as_bool) == Some(true) {
+                    return Err(cfg_err(dir, format!("`{k}` = true: the decoder student has no biases")));
+                }
+            }
+            let act = str_or("hidden_act", "silu");
+            if act != "silu" {
+                return Err(cfg_err(dir, format!("hidden_act = `{act}`: the decoder student uses SwiGLU (silu)")));
+            }
+            if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+                return Err(cfg_err(dir, "rope_scaling is set: only plain rotary positions are supported".into()));
+            }
+            if d % heads != 0 || (d / heads) % 2 != 0 {
+                return Err(cfg_err(dir, format!("hidden_size {d} / num_attention_heads {heads} must be an even integer")));
+            }
+            if let Some(hd) = c.get("head_dim").and_then(Value::as_u64)
+                && hd as usize != d / heads
+            {
+                return Err(cfg_err(dir, format!("head_dim = {hd} differs from hidden_size / num_attention_heads = {}", d / heads)));
+            }
+            Ok(StudentArch::Decoder {
+                vocab_size: int("vocab_size")?,
+                d_model: d,
+                layers: int("num_hidden_layers")?,
+                heads,
+                d_ff: int("intermediate_size")?,
+                rope_theta: float_or("rope_theta", 10000.0),
+                norm_eps: float_or("rms_norm_eps", 1e-6),
+            })
+        }
+        "bert" => {
+            let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+            let act = str_or("hidden_act", "gelu");
+            if act != "gelu" {
+                return Err(cfg_err(dir, format!("hidden_act = `{act}`: the encoder student uses exact GELU (`gelu`)")));
+            }
+            let pos = str_or("position_embedding_type", "absolute");
+            if pos != "absolute" {
+                return Err(cfg_err(dir, format!("position_embedding_type = `{pos}`: only `absolute` is supported")));
+            }
+            if d % heads != 0 {
+                return Err(cfg_err(dir, format!("hidden_size {d} is not a multiple of num_attention_heads {heads}")));
+            }
+            let classes = match c.get("id2label").and_then(Value::as_object) {
+                Some(m) => m.len(),
+                None => int_or("num_labels", 2),
+            };
+            Ok(StudentArch::Encoder {
+                vocab_size: int("vocab_size")?,
+                classes,
+                max_positions: int("max_position_embeddings")?,
+                d_model: d,
+                layers: int("num_hidden_layers")?,
+                heads,
+                d_ff: int("intermediate_size")?,
+                type_vocab_size: int_or("type_vocab_size", 2),
+                norm_eps: float_or("layer_norm_eps", 1e-12),
+            })
+        }
+        "" => Err(cfg_err(dir, "has no `model_type`".into())),
+        other => Err(cfg_err(dir, format!("model_type `{other}` is not supported (supported: llama, bert)"))),
+    }
+}
+
+/// Read a checkpoint directory: config and every safetensors file it is made of.
+pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
+    let arch = read_arch(dir)?;
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.is_file() {
+        let v: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| Error::io(&index, e))?)
+            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
+        let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        names.sort();
+        names.dedup();
+        for n in &names {
+            if n.contains('/') || n.contains("..") {
+                return Err(Error::Config(format!("{}: shard name `{n}` is not a plain file name", index.display())));
+            }
+        }
+        names.into_iter().map(|n| dir.join(n)).collect()
+    } else {
+        vec![dir.join(WEIGHTS_FILE)]
+    };
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::io(f, std::io::Error::other(format!("not a safetensors file: {e}"))))?;
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+                // Integer buffers (e.g. BERT's position_ids) are not weights.
+                _ => continue,
+            };
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+    }
+    let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
+    Ok(HfCheckpoint { dir: dir.to_path_buf(), arch, tensors, tokenizer, unused: Vec::new() })
+}
+
+/// Takes tensors out of a checkpoint by name, checking shapes.
+struct Take<'a> {
+    ck: &'a mut HfCheckpoint,
+    device: &'a Device,
+}
+
+impl Take<'_> {
+    fn raw(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let dir = self.ck.dir.clone();
+        let (s, v) = self
+            .ck
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::Config(format!("{}: the checkpoint has no tensor `{name}`", dir.display())))?;
+        if s != shape {
+            return Err(Error::Config(format!(
+                "{}: tensor `{name}` has shape {s:?}, the student (from config.json) expects {shape:?}",
+                dir.display()
+            )));
+        }
+        Ok(v)
+    }
+    fn vector(&mut self, name: &str, n: usize) -> Result<Param<Tensor<1>>> {
+        let v = self.raw(name, &[n])?;
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(v, [n]), self.device)))
+    }
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Param<Tensor<2>>> {
+        let v = self.raw(name, &[rows, cols])?;
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(v, [rows, cols]), self.device)))
+    }
+    /// PyTorch `[out, in]` (+ bias) into Burn's `[in, out]`.
+    fn linear(&mut self, lin: &mut Linear, prefix: &str) -> Result<()> {
+        let [i, o] = lin.weight.dims();
+        let w = self.raw(&format!("{prefix}.weight"), &[o, i])?;
+        let t: Tensor<2> = Tensor::from_data(TensorData::new(w, [o, i]), self.device);
+        lin.weight = Param::from_tensor(t.transpose());
+        if lin.bias.is_some() {
+            lin.bias = Some(self.vector(&format!("{prefix}.bias"), o)?);
+        }
+        Ok(())
+    }
+    fn embedding(&mut self, e: &mut Embedding, name: &str) -> Result<()> {
+        let [n, d] = e.weight.dims();
+        e.weight = self.matrix(name, n, d)?;
+        Ok(())
+    }
+    fn rms(&mut self, n: &mut RmsNorm, name: &str) -> Result<()> {
+        n.gamma = self.vector(name, n.gamma.dims()[0])?;
+        Ok(())
+    }
+    fn layer_norm(&mut self, n: &mut LayerNorm, prefix: &str) -> Result<()> {
+        let d = n.gamma.dims()[0];
+        n.gamma = self.vector(&format!("{prefix}.weight"), d)?;
+        n.beta = Some(self.vector(&format!("{prefix}.bias"), d)?);
+        Ok(())
+    }
+}
+
+/// Build the student a checkpoint describes, with its weights, on `device`. Returns the
+/// student and notes for the user (tied embeddings copied, classifier initialised, unused
+/// tensors).
+pub fn load_student(mut ck: HfCheckpoint, device: &Device) -> Result<(Student, Vec<String>)> {
+    let mut student = ck.arch.init(device);
+    let mut notes = Vec::new();
+    match &mut student {
+        Student::Decoder(dec) => load_decoder(&mut ck, dec, device, &mut notes)?,
+        Student::Encoder(enc) => load_encoder(&mut ck, enc, device, &mut notes)?,
+        Student::Mlp(_) => unreachable!("read_arch never yields an MLP"),
+    }
+    let mut unused: Vec<String> = ck.tensors.keys().cloned().collect();
+    unused.sort();
+    if !unused.is_empty() {
+        notes.push(format!("ignored {} tensor(s) the student has no place for: {}", unused.len(), unused.join(", ")));
+    }
+    ck.unused = unused;
+    Ok((student, notes))
+}
+
+fn load_decoder(ck: &mut HfCheckpoint, dec: &mut Decoder, device: &Device, notes: &mut Vec<String>) -> Result<()> {
+    let tied = !ck.tensors.contains_key("lm_head.weight");
+    let embed = if tied { ck.tensors.get("model.embed_tokens.weight").cloned() } else { None };
+    let mut t = Take { ck, device };
+    t.embedding(&mut dec.embed, "model.embed_tokens.weight")?;
+    for (i, b) in dec.blocks.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        t.rms(&mut b.attn_norm, &format!("{p}.input_layernorm.weight"))?;
+        t.linear(&mut b.q, &format!("{p}.self_attn.q_proj"))?;
+        t.linear(&mut b.k, &format!("{p}.self_attn.k_proj"))?;
+        t.linear(&mut b.v, &format!("{p}.self_attn.v_proj"))?;
+        t.linear(&mut b.o, &format!("{p}.self_attn.o_proj"))?;
+        t.rms(&mut b.mlp_norm, &format!("{p}.post_attention_layernorm.weight"))?;
+        t.linear(&mut b.gate, &format!("{p}.mlp.gate_proj"))?;
+        t.linear(&mut b.up, &format!("{p}.mlp.up_proj"))?;
+        t.linear(&mut b.down, &format!("{p}.mlp.down_proj"))?;
+    }
+    t.rms(&mut dec.norm, "model.norm.weight")?;
+    if let Some(e) = embed {
+        // Tied input/output embeddings: the head starts as a copy and trains on its own
+        // (the exported checkpoint says tie_word_embeddings = false).
+        t.ck.tensors.insert("lm_head.weight".into(), e);
+        notes.push("the checkpoint ties lm_head to embed_tokens: the head starts as a copy and is trained untied".into());
+    }
+    t.linear(&mut dec.head, "lm_head")?;
+    Ok(())
+}
+
+fn load_encoder(ck: &mut HfCheckpoint, enc: &mut Encoder, device: &Device, notes: &mut Vec<String>) -> Result<()> {
+    // BertForSequenceClassification prefixes the encoder with `bert.`; a bare BertModel does not.
+    let pre = if ck.tensors.contains_key("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+    let has_classifier = ck.tensors.contains_key("classifier.weight");
+    let has_pooler = ck.tensors.contains_key(&format!("{pre}pooler.dense.weight"));
+    let mut t = Take { ck, device };
+    t.embedding(&mut enc.word, &format!("{pre}embeddings.word_embeddings.weight"))?;
+    t.embedding(&mut enc.position, &format!("{pre}embeddings.position_embeddings.weight"))?;
+    t.embedding(&mut enc.token_type, &format!("{pre}embeddings.token_type_embeddings.weight"))?;
+    t.layer_norm(&mut enc.embed_norm, &format!("{pre}embeddings.LayerNorm"))?;
+    for (i, b) in enc.blocks.iter_mut().enumerate() {
+        let p = format!("{pre}encoder.layer.{i}");
+        t.linear(&mut b.q, &format!("{p}.attention.self.query"))?;
+        t.linear(&mut b.k, &format!("{p}.attention.self.key"))?;
+        t.linear(&mut b.v, &format!("{p}.attention.self.value"))?;
+        t.linear(&mut b.attn_out, &format!("{p}.attention.output.dense"))?;
+        t.layer_norm(&mut b.attn_norm, &format!("{p}.attention.output.LayerNorm"))?;
+        t.linear(&mut b.up, &format!("{p}.intermediate.dense"))?;
+        t.linear(&mut b.down, &format!("{p}.output.dense"))?;
+        t.layer_norm(&mut b.mlp_norm, &format!("{p}.output.LayerNorm"))?;
+    }
+    if has_pooler {
+        t.linear(&mut enc.pooler, &format!("{pre}pooler.dense"))?;
+    } else {
+        notes.push("the checkpoint has no pooler: it starts from random weights".into());
+    }
+    if has_classifier {
+        t.linear(&mut enc.classifier, "classifier")?;
+    } else {
+        notes.push("the checkpoint has no classification head: it starts from random weights".into());
+    }
+    Ok(())
+}
+
+/// `Tensor -> (shape, f32 values)`.
+fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    let shape = t.dims().to_vec();
+    (shape, t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data"))
+}
+
+fn put_linear(out: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, lin: &Linear, prefix: &str) {
+    out.insert(format!("{prefix}.weight"), values(lin.weight.val().transpose()));
+    if let Some(b) = &lin.bias {
+        out.insert(format!("{prefix}.bias"), values(b.val()));
+    }
+}
+
+fn put_layer_norm(out: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, n: &LayerNorm, prefix: &str) {
+    out.insert(format!("{prefix}.weight"), values(n.gamma.val()));
+    if let Some(b) = &n.beta {
+        out.insert(format!("{prefix}.bias"), values(b.val()));
+    }
+}
+
+/// Write `student` as a Hugging Face checkpoint in `dir` (config.json, model.safetensors
+/// in f32, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config.
+pub fn write_checkpoint(student: &Student, arch: &StudentArch, dir: &Path, tokenizer: Option<&Path>, pad_id: Option<u32>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let config = match (student, arch) {
+        (Student::Decoder(dec), StudentArch::Decoder { vocab_size, d_model, layers, heads, d_ff, rope_theta, norm_eps }) => {
+            t.insert("model.embed_tokens.weight".into(), values(dec.embed.weight.val()));
+            for (i, b) in dec.blocks.iter().enumerate() {
+                let p = format!("model.layers.{i}");
+                t.insert(format!("{p}.input_layernorm.weight"), values(b.attn_norm.gamma.val()));
+                put_linear(&mut t, &b.q, &format!("{p}.self_attn.q_proj"));
+                put_linear(&mut t, &b.k, &format!("{p}.self_attn.k_proj"));
+                put_linear(&mut t, &b.v, &format!("{p}.self_attn.v_proj"));
+                put_linear(&mut t, &b.o, &format!("{p}.self_attn.o_proj"));
+                t.insert(format!("{p}.post_attention_layernorm.weight"), values(b.mlp_norm.gamma.val()));
+                put_linear(&mut t, &b.gate, &format!("{p}.mlp.gate_proj"));
+                put_linear(&mut t, &b.up, &format!("{p}.mlp.up_proj"));
+                put_linear(&mut t, &b.down, &format!("{p}.mlp.down_proj"));
+            }
+            t.insert("model.norm.weight".into(), values(dec.norm.gamma.val()));
+            put_linear(&mut t, &dec.head, "lm_head");
+            json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": vocab_size,
+                "hidden_size": d_model,
+                "intermediate_size": d_ff,
+                "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "num_key_value_heads": heads,
+                "hidden_act": "silu",
+                "max_position_embeddings": 2048,
+                "rms_norm_eps": norm_eps,
+                "rope_theta": rope_theta,
+                "rope_scaling": null,
+                "attention_bias": false,
+                "mlp_bias": false,
+                "tie_word_embeddings": false,
+                "pad_token_id": pad_id,
+                "torch_dtype": "float32",
+            })
+        }
+        (
+            Student::Encoder(enc),
+            StudentArch::Encoder { vocab_size, classes, max_positions, d_model, layers, heads, d_ff, type_vocab_size, norm_eps },
+        ) => {
+            t.insert("bert.embeddings.word_embeddings.weight".into(), values(enc.word.weight.val()));
+            t.insert("bert.embeddings.position_embeddings.weight".into(), values(enc.position.weight.val()));
+            t.insert("bert.embeddings.token_type_embeddings.weight".into(), values(enc.token_type.weight.val()));
+            put_layer_norm(&mut t, &enc.embed_norm, "bert.embeddings.LayerNorm");
+            for (i, b) in enc.blocks.iter().enumerate() {
+                let p = format!("bert.encoder.layer.{i}");
+                put_linear(&mut t, &b.q, &format!("{p}.attention.self.query"));
+                put_linear(&mut t, &b.k, &format!("{p}.attention.self.key"));
+                put_linear(&mut t, &b.v, &format!("{p}.attention.self.value"));
+                put_linear(&mut t, &b.attn_out, &format!("{p}.attention.output.dense"));
+                put_layer_norm(&mut t, &b.attn_norm, &format!("{p}.attention.output.LayerNorm"));
+                put_linear(&mut t, &b.up, &format!("{p}.intermediate.dense"));
+                put_linear(&mut t, &b.down, &format!("{p}.output.dense"));
+                put_layer_norm(&mut t, &b.mlp_norm, &format!("{p}.output.LayerNorm"));
+            }
+            put_linear(&mut t, &enc.pooler, "bert.pooler.dense");
+            put_linear(&mut t, &enc.classifier, "classifier");
+            let id2label: serde_json::Map<String, Value> = (0..*classes).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect();
+            let label2id: serde_json::Map<String, Value> = (0..*classes).map(|i| (format!("LABEL_{i}"), json!(i))).collect();
+            json!({
+                "architectures": ["BertForSequenceClassification"],
+                "model_type": "bert",
+                "vocab_size": vocab_size,
+                "hidden_size": d_model,
+                "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "intermediate_size": d_ff,
+                "hidden_act": "gelu",
+                "max_position_embeddings": max_positions,
+                "type_vocab_size": type_vocab_size,
+                "layer_norm_eps": norm_eps,
+                "position_embedding_type": "absolute",
+                "hidden_dropout_prob": 0.1,
+                "attention_probs_dropout_prob": 0.1,
+                "id2label": id2label,
+                "label2id": label2id,
+                "problem_type": "single_label_classification",
+                "pad_token_id": pad_id.unwrap_or(0),
+                "torch_dtype": "float32",
+            })
+        }
+        _ => {
+            return Err(Error::Config(format!(
+                "only encoder and decoder students can be written as Hugging Face checkpoints (this one is {})",
+                arch.kind_name()
+            )));
+        }
+    };
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
+        .into_iter()
+        .map(|(name, (shape, v))| (name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes")))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let weights = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| Error::io(dir.join(WEIGHTS_FILE), std::io::Error::other(e.to_string())))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
+    write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config).expect("serialises"))?;
+    if let Some(tok) = tokenizer {
+        let b = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
+        write_atomic(&dir.join("tokenizer.json"), &b)?;
+    }
+    Ok(())
+}

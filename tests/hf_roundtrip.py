@@ -1,0 +1,169 @@
+"""Hugging Face round trip, against real `transformers` + PyTorch (run by .ci/test).
+
+For a Llama-style causal LM and a BERT sequence classifier:
+1. build a small model from a transformers config (random weights, seed 0) and
+   save_pretrained it with the project's tokenizer (the Llama one ties its embeddings and
+   pads its vocabulary past the tokenizer's, as Qwen/Llama checkpoints often do);
+2. `distill predict` runs it in Burn: logits must equal PyTorch's on the same tokens
+   (max abs diff <= 1e-4);
+3. `distill train-student --student hf:DIR` trains it a few steps from a real cache made by
+   `distill cache-teacher`; the run writes RUN/hf, which AutoModelFor*.from_pretrained
+   loads: its logits must equal Burn's (`distill predict --student RUN`) within 1e-4,
+   and differ from the starting model's (it trained);
+4. mismatches are refused: a vocabulary smaller than the cache's, another tokenizer, an
+   unsupported architecture (grouped-query attention).
+
+Usage: python tests/hf_roundtrip.py path/to/distill   (needs onnxruntime for the `python3`
+on PATH, which distill uses to find ONNX Runtime; torch, transformers, pyarrow here).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
+                          BertForSequenceClassification, LlamaConfig, LlamaForCausalLM)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DISTILL = os.path.abspath(sys.argv[1])
+TOL = 1e-4
+torch.manual_seed(0)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+def distill(*args, fail=False):
+    p = subprocess.run([DISTILL, *map(str, args)], capture_output=True, text=True)
+    if fail:
+        assert p.returncode != 0, f"expected failure: {args}\n{p.stdout}"
+        return p.stderr
+    assert p.returncode == 0, f"distill {' '.join(map(str, args))} failed:\n{p.stderr}"
+    return p.stdout + p.stderr
+
+
+def predicted(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def torch_logits(model, tokens, kind):
+    ids = torch.tensor([tokens])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+    return out.numpy()  # [len, vocab] (LM) or [classes]
+
+
+def max_diff(model, rows, kind):
+    return max(float(np.abs(np.asarray(r["logits"], np.float32) - torch_logits(model, r["tokens"], kind)).max()) for r in rows)
+
+
+def check(name, value, limit):
+    print(f"{name}: {value:.3g} (limit {limit:g})")
+    assert value <= limit, f"{name} = {value} > {limit}"
+
+
+work = tempfile.mkdtemp(prefix="distill-hf-")
+try:
+    # ---------------------------------------------------------------- Llama
+    lm_rows = os.path.join(work, "lm.jsonl")
+    with open(os.path.join(ROOT, "data/lm/train.jsonl")) as f, open(lm_rows, "w") as out:
+        for line in list(f)[:48]:
+            out.write(line)
+    cache = os.path.join(work, "lm-cache")
+    distill("cache-teacher", "--teacher", f"{ROOT}/data/lm/teacher.onnx", "--tokenizer", f"{ROOT}/data/lm/tokenizer.json",
+            "--data", lm_rows, "--prompt-column", "prompt", "--completion-column", "completion", "--top-k", 16,
+            "--temperature", 2, "--max-seq-len", 128, "--out", cache, "--quiet")
+    vocab = 4096
+    cfg = LlamaConfig(vocab_size=vocab + 64, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      rms_norm_eps=1e-5, tie_word_embeddings=True)
+    llama = LlamaForCausalLM(cfg).eval()
+    hf_in = os.path.join(work, "llama-in")
+    llama.save_pretrained(hf_in)
+    shutil.copy(f"{ROOT}/data/lm/tokenizer.json", hf_in)
+
+    distill("predict", "--student", hf_in, "--data", lm_rows, "--out", f"{work}/llama-before.jsonl", "--max-rows", 6,
+            "--max-seq-len", 128)
+    before = predicted(f"{work}/llama-before.jsonl")
+    check("llama: Burn vs PyTorch, loaded checkpoint, max abs logit diff", max_diff(llama, before, "lm"), TOL)
+
+    run = os.path.join(work, "llama-run")
+    log = distill("train-student", "--cache", cache, "--data", lm_rows, "--student", f"hf:{hf_in}", "--out", run,
+                  "--steps", 4, "--batch-size", 8, "--lr", 3e-3, "--alpha", 0.5, "--quiet")
+    assert "padded past the cache's" in log and "ties lm_head" in log, log
+    trained = AutoModelForCausalLM.from_pretrained(f"{run}/hf").eval()
+    assert trained.config.vocab_size == vocab + 64
+    distill("predict", "--student", run, "--data", lm_rows, "--out", f"{work}/llama-after.jsonl", "--max-rows", 6)
+    after = predicted(f"{work}/llama-after.jsonl")
+    check("llama: Burn vs PyTorch, exported after 4 steps, max abs logit diff", max_diff(trained, after, "lm"), TOL)
+    moved = max(float(np.abs(np.asarray(a["logits"]) - np.asarray(b["logits"])).max()) for a, b in zip(after, before))
+    print(f"llama: logits moved by training: {moved:.3g}")
+    assert moved > 1e-2, "training did not change the exported model"
+    assert os.path.isfile(f"{run}/hf/tokenizer.json")
+    print("llama: eval", distill("eval", "--student", run, "--data", lm_rows).strip())
+
+    # Refusals: a vocabulary smaller than the cache's, another tokenizer, grouped-query attention.
+    small = os.path.join(work, "llama-small")
+    LlamaForCausalLM(LlamaConfig(vocab_size=4000, hidden_size=64, intermediate_size=172, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(small)
+    err = distill("train-student", "--cache", cache, "--data", lm_rows, "--student", f"hf:{small}", "--out",
+                  f"{work}/r1", "--steps", 1, fail=True)
+    assert "vocab_size is 4000" in err and "4096" in err, err
+    other_tok = os.path.join(work, "llama-other-tok")
+    shutil.copytree(hf_in, other_tok)
+    shutil.copy(f"{ROOT}/data/textcls/tokenizer.json", f"{other_tok}/tokenizer.json")
+    err = distill("train-student", "--cache", cache, "--data", lm_rows, "--student", f"hf:{other_tok}", "--out",
+                  f"{work}/r2", "--steps", 1, fail=True)
+    assert "is not the cache's" in err, err
+    gqa = os.path.join(work, "llama-gqa")
+    LlamaForCausalLM(LlamaConfig(vocab_size=4096, hidden_size=64, intermediate_size=172, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(gqa)
+    err = distill("train-student", "--cache", cache, "--data", lm_rows, "--student", f"hf:{gqa}", "--out",
+                  f"{work}/r3", "--steps", 1, fail=True)
+    assert "grouped-query attention" in err, err
+    print("llama: refusals ok")
+
+    # ---------------------------------------------------------------- BERT
+    cls_rows = os.path.join(work, "cls.jsonl")
+    table = pq.read_table(f"{ROOT}/data/textcls/train.parquet").slice(0, 96).to_pylist()
+    with open(cls_rows, "w") as out:
+        for r in table:
+            out.write(json.dumps(r) + "\n")
+    cache = os.path.join(work, "cls-cache")
+    distill("cache-teacher", "--teacher", f"{ROOT}/data/textcls/teacher.onnx", "--tokenizer",
+            f"{ROOT}/data/textcls/tokenizer.json", "--data", cls_rows, "--text-column", "text", "--label-column", "label",
+            "--temperature", 1, "--max-seq-len", 64, "--out", cache, "--quiet")
+    bert = BertForSequenceClassification(BertConfig(vocab_size=3000, hidden_size=64, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=128,
+                                                    max_position_embeddings=64, num_labels=8)).eval()
+    hf_in = os.path.join(work, "bert-in")
+    bert.save_pretrained(hf_in)
+    shutil.copy(f"{ROOT}/data/textcls/tokenizer.json", hf_in)
+    distill("predict", "--student", hf_in, "--data", cls_rows, "--out", f"{work}/bert-before.jsonl", "--max-rows", 16,
+            "--max-seq-len", 64)
+    before = predicted(f"{work}/bert-before.jsonl")
+    check("bert: Burn vs PyTorch, loaded checkpoint, max abs logit diff", max_diff(bert, before, "cls"), TOL)
+    run = os.path.join(work, "bert-run")
+    distill("train-student", "--cache", cache, "--data", cls_rows, "--student", f"hf:{hf_in}", "--out", run,
+            "--steps", 6, "--batch-size", 16, "--lr", 3e-3, "--alpha", 0.5, "--quiet")
+    trained = AutoModelForSequenceClassification.from_pretrained(f"{run}/hf").eval()
+    distill("predict", "--student", run, "--data", cls_rows, "--out", f"{work}/bert-after.jsonl", "--max-rows", 16)
+    after = predicted(f"{work}/bert-after.jsonl")
+    check("bert: Burn vs PyTorch, exported after 6 steps, max abs logit diff", max_diff(trained, after, "cls"), TOL)
+    moved = max(float(np.abs(np.asarray(a["logits"]) - np.asarray(b["logits"])).max()) for a, b in zip(after, before))
+    print(f"bert: logits moved by training: {moved:.3g}")
+    assert moved > 1e-2, "training did not change the exported model"
+    wrong = os.path.join(work, "bert-3-classes")
+    BertForSequenceClassification(BertConfig(vocab_size=3000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=128, max_position_embeddings=64,
+                                             num_labels=3)).save_pretrained(wrong)
+    err = distill("train-student", "--cache", cache, "--data", cls_rows, "--student", f"hf:{wrong}", "--out",
+                  f"{work}/r4", "--steps", 1, fail=True)
+    assert "3 classes" in err and "8" in err, err
+    print("bert: refusals ok")
+    print("hf round trip: ok")
+finally:
+    shutil.rmtree(work, ignore_errors=True)
