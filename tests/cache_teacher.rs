@@ -116,6 +116,46 @@ fn digits_soft_labels_match_numpy_reference_before_and_after_encoding() {
     compare_with_reference(&packed, "reference/digits_k5_T2.json", 1.0 / 512.0 + 1e-4);
 }
 
+fn textcls_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "cache-teacher".into(),
+        "--teacher".into(),
+        data("textcls/teacher.onnx").display().to_string(),
+        "--tokenizer".into(),
+        data("textcls/tokenizer.json").display().to_string(),
+        "--data".into(),
+        data("textcls/train.parquet").display().to_string(),
+        "--text-column".into(),
+        "text".into(),
+        "--max-seq-len".into(),
+        "64".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// A BERT-style classifier over tokens: one soft label per row from `[batch, classes]`
+/// logits, with padded batches (the reference runs one unpadded row at a time).
+#[test]
+fn text_classifier_soft_labels_match_numpy_reference_before_and_after_encoding() {
+    let t = temp();
+    let exact = t.path().join("exact");
+    ok(&distill(textcls_args(&exact, &["--top-k", "3", "--temperature", "2", "--logprob-encoding", "f32", "--batch-size", "5"])));
+    compare_with_reference(&exact, "reference/textcls_k3_T2.json", 1e-4);
+    let (m, all) = read_all(&exact);
+    assert_eq!(m.task, distill::cache::Task::Classification);
+    assert_eq!(m.positions, distill::cache::Positions::Example);
+    assert_eq!(m.vocab_size, 8);
+    assert_eq!(all.len() as u64, m.dataset.rows, "one position per row");
+    assert!(all.positions.iter().all(|&p| p == 0));
+    let packed = t.path().join("packed");
+    ok(&distill(textcls_args(&packed, &["--top-k", "3", "--temperature", "2", "--batch-size", "64"])));
+    compare_with_reference(&packed, "reference/textcls_k3_T2.json", 1.0 / 512.0 + 1e-4);
+}
+
 #[test]
 fn lm_soft_labels_match_numpy_reference_before_and_after_encoding() {
     let t = temp();

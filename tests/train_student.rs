@@ -163,7 +163,7 @@ mod mismatch {
             "train-student", "--cache", &cache.display().to_string(), "--data", &data("digits/train.parquet").display().to_string(),
             "--out", &t.path().join("r").display().to_string(), "--student", "decoder", "--quiet",
         ]);
-        fails_with(&o, &["student kind `decoder` cannot learn a Classification cache"]);
+        fails_with(&o, &["student kind `decoder` cannot learn this cache", "classification over numeric features", "`mlp`"]);
     }
 
     #[test]
@@ -231,6 +231,58 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     let agree = v["top1_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&agree));
     assert!(v["positions"].as_u64().unwrap() > 1000);
+}
+
+/// The encoder student trains on a text-classification cache (a BERT teacher over
+/// tokens); eval reports accuracy and agreement; the run also holds a Hugging Face
+/// checkpoint; an MLP is refused on such a cache.
+#[test]
+fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    let cache_of = |data_file: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "cache-teacher".to_string(), "--teacher".into(), data("textcls/teacher.onnx").display().to_string(),
+            "--tokenizer".into(), data("textcls/tokenizer.json").display().to_string(), "--data".into(), data_file.display().to_string(),
+            "--text-column".into(), "text".into(), "--max-seq-len".into(), "64".into(), "--out".into(), out.display().to_string(), "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        ok(&distill(a));
+    };
+    let train_data = data("textcls/train.parquet");
+    cache_of(&train_data, &cache, &["--temperature", "1"]);
+    let run = t.path().join("run");
+    let o = distill([
+        "train-student", "--cache", &cache.display().to_string(), "--data", &train_data.display().to_string(),
+        "--out", &run.display().to_string(), "--student", "encoder:d_model=32,layers=1,heads=2,d_ff=64",
+        "--steps", "200", "--batch-size", "32", "--lr", "0.003", "--max-rows", "512", "--quiet",
+    ]);
+    ok(&o);
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let losses: Vec<f64> = metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(tail < head, "loss decreases: first five {head}, last five {tail}");
+    let test_data = data("textcls/test.parquet");
+    let eval_cache = t.path().join("eval-cache");
+    cache_of(&test_data, &eval_cache, &["--top-k", "1", "--temperature", "1"]);
+    let o = distill(["eval".as_ref(), "--student".as_ref(), run.as_os_str(), "--data".as_ref(), test_data.as_os_str(), "--cache".as_ref(), eval_cache.as_os_str(), "--json".as_ref()]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["positions"].as_u64(), Some(441));
+    let acc = v["accuracy"].as_f64().unwrap();
+    // 200 steps on 512 rows: better than always answering the largest class (26.3% of test).
+    assert!(acc > 0.30, "accuracy {acc}");
+    assert!((0.0..=1.0).contains(&v["top1_agreement"].as_f64().unwrap()));
+    let hf: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("hf/config.json")).unwrap()).unwrap();
+    assert_eq!(hf["model_type"], "bert");
+    assert_eq!(hf["id2label"].as_object().unwrap().len(), 8);
+    assert!(run.join("hf/model.safetensors").is_file() && run.join("hf/tokenizer.json").is_file());
+    let o = distill([
+        "train-student", "--cache", &cache.display().to_string(), "--data", &train_data.display().to_string(),
+        "--out", &t.path().join("mlp").display().to_string(), "--student", "mlp", "--quiet",
+    ]);
+    fails_with(&o, &["student kind `mlp` cannot learn this cache", "classification over tokens", "`encoder`"]);
 }
 
 /// Every pipeline file in pipelines/ parses and validates.

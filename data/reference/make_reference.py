@@ -12,7 +12,10 @@ special tokens) + tokenizer(completion, without), positions m-1 .. n-2 where m i
 prompt's token count (position p predicts token p+1), i.e. distill's default
 `positions = completion`.
 
-Writes digits_k5_T2.json and lm_k8_T2.json here. Run from the repo root:
+Text-classification rows are encoded with the special tokens ([CLS] ... [SEP]), cut to
+64 tokens, with token_type_ids all 0.
+
+Writes digits_k5_T2.json, lm_k8_T2.json and textcls_k3_T2.json here. Run from the repo root:
     python data/reference/make_reference.py
 Needs: onnxruntime numpy pyarrow tokenizers (requirements.txt).
 """
@@ -76,7 +79,20 @@ def lm(n=6, T=2.0, k=8):
     return {"teacher": "lm/teacher.onnx", "data": "lm/train.jsonl", "top_k": k, "temperature": T, "positions": out}
 
 
-for name, ref in [("digits_k5_T2.json", digits()), ("lm_k8_T2.json", lm())]:
+def textcls(n=12, T=2.0, k=3, max_len=64):
+    sess = ort.InferenceSession(os.path.join(data, "textcls", "teacher.onnx"))
+    tok = Tokenizer.from_file(os.path.join(data, "textcls", "tokenizer.json"))
+    table = pq.read_table(os.path.join(data, "textcls", "train.parquet")).slice(0, n).to_pylist()
+    out = []
+    for r, row in enumerate(table):
+        ids = np.array([tok.encode(row["text"], add_special_tokens=True).ids[:max_len]], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        logits = sess.run(["logits"], feed)[0][0]
+        out.append({"row": r, "position": 0, "hard_label": row["label"], **soft(logits, T, k, row["label"])})
+    return {"teacher": "textcls/teacher.onnx", "data": "textcls/train.parquet", "top_k": k, "temperature": T, "positions": out}
+
+
+for name, ref in [("digits_k5_T2.json", digits()), ("lm_k8_T2.json", lm()), ("textcls_k3_T2.json", textcls())]:
     with open(os.path.join(here, name), "w") as f:
         json.dump(ref, f, indent=0)
     print(name, len(ref["positions"]), "positions")
