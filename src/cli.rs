@@ -394,7 +394,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::CacheTeacher(args) => {
             let cfg = args.settings()?.validate()?;
-            let opts = RunOptions { quiet: args.quiet, overwrite: args.overwrite, ort_lib: args.ort_lib.clone(), command };
+            let opts = RunOptions { quiet: args.quiet, overwrite: args.overwrite, ort_lib: args.ort_lib.clone(), command, on_shard: None };
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, args.quiet);
         }
@@ -412,7 +412,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}: merged {} parts, {} shards, {} rows, {} positions", s.out.display(), s.parts, s.shards, s.rows, s.positions);
         }
         Command::Verify { cache } => {
-            let reader = distill::cache::CacheReader::open(&cache)?;
+            let reader = distill::cache::CacheReader::open(&distill::store::local_copy(&cache)?)?;
             let mut n = 0;
             reader.verify(|_| n += 1)?;
             println!("{}: ok, {n} shards match their checksums", cache.display());
@@ -439,7 +439,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
             let cfg = file.cache.clone().validate()?;
-            let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone() };
+            let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone(), on_shard: None };
             eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, quiet);

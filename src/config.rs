@@ -79,7 +79,7 @@ impl CacheSettings {
 
     /// Resolve relative paths against `base` (a pipeline file's directory).
     pub fn relative_to(mut self, base: &Path) -> CacheSettings {
-        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
+        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() && !crate::store::is_url(&p) { base.join(p) } else { p });
         self.teacher = fix(self.teacher);
         self.data = fix(self.data);
         self.out = fix(self.out);
@@ -301,7 +301,7 @@ impl TrainSettings {
     }
 
     pub fn relative_to(mut self, base: &Path) -> TrainSettings {
-        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
+        let fix = |p: Option<PathBuf>| p.map(|p| if p.is_relative() && !crate::store::is_url(&p) { base.join(p) } else { p });
         self.cache = fix(self.cache);
         self.data = fix(self.data);
         self.out = fix(self.out);

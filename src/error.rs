@@ -47,6 +47,10 @@ pub enum Error {
     #[error("cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
 
+    /// Object storage (s3://, gs://, az://) could not be reached, read or written.
+    #[error("object storage {url}: {message}")]
+    Store { url: String, message: String },
+
     /// A Parquet file could not be written or read.
     #[error("{path}: parquet: {source}")]
     Parquet {

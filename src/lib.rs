@@ -8,13 +8,15 @@
 //!    distribution and the exact log of the mass outside the top-k ([`teacher::topk`]) go into
 //!    zstd Parquet shards plus a manifest ([`cache`]).
 //! 2. **Stage two, `train-student`** ([`stage::train_student`]): a Burn student ([`student`]:
-//!    an MLP or a Llama-style decoder) learns from the cache and the hard labels alone with the
+//!    an MLP, a BERT-style encoder classifier or a Llama-style decoder, optionally started from
+//!    and always exported as a Hugging Face checkpoint, [`student::hf`]) learns from the cache and the hard labels alone with the
 //!    loss in [`loss`]; it reads the cache only through [`cache::CacheReader`] and never loads
 //!    the teacher. [`stage::eval`] measures students (and the teacher, from a cache);
 //!    [`stage::merge`] combines the parts of a sharded capture.
 //!
 //! The cache is the contract: self-describing ([`cache::Manifest`]), verifiable (checksums,
-//! fingerprints), portable (plain Parquet, schema in [`cache::schema`]) and resumable.
+//! fingerprints), portable (plain Parquet, schema in [`cache::schema`]) and resumable; it may
+//! live in a bucket ([`store`]: `s3://`, `gs://`, `az://`).
 //!
 //! ```no_run
 //! use distill::config::CacheSettings;
@@ -59,6 +61,7 @@ pub mod loss;
 pub mod student;
 pub mod progress;
 pub mod stage;
+pub mod store;
 pub mod teacher;
 pub mod text;
 

@@ -7,4 +7,5 @@ mod train_student;
 mod failures;
 mod fuzz;
 mod snapshots;
+mod object_store;
 mod sharding;

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 /// Version of the shard schema and manifest layout. Readers refuse other versions.
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Every manifest file name (complete, partial, part) starts with this.
+pub const MANIFEST_STEM: &str = "manifest";
 pub const PARTIAL_MANIFEST_FILE: &str = "manifest.partial.json";
 /// The teacher's tokenizer, copied into the cache so the cache is self-contained.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -71,6 +71,12 @@ impl CacheReader {
         Ok(reader)
     }
 
+    /// Open `dir` by its manifest alone: shards may still be arriving (a remote cache being
+    /// fetched, see [`crate::store::Prefetcher`]); each is checked when it is read.
+    pub fn open_lazy(dir: &Path) -> Result<CacheReader> {
+        Ok(CacheReader { dir: dir.to_path_buf(), manifest: Manifest::read(dir)? })
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

@@ -62,10 +62,45 @@ pub struct RunOptions {
     pub ort_lib: Option<PathBuf>,
     /// The command line, recorded in the manifest.
     pub command: Vec<String>,
+    /// Called after each finished shard (and its partial manifest) is on disk.
+    pub on_shard: Option<ShardHook>,
 }
 
-/// Run stage one.
+/// A callback run after each finished shard; an error stops the run.
+#[derive(Clone)]
+pub struct ShardHook(pub std::sync::Arc<dyn Fn() -> Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for ShardHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardHook")
+    }
+}
+
+/// Run stage one. `cfg.out` may be a directory or an object-storage URL (`s3://`, `gs://`,
+/// `az://`, `file://`; see [`crate::store`]).
 pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
+    match crate::store::Location::parse(&cfg.out)? {
+        crate::store::Location::Local(dir) if dir == cfg.out => cache_teacher_local(cfg, opts),
+        crate::store::Location::Local(dir) => cache_teacher_local(&CacheTeacherConfig { out: dir, ..cfg.clone() }, opts),
+        crate::store::Location::Remote(remote) => {
+            // Work in the staging directory, starting from whatever reached the bucket;
+            // each finished shard is uploaded before the next one starts to count.
+            let url = remote.url.clone();
+            let dir = remote.staging_dir();
+            remote.pull_all(&dir)?;
+            let uploader = std::sync::Arc::new(crate::store::Uploader::new(remote, dir.clone())?);
+            let up = uploader.clone();
+            let hook = ShardHook(std::sync::Arc::new(move || up.sync(false)));
+            let local = CacheTeacherConfig { out: dir, ..cfg.clone() };
+            let mut summary = cache_teacher_local(&local, &RunOptions { on_shard: Some(hook), ..opts.clone() })?;
+            uploader.sync(true)?;
+            summary.dir = PathBuf::from(url);
+            Ok(summary)
+        }
+    }
+}
+
+fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
     // Inputs first: nothing is created before the inputs are known to be usable.
     let format = data::Format::of(&cfg.data)?;
     if !cfg.data.is_file() {
@@ -287,7 +322,18 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     let vocab_size = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
-    let sink = Sink { out, partial_name: names.partial.clone(), encoding: cfg.encoding, step, temperature: cfg.temperature, top_k, vocab: vocab_size, threads: cfg.threads, teacher_path };
+    let sink = Sink {
+        out,
+        partial_name: names.partial.clone(),
+        encoding: cfg.encoding,
+        step,
+        temperature: cfg.temperature,
+        top_k,
+        vocab: vocab_size,
+        threads: cfg.threads,
+        teacher_path,
+        on_shard: opts.on_shard.clone(),
+    };
     let (main_result, worker_result) = std::thread::scope(|scope| {
         let worker = scope.spawn(move || sink.run(rx, man));
         let main_result = (|| -> Result<()> {
@@ -587,6 +633,7 @@ struct Sink<'a> {
     vocab: usize,
     threads: usize,
     teacher_path: std::path::PathBuf,
+    on_shard: Option<ShardHook>,
 }
 
 impl Sink<'_> {
@@ -619,6 +666,9 @@ impl Sink<'_> {
                     let t = Instant::now();
                     let info = builder.write(self.out, index, first_row, rows)?;
                     finish_shard(self.out, &self.partial_name, &mut man, info)?;
+                    if let Some(hook) = &self.on_shard {
+                        (hook.0)()?;
+                    }
                     write_s += t.elapsed().as_secs_f64();
                 }
             }

@@ -30,7 +30,7 @@ pub struct EvalReport {
 
 /// Teacher top-1 per (row, position), from a cache of the evaluation data.
 fn teacher_top1(cache: &Path, data: &Path) -> Result<HashMap<(u64, u32), u32>> {
-    let reader = CacheReader::open(cache)?;
+    let reader = CacheReader::open(&crate::store::local_copy(cache)?)?;
     let sha = sha256_file(data)?;
     if sha != reader.manifest().dataset.sha256 {
         return Err(Error::cache(cache, format!("was not made from {} (dataset sha256 differs)", data.display())));
@@ -150,7 +150,7 @@ fn score_classes(
 /// accuracy (top-1 equals the label) for classifiers; perplexity from the stored log-prob of
 /// each next token for LMs (exact at the cache's temperature; use a T = 1 cache).
 pub fn teacher_metrics(cache: &Path) -> Result<EvalReport> {
-    let reader = CacheReader::open(cache)?;
+    let reader = CacheReader::open(&crate::store::local_copy(cache)?)?;
     let m = reader.manifest();
     let (mut correct, mut nll, mut n) = (0u64, 0f64, 0u64);
     for shard in &m.shards {

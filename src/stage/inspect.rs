@@ -31,6 +31,7 @@ pub struct CacheStats {
 
 /// Read every shard of `dir` and gather statistics.
 pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
+    let dir = &crate::store::local_copy(dir)?;
     let reader = CacheReader::open(dir)?;
     let m = reader.manifest().clone();
     let mut s = CacheStats {

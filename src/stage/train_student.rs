@@ -104,8 +104,9 @@ struct Target {
 }
 
 /// Open the cache and check that it serves this run: data, tokenizer, temperature, task.
-fn check_cache(cfg: &TrainConfig) -> Result<(CacheReader, f32)> {
-    let reader = CacheReader::open(&cfg.cache)?;
+fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
+    // A remote cache's shards are still arriving: they are checked as they are read.
+    let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
     let m = reader.manifest();
     let sha = sha256_file(&cfg.data)?;
     if sha != m.dataset.sha256 {
@@ -526,13 +527,17 @@ fn lr_at(base: f64, step: usize, total: usize) -> f64 {
 
 /// Run stage two.
 pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    let (reader, train_t) = check_cache(cfg)?;
+    let opened = crate::store::open_for_reading(&cfg.cache)?;
+    let (reader, train_t) = check_cache(cfg, &opened.dir)?;
     // Every shard's checksum before the first step: a damaged cache is refused up front,
-    // not after hours of training (shards are checked again as they are read).
-    reader.verify(|_| {})?;
+    // not after hours of training (shards are checked again as they are read). A remote
+    // cache is checked shard by shard as the prefetcher brings it in.
+    if opened.remote.is_none() {
+        reader.verify(|_| {})?;
+    }
     let m: Manifest = reader.manifest().clone();
     let tok = match (&m.text, &m.tokenizer) {
-        (Some(_), Some(info)) => Some(load_tokenizer(cfg.tokenizer.as_deref(), &cfg.cache, &info.sha256)?),
+        (Some(_), Some(info)) => Some(load_tokenizer(cfg.tokenizer.as_deref(), &opened.dir, &info.sha256)?),
         _ => None,
     };
     let spec = DataSpec {
@@ -661,17 +666,38 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         .map(|s| (s.rows.min(limit - s.first_row) as usize).div_ceil(cfg.batch_size))
         .sum();
     let total = cfg.steps.unwrap_or(cfg.epochs * steps_per_epoch).max(1);
+    // A remote cache: fetch shards in the first epoch's order, two ahead of training.
+    let shard_order = |epoch: usize| {
+        let mut order: Vec<usize> = (0..m.shards.len()).collect();
+        Rng::new(cfg.seed, 1 + epoch as u64).shuffle(&mut order);
+        order
+    };
+    let prefetch = opened.remote.map(|remote| {
+        let names = shard_order(start_epoch)
+            .into_iter()
+            .map(|i| &m.shards[i])
+            .filter(|s| s.first_row < limit)
+            .map(|s| (s.file.clone(), s.bytes))
+            .collect();
+        crate::store::Prefetcher::start(remote, opened.dir.clone(), names, 2)
+    });
     let progress = Progress::new(total as u64, "training", opts.quiet);
     progress.set_position(step as u64);
     let started = Instant::now();
     let (mut read_seconds, mut trained_positions, mut last_loss) = (0.0, 0usize, f64::NAN);
     let mut epoch = start_epoch;
     'epochs: while step < total {
-        let mut order: Vec<usize> = (0..m.shards.len()).collect();
-        Rng::new(cfg.seed, 1 + epoch as u64).shuffle(&mut order);
+        let order = shard_order(epoch);
         let mut step_in_epoch = 0;
         for &si in &order {
             let shard = &m.shards[si];
+            if let Some(p) = &prefetch
+                && shard.first_row < limit
+            {
+                let t = Instant::now();
+                p.wait(&shard.file)?;
+                read_seconds += t.elapsed().as_secs_f64();
+            }
             let mut examples = load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &mut read_seconds)?;
             Rng::new(cfg.seed, ((epoch as u64) << 32) | si as u64).shuffle(&mut examples);
             for chunk in examples.chunks(cfg.batch_size) {

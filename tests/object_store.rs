@@ -1,0 +1,146 @@
+//! Caches on object storage, against a real S3-compatible server: moto (from PyPI, installed
+//! into .venv by .ci/setup) started on loopback by the test. No mock: distill talks S3 over
+//! HTTP to it through the `object_store` crate.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const SECRET: &str = "distill-secret-never-logged";
+const BUCKET: &str = "distill-test";
+
+/// A moto S3 server on 127.0.0.1, killed on drop.
+struct S3 {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn start_s3() -> S3 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m moto.server (pip install -r .ci/requirements.txt)");
+    let s3 = S3 { child, port };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "moto did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = http(port, &format!("PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    assert!(r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"), "create bucket: {r}");
+    s3
+}
+
+/// Run distill against the server, with credentials in the environment and its own
+/// staging directory.
+fn distill_s3<S: AsRef<std::ffi::OsStr>>(s3: &S3, staging: &Path, args: &[S]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "2")
+        .env("AWS_ACCESS_KEY_ID", "test-key")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", s3.port))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("DISTILL_STAGING", staging)
+        .output()
+        .expect("distill runs");
+    assert!(!stdout(&o).contains(SECRET) && !stderr(&o).contains(SECRET), "the secret key was printed");
+    o
+}
+
+/// Keys of the objects under `prefix` (ListObjectsV2 over plain HTTP).
+fn list(s3: &S3, prefix: &str) -> Vec<String> {
+    let r = http(s3.port, &format!(
+        "GET /{BUCKET}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        s3.port
+    ));
+    r.split("<Key>").skip(1).filter_map(|x| x.split("</Key>").next()).map(str::to_string).collect()
+}
+
+fn losses(run: &Path) -> Vec<String> {
+    let m = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    m.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().to_string()).collect()
+}
+
+/// cache-teacher writes to s3://, verify/inspect read it back, and train-student streams it
+/// from the bucket (on a machine that never saw it: an empty staging directory) to exactly
+/// the losses of the same training from a local copy of the cache.
+#[test]
+fn a_cache_in_s3_trains_the_same_student_as_a_local_one() {
+    let s3 = start_s3();
+    let t = temp();
+    let url = format!("s3://{BUCKET}/teams/digits");
+    let teacher = data("digits/teacher.onnx").display().to_string();
+    let train_data = data("digits/train.parquet").display().to_string();
+    let capture = |out: &str, staging: &Path| {
+        distill_s3(&s3, staging, &["cache-teacher", "--teacher", &teacher, "--data", &train_data, "--out", out,
+            "--top-k", "5", "--temperature", "2", "--rows-per-shard", "300", "--quiet"])
+    };
+    let o = capture(&url, &t.path().join("gpu-box"));
+    ok(&o);
+    assert!(stdout(&o).contains(&url), "the summary names the URL: {}", stdout(&o));
+    let keys = list(&s3, "teams/digits/");
+    for k in ["manifest.json", "shard-00000.parquet", "shard-00003.parquet"] {
+        assert!(keys.iter().any(|x| x == &format!("teams/digits/{k}")), "{k} in the bucket: {keys:?}");
+    }
+    assert!(!keys.iter().any(|x| x.contains("partial")), "the partial manifest is removed at the end: {keys:?}");
+    let o = distill_s3(&s3, &t.path().join("laptop"), &["verify", &url]);
+    ok(&o);
+    assert!(stdout(&o).contains("4 shards match"), "{}", stdout(&o));
+
+    // Rerun into the bucket from another machine: the cache is found complete, nothing is computed.
+    let o = capture(&url, &t.path().join("other-box"));
+    ok(&o);
+    assert!(stdout(&o).contains("already complete"), "{}", stdout(&o));
+
+    let local = t.path().join("local-cache");
+    ok(&distill_s3(&s3, &t.path().join("unused"), &["cache-teacher", "--teacher", &teacher, "--data", &train_data, "--out",
+        &local.display().to_string(), "--top-k", "5", "--temperature", "2", "--rows-per-shard", "300", "--quiet"]));
+    let train = |cache: &str, out: &Path, staging: &Path| {
+        distill_s3(&s3, staging, &["train-student", "--cache", cache, "--data", &train_data, "--out", &out.display().to_string(),
+            "--student", "mlp:hidden=16", "--epochs", "2", "--batch-size", "64", "--quiet"])
+    };
+    let from_s3 = t.path().join("run-s3");
+    ok(&train(&url, &from_s3, &t.path().join("trainer")));
+    let from_disk = t.path().join("run-local");
+    ok(&train(&local.display().to_string(), &from_disk, &t.path().join("unused")));
+    let (a, b) = (losses(&from_s3), losses(&from_disk));
+    // 2 epochs of 4 shards (300, 300, 300, 297 rows) in batches of 64: 2 * 4 * 5 steps.
+    assert_eq!(a.len(), 40, "steps: {}", a.len());
+    assert_eq!(a, b, "same cache, same seed: same losses");
+}
+
+/// A URL without a finished cache, and an unknown scheme, are refused by name.
+#[test]
+fn missing_remote_caches_and_unknown_schemes_are_named() {
+    let s3 = start_s3();
+    let t = temp();
+    let o = distill_s3(&s3, t.path(), &["train-student", "--cache", &format!("s3://{BUCKET}/nothing-here"), "--data",
+        &data("digits/train.parquet").display().to_string(), "--out", &t.path().join("r").display().to_string(), "--student", "mlp"]);
+    fails_with(&o, &["s3://distill-test/nothing-here", "no manifest.json there"]);
+    let o = distill_s3(&s3, t.path(), &["verify", "s3://no-such-bucket/x"]);
+    fails_with(&o, &["object storage s3://no-such-bucket/x"]);
+}
