@@ -158,8 +158,35 @@ impl Remote {
         base.join(&sha256_bytes(self.url.as_bytes())[..16])
     }
 
+    /// Download the manifests called `names` that exist, the shards they list and the
+    /// tokenizer, where the staging directory lacks them or holds another size: what a
+    /// capture (or one part of it) needs to resume from the bucket.
+    pub fn pull_manifests(&self, dir: &Path, names: &[&str]) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for name in names.iter().copied().chain([manifest::TOKENIZER_FILE]) {
+            let Some(b) = self.get(name)? else { continue };
+            let local = dir.join(name);
+            write_atomic(&local, &b)?;
+            if name == manifest::TOKENIZER_FILE {
+                continue;
+            }
+            // An unreadable manifest is left for stage one to report (or replace with --overwrite).
+            let Ok(m) = manifest::Manifest::read_file(&local) else { continue };
+            for s in &m.shards {
+                let path = dir.join(&s.file);
+                if !plain_name(&s.file) || std::fs::metadata(&path).map(|x| x.len() == s.bytes).unwrap_or(false) {
+                    continue;
+                }
+                if let Some(b) = self.get(&s.file)? {
+                    write_atomic(&path, &b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Download every object of the cache that the staging directory lacks or holds at
-    /// another size (the resume path of stage one).
+    /// another size (merge needs every part).
     pub fn pull_all(&self, dir: &Path) -> Result<usize> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut n = 0;
@@ -191,8 +218,11 @@ fn plain_name(name: &str) -> bool {
 pub struct Uploader {
     remote: Remote,
     dir: PathBuf,
-    /// name -> (size, sha256) of what the bucket holds.
+    /// name -> (size, sha256) of what the bucket holds (empty sha: not known here).
     sent: Mutex<HashMap<String, (u64, String)>>,
+    /// Files this directory has held: only these are ever deleted from the bucket (other
+    /// workers' shards and part manifests in the same prefix are never touched).
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Uploader {
@@ -209,16 +239,18 @@ impl Uploader {
                 sent.insert(name, (size, String::new()));
             }
         }
-        Ok(Uploader { remote, dir, sent: Mutex::new(sent) })
+        Ok(Uploader { remote, dir, sent: Mutex::new(sent), seen: Mutex::default() })
     }
 
     pub fn url(&self) -> &str {
         &self.remote.url
     }
 
-    /// Upload what changed; with `prune`, delete what the directory no longer has.
+    /// Upload what changed; with `prune`, delete from the bucket what this directory held
+    /// and no longer has (the partial manifest once the capture is complete).
     pub fn sync(&self, prune: bool) -> Result<()> {
         let mut sent = self.sent.lock().expect("uploader lock");
+        let mut seen = self.seen.lock().expect("uploader lock");
         let mut files: Vec<String> = std::fs::read_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))?
             .flatten()
@@ -228,6 +260,7 @@ impl Uploader {
             .collect();
         // Data first, manifests last: a manifest never names a shard the bucket lacks.
         files.sort_by_key(|n| (n.starts_with(manifest::MANIFEST_STEM), n.clone()));
+        seen.extend(files.iter().cloned());
         for name in &files {
             let path = self.dir.join(name);
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -240,10 +273,11 @@ impl Uploader {
             sent.insert(name.clone(), (size, sha));
         }
         if prune {
-            let gone: Vec<String> = sent.keys().filter(|n| !files.contains(n)).cloned().collect();
+            let gone: Vec<String> = seen.iter().filter(|n| !files.contains(n)).cloned().collect();
             for name in gone {
                 self.remote.delete(&name)?;
                 sent.remove(&name);
+                seen.remove(&name);
             }
         }
         Ok(())

@@ -144,3 +144,43 @@ fn missing_remote_caches_and_unknown_schemes_are_named() {
     let o = distill_s3(&s3, t.path(), &["verify", "s3://no-such-bucket/x"]);
     fails_with(&o, &["object storage s3://no-such-bucket/x"]);
 }
+
+/// Three workers (`--shard I/3`, each with its own staging directory, like three pods)
+/// write into one bucket prefix; `merge` in the bucket gives the cache one local run gives.
+#[test]
+fn sharded_capture_into_one_bucket_then_merge_equals_one_run() {
+    let s3 = start_s3();
+    let t = temp();
+    let url = format!("s3://{BUCKET}/sharded");
+    let args = |out: &str, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(), "--data",
+            &data("digits/train.parquet").display().to_string(), "--out", out, "--temperature", "3", "--rows-per-shard", "100", "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    for i in 0..3 {
+        ok(&distill_s3(&s3, &t.path().join(format!("pod-{i}")), &args(&url, &["--shard", &format!("{i}/3")])));
+    }
+    let keys = list(&s3, "sharded/");
+    for i in 0..3 {
+        assert!(keys.iter().any(|k| k == &format!("sharded/manifest.part-{i}-of-3.json")), "part {i} in the bucket: {keys:?}");
+    }
+    let o = distill_s3(&s3, &t.path().join("merger"), &["merge", "--out", &url, &url]);
+    ok(&o);
+    let one = t.path().join("one");
+    ok(&distill_s3(&s3, &t.path().join("unused"), &args(&one.display().to_string(), &[])));
+    let read = |dir: &Path| -> Vec<String> {
+        let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        m.shards.iter().map(|s| format!("{} {}", s.file, s.sha256)).collect()
+    };
+    // Read the merged manifest back from the bucket through a fresh staging directory.
+    ok(&distill_s3(&s3, &t.path().join("reader"), &["verify", &url]));
+    let staged: Vec<_> = std::fs::read_dir(t.path().join("reader")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(staged.len(), 1, "one staging directory per URL");
+    assert_eq!(read(&staged[0]), read(&one), "merged in the bucket = one run, shard by shard");
+}

@@ -87,7 +87,8 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
             // each finished shard is uploaded before the next one starts to count.
             let url = remote.url.clone();
             let dir = remote.staging_dir();
-            remote.pull_all(&dir)?;
+            let names = ManifestNames::of(cfg.part);
+            remote.pull_manifests(&dir, &[names.complete.as_str(), names.partial.as_str()])?;
             let uploader = std::sync::Arc::new(crate::store::Uploader::new(remote, dir.clone())?);
             let up = uploader.clone();
             let hook = ShardHook(std::sync::Arc::new(move || up.sync(false)));

@@ -18,8 +18,41 @@ pub struct MergeSummary {
     pub positions: u64,
 }
 
-/// Merge the parts found in `inputs` (directories; `out` may be one of them) into `out`.
+/// Merge the parts found in `inputs` (directories or object-storage URLs; `out` may be one
+/// of them) into `out`. Remote parts are pulled into their staging directories, merged
+/// there, and the merged cache is uploaded (shards first, `manifest.json` last).
 pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
+    use crate::store::{Location, Uploader, is_url};
+    if !is_url(out) && !inputs.iter().any(|p| is_url(p)) {
+        return merge_local(out, inputs, command);
+    }
+    let mut local_inputs = Vec::new();
+    for p in inputs {
+        local_inputs.push(match Location::parse(p)? {
+            Location::Local(d) => d,
+            Location::Remote(r) => {
+                let d = r.staging_dir();
+                r.pull_all(&d)?;
+                d
+            }
+        });
+    }
+    match Location::parse(out)? {
+        Location::Local(d) => merge_local(&d, &local_inputs, command),
+        Location::Remote(r) => {
+            let d = r.staging_dir();
+            r.pull_all(&d)?;
+            let url = r.url.clone();
+            let uploader = Uploader::new(r, d.clone())?;
+            let mut summary = merge_local(&d, &local_inputs, command)?;
+            uploader.sync(false)?;
+            summary.out = PathBuf::from(url);
+            Ok(summary)
+        }
+    }
+}
+
+fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
     let mut parts: Vec<(PathBuf, Manifest)> = Vec::new();
     for dir in inputs {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
