@@ -302,6 +302,10 @@ struct CacheTeacherArgs {
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
+    /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
+    /// usable CUDA execution provider the run says why and continues on the CPU).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
     /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
     /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
     /// parts with `distill merge`.
@@ -344,6 +348,7 @@ impl CacheTeacherArgs {
             output: self.output.clone(),
             logprob_encoding: self.logprob_encoding.clone(),
             threads: self.threads,
+            device: self.device.clone(),
             shard: self.shard.clone(),
         };
         Ok(match &self.pipeline {

@@ -46,6 +46,8 @@ pub struct CacheSettings {
     /// `delta_u16` (default) or `f32`.
     pub logprob_encoding: Option<String>,
     pub threads: Option<usize>,
+    /// Where the teacher runs: `cpu` (default), `cuda` or `cuda:N` (onnxruntime-gpu).
+    pub device: Option<String>,
     /// `I/N`: compute only the shards `j` with `j % N == I` (one worker of N).
     pub shard: Option<String>,
 }
@@ -73,6 +75,7 @@ impl CacheSettings {
             output: self.output.or(other.output),
             logprob_encoding: self.logprob_encoding.or(other.logprob_encoding),
             threads: self.threads.or(other.threads),
+            device: self.device.or(other.device),
             shard: self.shard.or(other.shard),
         }
     }
@@ -115,6 +118,11 @@ impl CacheSettings {
         if threads == 0 {
             return Err(Error::Config("cache.threads must be >= 1".into()));
         }
+        let device = match self.device.as_deref() {
+            None => crate::teacher::TeacherDevice::Cpu,
+            Some(d) => crate::teacher::TeacherDevice::parse(d)
+                .ok_or_else(|| Error::Config(format!("cache.device must be `cpu`, `cuda` or `cuda:N` (got `{d}`)")))?,
+        };
         let encoding = match self.logprob_encoding.as_deref().unwrap_or("delta_u16") {
             "delta_u16" => LogprobEncoding::DeltaU16,
             "f32" => LogprobEncoding::F32,
@@ -190,6 +198,7 @@ impl CacheSettings {
             output: self.output.clone(),
             encoding,
             threads,
+            device,
             part,
             settings,
         })
@@ -236,6 +245,8 @@ pub struct CacheTeacherConfig {
     pub output: Option<String>,
     pub encoding: LogprobEncoding,
     pub threads: usize,
+    /// Where the teacher runs.
+    pub device: crate::teacher::TeacherDevice,
     /// This worker's slice of a sharded capture.
     pub part: Option<crate::cache::manifest::PartInfo>,
     /// The settings as given (for the manifest).

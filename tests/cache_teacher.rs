@@ -430,3 +430,22 @@ fn help_teaches_the_command() {
         assert!(s.contains(needle), "--help lacks {needle}:\n{s}");
     }
 }
+
+/// `--device cuda` with the CPU-only onnxruntime wheel: the run says why CUDA is not used
+/// and produces the same cache on the CPU; a malformed device is refused by name.
+#[test]
+fn cuda_device_without_a_cuda_runtime_falls_back_to_the_cpu_and_says_why() {
+    let t = temp();
+    let cpu = t.path().join("cpu");
+    ok(&distill(digits_args(&cpu, &["--top-k", "5"])));
+    let cuda = t.path().join("cuda");
+    let mut args = digits_args(&cuda, &["--top-k", "5", "--device", "cuda:0"]);
+    args.retain(|a| a != "--quiet");
+    let o = distill(args);
+    ok(&o);
+    let err = stderr(&o);
+    assert!(err.contains("--device cuda:0") && err.contains("no CUDA execution provider") && err.contains("runs on the CPU"), "{err}");
+    let sums = |d: &Path| read_all(d).0.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
+    assert_eq!(sums(&cpu), sums(&cuda));
+    fails_with(&distill(digits_args(&t.path().join("x"), &["--device", "gpu"])), &["cache.device must be `cpu`, `cuda` or `cuda:N`", "`gpu`"]);
+}

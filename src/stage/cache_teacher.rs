@@ -115,7 +115,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         None => None,
     };
     let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
-    let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, opts.ort_lib.as_deref())?;
+    let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, opts.ort_lib.as_deref(), cfg.device)?;
     let vocab = teacher.vocab_size;
     let top_k = match cfg.top_k {
         Some(k) if k > vocab => {
@@ -268,6 +268,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let names = ManifestNames::of(cfg.part);
     let resumed = prepare_out_dir(out, &man, opts.overwrite, &names, part)?;
     let mut warnings = Vec::new();
+    warnings.extend(teacher.device_note.clone());
     match resumed {
         OutState::Complete(existing) => {
             return Ok(CacheSummary {

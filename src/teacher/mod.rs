@@ -5,5 +5,5 @@ pub mod model;
 pub mod runtime;
 pub mod topk;
 
-pub use model::{InputMapping, Teacher, TeacherBatch};
+pub use model::{InputMapping, Teacher, TeacherBatch, TeacherDevice};
 pub use topk::{SoftLabel, TopKScratch, soft_top_k};

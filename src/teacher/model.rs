@@ -84,6 +84,26 @@ pub struct Teacher {
     pub bytes: u64,
     io_inputs: Vec<IoInfo>,
     io_outputs: Vec<IoInfo>,
+    /// Why a requested CUDA device is not used (the teacher then runs on the CPU).
+    pub device_note: Option<String>,
+}
+
+/// Where the teacher runs (`--device cpu | cuda | cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum TeacherDevice {
+    #[default]
+    Cpu,
+    Cuda(i32),
+}
+
+impl TeacherDevice {
+    pub fn parse(s: &str) -> Option<TeacherDevice> {
+        match s {
+            "cpu" => Some(TeacherDevice::Cpu),
+            "cuda" => Some(TeacherDevice::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).filter(|n: &i32| *n >= 0).map(TeacherDevice::Cuda),
+        }
+    }
 }
 
 fn dims(shape: &[i64]) -> String {
@@ -92,20 +112,47 @@ fn dims(shape: &[i64]) -> String {
 }
 
 impl Teacher {
-    /// Load `path` with `threads` intra-op threads and plan its inputs.
-    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, ort_lib: Option<&Path>) -> Result<Teacher> {
+    /// Load `path` with `threads` intra-op threads on `device` and plan its inputs. A CUDA
+    /// device that this ONNX Runtime cannot use falls back to the CPU; the reason is in
+    /// [`Teacher::device_note`].
+    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, ort_lib: Option<&Path>, device: TeacherDevice) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let env = super::runtime::environment(ort_lib)?;
         let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
-        let session = Session::builder(env)
-            .map_err(|e| configure(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| configure(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| configure(e.to_string()))?
-            // Spinning worker threads would steal the cores the top-k runs on between batches.
-            .with_intra_op_spinning(false)
-            .map_err(|e| configure(e.to_string()))?
+        let builder = || {
+            Session::builder(env)
+                .map_err(|e| configure(e.to_string()))?
+                .with_intra_threads(threads.max(1))
+                .map_err(|e| configure(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| configure(e.to_string()))?
+                // Spinning worker threads would steal the cores the top-k runs on between batches.
+                .with_intra_op_spinning(false)
+                .map_err(|e| configure(e.to_string()))
+        };
+        let mut device_note = None;
+        let mut session_builder = builder()?;
+        if let TeacherDevice::Cuda(id) = device {
+            use ort::ep::ExecutionProvider;
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                device_note = Some(format!(
+                    "--device cuda:{id}: this ONNX Runtime has no CUDA execution provider (the `onnxruntime` wheel is \
+                     CPU-only; install `onnxruntime-gpu`, which needs the CUDA 13 libraries); the teacher runs on the CPU"
+                ));
+            } else {
+                let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+                match session_builder.with_execution_providers([cuda]) {
+                    Ok(b) => session_builder = b,
+                    Err(e) => {
+                        device_note = Some(format!(
+                            "--device cuda:{id}: the CUDA execution provider did not start ({e}); the teacher runs on the CPU"
+                        ));
+                        session_builder = builder()?;
+                    }
+                }
+            }
+        }
+        let session = session_builder
             .commit_from_file(path)
             .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
         let sha256 = sha256_file(path)?;
@@ -221,6 +268,7 @@ impl Teacher {
             bytes: meta.len(),
             io_inputs,
             io_outputs,
+            device_note,
         })
     }
 
