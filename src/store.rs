@@ -286,6 +286,7 @@ impl Uploader {
 
 /// Fetches a remote cache's shards into the staging directory ahead of training.
 pub struct Prefetcher {
+    url: String,
     state: Arc<(Mutex<FetchState>, Condvar)>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -304,6 +305,7 @@ impl Prefetcher {
     pub fn start(remote: Remote, dir: PathBuf, names: Vec<(String, u64)>, ahead: usize) -> Prefetcher {
         let state = Arc::new((Mutex::new(FetchState::default()), Condvar::new()));
         let st = state.clone();
+        let url = remote.url.clone();
         let handle = std::thread::spawn(move || {
             for (i, (name, size)) in names.iter().enumerate() {
                 {
@@ -322,7 +324,8 @@ impl Prefetcher {
                 } else {
                     match remote.get(name) {
                         Ok(Some(b)) => write_atomic(&local, &b).map_err(|e| e.to_string()),
-                        Ok(None) => Err(format!("{}/{name}: the manifest lists this shard but the bucket does not hold it", remote.url)),
+                        Ok(None) => Err(format!("{name}: the manifest lists this shard but the bucket does not hold it")),
+                        Err(Error::Store { message, .. }) => Err(message),
                         Err(e) => Err(e.to_string()),
                     }
                 };
@@ -331,7 +334,7 @@ impl Prefetcher {
                 cv.notify_all();
             }
         });
-        Prefetcher { state, handle: Some(handle) }
+        Prefetcher { url, state, handle: Some(handle) }
     }
 
     /// Block until shard `name` is in the staging directory.
@@ -343,7 +346,7 @@ impl Prefetcher {
                 let r = r.clone();
                 s.consumed += 1;
                 cv.notify_all();
-                return r.map_err(|m| Error::Store { url: String::new(), message: m });
+                return r.map_err(|m| Error::Store { url: self.url.clone(), message: m });
             }
             s = cv.wait(s).expect("prefetch lock");
         }
