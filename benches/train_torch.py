@@ -9,6 +9,7 @@ Prints trained positions/s after a warm-up.
 
     python benches/train_torch.py lm --cache target/pipelines/lm/cache --data data/lm/train.jsonl --steps 30 --threads 2
     python benches/train_torch.py digits --cache target/pipelines/digits/cache --data data/digits/train.parquet --steps 300
+    python benches/train_torch.py textcls --cache target/pipelines/textcls/cache --data data/textcls/train.parquet --batch-size 32 --steps 60
 """
 import argparse
 import json
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 p = argparse.ArgumentParser()
-p.add_argument("task", choices=["lm", "digits"])
+p.add_argument("task", choices=["lm", "digits", "textcls"])
 p.add_argument("--cache", required=True)
 p.add_argument("--data", required=True)
 p.add_argument("--steps", type=int, default=30)
@@ -74,6 +75,47 @@ if a.task == "digits":
         x = torch.from_numpy(x_all[rows[b]])
         one = torch.ones(len(b))
         return model(x), torch.from_numpy(ids[b]), torch.from_numpy(lps[b]).float(), torch.from_numpy(np.where(np.isfinite(tail[b]), tail[b], -1e4)).float(), torch.from_numpy(hard[b]), one, len(b)
+elif a.task == "textcls":
+    # The encoder student (d_model 64, 2 post-LayerNorm blocks, 2 heads, GELU 256, tanh
+    # pooler on the first token) over the rows of the first shard, padded per batch.
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(a.cache, "tokenizer.json"))
+    max_len = m["text"]["max_seq_len"]
+    texts = pq.read_table(a.data).column(m["text"]["text"]).to_pylist()
+    enc = {int(r): tok.encode(texts[int(r)]).ids[:max_len] for r in rows}
+
+    class Encoder(torch.nn.Module):
+        def __init__(s, d=64, layers=2, h=2, ff=256):
+            super().__init__()
+            s.word, s.pos, s.typ = torch.nn.Embedding(tok.get_vocab_size(), d), torch.nn.Embedding(max_len, d), torch.nn.Embedding(2, d)
+            s.norm = torch.nn.LayerNorm(d, eps=1e-12)
+            s.blocks = torch.nn.ModuleList(
+                torch.nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, activation="gelu", batch_first=True, layer_norm_eps=1e-12)
+                for _ in range(layers)
+            )
+            s.pool, s.cls = torch.nn.Linear(d, d), torch.nn.Linear(d, V)
+
+        def forward(s, tokens, lengths):
+            b, n = tokens.shape
+            pad = torch.arange(n)[None, :] >= torch.tensor(lengths)[:, None]
+            x = s.norm(s.word(tokens) + s.pos.weight[:n][None] + s.typ.weight[0])
+            for blk in s.blocks:
+                x = blk(x, src_key_padding_mask=pad)
+            return s.cls(torch.tanh(s.pool(x[:, 0])))
+
+    model = Encoder()
+    order = np.arange(len(rows))
+
+    def batch(i):
+        b = order[(i * a.batch_size) % len(order):][: a.batch_size]
+        seqs = [enc[int(rows[j])] for j in b]
+        n = max(len(q) for q in seqs)
+        toks = torch.zeros(len(b), n, dtype=torch.long)
+        for j, q in enumerate(seqs):
+            toks[j, : len(q)] = torch.tensor(q)
+        one = torch.ones(len(b))
+        return model(toks, [len(q) for q in seqs]), torch.from_numpy(ids[b]), torch.from_numpy(lps[b]).float(), torch.from_numpy(np.where(np.isfinite(tail[b]), tail[b], -1e4)).float(), torch.from_numpy(hard[b]), one, len(b)
 else:
     from tokenizers import Tokenizer
 
