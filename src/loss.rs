@@ -104,8 +104,29 @@ pub fn distillation_loss(
     temperature: f32,
     tail: TailMode,
 ) -> LossParts {
+    distillation_loss_partly_labelled(student_logits, soft, hard, mask.clone(), mask, alpha, temperature, tail)
+}
+
+/// [`distillation_loss`] where some positions have no hard label (unlabelled transfer rows,
+/// soft labels only): the KL is averaged over the positions where `mask` is 1, the
+/// cross-entropy over those where `labelled` is 1 (0 when a batch has none).
+///
+/// # Shapes
+/// - as [`distillation_loss`]; `labelled`: `[n]`, 1 where `hard` holds a label (and `mask` is 1)
+#[allow(clippy::too_many_arguments)]
+pub fn distillation_loss_partly_labelled(
+    student_logits: Tensor<2>,
+    soft: &SoftTargets,
+    hard: Tensor<1, Int>,
+    mask: Tensor<1>,
+    labelled: Tensor<1>,
+    alpha: f32,
+    temperature: f32,
+    tail: TailMode,
+) -> LossParts {
     let count = mask.clone().sum().clamp_min(1.0);
-    let ce = (ce_per_position(student_logits.clone(), hard) * mask.clone()).sum() / count.clone();
+    let labelled_count = labelled.clone().sum().clamp_min(1.0);
+    let ce = (ce_per_position(student_logits.clone(), hard) * labelled).sum() / labelled_count;
     let kl = if alpha > 0.0 {
         (kl_per_position(student_logits, soft, temperature, tail) * mask).sum() / count
     } else {
@@ -289,5 +310,31 @@ mod tests {
         for (a, b) in top.iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    /// Unlabelled positions (labelled = 0) leave the cross-entropy of the labelled ones
+    /// unchanged and still enter the KL; a batch with no label has CE 0.
+    #[test]
+    fn unlabelled_positions_count_in_the_kl_only() {
+        let d = dev();
+        let logits = t2(&[0.2, 0.1, 0.4, 9.0, -9.0, 3.0], 2, 3);
+        let d = &d;
+        let soft = SoftTargets {
+            ids: Tensor::from_data(TensorData::new(vec![2i64, 0, 1, 0, 2, 1], [2, 3]), d),
+            logprobs: Tensor::from_data(TensorData::new(vec![-0.5f32, -1.5, -1.6, -0.2, -2.0, -3.0], [2, 3]), d),
+            tail_logmass: Tensor::from_data(TensorData::new(vec![-1e4f32, -1e4], [2]), d),
+        };
+        let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), d);
+        let mask: Tensor<1> = Tensor::ones([2], d);
+        let labelled: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0], [2]), d);
+        let part = distillation_loss_partly_labelled(logits.clone(), &soft, hard.clone(), mask.clone(), labelled, 0.5, 2.0, TailMode::Renormalize);
+        let full = distillation_loss(logits.clone(), &soft, hard.clone(), mask.clone(), 0.5, 2.0, TailMode::Renormalize);
+        // CE of row 0 alone: -log_softmax([0.2, 0.1, 0.4])[2] (by hand: 0.9398).
+        let ce0 = -(0.4f64 - (0.2f64.exp() + 0.1f64.exp() + 0.4f64.exp()).ln());
+        assert!((scalar(part.ce.clone()) - ce0).abs() < 1e-5, "{} vs {ce0}", scalar(part.ce.clone()));
+        assert!((scalar(part.kl.clone()) - scalar(full.kl.clone())).abs() < 1e-6, "the KL ignores labels");
+        let none: Tensor<1> = Tensor::zeros([2], d);
+        let p = distillation_loss_partly_labelled(logits, &soft, hard, mask, none, 0.5, 2.0, TailMode::Renormalize);
+        assert_eq!(scalar(p.ce.clone()), 0.0);
     }
 }

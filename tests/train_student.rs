@@ -337,3 +337,48 @@ fn a_cache_serves_a_smaller_k_and_refuses_a_larger_one() {
     let o = train(&cache, &t.path().join("k20"), &[&common[..], &["--top-k", "20"]].concat());
     fails_with(&o, &["train.top_k = 20", "holds only the top 10"]);
 }
+
+/// Unlabelled rows (label null) carry the teacher's soft labels only: a distilled run
+/// trains on every row, a hard-label-only run (alpha = 0) on the labelled ones alone.
+#[test]
+fn unlabelled_rows_train_the_kd_term_only() {
+    use distill::data::{Column, Field, Kind, read_rows};
+    let t = temp();
+    let cols = [Column::new("text", Kind::Text)];
+    let texts: Vec<String> = read_rows(&data("textcls/train.parquet"), &cols)
+        .unwrap()
+        .take(64)
+        .map(|r| match &r.unwrap().fields[0] {
+            Field::Text(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mixed = t.path().join("mixed.jsonl");
+    let lines: String = texts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let label = if i < 32 { serde_json::json!(i % 8) } else { serde_json::Value::Null };
+            format!("{}\n", serde_json::json!({"text": s, "label": label}))
+        })
+        .collect();
+    std::fs::write(&mixed, lines).unwrap();
+    let cache = t.path().join("cache");
+    ok(&distill([
+        "cache-teacher", "--teacher", &data("textcls/teacher.onnx").display().to_string(), "--tokenizer",
+        &data("textcls/tokenizer.json").display().to_string(), "--data", &mixed.display().to_string(), "--text-column", "text",
+        "--label-column", "label", "--max-seq-len", "64", "--out", &cache.display().to_string(), "--quiet",
+    ]));
+    let run = |alpha: &str, name: &str| {
+        let out = t.path().join(name);
+        ok(&distill([
+            "train-student", "--cache", &cache.display().to_string(), "--data", &mixed.display().to_string(), "--out",
+            &out.display().to_string(), "--student", "encoder:d_model=16,layers=1,heads=2,d_ff=32", "--alpha", alpha,
+            "--epochs", "1", "--batch-size", "16", "--quiet",
+        ]));
+        let m = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        m.lines().skip(1).map(|l| l.split(',').nth(6).unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(run("0.5", "kd").iter().sum::<usize>(), 64, "every row, labelled or not");
+    assert_eq!(run("0", "hard").iter().sum::<usize>(), 32, "the labelled rows only");
+}

@@ -100,7 +100,8 @@ struct Target {
     ids: Vec<u32>,
     logprobs: Vec<f32>,
     tail: f32,
-    hard: i64,
+    /// `None`: an unlabelled classification row (soft label only).
+    hard: Option<i64>,
 }
 
 /// Open the cache and check that it serves this run: data, tokenizer, temperature, task.
@@ -343,10 +344,11 @@ fn load_shard(
             }
             let ex = &mut examples[(r - shard.first_row) as usize];
             let position = b.positions[i] as usize;
-            let hard = b.hard_labels[i].ok_or_else(|| {
-                Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no hard label"))
-            })?;
+            let hard = b.hard_labels[i];
             if m.task == Task::CausalLm {
+                let hard = hard.ok_or_else(|| {
+                    Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no next token"))
+                })?;
                 let want = ex.tokens.get(position + 1).copied();
                 if want != Some(hard as u32) {
                     return Err(Error::cache(
@@ -381,6 +383,11 @@ fn load_shard(
     }
     *read_seconds += t0.elapsed().as_secs_f64();
     examples.retain(|e| !e.targets.is_empty());
+    if cfg.alpha == 0.0 {
+        // Hard labels only: unlabelled rows teach nothing; leave them out so batches are
+        // full of labelled rows (the same batches as training on the labelled rows alone).
+        examples.retain(|e| e.targets.iter().all(|t| t.hard.is_some()));
+    }
     Ok(examples)
 }
 
@@ -463,14 +470,15 @@ fn batch_loss(
     // narrowed to those rows first (an LM batch is mostly prompt and padding positions).
     let seq = n / b;
     let mut rows_idx: Vec<i64> = Vec::new();
-    let (mut ids, mut lps, mut tail, mut hard) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, e) in batch.iter().enumerate() {
         for t in &e.targets {
             rows_idx.push(if seq == 1 { r } else { r * seq + t.position } as i64);
             ids.extend(t.ids.iter().map(|&i| i as i64));
             lps.extend_from_slice(&t.logprobs);
             tail.push(t.tail);
-            hard.push(t.hard);
+            hard.push(t.hard.unwrap_or(0));
+            labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
         }
     }
     let count = rows_idx.len();
@@ -490,7 +498,8 @@ fn batch_loss(
     };
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
-    (loss::distillation_loss(logits, &soft, hard, mask, cfg.alpha, train_t, cfg.tail), count)
+    let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
+    (loss::distillation_loss_partly_labelled(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail), count)
 }
 
 /// Rows of token ids, right-padded with id 0 (padding is masked by the lengths).
@@ -659,11 +668,30 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let mut metrics = std::fs::OpenOptions::new().append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
 
     let limit = cfg.max_rows.unwrap_or(u64::MAX);
+    // Rows each shard trains on: all of them, or at alpha = 0 the labelled ones (read from
+    // the data's label column; unlabelled rows are skipped, see load_shard).
+    let labelled = match (&m.label_column, m.task) {
+        (Some(col), Task::Classification) if cfg.alpha == 0.0 => {
+            let mut flags = Vec::new();
+            for row in data::read_rows(&cfg.data, &[Column::new(col, Kind::Label)])?.take(limit.min(m.dataset.rows) as usize) {
+                flags.push(matches!(row?.fields[0], Field::Label(_)));
+            }
+            Some(flags)
+        }
+        _ => None,
+    };
     let steps_per_epoch: usize = m
         .shards
         .iter()
         .filter(|s| s.first_row < limit)
-        .map(|s| (s.rows.min(limit - s.first_row) as usize).div_ceil(cfg.batch_size))
+        .map(|s| {
+            let end = s.first_row + s.rows.min(limit - s.first_row);
+            let rows = match &labelled {
+                Some(f) => f[s.first_row as usize..end as usize].iter().filter(|&&l| l).count(),
+                None => (end - s.first_row) as usize,
+            };
+            rows.div_ceil(cfg.batch_size)
+        })
         .sum();
     let total = cfg.steps.unwrap_or(cfg.epochs * steps_per_epoch).max(1);
     // A remote cache: fetch shards in the first epoch's order, two ahead of training.
