@@ -780,7 +780,15 @@ fn numeric_batch(
         }
         feeds.push((c.name.clone(), values, width.unwrap_or(0)));
     }
-    let vocab = teacher.vocab_size;
+    check_labels(cfg, batch, hard, teacher.vocab_size)?;
+    let t_run = Instant::now();
+    let pending = per_row_pending(teacher, &TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, batch, hard)?;
+    timings.teacher += t_run.elapsed().as_secs_f64();
+    Ok(pending)
+}
+
+/// Every hard label must be one of the teacher's classes.
+fn check_labels(cfg: &CacheTeacherConfig, batch: &[Row], hard: &[Option<i64>], vocab: usize) -> Result<()> {
     for (r, h) in batch.iter().zip(hard) {
         if let Some(h) = h
             && !(0..vocab as i64).contains(h)
@@ -788,9 +796,14 @@ fn numeric_batch(
             return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
         }
     }
+    Ok(())
+}
+
+/// Run a classifier teacher: logits `[batch, classes]`, one cached soft label per row.
+fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, batch: &[Row], hard: &[Option<i64>]) -> Result<Pending> {
+    let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
-    let t_run = Instant::now();
-    let pending = teacher.run(&TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, |shape, logits| {
+    teacher.run(input, |shape, logits| {
         if shape != [batch.len(), vocab] {
             return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
         }
@@ -799,9 +812,7 @@ fn numeric_batch(
             meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
             rows: batch.iter().map(|r| r.index).collect(),
         })
-    })?;
-    timings.teacher += t_run.elapsed().as_secs_f64();
-    Ok(pending)
+    })
 }
 
 /// Tokenize, pad and run one batch; returns the logits of its cached positions, the
@@ -855,24 +866,10 @@ fn token_batch(
     timings.data += t_tok.elapsed().as_secs_f64();
     if classify {
         // One soft label per row: logits [batch, classes].
-        for (r, h) in batch.iter().zip(hard) {
-            if let Some(h) = h
-                && !(0..vocab as i64).contains(h)
-            {
-                return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
-            }
-        }
+        check_labels(cfg, batch, hard, vocab)?;
         let t_run = Instant::now();
-        let pending = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
-            if shape != [batch.len(), vocab] {
-                return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
-            }
-            Ok(Pending {
-                logits: logits.to_vec(),
-                meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
-                rows: batch.iter().map(|r| r.index).collect(),
-            })
-        })?;
+        let input = TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask };
+        let pending = per_row_pending(teacher, &input, batch, hard)?;
         timings.teacher += t_run.elapsed().as_secs_f64();
         return Ok((pending, tokens, truncated));
     }
