@@ -182,6 +182,9 @@ struct TrainArgs {
     /// Use the first K cached entries per position (K <= the cache's k; the rest joins the tail).
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
+    /// Shards whose rows are shuffled together [default: 4]; memory holds this many shards.
+    #[arg(long, value_name = "SHARDS")]
+    shuffle_window: Option<usize>,
     /// tokenizer.json [default: the copy inside the cache]; must be the cache's tokenizer.
     #[arg(long, value_name = "tokenizer.json")]
     tokenizer: Option<PathBuf>,
@@ -213,6 +216,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             max_rows: self.max_rows,
             top_k: self.top_k,
+            shuffle_window: self.shuffle_window,
         };
         let (settings, file_student) = match &self.pipeline {
             Some(p) => {

@@ -286,6 +286,10 @@ pub struct TrainSettings {
     /// Use only the first k cached entries of each position (k <= the cache's top_k); the
     /// dropped entries' mass joins the tail.
     pub top_k: Option<usize>,
+    /// Shards whose rows are shuffled together (default 4): a larger window mixes rows from
+    /// farther apart in the data (a file sorted by class or source needs one) at the cost of
+    /// holding that many shards in memory.
+    pub shuffle_window: Option<usize>,
 }
 
 impl TrainSettings {
@@ -308,6 +312,7 @@ impl TrainSettings {
             checkpoint_every: self.checkpoint_every.or(o.checkpoint_every),
             max_rows: self.max_rows.or(o.max_rows),
             top_k: self.top_k.or(o.top_k),
+            shuffle_window: self.shuffle_window.or(o.shuffle_window),
         }
     }
 
@@ -374,6 +379,10 @@ impl TrainSettings {
                 Some(0) => return Err(Error::Config("train.top_k must be >= 1".into())),
                 k => k,
             },
+            shuffle_window: match self.shuffle_window {
+                Some(0) => return Err(Error::Config("train.shuffle_window must be >= 1 (shards)".into())),
+                w => w.unwrap_or(4),
+            },
         })
     }
 }
@@ -427,6 +436,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub max_rows: Option<u64>,
     pub top_k: Option<usize>,
+    /// Shards shuffled together.
+    pub shuffle_window: usize,
 }
 
 /// `[eval]` of a pipeline file: held-out data and the seeds to average over.

@@ -382,3 +382,28 @@ fn unlabelled_rows_train_the_kd_term_only() {
     assert_eq!(run("0.5", "kd").iter().sum::<usize>(), 64, "every row, labelled or not");
     assert_eq!(run("0", "hard").iter().sum::<usize>(), 32, "the labelled rows only");
 }
+
+/// Rows are shuffled across `--shuffle-window` shards, so batches straddle shards: 300 rows
+/// in three 100-row shards at batch 64 make 2 + 2 + 2 = 6 steps (the last of each shard
+/// short) with a window of 1, and ceil(300 / 64) = 5 steps with a window holding every
+/// shard (only the last short). The window is recorded in the run's config.
+#[test]
+fn batches_mix_rows_across_the_shuffle_window() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("train.parquet", &cache, &["--temperature", "4", "--rows-per-shard", "100"]);
+    let positions = |window: &str| {
+        let out = t.path().join(format!("w{window}"));
+        ok(&train(&cache, &out, &["--max-rows", "300", "--batch-size", "64", "--epochs", "1", "--shuffle-window", window]));
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["train"]["shuffle_window"].to_string(), window);
+        let m = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        m.lines().skip(1).map(|l| l.split(',').nth(6).unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>()
+    };
+    let per_shard = positions("1");
+    assert_eq!(per_shard.len(), 6, "{per_shard:?}");
+    assert_eq!(per_shard.iter().filter(|&&p| p == 36).count(), 3, "{per_shard:?}");
+    assert_eq!(positions("100"), vec![64, 64, 64, 64, 44]);
+    let refused = train(&cache, &t.path().join("w0"), &["--shuffle-window", "0"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("shuffle_window"), "{}", stderr(&refused));
+}

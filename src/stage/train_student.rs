@@ -1,8 +1,9 @@
 //! Stage two orchestration: a cache + the training data in, a trained student out.
 //!
-//! The teacher is never loaded. Shards are streamed one at a time (memory is bounded by a
-//! shard), joined with the dataset rows they were made from, shuffled with the seed, and
-//! fed to the student in batches. Checkpoints every N steps and at the end; `--resume`
+//! The teacher is never loaded. Shards are streamed in a seeded order, joined with the
+//! dataset rows they were made from, and shuffled together `shuffle_window` shards at a time
+//! (memory is bounded by that window, whatever the cache size) before they are cut into
+//! batches. Checkpoints every N steps and at the end; `--resume`
 //! continues from the last one.
 
 use std::io::Write;
@@ -590,6 +591,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             "alpha": cfg.alpha, "temperature": train_t, "tail": cfg.tail, "epochs": cfg.epochs, "steps": cfg.steps,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
             "device": cfg.device, "checkpoint_every": cfg.checkpoint_every, "max_rows": cfg.max_rows, "top_k": cfg.top_k,
+            "shuffle_window": cfg.shuffle_window,
             "cache": cfg.cache, "data": cfg.data,
         },
     });
@@ -680,26 +682,32 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         }
         _ => None,
     };
-    let steps_per_epoch: usize = m
-        .shards
-        .iter()
-        .filter(|s| s.first_row < limit)
-        .map(|s| {
-            let end = s.first_row + s.rows.min(limit - s.first_row);
-            let rows = match &labelled {
-                Some(f) => f[s.first_row as usize..end as usize].iter().filter(|&&l| l).count(),
-                None => (end - s.first_row) as usize,
-            };
-            rows.div_ceil(cfg.batch_size)
-        })
-        .sum();
-    let total = cfg.steps.unwrap_or(cfg.epochs * steps_per_epoch).max(1);
-    // A remote cache: fetch shards in the first epoch's order, two ahead of training.
+    // Rows each shard trains on (after --max-rows and, at alpha = 0, the labelled filter).
+    let shard_rows = |s: &ShardInfo| -> usize {
+        if s.first_row >= limit {
+            return 0;
+        }
+        let end = s.first_row + s.rows.min(limit - s.first_row);
+        match &labelled {
+            Some(f) => f[s.first_row as usize..end as usize].iter().filter(|&&l| l).count(),
+            None => (end - s.first_row) as usize,
+        }
+    };
     let shard_order = |epoch: usize| {
         let mut order: Vec<usize> = (0..m.shards.len()).collect();
         Rng::new(cfg.seed, 1 + epoch as u64).shuffle(&mut order);
         order
     };
+    // Batches never straddle a shuffle group (`shuffle_window` shards shuffled together), so
+    // an epoch's step count depends on how its shard order groups the shards.
+    let epoch_steps = |epoch: usize| -> usize {
+        shard_order(epoch)
+            .chunks(cfg.shuffle_window)
+            .map(|g| g.iter().map(|&i| shard_rows(&m.shards[i])).sum::<usize>().div_ceil(cfg.batch_size))
+            .sum()
+    };
+    let total = cfg.steps.unwrap_or_else(|| (0..cfg.epochs).map(epoch_steps).sum()).max(1);
+    // A remote cache: fetch shards in the first epoch's order, two ahead of training.
     let prefetch = opened.remote.map(|remote| {
         let names = shard_order(start_epoch)
             .into_iter()
@@ -717,17 +725,22 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     'epochs: while step < total {
         let order = shard_order(epoch);
         let mut step_in_epoch = 0;
-        for &si in &order {
-            let shard = &m.shards[si];
-            if let Some(p) = &prefetch
-                && shard.first_row < limit
-            {
-                let t = Instant::now();
-                p.wait(&shard.file)?;
-                read_seconds += t.elapsed().as_secs_f64();
+        for (group_index, group) in order.chunks(cfg.shuffle_window).enumerate() {
+            // One shuffle group: its shards' rows mixed together (bounded memory: at most
+            // `shuffle_window` shards are held at a time).
+            let mut examples = Vec::new();
+            for &si in group {
+                let shard = &m.shards[si];
+                if let Some(p) = &prefetch
+                    && shard.first_row < limit
+                {
+                    let t = Instant::now();
+                    p.wait(&shard.file)?;
+                    read_seconds += t.elapsed().as_secs_f64();
+                }
+                examples.extend(load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &mut read_seconds)?);
             }
-            let mut examples = load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &mut read_seconds)?;
-            Rng::new(cfg.seed, ((epoch as u64) << 32) | si as u64).shuffle(&mut examples);
+            Rng::new(cfg.seed, ((epoch as u64) << 32) | group_index as u64).shuffle(&mut examples);
             for chunk in examples.chunks(cfg.batch_size) {
                 if skip > 0 {
                     skip -= 1;

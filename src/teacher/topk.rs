@@ -53,7 +53,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// Sum in f64 with four independent accumulators (vectorisable, no long dependency chain).
-#[inline]
+#[inline(always)]
 fn sum_f64(values: &[f32]) -> f64 {
     let mut acc = [0f64; 4];
     let chunks = values.chunks_exact(4);
@@ -67,7 +67,7 @@ fn sum_f64(values: &[f32]) -> f64 {
 }
 
 /// `a` ranks above `b`: higher logit first, lower id on ties.
-#[inline]
+#[inline(always)]
 fn better(a: (f32, u32), b: (f32, u32)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
@@ -115,7 +115,41 @@ pub fn soft_top_k(
 /// O(k log(vocab/k) log k) replacements); a second computes `exp(z - max)` once per entry
 /// (f32) with f64 sums for the partition function and the entropy; the tail is the f64 sum of
 /// those exponentials outside the top-k (no `1 - sum` cancellation).
+///
+/// On x86-64 CPUs with AVX2 the same code runs compiled for AVX2 (chosen at run time, so
+/// the binary stays portable). No floating-point operation is reordered or fused, so both
+/// paths give bit-identical results.
 pub fn soft_top_k_into(
+    logits: &[f32],
+    temperature: f32,
+    k: usize,
+    scratch: &mut TopKScratch,
+    out: &mut SoftLabel,
+) -> Result<(), usize> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { soft_top_k_avx2(logits, temperature, k, scratch, out) };
+    }
+    soft_top_k_body(logits, temperature, k, scratch, out)
+}
+
+/// [`soft_top_k_body`] compiled with AVX2 enabled (8 f32 lanes for the max, the
+/// exponentials and the sums). Callers must check that the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn soft_top_k_avx2(
+    logits: &[f32],
+    temperature: f32,
+    k: usize,
+    scratch: &mut TopKScratch,
+    out: &mut SoftLabel,
+) -> Result<(), usize> {
+    soft_top_k_body(logits, temperature, k, scratch, out)
+}
+
+#[inline(always)]
+fn soft_top_k_body(
     logits: &[f32],
     temperature: f32,
     k: usize,
