@@ -3,11 +3,14 @@
 # repeated 10 times, cached with the same settings), 40 steps, seeds 0-7. The peak of one run
 # depends on the batch shapes it meets (the longest row of a batch sizes its tensors), so the
 # comparison is the largest peak over the seeds: streaming keeps it flat in the cache size.
-#     bash benches/memory.sh
+# train-student holds `--shuffle-window` shards at a time (default 4; the 1x cache has 3):
+#     bash benches/memory.sh [shuffle-window]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2
 cargo build --release --quiet
+window=()
+[ -n "${1:-}" ] && window=(--shuffle-window "$1")
 tmp=$(mktemp -d)
 for i in $(seq 10); do cat data/lm/train.jsonl; done > "$tmp/train10.jsonl"
 for n in 1 10; do
@@ -22,7 +25,7 @@ for n in 1 10; do
         rm -rf "$tmp/run$n"
         /usr/bin/time -f "%M" -o "$tmp/rss" ./target/release/distill train-student --cache "$tmp/cache$n" --data "$data" \
             --out "$tmp/run$n" --student decoder:d_model=64,layers=2,heads=2,d_ff=172 --steps 40 --batch-size 16 \
-            --seed $seed --quiet > /dev/null
+            --seed $seed "${window[@]}" --quiet > /dev/null
         peaks="$peaks $(cat "$tmp/rss")"
     done
     echo $peaks | tr ' ' '\n' | sort -n | tail -1 > "$tmp/rss$n"

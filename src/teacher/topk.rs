@@ -307,6 +307,37 @@ mod tests {
         assert!((s.tail_logmass - (-200.0 + 2f32.ln())).abs() < 1e-3, "{}", s.tail_logmass);
     }
 
+    /// The AVX2-compiled path and the portable one give bit-identical soft labels (no
+    /// floating-point operation is reordered or fused), so a cache does not depend on the
+    /// CPU that made it. Skipped on CPUs without AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_path_is_bit_identical_to_the_portable_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 99u64;
+        let (mut a, mut b) = (TopKScratch::default(), TopKScratch::default());
+        let empty = || SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
+        for vocab in [3usize, 8, 61, 4096, 32771] {
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
+                })
+                .collect();
+            for (k, t) in [(1, 1.0), (vocab.min(64), 2.0), (vocab, 0.7)] {
+                let (mut x, mut y) = (empty(), empty());
+                soft_top_k_body(&logits, t, k, &mut a, &mut x).unwrap();
+                // SAFETY: AVX2 checked above.
+                unsafe { soft_top_k_avx2(&logits, t, k, &mut b, &mut y) }.unwrap();
+                assert_eq!(x.ids, y.ids);
+                let bits = |s: &SoftLabel| (s.logprobs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s.tail_logmass.to_bits(), s.entropy.to_bits());
+                assert_eq!(bits(&x), bits(&y), "vocab {vocab} k {k}");
+            }
+        }
+    }
+
     /// The heap selection agrees with a full sort on random logits with many ties.
     #[test]
     fn heap_selection_matches_a_full_sort() {
