@@ -141,6 +141,60 @@ fn open(path: &Path) -> Result<std::fs::File> {
 ///
 /// A requested column that the file does not have is an error naming the file's columns.
 pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    read_rows_from(path, columns, 0)
+}
+
+/// Where a row starts in a JSONL file: its index, byte offset and the number of lines
+/// before it (for messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowStart {
+    pub row: u64,
+    pub byte: u64,
+    pub line: u64,
+}
+
+/// One pass over a JSONL file, parsing nothing: where each of `rows` (ascending) starts.
+/// Rows past the end are left out. With these, [`read_jsonl_at`] starts reading without a
+/// scan, so reading a file in shards costs one pass, not one per shard.
+pub fn jsonl_row_starts(path: &Path, rows: &[u64]) -> Result<Vec<RowStart>> {
+    let mut reader = std::io::BufReader::new(open(path)?);
+    let (mut out, mut want) = (Vec::with_capacity(rows.len()), rows.iter().copied().peekable());
+    let (mut row, mut byte, mut line_no, mut line) = (0u64, 0u64, 0u64, Vec::new());
+    while want.peek().is_some() {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, e))? as u64;
+        if n == 0 {
+            break;
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            while want.next_if(|&r| r == row).is_some() {
+                out.push(RowStart { row, byte, line: line_no });
+            }
+            row += 1;
+        }
+        byte += n;
+        line_no += 1;
+    }
+    Ok(out)
+}
+
+/// As [`read_rows_from`] for a JSONL file, starting at a [`RowStart`] from
+/// [`jsonl_row_starts`] (a seek, no scan).
+pub fn read_jsonl_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    use std::io::Seek;
+    check_columns(path, columns)?;
+    let mut file = open(path)?;
+    file.seek(std::io::SeekFrom::Start(at.byte)).map_err(|e| Error::io(path, e))?;
+    Ok(Box::new(JsonlRows {
+        path: path.to_path_buf(),
+        lines: std::io::BufReader::new(file).lines(),
+        columns: columns.to_vec(),
+        line_no: at.line,
+        next_index: at.row,
+    }))
+}
+
+fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
     let names = column_names(path)?;
     for c in columns {
         if !names.contains(&c.name) {
@@ -150,6 +204,15 @@ pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Ite
             ));
         }
     }
+    Ok(())
+}
+
+/// As [`read_rows`], starting at row `first` (rows keep their index in the file) without
+/// decoding the rows before it: Parquet skips whole row groups by their metadata and the
+/// rest of the rows inside the first one; JSONL skips lines without parsing them. Training
+/// reads each shard's rows this way, so an epoch reads the data once, not once per shard.
+pub fn read_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    check_columns(path, columns)?;
     match Format::of(path)? {
         Format::Parquet => {
             let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
@@ -165,7 +228,29 @@ pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Ite
             roots.sort_unstable();
             roots.dedup();
             let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-            let reader = builder.with_projection(mask).with_batch_size(1024).build().map_err(|e| Error::parquet(path, e))?;
+            // Row groups from the one holding `first` on, then the rows before it inside that one.
+            // `start`: the first row of the first group kept (every group before it ends at or
+            // before `first`).
+            let (mut groups, mut start, mut end) = (Vec::new(), 0u64, 0u64);
+            for (g, meta) in builder.metadata().row_groups().iter().enumerate() {
+                let group_start = end;
+                end += meta.num_rows().max(0) as u64;
+                if end > first {
+                    if groups.is_empty() {
+                        start = group_start;
+                    }
+                    groups.push(g);
+                }
+            }
+            // Then the rows before `first` inside its row group are skipped by the decoder.
+            let skip = if groups.is_empty() { 0 } else { (first - start) as usize };
+            let reader = builder
+                .with_projection(mask)
+                .with_row_groups(groups)
+                .with_offset(skip)
+                .with_batch_size(1024)
+                .build()
+                .map_err(|e| Error::parquet(path, e))?;
             // After projection, columns keep the file's order: map each request to its slot.
             let slots = order.iter().map(|i| roots.iter().position(|r| r == i).expect("projected")).collect();
             Ok(Box::new(ParquetRows {
@@ -175,16 +260,26 @@ pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Ite
                 slots,
                 batch: None,
                 at: 0,
-                next_index: 0,
+                next_index: first,
             }))
         }
-        Format::Jsonl => Ok(Box::new(JsonlRows {
-            path: path.to_path_buf(),
-            lines: std::io::BufReader::new(open(path)?).lines(),
-            columns: columns.to_vec(),
-            line_no: 0,
-            next_index: 0,
-        })),
+        Format::Jsonl => {
+            let mut lines = std::io::BufReader::new(open(path)?).lines();
+            let (mut line_no, mut skipped) = (0u64, 0u64);
+            while skipped < first {
+                match lines.next() {
+                    Some(Ok(l)) => {
+                        line_no += 1;
+                        if !l.trim().is_empty() {
+                            skipped += 1;
+                        }
+                    }
+                    Some(Err(e)) => return Err(Error::io(path, e)),
+                    None => break,
+                }
+            }
+            Ok(Box::new(JsonlRows { path: path.to_path_buf(), lines, columns: columns.to_vec(), line_no, next_index: skipped }))
+        }
     }
 }
 
@@ -343,5 +438,60 @@ fn json_field(v: Option<&serde_json::Value>, kind: Kind) -> std::result::Result<
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Field::Numbers),
         (kind, other) => Err(format!("found {}, expected {}", found(other), kind.describe())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn texts(it: Box<dyn Iterator<Item = Result<Row>> + Send>) -> Vec<(u64, String)> {
+        it.map(|r| {
+            let r = r.unwrap();
+            match &r.fields[0] {
+                Field::Text(s) => (r.index, s.clone()),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect()
+    }
+
+    /// Starting at row `first` gives exactly the rows (and indices) that skipping `first`
+    /// rows of a full read gives, at every start: in a Parquet file of 4-row row groups
+    /// (inside a group, at a group boundary, past the end) and in a JSONL file with blank
+    /// lines (which are not rows).
+    #[test]
+    fn reading_from_a_row_matches_skipping_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<String> = (0..11).map(|i| format!("row {i}")).collect();
+        let pq = dir.path().join("d.parquet");
+        let array: ArrayRef = Arc::new(arrow::array::StringArray::from(values.clone()));
+        let batch = RecordBatch::try_from_iter([("text", array)]).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(4)).build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        let meta = w.close().unwrap();
+        assert_eq!(meta.num_row_groups(), 3, "the test needs several row groups");
+        let jsonl = dir.path().join("d.jsonl");
+        let lines: String = values.iter().enumerate().map(|(i, v)| format!("{}{}\n", if i % 3 == 0 { "\n" } else { "" }, serde_json::json!({"text": v}))).collect();
+        std::fs::write(&jsonl, lines).unwrap();
+        let cols = [Column::new("text", Kind::Text)];
+        for path in [&pq, &jsonl] {
+            let all = texts(read_rows(path, &cols).unwrap());
+            assert_eq!(all.len(), 11);
+            for first in 0..=12u64 {
+                let want: Vec<_> = all.iter().skip(first as usize).cloned().collect();
+                assert_eq!(texts(read_rows_from(path, &cols, first).unwrap()), want, "{} from row {first}", path.display());
+            }
+        }
+        // JSONL by seek: the same rows from every start found in one pass.
+        let all = texts(read_rows(&jsonl, &cols).unwrap());
+        let starts = jsonl_row_starts(&jsonl, &(0..=12).collect::<Vec<_>>()).unwrap();
+        assert_eq!(starts.iter().map(|s| s.row).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>(), "rows past the end are left out");
+        for at in starts {
+            let want: Vec<_> = all.iter().skip(at.row as usize).cloned().collect();
+            assert_eq!(texts(read_jsonl_at(&jsonl, &cols, at).unwrap()), want, "from {at:?}");
+        }
     }
 }

@@ -60,7 +60,7 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result
         None => None,
     };
     let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
-    let rows = prepare_rows(data, &sf.data, tok.as_ref(), 0, u64::MAX)?;
+    let rows = prepare_rows(data, &sf.data, tok.as_ref(), 0, u64::MAX, None)?;
     let mut report = EvalReport::default();
     let (mut correct, mut agree, mut agree_n, mut nll, mut n) = (0u64, 0u64, 0u64, 0f64, 0u64);
     for chunk in rows.chunks(64) {
@@ -235,7 +235,7 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
             student_dir.display()
         )));
     };
-    let rows = prepare_rows(data, &spec, tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX))?;
+    let rows = prepare_rows(data, &spec, tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
     let mut text = String::new();
     for chunk in rows.chunks(16) {
         let lines: Vec<serde_json::Value> = match &model {

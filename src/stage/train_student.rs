@@ -281,11 +281,16 @@ pub(crate) fn prepare_rows(
     tok: Option<&Tokenizer>,
     first: u64,
     count: u64,
+    start: Option<data::RowStart>,
 ) -> Result<Vec<PreparedRow>> {
     let cols = columns_of(spec);
     let label_slot = spec.label_column.as_ref().map(|_| cols.len() - 1);
     let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
-    for row in data::read_rows(path, &cols)?.skip(first as usize).take(count as usize) {
+    let rows = match start {
+        Some(at) if at.row == first => data::read_jsonl_at(path, &cols, at)?,
+        _ => data::read_rows_from(path, &cols, first)?,
+    };
+    for row in rows.take(count as usize) {
         let row = row?;
         let label = match label_slot.map(|s| &row.fields[s]) {
             Some(Field::Label(l)) => Some(*l),
@@ -321,6 +326,7 @@ fn load_shard(
     spec: &DataSpec,
     tok: Option<&Tokenizer>,
     train_t: f32,
+    starts: &std::collections::HashMap<u64, data::RowStart>,
     read_seconds: &mut f64,
 ) -> Result<Vec<Example>> {
     let m = reader.manifest();
@@ -329,7 +335,7 @@ fn load_shard(
         return Ok(Vec::new());
     }
     let count = shard.rows.min(limit - shard.first_row);
-    let rows = prepare_rows(&cfg.data, spec, tok, shard.first_row, count)?;
+    let rows = prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied())?;
     let mut examples: Vec<Example> =
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
     let t0 = Instant::now();
@@ -558,7 +564,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         tokenizer_sha256: m.tokenizer.as_ref().map(|t| t.sha256.clone()),
     };
     let width = match (m.task, &m.text) {
-        (Task::Classification, None) => prepare_rows(&cfg.data, &spec, None, 0, 1)?.first().map(|r| r.features.len()).unwrap_or(0),
+        (Task::Classification, None) => prepare_rows(&cfg.data, &spec, None, 0, 1, None)?.first().map(|r| r.features.len()).unwrap_or(0),
         _ => 0,
     };
     let dims = student::CacheDims {
@@ -717,6 +723,15 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             .collect();
         crate::store::Prefetcher::start(remote, opened.dir.clone(), names, 2)
     });
+    // A JSONL file: where each shard's first row starts, found in one pass, so reading a
+    // shard's rows is a seek (Parquet skips row groups by itself).
+    let row_starts: std::collections::HashMap<u64, data::RowStart> = if data::Format::of(&cfg.data)? == data::Format::Jsonl {
+        let mut firsts: Vec<u64> = m.shards.iter().map(|s| s.first_row).collect();
+        firsts.sort_unstable();
+        data::jsonl_row_starts(&cfg.data, &firsts)?.into_iter().map(|s| (s.row, s)).collect()
+    } else {
+        Default::default()
+    };
     let progress = Progress::new(total as u64, "training", opts.quiet);
     progress.set_position(step as u64);
     let started = Instant::now();
@@ -738,7 +753,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                     p.wait(&shard.file)?;
                     read_seconds += t.elapsed().as_secs_f64();
                 }
-                examples.extend(load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &mut read_seconds)?);
+                examples.extend(load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &row_starts, &mut read_seconds)?);
             }
             Rng::new(cfg.seed, ((epoch as u64) << 32) | group_index as u64).shuffle(&mut examples);
             for chunk in examples.chunks(cfg.batch_size) {
