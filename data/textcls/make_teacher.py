@@ -22,8 +22,6 @@ Run from the repo root:  python data/textcls/make_teacher.py
 Needs: torch==2.9.0 transformers==4.57.* tokenizers numpy pyarrow (data/requirements-make.txt).
 """
 import copy
-import importlib
-import inspect
 import os
 import random
 import time
@@ -35,6 +33,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertForSequenceClassification
 
+from stdlib_docs import GROUPS, docstrings
+
 torch.set_num_threads(2)
 torch.manual_seed(0)
 random.seed(0)
@@ -42,46 +42,14 @@ here = os.path.dirname(os.path.abspath(__file__))
 TRAIN_SECONDS = float(os.environ.get("TRAIN_SECONDS", "240"))
 MAX_LEN = 64
 
-GROUPS = {
-    "filesystem": ["os", "shutil", "pathlib", "glob", "fnmatch", "tempfile", "filecmp", "stat", "zipfile", "tarfile"],
-    "network": ["socket", "http.client", "http.server", "http.cookiejar", "urllib.request", "urllib.parse",
-                "email.message", "email.utils", "smtplib", "ftplib", "imaplib", "ssl", "socketserver", "xmlrpc.client"],
-    "text": ["re", "string", "textwrap", "difflib", "unicodedata", "codecs", "locale", "gettext", "html", "html.parser"],
-    "numbers": ["math", "cmath", "statistics", "decimal", "fractions", "random", "numbers", "operator", "_pydecimal"],
-    "concurrency": ["threading", "multiprocessing.pool", "multiprocessing.process", "multiprocessing.managers",
-                    "multiprocessing.connection", "asyncio.tasks", "asyncio.events", "asyncio.streams", "asyncio.locks",
-                    "asyncio.queues", "asyncio.base_events", "concurrent.futures._base", "concurrent.futures.thread",
-                    "queue", "subprocess", "sched"],
-    "formats": ["json", "json.decoder", "json.encoder", "csv", "pickle", "configparser", "xml.dom.minidom",
-                "xml.etree.ElementTree", "plistlib", "base64", "binascii", "struct", "tomllib", "mailbox"],
-    "devtools": ["unittest.case", "unittest.mock", "unittest.loader", "doctest", "pdb", "bdb", "trace", "inspect",
-                 "dis", "ast", "tokenize", "traceback", "logging", "logging.handlers", "argparse", "optparse"],
-    "time": ["datetime", "time", "calendar", "zoneinfo", "_strptime"],
-}
 
 # ---- datasets ----------------------------------------------------------------
 rows, seen = [], set()
-for label, (group, mods) in enumerate(GROUPS.items()):
-    for m in mods:
-        mod = importlib.import_module(m)
-
-        def visit(obj, depth):
-            for name, o in sorted(vars(obj).items()):
-                if name.startswith("__"):
-                    continue
-                if inspect.isclass(o) or inspect.isfunction(o):
-                    if getattr(o, "__module__", None) != mod.__name__:
-                        continue
-                    d = inspect.getdoc(o)
-                    if d:
-                        p = " ".join(d.split("\n\n")[0].split())
-                        if len(p.split()) >= 6 and p not in seen:
-                            seen.add(p)
-                            rows.append({"text": p, "label": label})
-                    if inspect.isclass(o) and depth == 0:
-                        visit(o, 1)
-
-        visit(mod, 0)
+for label, d in docstrings():
+    p = " ".join(d.split("\n\n")[0].split())
+    if len(p.split()) >= 6 and p not in seen:
+        seen.add(p)
+        rows.append({"text": p, "label": label})
 random.shuffle(rows)
 cut = int(len(rows) * 0.8)
 train, test = rows[:cut], rows[cut:]

@@ -11,8 +11,6 @@ the same row in both files), then one row per later paragraph (at least 6 words)
     python data/textcls/make_transfer.py
 Needs: pyarrow (data/requirements-make.txt).
 """
-import importlib
-import inspect
 import os
 import sys
 
@@ -21,39 +19,20 @@ import pyarrow.parquet as pq
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+from stdlib_docs import docstrings  # noqa: E402
+
 train = pq.read_table(os.path.join(here, "train.parquet")).to_pylist()
 first = {r["text"] for r in train}
 test_first = {r["text"] for r in pq.read_table(os.path.join(here, "test.parquet")).to_pylist()}
 
-# The same modules as make_teacher.py (read from it so the two cannot drift).
-src = open(os.path.join(here, "make_teacher.py")).read()
-start = src.index("GROUPS = {")
-groups = eval(src[start + len("GROUPS = "): src.index("\n}\n", start) + 2])
-
 later, seen = [], set()
-for mods in groups.values():
-    for m in mods:
-        mod = importlib.import_module(m)
-
-        def visit(obj, depth):
-            for name, o in sorted(vars(obj).items()):
-                if name.startswith("__"):
-                    continue
-                if inspect.isclass(o) or inspect.isfunction(o):
-                    if getattr(o, "__module__", None) != mod.__name__:
-                        continue
-                    d = inspect.getdoc(o)
-                    if d:
-                        paras = [" ".join(p.split()) for p in d.split("\n\n")]
-                        if paras[0] in first and paras[0] not in test_first:
-                            for p in paras[1:]:
-                                if len(p.split()) >= 6 and p not in seen and p not in first and p not in test_first:
-                                    seen.add(p)
-                                    later.append(p)
-                    if inspect.isclass(o) and depth == 0:
-                        visit(o, 1)
-
-        visit(mod, 0)
+for _, d in docstrings():
+    paras = [" ".join(p.split()) for p in d.split("\n\n")]
+    if paras[0] in first and paras[0] not in test_first:
+        for p in paras[1:]:
+            if len(p.split()) >= 6 and p not in seen and p not in first and p not in test_first:
+                seen.add(p)
+                later.append(p)
 
 texts = [r["text"] for r in train] + later
 labels = [r["label"] for r in train] + [None] * len(later)
