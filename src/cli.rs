@@ -303,6 +303,11 @@ struct CacheTeacherArgs {
     /// Threads for ONNX Runtime and the top-k [default: all cores].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// ONNX Runtime's worker threads spin-wait between operators: `on` is faster when the
+    /// teacher has cores of its own, `off` when they share cores with the top-k. `auto`
+    /// [default]: on when the machine has at least twice --threads cores.
+    #[arg(long, value_name = "auto|on|off")]
+    spin: Option<String>,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
@@ -352,6 +357,7 @@ impl CacheTeacherArgs {
             output: self.output.clone(),
             logprob_encoding: self.logprob_encoding.clone(),
             threads: self.threads,
+            spin: self.spin.clone(),
             device: self.device.clone(),
             shard: self.shard.clone(),
         };

@@ -46,6 +46,9 @@ pub struct CacheSettings {
     /// `delta_u16` (default) or `f32`.
     pub logprob_encoding: Option<String>,
     pub threads: Option<usize>,
+    /// ONNX Runtime's intra-op threads spin-wait between operators: `auto` (default: when
+    /// the machine has at least twice `threads` cores), `on` or `off`.
+    pub spin: Option<String>,
     /// Where the teacher runs: `cpu` (default), `cuda` or `cuda:N` (onnxruntime-gpu).
     pub device: Option<String>,
     /// `I/N`: compute only the shards `j` with `j % N == I` (one worker of N).
@@ -75,6 +78,7 @@ impl CacheSettings {
             output: self.output.or(other.output),
             logprob_encoding: self.logprob_encoding.or(other.logprob_encoding),
             threads: self.threads.or(other.threads),
+            spin: self.spin.or(other.spin),
             device: self.device.or(other.device),
             shard: self.shard.or(other.shard),
         }
@@ -114,10 +118,19 @@ impl CacheSettings {
         if rows_per_shard == 0 {
             return Err(Error::Config("cache.rows_per_shard must be >= 1".into()));
         }
-        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = self.threads.unwrap_or(cores);
         if threads == 0 {
             return Err(Error::Config("cache.threads must be >= 1".into()));
         }
+        // The top-k runs on `threads` threads of its own while the teacher computes the next
+        // batch: spinning ORT workers would take those cores from it unless there are enough.
+        let spin = match self.spin.as_deref().unwrap_or("auto") {
+            "auto" => threads > 1 && cores >= 2 * threads,
+            "on" => true,
+            "off" => false,
+            other => return Err(Error::Config(format!("cache.spin must be `auto`, `on` or `off` (got `{other}`)"))),
+        };
         let device = match self.device.as_deref() {
             None => crate::teacher::TeacherDevice::Cpu,
             Some(d) => crate::teacher::TeacherDevice::parse(d)
@@ -198,6 +211,7 @@ impl CacheSettings {
             output: self.output.clone(),
             encoding,
             threads,
+            spin,
             device,
             part,
             settings,
@@ -245,6 +259,8 @@ pub struct CacheTeacherConfig {
     pub output: Option<String>,
     pub encoding: LogprobEncoding,
     pub threads: usize,
+    /// Whether ONNX Runtime's intra-op threads spin-wait between operators.
+    pub spin: bool,
     /// Where the teacher runs.
     pub device: crate::teacher::TeacherDevice,
     /// This worker's slice of a sharded capture.
@@ -519,6 +535,21 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(c.text.unwrap().positions, Positions::Completion);
+    }
+
+    #[test]
+    fn spin_is_on_only_with_cores_to_spare_unless_given() {
+        let spin = |spin: Option<&str>, threads: usize| {
+            CacheSettings { spin: spin.map(str::to_string), threads: Some(threads), ..base() }.validate().map(|c| c.spin)
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert!(!spin(None, 1).unwrap(), "one thread has no workers to spin");
+        assert_eq!(spin(None, 2).unwrap(), cores >= 4);
+        assert!(!spin(None, cores).unwrap(), "all cores busy with the teacher: the top-k needs some");
+        assert!(spin(Some("on"), 2).unwrap());
+        assert!(!spin(Some("off"), 2).unwrap());
+        let e = spin(Some("yes"), 2).unwrap_err().to_string();
+        assert!(e.contains("cache.spin must be `auto`, `on` or `off` (got `yes`)"), "{e}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         None => None,
     };
     let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
-    let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, opts.ort_lib.as_deref(), cfg.device)?;
+    let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, cfg.spin, opts.ort_lib.as_deref(), cfg.device)?;
     let vocab = teacher.vocab_size;
     let top_k = match cfg.top_k {
         Some(k) if k > vocab => {

@@ -112,10 +112,11 @@ fn dims(shape: &[i64]) -> String {
 }
 
 impl Teacher {
-    /// Load `path` with `threads` intra-op threads on `device` and plan its inputs. A CUDA
+    /// Load `path` with `threads` intra-op threads (spin-waiting between operators if `spin`)
+    /// on `device` and plan its inputs. A CUDA
     /// device that this ONNX Runtime cannot use falls back to the CPU; the reason is in
     /// [`Teacher::device_note`].
-    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, ort_lib: Option<&Path>, device: TeacherDevice) -> Result<Teacher> {
+    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, spin: bool, ort_lib: Option<&Path>, device: TeacherDevice) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let env = super::runtime::environment(ort_lib)?;
         let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
@@ -126,8 +127,7 @@ impl Teacher {
                 .map_err(|e| configure(e.to_string()))?
                 .with_inter_threads(1)
                 .map_err(|e| configure(e.to_string()))?
-                // Spinning worker threads would steal the cores the top-k runs on between batches.
-                .with_intra_op_spinning(false)
+                .with_intra_op_spinning(spin)
                 .map_err(|e| configure(e.to_string()))
         };
         let mut device_note = None;
