@@ -309,21 +309,24 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let my_rows: u64 = mine.iter().map(|&j| rows_of(j)).sum();
     let done_rows: u64 = man.shards.iter().map(|s| s.rows).sum();
 
-    // Stream. The main thread reads, tokenizes and runs the teacher; a worker thread turns
-    // the copied logits into soft labels and writes the shards, so the top-k and the
-    // encoding of batch n overlap the inference of batch n + 1.
+    // Stream, in three threads: a reader reads and tokenizes the rows of batch n + 1 while
+    // the main thread runs the teacher on batch n, and a worker turns the copied logits of
+    // batch n - 1 into soft labels and writes the shards.
     let progress = Progress::new(my_rows, "caching", opts.quiet);
     progress.set_position(done_rows);
-    let mut rows = data::read_rows(&cfg.data, &columns)?;
+    let rows = data::read_rows(&cfg.data, &columns)?;
     let started = Instant::now();
     let mut rows_computed = 0u64;
     let mut tokens_computed = 0u64;
-    let label_slot = label_column.as_ref().map(|_| columns.len() - 1);
     let mut timings = Timings::default();
     let mut truncated_rows = 0u64;
     let vocab_size = teacher.vocab_size;
+    let classify = teacher.task == Task::Classification;
     let teacher_path = teacher.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
+    let (feed_tx, feed_rx) = std::sync::mpsc::sync_channel::<Result<Feed>>(2);
+    // Logits buffers come back from the worker, so their pages are touched once per run.
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<f32>>();
     let sink = Sink {
         out,
         partial_name: names.partial.clone(),
@@ -335,67 +338,58 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         threads: cfg.threads,
         teacher_path,
         on_shard: opts.on_shard.clone(),
+        recycle: recycle_tx,
     };
-    let (main_result, worker_result) = std::thread::scope(|scope| {
+    let reader = Reader {
+        cfg,
+        tokens: text_side.as_ref().zip(text_columns.as_ref()),
+        label_slot: label_column.as_ref().map(|_| columns.len() - 1),
+        vocab: vocab_size,
+        classify,
+        plan: &plan,
+        rows_per_shard: per,
+        total_rows,
+    };
+    let (main_result, worker_result, data_seconds) = std::thread::scope(|scope| {
         let worker = scope.spawn(move || sink.run(rx, man));
+        let reader = scope.spawn(move || reader.run(rows, feed_tx));
         let main_result = (|| -> Result<()> {
-            let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_size);
-            let mut cursor = 0u64; // next dataset row the reader would return
-            for &j in &plan {
-              let shard_first_row = j as u64 * per;
-              let shard_len = rows_of(j);
-              // Skip the rows of shards that are finished or belong to other workers.
-              for row in rows.by_ref().take((shard_first_row - cursor) as usize) {
-                  row?;
-              }
-              cursor = shard_first_row;
-              let mut shard_rows = 0u64;
-              while shard_rows < shard_len {
-                batch.clear();
-                // A batch never crosses a shard boundary, so shards depend on rows only.
-                let room = (shard_len - shard_rows).min(cfg.batch_size as u64) as usize;
-                let t_read = Instant::now();
-                for row in rows.by_ref().take(room) {
-                    batch.push(row?);
-                }
-                timings.data += t_read.elapsed().as_secs_f64();
-                if batch.is_empty() {
-                    break;
-                }
-                cursor += batch.len() as u64;
-                let hard: Vec<Option<i64>> = batch
-                    .iter()
-                    .map(|r| match label_slot.map(|s| &r.fields[s]) {
-                        Some(Field::Label(l)) => Some(*l),
-                        _ => None,
-                    })
-                    .collect();
-                let pending = match &text_side {
-                    None => numeric_batch(cfg, &mut teacher, &batch, &columns, &hard, &mut timings)?,
-                    Some(ts) => {
-                        let (pending, tokens, truncated) =
-                            token_batch(cfg, ts, text_columns.as_ref().expect("text"), &mut teacher, &batch, &hard, &mut timings)?;
-                        tokens_computed += tokens;
-                        truncated_rows += truncated;
-                        pending
+            for feed in &feed_rx {
+                let job = match feed? {
+                    Feed::EndOfShard { index, first_row, rows } => Job::Flush { index, first_row, rows },
+                    Feed::Batch(b) => {
+                        let buffer = recycle_rx.try_recv().unwrap_or_default();
+                        let t_run = Instant::now();
+                        let pending = match &b.tokens {
+                            None => numeric_batch(cfg, &mut teacher, &b.rows, &columns, &b.hard)?,
+                            Some(t) if classify => {
+                                let input = TeacherBatch::Tokens { batch: b.rows.len(), seq: t.seq, ids: &t.ids, mask: &t.mask };
+                                per_row_pending(&mut teacher, &input, &b.rows, &b.hard)?
+                            }
+                            Some(t) => lm_pending(&mut teacher, &b.rows, t, buffer)?,
+                        };
+                        timings.teacher += t_run.elapsed().as_secs_f64();
+                        if let Some(t) = &b.tokens {
+                            tokens_computed += t.count;
+                            truncated_rows += t.truncated;
+                        }
+                        rows_computed += b.rows.len() as u64;
+                        progress.inc(b.rows.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
+                        Job::Batch(pending)
                     }
                 };
-                if tx.send(Job::Batch(pending)).is_err() {
+                if tx.send(job).is_err() {
                     return Ok(()); // the worker stopped with an error; it is reported below
                 }
-                shard_rows += batch.len() as u64;
-                rows_computed += batch.len() as u64;
-                progress.inc(batch.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
-              }
-              if shard_rows > 0 && tx.send(Job::Flush { index: j, first_row: shard_first_row, rows: shard_rows }).is_err() {
-                  return Ok(());
-              }
             }
             Ok(())
         })();
         drop(tx);
-        (main_result, worker.join().expect("shard writer thread panicked"))
+        drop(feed_rx); // a reader still sending stops at its next batch
+        let data_seconds = reader.join().expect("data reader thread panicked");
+        (main_result, worker.join().expect("shard writer thread panicked"), data_seconds)
     });
+    timings.data = data_seconds;
     let (mut man, soft_seconds, write_seconds) = match (main_result, worker_result) {
         (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
         (Ok(()), Ok(done)) => done,
@@ -636,6 +630,8 @@ struct Sink<'a> {
     threads: usize,
     teacher_path: std::path::PathBuf,
     on_shard: Option<ShardHook>,
+    /// Where spent logits buffers go back to the main thread.
+    recycle: std::sync::mpsc::Sender<Vec<f32>>,
 }
 
 impl Sink<'_> {
@@ -662,6 +658,7 @@ impl Sink<'_> {
                             man.totals.rows_without_positions += 1;
                         }
                     }
+                    let _ = self.recycle.send(p.logits); // the main thread may have finished
                     write_s += t.elapsed().as_secs_f64();
                 }
                 Job::Flush { index, first_row, rows } => {
@@ -753,7 +750,6 @@ fn numeric_batch(
     batch: &[Row],
     columns: &[Column],
     hard: &[Option<i64>],
-    timings: &mut Timings,
 ) -> Result<Pending> {
     let widths = teacher.feature_columns();
     let mut feeds: Vec<(String, Vec<f32>, usize)> = Vec::new();
@@ -781,10 +777,7 @@ fn numeric_batch(
         feeds.push((c.name.clone(), values, width.unwrap_or(0)));
     }
     check_labels(cfg, batch, hard, teacher.vocab_size)?;
-    let t_run = Instant::now();
-    let pending = per_row_pending(teacher, &TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, batch, hard)?;
-    timings.teacher += t_run.elapsed().as_secs_f64();
-    Ok(pending)
+    per_row_pending(teacher, &TeacherBatch::Numeric { batch: batch.len(), columns: &feeds }, batch, hard)
 }
 
 /// Every hard label must be one of the teacher's classes.
@@ -815,19 +808,123 @@ fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, batch: &[Row
     })
 }
 
-/// Tokenize, pad and run one batch; returns the logits of its cached positions, the
-/// token count and the number of truncated rows.
-fn token_batch(
+/// One batch as the reader hands it to the teacher.
+struct Prepared {
+    rows: Vec<Row>,
+    hard: Vec<Option<i64>>,
+    /// Token models: the padded batch.
+    tokens: Option<Tokens>,
+}
+
+/// A tokenized, right-padded batch.
+struct Tokens {
+    seq: usize,
+    /// `[batch, seq]` each.
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    /// LM: (flat index into `[batch, seq]`, dataset row, position, hard label = next token)
+    /// of each cached position; position p predicts token p + 1.
+    wanted: Vec<(usize, u64, u32, i64)>,
+    count: u64,
+    truncated: u64,
+}
+
+enum Feed {
+    Batch(Prepared),
+    /// Every row of shard `index` has been sent.
+    EndOfShard { index: usize, first_row: u64, rows: u64 },
+}
+
+/// The reading side of stage one: rows of the planned shards, in batches that never cross
+/// a shard boundary (so shards depend on rows only), tokenized for token models.
+struct Reader<'a> {
+    cfg: &'a CacheTeacherConfig,
+    tokens: Option<(&'a Tokenizer, &'a TextColumns)>,
+    label_slot: Option<usize>,
+    vocab: usize,
+    classify: bool,
+    plan: &'a [usize],
+    rows_per_shard: u64,
+    total_rows: u64,
+}
+
+impl Reader<'_> {
+    /// Sends the batches; a failure is sent as the last item. Returns the seconds spent
+    /// reading and tokenizing.
+    fn run(self, mut rows: Box<dyn Iterator<Item = Result<Row>> + Send>, feed: std::sync::mpsc::SyncSender<Result<Feed>>) -> f64 {
+        let mut seconds = 0.0;
+        if let Err(e) = self.send_all(&mut rows, &feed, &mut seconds) {
+            let _ = feed.send(Err(e));
+        }
+        seconds
+    }
+
+    fn send_all(
+        &self,
+        rows: &mut Box<dyn Iterator<Item = Result<Row>> + Send>,
+        feed: &std::sync::mpsc::SyncSender<Result<Feed>>,
+        seconds: &mut f64,
+    ) -> Result<()> {
+        let (cfg, per) = (self.cfg, self.rows_per_shard);
+        let mut cursor = 0u64; // next dataset row the reader would return
+        for &j in self.plan {
+            let shard_first_row = j as u64 * per;
+            let shard_len = per.min(self.total_rows - shard_first_row);
+            let t = Instant::now();
+            // Skip the rows of shards that are finished or belong to other workers.
+            for row in rows.by_ref().take((shard_first_row - cursor) as usize) {
+                row?;
+            }
+            *seconds += t.elapsed().as_secs_f64();
+            cursor = shard_first_row;
+            let mut shard_rows = 0u64;
+            while shard_rows < shard_len {
+                let t = Instant::now();
+                let room = (shard_len - shard_rows).min(cfg.batch_size as u64) as usize;
+                let batch = rows.by_ref().take(room).collect::<Result<Vec<Row>>>()?;
+                if batch.is_empty() {
+                    break;
+                }
+                cursor += batch.len() as u64;
+                let hard: Vec<Option<i64>> = batch
+                    .iter()
+                    .map(|r| match self.label_slot.map(|s| &r.fields[s]) {
+                        Some(Field::Label(l)) => Some(*l),
+                        _ => None,
+                    })
+                    .collect();
+                let tokens = match self.tokens {
+                    None => None,
+                    Some((ts, cols)) => {
+                        if self.classify {
+                            check_labels(cfg, &batch, &hard, self.vocab)?;
+                        }
+                        Some(tokenize_batch(cfg, ts, cols, &batch, self.vocab, self.classify)?)
+                    }
+                };
+                *seconds += t.elapsed().as_secs_f64();
+                shard_rows += batch.len() as u64;
+                if feed.send(Ok(Feed::Batch(Prepared { rows: batch, hard, tokens }))).is_err() {
+                    return Ok(()); // the main thread stopped; it reports why
+                }
+            }
+            if shard_rows > 0 && feed.send(Ok(Feed::EndOfShard { index: j, first_row: shard_first_row, rows: shard_rows })).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tokenize and right-pad one batch (pad id, attention mask 0).
+fn tokenize_batch(
     cfg: &CacheTeacherConfig,
     ts: &Tokenizer,
     cols: &TextColumns,
-    teacher: &mut Teacher,
     batch: &[Row],
-    hard: &[Option<i64>],
-    timings: &mut Timings,
-) -> Result<(Pending, u64, u64)> {
-    let classify = teacher.task == Task::Classification;
-    let t_tok = Instant::now();
+    vocab: usize,
+    classify: bool,
+) -> Result<Tokens> {
     let text = cfg.text.as_ref().expect("token batch has text settings");
     let mut truncated = 0u64;
     let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
@@ -842,10 +939,10 @@ fn token_batch(
             }
             truncated += 1;
         }
-        if !classify && let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= teacher.vocab_size) {
+        if !classify && let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::Tokenizer {
                 path: text.tokenizer.clone(),
-                message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {}", r.index, teacher.vocab_size),
+                message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {vocab}", r.index),
             });
         }
         seqs.push((t.ids, t.first_position));
@@ -853,51 +950,48 @@ fn token_batch(
     let seq = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![ts.pad_id as i64; batch.len() * seq];
     let mut mask = vec![0i64; batch.len() * seq];
-    let mut tokens = 0u64;
+    let mut count = 0u64;
     for (b, (s, _)) in seqs.iter().enumerate() {
         for (t, &id) in s.iter().enumerate() {
             ids[b * seq + t] = id as i64;
             mask[b * seq + t] = 1;
         }
-        tokens += s.len() as u64;
+        count += s.len() as u64;
     }
+    let mut wanted = Vec::new();
+    if !classify {
+        for (b, (s, first)) in seqs.iter().enumerate() {
+            for p in *first..s.len().saturating_sub(1) {
+                wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
+            }
+        }
+    }
+    Ok(Tokens { seq, ids, mask, wanted, count, truncated })
+}
+
+/// Run a causal-LM teacher and copy the logits of the cached positions into `buffer`.
+///
+/// # Shapes
+/// - logits from the teacher: `[batch, seq, vocab]`; `Pending::logits`: `[positions, vocab]`
+fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut buffer: Vec<f32>) -> Result<Pending> {
     let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
-    timings.data += t_tok.elapsed().as_secs_f64();
-    if classify {
-        // One soft label per row: logits [batch, classes].
-        check_labels(cfg, batch, hard, vocab)?;
-        let t_run = Instant::now();
-        let input = TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask };
-        let pending = per_row_pending(teacher, &input, batch, hard)?;
-        timings.teacher += t_run.elapsed().as_secs_f64();
-        return Ok((pending, tokens, truncated));
-    }
-    // Cached positions: p predicts token p + 1.
-    let mut wanted: Vec<(usize, u64, u32, i64)> = Vec::new(); // (flat index, row, position, hard label)
-    for (b, (s, first)) in seqs.iter().enumerate() {
-        for p in *first..s.len().saturating_sub(1) {
-            wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
-        }
-    }
-    let t_run = Instant::now();
-    let pending = teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq, ids: &ids, mask: &mask }, |shape, logits| {
-        if shape != [batch.len(), seq, vocab] {
+    teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits| {
+        if shape != [batch.len(), t.seq, vocab] {
             return Err(Error::teacher(
                 &teacher_path,
-                format!("logits have shape {shape:?}, expected [{}, {seq}, {vocab}]", batch.len()),
+                format!("logits have shape {shape:?}, expected [{}, {}, {vocab}]", batch.len(), t.seq),
             ));
         }
-        let mut copy = Vec::with_capacity(wanted.len() * vocab);
-        for w in &wanted {
-            copy.extend_from_slice(&logits[w.0 * vocab..(w.0 + 1) * vocab]);
+        buffer.clear();
+        buffer.reserve(t.wanted.len() * vocab);
+        for w in &t.wanted {
+            buffer.extend_from_slice(&logits[w.0 * vocab..(w.0 + 1) * vocab]);
         }
         Ok(Pending {
-            logits: copy,
-            meta: wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect(),
+            logits: buffer,
+            meta: t.wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect(),
             rows: batch.iter().map(|r| r.index).collect(),
         })
-    })?;
-    timings.teacher += t_run.elapsed().as_secs_f64();
-    Ok((pending, tokens, truncated))
+    })
 }
