@@ -173,7 +173,7 @@ else:
             x = s.emb(tokens)
             for blk in s.blocks:
                 x = blk(x, mask, cos, sin)
-            return s.head(s.norm(x))
+            return x  # hidden states; the norm and head run on the cached positions only
 
     model = Decoder()
 
@@ -183,7 +183,8 @@ else:
         toks = torch.zeros(len(rs), n, dtype=torch.long)
         for j, r in enumerate(rs):
             toks[j, : len(seqs[r - first])] = torch.tensor(seqs[r - first])
-        logits = model(toks, [len(seqs[r - first]) for r in rs]).reshape(len(rs) * n, V)
+        hidden = model(toks, [len(seqs[r - first]) for r in rs])
+        hidden = hidden.reshape(len(rs) * n, hidden.shape[-1])
         t_ids = torch.zeros(len(rs) * n, k, dtype=torch.long)
         t_lp = torch.full((len(rs) * n, k), -math.log(k))
         t_tail = torch.full((len(rs) * n,), -30.0)
@@ -195,7 +196,10 @@ else:
                 f = j * n + int(pos[c])
                 t_ids[f], t_lp[f], t_tail[f], t_hard[f], mask[f] = torch.from_numpy(ids[c]), torch.from_numpy(lps[c]).float(), float(tail[c]), int(hard[c]), 1.0
                 cnt += 1
-        return logits, t_ids, t_lp, t_tail, t_hard, mask, cnt
+        # Like distill: the final norm and the LM head only at the cached positions.
+        keep = mask.nonzero()[:, 0]
+        logits = model.head(model.norm(hidden[keep]))
+        return logits, t_ids[keep], t_lp[keep], t_tail[keep], t_hard[keep], mask[keep], cnt
 
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 count, t0 = 0, None

@@ -12,8 +12,8 @@
 //!   between the two distributions coarsened to k + 1 outcomes, a lower bound of the full KL
 //!   that equals it when k = vocabulary.
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How the mass outside the cached top-k is treated.
@@ -134,6 +134,104 @@ pub fn distillation_loss_partly_labelled(
     };
     let t2 = temperature * temperature;
     let loss = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
+    LossParts { loss, kl, ce }
+}
+
+/// [`distillation_loss_partly_labelled`] with the gradient with respect to the logits
+/// written out, for training: the same value (up to float rounding) and the same gradient,
+/// but the `[n, vocab]` part of the graph is one multiply instead of two log-softmaxes,
+/// gathers and their backward passes, each a chain of full-size element-wise tensors. With
+/// `z` the logits, `q = softmax(z)`, `q_T = softmax(z / T)`, `w` each position's weight in the
+/// mean and `K` the cached ids:
+///
+/// - CE: `d/dz_j = q_j - [j = y]`
+/// - KL, `Bucket`: `d/dz_j = (1/T) (q_T,j (S_p + p_rest) - p_j [j in K] - (p_rest / q_rest)
+///   q_T,j [j not in K])`, with `S_p` the teacher's top-k mass, `q_rest = 1 - sum_K q_T` (no
+///   `p_rest` terms where `q_rest` is clamped, as the reference's `clamp_min` gives)
+/// - KL, `Renormalize`: `d/dz_j = (1/T) (softmax_K(z_K / T)_j S_t - t_j)` for `j` in `K`, 0
+///   elsewhere, with `t` the renormalised teacher (`S_t` its sum, 1 up to rounding)
+///
+/// The returned `loss` is `value.detach() + sum((z - z.detach()) * G)`: its forward value is
+/// the loss exactly (the second term is 0) and its gradient with respect to `z` is `G`.
+/// `kl` and `ce` carry no gradient. The tests check value and gradient against the reference.
+///
+/// # Shapes
+/// - as [`distillation_loss_partly_labelled`]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_distillation_loss(
+    student_logits: Tensor<2>,
+    soft: &SoftTargets,
+    hard: Tensor<1, Int>,
+    mask: Tensor<1>,
+    labelled: Tensor<1>,
+    alpha: f32,
+    temperature: f32,
+    tail: TailMode,
+) -> LossParts {
+    let [_, vocab] = student_logits.dims();
+    let [_, k] = soft.ids.dims();
+    let z = student_logits.clone().detach(); // [n, V]
+    let zmax = z.clone().max_dim(1); // [n, 1]
+    let count = mask.clone().sum().clamp_min(1.0); // [1]
+    let labelled_count = labelled.clone().sum().clamp_min(1.0); // [1]
+
+    // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
+    let q1 = softmax(z.clone(), 1); // [n, V]
+    let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]
+    let y = hard.unsqueeze_dim::<2>(1); // [n, 1]
+    let ce_i = (lse1 - z.clone().gather(1, y.clone())).squeeze_dim::<1>(1); // [n]
+    let ce = (ce_i * labelled.clone()).sum() / labelled_count.clone();
+    let w_ce = (labelled / labelled_count).mul_scalar(1.0 - alpha).unsqueeze_dim::<2>(1); // [n, 1]
+    let mut grad = q1 * w_ce.clone(); // [n, V]
+    let mut idx = vec![y]; // scattered into `grad`: [n, 1] and [n, k]
+    let mut vals = vec![w_ce.neg()];
+
+    let kl = if alpha > 0.0 {
+        // d(alpha T^2 KL_mean)/dz = alpha T^2 * mask / count * (1/T) * (...)
+        let w = (mask.clone() / count.clone()).mul_scalar(alpha * temperature).unsqueeze_dim::<2>(1); // [n, 1]
+        let zk = z.clone().gather(1, soft.ids.clone()).div_scalar(temperature); // [n, k]
+        let teacher = soft.logprobs.clone(); // [n, k]
+        let kl_i = match tail {
+            TailMode::Bucket if k < vocab => {
+                let qt = softmax(z.clone().div_scalar(temperature), 1); // [n, V]
+                let lse_t = zmax.div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
+                let sk = zk - lse_t; // [n, k] student log-probs at T over the cached ids
+                let qk = sk.clone().exp();
+                let p = teacher.clone().exp();
+                let inside = (p.clone() * (teacher - sk)).sum_dim(1); // [n, 1]
+                let rest = qk.clone().sum_dim(1).neg() + 1.0; // [n, 1]
+                let clamped = rest.clone().lower_elem(MIN_REST);
+                let student_rest = rest.clone().clamp_min(MIN_REST).log();
+                let tail_lm = soft.tail_logmass.clone().unsqueeze_dim::<2>(1); // [n, 1]
+                let pr = tail_lm.clone().exp();
+                // A teacher with no mass outside the top-k contributes nothing there (0 * -inf).
+                let rest_term = (pr.clone() * (tail_lm - student_rest)).mask_fill(pr.clone().equal_elem(0.0), 0.0);
+                let pr_free = pr.mask_fill(clamped, 0.0);
+                let r = pr_free.clone() / rest.clamp_min(MIN_REST); // p_rest / q_rest
+                let a = p.clone().sum_dim(1) + pr_free;
+                grad = grad + qt * ((a - r.clone()) * w.clone());
+                idx.push(soft.ids.clone());
+                vals.push((r * qk - p) * w);
+                (inside + rest_term).squeeze_dim::<1>(1)
+            }
+            _ => {
+                // Renormalised over the top-k (also the exact KL when k = vocabulary).
+                let t = teacher.clone() - log_sum_exp(teacher).unsqueeze_dim(1); // [n, k]
+                let s = log_softmax(zk, 1); // [n, k]
+                let pt = t.clone().exp();
+                idx.push(soft.ids.clone());
+                vals.push((s.clone().exp() * pt.clone().sum_dim(1) - pt.clone()) * w);
+                (pt * (t - s)).sum_dim(1).squeeze_dim::<1>(1)
+            }
+        };
+        (kl_i * mask).sum() / count
+    } else {
+        ce.zeros_like()
+    };
+    let grad = grad.scatter(1, Tensor::cat(idx, 1), Tensor::cat(vals, 1), IndexingUpdateOp::Add);
+    let t2 = temperature * temperature;
+    let value = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
+    let loss = value.detach() + ((student_logits - z) * grad).sum();
     LossParts { loss, kl, ce }
 }
 
@@ -336,5 +434,71 @@ mod tests {
         let none: Tensor<1> = Tensor::zeros([2], d);
         let p = distillation_loss_partly_labelled(logits, &soft, hard, mask, none, 0.5, 2.0, TailMode::Renormalize);
         assert_eq!(scalar(p.ce.clone()), 0.0);
+    }
+
+    /// The fused loss against the autodiff reference: same value, same gradient with
+    /// respect to the logits, in both tail modes, with k < V and k = V, with unlabelled and
+    /// masked positions, with a student whose rest mass is clamped, and for alpha 0 / 0.5 / 1.
+    #[test]
+    fn fused_matches_the_reference_in_value_and_gradient() {
+        let device = dev().autodiff();
+        let (n, v) = (5usize, 7usize);
+        // Deterministic pseudo-random logits (a linear congruential sequence), spread over
+        // about [-4, 4]. In row 4 the teacher's top-3 are ids 0..3 and the student puts all
+        // but e^-60 of its mass on id 0: its rest mass 1 - sum_K q is exactly 0 in f32 on both
+        // paths, so it is clamped (a rest mass near 1e-7 would be rounding noise, clamped or
+        // not by chance).
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) * 8.0 - 4.0
+        };
+        let mut z: Vec<f32> = (0..n * v).map(|_| next() as f32).collect();
+        for j in 0..v {
+            z[4 * v + j] = if j == 0 { 60.0 } else { -60.0 };
+        }
+        let mut teacher: Vec<f64> = (0..n * v).map(|_| next()).collect();
+        for j in 0..v {
+            teacher[4 * v + j] = if j < 3 { 10.0 } else { -10.0 }; // top-3 = the student's ids 0..3
+        }
+        for &(k, tail) in &[(3usize, TailMode::Bucket), (3, TailMode::Renormalize), (v, TailMode::Bucket)] {
+            for &alpha in &[0.0f32, 0.5, 1.0] {
+                let temperature = 2.0f32;
+                let (mut ids, mut lps, mut tails) = (Vec::new(), Vec::new(), Vec::new());
+                for r in 0..n {
+                    let lp = log_softmax_ref(&teacher[r * v..(r + 1) * v], temperature as f64);
+                    let mut order: Vec<usize> = (0..v).collect();
+                    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+                    ids.extend(order[..k].iter().map(|&i| i as i64));
+                    lps.extend(order[..k].iter().map(|&i| lp[i] as f32));
+                    let rest: f64 = order[k..].iter().map(|&i| lp[i].exp()).sum();
+                    tails.push(if k == v { f32::NEG_INFINITY } else { rest.ln() as f32 });
+                }
+                let soft = SoftTargets {
+                    ids: Tensor::from_data(TensorData::new(ids, [n, k]), &device),
+                    logprobs: Tensor::from_data(TensorData::new(lps, [n, k]), &device),
+                    tail_logmass: Tensor::from_data(TensorData::new(tails, [n]), &device),
+                };
+                let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![1i64, 0, 6, 2, 5], [n]), &device);
+                let mask: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 1.0, 0.0, 1.0, 1.0], [n]), &device);
+                let labelled: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0, 0.0, 1.0, 1.0], [n]), &device);
+                let run = |fused: bool| {
+                    let x: Tensor<2> = Tensor::from_data(TensorData::new(z.clone(), [n, v]), &device).require_grad();
+                    let f = if fused { fused_distillation_loss } else { distillation_loss_partly_labelled };
+                    let parts = f(x.clone(), &soft, hard.clone(), mask.clone(), labelled.clone(), alpha, temperature, tail);
+                    let grads = parts.loss.backward();
+                    let g = x.grad(&grads).expect("gradient").into_data().try_to_vec::<f32>().unwrap();
+                    (scalar(parts.loss), scalar(parts.kl), scalar(parts.ce), g)
+                };
+                let (want, got) = (run(false), run(true));
+                let case = format!("k = {k}, {tail:?}, alpha = {alpha}");
+                for (name, a, b) in [("loss", want.0, got.0), ("kl", want.1, got.1), ("ce", want.2, got.2)] {
+                    assert!(a.is_finite() && (a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{case}: {name} {b} vs reference {a}");
+                }
+                for (j, (a, b)) in want.3.iter().zip(&got.3).enumerate() {
+                    assert!((a - b).abs() <= 1e-5, "{case}: d loss / d z[{}, {}] = {b}, reference {a}", j / v, j % v);
+                }
+            }
+        }
     }
 }

@@ -442,8 +442,8 @@ pub fn device_for(choice: TrainDevice) -> Result<Device> {
 /// # Shapes
 /// - MLP: features `[b, input]` -> logits `[b, classes]`, one target per row
 /// - encoder: tokens `[b, s]` -> logits `[b, classes]`, one target per row
-/// - decoder: tokens `[b, s]` -> logits `[b * s, vocab]` -> the `[m, vocab]` rows of the m
-///   cached positions
+/// - decoder: tokens `[b, s]` -> hidden `[b * s, d_model]` -> the `[m, d_model]` rows of the
+///   m cached positions -> logits `[m, vocab]`
 fn batch_loss(
     model: &Student,
     batch: &[&Example],
@@ -454,28 +454,13 @@ fn batch_loss(
     device: &Device,
 ) -> (loss::LossParts, usize) {
     let b = batch.len();
-    let (logits, n) = match model {
-        Student::Mlp(mlp) => {
-            let width = batch[0].features.len();
-            let x: Vec<f32> = batch.iter().flat_map(|e| e.features.iter().copied()).collect();
-            let x: Tensor<2> = Tensor::from_data(TensorData::new(x, [b, width]), device);
-            (mlp.forward(x), b)
-        }
-        Student::Encoder(enc) => {
-            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
-            (enc.forward(tokens, &lengths), b)
-        }
-        Student::Decoder(dec) => {
-            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
-            let s = tokens.dims()[1];
-            let logits = dec.forward(tokens, &lengths);
-            let vocab = logits.dims()[2];
-            (logits.reshape([b * s, vocab]), b * s)
-        }
+    // Only the positions with a cached soft label enter the loss. A decoder's batch is mostly
+    // prompt and padding positions, so its hidden states are narrowed to the cached ones
+    // before the final norm and the LM head (the largest matrix product of the step).
+    let seq = match model {
+        Student::Decoder(_) => batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1).max(1),
+        _ => 1,
     };
-    // Only the positions with a cached soft label enter the loss: the decoder's logits are
-    // narrowed to those rows first (an LM batch is mostly prompt and padding positions).
-    let seq = n / b;
     let mut rows_idx: Vec<i64> = Vec::new();
     let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, e) in batch.iter().enumerate() {
@@ -489,11 +474,25 @@ fn batch_loss(
         }
     }
     let count = rows_idx.len();
-    let logits = if seq == 1 {
-        logits
-    } else {
-        let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(rows_idx, [count]), device);
-        logits.select(0, idx)
+    let logits = match model {
+        Student::Mlp(mlp) => {
+            let width = batch[0].features.len();
+            let x: Vec<f32> = batch.iter().flat_map(|e| e.features.iter().copied()).collect();
+            let x: Tensor<2> = Tensor::from_data(TensorData::new(x, [b, width]), device);
+            mlp.forward(x)
+        }
+        Student::Encoder(enc) => {
+            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
+            enc.forward(tokens, &lengths)
+        }
+        Student::Decoder(dec) => {
+            let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
+            debug_assert_eq!(tokens.dims()[1], seq);
+            let h = dec.hidden(tokens, &lengths);
+            let d = h.dims()[2];
+            let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(rows_idx, [count]), device);
+            dec.logits(h.reshape([b * seq, d]).select(0, idx))
+        }
     };
     // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
     // columns are not part of the distribution.
@@ -506,7 +505,7 @@ fn batch_loss(
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
     let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
-    (loss::distillation_loss_partly_labelled(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail), count)
+    (loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail), count)
 }
 
 /// Rows of token ids, right-padded with id 0 (padding is masked by the lengths).

@@ -117,6 +117,28 @@ impl Decoder {
     /// - `tokens`: `[b, s]`; `lengths`: the real (unpadded) length of each row
     /// - returns logits `[b, s, vocab]` (positions past a row's length are garbage, to be masked)
     pub fn forward(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
+        let h = self.hidden(tokens, lengths);
+        let [b, s, d] = h.dims();
+        let logits = self.logits(h.reshape([b * s, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([b, s, vocab])
+    }
+
+    /// The logits of some positions' hidden states (from [`Decoder::hidden`]): the final
+    /// norm and the LM head. Training computes them only at the cached positions.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.head.forward(self.norm.forward(hidden))
+    }
+
+    /// The hidden states after the last block, before the final norm.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[b, s]`; `lengths`: the real (unpadded) length of each row
+    /// - returns `[b, s, d_model]` (positions past a row's length are garbage, to be masked)
+    pub fn hidden(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
         let [b, s] = tokens.dims();
         let device = tokens.device();
         let d = self.embed.weight.dims()[1];
@@ -150,6 +172,6 @@ impl Decoder {
         for block in &self.blocks {
             x = block.forward(x, mask.clone(), cos.clone(), sin.clone());
         }
-        self.head.forward(self.norm.forward(x))
+        x
     }
 }
