@@ -305,7 +305,7 @@ struct CacheTeacherArgs {
     threads: Option<usize>,
     /// ONNX Runtime's worker threads spin-wait between operators: `on` is faster when the
     /// teacher has cores of its own, `off` when they share cores with the top-k. `auto`
-    /// [default]: on when the machine has at least twice --threads cores.
+    /// [default]: on with 4 or more --threads on a machine with at least twice that many cores.
     #[arg(long, value_name = "auto|on|off")]
     spin: Option<String>,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).

@@ -151,8 +151,9 @@ pub fn distillation_loss_partly_labelled(
 /// - KL, `Renormalize`: `d/dz_j = (1/T) (softmax_K(z_K / T)_j S_t - t_j)` for `j` in `K`, 0
 ///   elsewhere, with `t` the renormalised teacher (`S_t` its sum, 1 up to rounding)
 ///
-/// The returned `loss` is `value.detach() + sum((z - z.detach()) * G)`: its forward value is
-/// the loss exactly (the second term is 0) and its gradient with respect to `z` is `G`.
+/// The returned `loss` is `value + sum((z - z') * G)` with `value`, `z'` (a copy of `z`) and `G`
+/// constants: its forward value is the loss exactly (the second term is 0) and its gradient
+/// with respect to `z` is `G`.
 /// `kl` and `ce` carry no gradient. The tests check value and gradient against the reference.
 ///
 /// # Shapes
@@ -170,7 +171,12 @@ pub fn fused_distillation_loss(
 ) -> LossParts {
     let [_, vocab] = student_logits.dims();
     let [_, k] = soft.ids.dims();
-    let z = student_logits.clone().detach(); // [n, V]
+    // Everything up to the last line runs on the backend without autodiff: no graph is
+    // recorded, and softmax is the backend's own kernel rather than autodiff's composition.
+    let tracked = student_logits.is_autodiff();
+    let z = student_logits.clone().inner(); // [n, V]
+    let soft = SoftTargets { ids: soft.ids.clone().inner(), logprobs: soft.logprobs.clone().inner(), tail_logmass: soft.tail_logmass.clone().inner() };
+    let (hard, mask, labelled) = (hard.inner(), mask.inner(), labelled.inner());
     let zmax = z.clone().max_dim(1); // [n, 1]
     let count = mask.clone().sum().clamp_min(1.0); // [1]
     let labelled_count = labelled.clone().sum().clamp_min(1.0); // [1]
@@ -231,8 +237,10 @@ pub fn fused_distillation_loss(
     let grad = grad.scatter(1, Tensor::cat(idx, 1), Tensor::cat(vals, 1), IndexingUpdateOp::Add);
     let t2 = temperature * temperature;
     let value = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
-    let loss = value.detach() + ((student_logits - z) * grad).sum();
-    LossParts { loss, kl, ce }
+    let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
+    let (z, grad) = if tracked { (z.autodiff(), grad.autodiff()) } else { (z, grad) };
+    let loss = back(value) + ((student_logits - z) * grad).sum();
+    LossParts { loss, kl: back(kl), ce: back(ce) }
 }
 
 /// `log(sum(exp(x)))` over dim 1, stable. `[n, k] -> [n]`
