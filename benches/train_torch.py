@@ -100,9 +100,15 @@ elif a.task == "textcls":
             b, n = tokens.shape
             pad = torch.arange(n)[None, :] >= torch.tensor(lengths)[:, None]
             x = s.norm(s.word(tokens) + s.pos.weight[:n][None] + s.typ.weight[0])
-            for blk in s.blocks:
+            for blk in s.blocks[:-1]:
                 x = blk(x, src_key_padding_mask=pad)
-            return s.cls(torch.tanh(s.pool(x[:, 0])))
+            # Like distill: the last block computes only the pooled first position (its
+            # attention still reads every position) - the same logits for less work.
+            blk, q = s.blocks[-1], x[:, :1]
+            a = blk.self_attn(q, x, x, key_padding_mask=pad, need_weights=False)[0]
+            y = blk.norm1(q + a)
+            y = blk.norm2(y + blk.linear2(blk.activation(blk.linear1(y))))
+            return s.cls(torch.tanh(s.pool(y[:, 0])))
 
     model = Encoder()
     order = np.arange(len(rows))

@@ -89,18 +89,23 @@ pub struct Encoder {
 }
 
 impl EncoderBlock {
+    /// The block's output at the first `queries` positions; keys and values come from all
+    /// `s` positions, so these outputs are the same as those of the whole block.
+    ///
     /// # Shapes
     /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, 1, s]` additive (0 or a large negative)
-    fn forward(&self, x: Tensor<3>, mask: Tensor<4>) -> Tensor<3> {
+    /// - returns `[b, queries, d_model]`
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, queries: usize) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let hd = d / self.heads;
-        let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
-        let q = split(self.q.forward(x.clone()));
-        let k = split(self.k.forward(x.clone()));
-        let v = split(self.v.forward(x.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, s, s]
-        let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, s, d]);
-        let x = self.attn_norm.forward(x + self.attn_out.forward(attn));
+        let split = |t: Tensor<3>, n: usize| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2); // [b, h, n, hd]
+        let xq = if queries == s { x.clone() } else { x.clone().narrow(1, 0, queries) }; // [b, queries, d]
+        let q = split(self.q.forward(xq.clone()), queries);
+        let k = split(self.k.forward(x.clone()), s);
+        let v = split(self.v.forward(x), s);
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, queries, s]
+        let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
+        let x = self.attn_norm.forward(xq + self.attn_out.forward(attn));
         self.mlp_norm.forward(x.clone() + self.down.forward(gelu(self.up.forward(x))))
     }
 }
@@ -111,6 +116,14 @@ impl Encoder {
     ///   pooled); `lengths`: the real (unpadded) length of each row, `s <= max_positions`
     /// - returns logits `[b, classes]`
     pub fn forward(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<2> {
+        self.forward_pooled(tokens, lengths, true)
+    }
+
+    /// With `narrow_last`, the last block computes only the first position, the one the
+    /// pooler reads (its attention still looks at every position): the same logits for a
+    /// fraction of the last block's work. Without it, every position of every block (the
+    /// Hugging Face computation; the tests compare the two).
+    fn forward_pooled(&self, tokens: Tensor<2, Int>, lengths: &[usize], narrow_last: bool) -> Tensor<2> {
         let [b, s] = tokens.dims();
         let device = tokens.device();
         let d = self.word.weight.dims()[1];
@@ -125,8 +138,10 @@ impl Encoder {
             }
         }
         let mask: Tensor<4> = Tensor::from_data(TensorData::new(mask, [b, 1, 1, s]), &device);
-        for block in &self.blocks {
-            x = block.forward(x, mask.clone());
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let queries = if narrow_last && i == last { 1 } else { s };
+            x = block.forward(x, mask.clone(), queries);
         }
         let first = x.narrow(1, 0, 1).reshape([b, d]);
         self.classifier.forward(tanh(self.pooler.forward(first)))
@@ -135,5 +150,28 @@ impl Encoder {
     /// Longest sequence the position table holds.
     pub fn max_positions(&self) -> usize {
         self.position.weight.dims()[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Narrowing the last block to the pooled position changes nothing but the work: the
+    /// logits equal those of the full computation (Hugging Face's), with padding.
+    #[test]
+    fn narrowed_last_block_gives_the_full_logits() {
+        let device = Device::default();
+        let enc = EncoderConfig::new(50, 3, 16).with_d_model(8).with_heads(2).with_d_ff(16).init(&device);
+        let ids: Vec<i64> = (0..3 * 6).map(|i| (i * 7 % 50) as i64).collect();
+        let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [3, 6]), &device);
+        let lengths = [6, 4, 1];
+        let get = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let narrow = get(enc.forward_pooled(tokens.clone(), &lengths, true));
+        let full = get(enc.forward_pooled(tokens, &lengths, false));
+        assert_eq!(narrow.len(), 9);
+        for (i, (a, b)) in narrow.iter().zip(&full).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "logit {i}: {a} narrowed vs {b} full");
+        }
     }
 }
