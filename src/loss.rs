@@ -181,8 +181,23 @@ pub fn fused_distillation_loss(
     let count = mask.clone().sum().clamp_min(1.0); // [1]
     let labelled_count = labelled.clone().sum().clamp_min(1.0); // [1]
 
+    // The student's distribution at T over the whole vocabulary: only the tail bucket needs
+    // it (the renormalised KL reads the cached ids alone).
+    let qt = (alpha > 0.0 && tail == TailMode::Bucket && k < vocab).then(|| softmax(z.clone().div_scalar(temperature), 1)); // [n, V]
+    // At T = 1 and T = 2 the distribution at temperature 1 follows from q_T without a second
+    // pass of exponentials (the step's costliest element-wise work on a CPU):
+    // softmax(z) = q_T^T / sum(q_T^T).
+    let q1 = match &qt {
+        Some(qt) if temperature == 1.0 => qt.clone(),
+        Some(qt) if temperature == 2.0 => {
+            let u = qt.clone() * qt.clone();
+            let total = u.clone().sum_dim(1);
+            u / total
+        }
+        _ => softmax(z.clone(), 1),
+    }; // [n, V]
     // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
-    let q1 = softmax(z.clone(), 1); // [n, V]
+
     let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]
     let y = hard.unsqueeze_dim::<2>(1); // [n, 1]
     let ce_i = (lse1 - z.clone().gather(1, y.clone())).squeeze_dim::<1>(1); // [n]
@@ -199,7 +214,7 @@ pub fn fused_distillation_loss(
         let teacher = soft.logprobs.clone(); // [n, k]
         let kl_i = match tail {
             TailMode::Bucket if k < vocab => {
-                let qt = softmax(z.clone().div_scalar(temperature), 1); // [n, V]
+                let qt = qt.expect("computed above for the tail bucket"); // [n, V]
                 let lse_t = zmax.div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
                 let sk = zk - lse_t; // [n, k] student log-probs at T over the cached ids
                 let qk = sk.clone().exp();
@@ -446,7 +461,8 @@ mod tests {
 
     /// The fused loss against the autodiff reference: same value, same gradient with
     /// respect to the logits, in both tail modes, with k < V and k = V, with unlabelled and
-    /// masked positions, with a student whose rest mass is clamped, and for alpha 0 / 0.5 / 1.
+    /// masked positions, with a student whose rest mass is clamped, for alpha 0 / 0.5 / 1 and
+    /// T = 1, 2 (where softmax(z) comes from q_T) and 3 (a second softmax).
     #[test]
     fn fused_matches_the_reference_in_value_and_gradient() {
         let device = dev().autodiff();
@@ -470,8 +486,7 @@ mod tests {
             teacher[4 * v + j] = if j < 3 { 10.0 } else { -10.0 }; // top-3 = the student's ids 0..3
         }
         for &(k, tail) in &[(3usize, TailMode::Bucket), (3, TailMode::Renormalize), (v, TailMode::Bucket)] {
-            for &alpha in &[0.0f32, 0.5, 1.0] {
-                let temperature = 2.0f32;
+            for (&alpha, &temperature) in [0.0f32, 0.5, 1.0].iter().flat_map(|a| [(a, &1.0f32), (a, &2.0), (a, &3.0)]) {
                 let (mut ids, mut lps, mut tails) = (Vec::new(), Vec::new(), Vec::new());
                 for r in 0..n {
                     let lp = log_softmax_ref(&teacher[r * v..(r + 1) * v], temperature as f64);
@@ -499,7 +514,7 @@ mod tests {
                     (scalar(parts.loss), scalar(parts.kl), scalar(parts.ce), g)
                 };
                 let (want, got) = (run(false), run(true));
-                let case = format!("k = {k}, {tail:?}, alpha = {alpha}");
+                let case = format!("k = {k}, {tail:?}, alpha = {alpha}, T = {temperature}");
                 for (name, a, b) in [("loss", want.0, got.0), ("kl", want.1, got.1), ("ce", want.2, got.2)] {
                     assert!(a.is_finite() && (a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{case}: {name} {b} vs reference {a}");
                 }
