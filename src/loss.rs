@@ -197,7 +197,6 @@ pub fn fused_distillation_loss(
         _ => softmax(z.clone(), 1),
     }; // [n, V]
     // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
-
     let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]
     let y = hard.unsqueeze_dim::<2>(1); // [n, 1]
     let ce_i = (lse1 - z.clone().gather(1, y.clone())).squeeze_dim::<1>(1); // [n]

@@ -305,8 +305,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let done: std::collections::HashSet<usize> = man.shards.iter().filter_map(|s| manifest::shard_index(&s.file)).collect();
     let mine: Vec<usize> = (0..all_shards).filter(|j| j % part.count == part.index).collect();
     let plan: Vec<usize> = mine.iter().copied().filter(|j| !done.contains(j)).collect();
-    let rows_of = |j: usize| per.min(total_rows - j as u64 * per);
-    let my_rows: u64 = mine.iter().map(|&j| rows_of(j)).sum();
+    let my_rows: u64 = mine.iter().map(|&j| shard_len(j, per, total_rows)).sum();
     let done_rows: u64 = man.shards.iter().map(|s| s.rows).sum();
 
     // Stream, in three threads: a reader reads and tokenizes the rows of batch n + 1 while
@@ -358,7 +357,6 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
                 let job = match feed? {
                     Feed::EndOfShard { index, first_row, rows } => Job::Flush { index, first_row, rows },
                     Feed::Batch(b) => {
-                        let buffer = recycle_rx.try_recv().unwrap_or_default();
                         let t_run = Instant::now();
                         let pending = match &b.tokens {
                             None => numeric_batch(cfg, &mut teacher, &b.rows, &columns, &b.hard)?,
@@ -366,7 +364,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
                                 let input = TeacherBatch::Tokens { batch: b.rows.len(), seq: t.seq, ids: &t.ids, mask: &t.mask };
                                 per_row_pending(&mut teacher, &input, &b.rows, &b.hard)?
                             }
-                            Some(t) => lm_pending(&mut teacher, &b.rows, t, buffer)?,
+                            Some(t) => lm_pending(&mut teacher, &b.rows, t, recycle_rx.try_recv().unwrap_or_default())?,
                         };
                         timings.teacher += t_run.elapsed().as_secs_f64();
                         if let Some(t) = &b.tokens {
@@ -808,6 +806,12 @@ fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, batch: &[Row
     })
 }
 
+/// Rows in shard `j` of a dataset of `total` rows cut into shards of `per`: shard `j`
+/// always holds rows `j * per ..`, the last one fewer.
+fn shard_len(j: usize, per: u64, total: u64) -> u64 {
+    per.min(total - j as u64 * per)
+}
+
 /// One batch as the reader hands it to the teacher.
 struct Prepared {
     rows: Vec<Row>,
@@ -869,7 +873,7 @@ impl Reader<'_> {
         let mut cursor = 0u64; // next dataset row the reader would return
         for &j in self.plan {
             let shard_first_row = j as u64 * per;
-            let shard_len = per.min(self.total_rows - shard_first_row);
+            let shard_len = shard_len(j, per, self.total_rows);
             let t = Instant::now();
             // Skip the rows of shards that are finished or belong to other workers.
             for row in rows.by_ref().take((shard_first_row - cursor) as usize) {

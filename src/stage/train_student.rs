@@ -457,15 +457,11 @@ fn batch_loss(
     // Only the positions with a cached soft label enter the loss. A decoder's batch is mostly
     // prompt and padding positions, so its hidden states are narrowed to the cached ones
     // before the final norm and the LM head (the largest matrix product of the step).
-    let seq = match model {
-        Student::Decoder(_) => batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1).max(1),
-        _ => 1,
-    };
-    let mut rows_idx: Vec<i64> = Vec::new();
+    let mut cached: Vec<(usize, usize)> = Vec::new(); // (row in the batch, position)
     let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, e) in batch.iter().enumerate() {
         for t in &e.targets {
-            rows_idx.push(if seq == 1 { r } else { r * seq + t.position } as i64);
+            cached.push((r, t.position));
             ids.extend(t.ids.iter().map(|&i| i as i64));
             lps.extend_from_slice(&t.logprobs);
             tail.push(t.tail);
@@ -473,7 +469,7 @@ fn batch_loss(
             labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
         }
     }
-    let count = rows_idx.len();
+    let count = cached.len();
     let logits = match model {
         Student::Mlp(mlp) => {
             let width = batch[0].features.len();
@@ -487,11 +483,11 @@ fn batch_loss(
         }
         Student::Decoder(dec) => {
             let (tokens, lengths) = token_tensor(batch.iter().map(|e| e.tokens.as_slice()), device);
-            debug_assert_eq!(tokens.dims()[1], seq);
             let h = dec.hidden(tokens, &lengths);
-            let d = h.dims()[2];
-            let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(rows_idx, [count]), device);
-            dec.logits(h.reshape([b * seq, d]).select(0, idx))
+            let [_, s, d] = h.dims();
+            let flat: Vec<i64> = cached.iter().map(|&(r, p)| (r * s + p) as i64).collect();
+            let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(flat, [count]), device);
+            dec.logits(h.reshape([b * s, d]).select(0, idx))
         }
     };
     // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
