@@ -5,8 +5,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::fused;
 
 /// Hyperparameters of the decoder student.
 #[derive(Config, Debug)]
@@ -81,6 +82,11 @@ pub struct Decoder {
     pub rope_theta: f64,
 }
 
+/// An RmsNorm module's function as one fused operation ([`fused::rms_norm`]).
+fn rms<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    fused::rms_norm(x, norm.gamma.val(), norm.epsilon)
+}
+
 /// `cat(-x2, x1)` over the last dim. `[b, h, s, d] -> [b, h, s, d]`
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     let d = x.dims()[3];
@@ -96,19 +102,19 @@ impl Block {
     fn forward(&self, x: Tensor<3>, mask: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let hd = d / self.heads;
-        let h = self.attn_norm.forward(x.clone());
+        let h = rms(&self.attn_norm, x.clone());
         let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
         let q = split(self.q.forward(h.clone()));
         let k = split(self.k.forward(h.clone()));
         let v = split(self.v.forward(h));
         let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         let k = k.clone() * cos + rotate_half(k) * sin;
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, s, s]
-        let attn = softmax(scores, 3).matmul(v); // [b, h, s, hd]
+        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, s, s]
+        let attn = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt()).matmul(v); // [b, h, s, hd]
         let attn = attn.swap_dims(1, 2).reshape([b, s, d]);
         let x = x + self.o.forward(attn);
-        let h = self.mlp_norm.forward(x.clone());
-        x + self.down.forward(silu(self.gate.forward(h.clone())) * self.up.forward(h))
+        let h = rms(&self.mlp_norm, x.clone());
+        x + self.down.forward(fused::swiglu(self.gate.forward(h.clone()), self.up.forward(h)))
     }
 }
 
@@ -130,7 +136,7 @@ impl Decoder {
     /// # Shapes
     /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        self.head.forward(self.norm.forward(hidden))
+        self.head.forward(rms(&self.norm, hidden))
     }
 
     /// The hidden states after the last block, before the final norm.

@@ -6,7 +6,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax, tanh};
+use burn::tensor::activation::tanh;
+
+use super::fused;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Hyperparameters of the encoder student.
@@ -48,6 +50,7 @@ impl EncoderConfig {
                 down: lin(self.d_ff, self.d_model),
                 mlp_norm: norm(),
                 heads: self.heads,
+                norm_eps: self.norm_eps,
             })
             .collect();
         Encoder {
@@ -59,6 +62,7 @@ impl EncoderConfig {
             pooler: lin(self.d_model, self.d_model),
             classifier: lin(self.d_model, self.classes),
             heads: self.heads,
+            norm_eps: self.norm_eps,
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct EncoderBlock {
     pub down: Linear,
     pub mlp_norm: LayerNorm,
     pub heads: usize,
+    pub norm_eps: f64,
 }
 
 #[derive(Module, Debug)]
@@ -86,6 +91,13 @@ pub struct Encoder {
     pub pooler: Linear,
     pub classifier: Linear,
     pub heads: usize,
+    pub norm_eps: f64,
+}
+
+/// A LayerNorm module's function as one fused operation ([`fused::layer_norm`]).
+fn norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let beta = norm.beta.as_ref().expect("the encoder's LayerNorms have a bias").val();
+    fused::layer_norm(x, norm.gamma.val(), beta, eps)
 }
 
 impl EncoderBlock {
@@ -103,10 +115,12 @@ impl EncoderBlock {
         let q = split(self.q.forward(xq.clone()), queries);
         let k = split(self.k.forward(x.clone()), s);
         let v = split(self.v.forward(x), s);
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + mask; // [b, h, queries, s]
-        let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
-        let x = self.attn_norm.forward(xq + self.attn_out.forward(attn));
-        self.mlp_norm.forward(x.clone() + self.down.forward(gelu(self.up.forward(x))))
+        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, queries, s]
+        let probs = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt());
+        let attn = probs.matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
+        let x = norm(&self.attn_norm, xq + self.attn_out.forward(attn), self.norm_eps);
+        let ff = self.down.forward(fused::gelu(self.up.forward(x.clone())));
+        norm(&self.mlp_norm, x + ff, self.norm_eps)
     }
 }
 
@@ -129,7 +143,7 @@ impl Encoder {
         let d = self.word.weight.dims()[1];
         let positions = self.position.weight.val().narrow(0, 0, s).reshape([1, s, d]);
         let token_type = self.token_type.weight.val().narrow(0, 0, 1).reshape([1, 1, d]);
-        let mut x = self.embed_norm.forward(self.word.forward(tokens) + positions + token_type);
+        let mut x = norm(&self.embed_norm, self.word.forward(tokens) + positions + token_type, self.norm_eps);
         // Key-padding mask, additive.
         let mut mask = vec![0f32; b * s];
         for (r, &len) in lengths.iter().enumerate() {

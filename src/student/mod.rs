@@ -5,6 +5,7 @@
 
 pub mod decoder;
 pub mod encoder;
+pub mod fused;
 pub mod hf;
 pub mod mlp;
 

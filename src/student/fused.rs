@@ -1,0 +1,957 @@
+//! Fused layers for the students: LayerNorm, RMSNorm, GELU, SwiGLU and the attention
+//! softmax as single operations with hand-written gradients.
+//!
+//! Burn's autodiff composes LayerNorm, RMSNorm, softmax and SwiGLU from five to ten
+//! element-wise operations, each recorded in the graph with its own backward and its own
+//! temporary tensors. Here each is one backend operation (a Burn backend extension) with its
+//! gradient written out, so training records one node per layer. On `flex` the forward and
+//! backward are row kernels over plain slices (exp and erf as branch-free polynomials that
+//! the compiler vectorises, AVX2 + FMA when the CPU has them); on `tch` they are compositions
+//! of libtorch's own kernels, run without autodiff.
+//!
+//! Every operation computes the same function as the composed one it replaces: the tests
+//! compare values and gradients with Burn's own composition on random inputs.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+use burn::backend::ops::ActivationOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+// ---------------------------------------------------------------------------------------
+// The layers, as the students call them.
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+///
+/// # Shapes
+/// - `x`: `[.., d]`; `gamma`, `beta`: `[d]`; returns the shape of `x`
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    ))
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * gamma`.
+///
+/// # Shapes
+/// - `x`: `[.., d]`; `gamma`: `[d]`; returns the shape of `x`
+pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_rms_norm(x.into_dispatch(), gamma.into_dispatch(), eps))
+}
+
+/// The exact (erf) GELU, `x * Phi(x)`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
+}
+
+/// SwiGLU's gate: `silu(gate) * up`.
+///
+/// # Shapes
+/// - `gate`, `up`: the same shape; returns it
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up differ in shape");
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
+}
+
+/// Attention probabilities: `softmax(scores * scale + mask)` over the last dimension. The
+/// mask is a constant (no gradient flows into it).
+///
+/// # Shapes
+/// - `scores`: `[b, h, q, s]`; `mask`: `[b, 1, q, s]` or `[b, 1, 1, s]` (additive, 0 or a large
+///   negative); returns `[b, h, q, s]`
+pub fn masked_softmax(scores: Tensor<4>, mask: Tensor<4>, scale: f64) -> Tensor<4> {
+    let [b, _, q, s] = scores.dims();
+    let [mb, mh, mq, ms] = mask.dims();
+    assert!(mb == b && mh == 1 && (mq == q || mq == 1) && ms == s, "masked_softmax: mask {:?} does not broadcast to scores {:?}", mask.dims(), scores.dims());
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_masked_softmax(
+        scores.into_dispatch(),
+        mask.detach().into_dispatch(),
+        scale,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend extension: one operation per layer, routed to flex, tch or their autodiff.
+
+#[cfg_attr(feature = "tch", backend_extension(Flex, LibTorch, Autodiff))]
+#[cfg_attr(not(feature = "tch"), backend_extension(Flex, Autodiff))]
+pub trait FusedOps: Backend {
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
+}
+
+/// The forward and backward kernels of each fused layer on a backend without autodiff. The
+/// defaults compose the backend's own operations ([`composed`], what `tch` uses); `flex`
+/// overrides them with row kernels.
+pub trait Kernels: Backend {
+    fn layer_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+    /// Returns `[dx, dgamma, dbeta]`.
+    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, dy: FloatTensor<Self>, eps: f64) -> [FloatTensor<Self>; 3] {
+        composed::layer_norm_backward::<Self>(x, gamma, dy, eps)
+    }
+    fn rms_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        composed::rms_norm_forward::<Self>(x, gamma, eps)
+    }
+    /// Returns `[dx, dgamma]`.
+    fn rms_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, dy: FloatTensor<Self>, eps: f64) -> [FloatTensor<Self>; 2] {
+        composed::rms_norm_backward::<Self>(x, gamma, dy, eps)
+    }
+    fn gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu(x)
+    }
+    fn gelu_backward_of(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_backward(x, dy)
+    }
+    fn swiglu_forward(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::swiglu_forward::<Self>(gate, up)
+    }
+    /// Returns `[dgate, dup]`.
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        composed::swiglu_backward::<Self>(gate, up, dy)
+    }
+    fn masked_softmax_forward(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        composed::masked_softmax_forward::<Self>(scores, mask, scale)
+    }
+    /// The gradient with respect to the scores, from the forward's output `y`.
+    fn masked_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        composed::masked_softmax_backward::<Self>(y, dy, scale)
+    }
+}
+
+/// Each kernel composed from a backend's own operations, run without autodiff. The
+/// gradients are written out:
+/// - LayerNorm, `xhat = (x - mean) * rstd`, `g = dy * gamma`:
+///   `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`, `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)`
+/// - RMSNorm, `xhat = x * rrms`: `dx = rrms * (g - xhat * mean(g * xhat))`, `dgamma = sum(dy * xhat)`
+/// - SwiGLU, `s = sigmoid(gate)`: `dgate = dy * up * s * (1 + gate * (1 - s))`, `dup = dy * gate * s`
+/// - softmax of `scores * scale + mask`, output `y`: `dscores = scale * y * (dy - sum(dy * y))`
+pub mod composed {
+    use super::*;
+
+    pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, dy: FloatTensor<B>, eps: f64) -> [FloatTensor<B>; 3] {
+        let shape = x.shape();
+        let last = shape.num_dims() - 1;
+        let d = shape[last];
+        let rows = shape.num_elements() / d;
+        let mean = B::float_mean_dim(x.clone(), last);
+        let xc = B::float_sub(x, mean);
+        let var = B::float_mean_dim(B::float_mul(xc.clone(), xc.clone()), last);
+        let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())));
+        let xhat = B::float_mul(xc, rstd.clone());
+        let g = B::float_mul(dy.clone(), row_vector::<B>(gamma, last + 1));
+        let a = B::float_mean_dim(g.clone(), last);
+        let b = B::float_mean_dim(B::float_mul(g.clone(), xhat.clone()), last);
+        let dx = B::float_mul(rstd, B::float_sub(B::float_sub(g, a), B::float_mul(xhat.clone(), b)));
+        let dgamma = column_sum::<B>(B::float_mul(dy.clone(), xhat), rows, d);
+        let dbeta = column_sum::<B>(dy, rows, d);
+        [dx, dgamma, dbeta]
+    }
+
+    pub fn rms_norm_forward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+        let last = x.shape().num_dims() - 1;
+        let rrms = rrms::<B>(x.clone(), last, eps);
+        B::float_mul(B::float_mul(x, rrms), row_vector::<B>(gamma, last + 1))
+    }
+
+    pub fn rms_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, dy: FloatTensor<B>, eps: f64) -> [FloatTensor<B>; 2] {
+        let shape = x.shape();
+        let last = shape.num_dims() - 1;
+        let d = shape[last];
+        let rows = shape.num_elements() / d;
+        let rrms = rrms::<B>(x.clone(), last, eps);
+        let xhat = B::float_mul(x, rrms.clone());
+        let g = B::float_mul(dy.clone(), row_vector::<B>(gamma, last + 1));
+        let c = B::float_mean_dim(B::float_mul(g.clone(), xhat.clone()), last);
+        let dx = B::float_mul(rrms, B::float_sub(g, B::float_mul(xhat.clone(), c)));
+        let dgamma = column_sum::<B>(B::float_mul(dy, xhat), rows, d);
+        [dx, dgamma]
+    }
+
+    pub fn swiglu_forward<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+        let s = B::sigmoid(gate.clone());
+        B::float_mul(B::float_mul(gate, s), up)
+    }
+
+    pub fn swiglu_backward<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>, dy: FloatTensor<B>) -> [FloatTensor<B>; 2] {
+        let s = B::sigmoid(gate.clone());
+        let silu = B::float_mul(gate.clone(), s.clone());
+        let one_minus = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
+        let dsilu = B::float_mul(s, B::float_add_scalar(B::float_mul(gate, one_minus), 1.0.into()));
+        let dgate = B::float_mul(B::float_mul(dy.clone(), up), dsilu);
+        let dup = B::float_mul(dy, silu);
+        [dgate, dup]
+    }
+
+    pub fn masked_softmax_forward<B: Backend>(scores: FloatTensor<B>, mask: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+        let last = scores.shape().num_dims() - 1;
+        B::softmax(B::float_add(B::float_mul_scalar(scores, scale.into()), mask), last)
+    }
+
+    pub fn masked_softmax_backward<B: Backend>(y: FloatTensor<B>, dy: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+        let last = y.shape().num_dims() - 1;
+        let dot = B::float_sum_dim(B::float_mul(dy.clone(), y.clone()), last);
+        B::float_mul_scalar(B::float_mul(y, B::float_sub(dy, dot)), scale.into())
+    }
+}
+
+/// `[d] -> [1, .., 1, d]` (rank `rank`), to broadcast over rows.
+fn row_vector<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+    let d = v.shape()[0];
+    let mut dims = vec![1; rank];
+    dims[rank - 1] = d;
+    B::float_reshape(v, Shape::from(dims))
+}
+
+/// Sum over every row: `[.., d] -> [d]`.
+fn column_sum<B: Backend>(t: FloatTensor<B>, rows: usize, d: usize) -> FloatTensor<B> {
+    B::float_reshape(B::float_sum_dim(B::float_reshape(t, Shape::from(vec![rows, d])), 0), Shape::from(vec![d]))
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` over `last`, kept as a size-1 dimension.
+fn rrms<B: Backend>(x: FloatTensor<B>, last: usize, eps: f64) -> FloatTensor<B> {
+    let ms = B::float_mean_dim(B::float_mul(x.clone(), x), last);
+    B::float_recip(B::float_sqrt(B::float_add_scalar(ms, eps.into())))
+}
+
+impl FusedOps for Flex {
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::layer_norm_forward(x, gamma, beta, eps)
+    }
+    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::rms_norm_forward(x, gamma, eps)
+    }
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_forward(x)
+    }
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::swiglu_forward(gate, up)
+    }
+    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        Self::masked_softmax_forward(scores, mask, scale)
+    }
+}
+
+#[cfg(feature = "tch")]
+impl Kernels for burn::backend::LibTorch {}
+
+#[cfg(feature = "tch")]
+impl FusedOps for burn::backend::LibTorch {
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::layer_norm_forward(x, gamma, beta, eps)
+    }
+    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::rms_norm_forward(x, gamma, eps)
+    }
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_forward(x)
+    }
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::swiglu_forward(gate, up)
+    }
+    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        Self::masked_softmax_forward(scores, mask, scale)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Autodiff: one graph node per layer, its backward the kernels above.
+
+/// Registers `out` as one node over `inputs`' nodes with backward `op` and `state`
+/// (when any input is tracked).
+macro_rules! node {
+    ($op:expr, [$($guard:expr),+], $state:expr, $out:expr) => {{
+        match $op.prepare::<C>([$($guard),+]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish($state, $out),
+            OpsKind::UnTracked(prep) => prep.finish($out),
+        }
+    }};
+}
+
+#[derive(Debug)]
+struct LayerNormStep;
+impl<B: Kernels> Backward<B, 3> for LayerNormStep {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, eps) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let grads_in = B::layer_norm_backward(x, gamma, dy, eps);
+        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RmsNormStep;
+impl<B: Kernels> Backward<B, 2> for RmsNormStep {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma, eps) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let grads_in = B::rms_norm_backward(x, gamma, dy, eps);
+        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GeluStep;
+impl<B: Kernels> Backward<B, 1> for GeluStep {
+    type State = FloatTensor<B>;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, B::gelu_backward_of(ops.state, dy));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwigluStep;
+impl<B: Kernels> Backward<B, 2> for SwigluStep {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let grads_in = B::swiglu_backward(gate, up, dy);
+        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SoftmaxStep;
+impl<B: Kernels> Backward<B, 1> for SoftmaxStep {
+    type State = (FloatTensor<B>, f64);
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, scale) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, B::masked_softmax_backward(y, dy, scale));
+        }
+    }
+}
+
+impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let (x, gx) = x.into_parts();
+        let (gamma, gg) = gamma.into_parts();
+        let (beta, gb) = beta.into_parts();
+        let out = B::layer_norm_forward(x.clone(), gamma.clone(), beta, eps);
+        node!(LayerNormStep, [gx, gg, gb], (x, gamma, eps), out)
+    }
+
+    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let (x, gx) = x.into_parts();
+        let (gamma, gg) = gamma.into_parts();
+        let out = B::rms_norm_forward(x.clone(), gamma.clone(), eps);
+        node!(RmsNormStep, [gx, gg], (x, gamma, eps), out)
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, gx) = x.into_parts();
+        let out = B::gelu_forward(x.clone());
+        node!(GeluStep, [gx], x, out)
+    }
+
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gate, gg) = gate.into_parts();
+        let (up, gu) = up.into_parts();
+        let out = B::swiglu_forward(gate.clone(), up.clone());
+        node!(SwigluStep, [gg, gu], (gate, up), out)
+    }
+
+    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let (scores, gs) = scores.into_parts();
+        let out = B::masked_softmax_forward(scores, mask.into_primitive(), scale);
+        node!(SoftmaxStep, [gs], (out.clone(), scale), out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// flex: row kernels over f32 slices. Other dtypes take the composed defaults.
+
+/// The f32 elements of a flex tensor in row-major order (a copy only when the layout is not
+/// contiguous), or `None` for another dtype.
+fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
+    (t.dtype() == DType::F32).then(|| t.to_contiguous())
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 flex tensor")
+}
+
+fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// Rows per parallel task: about `PAR_ELEMS` elements, at least one row.
+const PAR_ELEMS: usize = 16 * 1024;
+
+fn rows_per_task(d: usize) -> usize {
+    (PAR_ELEMS / d.max(1)).max(1)
+}
+
+impl Kernels for Flex {
+    fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, dy: FloatTensor<Self>, eps: f64) -> [FloatTensor<Self>; 3] {
+        let (Some(xc), Some(gc), Some(dyc)) = (f32_contiguous(&x), f32_contiguous(&gamma), f32_contiguous(&dy)) else {
+            return composed::layer_norm_backward::<Flex>(x, gamma, dy, eps);
+        };
+        let shape = x.shape();
+        let d = shape[shape.num_dims() - 1];
+        let (xs, g, dys) = (slice(&xc), slice(&gc), slice(&dyc));
+        let mut dx = vec![0f32; xs.len()];
+        let chunk = rows_per_task(d) * d;
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
+            .map(|(dx, (x, dy))| {
+                let mut dgamma = vec![0f32; d];
+                let mut dbeta = vec![0f32; d];
+                layer_norm_backward_rows(x, dy, g, eps as f32, dx, &mut dgamma, &mut dbeta);
+                (dgamma, dbeta)
+            })
+            .collect();
+        let (dgamma, dbeta) = sum_partials(partials, d);
+        [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d])), flex_f32(dbeta, Shape::from(vec![d]))]
+    }
+
+    fn rms_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let (Some(xc), Some(gc)) = (f32_contiguous(&x), f32_contiguous(&gamma)) else {
+            return composed::rms_norm_forward::<Flex>(x, gamma, eps);
+        };
+        let shape = x.shape();
+        let d = shape[shape.num_dims() - 1];
+        let (xs, g) = (slice(&xc), slice(&gc));
+        let mut y = vec![0f32; xs.len()];
+        let chunk = rows_per_task(d) * d;
+        y.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .for_each(|(y, x)| rms_norm_rows(x, g, eps as f32, y));
+        flex_f32(y, shape)
+    }
+
+    fn rms_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, dy: FloatTensor<Self>, eps: f64) -> [FloatTensor<Self>; 2] {
+        let (Some(xc), Some(gc), Some(dyc)) = (f32_contiguous(&x), f32_contiguous(&gamma), f32_contiguous(&dy)) else {
+            return composed::rms_norm_backward::<Flex>(x, gamma, dy, eps);
+        };
+        let shape = x.shape();
+        let d = shape[shape.num_dims() - 1];
+        let (xs, g, dys) = (slice(&xc), slice(&gc), slice(&dyc));
+        let mut dx = vec![0f32; xs.len()];
+        let chunk = rows_per_task(d) * d;
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
+            .map(|(dx, (x, dy))| {
+                let mut dgamma = vec![0f32; d];
+                rms_norm_backward_rows(x, dy, g, eps as f32, dx, &mut dgamma);
+                (dgamma, Vec::new())
+            })
+            .collect();
+        let (dgamma, _) = sum_partials(partials, d);
+        [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d]))]
+    }
+
+    fn gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(xc) = f32_contiguous(&x) else { return Flex::gelu(x) };
+        let xs = slice(&xc);
+        let mut y = vec![0f32; xs.len()];
+        y.par_chunks_mut(PAR_ELEMS)
+            .zip(xs.par_chunks(PAR_ELEMS))
+            .for_each(|(y, x)| gelu_slice(x, y));
+        flex_f32(y, x.shape())
+    }
+
+    fn gelu_backward_of(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(xc), Some(dyc)) = (f32_contiguous(&x), f32_contiguous(&dy)) else {
+            return Flex::gelu_backward(x, dy);
+        };
+        let (xs, dys) = (slice(&xc), slice(&dyc));
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(PAR_ELEMS)
+            .zip(xs.par_chunks(PAR_ELEMS).zip(dys.par_chunks(PAR_ELEMS)))
+            .for_each(|(dx, (x, dy))| gelu_backward_slice(x, dy, dx));
+        flex_f32(dx, x.shape())
+    }
+
+    fn swiglu_forward(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(gc), Some(uc)) = (f32_contiguous(&gate), f32_contiguous(&up)) else {
+            return composed::swiglu_forward::<Flex>(gate, up);
+        };
+        let (gs, us) = (slice(&gc), slice(&uc));
+        let mut y = vec![0f32; gs.len()];
+        y.par_chunks_mut(PAR_ELEMS)
+            .zip(gs.par_chunks(PAR_ELEMS).zip(us.par_chunks(PAR_ELEMS)))
+            .for_each(|(y, (g, u))| swiglu_slice(g, u, y));
+        flex_f32(y, gate.shape())
+    }
+
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
+        let (Some(gc), Some(uc), Some(dyc)) = (f32_contiguous(&gate), f32_contiguous(&up), f32_contiguous(&dy)) else {
+            return composed::swiglu_backward::<Flex>(gate, up, dy);
+        };
+        let (gs, us, dys) = (slice(&gc), slice(&uc), slice(&dyc));
+        let mut dgate = vec![0f32; gs.len()];
+        let mut dup = vec![0f32; gs.len()];
+        dgate
+            .par_chunks_mut(PAR_ELEMS)
+            .zip(dup.par_chunks_mut(PAR_ELEMS))
+            .zip(gs.par_chunks(PAR_ELEMS).zip(us.par_chunks(PAR_ELEMS)).zip(dys.par_chunks(PAR_ELEMS)))
+            .for_each(|((dg, du), ((g, u), dy))| swiglu_backward_slice(g, u, dy, dg, du));
+        let shape = gate.shape();
+        [flex_f32(dgate, shape.clone()), flex_f32(dup, shape)]
+    }
+
+    fn masked_softmax_forward(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let (Some(sc), Some(mc)) = (f32_contiguous(&scores), f32_contiguous(&mask)) else {
+            return composed::masked_softmax_forward::<Flex>(scores, mask, scale);
+        };
+        let shape = scores.shape();
+        let (b, h, q, s) = (shape[0], shape[1], shape[2], shape[3]);
+        let mq = mask.shape()[2];
+        let (xs, ms) = (slice(&sc), slice(&mc));
+        let mut y = vec![0f32; xs.len()];
+        // One task per (row of the batch, head): its q rows share one mask block.
+        y.par_chunks_mut(q * s).zip(xs.par_chunks(q * s)).enumerate().for_each(|(bh, (y, x))| {
+            let m = &ms[(bh / h) * mq * s..(bh / h + 1) * mq * s];
+            masked_softmax_rows(x, m, mq == 1, s, scale as f32, y);
+        });
+        debug_assert_eq!(y.len(), b * h * q * s);
+        flex_f32(y, shape)
+    }
+
+    fn masked_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let (Some(yc), Some(dyc)) = (f32_contiguous(&y), f32_contiguous(&dy)) else {
+            return composed::masked_softmax_backward::<Flex>(y, dy, scale);
+        };
+        let shape = y.shape();
+        let s = shape[shape.num_dims() - 1];
+        let (ys, dys) = (slice(&yc), slice(&dyc));
+        let mut dx = vec![0f32; ys.len()];
+        let chunk = rows_per_task(s) * s;
+        dx.par_chunks_mut(chunk)
+            .zip(ys.par_chunks(chunk).zip(dys.par_chunks(chunk)))
+            .for_each(|(dx, (y, dy))| softmax_backward_rows(y, dy, s, scale as f32, dx));
+        flex_f32(dx, shape)
+    }
+}
+
+/// Sums the per-task `(dgamma, dbeta)` partials (a `dbeta` may be empty).
+fn sum_partials(partials: Vec<(Vec<f32>, Vec<f32>)>, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut dgamma = vec![0f32; d];
+    let mut dbeta = vec![0f32; d];
+    for (g, b) in partials {
+        dgamma.iter_mut().zip(&g).for_each(|(a, v)| *a += v);
+        dbeta.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
+    (dgamma, dbeta)
+}
+
+/// Compiles each kernel twice, for the baseline x86-64 and for AVX2 + FMA, and picks the
+/// second at run time when the CPU has them (the kernels are plain loops that the compiler
+/// vectorises for the features it may use).
+macro_rules! multiversion {
+    ($($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block)*) => {$(
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) {
+                    imp($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    )*};
+}
+
+/// `sum(f(i))` for `i < n`, in eight lanes so that the compiler may vectorise it.
+#[inline(always)]
+fn lanes_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let mut total = acc.iter().sum::<f32>();
+    for i in full..n {
+        total += f(i);
+    }
+    total
+}
+
+/// `max(f(i))` for `i < n` (`n > 0`), in eight lanes.
+#[inline(always)]
+fn lanes_max(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let v = f(i + l);
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut m = acc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for i in full..n {
+        let v = f(i);
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// `e^x` to about 2 ulp, branch-free: `x = n ln2 + r` with `|r| <= ln2 / 2`, a degree-6
+/// Taylor polynomial for `e^r` (truncation `r^7 / 7! < 1.3e-7` relative) and `2^n` built in
+/// the exponent bits. Below -87 it returns 0 (the true value is under 1.7e-38).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts (the first exact in a few bits) so that `x - n ln2` loses nothing.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.0, 88.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.0 { 0.0 } else { p * scale }
+}
+
+/// `(Phi(x), phi(x))`, the standard normal CDF and density, with erf from Abramowitz &
+/// Stegun 7.1.26 (absolute error under 1.5e-7): `erf(a) = 1 - t (a1 + t (a2 + ..)) e^{-a^2}`,
+/// `t = 1 / (1 + p a)`, for `a = |x| / sqrt 2`. The `e^{-a^2} = e^{-x^2/2}` is the density's too.
+#[inline(always)]
+fn normal_cdf_pdf(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let a = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + P * a);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let e = exp(-a * a);
+    let erf_abs = 1.0 - poly * e;
+    let erf = f32::copysign(erf_abs, x);
+    (0.5 * (1.0 + erf), INV_SQRT_2PI * e)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+multiversion! {
+    /// LayerNorm's gradient over rows of `d = gamma.len()`; `dgamma`, `dbeta` accumulate.
+    fn layer_norm_backward_rows(x: &[f32], dy: &[f32], gamma: &[f32], eps: f32, dx: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32]) {
+        let d = gamma.len();
+        let inv_d = 1.0 / d as f32;
+        for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let mean = lanes_sum(d, |i| x[i]) * inv_d;
+            let var = lanes_sum(d, |i| (x[i] - mean) * (x[i] - mean)) * inv_d;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let a = lanes_sum(d, |i| dy[i] * gamma[i]) * inv_d;
+            let b = lanes_sum(d, |i| dy[i] * gamma[i] * (x[i] - mean) * rstd) * inv_d;
+            for i in 0..d {
+                let xhat = (x[i] - mean) * rstd;
+                dx[i] = rstd * (dy[i] * gamma[i] - a - xhat * b);
+                dgamma[i] += dy[i] * xhat;
+                dbeta[i] += dy[i];
+            }
+        }
+    }
+
+    /// RMSNorm over rows of `d = gamma.len()`.
+    fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32, y: &mut [f32]) {
+        let d = gamma.len();
+        for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let r = 1.0 / (lanes_sum(d, |i| x[i] * x[i]) / d as f32 + eps).sqrt();
+            for i in 0..d {
+                y[i] = x[i] * r * gamma[i];
+            }
+        }
+    }
+
+    /// RMSNorm's gradient over rows of `d = gamma.len()`; `dgamma` accumulates.
+    fn rms_norm_backward_rows(x: &[f32], dy: &[f32], gamma: &[f32], eps: f32, dx: &mut [f32], dgamma: &mut [f32]) {
+        let d = gamma.len();
+        let inv_d = 1.0 / d as f32;
+        for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let r = 1.0 / (lanes_sum(d, |i| x[i] * x[i]) * inv_d + eps).sqrt();
+            let c = lanes_sum(d, |i| dy[i] * gamma[i] * x[i] * r) * inv_d;
+            for i in 0..d {
+                let xhat = x[i] * r;
+                dx[i] = r * (dy[i] * gamma[i] - xhat * c);
+                dgamma[i] += dy[i] * xhat;
+            }
+        }
+    }
+
+    fn gelu_slice(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * normal_cdf_pdf(x).0;
+        }
+    }
+
+    /// `d gelu / dx = Phi(x) + x phi(x)`.
+    fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let (cdf, pdf) = normal_cdf_pdf(x);
+            *dx = dy * (cdf + x * pdf);
+        }
+    }
+
+    fn swiglu_slice(gate: &[f32], up: &[f32], y: &mut [f32]) {
+        for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+            *y = g * sigmoid(g) * u;
+        }
+    }
+
+    fn swiglu_backward_slice(gate: &[f32], up: &[f32], dy: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+        for i in 0..gate.len().min(up.len()).min(dy.len()).min(dgate.len()).min(dup.len()) {
+            let (g, s) = (gate[i], sigmoid(gate[i]));
+            dgate[i] = dy[i] * up[i] * s * (1.0 + g * (1.0 - s));
+            dup[i] = dy[i] * g * s;
+        }
+    }
+
+    /// `softmax(x * scale + mask)` over rows of `s`; the mask is one row for all
+    /// (`one_mask_row`) or one per row.
+    fn masked_softmax_rows(x: &[f32], mask: &[f32], one_mask_row: bool, s: usize, scale: f32, y: &mut [f32]) {
+        for (r, (x, y)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
+            let m = if one_mask_row { &mask[..s] } else { &mask[r * s..(r + 1) * s] };
+            for i in 0..s {
+                y[i] = x[i] * scale + m[i];
+            }
+            let max = lanes_max(s, |i| y[i]);
+            for v in y.iter_mut() {
+                *v = exp(*v - max);
+            }
+            let inv = 1.0 / lanes_sum(s, |i| y[i]);
+            for v in y.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+
+    /// `dx = scale * y * (dy - sum(dy * y))` over rows of `s`.
+    fn softmax_backward_rows(y: &[f32], dy: &[f32], s: usize, scale: f32, dx: &mut [f32]) {
+        for ((y, dy), dx) in y.chunks_exact(s).zip(dy.chunks_exact(s)).zip(dx.chunks_exact_mut(s)) {
+            let dot = lanes_sum(s, |i| dy[i] * y[i]);
+            for i in 0..s {
+                dx[i] = scale * y[i] * (dy[i] - dot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every fused layer against Burn's own composition of the same function (its
+    //! `module::layer_norm`, `activation::{gelu, silu, softmax}` and the RMSNorm formula of
+    //! `burn::nn::RmsNorm`): values, and gradients through autodiff, on inputs from a fixed
+    //! pseudo-random sequence. The composed kernels that `tch` runs are checked against the
+    //! flex kernels on the same inputs.
+    use super::*;
+    use burn::tensor::activation;
+    use burn::tensor::Device;
+
+    fn dev() -> Device {
+        Device::default().autodiff()
+    }
+
+    /// `n` values in `[lo, hi)` from a fixed LCG (the same inputs on every run).
+    fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+
+    fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(v, shape), &dev()).require_grad()
+    }
+
+    fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: fused {g} vs composed {w}");
+        }
+    }
+
+    /// Runs `f` on fresh tracked copies of `inputs`, backpropagates `sum(out * weights)` and
+    /// returns the output and each input's gradient.
+    fn run<const D: usize, const N: usize>(inputs: &[(Vec<f32>, Vec<usize>); N], weights: &[f32], f: impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let leaves: [Tensor<1>; N] = std::array::from_fn(|i| {
+            let n = inputs[i].0.len();
+            tensor(inputs[i].0.clone(), [n])
+        });
+        let out = f(leaves.clone());
+        let w = Tensor::<D>::from_data(TensorData::new(weights.to_vec(), out.shape()), &dev());
+        let grads = (out.clone() * w).sum().backward();
+        let g = leaves.iter().map(|l| vec_of(l.grad(&grads).expect("a gradient for every input"))).collect();
+        (vec_of(out), g)
+    }
+
+    fn compare<const D: usize, const N: usize>(what: &str, inputs: [(Vec<f32>, Vec<usize>); N], fused: impl Fn([Tensor<1>; N]) -> Tensor<D>, composed: impl Fn([Tensor<1>; N]) -> Tensor<D>, tol: f32) {
+        let n_out: usize = inputs[0].1.iter().product();
+        let weights = values(n_out, 99, -1.0, 1.0);
+        let (out_f, grads_f) = run(&inputs, &weights, fused);
+        let (out_c, grads_c) = run(&inputs, &weights, composed);
+        assert_close(&format!("{what} output"), &out_f, &out_c, tol);
+        for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
+            assert_close(&format!("{what} gradient of input {i}"), gf, gc, tol);
+        }
+    }
+
+    fn shaped<const D: usize>(t: Tensor<1>, shape: &[usize]) -> Tensor<D> {
+        let dims: [usize; D] = shape.try_into().unwrap();
+        t.reshape(dims)
+    }
+
+    #[test]
+    fn layer_norm_matches_burns() {
+        let shape = vec![3, 5, 24];
+        let x = (values(360, 1, -3.0, 5.0), shape.clone());
+        let (gamma, beta) = ((values(24, 2, 0.5, 1.5), vec![24]), (values(24, 3, -0.5, 0.5), vec![24]));
+        compare(
+            "layer_norm",
+            [x, gamma, beta],
+            |[x, g, b]| layer_norm(shaped::<3>(x, &shape), g, b, 1e-5),
+            |[x, g, b]| Tensor::from_bridge(burn::tensor::module::layer_norm(shaped::<3>(x, &shape), g, Some(b), 1e-5).into_bridge()),
+            2e-5,
+        );
+    }
+
+    #[test]
+    fn layer_norm_reads_a_transposed_input() {
+        let x = (values(2 * 6 * 8, 4, -2.0, 2.0), vec![96]);
+        let (gamma, beta) = ((values(6, 5, 0.5, 1.5), vec![6]), (values(6, 6, -0.5, 0.5), vec![6]));
+        // [2, 8, 6] viewed from a [2, 6, 8] tensor: not contiguous.
+        let view = |x: Tensor<1>| x.reshape([2, 6, 8]).swap_dims(1, 2);
+        compare(
+            "layer_norm (transposed)",
+            [x, gamma, beta],
+            |[x, g, b]| layer_norm(view(x), g, b, 1e-12),
+            |[x, g, b]| burn::tensor::module::layer_norm(view(x), g, Some(b), 1e-12),
+            2e-5,
+        );
+    }
+
+    #[test]
+    fn rms_norm_matches_burns() {
+        let shape = vec![4, 7, 16];
+        let x = (values(448, 7, -2.0, 3.0), shape.clone());
+        let gamma = (values(16, 8, 0.5, 1.5), vec![16]);
+        // burn::nn::RmsNorm::forward's formula.
+        let reference = |x: Tensor<3>, g: Tensor<1>| (x.clone() / (x.square().mean_dim(2) + 1e-5).sqrt()) * g.unsqueeze();
+        compare("rms_norm", [x, gamma], |[x, g]| rms_norm(shaped::<3>(x, &shape), g, 1e-5), |[x, g]| reference(shaped::<3>(x, &shape), g), 2e-5);
+    }
+
+    /// Includes 0, both tails (where Phi is 0 or 1 to f32 precision) and the whole range in
+    /// between. The bound is A&S 7.1.26's 1.5e-7 on erf, times |x| / 2, plus rounding.
+    #[test]
+    fn gelu_matches_burns_erf_gelu() {
+        let mut x = values(500, 9, -6.0, 6.0);
+        x.extend([0.0, -0.0, 1e-8, -1e-8, 9.0, -9.0, 12.0, -12.0, 30.0, -30.0]);
+        let n = x.len();
+        compare("gelu", [(x, vec![n])], |[x]| gelu(x), |[x]| activation::gelu(x), 1e-6);
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up() {
+        let mut g = values(300, 10, -8.0, 8.0);
+        g.extend([0.0, 20.0, -20.0, 90.0, -90.0, 0.5]);
+        let u = values(306, 11, -2.0, 2.0);
+        compare("swiglu", [(g, vec![6, 51]), (u, vec![6, 51])], |[g, u]| swiglu(g.reshape([6, 51]), u.reshape([6, 51])), |[g, u]| activation::silu(g.reshape([6, 51])) * u.reshape([6, 51]), 1e-6);
+    }
+
+    /// Both mask layouts (one row per batch row, as the encoder's key padding; one per query,
+    /// as the decoder's causal + padding), with masked (-1e9) entries.
+    #[test]
+    fn masked_softmax_matches_burns_softmax() {
+        let (b, h, q, s) = (2, 3, 5, 7);
+        for per_query in [false, true] {
+            let mq = if per_query { q } else { 1 };
+            let mask: Vec<f32> = (0..b * mq * s).map(|i| if (i * 7 + i / 5) % 4 == 0 && i % s != 0 { -1e9 } else { 0.0 }).collect();
+            let mask_t = Tensor::<4>::from_data(TensorData::new(mask, [b, 1, mq, s]), &dev());
+            let scores = (values(b * h * q * s, 12 + mq as u64, -6.0, 6.0), vec![b, h, q, s]);
+            let scale = 0.35;
+            compare(
+                &format!("masked_softmax (mask rows {mq})"),
+                [scores],
+                |[x]| masked_softmax(x.reshape([b, h, q, s]), mask_t.clone(), scale),
+                |[x]| activation::softmax(x.reshape([b, h, q, s]) * scale + mask_t.clone(), 3),
+                2e-6,
+            );
+        }
+    }
+
+    /// The composed kernels (what tch runs) equal flex's row kernels.
+    #[test]
+    fn composed_kernels_equal_the_flex_kernels() {
+        let flex = |v: Vec<f32>, shape: Vec<usize>| flex_f32(v, Shape::from(shape));
+        let read = |t: FlexTensor| t.into_data().try_to_vec::<f32>().unwrap();
+        let (x, g, b, dy) = (values(6 * 32, 20, -3.0, 3.0), values(32, 21, 0.5, 1.5), values(32, 22, -1.0, 1.0), values(6 * 32, 23, -1.0, 1.0));
+        let shape = vec![2, 3, 32];
+        let t = |v: &Vec<f32>| flex(v.clone(), shape.clone());
+        let v = |v: &Vec<f32>| flex(v.clone(), vec![32]);
+        for (i, (k, c)) in Flex::layer_norm_backward(t(&x), v(&g), t(&dy), 1e-5).into_iter().zip(composed::layer_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5)).enumerate() {
+            assert_close(&format!("layer_norm_backward {i}"), &read(k), &read(c), 1e-5);
+        }
+        assert_close("rms_norm_forward", &read(Flex::rms_norm_forward(t(&x), v(&g), 1e-5)), &read(composed::rms_norm_forward::<Flex>(t(&x), v(&g), 1e-5)), 1e-5);
+        for (i, (k, c)) in Flex::rms_norm_backward(t(&x), v(&g), t(&dy), 1e-5).into_iter().zip(composed::rms_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5)).enumerate() {
+            assert_close(&format!("rms_norm_backward {i}"), &read(k), &read(c), 1e-5);
+        }
+        assert_close("swiglu_forward", &read(Flex::swiglu_forward(t(&x), t(&dy))), &read(composed::swiglu_forward::<Flex>(t(&x), t(&dy))), 1e-6);
+        for (i, (k, c)) in Flex::swiglu_backward(t(&x), t(&dy), t(&b.repeat(6))).into_iter().zip(composed::swiglu_backward::<Flex>(t(&x), t(&dy), t(&b.repeat(6)))).enumerate() {
+            assert_close(&format!("swiglu_backward {i}"), &read(k), &read(c), 1e-6);
+        }
+        let mask = flex((0..2 * 32).map(|i| if i % 5 == 3 { -1e9 } else { 0.0 }).collect(), vec![2, 1, 1, 32]);
+        let s4 = |v: &Vec<f32>| flex(v.clone(), vec![2, 1, 3, 32]);
+        let y = Flex::masked_softmax_forward(s4(&x), mask.clone(), 0.5);
+        assert_close("masked_softmax_forward", &read(y.clone()), &read(composed::masked_softmax_forward::<Flex>(s4(&x), mask, 0.5)), 1e-6);
+        assert_close("masked_softmax_backward", &read(Flex::masked_softmax_backward(y.clone(), s4(&dy), 0.5)), &read(composed::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)), 1e-6);
+    }
+}
