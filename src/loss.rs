@@ -12,7 +12,9 @@
 //!   between the two distributions coarsened to k + 1 outcomes, a lower bound of the full KL
 //!   that equals it when k = vocabulary.
 
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
+
+use crate::student::fused;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -183,7 +185,7 @@ pub fn fused_distillation_loss(
 
     // The student's distribution at T over the whole vocabulary: only the tail bucket needs
     // it (the renormalised KL reads the cached ids alone).
-    let qt = (alpha > 0.0 && tail == TailMode::Bucket && k < vocab).then(|| softmax(z.clone().div_scalar(temperature), 1)); // [n, V]
+    let qt = (alpha > 0.0 && tail == TailMode::Bucket && k < vocab).then(|| fused::softmax(z.clone(), 1.0 / temperature as f64)); // [n, V]
     // At T = 1 and T = 2 the distribution at temperature 1 follows from q_T without a second
     // pass of exponentials (the step's costliest element-wise work on a CPU):
     // softmax(z) = q_T^T / sum(q_T^T).
@@ -194,7 +196,7 @@ pub fn fused_distillation_loss(
             let total = u.clone().sum_dim(1);
             u / total
         }
-        _ => softmax(z.clone(), 1),
+        _ => fused::softmax(z.clone(), 1.0),
     }; // [n, V]
     // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
     let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]

@@ -79,6 +79,14 @@ pub fn masked_softmax(scores: Tensor<4>, mask: Tensor<4>, scale: f64) -> Tensor<
     ))
 }
 
+/// `softmax(x * scale)` over the last dimension (the loss's softmax over the vocabulary).
+///
+/// # Shapes
+/// - `x`: `[.., v]`; returns the shape of `x`
+pub fn softmax<const D: usize>(x: Tensor<D>, scale: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_softmax(x.into_dispatch(), scale))
+}
+
 // ---------------------------------------------------------------------------------------
 // The backend extension: one operation per layer, routed to flex, tch or their autodiff.
 
@@ -90,6 +98,7 @@ pub trait FusedOps: Backend {
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
 }
 
 /// The forward and backward kernels of each fused layer on a backend without autodiff. The
@@ -125,6 +134,9 @@ pub trait Kernels: Backend {
     }
     fn masked_softmax_forward(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         composed::masked_softmax_forward::<Self>(scores, mask, scale)
+    }
+    fn softmax_forward(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        composed::softmax_forward::<Self>(x, scale)
     }
     /// The gradient with respect to the scores, from the forward's output `y`.
     fn masked_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
@@ -201,6 +213,11 @@ pub mod composed {
         B::softmax(B::float_add(B::float_mul_scalar(scores, scale.into()), mask), last)
     }
 
+    pub fn softmax_forward<B: Backend>(x: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
+        let last = x.shape().num_dims() - 1;
+        B::softmax(B::float_mul_scalar(x, scale.into()), last)
+    }
+
     pub fn masked_softmax_backward<B: Backend>(y: FloatTensor<B>, dy: FloatTensor<B>, scale: f64) -> FloatTensor<B> {
         let last = y.shape().num_dims() - 1;
         let dot = B::float_sum_dim(B::float_mul(dy.clone(), y.clone()), last);
@@ -243,6 +260,9 @@ impl FusedOps for Flex {
     fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         Self::masked_softmax_forward(scores, mask, scale)
     }
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        Self::softmax_forward(x, scale)
+    }
 }
 
 #[cfg(feature = "tch")]
@@ -264,6 +284,9 @@ impl FusedOps for burn::backend::LibTorch {
     }
     fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         Self::masked_softmax_forward(scores, mask, scale)
+    }
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        Self::softmax_forward(x, scale)
     }
 }
 
@@ -387,6 +410,12 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (scores, gs) = scores.into_parts();
         let out = B::masked_softmax_forward(scores, mask.into_primitive(), scale);
         node!(SoftmaxStep, [gs], (out.clone(), scale), out)
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let (x, gx) = x.into_parts();
+        let out = B::softmax_forward(x, scale);
+        node!(SoftmaxStep, [gx], (out.clone(), scale), out)
     }
 }
 
@@ -537,9 +566,22 @@ impl Kernels for Flex {
         // One task per (row of the batch, head): its q rows share one mask block.
         y.par_chunks_mut(q * s).zip(xs.par_chunks(q * s)).enumerate().for_each(|(bh, (y, x))| {
             let m = &ms[(bh / h) * mq * s..(bh / h + 1) * mq * s];
-            masked_softmax_rows(x, m, mq == 1, s, scale as f32, y);
+            masked_softmax_rows(x, Some(m), mq == 1, s, scale as f32, y);
         });
         debug_assert_eq!(y.len(), b * h * q * s);
+        flex_f32(y, shape)
+    }
+
+    fn softmax_forward(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let Some(xc) = f32_contiguous(&x) else { return composed::softmax_forward::<Flex>(x, scale) };
+        let shape = x.shape();
+        let s = shape[shape.num_dims() - 1];
+        let xs = slice(&xc);
+        let mut y = vec![0f32; xs.len()];
+        let chunk = rows_per_task(s) * s;
+        y.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .for_each(|(y, x)| masked_softmax_rows(x, None, true, s, scale as f32, y));
         flex_f32(y, shape)
     }
 
@@ -750,12 +792,21 @@ multiversion! {
     }
 
     /// `softmax(x * scale + mask)` over rows of `s`; the mask is one row for all
-    /// (`one_mask_row`) or one per row.
-    fn masked_softmax_rows(x: &[f32], mask: &[f32], one_mask_row: bool, s: usize, scale: f32, y: &mut [f32]) {
+    /// (`one_mask_row`), one per row, or none.
+    fn masked_softmax_rows(x: &[f32], mask: Option<&[f32]>, one_mask_row: bool, s: usize, scale: f32, y: &mut [f32]) {
         for (r, (x, y)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
-            let m = if one_mask_row { &mask[..s] } else { &mask[r * s..(r + 1) * s] };
-            for i in 0..s {
-                y[i] = x[i] * scale + m[i];
+            match mask {
+                Some(mask) => {
+                    let m = if one_mask_row { &mask[..s] } else { &mask[r * s..(r + 1) * s] };
+                    for i in 0..s {
+                        y[i] = x[i] * scale + m[i];
+                    }
+                }
+                None => {
+                    for i in 0..s {
+                        y[i] = x[i] * scale;
+                    }
+                }
             }
             let max = lanes_max(s, |i| y[i]);
             for v in y.iter_mut() {
@@ -928,6 +979,18 @@ mod tests {
         }
     }
 
+    /// The loss's softmax over a vocabulary-sized row, at temperature 1 and 2, including
+    /// large logits (the row maximum is subtracted) and a row far below the others.
+    #[test]
+    fn softmax_matches_burns() {
+        let mut x = values(3 * 1000, 30, -20.0, 20.0);
+        x[5] = 80.0;
+        x[2500] = -200.0;
+        for scale in [1.0, 0.5] {
+            compare(&format!("softmax (scale {scale})"), [(x.clone(), vec![3, 1000])], |[x]| softmax(x.reshape([3, 1000]), scale), |[x]| activation::softmax(x.reshape([3, 1000]) * scale, 1), 2e-6);
+        }
+    }
+
     /// The composed kernels (what tch runs) equal flex's row kernels.
     #[test]
     fn composed_kernels_equal_the_flex_kernels() {
@@ -952,6 +1015,7 @@ mod tests {
         let s4 = |v: &Vec<f32>| flex(v.clone(), vec![2, 1, 3, 32]);
         let y = Flex::masked_softmax_forward(s4(&x), mask.clone(), 0.5);
         assert_close("masked_softmax_forward", &read(y.clone()), &read(composed::masked_softmax_forward::<Flex>(s4(&x), mask, 0.5)), 1e-6);
+        assert_close("softmax_forward", &read(Flex::softmax_forward(s4(&x), 0.5)), &read(composed::softmax_forward::<Flex>(s4(&x), 0.5)), 1e-6);
         assert_close("masked_softmax_backward", &read(Flex::masked_softmax_backward(y.clone(), s4(&dy), 0.5)), &read(composed::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)), 1e-6);
     }
 }
