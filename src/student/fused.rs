@@ -6,7 +6,7 @@
 //! temporary tensors. Here each is one backend operation (a Burn backend extension) with its
 //! gradient written out, so training records one node per layer. On `flex` the forward and
 //! backward are row kernels over plain slices (exp and erf as branch-free polynomials that
-//! the compiler vectorises, AVX2 + FMA when the CPU has them); on `tch` they are compositions
+//! the compiler vectorises, AVX2 or AVX-512 when the CPU has them); on `tch` they are compositions
 //! of libtorch's own kernels, run without autodiff.
 //!
 //! Every operation computes the same function as the composed one it replaces: the tests
@@ -612,8 +612,8 @@ fn sum_partials(partials: Vec<(Vec<f32>, Vec<f32>)>, d: usize) -> (Vec<f32>, Vec
     (dgamma, dbeta)
 }
 
-/// Compiles each kernel twice, for the baseline x86-64 and for AVX2 + FMA, and picks the
-/// second at run time when the CPU has them (the kernels are plain loops that the compiler
+/// Compiles each kernel three times, for the baseline x86-64, AVX2 + FMA and AVX-512, and
+/// picks the widest the CPU has at run time (the kernels are plain loops that the compiler
 /// vectorises for the features it may use).
 macro_rules! multiversion {
     ($($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block)*) => {$(
@@ -625,6 +625,15 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) {
+                    imp($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) {
@@ -688,10 +697,14 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // n as an integer from `t`'s low mantissa bits (integer arithmetic, which vectorises;
+    // `n as i32` saturates and does not), then 2^n from its exponent bits.
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(ni.wrapping_add(127) << 23);
     if x < -87.0 { 0.0 } else { p * scale }
 }
 
