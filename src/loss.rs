@@ -153,9 +153,8 @@ pub fn distillation_loss_partly_labelled(
 /// - KL, `Renormalize`: `d/dz_j = (1/T) (softmax_K(z_K / T)_j S_t - t_j)` for `j` in `K`, 0
 ///   elsewhere, with `t` the renormalised teacher (`S_t` its sum, 1 up to rounding)
 ///
-/// The returned `loss` is `value + sum((z - z') * G)` with `value`, `z'` (a copy of `z`) and `G`
-/// constants: its forward value is the loss exactly (the second term is 0) and its gradient
-/// with respect to `z` is `G`.
+/// The returned `loss` is one graph node ([`fused::with_gradient`]): its value is the loss and
+/// it backpropagates `G` into `z`.
 /// `kl` and `ce` carry no gradient. The tests check value and gradient against the reference.
 ///
 /// # Shapes
@@ -254,8 +253,7 @@ pub fn fused_distillation_loss(
     let t2 = temperature * temperature;
     let value = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
     let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
-    let (z, grad) = if tracked { (z.autodiff(), grad.autodiff()) } else { (z, grad) };
-    let loss = back(value) + ((student_logits - z) * grad).sum();
+    let loss = if tracked { fused::with_gradient(student_logits, back(value), grad.autodiff()) } else { value };
     LossParts { loss, kl: back(kl), ce: back(ce) }
 }
 

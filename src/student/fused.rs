@@ -87,6 +87,22 @@ pub fn softmax<const D: usize>(x: Tensor<D>, scale: f64) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_softmax(x.into_dispatch(), scale))
 }
 
+/// A loss whose gradient is already known: returns `value`, and backpropagates `grad * dy`
+/// into `z` (one graph node, instead of recording `value + sum((z - z') * grad)`, which costs
+/// three passes over `z` forward and three backward). `value` and `grad` carry no gradient.
+///
+/// # Shapes
+/// - `z`, `grad`: `[n, v]` (the logits, and the loss's gradient with respect to them);
+///   `value`: `[1]`; returns `[1]`
+pub fn with_gradient(z: Tensor<2>, value: Tensor<1>, grad: Tensor<2>) -> Tensor<1> {
+    assert_eq!(z.dims(), grad.dims(), "with_gradient: the gradient's shape differs from the logits'");
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_with_gradient(
+        z.into_dispatch(),
+        value.detach().into_dispatch(),
+        grad.detach().into_dispatch(),
+    ))
+}
+
 // ---------------------------------------------------------------------------------------
 // The backend extension: one operation per layer, routed to flex, tch or their autodiff.
 
@@ -99,6 +115,11 @@ pub trait FusedOps: Backend {
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
     fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
+    /// Without autodiff there is nothing to backpropagate: the value.
+    fn fused_with_gradient(z: FloatTensor<Self>, value: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = (z, grad);
+        value
+    }
 }
 
 /// The forward and backward kernels of each fused layer on a backend without autodiff. The
@@ -377,6 +398,19 @@ impl<B: Kernels> Backward<B, 1> for SoftmaxStep {
     }
 }
 
+#[derive(Debug)]
+struct KnownGradientStep;
+impl<B: Kernels> Backward<B, 1> for KnownGradientStep {
+    type State = FloatTensor<B>;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node); // [1]
+        if let [Some(node)] = ops.parents {
+            let dy = B::float_reshape(dy, Shape::from(vec![1, 1]));
+            grads.register::<B>(node.id, B::float_mul(ops.state, dy));
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let (x, gx) = x.into_parts();
@@ -410,6 +444,11 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (scores, gs) = scores.into_parts();
         let out = B::masked_softmax_forward(scores, mask.into_primitive(), scale);
         node!(SoftmaxStep, [gs], (out.clone(), scale), out)
+    }
+
+    fn fused_with_gradient(z: FloatTensor<Self>, value: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (_, gz) = z.into_parts();
+        node!(KnownGradientStep, [gz], grad.into_primitive(), value.into_primitive())
     }
 
     fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
