@@ -893,8 +893,13 @@ mod tests {
     use burn::tensor::activation;
     use burn::tensor::Device;
 
-    fn dev() -> Device {
-        Device::default().autodiff()
+    /// Flex, and libtorch in a build with the `tch` feature (CI runs these tests there too).
+    fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex().autodiff()];
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch().autodiff());
+        devices
     }
 
     /// `n` values in `[lo, hi)` from a fixed LCG (the same inputs on every run).
@@ -908,8 +913,8 @@ mod tests {
             .collect()
     }
 
-    fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(v, shape), &dev()).require_grad()
+    fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(v, shape), device).require_grad()
     }
 
     fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -925,13 +930,13 @@ mod tests {
 
     /// Runs `f` on fresh tracked copies of `inputs`, backpropagates `sum(out * weights)` and
     /// returns the output and each input's gradient.
-    fn run<const D: usize, const N: usize>(inputs: &[(Vec<f32>, Vec<usize>); N], weights: &[f32], f: impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    fn run<const D: usize, const N: usize>(device: &Device, inputs: &[(Vec<f32>, Vec<usize>); N], weights: &[f32], f: &impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
         let leaves: [Tensor<1>; N] = std::array::from_fn(|i| {
             let n = inputs[i].0.len();
-            tensor(inputs[i].0.clone(), [n])
+            tensor(inputs[i].0.clone(), [n], device)
         });
         let out = f(leaves.clone());
-        let w = Tensor::<D>::from_data(TensorData::new(weights.to_vec(), out.shape()), &dev());
+        let w = Tensor::<D>::from_data(TensorData::new(weights.to_vec(), out.shape()), device);
         let grads = (out.clone() * w).sum().backward();
         let g = leaves.iter().map(|l| vec_of(l.grad(&grads).expect("a gradient for every input"))).collect();
         (vec_of(out), g)
@@ -940,11 +945,13 @@ mod tests {
     fn compare<const D: usize, const N: usize>(what: &str, inputs: [(Vec<f32>, Vec<usize>); N], fused: impl Fn([Tensor<1>; N]) -> Tensor<D>, composed: impl Fn([Tensor<1>; N]) -> Tensor<D>, tol: f32) {
         let n_out: usize = inputs[0].1.iter().product();
         let weights = values(n_out, 99, -1.0, 1.0);
-        let (out_f, grads_f) = run(&inputs, &weights, fused);
-        let (out_c, grads_c) = run(&inputs, &weights, composed);
-        assert_close(&format!("{what} output"), &out_f, &out_c, tol);
-        for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
-            assert_close(&format!("{what} gradient of input {i}"), gf, gc, tol);
+        for device in devices() {
+            let (out_f, grads_f) = run(&device, &inputs, &weights, &fused);
+            let (out_c, grads_c) = run(&device, &inputs, &weights, &composed);
+            assert_close(&format!("{what} output on {device:?}"), &out_f, &out_c, tol);
+            for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
+                assert_close(&format!("{what} gradient of input {i} on {device:?}"), gf, gc, tol);
+            }
         }
     }
 
@@ -1018,14 +1025,20 @@ mod tests {
         for per_query in [false, true] {
             let mq = if per_query { q } else { 1 };
             let mask: Vec<f32> = (0..b * mq * s).map(|i| if (i * 7 + i / 5) % 4 == 0 && i % s != 0 { -1e9 } else { 0.0 }).collect();
-            let mask_t = Tensor::<4>::from_data(TensorData::new(mask, [b, 1, mq, s]), &dev());
+            let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
             let scores = (values(b * h * q * s, 12 + mq as u64, -6.0, 6.0), vec![b, h, q, s]);
             let scale = 0.35;
             compare(
                 &format!("masked_softmax (mask rows {mq})"),
                 [scores],
-                |[x]| masked_softmax(x.reshape([b, h, q, s]), mask_t.clone(), scale),
-                |[x]| activation::softmax(x.reshape([b, h, q, s]) * scale + mask_t.clone(), 3),
+                |[x]| {
+                    let m = mask_on(&x);
+                    masked_softmax(x.reshape([b, h, q, s]), m, scale)
+                },
+                |[x]| {
+                    let m = mask_on(&x);
+                    activation::softmax(x.reshape([b, h, q, s]) * scale + m, 3)
+                },
                 2e-6,
             );
         }
