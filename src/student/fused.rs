@@ -265,51 +265,39 @@ fn rrms<B: Backend>(x: FloatTensor<B>, last: usize, eps: f64) -> FloatTensor<B> 
     B::float_recip(B::float_sqrt(B::float_add_scalar(ms, eps.into())))
 }
 
-impl FusedOps for Flex {
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        Self::layer_norm_forward(x, gamma, beta, eps)
-    }
-    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        Self::rms_norm_forward(x, gamma, eps)
-    }
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu_forward(x)
-    }
-    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::swiglu_forward(gate, up)
-    }
-    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::masked_softmax_forward(scores, mask, scale)
-    }
-    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::softmax_forward(x, scale)
-    }
+/// On a backend without autodiff each fused operation is its forward kernel.
+macro_rules! forward_kernels {
+    ($backend:ty) => {
+        impl FusedOps for $backend {
+            fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+                Self::layer_norm_forward(x, gamma, beta, eps)
+            }
+            fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+                Self::rms_norm_forward(x, gamma, eps)
+            }
+            fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+                Self::gelu_forward(x)
+            }
+            fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+                Self::swiglu_forward(gate, up)
+            }
+            fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+                Self::masked_softmax_forward(scores, mask, scale)
+            }
+            fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+                Self::softmax_forward(x, scale)
+            }
+        }
+    };
 }
+
+forward_kernels!(Flex);
 
 #[cfg(feature = "tch")]
 impl Kernels for burn::backend::LibTorch {}
 
 #[cfg(feature = "tch")]
-impl FusedOps for burn::backend::LibTorch {
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        Self::layer_norm_forward(x, gamma, beta, eps)
-    }
-    fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        Self::rms_norm_forward(x, gamma, eps)
-    }
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu_forward(x)
-    }
-    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::swiglu_forward(gate, up)
-    }
-    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::masked_softmax_forward(scores, mask, scale)
-    }
-    fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::softmax_forward(x, scale)
-    }
-}
+forward_kernels!(burn::backend::LibTorch);
 
 // ---------------------------------------------------------------------------------------
 // Autodiff: one graph node per layer, its backward the kernels above.
@@ -325,90 +313,39 @@ macro_rules! node {
     }};
 }
 
-#[derive(Debug)]
-struct LayerNormStep;
-impl<B: Kernels> Backward<B, 3> for LayerNormStep {
-    type State = (FloatTensor<B>, FloatTensor<B>, f64);
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, gamma, eps) = ops.state;
-        let dy = grads.consume::<B>(&ops.node);
-        let grads_in = B::layer_norm_backward(x, gamma, dy, eps);
-        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
+/// One backward step: `f(state, dy)` gives each parent's gradient, registered for the parents
+/// that are tracked.
+fn backward_with<B: Backend, S, const N: usize>(ops: Ops<S, N>, grads: &mut Gradients, f: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; N]) {
+    let dy = grads.consume::<B>(&ops.node);
+    for (parent, grad) in ops.parents.into_iter().zip(f(ops.state, dy)) {
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, grad);
+        }
+    }
+}
+
+/// The backward steps: their state, and which kernel turns it and `dy` into gradients.
+macro_rules! steps {
+    ($($name:ident: $n:literal, $state:ty, |$s:pat_param, $dy:ident| $body:expr;)*) => {$(
+        #[derive(Debug)]
+        struct $name;
+        impl<B: Kernels> Backward<B, $n> for $name {
+            type State = $state;
+            fn backward(self, ops: Ops<Self::State, $n>, grads: &mut Gradients, _: &mut Checkpointer) {
+                backward_with::<B, _, $n>(ops, grads, |$s, $dy| $body);
             }
         }
-    }
+    )*};
 }
 
-#[derive(Debug)]
-struct RmsNormStep;
-impl<B: Kernels> Backward<B, 2> for RmsNormStep {
-    type State = (FloatTensor<B>, FloatTensor<B>, f64);
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, gamma, eps) = ops.state;
-        let dy = grads.consume::<B>(&ops.node);
-        let grads_in = B::rms_norm_backward(x, gamma, dy, eps);
-        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct GeluStep;
-impl<B: Kernels> Backward<B, 1> for GeluStep {
-    type State = FloatTensor<B>;
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node);
-        if let [Some(node)] = ops.parents {
-            grads.register::<B>(node.id, B::gelu_backward_of(ops.state, dy));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct SwigluStep;
-impl<B: Kernels> Backward<B, 2> for SwigluStep {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (gate, up) = ops.state;
-        let dy = grads.consume::<B>(&ops.node);
-        let grads_in = B::swiglu_backward(gate, up, dy);
-        for (parent, grad) in ops.parents.into_iter().zip(grads_in) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct SoftmaxStep;
-impl<B: Kernels> Backward<B, 1> for SoftmaxStep {
-    type State = (FloatTensor<B>, f64);
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (y, scale) = ops.state;
-        let dy = grads.consume::<B>(&ops.node);
-        if let [Some(node)] = ops.parents {
-            grads.register::<B>(node.id, B::masked_softmax_backward(y, dy, scale));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct KnownGradientStep;
-impl<B: Kernels> Backward<B, 1> for KnownGradientStep {
-    type State = FloatTensor<B>;
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node); // [1]
-        if let [Some(node)] = ops.parents {
-            let dy = B::float_reshape(dy, Shape::from(vec![1, 1]));
-            grads.register::<B>(node.id, B::float_mul(ops.state, dy));
-        }
-    }
+steps! {
+    LayerNormStep: 3, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::layer_norm_backward(x, gamma, dy, eps);
+    RmsNormStep: 2, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::rms_norm_backward(x, gamma, dy, eps);
+    GeluStep: 1, FloatTensor<B>, |x, dy| [B::gelu_backward_of(x, dy)];
+    SwigluStep: 2, (FloatTensor<B>, FloatTensor<B>), |(gate, up), dy| B::swiglu_backward(gate, up, dy);
+    SoftmaxStep: 1, (FloatTensor<B>, f64), |(y, scale), dy| [B::masked_softmax_backward(y, dy, scale)];
+    // `dy` is the loss's `[1]` upstream gradient, broadcast over the known `[n, v]` gradient.
+    KnownGradientStep: 1, FloatTensor<B>, |grad, dy| [B::float_mul(grad, B::float_reshape(dy, Shape::from(vec![1, 1])))];
 }
 
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -489,20 +426,8 @@ impl Kernels for Flex {
         };
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
-        let (xs, g, dys) = (slice(&xc), slice(&gc), slice(&dyc));
-        let mut dx = vec![0f32; xs.len()];
-        let chunk = rows_per_task(d) * d;
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
-            .map(|(dx, (x, dy))| {
-                let mut dgamma = vec![0f32; d];
-                let mut dbeta = vec![0f32; d];
-                layer_norm_backward_rows(x, dy, g, eps as f32, dx, &mut dgamma, &mut dbeta);
-                (dgamma, dbeta)
-            })
-            .collect();
-        let (dgamma, dbeta) = sum_partials(partials, d);
+        let (g, e) = (slice(&gc), eps as f32);
+        let (dx, dgamma, dbeta) = norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, dbeta| layer_norm_backward_rows(x, dy, g, e, dx, dgamma, dbeta));
         [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d])), flex_f32(dbeta, Shape::from(vec![d]))]
     }
 
@@ -527,19 +452,8 @@ impl Kernels for Flex {
         };
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
-        let (xs, g, dys) = (slice(&xc), slice(&gc), slice(&dyc));
-        let mut dx = vec![0f32; xs.len()];
-        let chunk = rows_per_task(d) * d;
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
-            .map(|(dx, (x, dy))| {
-                let mut dgamma = vec![0f32; d];
-                rms_norm_backward_rows(x, dy, g, eps as f32, dx, &mut dgamma);
-                (dgamma, Vec::new())
-            })
-            .collect();
-        let (dgamma, _) = sum_partials(partials, d);
+        let (g, e) = (slice(&gc), eps as f32);
+        let (dx, dgamma, _) = norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, _| rms_norm_backward_rows(x, dy, g, e, dx, dgamma));
         [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d]))]
     }
 
@@ -640,15 +554,27 @@ impl Kernels for Flex {
     }
 }
 
-/// Sums the per-task `(dgamma, dbeta)` partials (a `dbeta` may be empty).
-fn sum_partials(partials: Vec<(Vec<f32>, Vec<f32>)>, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut dgamma = vec![0f32; d];
-    let mut dbeta = vec![0f32; d];
+/// A norm's gradient over rows of `d`, split into parallel tasks of whole rows:
+/// `rows(x, dy, dx, dgamma, dbeta)` writes `dx` and accumulates the task's parameter
+/// gradients, which are then summed. Returns `(dx, dgamma, dbeta)`.
+fn norm_backward_rows(xs: &[f32], dys: &[f32], d: usize, rows: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) + Sync) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; xs.len()];
+    let chunk = rows_per_task(d) * d;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(chunk)
+        .zip(xs.par_chunks(chunk).zip(dys.par_chunks(chunk)))
+        .map(|(dx, (x, dy))| {
+            let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
+            rows(x, dy, dx, &mut dgamma, &mut dbeta);
+            (dgamma, dbeta)
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
     for (g, b) in partials {
         dgamma.iter_mut().zip(&g).for_each(|(a, v)| *a += v);
         dbeta.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
     }
-    (dgamma, dbeta)
+    (dx, dgamma, dbeta)
 }
 
 /// Compiles each kernel three times, for the baseline x86-64, AVX2 + FMA and AVX-512, and
