@@ -1,5 +1,7 @@
 //! Fused layers for the students: LayerNorm, RMSNorm, GELU, SwiGLU and the attention
-//! softmax as single operations with hand-written gradients.
+//! softmax as single operations with hand-written gradients; and two pieces of the loss, the
+//! softmax over the vocabulary and a node that backpropagates a gradient computed in closed
+//! form ([`with_gradient`]).
 //!
 //! Burn's autodiff composes LayerNorm, RMSNorm, softmax and SwiGLU from five to ten
 //! element-wise operations, each recorded in the graph with its own backward and its own
