@@ -14,6 +14,9 @@
 //! Every operation computes the same function as the composed one it replaces: the tests
 //! compare values and gradients with Burn's own composition on random inputs.
 
+// burn-tch is deprecated upstream; the project keeps it as the libtorch backend.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
