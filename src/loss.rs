@@ -13,10 +13,10 @@
 //!   that equals it when k = vocabulary.
 
 use burn::tensor::activation::log_softmax;
-
-use crate::student::fused;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::student::fused;
 
 /// How the mass outside the cached top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

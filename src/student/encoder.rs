@@ -7,9 +7,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::tanh;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::fused;
-use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Hyperparameters of the encoder student.
 #[derive(Config, Debug)]
@@ -50,7 +50,6 @@ impl EncoderConfig {
                 down: lin(self.d_ff, self.d_model),
                 mlp_norm: norm(),
                 heads: self.heads,
-                norm_eps: self.norm_eps,
             })
             .collect();
         Encoder {
@@ -78,7 +77,6 @@ pub struct EncoderBlock {
     pub down: Linear,
     pub mlp_norm: LayerNorm,
     pub heads: usize,
-    pub norm_eps: f64,
 }
 
 #[derive(Module, Debug)]
@@ -105,9 +103,10 @@ impl EncoderBlock {
     /// `s` positions, so these outputs are the same as those of the whole block.
     ///
     /// # Shapes
-    /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, 1, s]` additive (0 or a large negative)
+    /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, 1, s]` additive (0 or a large negative); `eps`:
+    ///   the LayerNorms' epsilon (the encoder's `norm_eps`)
     /// - returns `[b, queries, d_model]`
-    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, queries: usize) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, queries: usize, eps: f64) -> Tensor<3> {
         let [b, s, d] = x.dims();
         let hd = d / self.heads;
         let split = |t: Tensor<3>, n: usize| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2); // [b, h, n, hd]
@@ -118,9 +117,9 @@ impl EncoderBlock {
         let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, queries, s]
         let probs = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt());
         let attn = probs.matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
-        let x = norm(&self.attn_norm, xq + self.attn_out.forward(attn), self.norm_eps);
+        let x = norm(&self.attn_norm, xq + self.attn_out.forward(attn), eps);
         let ff = self.down.forward(fused::gelu(self.up.forward(x.clone())));
-        norm(&self.mlp_norm, x + ff, self.norm_eps)
+        norm(&self.mlp_norm, x + ff, eps)
     }
 }
 
@@ -155,7 +154,7 @@ impl Encoder {
         let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
             let queries = if narrow_last && i == last { 1 } else { s };
-            x = block.forward(x, mask.clone(), queries);
+            x = block.forward(x, mask.clone(), queries, self.norm_eps);
         }
         let first = x.narrow(1, 0, 1).reshape([b, d]);
         self.classifier.forward(tanh(self.pooler.forward(first)))
