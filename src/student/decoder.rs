@@ -104,17 +104,17 @@ impl Block {
         let hd = d / self.heads;
         let h = rms(&self.attn_norm, x.clone());
         let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
-        let q = split(self.q.forward(h.clone()));
-        let k = split(self.k.forward(h.clone()));
-        let v = split(self.v.forward(h));
+        let q = split(fused::linear(&self.q, h.clone()));
+        let k = split(fused::linear(&self.k, h.clone()));
+        let v = split(fused::linear(&self.v, h));
         let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         let k = k.clone() * cos + rotate_half(k) * sin;
         let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, s, s]
         let attn = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt()).matmul(v); // [b, h, s, hd]
         let attn = attn.swap_dims(1, 2).reshape([b, s, d]);
-        let x = x + self.o.forward(attn);
+        let x = x + fused::linear(&self.o, attn);
         let h = rms(&self.mlp_norm, x.clone());
-        x + self.down.forward(fused::swiglu(self.gate.forward(h.clone()), self.up.forward(h)))
+        x + fused::linear(&self.down, fused::swiglu(fused::linear(&self.gate, h.clone()), fused::linear(&self.up, h)))
     }
 }
 
@@ -136,7 +136,7 @@ impl Decoder {
     /// # Shapes
     /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        self.head.forward(rms(&self.norm, hidden))
+        fused::linear(&self.head, rms(&self.norm, hidden))
     }
 
     /// The hidden states after the last block, before the final norm.

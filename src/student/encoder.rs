@@ -111,14 +111,14 @@ impl EncoderBlock {
         let hd = d / self.heads;
         let split = |t: Tensor<3>, n: usize| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2); // [b, h, n, hd]
         let xq = if queries == s { x.clone() } else { x.clone().narrow(1, 0, queries) }; // [b, queries, d]
-        let q = split(self.q.forward(xq.clone()), queries);
-        let k = split(self.k.forward(x.clone()), s);
-        let v = split(self.v.forward(x), s);
+        let q = split(fused::linear(&self.q, xq.clone()), queries);
+        let k = split(fused::linear(&self.k, x.clone()), s);
+        let v = split(fused::linear(&self.v, x), s);
         let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, queries, s]
         let probs = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt());
         let attn = probs.matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
-        let x = norm(&self.attn_norm, xq + self.attn_out.forward(attn), eps);
-        let ff = self.down.forward(fused::gelu(self.up.forward(x.clone())));
+        let x = norm(&self.attn_norm, xq + fused::linear(&self.attn_out, attn), eps);
+        let ff = fused::linear(&self.down, fused::gelu(fused::linear(&self.up, x.clone())));
         norm(&self.mlp_norm, x + ff, eps)
     }
 }
@@ -157,7 +157,7 @@ impl Encoder {
             x = block.forward(x, mask.clone(), queries, self.norm_eps);
         }
         let first = x.narrow(1, 0, 1).reshape([b, d]);
-        self.classifier.forward(tanh(self.pooler.forward(first)))
+        fused::linear(&self.classifier, tanh(fused::linear(&self.pooler, first)))
     }
 
     /// Longest sequence the position table holds.

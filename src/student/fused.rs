@@ -32,6 +32,23 @@ use rayon::prelude::*;
 // ---------------------------------------------------------------------------------------
 // The layers, as the students call them.
 
+/// A `Linear` layer over the last dimension, run as one 2-D matrix product over all
+/// leading positions. Burn's own `Linear::forward` keeps a `[b, s, d]` input batched when
+/// `s` is a multiple of 32 (a GPU tiling rule): on flex that is `b` small GEMMs forward and,
+/// backward, `b` weight gradients summed afterwards. Same function, one GEMM each way.
+///
+/// # Shapes
+/// - `x`: `[.., d_in]`; returns `[.., d_out]`
+pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = layer.forward(x.reshape([rows, d_in]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
 ///
 /// # Shapes
