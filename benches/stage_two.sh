@@ -26,7 +26,10 @@ for p in lm textcls; do
     [ -f "target/pipelines/$p/cache/manifest.json" ] ||
         "$tmp/distill-flex" cache-teacher --pipeline "pipelines/$p.toml" --quiet >/dev/null
 done
-rate() { sed -E 's/.*, ([0-9.]+) positions\/s.*/\1/'; }
+# distill's rate over its training steps: the run's time less its waits for the loader
+# thread (reading, joining and tokenizing a shuffle group; the first group is always waited
+# for). train_torch.py likewise times its step loop only, after tokenizing and warm-up.
+rate() { sed -E 's/.* positions\/s \(([0-9.]+) excluding data waits\).*/\1/'; }
 row() { # task alpha student steps batch data
     local task=$1 alpha=$2 student=$3 steps=$4 bs=$5 data=$6 torch
     torch=$($py benches/train_torch.py "$task" --cache "target/pipelines/$task/cache" --data "$data" \

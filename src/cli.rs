@@ -474,13 +474,15 @@ fn print_train_summary(s: &stage::train_student::TrainSummary) {
     }
     let resumed = s.resumed_from.map(|r| format!(" (resumed from step {r})")).unwrap_or_default();
     println!(
-        "{}: trained {} steps{} in {:.1}s, {:.0} positions/s, final loss {:.4}, cache reads {:.1}% of the time",
+        "{}: trained {} steps{} in {:.1}s, {:.0} positions/s ({:.0} excluding data waits), final loss {:.4}, waited for data {:.1}% of the time (cache reads {:.1}%, on the loader thread)",
         s.out.display(),
         s.steps,
         resumed,
         s.seconds,
         s.positions_per_second,
+        s.training_positions_per_second,
         s.final_loss,
+        100.0 * s.data_wait_seconds / s.seconds.max(1e-9),
         100.0 * s.cache_read_seconds / s.seconds.max(1e-9)
     );
 }

@@ -84,6 +84,9 @@ fn run_directory_holds_the_student_in_burn_and_safetensors_form() {
 
 /// Kill a run with SIGKILL after a checkpoint, resume it, and compare with an
 /// uninterrupted run of the same settings: same batches, same final loss and accuracy.
+/// The cache's 3 shards fit in one shuffle window, so the uninterrupted run reuses the shards
+/// it loaded in epoch 0 while the resumed one reads its epoch afresh: this also checks that
+/// the kept shards give the batches a re-read gives.
 #[test]
 fn resume_after_kill_reaches_the_same_result() {
     let t = temp();

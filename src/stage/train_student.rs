@@ -2,8 +2,8 @@
 //!
 //! The teacher is never loaded. Shards are streamed in a seeded order, joined with the
 //! dataset rows they were made from, and shuffled together `shuffle_window` shards at a time
-//! (memory is bounded by that window, whatever the cache size) before they are cut into
-//! batches. Checkpoints every N steps and at the end; `--resume`
+//! before they are cut into batches. A loader thread prepares the next shuffle group while
+//! the current one trains, so memory is bounded by two windows, whatever the cache size. Checkpoints every N steps and at the end; `--resume`
 //! continues from the last one.
 
 use std::io::Write;
@@ -78,8 +78,14 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Trained positions (classification: rows) per second of this run.
     pub positions_per_second: f64,
-    /// Seconds spent reading and decoding the cache (share of the run).
+    /// The same, over the time not spent waiting for data (the rate of the training steps
+    /// themselves: what a side-by-side with another trainer's step loop compares).
+    pub training_positions_per_second: f64,
+    /// Seconds the loader thread spent reading and decoding the cache (and, for a remote
+    /// cache, waiting for its download); overlapped with training.
     pub cache_read_seconds: f64,
+    /// Seconds training waited for the loader (the data's share of the run's time).
+    pub data_wait_seconds: f64,
     pub final_loss: f64,
     pub resumed_from: Option<usize>,
     /// Things the user should know (pretrained weights adapted, vocabulary sliced).
@@ -90,12 +96,14 @@ pub struct TrainSummary {
 pub const HF_DIR: &str = "hf";
 
 /// One dataset row joined with its cached positions.
+#[derive(Clone)]
 struct Example {
     features: Vec<f32>,
     tokens: Vec<u32>,
     targets: Vec<Target>,
 }
 
+#[derive(Clone)]
 struct Target {
     position: usize,
     ids: Vec<u32>,
@@ -316,6 +324,15 @@ pub(crate) fn prepare_rows(
     Ok(out)
 }
 
+/// What the loader thread hands the training loop, in order.
+enum Loaded {
+    /// One shuffle group's examples, shuffled, and the seconds spent reading its shards.
+    Group { examples: Vec<Example>, read_seconds: f64 },
+    /// The epoch's last group has been handed over.
+    EpochEnd,
+    Failed(Error),
+}
+
 /// Join one shard with its dataset rows. Every cached hard label must agree with the data
 /// (a different tokenizer or dataset shows up here, naming the row).
 #[allow(clippy::too_many_arguments)]
@@ -442,6 +459,25 @@ fn keep_freed_memory() {
         unsafe {
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
+}
+
+/// Lower the calling thread's scheduling priority (nice 19): the loader thread then runs in
+/// the gaps the training threads leave instead of taking turns with them (on 2 cores a
+/// loader at normal priority slowed the training steps by more than its own work).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn setpriority(which: std::ffi::c_int, who: std::ffi::c_uint, prio: std::ffi::c_int) -> std::ffi::c_int;
+            fn gettid() -> std::ffi::c_int;
+        }
+        const PRIO_PROCESS: std::ffi::c_int = 0;
+        // SAFETY: on Linux, setpriority(PRIO_PROCESS, tid) changes only this thread's nice
+        // value; raising it needs no privilege. A failure (ignored) leaves the priority as is.
+        unsafe {
+            setpriority(PRIO_PROCESS, gettid() as std::ffi::c_uint, 19);
         }
     }
 }
@@ -756,27 +792,102 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let progress = Progress::new(total as u64, "training", opts.quiet);
     progress.set_position(step as u64);
     let started = Instant::now();
-    let (mut read_seconds, mut trained_positions, mut last_loss) = (0.0, 0usize, f64::NAN);
+    let (mut read_seconds, mut wait_seconds, mut trained_positions, mut last_loss) = (0.0, 0.0, 0usize, f64::NAN);
     let mut epoch = start_epoch;
-    'epochs: while step < total {
-        let order = shard_order(epoch);
-        let mut step_in_epoch = 0;
-        for (group_index, group) in order.chunks(cfg.shuffle_window).enumerate() {
-            // One shuffle group: its shards' rows mixed together (bounded memory: at most
-            // `shuffle_window` shards are held at a time).
-            let mut examples = Vec::new();
-            for &si in group {
-                let shard = &m.shards[si];
-                if let Some(p) = &prefetch
-                    && shard.first_row < limit
-                {
-                    let t = Instant::now();
-                    p.wait(&shard.file)?;
-                    read_seconds += t.elapsed().as_secs_f64();
+    // The next shuffle group is read, joined, tokenized and shuffled on a loader thread while
+    // the current one trains (at most two groups are held). `stop` ends the loader between
+    // shards once training is done or has failed.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let model = std::thread::scope(|scope| -> Result<Student> {
+        let mut model = model;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Loaded>(0);
+        let m = &m;
+        let (stop, shard_order, reader, spec, tok, prefetch, row_starts) =
+            (&stop, &shard_order, &reader, &spec, tok.as_ref(), prefetch.as_ref(), &row_starts);
+        scope.spawn(move || {
+            lower_priority();
+            // A cache that fits in one shuffle window is the same group every epoch: its
+            // shards are loaded once and kept (held anyway), then regrouped in each epoch's
+            // shard order and shuffled as if read again.
+            let mut kept: Option<Vec<Vec<Example>>> = (m.shards.len() <= cfg.shuffle_window).then(|| vec![Vec::new(); m.shards.len()]);
+            let mut loaded_once = vec![false; m.shards.len()];
+            for epoch in start_epoch.. {
+                for (group_index, group) in shard_order(epoch).chunks(cfg.shuffle_window).enumerate() {
+                    let (mut examples, mut read) = (Vec::new(), 0.0);
+                    for &si in group {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Some(kept) = &kept
+                            && loaded_once[si]
+                        {
+                            examples.extend(kept[si].iter().cloned());
+                            continue;
+                        }
+                        let shard = &m.shards[si];
+                        let loaded = (|| {
+                            if let Some(p) = prefetch
+                                && shard.first_row < limit
+                            {
+                                let t = Instant::now();
+                                p.wait(&shard.file)?;
+                                read += t.elapsed().as_secs_f64();
+                            }
+                            load_shard(reader, shard, cfg, spec, tok, train_t, row_starts, &mut read)
+                        })();
+                        match loaded {
+                            Ok(more) => {
+                                if let Some(kept) = &mut kept {
+                                    kept[si] = more.clone();
+                                    loaded_once[si] = true;
+                                }
+                                examples.extend(more)
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Loaded::Failed(e));
+                                return;
+                            }
+                        }
+                    }
+                    Rng::new(cfg.seed, ((epoch as u64) << 32) | group_index as u64).shuffle(&mut examples);
+                    if tx.send(Loaded::Group { examples, read_seconds: read }).is_err() {
+                        return;
+                    }
                 }
-                examples.extend(load_shard(&reader, shard, cfg, &spec, tok.as_ref(), train_t, &row_starts, &mut read_seconds)?);
+                if tx.send(Loaded::EpochEnd).is_err() {
+                    return;
+                }
             }
-            Rng::new(cfg.seed, ((epoch as u64) << 32) | group_index as u64).shuffle(&mut examples);
+        });
+        // However training ends, the loader stops at its next shard (or its next send).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(stop);
+        let mut step_in_epoch = 0;
+        'train: while step < total {
+            let t = Instant::now();
+            let loaded = rx.recv().map_err(|_| Error::Config("the training data loader stopped unexpectedly".into()))?;
+            wait_seconds += t.elapsed().as_secs_f64();
+            let examples = match loaded {
+                Loaded::Failed(e) => return Err(e),
+                Loaded::EpochEnd => {
+                    epoch += 1;
+                    skip = 0;
+                    step_in_epoch = 0;
+                    if step % cfg.checkpoint_every != 0 {
+                        checkpoint(out, &model, &optim, step, epoch, 0, &config_sha)?;
+                    }
+                    continue;
+                }
+                Loaded::Group { examples, read_seconds: r } => {
+                    read_seconds += r;
+                    examples
+                }
+            };
             for chunk in examples.chunks(cfg.batch_size) {
                 if skip > 0 {
                     skip -= 1;
@@ -806,16 +917,12 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                     checkpoint(out, &model, &optim, step, epoch, step_in_epoch, &config_sha)?;
                 }
                 if step >= total {
-                    break 'epochs;
+                    break 'train;
                 }
             }
         }
-        epoch += 1;
-        skip = 0;
-        if step % cfg.checkpoint_every != 0 {
-            checkpoint(out, &model, &optim, step, epoch, 0, &config_sha)?;
-        }
-    }
+        Ok(model)
+    })?;
     progress.finish();
     metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
 
@@ -835,7 +942,9 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         epochs: epoch,
         seconds,
         positions_per_second: trained_positions as f64 / seconds.max(1e-9),
+        training_positions_per_second: trained_positions as f64 / (seconds - wait_seconds).max(1e-9),
         cache_read_seconds: read_seconds,
+        data_wait_seconds: wait_seconds,
         final_loss: last_loss,
         resumed_from,
         notes,
