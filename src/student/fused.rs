@@ -32,20 +32,34 @@ use rayon::prelude::*;
 // ---------------------------------------------------------------------------------------
 // The layers, as the students call them.
 
-/// A `Linear` layer over the last dimension, run as one 2-D matrix product over all
-/// leading positions. Burn's own `Linear::forward` keeps a `[b, s, d]` input batched when
-/// `s` is a multiple of 32 (a GPU tiling rule): on flex that is `b` small GEMMs forward and,
-/// backward, `b` weight gradients summed afterwards. Same function, one GEMM each way.
+/// A `Linear` layer over the last dimension, `x @ weight + bias`, as one fused operation on
+/// a 2-D view of all leading positions. Burn's own `Linear::forward` keeps a `[b, s, d]`
+/// input batched when `s` is a multiple of 32 (a GPU tiling rule): on flex that is `b` small
+/// GEMMs forward and `b` weight gradients summed afterwards; and it records the product and
+/// the bias add as two graph nodes. Here: one GEMM that starts from the bias, one node, and
+/// backward one GEMM per gradient.
 ///
 /// # Shapes
-/// - `x`: `[.., d_in]`; returns `[.., d_out]`
+/// - `x`: `[.., d_in]`; the layer's weight `[d_in, d_out]`, bias `[d_out]` (zeros when it
+///   has none); returns `[.., d_out]`
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = layer.forward(x.reshape([rows, d_in]));
+    let weight = layer.weight.val();
+    let [w_in, d_out] = weight.dims();
+    assert_eq!(w_in, d_in, "linear: the input has {d_in} features but the weight is {:?}", weight.dims());
+    let bias = match &layer.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([d_out], &x.device()),
+    };
+    let y: Tensor<2> = Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_linear(
+        x.reshape([rows, d_in]).into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ));
     let mut out = dims;
-    out[D - 1] = y.dims()[1];
+    out[D - 1] = d_out;
     y.reshape(out)
 }
 
@@ -131,6 +145,7 @@ pub fn with_gradient(z: Tensor<2>, value: Tensor<1>, grad: Tensor<2>) -> Tensor<
 #[cfg_attr(feature = "tch", backend_extension(Flex, LibTorch, Autodiff))]
 #[cfg_attr(not(feature = "tch"), backend_extension(Flex, Autodiff))]
 pub trait FusedOps: Backend {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -148,6 +163,13 @@ pub trait FusedOps: Backend {
 /// defaults compose the backend's own operations ([`composed`], what `tch` uses); `flex`
 /// overrides them with row kernels.
 pub trait Kernels: Backend {
+    fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::linear_forward::<Self>(x, weight, bias)
+    }
+    /// Returns `[dx, dweight, dbias]`.
+    fn linear_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        composed::linear_backward::<Self>(x, weight, dy)
+    }
     fn layer_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         Self::layer_norm(x, gamma, Some(beta), eps)
     }
@@ -194,8 +216,22 @@ pub trait Kernels: Backend {
 /// - RMSNorm, `xhat = x * rrms`: `dx = rrms * (g - xhat * mean(g * xhat))`, `dgamma = sum(dy * xhat)`
 /// - SwiGLU, `s = sigmoid(gate)`: `dgate = dy * up * s * (1 + gate * (1 - s))`, `dup = dy * gate * s`
 /// - softmax of `scores * scale + mask`, output `y`: `dscores = scale * y * (dy - sum(dy * y))`
+/// - Linear, `y = x @ w + b`: `dx = dy @ w^T`, `dw = x^T @ dy`, `db = sum over rows of dy`
 pub mod composed {
     use super::*;
+
+    /// # Shapes
+    /// - `x`: `[n, i]`; `weight`: `[i, o]`; `bias`: `[o]`; returns `[n, o]`
+    pub fn linear_forward<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+        B::float_add(B::float_matmul(x, weight), row_vector::<B>(bias, 2))
+    }
+
+    pub fn linear_backward<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, dy: FloatTensor<B>) -> [FloatTensor<B>; 3] {
+        let [n, o] = [dy.shape()[0], dy.shape()[1]];
+        let dx = B::float_matmul(dy.clone(), B::float_swap_dims(weight, 0, 1));
+        let dw = B::float_matmul(B::float_swap_dims(x, 0, 1), dy.clone());
+        [dx, dw, column_sum::<B>(dy, n, o)]
+    }
 
     pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, dy: FloatTensor<B>, eps: f64) -> [FloatTensor<B>; 3] {
         let shape = x.shape();
@@ -291,6 +327,9 @@ fn rrms<B: Backend>(x: FloatTensor<B>, last: usize, eps: f64) -> FloatTensor<B> 
 macro_rules! forward_kernels {
     ($backend:ty) => {
         impl FusedOps for $backend {
+            fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+                Self::linear_forward(x, weight, bias)
+            }
             fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
                 Self::layer_norm_forward(x, gamma, beta, eps)
             }
@@ -361,6 +400,7 @@ macro_rules! steps {
 }
 
 steps! {
+    LinearStep: 3, (FloatTensor<B>, FloatTensor<B>), |(x, weight), dy| B::linear_backward(x, weight, dy);
     LayerNormStep: 3, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::layer_norm_backward(x, gamma, dy, eps);
     RmsNormStep: 2, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::rms_norm_backward(x, gamma, dy, eps);
     GeluStep: 1, FloatTensor<B>, |x, dy| [B::gelu_backward_of(x, dy)];
@@ -371,6 +411,14 @@ steps! {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, gx) = x.into_parts();
+        let (weight, gw) = weight.into_parts();
+        let (bias, gb) = bias.into_parts();
+        let out = B::linear_forward(x.clone(), weight.clone(), bias);
+        node!(LinearStep, [gx, gw, gb], (x, weight), out)
+    }
+
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let (x, gx) = x.into_parts();
         let (gamma, gg) = gamma.into_parts();
@@ -441,7 +489,75 @@ fn rows_per_task(d: usize) -> usize {
     (PAR_ELEMS / d.max(1)).max(1)
 }
 
+/// GEMMs below this many multiply-adds run on one thread (flex's own threshold, 192^3).
+const GEMM_PARALLEL_WORK: usize = 192 * 192 * 192;
+
+/// `dst = (read_dst ? dst : 0) + lhs @ rhs` on row-major f32 buffers, `[m, k] @ [k, n]`, each
+/// operand given by its pointer and (row, column) strides. With `read_dst` false, `dst` may
+/// be uninitialised: every element is written.
+///
+/// # Safety
+/// The pointers must address every element their strides reach for these `m`, `n`, `k`;
+/// `dst` must not overlap the operands.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, read_dst: bool, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize)) {
+    let parallelism = if m * n * k >= GEMM_PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: forwarded from the caller; dst is row-major [m, n] (column stride 1, row n).
+    unsafe {
+        gemm::gemm(m, n, k, dst, 1, n as isize, read_dst, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, 1.0f32, false, false, false, parallelism);
+    }
+}
+
+/// A buffer of `len` f32 that `fill` initialises completely (GEMM outputs: not zeroed first).
+fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v = Vec::<f32>::with_capacity(len);
+    fill(v.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: `fill` wrote all `len` elements (a GEMM with read_dst = false and k > 0).
+    unsafe { v.set_len(len) };
+    v
+}
+
 impl Kernels for Flex {
+    fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(xc), Some(wc), Some(bc)) = (f32_contiguous(&x), f32_contiguous(&weight), f32_contiguous(&bias)) else {
+            return composed::linear_forward::<Flex>(x, weight, bias);
+        };
+        let (xs, ws, bs) = (slice(&xc), slice(&wc), slice(&bc));
+        let (i, o) = (ws.len() / bs.len(), bs.len());
+        let n = xs.len() / i;
+        // The output starts as the bias in every row; the GEMM adds x @ w to it.
+        let mut y: Vec<f32> = Vec::with_capacity(n * o);
+        for _ in 0..n {
+            y.extend_from_slice(bs);
+        }
+        // SAFETY: x is [n, i], w is [i, o] and y is [n, o], all contiguous and distinct.
+        unsafe { gemm_f32(n, o, i, y.as_mut_ptr(), true, (xs.as_ptr(), i as isize, 1), (ws.as_ptr(), o as isize, 1)) };
+        flex_f32(y, Shape::from(vec![n, o]))
+    }
+
+    fn linear_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        let (Some(xc), Some(wc), Some(dyc)) = (f32_contiguous(&x), f32_contiguous(&weight), f32_contiguous(&dy)) else {
+            return composed::linear_backward::<Flex>(x, weight, dy);
+        };
+        let (xs, ws, dys) = (slice(&xc), slice(&wc), slice(&dyc));
+        let [i, o] = [weight.shape()[0], weight.shape()[1]];
+        let n = xs.len() / i;
+        assert!(i > 0 && o > 0 && n > 0, "linear_backward: empty operands {:?} {:?}", x.shape(), weight.shape());
+        // dx [n, i] = dy [n, o] @ w^T (w^T[r][c] = w[c][r]: row stride 1, column stride o).
+        // SAFETY (both GEMMs): the operands cover [n, o], [i, o], [n, i] contiguously; the
+        // outputs are fresh buffers of the product's size.
+        let dx = filled_by(n * i, |dst| unsafe { gemm_f32(n, i, o, dst, false, (dys.as_ptr(), o as isize, 1), (ws.as_ptr(), 1, o as isize)) });
+        // dw [i, o] = x^T [i, n] @ dy [n, o].
+        let dw = filled_by(i * o, |dst| unsafe { gemm_f32(i, o, n, dst, false, (xs.as_ptr(), 1, i as isize), (dys.as_ptr(), o as isize, 1)) });
+        let mut db = vec![0f32; o];
+        for row in dys.chunks_exact(o) {
+            for (a, &g) in db.iter_mut().zip(row) {
+                *a += g;
+            }
+        }
+        [flex_f32(dx, x.shape()), flex_f32(dw, weight.shape()), flex_f32(db, Shape::from(vec![o]))]
+    }
+
     fn layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, dy: FloatTensor<Self>, eps: f64) -> [FloatTensor<Self>; 3] {
         let (Some(xc), Some(gc), Some(dyc)) = (f32_contiguous(&x), f32_contiguous(&gamma), f32_contiguous(&dy)) else {
             return composed::layer_norm_backward::<Flex>(x, gamma, dy, eps);
@@ -875,26 +991,26 @@ mod tests {
         }
     }
 
-    /// Runs `f` on fresh tracked copies of `inputs`, backpropagates `sum(out * weights)` and
-    /// returns the output and each input's gradient.
-    fn run<const D: usize, const N: usize>(device: &Device, inputs: &[(Vec<f32>, Vec<usize>); N], weights: &[f32], f: &impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    /// Runs `f` on fresh tracked copies of `inputs`, backpropagates `sum(out * weights)`
+    /// (fixed pseudo-random weights, as many as outputs) and returns the output and each
+    /// input's gradient.
+    fn run<const D: usize, const N: usize>(device: &Device, inputs: &[(Vec<f32>, Vec<usize>); N], f: &impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
         let leaves: [Tensor<1>; N] = std::array::from_fn(|i| {
             let n = inputs[i].0.len();
             tensor(inputs[i].0.clone(), [n], device)
         });
         let out = f(leaves.clone());
-        let w = Tensor::<D>::from_data(TensorData::new(weights.to_vec(), out.shape()), device);
+        let weights = values(out.shape().num_elements(), 99, -1.0, 1.0);
+        let w = Tensor::<D>::from_data(TensorData::new(weights, out.shape()), device);
         let grads = (out.clone() * w).sum().backward();
         let g = leaves.iter().map(|l| vec_of(l.grad(&grads).expect("a gradient for every input"))).collect();
         (vec_of(out), g)
     }
 
     fn compare<const D: usize, const N: usize>(what: &str, inputs: [(Vec<f32>, Vec<usize>); N], fused: impl Fn([Tensor<1>; N]) -> Tensor<D>, composed: impl Fn([Tensor<1>; N]) -> Tensor<D>, tol: f32) {
-        let n_out: usize = inputs[0].1.iter().product();
-        let weights = values(n_out, 99, -1.0, 1.0);
         for device in devices() {
-            let (out_f, grads_f) = run(&device, &inputs, &weights, &fused);
-            let (out_c, grads_c) = run(&device, &inputs, &weights, &composed);
+            let (out_f, grads_f) = run(&device, &inputs, &fused);
+            let (out_c, grads_c) = run(&device, &inputs, &composed);
             assert_close(&format!("{what} output on {device:?}"), &out_f, &out_c, tol);
             for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
                 assert_close(&format!("{what} gradient of input {i} on {device:?}"), gf, gc, tol);
@@ -905,6 +1021,45 @@ mod tests {
     fn shaped<const D: usize>(t: Tensor<1>, shape: &[usize]) -> Tensor<D> {
         let dims: [usize; D] = shape.try_into().unwrap();
         t.reshape(dims)
+    }
+
+    /// A Linear module over the given leaves (so their gradients are the module's).
+    fn linear_of(w: Tensor<1>, b: Option<Tensor<1>>, d_in: usize, d_out: usize) -> burn::nn::Linear {
+        use burn::module::{Param, ParamId};
+        // `initialized`, not `from_tensor`: a reshaped leaf is not a leaf, and must not be
+        // marked as one (its gradient flows back to the leaf).
+        let param = |t| Param::initialized(ParamId::new(), t);
+        burn::nn::Linear { weight: param(w.reshape([d_in, d_out])), bias: b.map(|b| Param::initialized(ParamId::new(), b)) }
+    }
+
+    /// Against Burn's `Linear::forward`: a `[2, 32, 12]` input (kept batched by Burn, as rows
+    /// are a multiple of 32), with and without a bias; and a product large enough for the
+    /// multi-threaded GEMM (256 x 96 x 300 > 192^3 multiply-adds).
+    #[test]
+    fn linear_matches_burns_linear() {
+        for (rows, d_in, d_out) in [([2, 32], 12, 5), ([4, 64], 96, 300)] {
+            let n = rows[0] * rows[1];
+            let x = (values(n * d_in, 20, -2.0, 2.0), vec![n * d_in]);
+            let w = (values(d_in * d_out, 21, -0.5, 0.5), vec![d_in * d_out]);
+            let b = (values(d_out, 22, -1.0, 1.0), vec![d_out]);
+            let view = |x: Tensor<1>| x.reshape([rows[0], rows[1], d_in]);
+            // Sums of up to 96 products: rounding differs with the summation order.
+            let tol = 2e-5;
+            compare(
+                &format!("linear {rows:?} x {d_in} -> {d_out}"),
+                [x.clone(), w.clone(), b],
+                |[x, w, b]| linear(&linear_of(w, Some(b), d_in, d_out), view(x)),
+                |[x, w, b]| linear_of(w, Some(b), d_in, d_out).forward(view(x)),
+                tol,
+            );
+            compare(
+                &format!("linear without bias {rows:?} x {d_in} -> {d_out}"),
+                [x, w],
+                |[x, w]| linear(&linear_of(w, None, d_in, d_out), view(x)),
+                |[x, w]| linear_of(w, None, d_in, d_out).forward(view(x)),
+                tol,
+            );
+        }
     }
 
     #[test]
