@@ -87,7 +87,7 @@ fn rms<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     fused::rms_norm(x, norm.gamma.val(), norm.epsilon)
 }
 
-/// `cat(-x2, x1)` over the last dim. `[b, h, s, d] -> [b, h, s, d]`
+/// `cat(-x2, x1)` over the last dim. `[.., hd] -> [.., hd]`
 fn rotate_half(x: Tensor<4>) -> Tensor<4> {
     let d = x.dims()[3];
     let x1 = x.clone().narrow(3, 0, d / 2);
@@ -103,15 +103,17 @@ impl Block {
         let [b, s, d] = x.dims();
         let hd = d / self.heads;
         let h = rms(&self.attn_norm, x.clone());
-        let split = |t: Tensor<3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2); // [b, h, s, hd]
-        let q = split(fused::linear(&self.q, h.clone()));
-        let k = split(fused::linear(&self.k, h.clone()));
-        let v = split(fused::linear(&self.v, h));
-        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        let k = k.clone() * cos + rotate_half(k) * sin;
-        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, s, s]
-        let attn = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt()).matmul(v); // [b, h, s, hd]
-        let attn = attn.swap_dims(1, 2).reshape([b, s, d]);
+        // Rotary positions on [b, s, heads, hd] (cos, sin as [1, s, 1, hd]); the heads stay
+        // interleaved in d, as fused::attention reads them.
+        let (cos, sin) = (cos.reshape([1, s, 1, hd]), sin.reshape([1, s, 1, hd]));
+        let rope = |t: Tensor<3>| {
+            let t = t.reshape([b, s, self.heads, hd]);
+            (t.clone() * cos.clone() + rotate_half(t) * sin.clone()).reshape([b, s, d])
+        };
+        let q = rope(fused::linear(&self.q, h.clone()));
+        let k = rope(fused::linear(&self.k, h.clone()));
+        let v = fused::linear(&self.v, h);
+        let attn = fused::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, s, d]
         let x = x + fused::linear(&self.o, attn);
         let h = rms(&self.mlp_norm, x.clone());
         x + fused::linear(&self.down, fused::swiglu(fused::linear(&self.gate, h.clone()), fused::linear(&self.up, h)))

@@ -107,16 +107,13 @@ impl EncoderBlock {
     ///   the LayerNorms' epsilon (the encoder's `norm_eps`)
     /// - returns `[b, queries, d_model]`
     fn forward(&self, x: Tensor<3>, mask: Tensor<4>, queries: usize, eps: f64) -> Tensor<3> {
-        let [b, s, d] = x.dims();
+        let [_, s, d] = x.dims();
         let hd = d / self.heads;
-        let split = |t: Tensor<3>, n: usize| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2); // [b, h, n, hd]
         let xq = if queries == s { x.clone() } else { x.clone().narrow(1, 0, queries) }; // [b, queries, d]
-        let q = split(fused::linear(&self.q, xq.clone()), queries);
-        let k = split(fused::linear(&self.k, x.clone()), s);
-        let v = split(fused::linear(&self.v, x), s);
-        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, queries, s]
-        let probs = fused::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt());
-        let attn = probs.matmul(v).swap_dims(1, 2).reshape([b, queries, d]);
+        let q = fused::linear(&self.q, xq.clone()); // [b, queries, d]
+        let k = fused::linear(&self.k, x.clone()); // [b, s, d]
+        let v = fused::linear(&self.v, x);
+        let attn = fused::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, queries, d]
         let x = norm(&self.attn_norm, xq + fused::linear(&self.attn_out, attn), eps);
         let ff = fused::linear(&self.down, fused::gelu(fused::linear(&self.up, x.clone())));
         norm(&self.mlp_norm, x + ff, eps)

@@ -98,6 +98,32 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
 }
 
+/// Multi-head attention, one fused operation: for each head `h`,
+/// `softmax(q_h @ k_h^T * scale + mask) @ v_h`, with the heads interleaved in the model
+/// dimension (head `h` is columns `h * hd .. (h + 1) * hd`, `hd = d / heads`) as the Q, K, V
+/// projections produce them and the output projection reads them. No head split or merge
+/// copies; on flex each (row, head) is three small GEMMs and a softmax on one thread, the
+/// probabilities kept for the backward (as PyTorch eager keeps them).
+///
+/// # Shapes
+/// - `q`: `[b, sq, d]`; `k`, `v`: `[b, s, d]`; `mask`: `[b, 1, mq, s]` additive (0 or a large
+///   negative) with `mq` 1 (one row for every query) or `sq`; returns `[b, sq, d]`
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Tensor<4>, heads: usize, scale: f64) -> Tensor<3> {
+    let ([b, sq, d], [kb, s, kd]) = (q.dims(), k.dims());
+    assert!(kb == b && kd == d && v.dims() == k.dims(), "attention: q {:?}, k {:?}, v {:?} do not match", q.dims(), k.dims(), v.dims());
+    assert!(heads > 0 && d.is_multiple_of(heads), "attention: {d} features do not split into {heads} heads");
+    let [mb, mh, mq, ms] = mask.dims();
+    assert!(mb == b && mh == 1 && (mq == sq || mq == 1) && ms == s, "attention: mask {:?} does not fit q {:?} and k {:?}", mask.dims(), q.dims(), k.dims());
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.detach().into_dispatch(),
+        heads,
+        scale,
+    ))
+}
+
 /// Attention probabilities: `softmax(scores * scale + mask)` over the last dimension. The
 /// mask is a constant (no gradient flows into it).
 ///
@@ -145,6 +171,7 @@ pub fn with_gradient(z: Tensor<2>, value: Tensor<1>, grad: Tensor<2>) -> Tensor<
 #[cfg_attr(feature = "tch", backend_extension(Flex, LibTorch, Autodiff))]
 #[cfg_attr(not(feature = "tch"), backend_extension(Flex, Autodiff))]
 pub trait FusedOps: Backend {
+    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self>;
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
@@ -163,6 +190,14 @@ pub trait FusedOps: Backend {
 /// defaults compose the backend's own operations ([`composed`], what `tch` uses); `flex`
 /// overrides them with row kernels.
 pub trait Kernels: Backend {
+    /// Returns `[out, probs]`, the probabilities `[b, heads, sq, s]` kept for the backward.
+    fn attention_forward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        composed::attention_forward::<Self>(q, k, v, mask, heads, scale)
+    }
+    /// Returns `[dq, dk, dv]`.
+    fn attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 3] {
+        composed::attention_backward::<Self>(q, k, v, probs, dout, heads, scale)
+    }
     fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::linear_forward::<Self>(x, weight, bias)
     }
@@ -217,8 +252,40 @@ pub trait Kernels: Backend {
 /// - SwiGLU, `s = sigmoid(gate)`: `dgate = dy * up * s * (1 + gate * (1 - s))`, `dup = dy * gate * s`
 /// - softmax of `scores * scale + mask`, output `y`: `dscores = scale * y * (dy - sum(dy * y))`
 /// - Linear, `y = x @ w + b`: `dx = dy @ w^T`, `dw = x^T @ dy`, `db = sum over rows of dy`
+/// - attention per head, `p = softmax(q k^T * scale + mask)`, `o = p v`: `dv = p^T do`,
+///   `dp = do v^T`, `ds` = the softmax's gradient of `dp`, `dq = ds k`, `dk = ds^T q`
 pub mod composed {
     use super::*;
+
+    /// `[b, n, heads * hd] -> [b, heads, n, hd]`
+    fn split_heads<B: Backend>(t: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+        let shape = t.shape();
+        let (b, n, d) = (shape[0], shape[1], shape[2]);
+        B::float_swap_dims(B::float_reshape(t, Shape::from(vec![b, n, heads, d / heads])), 1, 2)
+    }
+
+    /// `[b, heads, n, hd] -> [b, n, heads * hd]`
+    fn merge_heads<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+        let shape = t.shape();
+        let (b, h, n, hd) = (shape[0], shape[1], shape[2], shape[3]);
+        B::float_reshape(B::float_swap_dims(t, 1, 2), Shape::from(vec![b, n, h * hd]))
+    }
+
+    pub fn attention_forward<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: FloatTensor<B>, heads: usize, scale: f64) -> [FloatTensor<B>; 2] {
+        let (q, k, v) = (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads));
+        let probs = masked_softmax_forward::<B>(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), mask, scale);
+        [merge_heads::<B>(B::float_matmul(probs.clone(), v)), probs]
+    }
+
+    pub fn attention_backward<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, probs: FloatTensor<B>, dout: FloatTensor<B>, heads: usize, scale: f64) -> [FloatTensor<B>; 3] {
+        let (q, k, v, dout) = (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads), split_heads::<B>(dout, heads));
+        let dv = B::float_matmul(B::float_swap_dims(probs.clone(), 2, 3), dout.clone());
+        let dp = B::float_matmul(dout, B::float_swap_dims(v, 2, 3));
+        let ds = masked_softmax_backward::<B>(probs, dp, scale);
+        let dq = B::float_matmul(ds.clone(), k);
+        let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
+        [merge_heads::<B>(dq), merge_heads::<B>(dk), merge_heads::<B>(dv)]
+    }
 
     /// # Shapes
     /// - `x`: `[n, i]`; `weight`: `[i, o]`; `bias`: `[o]`; returns `[n, o]`
@@ -327,6 +394,10 @@ fn rrms<B: Backend>(x: FloatTensor<B>, last: usize, eps: f64) -> FloatTensor<B> 
 macro_rules! forward_kernels {
     ($backend:ty) => {
         impl FusedOps for $backend {
+            fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+                let [out, _probs] = Self::attention_forward(q, k, v, mask, heads, scale);
+                out
+            }
             fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
                 Self::linear_forward(x, weight, bias)
             }
@@ -400,6 +471,7 @@ macro_rules! steps {
 }
 
 steps! {
+    AttentionStep: 3, ([FloatTensor<B>; 4], usize, f64), |([q, k, v, probs], heads, scale), dy| B::attention_backward(q, k, v, probs, dy, heads, scale);
     LinearStep: 3, (FloatTensor<B>, FloatTensor<B>), |(x, weight), dy| B::linear_backward(x, weight, dy);
     LayerNormStep: 3, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::layer_norm_backward(x, gamma, dy, eps);
     RmsNormStep: 2, (FloatTensor<B>, FloatTensor<B>, f64), |(x, gamma, eps), dy| B::rms_norm_backward(x, gamma, dy, eps);
@@ -411,6 +483,14 @@ steps! {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        let (q, gq) = q.into_parts();
+        let (k, gk) = k.into_parts();
+        let (v, gv) = v.into_parts();
+        let [out, probs] = B::attention_forward(q.clone(), k.clone(), v.clone(), mask.into_primitive(), heads, scale);
+        node!(AttentionStep, [gq, gk, gv], ([q, k, v, probs], heads, scale), out)
+    }
+
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, gx) = x.into_parts();
         let (weight, gw) = weight.into_parts();
@@ -503,8 +583,33 @@ const GEMM_PARALLEL_WORK: usize = 192 * 192 * 192;
 unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, read_dst: bool, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize)) {
     let parallelism = if m * n * k >= GEMM_PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: forwarded from the caller; dst is row-major [m, n] (column stride 1, row n).
+    unsafe { gemm_strided(m, n, k, (dst, n as isize), read_dst, lhs, rhs, parallelism) }
+}
+
+/// [`gemm_f32`] with the output's row stride given (column stride 1) and the threads chosen
+/// by the caller.
+///
+/// # Safety
+/// As [`gemm_f32`], for the strides given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(m: usize, n: usize, k: usize, dst: (*mut f32, isize), read_dst: bool, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize), parallelism: gemm::Parallelism) {
+    // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(m, n, k, dst, 1, n as isize, read_dst, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, 1.0f32, false, false, false, parallelism);
+        gemm::gemm(m, n, k, dst.0, 1, dst.1, read_dst, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, 1.0f32, false, false, false, parallelism);
+    }
+}
+
+/// A pointer that parallel tasks write through, each to its own elements.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: the tasks that share it write disjoint elements (see each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer was made from.
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -518,6 +623,82 @@ fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
 }
 
 impl Kernels for Flex {
+    fn attention_forward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+        let (Some(qc), Some(kc), Some(vc), Some(mc)) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&mask)) else {
+            return composed::attention_forward::<Flex>(q, k, v, mask, heads, scale);
+        };
+        let (qs, ks, vs, ms) = (slice(&qc), slice(&kc), slice(&vc), slice(&mc));
+        let ([b, sq, d], s, mq) = ([q.shape()[0], q.shape()[1], q.shape()[2]], k.shape()[1], mask.shape()[2]);
+        let hd = d / heads;
+        let mut probs = vec![0f32; b * heads * sq * s];
+        let out = filled_by(b * sq * d, |out| {
+            let out = SharedMut(out);
+            // One task per (row of the batch, head): its probabilities are its own chunk, its
+            // output the head's columns of the row's sq x d block (disjoint between tasks).
+            probs.par_chunks_mut(sq * s).enumerate().for_each(|(bh, p)| {
+                let (r, h) = (bh / heads, bh % heads);
+                let (qo, ko) = (r * sq * d + h * hd, r * s * d + h * hd);
+                let mut scores = vec![0f32; sq * s];
+                let none = gemm::Parallelism::None;
+                // SAFETY: q_h is [sq, hd] at row stride d inside q; k_h^T [hd, s] reads k_h
+                // ([s, hd], row stride d) transposed; scores is [sq, s]; the output block is
+                // [sq, hd] at row stride d inside out, written by this task only.
+                unsafe {
+                    gemm_strided(sq, s, hd, (scores.as_mut_ptr(), s as isize), false, (qs[qo..].as_ptr(), d as isize, 1), (ks[ko..].as_ptr(), 1, d as isize), none);
+                }
+                masked_softmax_rows(&scores, Some(&ms[r * mq * s..(r + 1) * mq * s]), mq == 1, s, scale as f32, p);
+                unsafe {
+                    gemm_strided(sq, hd, s, (out.at(qo), d as isize), false, (p.as_ptr(), s as isize, 1), (vs[ko..].as_ptr(), d as isize, 1), none);
+                }
+            });
+        });
+        [flex_f32(out, q.shape()), flex_f32(probs, Shape::from(vec![b, heads, sq, s]))]
+    }
+
+    fn attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 3] {
+        let (Some(qc), Some(kc), Some(vc), Some(pc), Some(dc)) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&probs), f32_contiguous(&dout)) else {
+            return composed::attention_backward::<Flex>(q, k, v, probs, dout, heads, scale);
+        };
+        let (qs, ks, vs, ps, dos) = (slice(&qc), slice(&kc), slice(&vc), slice(&pc), slice(&dc));
+        let ([b, sq, d], s) = ([q.shape()[0], q.shape()[1], q.shape()[2]], k.shape()[1]);
+        let hd = d / heads;
+        let (mut dq, mut dk) = (Vec::new(), Vec::new());
+        let dv = filled_by(b * s * d, |dv| {
+            dq = filled_by(b * sq * d, |dq| {
+                dk = filled_by(b * s * d, |dk| {
+                    let (dq, dk, dv) = (SharedMut(dq), SharedMut(dk), SharedMut(dv));
+                    // Each (row, head) task writes the head's columns of its row's blocks of
+                    // dq, dk and dv (disjoint between tasks, together every element).
+                    (0..b * heads).into_par_iter().for_each(|bh| {
+                        let (r, h) = (bh / heads, bh % heads);
+                        let (qo, ko) = (r * sq * d + h * hd, r * s * d + h * hd);
+                        let p = &ps[bh * sq * s..(bh + 1) * sq * s];
+                        let (mut dp, mut ds) = (vec![0f32; sq * s], vec![0f32; sq * s]);
+                        let none = gemm::Parallelism::None;
+                        let (d_, s_) = (d as isize, s as isize);
+                        // SAFETY: every operand is a head's block inside its buffer at row stride
+                        // d ([sq, hd] or [s, hd]) or a [sq, s] scratch; transposes read the same
+                        // blocks with the strides swapped; each output block is this task's.
+                        unsafe {
+                            // dp [sq, s] = do_h [sq, hd] @ v_h^T
+                            gemm_strided(sq, s, hd, (dp.as_mut_ptr(), s_), false, (dos[qo..].as_ptr(), d_, 1), (vs[ko..].as_ptr(), 1, d_), none);
+                        }
+                        softmax_backward_rows(p, &dp, s, scale as f32, &mut ds);
+                        unsafe {
+                            // dq_h [sq, hd] = ds [sq, s] @ k_h [s, hd]
+                            gemm_strided(sq, hd, s, (dq.at(qo), d_), false, (ds.as_ptr(), s_, 1), (ks[ko..].as_ptr(), d_, 1), none);
+                            // dk_h [s, hd] = ds^T [s, sq] @ q_h [sq, hd]
+                            gemm_strided(s, hd, sq, (dk.at(ko), d_), false, (ds.as_ptr(), 1, s_), (qs[qo..].as_ptr(), d_, 1), none);
+                            // dv_h [s, hd] = p^T [s, sq] @ do_h [sq, hd]
+                            gemm_strided(s, hd, sq, (dv.at(ko), d_), false, (p.as_ptr(), 1, s_), (dos[qo..].as_ptr(), d_, 1), none);
+                        }
+                    });
+                });
+            });
+        });
+        [flex_f32(dq, q.shape()), flex_f32(dk, k.shape()), flex_f32(dv, v.shape())]
+    }
+
     fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         let (Some(xc), Some(wc), Some(bc)) = (f32_contiguous(&x), f32_contiguous(&weight), f32_contiguous(&bias)) else {
             return composed::linear_forward::<Flex>(x, weight, bias);
@@ -768,6 +949,29 @@ fn lanes_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     total
 }
 
+/// `K` sums `sum(f(i)[j])` for `i < n` in one pass, each in eight lanes like [`lanes_sum`].
+#[inline(always)]
+fn lanes_sums<const K: usize>(n: usize, f: impl Fn(usize) -> [f32; K]) -> [f32; K] {
+    let mut acc = [[0f32; 8]; K];
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        for l in 0..8 {
+            let v = f(i + l);
+            for j in 0..K {
+                acc[j][l] += v[j];
+            }
+        }
+    }
+    let mut total: [f32; K] = std::array::from_fn(|j| acc[j].iter().sum::<f32>());
+    for i in full..n {
+        let v = f(i);
+        for j in 0..K {
+            total[j] += v[j];
+        }
+    }
+    total
+}
+
 /// `max(f(i))` for `i < n` (`n > 0`), in eight lanes.
 #[inline(always)]
 fn lanes_max(n: usize, f: impl Fn(usize) -> f32) -> f32 {
@@ -839,10 +1043,13 @@ multiversion! {
         let inv_d = 1.0 / d as f32;
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
             let mean = lanes_sum(d, |i| x[i]) * inv_d;
-            let var = lanes_sum(d, |i| (x[i] - mean) * (x[i] - mean)) * inv_d;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let a = lanes_sum(d, |i| dy[i] * gamma[i]) * inv_d;
-            let b = lanes_sum(d, |i| dy[i] * gamma[i] * (x[i] - mean) * rstd) * inv_d;
+            // One pass for the variance and both of the gradient's row means.
+            let [sq, g, gxc] = lanes_sums(d, |i| {
+                let (xc, g) = (x[i] - mean, dy[i] * gamma[i]);
+                [xc * xc, g, g * xc]
+            });
+            let rstd = 1.0 / (sq * inv_d + eps).sqrt();
+            let (a, b) = (g * inv_d, gxc * rstd * inv_d);
             for i in 0..d {
                 let xhat = (x[i] - mean) * rstd;
                 dx[i] = rstd * (dy[i] * gamma[i] - a - xhat * b);
@@ -974,6 +1181,12 @@ mod tests {
                 lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
+    }
+
+    /// An additive mask of `n` entries in rows of `s`: about a third of the entries -1e9 at
+    /// pseudo-random places (so rows differ), never a row's first (no row fully masked).
+    fn some_masked(n: usize, s: usize) -> Vec<f32> {
+        values(n, 77, 0.0, 1.0).iter().enumerate().map(|(i, &u)| if u < 0.35 && i % s != 0 { -1e9 } else { 0.0 }).collect()
     }
 
     fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -1119,6 +1332,39 @@ mod tests {
         compare("swiglu", [(g, vec![6, 51]), (u, vec![6, 51])], |[g, u]| swiglu(g.reshape([6, 51]), u.reshape([6, 51])), |[g, u]| activation::silu(g.reshape([6, 51])) * u.reshape([6, 51]), 1e-6);
     }
 
+    /// Against split heads, Burn's matmul and softmax, merged heads: both mask layouts, fewer
+    /// queries than keys (the encoder's narrowed last block), and a longer key sequence.
+    #[test]
+    fn attention_matches_burns_multi_head_attention() {
+        let (b, heads, hd) = (2, 3, 4);
+        let d = heads * hd;
+        for (sq, s, per_query) in [(5, 5, false), (5, 5, true), (1, 6, false), (3, 40, true)] {
+            let mq = if per_query { sq } else { 1 };
+            let mask = some_masked(b * mq * s, s);
+            let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
+            let q = (values(b * sq * d, 30 + s as u64, -2.0, 2.0), vec![b * sq * d]);
+            let k = (values(b * s * d, 31 + s as u64, -2.0, 2.0), vec![b * s * d]);
+            let v = (values(b * s * d, 32 + s as u64, -2.0, 2.0), vec![b * s * d]);
+            let scale = 0.5;
+            let split = |t: Tensor<1>, n: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
+            compare(
+                &format!("attention (sq {sq}, s {s}, mask rows {mq})"),
+                [q, k, v],
+                |[q, k, v]| {
+                    let m = mask_on(&q);
+                    attention(q.reshape([b, sq, d]), k.reshape([b, s, d]), v.reshape([b, s, d]), m, heads, scale)
+                },
+                |[q, k, v]| {
+                    let m = mask_on(&q);
+                    let scores = split(q, sq).matmul(split(k, s).swap_dims(2, 3));
+                    let probs = activation::softmax(scores * scale + m, 3);
+                    probs.matmul(split(v, s)).swap_dims(1, 2).reshape([b, sq, d])
+                },
+                1e-5,
+            );
+        }
+    }
+
     /// Both mask layouts (one row per batch row, as the encoder's key padding; one per query,
     /// as the decoder's causal + padding), with masked (-1e9) entries.
     #[test]
@@ -1126,7 +1372,7 @@ mod tests {
         let (b, h, q, s) = (2, 3, 5, 7);
         for per_query in [false, true] {
             let mq = if per_query { q } else { 1 };
-            let mask: Vec<f32> = (0..b * mq * s).map(|i| if (i * 7 + i / 5) % 4 == 0 && i % s != 0 { -1e9 } else { 0.0 }).collect();
+            let mask = some_masked(b * mq * s, s);
             let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
             let scores = (values(b * h * q * s, 12 + mq as u64, -6.0, 6.0), vec![b, h, q, s]);
             let scale = 0.35;
