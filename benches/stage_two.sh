@@ -29,7 +29,9 @@ done
 # distill's rate over its training steps: the run's time less its waits for the loader
 # thread (reading, joining and tokenizing a shuffle group; the first group is always waited
 # for). train_torch.py likewise times its step loop only, after tokenizing and warm-up.
+# The whole run's rate (with those waits) is printed beside it.
 rate() { sed -E 's/.* positions\/s \(([0-9.]+) excluding data waits\).*/\1/'; }
+whole() { sed -E 's/.*, ([0-9.]+) positions\/s \(.*/\1/'; }
 row() { # task alpha student steps batch data
     local task=$1 alpha=$2 student=$3 steps=$4 bs=$5 data=$6 torch
     torch=$($py benches/train_torch.py "$task" --cache "target/pipelines/$task/cache" --data "$data" \
@@ -37,11 +39,12 @@ row() { # task alpha student steps batch data
         $py -c "import json,sys; print(json.load(sys.stdin)['positions_per_s'])")
     printf '%-8s alpha %-4s PyTorch eager %8.0f' "$task" "$alpha" "$torch"
     for b in "${backends[@]}"; do
-        local r
-        r=$("$tmp/distill-$b" train-student --cache "target/pipelines/$task/cache" --data "$data" --out "$tmp/run-$b" \
-            --student "$student" --steps "$steps" --batch-size "$bs" --alpha "$alpha" --device "$b" --quiet | rate)
+        local out r w
+        out=$("$tmp/distill-$b" train-student --cache "target/pipelines/$task/cache" --data "$data" --out "$tmp/run-$b" \
+            --student "$student" --steps "$steps" --batch-size "$bs" --alpha "$alpha" --device "$b" --quiet)
+        r=$(rate <<<"$out") w=$(whole <<<"$out")
         rm -rf "$tmp/run-$b"
-        printf '   %s %8.0f (%.2fx)' "$b" "$r" "$(python3 -c "print($r / $torch)")"
+        printf '   %s %6.0f (%.2fx; whole run %.0f, %.2fx)' "$b" "$r" "$(python3 -c "print($r / $torch)")" "$w" "$(python3 -c "print($w / $torch)")"
     done
     echo
 }
