@@ -84,14 +84,25 @@ fn run_directory_holds_the_student_in_burn_and_safetensors_form() {
 
 /// Kill a run with SIGKILL after a checkpoint, resume it, and compare with an
 /// uninterrupted run of the same settings: same batches, same final loss and accuracy.
-/// The cache's 3 shards fit in one shuffle window, so the uninterrupted run reuses the shards
-/// it loaded in epoch 0 while the resumed one reads its epoch afresh: this also checks that
-/// the kept shards give the batches a re-read gives.
+/// With the default window the cache's 3 shards fit in one shuffle window, so the
+/// uninterrupted run reuses the shards it loaded in epoch 0 while the resumed one reads its
+/// epoch afresh: this also checks that the kept shards give the batches a re-read gives.
+/// With `--shuffle-window 1` every shard is its own group, streamed from disk each epoch.
 #[test]
 fn resume_after_kill_reaches_the_same_result() {
+    resume_after_kill_with(&[]);
+}
+
+#[test]
+fn resume_after_kill_reaches_the_same_result_one_shard_windows() {
+    resume_after_kill_with(&["--shuffle-window", "1"]);
+}
+
+fn resume_after_kill_with(window: &[&str]) {
     let t = temp();
     let cache = digits_cache(t.path());
-    let settings = ["--steps", "3000", "--checkpoint-every", "100", "--batch-size", "32", "--lr", "0.003", "--seed", "7"];
+    let settings: Vec<&str> =
+        ["--steps", "3000", "--checkpoint-every", "100", "--batch-size", "32", "--lr", "0.003", "--seed", "7"].iter().chain(window).copied().collect();
     let full = t.path().join("full");
     ok(&train(&cache, &full, &settings));
 

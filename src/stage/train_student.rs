@@ -2,8 +2,8 @@
 //!
 //! The teacher is never loaded. Shards are streamed in a seeded order, joined with the
 //! dataset rows they were made from, and shuffled together `shuffle_window` shards at a time
-//! before they are cut into batches. A loader thread prepares the next shuffle group while
-//! the current one trains, so memory is bounded by two windows, whatever the cache size. Checkpoints every N steps and at the end; `--resume`
+//! before they are cut into batches (memory is bounded by that window and one shard, whatever
+//! the cache size). A loader thread reads and tokenizes shards one shard ahead of training. Checkpoints every N steps and at the end; `--resume`
 //! continues from the last one.
 
 use std::io::Write;
@@ -96,14 +96,12 @@ pub struct TrainSummary {
 pub const HF_DIR: &str = "hf";
 
 /// One dataset row joined with its cached positions.
-#[derive(Clone)]
 struct Example {
     features: Vec<f32>,
     tokens: Vec<u32>,
     targets: Vec<Target>,
 }
 
-#[derive(Clone)]
 struct Target {
     position: usize,
     ids: Vec<u32>,
@@ -326,8 +324,11 @@ pub(crate) fn prepare_rows(
 
 /// What the loader thread hands the training loop, in order.
 enum Loaded {
-    /// One shuffle group's examples, shuffled, and the seconds spent reading its shards.
-    Group { examples: Vec<Example>, read_seconds: f64 },
+    /// One shard's examples (shared with the loader's copy of a cache kept whole), and the
+    /// seconds spent reading them.
+    Shard { examples: std::sync::Arc<Vec<Example>>, read_seconds: f64 },
+    /// The shards since the last group end make up shuffle group `index` of `epoch`.
+    GroupEnd { epoch: usize, index: usize },
     /// The epoch's last group has been handed over.
     EpochEnd,
     Failed(Error),
@@ -794,9 +795,10 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let started = Instant::now();
     let (mut read_seconds, mut wait_seconds, mut trained_positions, mut last_loss) = (0.0, 0.0, 0usize, f64::NAN);
     let mut epoch = start_epoch;
-    // The next shuffle group is read, joined, tokenized and shuffled on a loader thread while
-    // the current one trains (at most two groups are held). `stop` ends the loader between
-    // shards once training is done or has failed.
+    // Shards are read, joined and tokenized on a loader thread, one shard ahead of training:
+    // while a shuffle group trains, the next group's first shard is prepared (so at most a
+    // window and one shard are held). `stop` ends the loader between shards once training is
+    // done or has failed.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let model = std::thread::scope(|scope| -> Result<Student> {
         let mut model = model;
@@ -807,24 +809,23 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         scope.spawn(move || {
             lower_priority();
             // A cache that fits in one shuffle window is the same group every epoch: its
-            // shards are loaded once and kept (held anyway), then regrouped in each epoch's
-            // shard order and shuffled as if read again.
-            let mut kept: Option<Vec<Vec<Example>>> = (m.shards.len() <= cfg.shuffle_window).then(|| vec![Vec::new(); m.shards.len()]);
-            let mut loaded_once = vec![false; m.shards.len()];
+            // shards are loaded once and kept (held anyway, and shared, not copied), then
+            // regrouped in each epoch's shard order and shuffled as if read again.
+            let mut kept: Option<Vec<Option<std::sync::Arc<Vec<Example>>>>> = (m.shards.len() <= cfg.shuffle_window).then(|| vec![None; m.shards.len()]);
             for epoch in start_epoch.. {
                 for (group_index, group) in shard_order(epoch).chunks(cfg.shuffle_window).enumerate() {
-                    let (mut examples, mut read) = (Vec::new(), 0.0);
                     for &si in group {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
                         }
-                        if let Some(kept) = &kept
-                            && loaded_once[si]
-                        {
-                            examples.extend(kept[si].iter().cloned());
+                        if let Some(Some(examples)) = kept.as_ref().map(|k| &k[si]) {
+                            if tx.send(Loaded::Shard { examples: examples.clone(), read_seconds: 0.0 }).is_err() {
+                                return;
+                            }
                             continue;
                         }
                         let shard = &m.shards[si];
+                        let mut read = 0.0;
                         let loaded = (|| {
                             if let Some(p) = prefetch
                                 && shard.first_row < limit
@@ -835,22 +836,21 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                             }
                             load_shard(reader, shard, cfg, spec, tok, train_t, row_starts, &mut read)
                         })();
-                        match loaded {
-                            Ok(more) => {
-                                if let Some(kept) = &mut kept {
-                                    kept[si] = more.clone();
-                                    loaded_once[si] = true;
-                                }
-                                examples.extend(more)
-                            }
+                        let examples = match loaded {
+                            Ok(examples) => std::sync::Arc::new(examples),
                             Err(e) => {
                                 let _ = tx.send(Loaded::Failed(e));
                                 return;
                             }
+                        };
+                        if let Some(kept) = &mut kept {
+                            kept[si] = Some(examples.clone());
+                        }
+                        if tx.send(Loaded::Shard { examples, read_seconds: read }).is_err() {
+                            return;
                         }
                     }
-                    Rng::new(cfg.seed, ((epoch as u64) << 32) | group_index as u64).shuffle(&mut examples);
-                    if tx.send(Loaded::Group { examples, read_seconds: read }).is_err() {
+                    if tx.send(Loaded::GroupEnd { epoch, index: group_index }).is_err() {
                         return;
                     }
                 }
@@ -867,12 +867,12 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             }
         }
         let _stop = StopOnDrop(stop);
-        let mut step_in_epoch = 0;
+        let (mut step_in_epoch, mut group) = (0, Vec::new());
         'train: while step < total {
             let t = Instant::now();
             let loaded = rx.recv().map_err(|_| Error::Config("the training data loader stopped unexpectedly".into()))?;
             wait_seconds += t.elapsed().as_secs_f64();
-            let examples = match loaded {
+            let (shards, order) = match loaded {
                 Loaded::Failed(e) => return Err(e),
                 Loaded::EpochEnd => {
                     epoch += 1;
@@ -883,18 +883,28 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                     }
                     continue;
                 }
-                Loaded::Group { examples, read_seconds: r } => {
+                Loaded::Shard { examples, read_seconds: r } => {
                     read_seconds += r;
-                    examples
+                    group.push(examples);
+                    continue;
+                }
+                Loaded::GroupEnd { epoch, index } => {
+                    // The group's rows in shard order, shuffled (as (shard, row) pairs, so the
+                    // shards are not copied).
+                    let shards = std::mem::take(&mut group);
+                    let mut order: Vec<(u32, u32)> =
+                        shards.iter().enumerate().flat_map(|(s, v)| (0..v.len()).map(move |i| (s as u32, i as u32))).collect();
+                    Rng::new(cfg.seed, ((epoch as u64) << 32) | index as u64).shuffle(&mut order);
+                    (shards, order)
                 }
             };
-            for chunk in examples.chunks(cfg.batch_size) {
+            for chunk in order.chunks(cfg.batch_size) {
                 if skip > 0 {
                     skip -= 1;
                     step_in_epoch += 1;
                     continue;
                 }
-                let refs: Vec<&Example> = chunk.iter().collect();
+                let refs: Vec<&Example> = chunk.iter().map(|&(s, i)| &shards[s as usize][i as usize]).collect();
                 let (parts, count) = batch_loss(&model, &refs, cfg.top_k.unwrap_or(m.top_k), m.vocab_size, cfg, train_t, &device);
                 let lr = lr_at(cfg.lr, step, total);
                 let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
