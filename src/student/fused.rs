@@ -425,8 +425,23 @@ macro_rules! forward_kernels {
 
 forward_kernels!(Flex);
 
+/// libtorch: the Linear as libtorch's `addmm` (bias + x @ w in one call, as PyTorch's
+/// `nn.Linear` runs) and its gradients as two `mm`s and a sum; the other layers compose
+/// libtorch's kernels (the defaults).
 #[cfg(feature = "tch")]
-impl Kernels for burn::backend::LibTorch {}
+impl Kernels for burn::backend::LibTorch {
+    fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn::backend::libtorch::TchTensor::new(bias.tensor.addmm(&x.tensor, &weight.tensor))
+    }
+
+    fn linear_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        use burn::backend::libtorch::TchTensor;
+        let dx = dy.tensor.mm(&weight.tensor.tr());
+        let dw = x.tensor.tr().mm(&dy.tensor);
+        let db = dy.tensor.sum_dim_intlist([0i64].as_slice(), false, dy.tensor.kind());
+        [TchTensor::new(dx), TchTensor::new(dw), TchTensor::new(db)]
+    }
+}
 
 #[cfg(feature = "tch")]
 forward_kernels!(burn::backend::LibTorch);
