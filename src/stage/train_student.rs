@@ -3,8 +3,8 @@
 //! The teacher is never loaded. Shards are streamed in a seeded order, joined with the
 //! dataset rows they were made from, and shuffled together `shuffle_window` shards at a time
 //! before they are cut into batches (memory is bounded by that window and one shard, whatever
-//! the cache size). A loader thread reads and tokenizes shards one shard ahead of training. Checkpoints every N steps and at the end; `--resume`
-//! continues from the last one.
+//! the cache size). A loader thread reads and tokenizes shards one shard ahead of training.
+//! Checkpoints every N steps and at the end; `--resume` continues from the last one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

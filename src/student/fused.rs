@@ -1,5 +1,5 @@
-//! Fused layers for the students: LayerNorm, RMSNorm, GELU, SwiGLU and the attention
-//! softmax as single operations with hand-written gradients; and two pieces of the loss, the
+//! Fused layers for the students: Linear, multi-head attention, LayerNorm, RMSNorm, GELU and
+//! SwiGLU as single operations with hand-written gradients; and two pieces of the loss, the
 //! softmax over the vocabulary and a node that backpropagates a gradient computed in closed
 //! form ([`with_gradient`]).
 //!
@@ -8,8 +8,9 @@
 //! temporary tensors. Here each is one backend operation (a Burn backend extension) with its
 //! gradient written out, so training records one node per layer. On `flex` the forward and
 //! backward are row kernels over plain slices (exp and erf as branch-free polynomials that
-//! the compiler vectorises, AVX2 or AVX-512 when the CPU has them); on `tch` they are compositions
-//! of libtorch's own kernels, run without autodiff.
+//! the compiler vectorises, AVX2 or AVX-512 when the CPU has them) and, for Linear and
+//! attention, direct GEMM calls; on `tch` they are libtorch's own kernels or compositions of
+//! them, run without autodiff.
 //!
 //! Every operation computes the same function as the composed one it replaces: the tests
 //! compare values and gradients with Burn's own composition on random inputs.
@@ -124,23 +125,6 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Tensor<4>, head
     ))
 }
 
-/// Attention probabilities: `softmax(scores * scale + mask)` over the last dimension. The
-/// mask is a constant (no gradient flows into it).
-///
-/// # Shapes
-/// - `scores`: `[b, h, q, s]`; `mask`: `[b, 1, q, s]` or `[b, 1, 1, s]` (additive, 0 or a large
-///   negative); returns `[b, h, q, s]`
-pub fn masked_softmax(scores: Tensor<4>, mask: Tensor<4>, scale: f64) -> Tensor<4> {
-    let [b, _, q, s] = scores.dims();
-    let [mb, mh, mq, ms] = mask.dims();
-    assert!(mb == b && mh == 1 && (mq == q || mq == 1) && ms == s, "masked_softmax: mask {:?} does not broadcast to scores {:?}", mask.dims(), scores.dims());
-    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_masked_softmax(
-        scores.into_dispatch(),
-        mask.detach().into_dispatch(),
-        scale,
-    ))
-}
-
 /// `softmax(x * scale)` over the last dimension (the loss's softmax over the vocabulary).
 ///
 /// # Shapes
@@ -177,7 +161,6 @@ pub trait FusedOps: Backend {
     fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
-    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
     fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
     /// Without autodiff there is nothing to backpropagate: the value.
     fn fused_with_gradient(z: FloatTensor<Self>, value: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -231,9 +214,6 @@ pub trait Kernels: Backend {
     /// Returns `[dgate, dup]`.
     fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 2] {
         composed::swiglu_backward::<Self>(gate, up, dy)
-    }
-    fn masked_softmax_forward(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        composed::masked_softmax_forward::<Self>(scores, mask, scale)
     }
     fn softmax_forward(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
         composed::softmax_forward::<Self>(x, scale)
@@ -413,9 +393,6 @@ macro_rules! forward_kernels {
             fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
                 Self::swiglu_forward(gate, up)
             }
-            fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-                Self::masked_softmax_forward(scores, mask, scale)
-            }
             fn fused_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
                 Self::softmax_forward(x, scale)
             }
@@ -432,7 +409,7 @@ forward_kernels!(Flex);
 #[cfg(feature = "tch")]
 impl Kernels for burn::backend::LibTorch {
     fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        burn::backend::libtorch::TchTensor::new(bias.tensor.addmm(&x.tensor, &weight.tensor))
+        TchTensor::new(bias.tensor.addmm(&x.tensor, &weight.tensor))
     }
 
     fn linear_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, dy: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
@@ -591,12 +568,6 @@ impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (up, gu) = up.into_parts();
         let out = B::swiglu_forward(gate.clone(), up.clone());
         node!(SwigluStep, [gg, gu], (gate, up), out)
-    }
-
-    fn fused_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        let (scores, gs) = scores.into_parts();
-        let out = B::masked_softmax_forward(scores, mask.into_primitive(), scale);
-        node!(SoftmaxStep, [gs], (out.clone(), scale), out)
     }
 
     fn fused_with_gradient(z: FloatTensor<Self>, value: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -890,23 +861,6 @@ impl Kernels for Flex {
             .for_each(|((dg, du), ((g, u), dy))| swiglu_backward_slice(g, u, dy, dg, du));
         let shape = gate.shape();
         [flex_f32(dgate, shape.clone()), flex_f32(dup, shape)]
-    }
-
-    fn masked_softmax_forward(scores: FloatTensor<Self>, mask: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        let (Some(sc), Some(mc)) = (f32_contiguous(&scores), f32_contiguous(&mask)) else {
-            return composed::masked_softmax_forward::<Flex>(scores, mask, scale);
-        };
-        let shape = scores.shape();
-        let (h, q, s) = (shape[1], shape[2], shape[3]);
-        let mq = mask.shape()[2];
-        let (xs, ms) = (slice(&sc), slice(&mc));
-        let mut y = vec![0f32; xs.len()];
-        // One task per (row of the batch, head): its q rows share one mask block.
-        y.par_chunks_mut(q * s).zip(xs.par_chunks(q * s)).enumerate().for_each(|(bh, (y, x))| {
-            let m = &ms[(bh / h) * mq * s..(bh / h + 1) * mq * s];
-            masked_softmax_rows(x, Some(m), mq == 1, s, scale as f32, y);
-        });
-        flex_f32(y, shape)
     }
 
     fn softmax_forward(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
@@ -1431,33 +1385,6 @@ mod tests {
         }
     }
 
-    /// Both mask layouts (one row per batch row, as the encoder's key padding; one per query,
-    /// as the decoder's causal + padding), with masked (-1e9) entries.
-    #[test]
-    fn masked_softmax_matches_burns_softmax() {
-        let (b, h, q, s) = (2, 3, 5, 7);
-        for per_query in [false, true] {
-            let mq = if per_query { q } else { 1 };
-            let mask = some_masked(b * mq * s, s);
-            let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
-            let scores = (values(b * h * q * s, 12 + mq as u64, -6.0, 6.0), vec![b, h, q, s]);
-            let scale = 0.35;
-            compare(
-                &format!("masked_softmax (mask rows {mq})"),
-                [scores],
-                |[x]| {
-                    let m = mask_on(&x);
-                    masked_softmax(x.reshape([b, h, q, s]), m, scale)
-                },
-                |[x]| {
-                    let m = mask_on(&x);
-                    activation::softmax(x.reshape([b, h, q, s]) * scale + m, 3)
-                },
-                2e-6,
-            );
-        }
-    }
-
     /// The loss's softmax over a vocabulary-sized row, at temperature 1 and 2, including
     /// large logits (the row maximum is subtracted) and a row far below the others.
     #[test]
@@ -1492,9 +1419,17 @@ mod tests {
         }
         let mask = flex((0..2 * 32).map(|i| if i % 5 == 3 { -1e9 } else { 0.0 }).collect(), vec![2, 1, 1, 32]);
         let s4 = |v: &Vec<f32>| flex(v.clone(), vec![2, 1, 3, 32]);
-        let y = Flex::masked_softmax_forward(s4(&x), mask.clone(), 0.5);
-        assert_close("masked_softmax_forward", &read(y.clone()), &read(composed::masked_softmax_forward::<Flex>(s4(&x), mask, 0.5)), 1e-6);
+        let y = composed::masked_softmax_forward::<Flex>(s4(&x), mask.clone(), 0.5);
         assert_close("softmax_forward", &read(Flex::softmax_forward(s4(&x), 0.5)), &read(composed::softmax_forward::<Flex>(s4(&x), 0.5)), 1e-6);
         assert_close("masked_softmax_backward", &read(Flex::masked_softmax_backward(y.clone(), s4(&dy), 0.5)), &read(composed::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)), 1e-6);
+        // Attention: q [2, 3, 32], k and v [2, 3, 32] (2 heads of 16), the key-padding mask.
+        let (q, k, v) = (t(&x), t(&dy), t(&values(6 * 32, 24, -1.0, 1.0)));
+        let pad = || flex(vec![0.0, -1e9, 0.0, 0.0, 0.0, -1e9], vec![2, 1, 1, 3]);
+        let ([out, p], [out_c, p_c]) = (Flex::attention_forward(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25), composed::attention_forward::<Flex>(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25));
+        assert_close("attention_forward", &read(out), &read(out_c), 1e-5);
+        assert_close("attention_forward probabilities", &read(p.clone()), &read(p_c), 1e-6);
+        for (i, (k_, c)) in Flex::attention_backward(q.clone(), k.clone(), v.clone(), p.clone(), t(&x), 2, 0.25).into_iter().zip(composed::attention_backward::<Flex>(q, k, v, p, t(&x), 2, 0.25)).enumerate() {
+            assert_close(&format!("attention_backward {i}"), &read(k_), &read(c), 1e-5);
+        }
     }
 }
