@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,7 @@ use crate::data::{self, Column, Field, Kind};
 use crate::error::{Error, Result};
 use crate::loss::{self, SoftTargets, TailMode};
 use crate::progress::Progress;
+use crate::student::adamw::FusedAdamW;
 use crate::student::{self, Student, StudentArch, StudentSpec, hf};
 use crate::text::{self, TextColumns, Tokenizer};
 
@@ -706,7 +707,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         }
         _ => arch.init(&device),
     };
-    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
+    let mut optim = FusedAdamW::new(cfg.weight_decay as f32).init();
     let (mut step, start_epoch, mut skip) = match &resume_state {
         Some(s) => {
             let dir = out.join(&s.dir);

@@ -951,6 +951,7 @@ macro_rules! multiversion {
         }
     )*};
 }
+pub(crate) use multiversion;
 
 /// `sum(f(i))` for `i < n`, in eight lanes so that the compiler may vectorise it.
 #[inline(always)]

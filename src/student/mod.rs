@@ -3,6 +3,7 @@
 //! specified, built, saved and loaded. The class
 //! count / vocabulary always comes from the cache's manifest.
 
+pub mod adamw;
 pub mod decoder;
 pub mod encoder;
 pub mod fused;
