@@ -307,6 +307,10 @@ pub struct TrainSettings {
     /// farther apart in the data (a file sorted by class or source needs one) at the cost of
     /// holding that many shards in memory.
     pub shuffle_window: Option<usize>,
+    /// Megabytes of prepared rows (token ids, or feature vectors) kept between epochs
+    /// (default 64): a cache larger than the shuffle window is then tokenized once, not once
+    /// per epoch. 0 prepares every epoch afresh. Results do not depend on it.
+    pub prepared_rows_mb: Option<usize>,
 }
 
 impl TrainSettings {
@@ -330,6 +334,7 @@ impl TrainSettings {
             max_rows: self.max_rows.or(o.max_rows),
             top_k: self.top_k.or(o.top_k),
             shuffle_window: self.shuffle_window.or(o.shuffle_window),
+            prepared_rows_mb: self.prepared_rows_mb.or(o.prepared_rows_mb),
         }
     }
 
@@ -400,6 +405,7 @@ impl TrainSettings {
                 Some(0) => return Err(Error::Config("train.shuffle_window must be >= 1 (shards)".into())),
                 w => w.unwrap_or(4),
             },
+            prepared_rows_mb: self.prepared_rows_mb.unwrap_or(64),
         })
     }
 }
@@ -455,6 +461,8 @@ pub struct TrainConfig {
     pub top_k: Option<usize>,
     /// Shards shuffled together.
     pub shuffle_window: usize,
+    /// Megabytes of prepared rows kept between epochs.
+    pub prepared_rows_mb: usize,
 }
 
 /// `[eval]` of a pipeline file: held-out data and the seeds to average over.

@@ -3,7 +3,8 @@
 //! The teacher is never loaded. Shards are streamed in a seeded order, joined with the
 //! dataset rows they were made from, and shuffled together `shuffle_window` shards at a time
 //! before they are cut into batches (memory is bounded by that window and one shard, whatever
-//! the cache size). A loader thread reads and tokenizes shards one shard ahead of training.
+//! the cache size). A loader thread reads and tokenizes shards one shard ahead of training;
+//! prepared rows (token ids, features) are kept between epochs up to a byte budget.
 //! Checkpoints every N steps and at the end; `--resume` continues from the last one.
 
 use std::io::Write;
@@ -274,6 +275,7 @@ fn columns_of(spec: &DataSpec) -> Vec<Column> {
 }
 
 /// Dataset rows `first..first + count` turned into student inputs.
+#[derive(Clone)]
 pub(crate) struct PreparedRow {
     pub index: u64,
     pub features: Vec<f32>,
@@ -323,6 +325,45 @@ pub(crate) fn prepare_rows(
     Ok(out)
 }
 
+impl PreparedRow {
+    /// Bytes this row holds.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len())
+    }
+}
+
+/// The prepared rows of shards, kept between epochs up to a byte budget (first come, first
+/// kept), so that a cache larger than the shuffle window is read from the data and tokenized
+/// once rather than every epoch. A shard's rows are the same whenever they are prepared, so
+/// what is kept changes the work, not the batches.
+struct PreparedMemo {
+    /// By the shard's first dataset row.
+    shards: std::collections::HashMap<u64, Vec<PreparedRow>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl PreparedMemo {
+    fn new(budget_mb: usize) -> PreparedMemo {
+        PreparedMemo { shards: Default::default(), bytes: 0, budget: budget_mb << 20 }
+    }
+
+    /// The rows of the shard starting at `first_row`: kept ones, or `prepare()`'s (kept
+    /// while the budget allows).
+    fn rows(&mut self, first_row: u64, prepare: impl FnOnce() -> Result<Vec<PreparedRow>>) -> Result<Vec<PreparedRow>> {
+        if let Some(rows) = self.shards.get(&first_row) {
+            return Ok(rows.clone());
+        }
+        let rows = prepare()?;
+        let size: usize = rows.iter().map(PreparedRow::bytes).sum();
+        if self.bytes + size <= self.budget {
+            self.bytes += size;
+            self.shards.insert(first_row, rows.clone());
+        }
+        Ok(rows)
+    }
+}
+
 /// What the loader thread hands the training loop, in order.
 enum Loaded {
     /// One shard's examples (shared with the loader's copy of a cache kept whole), and the
@@ -346,6 +387,7 @@ fn load_shard(
     tok: Option<&Tokenizer>,
     train_t: f32,
     starts: &std::collections::HashMap<u64, data::RowStart>,
+    memo: &mut PreparedMemo,
     read_seconds: &mut f64,
 ) -> Result<Vec<Example>> {
     let m = reader.manifest();
@@ -354,7 +396,7 @@ fn load_shard(
         return Ok(Vec::new());
     }
     let count = shard.rows.min(limit - shard.first_row);
-    let rows = prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied())?;
+    let rows = memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
     let mut examples: Vec<Example> =
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
     let t0 = Instant::now();
@@ -813,6 +855,9 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             // shards are loaded once and kept (held anyway, and shared, not copied), then
             // regrouped in each epoch's shard order and shuffled as if read again.
             let mut kept: Option<Vec<Option<std::sync::Arc<Vec<Example>>>>> = (m.shards.len() <= cfg.shuffle_window).then(|| vec![None; m.shards.len()]);
+            // Otherwise each shard is joined afresh every epoch, from its prepared rows (kept
+            // up to the budget) and the cache.
+            let mut memo = PreparedMemo::new(if kept.is_some() { 0 } else { cfg.prepared_rows_mb });
             for epoch in start_epoch.. {
                 for (group_index, group) in shard_order(epoch).chunks(cfg.shuffle_window).enumerate() {
                     for &si in group {
@@ -835,7 +880,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                                 p.wait(&shard.file)?;
                                 read += t.elapsed().as_secs_f64();
                             }
-                            load_shard(reader, shard, cfg, spec, tok, train_t, row_starts, &mut read)
+                            load_shard(reader, shard, cfg, spec, tok, train_t, row_starts, &mut memo, &mut read)
                         })();
                         let examples = match loaded {
                             Ok(examples) => std::sync::Arc::new(examples),
