@@ -219,19 +219,10 @@ fn writable(t: TchTensor) -> TchTensor {
     if t.can_mut() && t.tensor.is_contiguous() { t } else { TchTensor::new(t.tensor.contiguous().copy()) }
 }
 
-/// The f32 elements of a contiguous CPU tensor.
-///
-/// # Safety
-/// `t` is contiguous, f32, on the CPU, and nothing else reads or writes it while the slice
-/// lives.
+/// The first f32 element of a contiguous CPU tensor and its element count.
 #[cfg(feature = "tch")]
-unsafe fn tch_slice<'a>(t: &'a tch::Tensor) -> &'a mut [f32] {
-    let n = t.numel();
-    if n == 0 {
-        return &mut [];
-    }
-    // SAFETY: per the function's contract, `n` f32 values from `data_ptr`.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+fn tch_f32(t: &tch::Tensor) -> (*mut f32, usize) {
+    (t.data_ptr() as *mut f32, t.numel())
 }
 
 #[cfg(feature = "tch")]
@@ -244,9 +235,16 @@ impl AdamWOps for burn::backend::LibTorch {
         }
         let (param, m, v) = (writable(param), writable(m), writable(v));
         let g = grad.tensor.contiguous();
-        // SAFETY: each is a contiguous f32 CPU tensor; `param`, `m` and `v` are this update's
-        // alone (`writable`) and distinct, and `g` is only read.
-        unsafe { update(tch_slice(&param.tensor), tch_slice(&g), tch_slice(&m.tensor), tch_slice(&v.tensor), s) };
+        let [(p, n), (g, gn), (mp, mn), (vp, vn)] = [&param.tensor, &g, &m.tensor, &v.tensor].map(tch_f32);
+        assert!(gn == n && mn == n && vn == n, "adamw: parameter, gradient and moments differ in length");
+        if n > 0 {
+            // SAFETY: each is a contiguous f32 CPU tensor of `n` elements; `param`, `m` and
+            // `v` are this update's alone (`writable`) and distinct, and `g` is only read.
+            unsafe {
+                use std::slice::{from_raw_parts, from_raw_parts_mut};
+                update(from_raw_parts_mut(p, n), from_raw_parts(g, n), from_raw_parts_mut(mp, n), from_raw_parts_mut(vp, n), s);
+            }
+        }
         (param, m, v)
     }
 }

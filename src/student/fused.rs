@@ -972,6 +972,7 @@ fn lanes_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 
 /// `K` sums `sum(f(i)[j])` for `i < n` in one pass, each in eight lanes like [`lanes_sum`].
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // lane `l` of every accumulator: the loop the compiler vectorises
 fn lanes_sums<const K: usize>(n: usize, f: impl Fn(usize) -> [f32; K]) -> [f32; K] {
     let mut acc = [[0f32; 8]; K];
     let full = n - n % 8;
