@@ -270,24 +270,11 @@ mod tests {
     use burn::nn::Linear;
     use burn::optim::{AdamWConfig, GradientsParams};
 
-    /// Flex, and libtorch in a build with the `tch` feature (CI runs these tests there too).
-    fn devices() -> Vec<Device> {
-        #[allow(unused_mut)]
-        let mut devices = vec![Device::flex().autodiff()];
-        #[cfg(feature = "tch")]
-        devices.push(Device::libtorch().autodiff());
-        devices
-    }
+    use crate::student::testing::devices;
 
-    /// `n` values in `[-1, 1)` from a fixed LCG.
+    /// `n` values in `[-1, 1)`.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                -1.0 + 2.0 * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
+        crate::student::testing::values(n, seed, -1.0, 1.0)
     }
 
     fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -1185,25 +1185,7 @@ mod tests {
     use burn::tensor::activation;
     use burn::tensor::Device;
 
-    /// Flex, and libtorch in a build with the `tch` feature (CI runs these tests there too).
-    fn devices() -> Vec<Device> {
-        #[allow(unused_mut)]
-        let mut devices = vec![Device::flex().autodiff()];
-        #[cfg(feature = "tch")]
-        devices.push(Device::libtorch().autodiff());
-        devices
-    }
-
-    /// `n` values in `[lo, hi)` from a fixed LCG (the same inputs on every run).
-    fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
+    use crate::student::testing::{devices, values};
 
     /// An additive mask of `n` entries in rows of `s`: about a third of the entries -1e9 at
     /// pseudo-random places (so rows differ), never a row's first (no row fully masked).

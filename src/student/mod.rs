@@ -23,6 +23,33 @@ pub use mlp::{Mlp, MlpConfig};
 
 use crate::error::{Error, Result};
 
+/// What the students' kernel tests share: the devices they run on and their inputs.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::tensor::Device;
+
+    /// Flex, and libtorch in a build with the `tch` feature (CI runs these tests there too).
+    #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch: kept as the libtorch backend
+    pub fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex().autodiff()];
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch().autodiff());
+        devices
+    }
+
+    /// `n` values in `[lo, hi)` from a fixed LCG (the same inputs on every run).
+    pub fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+}
+
 /// A student of any kind.
 // One value per run, moved once per optimizer step: the 760-byte variant costs nothing.
 #[allow(clippy::large_enum_variant)]
