@@ -26,10 +26,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::fused::multiversion;
+use super::fused::{flex_f32, multiversion, slice};
 
 /// AdamW's hyperparameters (Burn's `AdamWConfig` defaults: betas 0.9 / 0.999, epsilon 1e-5).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -187,9 +187,7 @@ fn whole(t: FlexTensor) -> FlexTensor {
     if t.layout().contiguous_offsets() == Some((0, n)) && t.storage::<f32>().len() == n {
         return t;
     }
-    let c = t.to_contiguous();
-    let values = c.as_slice::<f32>().expect("a contiguous f32 tensor").to_vec();
-    FlexTensor::from_data(TensorData::new(values, t.shape()))
+    flex_f32(slice(&t.to_contiguous()).to_vec(), t.shape())
 }
 
 impl AdamWOps for Flex {
@@ -200,8 +198,7 @@ impl AdamWOps for Flex {
         }
         let (mut param, mut m, mut v) = (whole(param), whole(m), whole(v));
         let grad = grad.to_contiguous();
-        let g = grad.as_slice::<f32>().expect("a contiguous f32 tensor");
-        update(param.storage_mut::<f32>(), g, m.storage_mut::<f32>(), v.storage_mut::<f32>(), s);
+        update(param.storage_mut::<f32>(), slice(&grad), m.storage_mut::<f32>(), v.storage_mut::<f32>(), s);
         (param, m, v)
     }
 }
@@ -269,6 +266,7 @@ mod tests {
     use burn::module::Param;
     use burn::nn::Linear;
     use burn::optim::{AdamWConfig, GradientsParams};
+    use burn::tensor::TensorData;
 
     use crate::student::testing::devices;
 

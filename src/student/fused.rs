@@ -591,11 +591,11 @@ fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 flex tensor")
 }
 
-fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
