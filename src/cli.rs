@@ -134,7 +134,8 @@ struct TrainArgs {
     /// The cache written by cache-teacher.
     #[arg(long, value_name = "CACHE_DIR")]
     cache: Option<PathBuf>,
-    /// The training data the cache was made from (its hash is checked).
+    /// The training data the cache was made from, as given to cache-teacher (file, directory
+    /// or glob; every file's hash is checked).
     #[arg(long, value_name = "DATA")]
     data: Option<PathBuf>,
     /// Run directory (config, metrics.csv, checkpoints, student.bpk/.safetensors/.json).
@@ -255,7 +256,9 @@ struct CacheTeacherArgs {
     /// The frozen teacher, an ONNX model (classifier [batch, classes] or causal LM [batch, seq, vocab]).
     #[arg(long, value_name = "MODEL.onnx")]
     teacher: Option<PathBuf>,
-    /// Training data: .parquet or .jsonl.
+    /// Training data: a .parquet (any codec), .jsonl, .jsonl.gz or .jsonl.zst file, a
+    /// directory of them, or a quoted glob ('data/train-*.parquet'); several files are one
+    /// dataset, read in name order.
     #[arg(long, value_name = "DATA")]
     data: Option<PathBuf>,
     /// Output cache directory (created; resumed if it holds a partial cache of the same settings).
@@ -273,10 +276,20 @@ struct CacheTeacherArgs {
     /// Column of completions (appended to the prompt).
     #[arg(long, value_name = "COLUMN", requires = "prompt_column")]
     completion_column: Option<String>,
+    /// Column of conversations, lists of {role, content} turns (TRL/Hugging Face chat data),
+    /// rendered with the tokenizer's chat template; only assistant tokens are cached unless
+    /// --positions all.
+    #[arg(long, value_name = "COLUMN")]
+    messages_column: Option<String>,
+    /// The chat template for --messages-column: a .jinja file or a tokenizer_config.json
+    /// [default: chat_template.jinja or tokenizer_config.json beside the tokenizer].
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     /// Column of integer class labels, carried into the cache as hard labels (default `label` if present).
     #[arg(long, value_name = "COLUMN")]
     label_column: Option<String>,
-    /// Which positions to cache for text: `completion` (default with prompt/completion) or `all`.
+    /// Which positions to cache for text: `completion` (default with prompt/completion),
+    /// `assistant` (default with conversations) or `all`.
     #[arg(long, value_name = "WHICH")]
     positions: Option<String>,
     /// Entries kept per position [default: 64, or every class when fewer].
@@ -351,6 +364,8 @@ impl CacheTeacherArgs {
             text_column: self.text_column.clone(),
             prompt_column: self.prompt_column.clone(),
             completion_column: self.completion_column.clone(),
+            messages_column: self.messages_column.clone(),
+            chat_template: self.chat_template.clone(),
             label_column: self.label_column.clone(),
             positions: self.positions.clone(),
             top_k: self.top_k,

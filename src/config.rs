@@ -19,7 +19,8 @@ use crate::student::StudentSpec;
 pub struct CacheSettings {
     /// The frozen teacher, an ONNX model.
     pub teacher: Option<PathBuf>,
-    /// Training data, `.parquet` or `.jsonl`.
+    /// Training data: a `.parquet`, `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file, a directory
+    /// of them or a glob.
     pub data: Option<PathBuf>,
     /// Output cache directory.
     pub out: Option<PathBuf>,
@@ -28,9 +29,15 @@ pub struct CacheSettings {
     pub text_column: Option<String>,
     pub prompt_column: Option<String>,
     pub completion_column: Option<String>,
+    /// Column of conversations (`[{role, content}, ...]`), rendered with the chat template.
+    pub messages_column: Option<String>,
+    /// The chat template: a `.jinja` file or a `tokenizer_config.json` (default: the one
+    /// beside the tokenizer).
+    pub chat_template: Option<PathBuf>,
     /// Hard-label column of classification data (default `label`, when present).
     pub label_column: Option<String>,
-    /// `completion` (default with prompt/completion) or `all`.
+    /// `completion` (default with prompt/completion), `assistant` (default with
+    /// conversations) or `all`.
     pub positions: Option<String>,
     pub top_k: Option<usize>,
     pub temperature: Option<f32>,
@@ -66,6 +73,8 @@ impl CacheSettings {
             text_column: self.text_column.or(other.text_column),
             prompt_column: self.prompt_column.or(other.prompt_column),
             completion_column: self.completion_column.or(other.completion_column),
+            messages_column: self.messages_column.or(other.messages_column),
+            chat_template: self.chat_template.or(other.chat_template),
             label_column: self.label_column.or(other.label_column),
             positions: self.positions.or(other.positions),
             top_k: self.top_k.or(other.top_k),
@@ -91,6 +100,7 @@ impl CacheSettings {
         self.data = fix(self.data);
         self.out = fix(self.out);
         self.tokenizer = fix(self.tokenizer);
+        self.chat_template = fix(self.chat_template);
         self
     }
 
@@ -143,31 +153,41 @@ impl CacheSettings {
             other => return Err(Error::Config(format!("cache.logprob_encoding must be `delta_u16` or `f32` (got `{other}`)"))),
         };
 
-        let text = match (&self.tokenizer, &self.text_column, &self.prompt_column, &self.completion_column) {
-            (None, None, None, None) => None,
-            (None, ..) => {
+        let any_text = self.text_column.is_some() || self.prompt_column.is_some() || self.completion_column.is_some() || self.messages_column.is_some();
+        if self.chat_template.is_some() && self.messages_column.is_none() {
+            return Err(Error::Config("cache.chat_template applies to conversations only (--messages-column)".into()));
+        }
+        let text = match (&self.tokenizer, any_text) {
+            (None, false) => None,
+            (None, true) => {
                 return Err(Error::Config("cache.tokenizer is required with text columns (--tokenizer tokenizer.json)".into()));
             }
-            (Some(tok), text, prompt, completion) => {
-                let source = match (text, prompt, completion) {
-                    (Some(t), None, None) => TextSource::Text(t.clone()),
-                    (None, Some(p), Some(c)) => TextSource::PromptCompletion { prompt: p.clone(), completion: c.clone() },
-                    (None, None, None) => TextSource::Text("text".into()),
-                    (Some(_), _, _) => {
+            (Some(tok), _) => {
+                let source = match (&self.messages_column, &self.text_column, &self.prompt_column, &self.completion_column) {
+                    (Some(m), None, None, None) => TextSource::Messages(m.clone()),
+                    (Some(_), ..) => {
+                        return Err(Error::Config("cache.messages_column cannot be combined with text_column or prompt_column/completion_column".into()));
+                    }
+                    (None, Some(t), None, None) => TextSource::Text(t.clone()),
+                    (None, None, Some(p), Some(c)) => TextSource::PromptCompletion { prompt: p.clone(), completion: c.clone() },
+                    (None, None, None, None) => TextSource::Text("text".into()),
+                    (None, Some(_), _, _) => {
                         return Err(Error::Config("cache.text_column cannot be combined with prompt_column/completion_column".into()));
                     }
                     _ => return Err(Error::Config("cache.prompt_column and cache.completion_column go together".into())),
                 };
                 let positions = match (self.positions.as_deref(), &source) {
-                    (None, TextSource::PromptCompletion { .. }) | (Some("completion"), TextSource::PromptCompletion { .. }) => {
-                        Positions::Completion
-                    }
-                    (Some("completion"), TextSource::Text(_)) => {
+                    (None | Some("completion"), TextSource::PromptCompletion { .. }) => Positions::Completion,
+                    (None | Some("assistant"), TextSource::Messages(_)) => Positions::Assistant,
+                    (Some("completion"), _) => {
                         return Err(Error::Config("cache.positions = \"completion\" needs prompt_column and completion_column".into()));
+                    }
+                    (Some("assistant"), _) => {
+                        return Err(Error::Config("cache.positions = \"assistant\" needs messages_column (conversations)".into()));
                     }
                     (None, TextSource::Text(_)) | (Some("all"), _) => Positions::All,
                     (Some(other), _) => {
-                        return Err(Error::Config(format!("cache.positions must be `completion` or `all` (got `{other}`)")));
+                        return Err(Error::Config(format!("cache.positions must be `completion`, `assistant` or `all` (got `{other}`)")));
                     }
                 };
                 let max_seq_len = self.max_seq_len.unwrap_or(512);
@@ -179,7 +199,7 @@ impl CacheSettings {
                     "refuse" => LongSequences::Refuse,
                     other => return Err(Error::Config(format!("cache.long_sequences must be `truncate` or `refuse` (got `{other}`)"))),
                 };
-                Some(TextConfig { tokenizer: tok.clone(), source, positions, max_seq_len, long })
+                Some(TextConfig { tokenizer: tok.clone(), source, positions, max_seq_len, long, chat_template: self.chat_template.clone() })
             }
         };
         if text.is_none() && self.positions.is_some() {
@@ -225,6 +245,8 @@ impl CacheSettings {
 pub enum TextSource {
     Text(String),
     PromptCompletion { prompt: String, completion: String },
+    /// A column of conversations, rendered with the chat template.
+    Messages(String),
 }
 
 /// What to do with a sequence longer than `max_seq_len`.
@@ -241,6 +263,8 @@ pub struct TextConfig {
     pub positions: Positions,
     pub max_seq_len: usize,
     pub long: LongSequences,
+    /// An explicit chat template (conversations); else the one beside the tokenizer.
+    pub chat_template: Option<PathBuf>,
 }
 
 /// Validated settings of stage one.

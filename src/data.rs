@@ -1,8 +1,13 @@
 //! Training data for both stages: Parquet or JSONL files, streamed row by row.
 //!
+//! A dataset is one file, a directory of files or a glob (`data/train-*.parquet`, the
+//! Hugging Face layout); its files, sorted by name, are read as one sequence of rows
+//! numbered across them ([`resolve`]). Parquet in any codec its writers use (Snappy, gzip,
+//! LZ4, Brotli, zstd, none); JSONL plain, gzip (`.jsonl.gz`) or zstd (`.jsonl.zst`).
+//!
 //! Callers ask for columns by name and kind; every row comes back as one [`Field`] per
-//! requested column. Errors name the file, the column, the (0-based) row and what type
-//! was found versus expected. Memory is bounded by one Parquet record batch.
+//! requested column. Errors name the file, the column, the (0-based) row in that file and
+//! what type was found versus expected. Memory is bounded by one Parquet record batch.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -18,23 +23,176 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Parquet,
+    /// Plain JSONL: the only format whose rows can be found by seeking to a byte offset.
     Jsonl,
+    /// gzip-compressed JSONL (`.jsonl.gz`).
+    JsonlGz,
+    /// zstd-compressed JSONL (`.jsonl.zst`).
+    JsonlZst,
 }
 
+/// The file name endings of data files, longest first, and their formats.
+const ENDINGS: [(&str, Format); 8] = [
+    (".jsonl.gz", Format::JsonlGz),
+    (".ndjson.gz", Format::JsonlGz),
+    (".jsonl.zst", Format::JsonlZst),
+    (".ndjson.zst", Format::JsonlZst),
+    (".parquet", Format::Parquet),
+    (".pq", Format::Parquet),
+    (".jsonl", Format::Jsonl),
+    (".ndjson", Format::Jsonl),
+];
+
 impl Format {
+    /// The format a file name says, if it is a data file's name.
+    pub fn of_name(name: &str) -> Option<Format> {
+        let lower = name.to_ascii_lowercase();
+        ENDINGS.iter().find(|(end, _)| lower.ends_with(end)).map(|&(_, f)| f)
+    }
     pub fn of(path: &Path) -> Result<Format> {
-        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-            Some("parquet") | Some("pq") => Ok(Format::Parquet),
-            Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
-            _ => Err(Error::data(path, "unknown data format: expected a .parquet or .jsonl file")),
-        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Format::of_name(&name).ok_or_else(|| {
+            Error::data(path, "unknown data format: expected a .parquet, .jsonl, .jsonl.gz or .jsonl.zst file, a directory of them, or a glob")
+        })
     }
     pub fn name(self) -> &'static str {
         match self {
             Format::Parquet => "parquet",
             Format::Jsonl => "jsonl",
+            Format::JsonlGz => "jsonl.gz",
+            Format::JsonlZst => "jsonl.zst",
         }
     }
+    fn is_jsonl(self) -> bool {
+        self != Format::Parquet
+    }
+}
+
+/// `spec` names a glob rather than a path (it holds `*`, `?` or `[`).
+fn is_glob(spec: &Path) -> bool {
+    spec.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// The files of a dataset, sorted by name: the file itself, the data files of a directory
+/// (not its subdirectories; other files such as a dataset card are left out) or a glob's
+/// matches. A directory holding several splits (`train-*` and `test-*` files, as a Hugging
+/// Face dataset's `data/` does) is refused: which one to use is the user's choice.
+pub fn resolve(spec: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = if is_glob(spec) {
+        let pattern = spec.to_string_lossy();
+        let matches = glob::glob(&pattern).map_err(|e| Error::data(spec, format!("not a valid glob: {e}")))?;
+        let mut files = Vec::new();
+        for m in matches {
+            let p = m.map_err(|e| Error::data(spec, format!("glob: {e}")))?;
+            if p.is_file() {
+                files.push(p);
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::io(spec, std::io::Error::new(std::io::ErrorKind::NotFound, "the glob matches no file")));
+        }
+        files
+    } else if spec.is_dir() {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(spec).map_err(|e| Error::io(spec, e))? {
+            let p = entry.map_err(|e| Error::io(spec, e))?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if p.is_file() && !name.starts_with('.') && Format::of_name(&name).is_some() {
+                files.push(p);
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::data(spec, "the directory holds no .parquet, .jsonl, .jsonl.gz or .jsonl.zst file"));
+        }
+        files
+    } else if spec.is_file() {
+        return Format::of(spec).map(|_| vec![spec.to_path_buf()]);
+    } else {
+        return Err(Error::io(spec, std::io::Error::new(std::io::ErrorKind::NotFound, "data file not found")));
+    };
+    files.sort();
+    for f in &files {
+        Format::of(f)?;
+    }
+    let mut splits = split_names(&files);
+    if splits.len() > 1 {
+        // Suggest the training split where there is one.
+        if let Some(i) = splits.iter().position(|s| s == "train") {
+            splits.swap(0, i);
+        }
+        let dir = if is_glob(spec) { spec.parent().unwrap_or(Path::new(".")) } else { spec };
+        return Err(Error::data(
+            spec,
+            format!(
+                "holds files of {} splits ({}); pass one split as a glob, e.g. --data '{}'",
+                splits.len(),
+                splits.join(", "),
+                dir.join(format!("{}-*", splits[0])).display()
+            ),
+        ));
+    }
+    Ok(files)
+}
+
+/// The split names of Hugging Face shard files (`train` of `train-00000-of-00004.parquet`),
+/// in order of first appearance; files not named that way name no split.
+fn split_names(files: &[PathBuf]) -> Vec<String> {
+    let mut splits: Vec<String> = Vec::new();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = name.split('.').next().unwrap_or("");
+        // <split>-<NNNNN>-of-<NNNNN>
+        let parts: Vec<&str> = stem.rsplitn(4, '-').collect();
+        let numbered = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if parts.len() == 4 && numbered(parts[0]) && parts[1] == "of" && numbered(parts[2]) && !splits.iter().any(|s| s == parts[3]) {
+            splits.push(parts[3].to_string());
+        }
+    }
+    splits
+}
+
+/// The one file of a dataset that is a single file (a glob may match exactly one).
+pub fn single_file(spec: &Path) -> Result<PathBuf> {
+    let mut files = resolve(spec)?;
+    match files.len() {
+        1 => Ok(files.remove(0)),
+        n => Err(Error::data(spec, format!("is a dataset of {n} files where one file was expected"))),
+    }
+}
+
+/// A dataset's files with the number of rows of each, in order.
+fn files_with_rows(spec: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    resolve(spec)?.into_iter().map(|f| file_rows(&f).map(|n| (f, n))).collect()
+}
+
+/// Rows of one file, remembered for the process while its size and modification time
+/// stay the same (stage two seeks to every shard's first row; a JSONL file is counted once).
+fn file_rows(path: &Path) -> Result<u64> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static COUNTS: Mutex<Option<HashMap<Key, u64>>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(&n) = COUNTS.lock().expect("row counts").get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(n);
+    }
+    let n = count_file_rows(path)?;
+    COUNTS.lock().expect("row counts").get_or_insert_with(HashMap::new).insert(key, n);
+    Ok(n)
+}
+
+/// The common format of a dataset's files; several formats in one dataset are refused.
+pub fn dataset_format(spec: &Path) -> Result<Format> {
+    let files = resolve(spec)?;
+    let first = Format::of(&files[0])?;
+    for f in &files[1..] {
+        let other = Format::of(f)?;
+        if other.is_jsonl() != first.is_jsonl() {
+            return Err(Error::data(spec, format!("mixes {} and {} files; a dataset's files must share one format", first.name(), other.name())));
+        }
+    }
+    Ok(first)
 }
 
 /// What a requested column must hold.
@@ -46,6 +204,9 @@ pub enum Kind {
     Numbers,
     /// An integer class label.
     Label,
+    /// A conversation: a list of `{role, content}` turns (JSON list, or Parquet
+    /// list<struct>), handed on as JSON.
+    Messages,
 }
 
 impl Kind {
@@ -54,6 +215,7 @@ impl Kind {
             Kind::Text => "a string",
             Kind::Numbers => "a number or a list of numbers",
             Kind::Label => "an integer",
+            Kind::Messages => "a list of {role, content} turns",
         }
     }
 }
@@ -77,28 +239,35 @@ pub enum Field {
     Text(String),
     Numbers(Vec<f32>),
     Label(i64),
+    /// A conversation as JSON (a list of turns).
+    Json(serde_json::Value),
     /// Null in Parquet, `null` or absent in JSONL.
     Missing,
 }
 
-/// One row: its 0-based index in the file and one field per requested column.
+/// One row: its 0-based index in the dataset (across its files) and one field per
+/// requested column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub index: u64,
     pub fields: Vec<Field>,
 }
 
-/// Column names present in a data file (for messages and for optional columns).
-pub fn column_names(path: &Path) -> Result<Vec<String>> {
+/// Column names present in a dataset (its first file: every file is checked against the
+/// requested columns when it is read).
+pub fn column_names(spec: &Path) -> Result<Vec<String>> {
+    file_column_names(&resolve(spec)?[0])
+}
+
+fn file_column_names(path: &Path) -> Result<Vec<String>> {
     match Format::of(path)? {
         Format::Parquet => {
             let file = open(path)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
             Ok(builder.schema().fields().iter().map(|f| f.name().clone()).collect())
         }
-        Format::Jsonl => {
-            let reader = std::io::BufReader::new(open(path)?);
-            for (i, line) in reader.lines().enumerate() {
+        _ => {
+            for (i, line) in jsonl_reader(path)?.lines().enumerate() {
                 let line = line.map_err(|e| Error::io(path, e))?;
                 if line.trim().is_empty() {
                     continue;
@@ -113,17 +282,20 @@ pub fn column_names(path: &Path) -> Result<Vec<String>> {
     }
 }
 
-/// Number of rows (Parquet: from the footer; JSONL: non-blank lines).
-pub fn count_rows(path: &Path) -> Result<u64> {
+/// Number of rows of a dataset (Parquet: from the footers; JSONL: non-blank lines).
+pub fn count_rows(spec: &Path) -> Result<u64> {
+    Ok(files_with_rows(spec)?.iter().map(|(_, n)| n).sum())
+}
+
+fn count_file_rows(path: &Path) -> Result<u64> {
     match Format::of(path)? {
         Format::Parquet => {
             let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
             Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
         }
-        Format::Jsonl => {
-            let reader = std::io::BufReader::new(open(path)?);
+        _ => {
             let mut n = 0;
-            for line in reader.lines() {
+            for line in jsonl_reader(path)?.lines() {
                 if !line.map_err(|e| Error::io(path, e))?.trim().is_empty() {
                     n += 1;
                 }
@@ -137,11 +309,24 @@ fn open(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
 }
 
-/// Stream the rows of `path`, one [`Field`] per column of `columns`.
+/// The decompressed bytes of a JSONL file, buffered.
+fn jsonl_reader(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+    let file = open(path)?;
+    Ok(match Format::of(path)? {
+        Format::JsonlGz => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
+        Format::JsonlZst => Box::new(std::io::BufReader::new(
+            zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?,
+        )),
+        _ => Box::new(std::io::BufReader::new(file)),
+    })
+}
+
+/// Stream the rows of a dataset (a file, a directory or a glob; see [`resolve`]), one
+/// [`Field`] per column of `columns`; rows are numbered across its files.
 ///
-/// A requested column that the file does not have is an error naming the file's columns.
-pub fn read_rows(path: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
-    read_rows_from(path, columns, 0)
+/// A requested column that a file does not have is an error naming the file's columns.
+pub fn read_rows(spec: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    read_rows_from(spec, columns, 0)
 }
 
 /// Where a row starts in a JSONL file: its index, byte offset and the number of lines
@@ -157,7 +342,8 @@ pub struct RowStart {
 /// Rows past the end are left out. With these, [`read_jsonl_at`] starts reading without a
 /// scan, so reading a file in shards costs one pass, not one per shard.
 pub fn jsonl_row_starts(path: &Path, rows: &[u64]) -> Result<Vec<RowStart>> {
-    let mut reader = std::io::BufReader::new(open(path)?);
+    let path = &single_file(path)?;
+    let mut reader = jsonl_reader(path)?;
     let (mut out, mut want) = (Vec::with_capacity(rows.len()), rows.iter().copied().peekable());
     let (mut row, mut byte, mut line_no, mut line) = (0u64, 0u64, 0u64, Vec::new());
     while want.peek().is_some() {
@@ -188,17 +374,29 @@ fn is_blank_line(line: &[u8]) -> bool {
 /// As [`read_rows_from`] for a JSONL file, starting at a [`RowStart`] from
 /// [`jsonl_row_starts`] (a seek, no scan).
 pub fn read_jsonl_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    let path = &single_file(path)?;
     check_columns(path, columns)?;
     jsonl_rows_at(path, columns, at)
 }
 
 fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
-    use std::io::Seek;
-    let mut file = open(path)?;
-    file.seek(std::io::SeekFrom::Start(at.byte)).map_err(|e| Error::io(path, e))?;
+    let reader: Box<dyn BufRead + Send> = if Format::of(path)? == Format::Jsonl {
+        use std::io::Seek;
+        let mut file = open(path)?;
+        file.seek(std::io::SeekFrom::Start(at.byte)).map_err(|e| Error::io(path, e))?;
+        Box::new(std::io::BufReader::new(file))
+    } else {
+        // A compressed stream cannot seek: decompress and drop the bytes before the row.
+        let mut reader = jsonl_reader(path)?;
+        let skipped = std::io::copy(&mut std::io::Read::take(&mut reader, at.byte), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+        if skipped != at.byte {
+            return Err(Error::data(path, format!("ends at byte {skipped}, before row {} at byte {}", at.row, at.byte)));
+        }
+        reader
+    };
     Ok(Box::new(JsonlRows {
         path: path.to_path_buf(),
-        lines: std::io::BufReader::new(file).lines(),
+        lines: reader.lines(),
         columns: columns.to_vec(),
         line_no: at.line,
         next_index: at.row,
@@ -206,7 +404,7 @@ fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dy
 }
 
 fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
-    let names = column_names(path)?;
+    let names = file_column_names(path)?;
     for c in columns {
         if !names.contains(&c.name) {
             return Err(Error::data(
@@ -222,7 +420,57 @@ fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
 /// decoding the rows before it: Parquet skips whole row groups by their metadata and the
 /// rest of the rows inside the first one; JSONL skips lines without parsing them. Training
 /// reads each shard's rows this way, so an epoch reads the data once, not once per shard.
-pub fn read_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+pub fn read_rows_from(spec: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+    let files = resolve(spec)?;
+    if let [file] = files.as_slice() {
+        return read_file_rows_from(file, columns, first);
+    }
+    // Several files: start in the file holding row `first` (earlier files are not opened).
+    let mut start = 0u64;
+    let mut rest = Vec::new();
+    for (file, rows) in files_with_rows(spec)? {
+        if start + rows > first || !rest.is_empty() {
+            rest.push((file, start));
+        }
+        start += rows;
+    }
+    Ok(Box::new(FilesRows { files: rest.into_iter(), first, columns: columns.to_vec(), current: None }))
+}
+
+/// The rows of several files in order, renumbered across them.
+struct FilesRows {
+    /// (file, index of its first row in the dataset), from the file holding `first` on.
+    files: std::vec::IntoIter<(PathBuf, u64)>,
+    first: u64,
+    columns: Vec<Column>,
+    current: Option<(u64, Box<dyn Iterator<Item = Result<Row>> + Send>)>,
+}
+
+impl Iterator for FilesRows {
+    type Item = Result<Row>;
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if let Some((base, rows)) = &mut self.current {
+                match rows.next() {
+                    Some(Ok(mut row)) => {
+                        row.index += *base;
+                        return Some(Ok(row));
+                    }
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => self.current = None,
+                }
+            }
+            let (file, base) = self.files.next()?;
+            match read_file_rows_from(&file, &self.columns, self.first.saturating_sub(base)) {
+                Ok(rows) => self.current = Some((base, rows)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// [`read_rows_from`] for one file; rows keep their index in the file.
+fn read_file_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
     check_columns(path, columns)?;
     match Format::of(path)? {
         Format::Parquet => {
@@ -274,7 +522,7 @@ pub fn read_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Box
                 next_index: first,
             }))
         }
-        Format::Jsonl => match jsonl_row_starts(path, &[first])?.first() {
+        _ => match jsonl_row_starts(path, &[first])?.first() {
             Some(&at) => jsonl_rows_at(path, columns, at),
             None => Ok(Box::new(std::iter::empty())), // `first` is past the last row
         },
@@ -285,6 +533,7 @@ fn check_arrow_type(path: &Path, name: &str, dt: &DataType, kind: Kind) -> Resul
     let ok = match kind {
         Kind::Text => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
         Kind::Label => dt.is_integer(),
+        Kind::Messages => matches!(dt, DataType::List(_) | DataType::LargeList(_)),
         Kind::Numbers => match dt {
             DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().is_numeric(),
             other => other.is_numeric(),
@@ -343,6 +592,7 @@ fn arrow_field(array: &ArrayRef, i: usize, kind: Kind) -> std::result::Result<Fi
         return Ok(Field::Missing);
     }
     match kind {
+        Kind::Messages => arrow_json(array.as_ref(), i).map(Field::Json),
         Kind::Text => {
             let s = match array.data_type() {
                 DataType::Utf8 => array.as_string::<i32>().value(i),
@@ -372,9 +622,46 @@ fn arrow_field(array: &ArrayRef, i: usize, kind: Kind) -> std::result::Result<Fi
     }
 }
 
+/// Value `i` of an Arrow array as JSON: strings, numbers, booleans, nulls, lists and
+/// structs (what a conversation column holds).
+fn arrow_json(array: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    if array.is_null(i) {
+        return Ok(J::Null);
+    }
+    let list = |values: ArrayRef| (0..values.len()).map(|j| arrow_json(values.as_ref(), j)).collect::<std::result::Result<Vec<_>, _>>().map(J::Array);
+    Ok(match array.data_type() {
+        DataType::Utf8 => J::String(array.as_string::<i32>().value(i).to_string()),
+        DataType::LargeUtf8 => J::String(array.as_string::<i64>().value(i).to_string()),
+        DataType::Utf8View => J::String(array.as_string_view().value(i).to_string()),
+        DataType::Boolean => J::Bool(array.as_boolean().value(i)),
+        DataType::Null => J::Null,
+        DataType::List(_) => list(array.as_list::<i32>().value(i))?,
+        DataType::LargeList(_) => list(array.as_list::<i64>().value(i))?,
+        DataType::FixedSizeList(_, _) => list(array.as_fixed_size_list().value(i))?,
+        DataType::Struct(fields) => {
+            let s = array.as_struct();
+            let mut map = serde_json::Map::new();
+            for (f, column) in fields.iter().zip(s.columns()) {
+                map.insert(f.name().clone(), arrow_json(column.as_ref(), i)?);
+            }
+            J::Object(map)
+        }
+        dt if dt.is_integer() => {
+            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Int64).map_err(|e| e.to_string())?;
+            J::from(v.as_primitive::<arrow::datatypes::Int64Type>().value(0))
+        }
+        dt if dt.is_floating() => {
+            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Float64).map_err(|e| e.to_string())?;
+            serde_json::Number::from_f64(v.as_primitive::<arrow::datatypes::Float64Type>().value(0)).map(J::Number).unwrap_or(J::Null)
+        }
+        dt => return Err(format!("holds {dt}, which a conversation cannot hold")),
+    })
+}
+
 struct JsonlRows {
     path: PathBuf,
-    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    lines: std::io::Lines<Box<dyn BufRead + Send>>,
     columns: Vec<Column>,
     line_no: u64,
     next_index: u64,
@@ -427,6 +714,7 @@ fn json_field(v: Option<&serde_json::Value>, kind: Kind) -> std::result::Result<
     let Some(v) = v else { return Ok(Field::Missing) };
     match (kind, v) {
         (_, J::Null) => Ok(Field::Missing),
+        (Kind::Messages, J::Array(_)) => Ok(Field::Json(v.clone())),
         (Kind::Text, J::String(s)) => Ok(Field::Text(s.clone())),
         (Kind::Label, J::Number(n)) if n.as_i64().is_some() => Ok(Field::Label(n.as_i64().unwrap_or_default())),
         (Kind::Numbers, J::Number(n)) => Ok(Field::Numbers(vec![n.as_f64().unwrap_or(f64::NAN) as f32])),

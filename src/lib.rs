@@ -54,6 +54,7 @@
 //! ```
 
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod data;
 pub mod error;

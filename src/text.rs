@@ -1,12 +1,15 @@
 //! Tokenization shared by both stages and `eval`: the same text columns must produce the
-//! same token ids and the same cached positions in stage one and stage two.
+//! same token ids and the same cached positions in stage one and stage two. Text is a plain
+//! column, a prompt and a completion, or a conversation rendered with a chat template
+//! ([`crate::chat`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Positions;
-use crate::data::Field;
+use crate::chat::{ChatTemplate, assistant_mask};
+use crate::data::{Column, Field, Kind};
 use crate::error::{Error, Result};
 
 /// Where a row's text comes from, and which positions are trained on.
@@ -17,6 +20,12 @@ pub struct TextColumns {
     pub text: Option<String>,
     pub prompt: Option<String>,
     pub completion: Option<String>,
+    /// Chat data: the column of conversations, rendered with the chat template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<String>,
+    /// Chat data: SHA-256 of the saved chat template (`chat_template.json` in the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_sha256: Option<String>,
     pub positions: Positions,
     /// Sequences are cut to this many tokens.
     pub max_seq_len: usize,
@@ -25,9 +34,15 @@ pub struct TextColumns {
 impl TextColumns {
     /// Names of the columns to read, in the order [`tokenize`] expects the fields.
     pub fn column_names(&self) -> Vec<String> {
-        match (&self.text, &self.prompt, &self.completion) {
-            (Some(t), _, _) => vec![t.clone()],
-            (None, Some(p), Some(c)) => vec![p.clone(), c.clone()],
+        self.columns().into_iter().map(|c| c.name).collect()
+    }
+
+    /// The columns to read, with their kinds, in the order [`tokenize`] expects the fields.
+    pub fn columns(&self) -> Vec<Column> {
+        match (&self.messages, &self.text, &self.prompt, &self.completion) {
+            (Some(m), ..) => vec![Column::new(m, Kind::Messages)],
+            (None, Some(t), _, _) => vec![Column::new(t, Kind::Text)],
+            (None, None, Some(p), Some(c)) => vec![Column::new(p, Kind::Text), Column::new(c, Kind::Text)],
             _ => Vec::new(),
         }
     }
@@ -40,6 +55,8 @@ pub struct Tokenizer {
     /// SHA-256 of the tokenizer.json bytes: the fingerprint recorded in manifests.
     pub sha256: String,
     pub pad_id: u32,
+    /// The chat template conversations are rendered with (chat data only).
+    pub chat: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
@@ -52,7 +69,7 @@ impl Tokenizer {
             .map(|p| p.pad_id)
             .or_else(|| ["<|pad|>", "<pad>", "[PAD]", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
-        Ok(Tokenizer { inner, path: path.to_path_buf(), sha256: crate::cache::manifest::sha256_bytes(&bytes), pad_id })
+        Ok(Tokenizer { inner, path: path.to_path_buf(), sha256: crate::cache::manifest::sha256_bytes(&bytes), pad_id, chat: None })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -66,42 +83,84 @@ pub struct Tokenized {
     pub ids: Vec<u32>,
     /// First position that is trained on / cached (position `p` predicts token `p + 1`).
     pub first_position: usize,
+    /// Chat data with `positions = assistant`: which tokens are assistant tokens; a
+    /// position is trained on when the token it predicts is one.
+    pub targets: Option<Vec<bool>>,
     /// The row was longer than `max_seq_len` and was cut.
     pub truncated: bool,
 }
 
 impl Tokenized {
-    /// Positions that are cached / trained on: `first_position .. len - 1`.
-    pub fn positions(&self) -> std::ops::Range<usize> {
-        self.first_position..self.ids.len().saturating_sub(1)
+    /// Positions that are cached / trained on, ascending: `first_position .. len - 1`, less
+    /// those predicting a token that is not a target.
+    pub fn positions(&self) -> Vec<usize> {
+        let all = self.first_position..self.ids.len().saturating_sub(1);
+        match &self.targets {
+            None => all.collect(),
+            Some(t) => all.filter(|&p| t[p + 1]).collect(),
+        }
     }
 }
 
-/// Tokenize one row: `fields` holds the values of [`TextColumns::column_names`], in order.
+/// Tokenize one row: `fields` holds the values of [`TextColumns::columns`], in order.
 /// Text is encoded with the tokenizer's special tokens; a completion is encoded without them
-/// and appended to its prompt.
+/// and appended to its prompt; a conversation is rendered with the chat template and encoded
+/// without them (the template writes its own, as `apply_chat_template` does).
 pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64, data: &Path) -> Result<Tokenized> {
     let names = cols.column_names();
+    let missing = |i: usize| Error::data(data, format!("row {row}, column `{}`: value is missing (null)", names[i]));
     let get = |i: usize| match fields.get(i) {
         Some(Field::Text(s)) => Ok(s.as_str()),
-        _ => Err(Error::data(data, format!("row {row}, column `{}`: value is missing (null)", names[i]))),
+        _ => Err(missing(i)),
     };
     let enc = |s: &str, special: bool| {
-        tok.inner
-            .encode(s, special)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Error::Tokenizer { path: tok.path.clone(), message: format!("row {row}: {e}") })
+        tok.inner.encode(s, special).map_err(|e| Error::Tokenizer { path: tok.path.clone(), message: format!("row {row}: {e}") })
     };
-    let (mut ids, first) = if cols.text.is_some() {
-        (enc(get(0)?, true)?, 0)
+    let (mut ids, first, mut targets) = if let Some(col) = &cols.messages {
+        let chat = tok.chat.as_ref().ok_or_else(|| Error::Config("chat data needs a chat template (--chat-template)".into()))?;
+        let messages = match fields.first() {
+            Some(Field::Json(v)) => v,
+            _ => return Err(missing(0)),
+        };
+        let rendered = chat.render(messages).map_err(|m| Error::data(data, format!("row {row}, column `{col}`: {m}")))?;
+        let e = enc(&rendered.text, false)?;
+        let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));
+        (e.get_ids().to_vec(), 0, targets)
+    } else if cols.text.is_some() {
+        (enc(get(0)?, true)?.get_ids().to_vec(), 0, None)
     } else {
-        let mut ids = enc(get(0)?, true)?;
+        let mut ids = enc(get(0)?, true)?.get_ids().to_vec();
         let m = ids.len();
-        ids.extend(enc(get(1)?, false)?);
+        ids.extend(enc(get(1)?, false)?.get_ids());
         let first = if cols.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
-        (ids, first)
+        (ids, first, None)
     };
     let truncated = ids.len() > cols.max_seq_len;
     ids.truncate(cols.max_seq_len);
-    Ok(Tokenized { ids, first_position: first, truncated })
+    if let Some(t) = &mut targets {
+        t.truncate(cols.max_seq_len);
+    }
+    Ok(Tokenized { ids, first_position: first, targets, truncated })
+}
+
+/// For conversations, attach the chat template saved in `dir` (a cache or a run
+/// directory), checking it is the one `cols` records.
+pub fn attach_chat_template(tok: &mut Tokenizer, cols: &TextColumns, dir: &Path) -> Result<()> {
+    if cols.messages.is_none() {
+        return Ok(());
+    }
+    let path = dir.join(crate::chat::CHAT_TEMPLATE_FILE);
+    let chat = ChatTemplate::load_saved(&path)?;
+    if let Some(want) = &cols.chat_template_sha256
+        && *want != chat.sha256
+    {
+        return Err(Error::Config(format!(
+            "{}: is not the chat template the cache was made with (sha256 {} vs {})",
+            path.display(),
+            &chat.sha256[..12],
+            &want[..12.min(want.len())]
+        )));
+    }
+    tok.chat = Some(chat);
+    Ok(())
 }

@@ -7,7 +7,7 @@ use distill::cache::{CacheReader, SoftLabelBatch};
 use crate::common::*;
 
 /// All positions of a cache, in shard order.
-fn read_all(dir: &Path) -> (distill::cache::Manifest, SoftLabelBatch) {
+pub(crate) fn read_all(dir: &Path) -> (distill::cache::Manifest, SoftLabelBatch) {
     let reader = CacheReader::open(dir).expect("cache opens");
     let mut all = SoftLabelBatch { k: reader.manifest().top_k, ..Default::default() };
     for shard in &reader.manifest().shards {
@@ -68,6 +68,11 @@ fn lm_args(out: &Path, extra: &[&str]) -> Vec<String> {
 fn compare_with_reference(dir: &Path, reference: &str, tol: f64) {
     let text = std::fs::read_to_string(data(reference)).expect("reference fixture");
     let r: serde_json::Value = serde_json::from_str(&text).expect("reference json");
+    compare_with_reference_value(dir, &r, tol);
+}
+
+/// As [`compare_with_reference`], for a reference already parsed: `top_k` and `positions`.
+pub(crate) fn compare_with_reference_value(dir: &Path, r: &serde_json::Value, tol: f64) {
     let (m, all) = read_all(dir);
     let k = m.top_k;
     assert_eq!(k, r["top_k"].as_u64().unwrap() as usize);

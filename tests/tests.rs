@@ -3,6 +3,7 @@
 mod common;
 
 mod cache_teacher;
+mod inputs;
 mod train_student;
 mod failures;
 mod fuzz;

@@ -18,6 +18,7 @@ use crate::data::{self, Column, Field, Kind, Row};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::teacher::{InputMapping, SoftLabel, Teacher, TeacherBatch, TopKScratch, topk};
+use crate::chat::ChatTemplate;
 use crate::text::{self, TextColumns, Tokenizer};
 
 /// What a finished (or already complete) run reports.
@@ -103,15 +104,18 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
 
 fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
     // Inputs first: nothing is created before the inputs are known to be usable.
-    let format = data::Format::of(&cfg.data)?;
-    if !cfg.data.is_file() {
-        return Err(Error::io(&cfg.data, std::io::Error::new(std::io::ErrorKind::NotFound, "data file not found")));
-    }
+    data::dataset_format(&cfg.data)?;
     if !cfg.teacher.is_file() {
         return Err(Error::io(&cfg.teacher, std::io::Error::new(std::io::ErrorKind::NotFound, "teacher model not found")));
     }
     let text_side = match &cfg.text {
-        Some(t) => Some(Tokenizer::load(&t.tokenizer)?),
+        Some(t) => {
+            let mut tok = Tokenizer::load(&t.tokenizer)?;
+            if matches!(t.source, TextSource::Messages(_)) {
+                tok.chat = Some(ChatTemplate::find(t.chat_template.as_deref(), &t.tokenizer)?);
+            }
+            Some(tok)
+        }
         None => None,
     };
     let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
@@ -138,30 +142,22 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
             ));
         }
     };
-    if let Some(ts) = &text_side
-        && teacher.task == Task::CausalLm
-        && ts.vocab_size() > vocab
-    {
-        return Err(Error::Tokenizer {
-            path: cfg.text.as_ref().expect("text").tokenizer.clone(),
-            message: format!(
-                "tokenizer has {} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary",
-                ts.vocab_size()
-            ),
-        });
-    }
-
+    let selectable = selectable_ids(cfg, &teacher, text_side.as_ref(), top_k)?;
     // Columns.
     let names = data::column_names(&cfg.data)?;
+    let text_columns = cfg.text.as_ref().map(|t| {
+        let (mut text, mut prompt, mut completion, mut messages) = (None, None, None, None);
+        match &t.source {
+            TextSource::Text(c) => text = Some(c.clone()),
+            TextSource::PromptCompletion { prompt: p, completion: c } => (prompt, completion) = (Some(p.clone()), Some(c.clone())),
+            TextSource::Messages(m) => messages = Some(m.clone()),
+        }
+        let chat_template_sha256 = text_side.as_ref().and_then(|ts| ts.chat.as_ref()).map(|c| c.sha256.clone());
+        TextColumns { text, prompt, completion, messages, chat_template_sha256, positions: positions_mode, max_seq_len: t.max_seq_len }
+    });
     let mut columns = Vec::new();
-    match &cfg.text {
-        Some(t) => match &t.source {
-            TextSource::Text(c) => columns.push(Column::new(c, Kind::Text)),
-            TextSource::PromptCompletion { prompt, completion } => {
-                columns.push(Column::new(prompt, Kind::Text));
-                columns.push(Column::new(completion, Kind::Text));
-            }
-        },
+    match &text_columns {
+        Some(t) => columns.extend(t.columns()),
         None => {
             for (col, _) in teacher.feature_columns() {
                 if !names.contains(&col) {
@@ -187,21 +183,8 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         columns.push(Column::new(l, Kind::Label));
     }
 
-    let text_columns = cfg.text.as_ref().map(|t| {
-        let (text, prompt, completion) = match &t.source {
-            TextSource::Text(c) => (Some(c.clone()), None, None),
-            TextSource::PromptCompletion { prompt, completion } => (None, Some(prompt.clone()), Some(completion.clone())),
-        };
-        TextColumns { text, prompt, completion, positions: positions_mode, max_seq_len: t.max_seq_len }
-    });
-
     // Identity of the cache.
-    let dataset = DatasetInfo {
-        file: file_name(&cfg.data),
-        format: format.name().to_string(),
-        sha256: manifest::sha256_file(&cfg.data)?,
-        rows: data::count_rows(&cfg.data)?,
-    };
+    let dataset = DatasetInfo::of(&cfg.data)?;
     let step = match cfg.encoding {
         LogprobEncoding::DeltaU16 => schema::DEFAULT_LOGPROB_STEP,
         LogprobEncoding::F32 => 0.0,
@@ -212,7 +195,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         max_abs_error: step / 2.0,
         compression: format!("zstd({})", writer::ZSTD_LEVEL),
     };
-    let identity = serde_json::json!({
+    let mut identity = serde_json::json!({
         "schema_version": SCHEMA_VERSION,
         "tool_version": env!("CARGO_PKG_VERSION"),
         "teacher_sha256": teacher.sha256,
@@ -228,6 +211,16 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         "encoding": encoding,
         "rows_per_shard": cfg.rows_per_shard,
     });
+    // Keys that only some caches have (older fingerprints stay as they were without them).
+    if !teacher.external_data.is_empty() {
+        identity["teacher_external_data"] = serde_json::json!(teacher.external_data);
+    }
+    if selectable.ids < vocab {
+        identity["selectable_ids"] = serde_json::json!(selectable.ids);
+    }
+    if let Some(sha) = text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
+        identity["chat_template_sha256"] = serde_json::json!(sha);
+    }
     let fingerprint = manifest::sha256_bytes(identity.to_string().as_bytes());
     let mut man = Manifest {
         schema_version: SCHEMA_VERSION,
@@ -239,6 +232,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
             file: file_name(&cfg.teacher),
             sha256: teacher.sha256.clone(),
             bytes: teacher.bytes,
+            external_data: teacher.external_data.clone(),
             inputs: teacher.inputs_info().to_vec(),
             outputs: teacher.outputs_info().to_vec(),
             logits_output: teacher.output_name().to_string(),
@@ -269,6 +263,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let resumed = prepare_out_dir(out, &man, opts.overwrite, &names, part)?;
     let mut warnings = Vec::new();
     warnings.extend(teacher.device_note.clone());
+    warnings.extend(selectable.warning);
     match resumed {
         OutState::Complete(existing) => {
             return Ok(CacheSummary {
@@ -295,6 +290,9 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     if let Some(ts) = &text_side {
         let bytes = std::fs::read(&ts.path).map_err(|e| Error::io(&ts.path, e))?;
         manifest::write_atomic(&out.join(manifest::TOKENIZER_FILE), &bytes)?;
+        if let Some(chat) = &ts.chat {
+            chat.save(out)?;
+        }
     }
     let resumed_shards = man.shards.len();
     // This run's shards: indices j of this part (all of them without --shard), after the
@@ -334,6 +332,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         temperature: cfg.temperature,
         top_k,
         vocab: vocab_size,
+        selectable: selectable.ids,
         threads: cfg.threads,
         teacher_path,
         on_shard: opts.on_shard.clone(),
@@ -436,6 +435,44 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         warnings,
         timings,
     })
+}
+
+/// Which ids a soft label may name, and what the user should know about it.
+struct Selectable {
+    ids: usize,
+    warning: Option<String>,
+}
+
+/// A causal LM's logits may be wider than its tokenizer (vocabularies padded to a round
+/// size: Qwen2.5-7B has 152064 logits for 151665 tokens): ids past the tokenizer are
+/// padding, never chosen for the top-k; their probability is part of the tail mass. A
+/// tokenizer larger than the logits is refused; one much smaller (more than 1 % of the
+/// logits and 128 ids of padding) is more likely the wrong tokenizer: a warning says so.
+fn selectable_ids(cfg: &CacheTeacherConfig, teacher: &Teacher, tok: Option<&Tokenizer>, top_k: usize) -> Result<Selectable> {
+    let vocab = teacher.vocab_size;
+    let (Some(ts), Task::CausalLm) = (tok, teacher.task) else {
+        return Ok(Selectable { ids: vocab, warning: None });
+    };
+    let tokens = ts.vocab_size();
+    let path = || cfg.text.as_ref().expect("a tokenizer comes with text settings").tokenizer.clone();
+    if tokens > vocab {
+        return Err(Error::Tokenizer {
+            path: path(),
+            message: format!("tokenizer has {tokens} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary"),
+        });
+    }
+    if top_k > tokens {
+        return Err(Error::Config(format!("cache.top_k = {top_k} is larger than the tokenizer's {tokens} tokens")));
+    }
+    let padding = vocab - tokens;
+    let warning = (padding > 128 && padding * 100 > vocab).then(|| {
+        format!(
+            "the tokenizer ({}) has {tokens} tokens but the teacher's logits have {vocab}: {padding} ids are taken as padding \
+             (more than padding usually is); check that this is the teacher's own tokenizer",
+            path().display()
+        )
+    });
+    Ok(Selectable { ids: tokens, warning })
 }
 
 fn finish_shard(out: &Path, name: &str, man: &mut Manifest, info: ShardInfo) -> Result<()> {
@@ -545,6 +582,7 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
                         !(manifest::is_shard_file_name(n)
                             || n.ends_with(".partial")
                             || n == manifest::TOKENIZER_FILE
+                            || n == crate::chat::CHAT_TEMPLATE_FILE
                             || (part.count > 1 && n.starts_with("manifest.part-")))
                     })
                     .collect();
@@ -587,14 +625,45 @@ fn describe_difference(old: &Manifest, new: &Manifest) -> String {
     let a = &old.settings["identity"];
     let b = &new.settings["identity"];
     let mut diffs = Vec::new();
+    if old.teacher.sha256 != new.teacher.sha256 {
+        diffs.push(format!("the teacher graph {} differs (sha256 {} -> {})", new.teacher.file, short(&old.teacher.sha256), short(&new.teacher.sha256)));
+    }
+    diffs.extend(external_data_difference(&old.teacher.external_data, &new.teacher.external_data));
     if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
         for (k, v) in b {
-            if a.get(k) != Some(v) {
+            if a.get(k) != Some(v) && !["teacher_sha256", "teacher_external_data"].contains(&k.as_str()) {
                 diffs.push(format!("{k}: {} -> {}", a.get(k).map(|x| x.to_string()).unwrap_or("none".into()), v));
             }
         }
     }
     if diffs.is_empty() { "fingerprint differs".to_string() } else { diffs.join("; ") }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..12.min(hash.len())]
+}
+
+/// The teacher's weight files that differ between two caches, each named.
+fn external_data_difference(old: &[manifest::ExternalDataInfo], new: &[manifest::ExternalDataInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in new {
+        match old.iter().find(|o| o.file == n.file) {
+            Some(o) if o.sha256 != n.sha256 => out.push(format!(
+                "the teacher's external-data file {} differs ({} bytes, sha256 {} -> {} bytes, sha256 {})",
+                n.file,
+                o.bytes,
+                short(&o.sha256),
+                n.bytes,
+                short(&n.sha256)
+            )),
+            Some(_) => {}
+            None => out.push(format!("the teacher now keeps weights in {}, which the cache's teacher did not", n.file)),
+        }
+    }
+    for o in old.iter().filter(|o| !new.iter().any(|n| n.file == o.file)) {
+        out.push(format!("the cache's teacher kept weights in {}, which this teacher does not", o.file));
+    }
+    out
 }
 
 /// (row, position, hard label with the teacher's log-prob of it, soft label)
@@ -625,6 +694,8 @@ struct Sink<'a> {
     temperature: f32,
     top_k: usize,
     vocab: usize,
+    /// Ids a soft label may name: the tokenizer's (ids past it are padding of the logits).
+    selectable: usize,
     threads: usize,
     teacher_path: std::path::PathBuf,
     on_shard: Option<ShardHook>,
@@ -676,7 +747,7 @@ impl Sink<'_> {
     fn label(&self, p: &Pending, scratch: &mut [TopKScratch]) -> Result<Vec<Labelled>> {
         let vocab = self.vocab;
         let starts: Vec<usize> = (0..p.meta.len()).collect();
-        let soft = soft_labels(&p.logits, vocab, &starts, self.temperature, self.top_k, scratch).map_err(|(i, col)| {
+        let soft = soft_labels(&p.logits, vocab, self.selectable, &starts, self.temperature, self.top_k, scratch).map_err(|(i, col)| {
             let (row, position, _) = p.meta[i];
             let at = if p.meta.iter().all(|m| m.1 == 0) { format!("row {row}") } else { format!("row {row}, position {position}") };
             Error::teacher(&self.teacher_path, format!("{at}: logit {col} is not finite ({})", p.logits[i * vocab + col]))
@@ -701,13 +772,15 @@ fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32)
     Some(soft.logprobs[0] + (logits[l] - logits[top]) / temperature)
 }
 
-/// Top-k of many rows of logits, split over `scratch.len()` threads.
+/// Top-k (among ids `0..selectable`) of many rows of logits, split over `scratch.len()`
+/// threads.
 ///
 /// # Shapes
 /// - `logits`: `[n, vocab]` (row `i` at `starts[i] * vocab`)
 fn soft_labels(
     logits: &[f32],
     vocab: usize,
+    selectable: usize,
     starts: &[usize],
     temperature: f32,
     k: usize,
@@ -727,7 +800,7 @@ fn soft_labels(
             .map(|(c, ((outs, sts), sc))| {
                 s.spawn(move || {
                     for (j, (o, &st)) in outs.iter_mut().zip(sts).enumerate() {
-                        topk::soft_top_k_into(&logits[st * vocab..(st + 1) * vocab], temperature, k, sc, o)
+                        topk::soft_top_k_among(&logits[st * vocab..(st + 1) * vocab], selectable, temperature, k, sc, o)
                             .map_err(|col| (c * per + j, col))?;
                     }
                     Ok(())
@@ -799,7 +872,7 @@ fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, batch: &[Row
             return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
         }
         Ok(Pending {
-            logits: logits.to_vec(),
+            logits: logits.to_f32_vec(),
             meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
             rows: batch.iter().map(|r| r.index).collect(),
         })
@@ -931,7 +1004,7 @@ fn tokenize_batch(
 ) -> Result<Tokens> {
     let text = cfg.text.as_ref().expect("token batch has text settings");
     let mut truncated = 0u64;
-    let mut seqs: Vec<(Vec<u32>, usize)> = Vec::with_capacity(batch.len()); // (ids, first cached position)
+    let mut seqs: Vec<(Vec<u32>, Vec<usize>)> = Vec::with_capacity(batch.len()); // (ids, cached positions)
     for r in batch {
         let t = text::tokenize(ts, cols, &r.fields, r.index, &cfg.data)?;
         if t.truncated {
@@ -949,7 +1022,8 @@ fn tokenize_batch(
                 message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {vocab}", r.index),
             });
         }
-        seqs.push((t.ids, t.first_position));
+        let positions = t.positions();
+        seqs.push((t.ids, positions));
     }
     let seq = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![ts.pad_id as i64; batch.len() * seq];
@@ -964,8 +1038,8 @@ fn tokenize_batch(
     }
     let mut wanted = Vec::new();
     if !classify {
-        for (b, (s, first)) in seqs.iter().enumerate() {
-            for p in *first..s.len().saturating_sub(1) {
+        for (b, (s, positions)) in seqs.iter().enumerate() {
+            for &p in positions {
                 wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
             }
         }
@@ -980,7 +1054,12 @@ fn tokenize_batch(
 fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut buffer: Vec<f32>) -> Result<Pending> {
     let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
+    let teacher_output = &teacher.output_name().to_string();
     teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits| {
+        if shape.len() == 3 && shape[1] == 1 && t.seq > 1 {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            return Err(Error::teacher(&teacher_path, crate::teacher::model::last_position_only(teacher_output, &dims)));
+        }
         if shape != [batch.len(), t.seq, vocab] {
             return Err(Error::teacher(
                 &teacher_path,
@@ -990,7 +1069,7 @@ fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut buffer: Vec<
         buffer.clear();
         buffer.reserve(t.wanted.len() * vocab);
         for w in &t.wanted {
-            buffer.extend_from_slice(&logits[w.0 * vocab..(w.0 + 1) * vocab]);
+            logits.extend_f32(w.0 * vocab..(w.0 + 1) * vocab, &mut buffer);
         }
         Ok(Pending {
             logits: buffer,

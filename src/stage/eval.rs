@@ -9,7 +9,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::cache::manifest::{TOKENIZER_FILE, sha256_file};
+use crate::cache::manifest::{DatasetInfo, TOKENIZER_FILE};
 use crate::cache::{CacheReader, Task};
 use crate::error::{Error, Result};
 use crate::stage::train_student::{PreparedRow, StudentFile, prepare_rows, token_tensor};
@@ -31,9 +31,8 @@ pub struct EvalReport {
 /// Teacher top-1 per (row, position), from a cache of the evaluation data.
 fn teacher_top1(cache: &Path, data: &Path) -> Result<HashMap<(u64, u32), u32>> {
     let reader = CacheReader::open(&crate::store::local_copy(cache)?)?;
-    let sha = sha256_file(data)?;
-    if sha != reader.manifest().dataset.sha256 {
-        return Err(Error::cache(cache, format!("was not made from {} (dataset sha256 differs)", data.display())));
+    if let Some(why) = DatasetInfo::of(data)?.difference(&reader.manifest().dataset) {
+        return Err(Error::cache(cache, format!("was not made from {}: {why}", data.display())));
     }
     let mut top = HashMap::new();
     for shard in &reader.manifest().shards {
@@ -56,7 +55,11 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result
     let mut model = sf.arch.init(&device);
     student::load_burnpack(&mut model, &run_dir.join("student.bpk"))?;
     let tok = match &sf.data.text {
-        Some(_) => Some(Tokenizer::load(&run_dir.join(TOKENIZER_FILE))?),
+        Some(text) => {
+            let mut tok = Tokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
+            crate::text::attach_chat_template(&mut tok, text, run_dir)?;
+            Some(tok)
+        }
         None => None,
     };
     let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
@@ -91,7 +94,7 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result
                 let vocab = logits.dims()[2];
                 let lp: Vec<f32> = log_softmax(logits, 2).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
                 for (i, r) in chunk.iter().enumerate() {
-                    for p in r.positions.clone() {
+                    for &p in &r.positions {
                         let row = &lp[(i * s + p) * vocab..(i * s + p + 1) * vocab];
                         nll -= row[r.tokens[p + 1] as usize] as f64;
                         n += 1;
@@ -201,7 +204,11 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
         let mut model = sf.arch.init(&device);
         student::load_burnpack(&mut model, &student_dir.join("student.bpk"))?;
         let tok = match &sf.data.text {
-            Some(_) => Some(Tokenizer::load(&student_dir.join(TOKENIZER_FILE))?),
+            Some(text) => {
+                let mut tok = Tokenizer::load(&student_dir.join(TOKENIZER_FILE))?;
+                crate::text::attach_chat_template(&mut tok, text, student_dir)?;
+                Some(tok)
+            }
             None => None,
         };
         (model, sf.data, tok)
@@ -223,6 +230,8 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
                 text: Some(opts.text_column.clone()),
                 prompt: None,
                 completion: None,
+                messages: None,
+                chat_template_sha256: None,
                 positions,
                 max_seq_len: opts.max_seq_len,
             }),

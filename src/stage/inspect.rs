@@ -97,11 +97,18 @@ pub fn render(dir: &Path, m: &Manifest, s: &CacheStats) -> String {
         short(&m.teacher.sha256),
         m.teacher.logits_output
     );
+    for x in &m.teacher.external_data {
+        let _ = writeln!(o, "    external data {} ({} bytes, sha256 {})", x.file, x.bytes, short(&x.sha256));
+    }
     if let Some(t) = &m.tokenizer {
-        let _ = writeln!(o, "  tokenizer {} (sha256 {}), {} tokens", t.file, short(&t.sha256), t.vocab_size);
+        let padding = if t.vocab_size < m.vocab_size { format!(" (logits {} - {} ids of padding)", m.vocab_size, m.vocab_size - t.vocab_size) } else { String::new() };
+        let _ = writeln!(o, "  tokenizer {} (sha256 {}), {} tokens{padding}", t.file, short(&t.sha256), t.vocab_size);
     }
     let _ = writeln!(o, "  vocab_size {}, top_k {}, temperature {}", m.vocab_size, m.top_k, m.temperature);
     let _ = writeln!(o, "  dataset {} ({}, sha256 {}), {} rows", m.dataset.file, m.dataset.format, short(&m.dataset.sha256), m.dataset.rows);
+    for f in &m.dataset.files {
+        let _ = writeln!(o, "    {} ({} rows, sha256 {})", f.file, f.rows, short(&f.sha256));
+    }
     let _ = writeln!(
         o,
         "  encoding {} (step {}, max abs error {:.6} nats), {}",

@@ -134,11 +134,13 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
             manifest::write_atomic(&dst, &bytes)?;
         }
     }
-    if let Some((dir, _)) = parts.iter().find(|(d, _)| d.join(TOKENIZER_FILE).exists()) {
-        let src = dir.join(TOKENIZER_FILE);
-        if !same_file(&src, &out.join(TOKENIZER_FILE)) {
-            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-            manifest::write_atomic(&out.join(TOKENIZER_FILE), &bytes)?;
+    for file in [TOKENIZER_FILE, crate::chat::CHAT_TEMPLATE_FILE] {
+        if let Some((dir, _)) = parts.iter().find(|(d, _)| d.join(file).exists()) {
+            let src = dir.join(file);
+            if !same_file(&src, &out.join(file)) {
+                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                manifest::write_atomic(&out.join(file), &bytes)?;
+            }
         }
     }
     let mut merged = first.clone();

@@ -16,7 +16,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::manifest::{self, TOKENIZER_FILE, sha256_file, write_atomic};
+use crate::cache::manifest::{self, DatasetInfo, TOKENIZER_FILE, write_atomic};
 use crate::cache::{CacheReader, Manifest, ShardInfo, Task};
 use crate::config::{TrainConfig, TrainDevice};
 use crate::data::{self, Column, Field, Kind};
@@ -118,23 +118,11 @@ fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
     // A remote cache's shards are still arriving: they are checked as they are read.
     let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
     let m = reader.manifest();
-    let sha = sha256_file(&cfg.data)?;
-    if sha != m.dataset.sha256 {
+    if let Some(why) = DatasetInfo::of(&cfg.data)?.difference(&m.dataset) {
         return Err(Error::cache(
             &cfg.cache,
-            format!(
-                "was made from another dataset: {} has sha256 {}, the manifest records {} ({}, {} rows)",
-                cfg.data.display(),
-                &sha[..12],
-                &m.dataset.sha256[..12.min(m.dataset.sha256.len())],
-                m.dataset.file,
-                m.dataset.rows
-            ),
+            format!("was made from another dataset than {}: {why}", cfg.data.display()),
         ));
-    }
-    let rows = data::count_rows(&cfg.data)?;
-    if rows != m.dataset.rows {
-        return Err(Error::cache(&cfg.cache, format!("dataset has {rows} rows, the manifest records {}", m.dataset.rows)));
     }
     if let Some(k) = cfg.top_k
         && k > m.top_k
@@ -265,7 +253,7 @@ fn load_tokenizer(cfg_tokenizer: Option<&Path>, dir: &Path, expected: &str) -> R
 /// Columns to read for a data spec: features or text, then the label.
 fn columns_of(spec: &DataSpec) -> Vec<Column> {
     let mut cols: Vec<Column> = match &spec.text {
-        Some(t) => t.column_names().into_iter().map(|c| Column::new(c, Kind::Text)).collect(),
+        Some(t) => t.columns(),
         None => spec.features.iter().map(|c| Column::new(c, Kind::Numbers)).collect(),
     };
     if let Some(l) = &spec.label_column {
@@ -280,7 +268,7 @@ pub(crate) struct PreparedRow {
     pub index: u64,
     pub features: Vec<f32>,
     pub tokens: Vec<u32>,
-    pub positions: std::ops::Range<usize>,
+    pub positions: Vec<usize>,
     pub label: Option<i64>,
 }
 
@@ -318,7 +306,7 @@ pub(crate) fn prepare_rows(
                         _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
                     }
                 }
-                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: 0..1, label });
+                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label });
             }
         }
     }
@@ -653,7 +641,11 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     }
     let m: Manifest = reader.manifest().clone();
     let tok = match (&m.text, &m.tokenizer) {
-        (Some(_), Some(info)) => Some(load_tokenizer(cfg.tokenizer.as_deref(), &opened.dir, &info.sha256)?),
+        (Some(text), Some(info)) => {
+            let mut tok = load_tokenizer(cfg.tokenizer.as_deref(), &opened.dir, &info.sha256)?;
+            text::attach_chat_template(&mut tok, text, &opened.dir)?;
+            Some(tok)
+        }
         _ => None,
     };
     let spec = DataSpec {
@@ -734,6 +726,9 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     if let Some(t) = &tok {
         let bytes = std::fs::read(&t.path).map_err(|e| Error::io(&t.path, e))?;
         write_atomic(&out.join(TOKENIZER_FILE), &bytes)?;
+        if let Some(chat) = &t.chat {
+            chat.save(out)?;
+        }
     }
 
     let base = device_for(cfg.device)?;
@@ -826,7 +821,8 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     });
     // A JSONL file: where each shard's first row starts, found in one pass, so reading a
     // shard's rows is a seek (Parquet skips row groups by itself).
-    let row_starts: std::collections::HashMap<u64, data::RowStart> = if data::Format::of(&cfg.data)? == data::Format::Jsonl {
+    let files = data::resolve(&cfg.data)?;
+    let row_starts: std::collections::HashMap<u64, data::RowStart> = if files.len() == 1 && data::Format::of(&files[0])? == data::Format::Jsonl {
         let mut firsts: Vec<u64> = m.shards.iter().map(|s| s.first_row).collect();
         firsts.sort_unstable();
         data::jsonl_row_starts(&cfg.data, &firsts)?.into_iter().map(|s| (s.row, s)).collect()

@@ -3,9 +3,11 @@
 //! On load the model's inputs are inspected and each is given a feed: a dataset column
 //! (numeric models), or, for token models, `input_ids`, `attention_mask`, `position_ids`,
 //! `token_type_ids` and empty `past_key_values.*` (Optimum "with past" exports), which the
-//! user should not have to provide. An input that cannot be fed is an error listing the
-//! model's inputs. The logits output decides the task: `[batch, classes]` is
-//! classification, `[batch, seq, vocab]` a causal LM.
+//! user should not have to provide, and `use_cache_branch = false` (the legacy merged
+//! decoder). An input that cannot be fed is an error listing the model's inputs. The
+//! logits output (f32, f16 or bf16) decides the task: `[batch, classes]` is
+//! classification, `[batch, seq, vocab]` a causal LM. The fingerprint is the SHA-256 of
+//! the graph file and of every external-data file it names.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,9 @@ use std::path::{Path, PathBuf};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
 
-use crate::cache::manifest::{IoInfo, Task, sha256_file};
+use half::{bf16, f16};
+
+use crate::cache::manifest::{ExternalDataInfo, IoInfo, Task, sha256_file};
 use crate::error::{Error, Result};
 
 /// How one ONNX input is filled.
@@ -29,6 +33,8 @@ pub enum Feed {
     TokenTypeIds,
     /// A zero-length past: `[batch, heads, 0, head_dim]`, zeros.
     EmptyPast,
+    /// The merged decoder's `use_cache_branch`: `[false]` (no past yet).
+    NoCacheBranch,
 }
 
 impl Feed {
@@ -40,6 +46,7 @@ impl Feed {
             Feed::PositionIds => "position_ids".into(),
             Feed::TokenTypeIds => "token_type_ids (zeros)".into(),
             Feed::EmptyPast => "empty past (length 0)".into(),
+            Feed::NoCacheBranch => "false (no past)".into(),
         }
     }
 }
@@ -58,6 +65,43 @@ pub enum TeacherBatch<'a> {
     Numeric { batch: usize, columns: &'a [(String, Vec<f32>, usize)] },
     /// Right-padded tokens. # Shapes: `ids`, `mask`: `[batch * seq]`
     Tokens { batch: usize, seq: usize, ids: &'a [i64], mask: &'a [i64] },
+}
+
+/// A batch of logits as ONNX Runtime returns them, borrowed (no copy), in the export's
+/// own precision; rows are converted to f32 only where they are copied out.
+#[derive(Clone, Copy)]
+pub enum Logits<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+impl Logits<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Logits::F32(v) => v.len(),
+            Logits::F16(v) => v.len(),
+            Logits::Bf16(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Append `range` of the logits to `out`, as f32 (exact: f16 and bf16 values are f32
+    /// values).
+    pub fn extend_f32(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        match self {
+            Logits::F32(v) => out.extend_from_slice(&v[range]),
+            Logits::F16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+            Logits::Bf16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+        }
+    }
+    /// All the logits as f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.len());
+        self.extend_f32(0..self.len(), &mut out);
+        out
+    }
 }
 
 /// How inputs are mapped when the model is loaded.
@@ -80,8 +124,11 @@ pub struct Teacher {
     pub task: Task,
     /// Classes or vocabulary: the last dimension of the logits.
     pub vocab_size: usize,
+    /// SHA-256 of the graph file.
     pub sha256: String,
     pub bytes: u64,
+    /// The external-data files the graph names (weights of models over 2 GB), hashed.
+    pub external_data: Vec<ExternalDataInfo>,
     io_inputs: Vec<IoInfo>,
     io_outputs: Vec<IoInfo>,
     /// Why a requested CUDA device is not used (the teacher then runs on the CPU).
@@ -156,6 +203,7 @@ impl Teacher {
             .commit_from_file(path)
             .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
         let sha256 = sha256_file(path)?;
+        let external_data = hash_external_data(path)?;
 
         let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
         let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
@@ -175,8 +223,11 @@ impl Teacher {
                 format!("output `{output}` does not exist; the model's outputs are: {}", listing(&io_outputs)),
             ));
         };
-        if out_info.dtype != "f32" {
-            return Err(Error::teacher(path, format!("output `{output}` is {}, expected f32 logits", out_info.dtype)));
+        if !["f32", "f16", "bf16"].contains(&out_info.dtype.as_str()) {
+            return Err(Error::teacher(path, format!("output `{output}` is {}, expected f32, f16 or bf16 logits", out_info.dtype)));
+        }
+        if out_info.shape.len() == 3 && out_info.shape[1] == 1 {
+            return Err(Error::teacher(path, last_position_only(&output, &out_info.shape)));
         }
         let task = match out_info.shape.len() {
             2 => Task::Classification,
@@ -215,6 +266,7 @@ impl Teacher {
                     "attention_mask" => Feed::AttentionMask,
                     "position_ids" => Feed::PositionIds,
                     "token_type_ids" => Feed::TokenTypeIds,
+                    "use_cache_branch" => Feed::NoCacheBranch,
                     n if n.starts_with("past_key_values") || n.starts_with("past.") => {
                         if io.shape.len() != 4 || io.shape[1] <= 0 || io.shape[3] <= 0 {
                             return Err(Error::teacher(
@@ -229,7 +281,7 @@ impl Teacher {
                             path,
                             format!(
                                 "cannot fill input `{name}` of a token model (known: input_ids, attention_mask, \
-                                 position_ids, token_type_ids, past_key_values.*); the model's inputs are: {}",
+                                 position_ids, token_type_ids, past_key_values.*, use_cache_branch); the model's inputs are: {}",
                                 listing(&session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect::<Vec<_>>())
                             ),
                         ));
@@ -266,6 +318,7 @@ impl Teacher {
             vocab_size: vocab as usize,
             sha256,
             bytes: meta.len(),
+            external_data,
             io_inputs,
             io_outputs,
             device_note,
@@ -298,11 +351,11 @@ impl Teacher {
     }
 
     /// Run one batch; `f` sees the logits' shape and values while they are borrowed
-    /// from ONNX Runtime (no copy).
+    /// from ONNX Runtime (no copy), in the export's precision.
     ///
     /// # Shapes
     /// - logits: `[batch, classes]` or `[batch, seq, vocab]`
-    pub fn run<R>(&mut self, batch: &TeacherBatch<'_>, f: impl FnOnce(&[usize], &[f32]) -> Result<R>) -> Result<R> {
+    pub fn run<R>(&mut self, batch: &TeacherBatch<'_>, f: impl FnOnce(&[usize], Logits<'_>) -> Result<R>) -> Result<R> {
         let mut feeds: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
         for plan in &self.inputs {
             let value = self.input_value(plan, batch)?;
@@ -314,11 +367,14 @@ impl Teacher {
         let value = outputs
             .get(&output)
             .ok_or_else(|| Error::teacher(&path, format!("output `{output}` missing from the run's results")))?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| Error::teacher(&path, format!("output `{output}`: {e}")))?;
+        let bad = |e: ort::Error| Error::teacher(&path, format!("output `{output}`: {e}"));
+        let (shape, logits) = match value.dtype().tensor_type() {
+            Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
+            Some(TensorElementType::Bfloat16) => value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?,
+            _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(bad)?,
+        };
         let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        f(&shape, data)
+        f(&shape, logits)
     }
 
     fn input_value(&self, plan: &InputPlan, batch: &TeacherBatch<'_>) -> Result<SessionInputValue<'static>> {
@@ -362,9 +418,17 @@ impl Teacher {
                         let s = vec![*batch as i64, plan.shape[1], 0, plan.shape[3]];
                         return match plan.dtype {
                             TensorElementType::Float32 => Tensor::<f32>::from_array((s, Vec::<f32>::new())).map(|t| t.into_dyn().into()),
+                            TensorElementType::Float16 => Tensor::<f16>::from_array((s, Vec::<f16>::new())).map(|t| t.into_dyn().into()),
+                            TensorElementType::Bfloat16 => Tensor::<bf16>::from_array((s, Vec::<bf16>::new())).map(|t| t.into_dyn().into()),
                             other => return Err(bad(format!("past input `{}` has dtype {other}", plan.name))),
                         }
                         .map_err(|e| bad(format!("input `{}`: {e}", plan.name)));
+                    }
+                    Feed::NoCacheBranch => {
+                        let s: Vec<i64> = if plan.shape.is_empty() { vec![] } else { vec![1] };
+                        return Tensor::<bool>::from_array((s, vec![false]))
+                            .map(|t| t.into_dyn().into())
+                            .map_err(|e| bad(format!("input `{}`: {e}", plan.name)));
                     }
                     Feed::Column(_) => unreachable!("handled above"),
                 };
@@ -375,6 +439,28 @@ impl Teacher {
             }
         }
     }
+}
+
+/// Why logits of the last position only cannot be cached (pruned LM-head exports).
+pub fn last_position_only(output: &str, shape: &[i64]) -> String {
+    format!(
+        "output `{output}` has shape {}: logits for the last position only (an export with a pruned LM head, \
+         e.g. onnxruntime-genai's `prune_lm_head`); stage one needs logits at every position, [batch, seq, vocab]: \
+         re-export the teacher without pruning the LM head",
+        dims(shape)
+    )
+}
+
+/// Hash every external-data file the graph at `path` names (relative to its directory).
+fn hash_external_data(path: &Path) -> Result<Vec<ExternalDataInfo>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for location in super::onnx_file::external_data_locations(path)? {
+        let file = dir.join(&location);
+        let bytes = std::fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();
+        out.push(ExternalDataInfo { file: location, bytes, sha256: sha256_file(&file)? });
+    }
+    Ok(out)
 }
 
 /// An ONNX input or output as the manifest records it.

@@ -126,12 +126,29 @@ pub fn soft_top_k_into(
     scratch: &mut TopKScratch,
     out: &mut SoftLabel,
 ) -> Result<(), usize> {
+    soft_top_k_among(logits, logits.len(), temperature, k, scratch, out)
+}
+
+/// As [`soft_top_k_into`], with the top-k chosen among ids `0..selectable` only, while the
+/// distribution stays over every logit: the ids past `selectable` (a vocabulary padded past
+/// its tokenizer) are never kept, and their mass is part of the tail.
+///
+/// # Shapes
+/// - `logits`: `[vocab]`, `k <= selectable <= vocab`
+pub fn soft_top_k_among(
+    logits: &[f32],
+    selectable: usize,
+    temperature: f32,
+    k: usize,
+    scratch: &mut TopKScratch,
+    out: &mut SoftLabel,
+) -> Result<(), usize> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { soft_top_k_avx2(logits, temperature, k, scratch, out) };
+        return unsafe { soft_top_k_avx2(logits, selectable, temperature, k, scratch, out) };
     }
-    soft_top_k_body(logits, temperature, k, scratch, out)
+    soft_top_k_body(logits, selectable, temperature, k, scratch, out)
 }
 
 /// [`soft_top_k_body`] compiled with AVX2 enabled (8 f32 lanes for the max, the
@@ -140,24 +157,26 @@ pub fn soft_top_k_into(
 #[target_feature(enable = "avx2")]
 unsafe fn soft_top_k_avx2(
     logits: &[f32],
+    selectable: usize,
     temperature: f32,
     k: usize,
     scratch: &mut TopKScratch,
     out: &mut SoftLabel,
 ) -> Result<(), usize> {
-    soft_top_k_body(logits, temperature, k, scratch, out)
+    soft_top_k_body(logits, selectable, temperature, k, scratch, out)
 }
 
 #[inline(always)]
 fn soft_top_k_body(
     logits: &[f32],
+    selectable: usize,
     temperature: f32,
     k: usize,
     scratch: &mut TopKScratch,
     out: &mut SoftLabel,
 ) -> Result<(), usize> {
     let vocab = logits.len();
-    debug_assert!(k >= 1 && k <= vocab);
+    debug_assert!(k >= 1 && k <= selectable && selectable <= vocab);
     let inv_t = 1.0 / temperature;
 
     // Pass 1a: finiteness and max, in 8 independent lanes (vectorised).
@@ -190,7 +209,7 @@ fn soft_top_k_body(
         sift_down(heap, j);
     }
     let mut threshold = heap[0].0;
-    for (i, &x) in logits.iter().enumerate().skip(k) {
+    for (i, &x) in logits[..selectable].iter().enumerate().skip(k) {
         // Strictly greater: an equal logit seen later has a higher id and ranks lower.
         if x > threshold {
             heap[0] = (x, i as u32);
@@ -328,14 +347,35 @@ mod tests {
                 .collect();
             for (k, t) in [(1, 1.0), (vocab.min(64), 2.0), (vocab, 0.7)] {
                 let (mut x, mut y) = (empty(), empty());
-                soft_top_k_body(&logits, t, k, &mut a, &mut x).unwrap();
+                soft_top_k_body(&logits, vocab, t, k, &mut a, &mut x).unwrap();
                 // SAFETY: AVX2 checked above.
-                unsafe { soft_top_k_avx2(&logits, t, k, &mut b, &mut y) }.unwrap();
+                unsafe { soft_top_k_avx2(&logits, vocab, t, k, &mut b, &mut y) }.unwrap();
                 assert_eq!(x.ids, y.ids);
                 let bits = |s: &SoftLabel| (s.logprobs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s.tail_logmass.to_bits(), s.entropy.to_bits());
                 assert_eq!(bits(&x), bits(&y), "vocab {vocab} k {k}");
             }
         }
+    }
+
+    /// Padding ids (past `selectable`) are never kept, however large their logits, and
+    /// their mass is in the tail. By hand: logits [1, 2, 3, 0] with ids 2.. padding, k = 1,
+    /// T = 1: Z = 31.192875 (as in `hand_derived_top2`), kept id 1 with log-prob
+    /// 2 - 3.440190 = -1.440190; tail = (e^1 + e^3 + e^0) / Z = 23.803819 / 31.192875 ->
+    /// log = -0.270343.
+    #[test]
+    fn padding_ids_are_never_kept_and_their_mass_is_tail() {
+        let mut out = SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
+        soft_top_k_among(&[1.0, 2.0, 3.0, 0.0], 2, 1.0, 1, &mut TopKScratch::default(), &mut out).unwrap();
+        assert_eq!(out.ids, vec![1]);
+        assert!((out.logprobs[0] - (-1.440190)).abs() < 1e-5, "{}", out.logprobs[0]);
+        assert!((out.tail_logmass - (-0.270343)).abs() < 1e-5, "{}", out.tail_logmass);
+        // Every id selectable and k = selectable: the whole distribution, no tail.
+        soft_top_k_among(&[1.0, 2.0, 3.0, 0.0], 4, 1.0, 4, &mut TopKScratch::default(), &mut out).unwrap();
+        assert!(out.tail_logmass == f32::NEG_INFINITY);
+        // k = selectable < vocab: the padding alone is the tail.
+        soft_top_k_among(&[1.0, 2.0, 3.0, 0.0], 2, 1.0, 2, &mut TopKScratch::default(), &mut out).unwrap();
+        assert_eq!(out.ids, vec![1, 0]);
+        assert!((out.tail_logmass - ((3f32.exp() + 1.0) / 31.192875).ln()).abs() < 1e-5);
     }
 
     /// The heap selection agrees with a full sort on random logits with many ties.

@@ -1,0 +1,259 @@
+//! Stage one on the files users bring: Parquet as pyarrow and pandas write it (every
+//! codec), sharded datasets (a directory, a glob), compressed JSONL (made by
+//! data/inputs/make_inputs.py), and the teacher export variants in data/exports (made by
+//! data/exports/make_exports.py, referenced by data/reference/make_exports_reference.py).
+
+use std::path::{Path, PathBuf};
+
+use crate::cache_teacher::{compare_with_reference_value, read_all};
+use crate::common::*;
+
+/// Every cached position of a cache, exactly (log-probs as bits).
+type Exact = Vec<(u64, u32, Option<i64>, Vec<u32>, Vec<u32>, u32)>;
+
+fn exact(dir: &Path) -> Exact {
+    let (_, all) = read_all(dir);
+    let k = all.k;
+    (0..all.len())
+        .map(|i| {
+            let ids = all.ids[i * k..(i + 1) * k].to_vec();
+            let lps = all.logprobs[i * k..(i + 1) * k].iter().map(|v| v.to_bits()).collect();
+            (all.rows[i], all.positions[i], all.hard_labels[i], ids, lps, all.tail_logmass[i].to_bits())
+        })
+        .collect()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn cache_digits_from(data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "cache-teacher".to_string(), "--teacher".into(), s(&data("digits/teacher.onnx")), "--data".into(), data_spec.to_string(),
+        "--out".into(), s(out), "--top-k".into(), "5".into(), "--temperature".into(), "2".into(), "--quiet".into(),
+    ];
+    a.extend(extra.iter().map(|x| x.to_string()));
+    distill(a)
+}
+
+/// The LM teacher `teacher` over `data_spec` (prompt/completion columns) into `out`.
+fn cache_lm_from(teacher: &Path, data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "cache-teacher".to_string(), "--teacher".into(), s(teacher), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
+        "--data".into(), data_spec.to_string(), "--prompt-column".into(), "prompt".into(), "--completion-column".into(),
+        "completion".into(), "--out".into(), s(out), "--top-k".into(), "8".into(), "--temperature".into(), "2".into(), "--quiet".into(),
+    ];
+    a.extend(extra.iter().map(|x| x.to_string()));
+    distill(a)
+}
+
+/// The same 200 digits rows written by pyarrow in each codec and by pandas with its
+/// defaults give bit-identical caches; stage two trains on and `eval` reads the Snappy file
+/// (pandas' and pyarrow's default).
+#[test]
+fn parquet_in_every_codec_caches_trains_and_evaluates() {
+    let t = temp();
+    let mut first: Option<Exact> = None;
+    for codec in ["snappy", "gzip", "lz4", "brotli", "zstd", "none", "pandas"] {
+        let out = t.path().join(codec);
+        ok(&cache_digits_from(&s(&data(&format!("inputs/codecs/digits-{codec}.parquet"))), &out, &[]));
+        let got = exact(&out);
+        assert_eq!(got.len(), 200, "{codec}: one position per row");
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert!(&got == f, "{codec}: soft labels differ from snappy's"),
+        }
+    }
+    let snappy = s(&data("inputs/codecs/digits-snappy.parquet"));
+    let run = t.path().join("run");
+    ok(&distill([
+        "train-student", "--cache", &s(&t.path().join("snappy")), "--data", &snappy, "--out", &s(&run),
+        "--student", "mlp:hidden=16", "--steps", "5", "--quiet",
+    ]));
+    let o = distill(["eval", "--student", &s(&run), "--data", &snappy, "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
+    assert!(v["accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{v}");
+}
+
+/// Three files (70/65/65 rows) given as a directory or as a glob are the 200 rows of the
+/// single file, numbered across the files: same soft labels, with shards of 50 rows that
+/// cross the file boundaries. The manifest lists every file; stage two reads across them
+/// and names the file that changed; a directory of two splits is refused.
+#[test]
+fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
+    let t = temp();
+    let shard = ["--rows-per-shard", "50"];
+    let whole = t.path().join("whole");
+    ok(&cache_digits_from(&s(&data("inputs/codecs/digits-zstd.parquet")), &whole, &shard));
+    let by_dir = t.path().join("dir");
+    ok(&cache_digits_from(&s(&data("inputs/train-shards")), &by_dir, &shard));
+    let glob = s(&data("inputs/hf-layout/data")) + "/train-*.parquet";
+    let by_glob = t.path().join("glob");
+    ok(&cache_digits_from(&glob, &by_glob, &shard));
+    let want = exact(&whole);
+    assert!(exact(&by_dir) == want, "directory: soft labels differ from the single file's");
+    assert!(exact(&by_glob) == want, "glob: soft labels differ from the single file's");
+
+    let (m, _) = read_all(&by_dir);
+    let files: Vec<(String, u64)> = m.dataset.files.iter().map(|f| (f.file.clone(), f.rows)).collect();
+    let names: Vec<String> = (0..3).map(|i| format!("train-0000{i}-of-00003.parquet")).collect();
+    assert_eq!(files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(), names);
+    assert_eq!(files.iter().map(|f| f.1).sum::<u64>(), 200);
+    assert_eq!(m.dataset.rows, 200);
+
+    let run = t.path().join("run");
+    ok(&distill([
+        "train-student", "--cache", &s(&by_glob), "--data", &glob, "--out", &s(&run), "--student", "mlp:hidden=16",
+        "--steps", "10", "--batch-size", "64", "--shuffle-window", "1", "--quiet",
+    ]));
+
+    // Another file in place of the second: named, with its hash and rows.
+    let copy = t.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for n in &names {
+        std::fs::copy(data("inputs/train-shards").join(n), copy.join(n)).unwrap();
+    }
+    std::fs::copy(copy.join(&names[0]), copy.join(&names[1])).unwrap();
+    let o = distill([
+        "train-student", "--cache", &s(&by_dir), "--data", &s(&copy), "--out", &s(&t.path().join("r2")), "--student", "mlp:hidden=16",
+        "--steps", "1", "--quiet",
+    ]);
+    fails_with(&o, &["another dataset", "train-00001-of-00003.parquet", "70 rows", "65 rows"]);
+
+    // The Hugging Face data/ directory holds train and test shards: the user picks one.
+    let o = cache_digits_from(&s(&data("inputs/hf-layout/data")), &t.path().join("splits"), &[]);
+    fails_with(&o, &["2 splits", "train, test", "train-*"]);
+    let o = cache_digits_from(&(s(&data("inputs")) + "/nothing-*.parquet"), &t.path().join("none"), &[]);
+    fails_with(&o, &["the glob matches no file"]);
+}
+
+/// `.jsonl.gz` and `.jsonl.zst` hold the bytes of the `.jsonl`: the same cache, recorded
+/// with their format; stage two seeks shards in the compressed file.
+#[test]
+fn compressed_jsonl_is_read_as_plain_jsonl() {
+    let t = temp();
+    let teacher = data("lm/teacher.onnx");
+    let mut first: Option<Exact> = None;
+    for ext in ["jsonl", "jsonl.gz", "jsonl.zst"] {
+        let out = t.path().join(ext);
+        ok(&cache_lm_from(&teacher, &s(&data(&format!("inputs/jsonl/lm-300.{ext}"))), &out, &["--rows-per-shard", "100"]));
+        let (m, _) = read_all(&out);
+        assert_eq!(m.dataset.format, ext);
+        assert_eq!(m.dataset.rows, 300);
+        let got = exact(&out);
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert!(&got == f, "{ext}: soft labels differ from the plain file's"),
+        }
+    }
+    ok(&distill([
+        "train-student", "--cache", &s(&t.path().join("jsonl.zst")), "--data", &s(&data("inputs/jsonl/lm-300.jsonl.zst")),
+        "--out", &s(&t.path().join("run")), "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "3",
+        "--shuffle-window", "1", "--quiet",
+    ]));
+}
+
+fn exports_reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(data("reference/exports_k8_T2.json")).expect("reference fixture");
+    serde_json::from_str(&text).expect("reference json")
+}
+
+/// The first rows of lm-300.jsonl, for the export tests (the reference covers 4 rows).
+fn first_rows(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(data("inputs/jsonl/lm-300.jsonl")).unwrap();
+    let p = dir.join("rows.jsonl");
+    std::fs::write(&p, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    p
+}
+
+/// Each export variant's soft labels equal onnxruntime + numpy's on its own logits (f16 and
+/// bf16 logits widened to f64 by numpy, to f32 here; both exact), within 1e-4 with f32
+/// storage: Optimum's `text-generation` and `text-generation-with-past` (grouped-query past,
+/// `[batch, 2, 0, 16]`), fp16 logits, bf16 logits, and a vocabulary padded past the
+/// tokenizer (ids 4096.. never kept, their mass in the tail).
+#[test]
+fn teacher_export_variants_match_numpy_reference() {
+    let t = temp();
+    let rows = first_rows(t.path(), 4);
+    let r = exports_reference();
+    for (name, file) in [
+        ("text-generation", "exports/text-generation/model.onnx"),
+        ("gqa-with-past", "exports/gqa-with-past/model.onnx"),
+        ("fp16", "exports/fp16/model.onnx"),
+        ("bf16-logits", "exports/bf16-logits/model.onnx"),
+        ("padded-vocab", "exports/padded-vocab/model.onnx"),
+    ] {
+        let out = t.path().join(name);
+        ok(&cache_lm_from(&data(file), &s(&rows), &out, &["--logprob-encoding", "f32"]));
+        let mut reference = r["exports"][name].clone();
+        reference["top_k"] = r["top_k"].clone();
+        compare_with_reference_value(&out, &reference, 1e-4);
+        if name == "padded-vocab" {
+            let (m, all) = read_all(&out);
+            assert_eq!((m.vocab_size, m.tokenizer.as_ref().map(|t| t.vocab_size)), (4160, Some(4096)));
+            assert!(all.ids.iter().all(|&id| id < 4096), "a padding id was kept");
+        }
+    }
+}
+
+/// The legacy merged decoder (`use_cache_branch` = false, past of length 0) gives the soft
+/// labels of the plain export of the same weights.
+#[test]
+fn merged_decoder_is_fed_use_cache_branch_false() {
+    let t = temp();
+    let rows = first_rows(t.path(), 4);
+    let merged = t.path().join("merged");
+    ok(&cache_lm_from(&data("exports/merged/decoder_model_merged.onnx"), &s(&rows), &merged, &["--logprob-encoding", "f32"]));
+    let (m, _) = read_all(&merged);
+    let branch = m.teacher.inputs.iter().find(|i| i.name == "use_cache_branch").expect("the merged decoder has use_cache_branch");
+    assert_eq!(branch.filled_from.as_deref(), Some("false (no past)"));
+    let r = exports_reference();
+    let mut reference = r["exports"]["text-generation"].clone();
+    reference["top_k"] = r["top_k"].clone();
+    compare_with_reference_value(&merged, &reference, 1e-4);
+}
+
+/// Logits for the last position only (a pruned LM head) cannot be cached: refused, saying why.
+#[test]
+fn pruned_lm_head_is_refused_with_the_reason() {
+    let t = temp();
+    let rows = first_rows(t.path(), 2);
+    let o = cache_lm_from(&data("exports/pruned-head/model.onnx"), &s(&rows), &t.path().join("c"), &[]);
+    fails_with(&o, &["last position only", "prune_lm_head", "[batch, seq, vocab]"]);
+}
+
+/// The teacher's fingerprint covers its external-data file: the weights scaled by 1.5 make
+/// another teacher, and rerunning into the same cache is refused naming the file (it was
+/// "already complete" when only the graph was hashed).
+#[test]
+fn external_data_weights_are_part_of_the_teacher_fingerprint() {
+    let t = temp();
+    let rows = first_rows(t.path(), 3);
+    let model = t.path().join("teacher");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["model.onnx", "model.onnx_data"] {
+        std::fs::copy(data("exports/external-data").join(f), model.join(f)).unwrap();
+    }
+    let out = t.path().join("cache");
+    let teacher = model.join("model.onnx");
+    ok(&cache_lm_from(&teacher, &s(&rows), &out, &[]));
+    let (m, _) = read_all(&out);
+    let weights = std::fs::read(model.join("model.onnx_data")).unwrap();
+    assert_eq!(m.teacher.external_data.len(), 1);
+    assert_eq!(m.teacher.external_data[0].file, "model.onnx_data");
+    assert_eq!(m.teacher.external_data[0].bytes, weights.len() as u64);
+
+    // Every f32 weight times 1.5 (the data file is raw little-endian tensors).
+    let scaled: Vec<u8> = weights.chunks(4).flat_map(|c| (f32::from_le_bytes(c.try_into().unwrap()) * 1.5).to_le_bytes()).collect();
+    std::fs::write(model.join("model.onnx_data"), scaled).unwrap();
+    let o = cache_lm_from(&teacher, &s(&rows), &out, &[]);
+    fails_with(&o, &["other settings", "external-data file model.onnx_data differs"]);
+    // Into a new directory it is a teacher of its own, with its own soft labels.
+    let other = t.path().join("other");
+    ok(&cache_lm_from(&teacher, &s(&rows), &other, &[]));
+    let (m2, _) = read_all(&other);
+    assert_ne!(m2.teacher.external_data[0].sha256, m.teacher.external_data[0].sha256);
+    assert_ne!(m2.fingerprint, m.fingerprint);
+    assert!(exact(&other) != exact(&out), "scaled weights gave the same soft labels");
+}
