@@ -257,3 +257,111 @@ fn external_data_weights_are_part_of_the_teacher_fingerprint() {
     assert_ne!(m2.fingerprint, m.fingerprint);
     assert!(exact(&other) != exact(&out), "scaled weights gave the same soft labels");
 }
+
+/// The chat fixture through both stages: `cache-teacher --messages-column` renders each
+/// conversation with the tokenizer_config.json template (tests/chat_template.py checks the
+/// tokens and positions against transformers); only assistant positions are cached by
+/// default, every one with `--positions all`; the Parquet list<struct> column gives the
+/// same cache as the JSONL one; `train-student` re-renders with the template the cache
+/// carries (checking every cached next token) and `eval` scores held-out conversations.
+#[test]
+fn chat_data_caches_assistant_turns_and_trains() {
+    let t = temp();
+    let chat = |data_file: &str, out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
+            "--chat-template".into(), s(&data("chat/tokenizer_config.json")), "--data".into(), s(&data(data_file)),
+            "--messages-column".into(), "messages".into(), "--top-k".into(), "8".into(), "--temperature".into(), "2".into(),
+            "--max-seq-len".into(), "1024".into(), "--out".into(), s(out), "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    let assistant = t.path().join("assistant");
+    ok(&chat("chat/train.jsonl", &assistant, &["--rows-per-shard", "50"]));
+    let every = t.path().join("all");
+    ok(&chat("chat/train.jsonl", &every, &["--positions", "all", "--rows-per-shard", "50"]));
+    let from_parquet = t.path().join("parquet");
+    ok(&chat("chat/train.parquet", &from_parquet, &["--rows-per-shard", "50"]));
+    let (m, a) = read_all(&assistant);
+    let (_, e) = read_all(&every);
+    assert_eq!(m.positions, distill::cache::Positions::Assistant);
+    assert!(m.text.as_ref().and_then(|t| t.chat_template_sha256.as_ref()).is_some(), "the template is fingerprinted");
+    assert!(assistant.join("chat_template.json").is_file());
+    assert!(a.len() > 0 && a.len() < e.len(), "assistant positions {} of {}", a.len(), e.len());
+    // Assistant positions are a subset of all positions, with the same next tokens.
+    let all: std::collections::HashMap<(u64, u32), Option<i64>> = (0..e.len()).map(|i| ((e.rows[i], e.positions[i]), e.hard_labels[i])).collect();
+    for i in 0..a.len() {
+        assert_eq!(all.get(&(a.rows[i], a.positions[i])), Some(&a.hard_labels[i]), "row {} position {}", a.rows[i], a.positions[i]);
+    }
+    assert!(exact(&from_parquet) == exact(&assistant), "Parquet conversations give another cache than JSONL");
+
+    let run = t.path().join("run");
+    ok(&distill([
+        "train-student", "--cache", &s(&assistant), "--data", &s(&data("chat/train.jsonl")), "--out", &s(&run),
+        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "3", "--quiet",
+    ]));
+    let o = distill(["eval", "--student", &s(&run), "--data", &s(&data("chat/valid.jsonl")), "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
+    assert!(v["perplexity"].as_f64().is_some_and(|p| p.is_finite() && p > 1.0), "{v}");
+
+    // Another template is another cache: stage two refuses a swapped chat_template.json.
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(assistant.join("chat_template.json")).unwrap()).unwrap();
+    saved["template"] = serde_json::Value::String(saved["template"].as_str().unwrap().replace("<|user|>", "<|human|>"));
+    std::fs::write(assistant.join("chat_template.json"), serde_json::to_vec(&saved).unwrap()).unwrap();
+    let o = distill([
+        "train-student", "--cache", &s(&assistant), "--data", &s(&data("chat/train.jsonl")), "--out", &s(&t.path().join("r2")),
+        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "1", "--quiet",
+    ]);
+    fails_with(&o, &["chat_template.json", "is not the chat template the cache was made with"]);
+}
+
+/// Bad chat input is refused naming what is wrong: no template beside the tokenizer, a
+/// turn the template refuses (its own raise_exception message, with the row), a column
+/// that is not a list of turns, `--positions assistant` without conversations.
+#[test]
+fn chat_input_errors_name_the_row_and_the_fix() {
+    let t = temp();
+    let rows = t.path().join("chat.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n\
+         {\"messages\": [{\"role\": \"tool\", \"content\": \"42\"}]}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let mut a = vec![
+            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
+            "--data".into(), s(&rows), "--out".into(), s(&t.path().join(out)), "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    fails_with(&run(&["--messages-column", "messages"], "a"), &["needs a chat template", "--chat-template FILE"]);
+    let template = s(&data("chat/tokenizer_config.json"));
+    fails_with(
+        &run(&["--messages-column", "messages", "--chat-template", &template], "b"),
+        &["row 1, column `messages`", "Conversation roles must be system, user or assistant; got: tool"],
+    );
+    std::fs::write(&rows, "{\"messages\": \"not a list\"}\n").unwrap();
+    fails_with(&run(&["--messages-column", "messages", "--chat-template", &template], "c"), &["row 0", "column `messages`", "found a string"]);
+    fails_with(&run(&["--text-column", "messages", "--positions", "assistant"], "d"), &["positions = \"assistant\" needs messages_column"]);
+}
+
+/// A damaged compressed file and a dataset of mixed formats are refused naming the file.
+#[test]
+fn damaged_and_mixed_datasets_are_refused_by_name() {
+    let t = temp();
+    let gz = t.path().join("cut.jsonl.gz");
+    let bytes = std::fs::read(data("inputs/jsonl/lm-300.jsonl.gz")).unwrap();
+    std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
+    let o = cache_lm_from(&data("lm/teacher.onnx"), &s(&gz), &t.path().join("a"), &[]);
+    fails_with(&o, &["cut.jsonl.gz"]);
+    let mixed = t.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::copy(data("inputs/jsonl/lm-300.jsonl"), mixed.join("a.jsonl")).unwrap();
+    std::fs::copy(data("inputs/codecs/digits-zstd.parquet"), mixed.join("b.parquet")).unwrap();
+    let o = cache_digits_from(&s(&mixed), &t.path().join("b"), &[]);
+    fails_with(&o, &["mixes jsonl and parquet files"]);
+}
