@@ -126,16 +126,17 @@ impl ChatTemplate {
         crate::cache::manifest::write_atomic(&dir.join(CHAT_TEMPLATE_FILE), &json)
     }
 
-    /// Render one conversation (`messages`: a JSON list of turns). The error is the
+    /// Render one conversation (`messages`: a JSON list of turns), with the assistant
+    /// header a reply would follow when `add_generation_prompt`. The error is the
     /// template's (e.g. its `raise_exception` message), for the caller to place.
-    pub fn render(&self, messages: &serde_json::Value) -> std::result::Result<Rendered, String> {
+    pub fn render(&self, messages: &serde_json::Value, add_generation_prompt: bool) -> std::result::Result<Rendered, String> {
         if !messages.is_array() {
             return Err(format!("expected a list of {{role, content}} turns, found {}", json_kind(messages)));
         }
         let mut ctx: BTreeMap<String, minijinja::Value> =
             self.saved.tokens.iter().map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str()))).collect();
         ctx.insert("messages".into(), minijinja::Value::from_serialize(messages));
-        ctx.insert("add_generation_prompt".into(), minijinja::Value::from(false));
+        ctx.insert("add_generation_prompt".into(), minijinja::Value::from(add_generation_prompt));
         let template = self.env.get_template("chat").expect("added in new");
         let out = template.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| match e.kind() {
             minijinja::ErrorKind::InvalidOperation => format!("the chat template refused the conversation: {}", e.detail().unwrap_or("")),
@@ -339,7 +340,7 @@ mod tests {
             "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{% if m.role == 'assistant' %}{% generation %}\n{{ m.content.strip() }}{{ eos_token }}{%- endgeneration %}\n{% else %}{{ m.content }}\n{% endif %}{% endfor %}",
         );
         let msgs = serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": " yes "}]);
-        let r = t.render(&msgs).unwrap();
+        let r = t.render(&msgs, false).unwrap();
         assert_eq!(r.text, "<s><|user|>\nhi\n<|assistant|>\nyes</s>");
         assert_eq!(r.assistant.len(), 1);
         assert_eq!(&r.text[r.assistant[0].clone()], "yes</s>");
@@ -348,11 +349,11 @@ mod tests {
     #[test]
     fn raise_exception_and_unbalanced_blocks_are_errors() {
         let t = template("{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('tool turns are not supported') }}{% endif %}{% endfor %}");
-        let err = t.render(&serde_json::json!([{"role": "tool", "content": "x"}])).unwrap_err();
+        let err = t.render(&serde_json::json!([{"role": "tool", "content": "x"}]), false).unwrap_err();
         assert!(err.contains("tool turns are not supported"), "{err}");
         let t = template("{% generation %}{{ messages[0].content }}");
-        assert!(t.render(&serde_json::json!([{"role": "user", "content": "x"}])).unwrap_err().contains("not closed"));
-        assert!(t.render(&serde_json::json!("text")).unwrap_err().contains("a list"));
+        assert!(t.render(&serde_json::json!([{"role": "user", "content": "x"}]), false).unwrap_err().contains("not closed"));
+        assert!(t.render(&serde_json::json!("text"), false).unwrap_err().contains("a list"));
     }
 
     /// By hand: tokens at bytes [0,3) [3,5) [5,9) [9,10); a span over bytes 4..9 starts in
@@ -368,7 +369,7 @@ mod tests {
     #[test]
     fn tojson_writes_as_python() {
         let t = template("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}");
-        let r = t.render(&serde_json::json!([{"content": "é<b>", "role": "user"}])).unwrap();
+        let r = t.render(&serde_json::json!([{"content": "é<b>", "role": "user"}]), false).unwrap();
         assert_eq!(r.text, "[{\"content\": \"é<b>\", \"role\": \"user\"}]|{\n  \"content\": \"é<b>\",\n  \"role\": \"user\"\n}");
     }
 }

@@ -154,8 +154,10 @@ impl CacheSettings {
         };
 
         let any_text = self.text_column.is_some() || self.prompt_column.is_some() || self.completion_column.is_some() || self.messages_column.is_some();
-        if self.chat_template.is_some() && self.messages_column.is_none() {
-            return Err(Error::Config("cache.chat_template applies to conversations only (--messages-column)".into()));
+        if self.chat_template.is_some() && self.messages_column.is_none() && self.prompt_column.is_none() {
+            return Err(Error::Config(
+                "cache.chat_template applies to conversations only (--messages-column, or conversational --prompt-column/--completion-column)".into(),
+            ));
         }
         let text = match (&self.tokenizer, any_text) {
             (None, false) => None,

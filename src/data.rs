@@ -282,6 +282,29 @@ fn file_column_names(path: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// Whether column `name` holds lists (a conversation per row, TRL's conversational
+/// prompt/completion) rather than scalars: the Parquet type, or the first JSONL row's value.
+pub fn column_holds_lists(spec: &Path, name: &str) -> Result<bool> {
+    let path = &resolve(spec)?[0];
+    match Format::of(path)? {
+        Format::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
+            Ok(builder.schema().field_with_name(name).is_ok_and(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_))))
+        }
+        _ => {
+            for line in jsonl_reader(path)?.lines() {
+                let line = line.map_err(|e| Error::io(path, e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                return Ok(value.get(name).is_some_and(|v| v.is_array()));
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// Number of rows of a dataset (Parquet: from the footers; JSONL: non-blank lines).
 pub fn count_rows(spec: &Path) -> Result<u64> {
     Ok(files_with_rows(spec)?.iter().map(|(_, n)| n).sum())

@@ -23,6 +23,10 @@ pub struct TextColumns {
     /// Chat data: the column of conversations, rendered with the chat template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<String>,
+    /// The prompt and completion columns hold conversations (TRL's conversational
+    /// prompt/completion): both are rendered with the chat template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conversational: bool,
     /// Chat data: SHA-256 of the saved chat template (`chat_template.json` in the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_sha256: Option<String>,
@@ -42,7 +46,10 @@ impl TextColumns {
         match (&self.messages, &self.text, &self.prompt, &self.completion) {
             (Some(m), ..) => vec![Column::new(m, Kind::Messages)],
             (None, Some(t), _, _) => vec![Column::new(t, Kind::Text)],
-            (None, None, Some(p), Some(c)) => vec![Column::new(p, Kind::Text), Column::new(c, Kind::Text)],
+            (None, None, Some(p), Some(c)) => {
+                let kind = if self.conversational { Kind::Messages } else { Kind::Text };
+                vec![Column::new(p, kind), Column::new(c, kind)]
+            }
             _ => Vec::new(),
         }
     }
@@ -116,16 +123,30 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
     let enc = |s: &str, special: bool| {
         tok.inner.encode(s, special).map_err(|e| Error::Tokenizer { path: tok.path.clone(), message: format!("row {row}: {e}") })
     };
-    let (mut ids, first, mut targets) = if let Some(col) = &cols.messages {
-        let chat = tok.chat.as_ref().ok_or_else(|| Error::Config("chat data needs a chat template (--chat-template)".into()))?;
-        let messages = match fields.first() {
-            Some(Field::Json(v)) => v,
-            _ => return Err(missing(0)),
-        };
-        let rendered = chat.render(messages).map_err(|m| Error::data(data, format!("row {row}, column `{col}`: {m}")))?;
+    let chat = || tok.chat.as_ref().ok_or_else(|| Error::Config("chat data needs a chat template (--chat-template)".into()));
+    let turns = |i: usize| match fields.get(i) {
+        Some(Field::Json(v)) => Ok(v),
+        _ => Err(missing(i)),
+    };
+    let render = |messages: &serde_json::Value, generation_prompt: bool| {
+        chat()?.render(messages, generation_prompt).map_err(|m| Error::data(data, format!("row {row}, column `{}`: {m}", names[0])))
+    };
+    let (mut ids, first, mut targets) = if cols.messages.is_some() {
+        let rendered = render(turns(0)?, false)?;
         let e = enc(&rendered.text, false)?;
         let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));
         (e.get_ids().to_vec(), 0, targets)
+    } else if cols.conversational {
+        // As TRL: the prompt rendered with the generation prompt, then the whole
+        // conversation; completion positions start where the prompt's tokens end.
+        let prompt = render(turns(0)?, true)?;
+        let m = enc(&prompt.text, false)?.len();
+        let whole: Vec<serde_json::Value> = [turns(0)?, turns(1)?].iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()).collect();
+        let rendered = render(&serde_json::Value::Array(whole), false)?;
+        let e = enc(&rendered.text, false)?;
+        let first = if cols.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
+        let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));
+        (e.get_ids().to_vec(), first, targets)
     } else if cols.text.is_some() {
         (enc(get(0)?, true)?.get_ids().to_vec(), 0, None)
     } else {
@@ -146,7 +167,7 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
 /// For conversations, attach the chat template saved in `dir` (a cache or a run
 /// directory), checking it is the one `cols` records.
 pub fn attach_chat_template(tok: &mut Tokenizer, cols: &TextColumns, dir: &Path) -> Result<()> {
-    if cols.messages.is_none() {
+    if cols.messages.is_none() && !cols.conversational {
         return Ok(());
     }
     let path = dir.join(crate::chat::CHAT_TEMPLATE_FILE);

@@ -35,6 +35,7 @@ TOKENIZER = os.path.join(ROOT, "data/lm/tokenizer.json")
 CONFIG = os.path.join(ROOT, "data/chat/tokenizer_config.json")
 TRAIN_JSONL = os.path.join(ROOT, "data/chat/train.jsonl")
 TRAIN_PARQUET = os.path.join(ROOT, "data/chat/train.parquet")
+PROMPT_COMPLETION = os.path.join(ROOT, "data/chat/prompt_completion.jsonl")
 TOL = 1e-5  # float columns of two caches of the same data
 
 
@@ -186,11 +187,35 @@ def main():
             raise Mismatch(f"distill failed on a 'tool' turn, but its stderr lacks the template's message "
                            f"{message!r}:\n{stderr}")
 
+        # ---- conversational prompt/completion (TRL): completion positions start where the
+        # prompt rendered with the generation prompt ends (TRL's completion_mask)
+        pc_rows = [json.loads(line) for line in open(PROMPT_COMPLETION, encoding="utf-8")]
+        want_pc = []
+        for r, row in enumerate(pc_rows):
+            prompt_ids = list(tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True))
+            ids = list(tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True))
+            if ids[:len(prompt_ids)] != prompt_ids:
+                raise Mismatch(f"prompt_completion row {r}: the prompt's tokens are not a prefix of the conversation's")
+            want_pc.append([(p, ids[p + 1]) for p in range(len(prompt_ids) - 1, len(ids) - 1)])
+        out4 = os.path.join(work, "prompt-completion")
+        args = ["cache-teacher", "--teacher", TEACHER, "--tokenizer", TOKENIZER, "--chat-template", CONFIG,
+                "--data", PROMPT_COMPLETION, "--prompt-column", "prompt", "--completion-column", "completion",
+                "--top-k", "4", "--temperature", "2", "--max-seq-len", "2048", "--out", out4, "--quiet"]
+        p = subprocess.run([DISTILL, *args], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise Mismatch(f"distill {' '.join(args)} failed:\n{p.stderr}")
+        got4, _ = read_cache(out4)
+        for r in range(len(pc_rows)):
+            if got4.get(r, []) != want_pc[r]:
+                raise Mismatch(f"prompt_completion row {r}: cached (position, next token) {got4.get(r, [])[:4]}... "
+                               f"vs transformers {want_pc[r][:4]}...")
+
         n_all = sum(map(len, want_all))
         n_assistant = sum(map(len, want_assistant))
         print(f"chat template: {len(rows)} rows, {n_all} positions (--positions all) and {n_assistant} "
               f"(--positions assistant, {n_assistant / n_all:.1%}) equal to transformers' tokens and assistant "
-              f"mask; Parquet input gives the same cache; a 'tool' turn fails with {message!r}")
+              f"mask; Parquet input gives the same cache; {len(pc_rows)} conversational prompt/completion rows "
+              f"({sum(map(len, want_pc))} completion positions) as TRL masks them; a 'tool' turn fails with {message!r}")
     except Mismatch as e:
         print(f"FAIL: {e}", file=sys.stderr)
         sys.exit(1)

@@ -365,3 +365,33 @@ fn damaged_and_mixed_datasets_are_refused_by_name() {
     let o = cache_digits_from(&s(&mixed), &t.path().join("b"), &[]);
     fails_with(&o, &["mixes jsonl and parquet files"]);
 }
+
+/// TRL's conversational prompt/completion (lists of turns in both columns): rendered with
+/// the chat template, completion positions only (tests/chat_template.py checks them
+/// against TRL's masking with transformers); stage two trains from the cache.
+#[test]
+fn conversational_prompt_completion_is_rendered_and_trains() {
+    let t = temp();
+    let out = t.path().join("cache");
+    ok(&distill([
+        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
+        "--chat-template", &s(&data("chat/tokenizer_config.json")), "--data", &s(&data("chat/prompt_completion.jsonl")),
+        "--prompt-column", "prompt", "--completion-column", "completion", "--top-k", "8", "--out", &s(&out), "--quiet",
+    ]));
+    let (m, all) = read_all(&out);
+    let text = m.text.as_ref().expect("text settings");
+    assert!(text.conversational && text.chat_template_sha256.is_some());
+    assert_eq!(m.positions, distill::cache::Positions::Completion);
+    assert_eq!(all.rows.iter().collect::<std::collections::HashSet<_>>().len(), 60, "every row has completion positions");
+    ok(&distill([
+        "train-student", "--cache", &s(&out), "--data", &s(&data("chat/prompt_completion.jsonl")), "--out", &s(&t.path().join("run")),
+        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "2", "--quiet",
+    ]));
+    // Plain-text prompts take no chat template.
+    let o = distill([
+        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
+        "--chat-template", &s(&data("chat/tokenizer_config.json")), "--data", &s(&data("inputs/jsonl/lm-300.jsonl")),
+        "--prompt-column", "prompt", "--completion-column", "completion", "--out", &s(&t.path().join("plain")), "--quiet",
+    ]);
+    fails_with(&o, &["chat_template applies to conversations", "holds plain text"]);
+}

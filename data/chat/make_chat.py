@@ -30,6 +30,10 @@ Files (in this folder):
   train.parquet  the same rows, column `messages`: list<struct<role: string, content: string>>
                  (pyarrow defaults; what Hugging Face `datasets` writes)
   valid.jsonl    30 conversations from the held-out topics
+  prompt_completion.jsonl
+                 TRL's conversational prompt/completion layout, from the first 60 training
+                 conversations: `prompt` = the turns before the last assistant turn,
+                 `completion` = [that assistant turn]
 
 Run from the repo root:  python data/chat/make_chat.py
 Needs: tokenizers pyarrow (data/requirements-make.txt).
@@ -221,6 +225,11 @@ for name, rows in [("train.jsonl", train), ("valid.jsonl", valid)]:
     with open(os.path.join(here, name), "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+with open(os.path.join(here, "prompt_completion.jsonl"), "w", encoding="utf-8") as f:
+    for row in train[:60]:
+        turns = row["messages"]
+        last = max(i for i, m in enumerate(turns) if m["role"] == "assistant")
+        f.write(json.dumps({"prompt": turns[:last], "completion": [turns[last]]}, ensure_ascii=False) + "\n")
 message = pa.struct([("role", pa.string()), ("content", pa.string())])
 table = pa.Table.from_pylist(train, schema=pa.schema([("messages", pa.list_(message))]))
 pq.write_table(table, os.path.join(here, "train.parquet"))

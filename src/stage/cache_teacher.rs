@@ -108,11 +108,21 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     if !cfg.teacher.is_file() {
         return Err(Error::io(&cfg.teacher, std::io::Error::new(std::io::ErrorKind::NotFound, "teacher model not found")));
     }
+    // Prompt and completion columns of conversations (TRL's conversational format).
+    let conversational = match cfg.text.as_ref().map(|t| &t.source) {
+        Some(TextSource::PromptCompletion { prompt, .. }) => data::column_holds_lists(&cfg.data, prompt)?,
+        _ => false,
+    };
     let text_side = match &cfg.text {
         Some(t) => {
             let mut tok = Tokenizer::load(&t.tokenizer)?;
-            if matches!(t.source, TextSource::Messages(_)) {
+            if matches!(t.source, TextSource::Messages(_)) || conversational {
                 tok.chat = Some(ChatTemplate::find(t.chat_template.as_deref(), &t.tokenizer)?);
+            } else if t.chat_template.is_some() {
+                return Err(Error::Config(format!(
+                    "cache.chat_template applies to conversations, but the prompt column of {} holds plain text",
+                    cfg.data.display()
+                )));
             }
             Some(tok)
         }
@@ -153,7 +163,16 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
             TextSource::Messages(m) => messages = Some(m.clone()),
         }
         let chat_template_sha256 = text_side.as_ref().and_then(|ts| ts.chat.as_ref()).map(|c| c.sha256.clone());
-        TextColumns { text, prompt, completion, messages, chat_template_sha256, positions: positions_mode, max_seq_len: t.max_seq_len }
+        TextColumns {
+            text,
+            prompt,
+            completion,
+            messages,
+            conversational,
+            chat_template_sha256,
+            positions: positions_mode,
+            max_seq_len: t.max_seq_len,
+        }
     });
     let mut columns = Vec::new();
     match &text_columns {

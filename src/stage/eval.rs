@@ -231,6 +231,7 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
                 prompt: None,
                 completion: None,
                 messages: None,
+                conversational: false,
                 chat_template_sha256: None,
                 positions,
                 max_seq_len: opts.max_seq_len,
