@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn assistant_mask_covers_the_tokens_holding_the_span() {
         let offsets = [(0, 3), (3, 5), (5, 9), (9, 10)];
-        assert_eq!(assistant_mask(&offsets, &[4..9]), vec![false, true, true, false]);
+        assert_eq!(assistant_mask(&offsets, std::slice::from_ref(&(4..9))), vec![false, true, true, false]);
         assert_eq!(assistant_mask(&offsets, &[9..10, 20..22, 0..1]), vec![false, false, false, true]);
     }
 

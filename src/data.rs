@@ -460,13 +460,16 @@ pub fn read_rows_from(spec: &Path, columns: &[Column], first: u64) -> Result<Box
     Ok(Box::new(FilesRows { files: rest.into_iter(), first, columns: columns.to_vec(), current: None }))
 }
 
+/// A stream of rows.
+pub type Rows = Box<dyn Iterator<Item = Result<Row>> + Send>;
+
 /// The rows of several files in order, renumbered across them.
 struct FilesRows {
     /// (file, index of its first row in the dataset), from the file holding `first` on.
     files: std::vec::IntoIter<(PathBuf, u64)>,
     first: u64,
     columns: Vec<Column>,
-    current: Option<(u64, Box<dyn Iterator<Item = Result<Row>> + Send>)>,
+    current: Option<(u64, Rows)>,
 }
 
 impl Iterator for FilesRows {

@@ -288,7 +288,7 @@ fn chat_data_caches_assistant_turns_and_trains() {
     assert_eq!(m.positions, distill::cache::Positions::Assistant);
     assert!(m.text.as_ref().and_then(|t| t.chat_template_sha256.as_ref()).is_some(), "the template is fingerprinted");
     assert!(assistant.join("chat_template.json").is_file());
-    assert!(a.len() > 0 && a.len() < e.len(), "assistant positions {} of {}", a.len(), e.len());
+    assert!(!a.is_empty() && a.len() < e.len(), "assistant positions {} of {}", a.len(), e.len());
     // Assistant positions are a subset of all positions, with the same next tokens.
     let all: std::collections::HashMap<(u64, u32), Option<i64>> = (0..e.len()).map(|i| ((e.rows[i], e.positions[i]), e.hard_labels[i])).collect();
     for i in 0..a.len() {

@@ -6,6 +6,7 @@ mod cache_teacher;
 mod inputs;
 mod train_student;
 mod failures;
+mod silent;
 mod fuzz;
 mod snapshots;
 mod object_store;

@@ -564,7 +564,7 @@ mod tests {
         let mut values: Vec<f32> = (1..=418).map(|i| i as f32 * 0.025).collect();
         values.extend((0..2000).map(|_| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            f32::from_bits(((state >> 40) as u32 & 0x7fffff) | 0x3c00_0000 + (((state >> 20) as u32 & 0xf) << 23))
+            f32::from_bits(((state >> 40) as u32 & 0x7fffff) | (0x3c00_0000 + (((state >> 20) as u32 & 0xf) << 23)))
         }));
         for t in values {
             m.temperature = t;

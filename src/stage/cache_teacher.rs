@@ -300,9 +300,10 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
                 timings: Timings::default(),
             });
         }
-        OutState::Partial(existing) => {
+        OutState::Partial(existing, note) => {
             man.shards = existing.shards;
             man.totals = existing.totals;
+            warnings.extend(note);
         }
         OutState::Fresh => {}
     }
@@ -520,7 +521,8 @@ fn file_name(p: &Path) -> String {
 
 enum OutState {
     Fresh,
-    Partial(Manifest),
+    /// Resume from these finished shards; the note says why a complete cache is resumed.
+    Partial(Manifest, Option<String>),
     Complete(Manifest),
 }
 
@@ -530,16 +532,17 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let complete = out.join(&names.complete);
+    let complete_path = out.join(&names.complete);
     let partial = out.join(&names.partial);
+    let mut note = None;
     let read = |p: &Path| match Manifest::read_file(p) {
         Ok(m) => Ok(Some(m)),
         // An unreadable manifest (another schema, hand-edited) may be replaced on request.
         Err(_) if overwrite => Ok(None),
         Err(e) => Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it"))),
     };
-    let existing = if complete.exists() {
-        Some((read(&complete)?, true))
+    let existing = if complete_path.exists() {
+        Some((read(&complete_path)?, true))
     } else if partial.exists() {
         Some((read(&partial)?, false))
     } else {
@@ -560,25 +563,42 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
                 describe_difference(&old, man)
             ),
         )),
-        Some((old, true)) if old.fingerprint == man.fingerprint && !overwrite => Ok(OutState::Complete(old)),
-        Some((old, false)) if old.fingerprint == man.fingerprint && !overwrite => {
-            // Keep the finished shards whose files are intact; recompute from the first that is not.
+        Some((old, complete)) if old.fingerprint == man.fingerprint && !overwrite => {
+            // Keep the finished shards whose files are intact; recompute from the first that is
+            // not. A complete cache with every shard intact is reported as it is.
             let mut kept = old.clone();
             kept.shards.clear();
             kept.totals = Totals::default();
+            let mut damaged = None;
             for s in &old.shards {
                 let p = out.join(&s.file);
                 let intact = std::fs::metadata(&p).map(|m| m.len() == s.bytes).unwrap_or(false)
                     && manifest::sha256_file(&p).map(|h| h == s.sha256).unwrap_or(false);
                 if !intact {
+                    damaged = Some(s.file.clone());
                     break;
                 }
                 kept.totals.rows += s.rows;
                 kept.totals.positions += s.positions;
                 kept.shards.push(s.clone());
             }
+            match (complete, damaged) {
+                (true, None) => return Ok(OutState::Complete(old)),
+                (true, Some(file)) => {
+                    // No longer complete: the partial manifest takes over until the rerun ends.
+                    kept.complete = false;
+                    kept.write_atomic(out, &names.partial)?;
+                    std::fs::remove_file(&complete_path).map_err(|e| Error::io(&complete_path, e))?;
+                    note = Some(format!(
+                        "{}: the complete cache's {file} is missing or damaged; recomputing from it ({} intact shards kept)",
+                        out.display(),
+                        kept.shards.len()
+                    ));
+                }
+                (false, _) => {}
+            }
             remove_unlisted(out, &kept.shards, part)?;
-            Ok(OutState::Partial(kept))
+            Ok(OutState::Partial(kept, note))
         }
         Some(_) => {
             // --overwrite: remove what the old cache wrote.

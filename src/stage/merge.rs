@@ -79,8 +79,8 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
             return Err(Error::cache(
                 &here,
                 format!(
-                    "was made with other settings or another teacher/dataset than part {:?} (fingerprint {} vs {})",
-                    first.part.map(|p| p.index),
+                    "was made with other settings or another teacher/dataset than part {} (fingerprint {} vs {})",
+                    first.part.map(|p| p.index.to_string()).unwrap_or_else(|| "?".into()),
                     &m.fingerprint[..12.min(m.fingerprint.len())],
                     &first.fingerprint[..12.min(first.fingerprint.len())]
                 ),
@@ -120,6 +120,8 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
         return Err(Error::Config(format!("the parts cover {next} rows but the dataset has {}", first.dataset.rows)));
     }
 
+    refuse_other_cache(out, &first)?;
+
     // Bring the shards (checked) into `out`, then publish the manifest last.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (dir, s) in &shards {
@@ -158,6 +160,25 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
     merged.validate(&out.join(MANIFEST_FILE))?;
     merged.write_atomic(out, MANIFEST_FILE)?;
     Ok(MergeSummary { out: out.to_path_buf(), parts: parts.len(), shards: merged.shards.len(), rows: merged.totals.rows, positions: merged.totals.positions })
+}
+
+/// `out` may already hold this very cache (a merge run again), never another one: merging
+/// over a different complete cache would replace it.
+fn refuse_other_cache(out: &Path, first: &Manifest) -> Result<()> {
+    let existing = out.join(MANIFEST_FILE);
+    if !existing.exists() {
+        return Ok(());
+    }
+    let why = match Manifest::read_file(&existing) {
+        Ok(m) if m.fingerprint == first.fingerprint => return Ok(()),
+        Ok(m) => format!(
+            "a complete cache made with other settings or another teacher/dataset (fingerprint {} vs the parts' {})",
+            &m.fingerprint[..12.min(m.fingerprint.len())],
+            &first.fingerprint[..12.min(first.fingerprint.len())]
+        ),
+        Err(e) => format!("a manifest.json this merge cannot read ({e})"),
+    };
+    Err(Error::cache(out, format!("--out already holds {why}; merge into another directory (or remove that cache first)")))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
