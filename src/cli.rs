@@ -475,6 +475,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
             let cfg = file.cache.clone().validate()?;
+            // Every setting is checked before any work: [train] and [student] too.
+            if let (Some(student), Some(eval)) = (&file.student, &file.eval) {
+                pipeline_seeds(&file, student, eval)?;
+            }
             let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone(), on_shard: None };
             eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
             let summary = stage::cache_teacher(&cfg, &opts)?;
@@ -523,6 +527,27 @@ fn render_report(r: &stage::eval::EvalReport) -> String {
     parts.join(", ")
 }
 
+/// The seeds a pipeline trains with (`[eval] seeds`, default `[train] seed`), each distinct,
+/// after checking that `[train]` and `[student]` validate for every run it will make.
+fn pipeline_seeds(file: &PipelineFile, student: &StudentSpec, eval: &distill::config::EvalSettings) -> Result<Vec<u64>> {
+    let base = pipeline_train_defaults(file);
+    let seeds = match &eval.seeds {
+        None => vec![base.seed.unwrap_or(0)],
+        Some(s) if s.is_empty() => {
+            return Err(distill::Error::Config("eval.seeds is empty: give at least one seed, or leave it out to use train.seed".into()));
+        }
+        Some(s) => s.clone(),
+    };
+    if let Some(&dup) = seeds.iter().enumerate().find_map(|(i, s)| seeds[..i].contains(s).then_some(s)) {
+        return Err(distill::Error::Config(format!("eval.seeds repeats seed {dup}: each seed must be distinct")));
+    }
+    let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
+    for alpha in [0.0, base.alpha.unwrap_or(0.5)] {
+        TrainSettings { alpha: Some(alpha), seed: Some(seeds[0]), out: Some(out.clone()), ..base.clone() }.validate(student.clone())?;
+    }
+    Ok(seeds)
+}
+
 /// The comparison a pipeline asks for: teacher vs distilled vs hard-label-only students.
 fn run_students(
     file: &PipelineFile,
@@ -547,7 +572,7 @@ fn run_students(
     let teacher = stage::eval::teacher_metrics(&eval_cache.out)?;
 
     let base = pipeline_train_defaults(file);
-    let seeds = if eval.seeds.is_empty() { vec![base.seed.unwrap_or(0)] } else { eval.seeds.clone() };
+    let seeds = pipeline_seeds(file, &student, eval)?;
     let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
     let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();
     for (label, alpha) in [("hard labels only", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {

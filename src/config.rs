@@ -114,9 +114,7 @@ impl CacheSettings {
         let out = need(self.out.clone(), "out", "out")?;
 
         let temperature = self.temperature.unwrap_or(1.0);
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::Config(format!("cache.temperature must be > 0 (got {temperature})")));
-        }
+        check_temperature("cache.temperature", temperature)?;
         if self.top_k == Some(0) {
             return Err(Error::Config("cache.top_k must be >= 1".into()));
         }
@@ -381,10 +379,8 @@ impl TrainSettings {
         if !(0.0..=1.0).contains(&alpha) {
             return Err(Error::Config(format!("train.alpha must be in 0..=1 (got {alpha})")));
         }
-        if let Some(t) = self.temperature
-            && !(t > 0.0 && t.is_finite())
-        {
-            return Err(Error::Config(format!("train.temperature must be > 0 (got {t})")));
+        if let Some(t) = self.temperature {
+            check_temperature("train.temperature", t)?;
         }
         let tail = match self.tail.as_deref().unwrap_or("bucket") {
             "bucket" => TailMode::Bucket,
@@ -398,6 +394,16 @@ impl TrainSettings {
         let lr = self.lr.unwrap_or(1e-3);
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(Error::Config(format!("train.lr must be > 0 (got {lr})")));
+        }
+        let weight_decay = self.weight_decay.unwrap_or(0.0);
+        if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+            return Err(Error::Config(format!("train.weight_decay must be >= 0 and finite (got {weight_decay})")));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(Error::Config("train.checkpoint_every must be >= 1 (steps)".into()));
+        }
+        if self.max_rows == Some(0) {
+            return Err(Error::Config("train.max_rows must be >= 1 (rows of the cache to train on)".into()));
         }
         let epochs = self.epochs.unwrap_or(10);
         if epochs == 0 || self.steps == Some(0) {
@@ -418,10 +424,10 @@ impl TrainSettings {
             steps: self.steps,
             batch_size,
             lr,
-            weight_decay: self.weight_decay.unwrap_or(0.0),
+            weight_decay,
             seed: self.seed.unwrap_or(0),
             device,
-            checkpoint_every: self.checkpoint_every.unwrap_or(200).max(1),
+            checkpoint_every: self.checkpoint_every.unwrap_or(200),
             max_rows: self.max_rows,
             top_k: match self.top_k {
                 Some(0) => return Err(Error::Config("train.top_k must be >= 1".into())),
@@ -434,6 +440,19 @@ impl TrainSettings {
             prepared_rows_mb: self.prepared_rows_mb.unwrap_or(64),
         })
     }
+}
+
+/// Temperatures below this make `1 / T` times a logit overflow f32 (and the softmax NaN)
+/// for logits of ordinary size; no distillation recipe uses one.
+pub const MIN_TEMPERATURE: f32 = 1e-2;
+
+fn check_temperature(key: &str, t: f32) -> Result<()> {
+    if !(t.is_finite() && t >= MIN_TEMPERATURE) {
+        return Err(Error::Config(format!(
+            "{key} must be >= {MIN_TEMPERATURE} and finite (got {t}): smaller temperatures overflow the softmax"
+        )));
+    }
+    Ok(())
 }
 
 /// Where the student trains.
@@ -497,9 +516,10 @@ pub struct TrainConfig {
 pub struct EvalSettings {
     /// Held-out data with the same columns as the training data.
     pub data: PathBuf,
-    /// Seeds; each trains one distilled and one hard-label-only student.
+    /// Seeds; each trains one distilled and one hard-label-only student (default: the
+    /// `[train]` seed).
     #[serde(default)]
-    pub seeds: Vec<u64>,
+    pub seeds: Option<Vec<u64>>,
 }
 
 /// A pipeline file: the declarative form of an experiment.
@@ -550,7 +570,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = CacheSettings { temperature: Some(0.0), ..base() }.validate().unwrap_err().to_string();
-        assert!(e.contains("cache.temperature must be > 0"), "{e}");
+        assert!(e.contains("cache.temperature must be >= 0.01"), "{e}");
         let e = CacheSettings { top_k: Some(0), ..base() }.validate().unwrap_err().to_string();
         assert!(e.contains("cache.top_k must be >= 1"), "{e}");
         let e = CacheSettings { teacher: None, ..base() }.validate().unwrap_err().to_string();

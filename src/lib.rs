@@ -58,6 +58,7 @@ pub mod chat;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod lock;
 pub mod loss;
 pub mod student;
 pub mod progress;

@@ -384,8 +384,8 @@ mod bad_input {
     #[test]
     fn temperature_must_be_positive() {
         let t = temp();
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature", "0"])), &["cache.temperature must be > 0"]);
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature=-1"])), &["cache.temperature must be > 0"]);
+        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature", "0"])), &["cache.temperature must be >= 0.01"]);
+        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature=-1"])), &["cache.temperature must be >= 0.01"]);
     }
 
     #[test]

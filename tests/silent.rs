@@ -84,3 +84,137 @@ fn merge_does_not_replace_another_complete_cache() {
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
 }
+
+/// Two writers into one directory interleaved their files (a run whose config said seed 0
+/// held seed 1's weights); now the second is refused while the first holds the lock.
+#[test]
+fn a_second_writer_of_a_directory_is_refused() {
+    let t = temp();
+    let out = t.path().join("cache");
+    let held = distill::lock::DirLock::acquire(&out, "", "a cache").unwrap();
+    let o = distill([
+        "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
+        "--out", &s(&out), "--quiet",
+    ]);
+    fails_with(&o, &["another distill process is writing a cache in this directory", ".distill.lock"]);
+    drop(held);
+    cache_digits("train.parquet", &out, &[]);
+    let run = t.path().join("run");
+    let held = distill::lock::DirLock::acquire(&run, "", "a training run").unwrap();
+    let o = distill([
+        "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out", &s(&run),
+        "--student", "mlp", "--steps", "2", "--quiet",
+    ]);
+    fails_with(&o, &["another distill process is writing a training run"]);
+    drop(held);
+}
+
+/// Settings that trained or cached silently wrong: a temperature that overflows the
+/// softmax (NaN log-probs), negative or NaN weight decay, 0 for counts that meant 1.
+#[test]
+fn out_of_range_settings_are_refused_before_any_work() {
+    let t = temp();
+    let out = t.path().join("c");
+    for temp in ["1e-39", "0.001"] {
+        let o = distill([
+            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
+            "--out", &s(&out), "--temperature", temp, "--quiet",
+        ]);
+        fails_with(&o, &["cache.temperature must be >= 0.01", "overflow the softmax"]);
+        assert!(!out.exists(), "nothing is created before the settings are checked");
+    }
+    cache_digits("train.parquet", &out, &[]);
+    for (flag, value, why) in [
+        ("--weight-decay", "-1", "train.weight_decay must be >= 0"),
+        ("--weight-decay", "NaN", "train.weight_decay must be >= 0"),
+        ("--checkpoint-every", "0", "train.checkpoint_every must be >= 1"),
+        ("--max-rows", "0", "train.max_rows must be >= 1"),
+        ("--temperature", "1e-39", "train.temperature must be >= 0.01"),
+    ] {
+        let o = distill([
+            "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
+            "--student", "mlp", "--steps", "2", "--quiet", &format!("{flag}={value}"),
+        ]);
+        fails_with(&o, &[why]);
+    }
+}
+
+/// A pipeline's `[eval] seeds` of `[0, 0]` reported "± 0.0000 over 2 seeds" and `[]` ran
+/// seed 0; `[train]` was checked only after stage one had run.
+#[test]
+fn pipeline_settings_are_checked_before_stage_one() {
+    let t = temp();
+    let base = std::fs::read_to_string(repo().join("pipelines/digits.toml")).unwrap();
+    let dir = repo().join("pipelines");
+    for (edit, why) in [
+        ("seeds = [0, 0]", "eval.seeds repeats seed 0"),
+        ("seeds = []", "eval.seeds is empty"),
+        ("seeds = [0]\n[train.bad]", ""),
+    ] {
+        let text = if edit.contains("[train.bad]") {
+            base.replace("lr = 0.005", "lr = -1")
+        } else {
+            let start = base.find("seeds").expect("the pipeline names its seeds");
+            let end = start + base[start..].find('\n').unwrap();
+            format!("{}{}{}", &base[..start], edit, &base[end..])
+        };
+        let text = text.replace("../target/pipelines/digits", &s(&t.path().join("out")));
+        let p = dir.join(format!(".silent-test-{}.toml", std::process::id()));
+        std::fs::write(&p, &text).unwrap();
+        let o = distill(["run".to_string(), s(&p), "--quiet".into()]);
+        std::fs::remove_file(&p).unwrap();
+        fails_with(&o, &[if why.is_empty() { "train.lr must be > 0" } else { why }]);
+        assert!(!t.path().join("out").join("cache").exists(), "stage one ran before the settings were checked");
+    }
+}
+
+/// A 0-row dataset looped forever in train-student; now stage one refuses it.
+#[test]
+fn an_empty_dataset_is_refused() {
+    let t = temp();
+    let empty = t.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let o = distill([
+        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
+        "--data", &s(&empty), "--out", &s(&t.path().join("c")), "--quiet",
+    ]);
+    fails_with(&o, &["empty.jsonl", "has no rows"]);
+}
+
+/// eval and predict scored rows that cache-teacher refuses (NaN features, labels outside
+/// the classes) and panicked inside Burn on a row of 63 features for a 64-feature student.
+#[test]
+fn eval_and_predict_check_rows_as_cache_teacher_does() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("train.parquet", &cache, &[]);
+    let run = t.path().join("run");
+    ok(&distill([
+        "train-student", "--cache", &s(&cache), "--data", &s(&data("digits/train.parquet")), "--out", &s(&run),
+        "--student", "mlp:hidden=8", "--steps", "2", "--quiet",
+    ]));
+    let write = |name: &str, features: &str, label: i64| {
+        let p = t.path().join(name);
+        std::fs::write(&p, format!("{{\"features\": [{features}], \"label\": 1}}\n{{\"features\": [{features}], \"label\": {label}}}\n")).unwrap();
+        p
+    };
+    let ones = vec!["1.0"; 64].join(", ");
+    let cases = [
+        (write("short.jsonl", &vec!["1.0"; 63].join(", "), 1), vec!["row 0", "63 feature values, but the student takes 64"]),
+        (write("label.jsonl", &ones, 10), vec!["row 1", "label 10 is outside the student's 10 classes"]),
+        (write("negative.jsonl", &ones, -1), vec!["row 1", "label -1 is outside"]),
+    ];
+    for (file, why) in &cases {
+        fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(file)]), why);
+    }
+    fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&cases[0].0), "--out", &s(&t.path().join("p.jsonl"))]), &["63 feature values"]);
+    // NaN is not JSON; Parquet holds it. Through pyarrow, as users write such files.
+    let pq = t.path().join("nan.parquet");
+    let o = python(
+        "import sys, pyarrow as pa, pyarrow.parquet as pq; pq.write_table(pa.table({'features': [[1.0] * 5 + [float('nan')] + [1.0] * 58], 'label': [1]}), sys.argv[1])",
+        &[&pq],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(&pq)]), &["row 0, column `features`: value 5 is NaN"]);
+    fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]), &["value 5 is NaN"]);
+}

@@ -204,6 +204,9 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
 
     // Identity of the cache.
     let dataset = DatasetInfo::of(&cfg.data)?;
+    if dataset.rows == 0 {
+        return Err(Error::data(&cfg.data, "has no rows: there is nothing to cache"));
+    }
     let step = match cfg.encoding {
         LogprobEncoding::DeltaU16 => schema::DEFAULT_LOGPROB_STEP,
         LogprobEncoding::F32 => 0.0,
@@ -279,6 +282,11 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let out = &cfg.out;
     let part = cfg.part.unwrap_or(PartInfo { index: 0, count: 1 });
     let names = ManifestNames::of(cfg.part);
+    if out.exists() && !out.is_dir() {
+        return Err(Error::cache(out, "--out exists and is not a directory"));
+    }
+    let lock_name = cfg.part.map(|p| format!(".part-{}-of-{}", p.index, p.count)).unwrap_or_default();
+    let _lock = crate::lock::DirLock::acquire(out, &lock_name, "a cache")?;
     let resumed = prepare_out_dir(out, &man, opts.overwrite, &names, part)?;
     let mut warnings = Vec::new();
     warnings.extend(teacher.device_note.clone());
@@ -622,6 +630,7 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
                             || n.ends_with(".partial")
                             || n == manifest::TOKENIZER_FILE
                             || n == crate::chat::CHAT_TEMPLATE_FILE
+                            || crate::lock::is_lock_file(n)
                             || (part.count > 1 && n.starts_with("manifest.part-")))
                     })
                     .collect();

@@ -13,7 +13,7 @@ use crate::cache::manifest::{DatasetInfo, TOKENIZER_FILE};
 use crate::cache::{CacheReader, Task};
 use crate::error::{Error, Result};
 use crate::stage::train_student::{PreparedRow, StudentFile, prepare_rows, token_tensor};
-use crate::student::{self, Student};
+use crate::student::{self, Student, StudentArch};
 use crate::text::Tokenizer;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -64,6 +64,10 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result
     };
     let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
     let rows = prepare_rows(data, &sf.data, tok.as_ref(), 0, u64::MAX, None)?;
+    if rows.is_empty() {
+        return Err(Error::data(data, "has no rows to evaluate"));
+    }
+    check_rows(&rows, &sf.arch, data, sf.data.task == Task::Classification)?;
     let mut report = EvalReport::default();
     let (mut correct, mut agree, mut agree_n, mut nll, mut n) = (0u64, 0u64, 0u64, 0f64, 0u64);
     for chunk in rows.chunks(64) {
@@ -127,6 +131,25 @@ fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
 
 /// Count correct predictions and agreement with the teacher's top-1 for classifier rows.
 #[allow(clippy::too_many_arguments)]
+/// Rows a student can be run on: as many features as its input (an MLP), and, when they
+/// are scored, labels among its classes. Messages name the row.
+fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: bool) -> Result<()> {
+    for r in rows {
+        if let StudentArch::Mlp { input, .. } = arch
+            && r.features.len() != *input
+        {
+            return Err(Error::data(data, format!("row {}: {} feature values, but the student takes {input}", r.index, r.features.len())));
+        }
+        if scored
+            && let Some(l) = r.label
+            && !(0..arch.vocab() as i64).contains(&l)
+        {
+            return Err(Error::data(data, format!("row {}: label {l} is outside the student's {} classes (0..{})", r.index, arch.vocab(), arch.vocab())));
+        }
+    }
+    Ok(())
+}
+
 fn score_classes(
     rows: &[PreparedRow],
     pred: &[i64],
@@ -194,10 +217,11 @@ pub struct PredictOptions {
 pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<u64> {
     use crate::cache::Positions;
     use crate::stage::train_student::DataSpec;
-    use crate::student::{StudentArch, hf};
+    use crate::student::hf;
     use crate::text::TextColumns;
     let device = Device::flex();
     let sf_path = student_dir.join("student.json");
+    let mut arch = None;
     let (model, spec, tok) = if sf_path.is_file() {
         let sf: StudentFile = serde_json::from_slice(&std::fs::read(&sf_path).map_err(|e| Error::io(&sf_path, e))?)
             .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
@@ -211,6 +235,7 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
             }
             None => None,
         };
+        arch = Some(sf.arch.clone());
         (model, sf.data, tok)
     } else if hf::is_checkpoint(student_dir) {
         let ck = hf::read_checkpoint(student_dir)?;
@@ -246,6 +271,9 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
         )));
     };
     let rows = prepare_rows(data, &spec, tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
+    if let Some(arch) = &arch {
+        check_rows(&rows, arch, data, false)?;
+    }
     let mut text = String::new();
     for chunk in rows.chunks(16) {
         let lines: Vec<serde_json::Value> = match &model {

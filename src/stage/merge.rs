@@ -120,10 +120,10 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
         return Err(Error::Config(format!("the parts cover {next} rows but the dataset has {}", first.dataset.rows)));
     }
 
+    let _lock = crate::lock::DirLock::acquire(out, "", "a cache")?;
     refuse_other_cache(out, &first)?;
 
     // Bring the shards (checked) into `out`, then publish the manifest last.
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (dir, s) in &shards {
         let src = dir.join(&s.file);
         let sha = sha256_file(&src)?;

@@ -302,7 +302,12 @@ pub(crate) fn prepare_rows(
                 let mut features = Vec::new();
                 for (slot, name) in spec.features.iter().enumerate() {
                     match &row.fields[slot] {
-                        Field::Numbers(v) => features.extend_from_slice(v),
+                        Field::Numbers(v) => {
+                            if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+                                return Err(Error::data(path, format!("row {}, column `{name}`: value {bad} is {}", row.index, v[bad])));
+                            }
+                            features.extend_from_slice(v)
+                        }
                         _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
                     }
                 }
@@ -701,7 +706,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
 
     // Run directory: new, or resumed from a checkpoint made with the same config.
     let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = crate::lock::DirLock::acquire(out, "", "a training run")?;
     let pointer = out.join("checkpoint.json");
     let resume_state: Option<CheckpointState> = if opts.resume && pointer.exists() {
         let s: CheckpointState = serde_json::from_slice(&std::fs::read(&pointer).map_err(|e| Error::io(&pointer, e))?)
@@ -808,6 +813,17 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             .map(|g| g.iter().map(|&i| shard_rows(&m.shards[i])).sum::<usize>().div_ceil(cfg.batch_size))
             .sum()
     };
+    if m.shards.iter().map(shard_rows).sum::<usize>() == 0 {
+        return Err(Error::cache(
+            &cfg.cache,
+            format!(
+                "holds no rows to train on ({} rows cached{}{})",
+                m.totals.rows,
+                if cfg.alpha == 0.0 { ", none of them labelled" } else { "" },
+                cfg.max_rows.map(|r| format!(", --max-rows {r}")).unwrap_or_default()
+            ),
+        ));
+    }
     let total = cfg.steps.unwrap_or_else(|| (0..cfg.epochs).map(epoch_steps).sum()).max(1);
     // A remote cache: fetch shards in the first epoch's order, two ahead of training.
     let prefetch = opened.remote.map(|remote| {
@@ -952,8 +968,10 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
                 let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
                 if !l.is_finite() {
                     return Err(Error::Config(format!(
-                        "the loss became {l} at step {step} (kl {kl}, ce {ce}); lower train.lr (now {})",
-                        cfg.lr
+                        "the loss became {l} at step {step} (kl {kl}, ce {ce}); likely causes, most likely first: \
+                         train.lr too high (now {}), non-finite values in the cache (check it with `distill verify`) \
+                         or in the data's features, train.weight_decay (now {})",
+                        cfg.lr, cfg.weight_decay
                     )));
                 }
                 let grads = GradientsParams::from_grads(parts.loss.backward(), &model);
