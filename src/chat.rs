@@ -135,7 +135,13 @@ impl ChatTemplate {
         }
         let mut ctx: BTreeMap<String, minijinja::Value> =
             self.saved.tokens.iter().map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str()))).collect();
+        if holds_marker(messages) {
+            return Err(format!("a turn holds U+{:04X} or U+{:04X}, the characters distill marks assistant spans with", START as u32, END as u32));
+        }
         ctx.insert("messages".into(), minijinja::Value::from_serialize(messages));
+        // As transformers passes them when a conversation has no tools or documents.
+        ctx.insert("tools".into(), minijinja::Value::from(()));
+        ctx.insert("documents".into(), minijinja::Value::from(()));
         ctx.insert("add_generation_prompt".into(), minijinja::Value::from(add_generation_prompt));
         let template = self.env.get_template("chat").expect("added in new");
         let out = template.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| match e.kind() {
@@ -177,6 +183,16 @@ fn mark_generation_blocks(source: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether any string in `v` holds a span marker.
+fn holds_marker(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains([START, END]),
+        serde_json::Value::Array(a) => a.iter().any(holds_marker),
+        serde_json::Value::Object(o) => o.iter().any(|(k, x)| k.contains([START, END]) || holds_marker(x)),
+        _ => false,
+    }
 }
 
 /// Remove the markers, returning the text and the byte ranges between each pair.
@@ -275,7 +291,17 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// separators are `", "` and `": "` (or newlines and `indent` spaces with `indent`).
 fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<minijinja::Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    // Accepted as transformers' tojson accepts them; only their defaults are supported.
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<minijinja::Value> = kwargs.get("separators")?;
     kwargs.assert_all_used()?;
+    if ensure_ascii == Some(true) || sort_keys == Some(true) || separators.is_some_and(|s| !s.is_none()) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "tojson: only ensure_ascii=False, sort_keys=False and the default separators are supported",
+        ));
+    }
     let json = serde_json::to_value(&value).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     write_python_json(&json, indent, 0, &mut out);
@@ -365,11 +391,18 @@ mod tests {
         assert_eq!(assistant_mask(&offsets, &[9..10, 20..22, 0..1]), vec![false, false, false, true]);
     }
 
-    /// `tojson` writes as Python's json.dumps(ensure_ascii=False): ", " and ": " separators.
+    /// `tojson` writes as Python's json.dumps(ensure_ascii=False): ", " and ": " separators,
+    /// keys in the conversation's own order (expected strings from Python's json.dumps).
     #[test]
     fn tojson_writes_as_python() {
         let t = template("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}");
-        let r = t.render(&serde_json::json!([{"content": "é<b>", "role": "user"}]), false).unwrap();
-        assert_eq!(r.text, "[{\"content\": \"é<b>\", \"role\": \"user\"}]|{\n  \"content\": \"é<b>\",\n  \"role\": \"user\"\n}");
+        let r = t.render(&serde_json::from_str("[{\"role\": \"user\", \"content\": \"é<b>\"}]").unwrap(), false).unwrap();
+        assert_eq!(r.text, "[{\"role\": \"user\", \"content\": \"é<b>\"}]|{\n  \"role\": \"user\",\n  \"content\": \"é<b>\"\n}");
+        // `tools is none` holds when there are none, as transformers passes tools=None.
+        let t = template("{% if tools is none %}no tools{% endif %}");
+        assert_eq!(t.render(&serde_json::json!([]), false).unwrap().text, "no tools");
+        // The span markers cannot come from the data.
+        let t = template("{{ messages[0].content }}");
+        assert!(t.render(&serde_json::json!([{"content": "a\u{E000}"}]), false).unwrap_err().contains("U+E000"));
     }
 }

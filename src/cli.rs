@@ -127,6 +127,7 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// Read settings from a pipeline file's [student] and [train]; flags override it.
     #[arg(long, value_name = "FILE")]
@@ -249,6 +250,7 @@ fn pipeline_train_defaults(file: &PipelineFile) -> TrainSettings {
 }
 
 #[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
 struct CacheTeacherArgs {
     /// Read settings from a pipeline file's [cache] table; flags given here override it.
     #[arg(long, value_name = "FILE")]

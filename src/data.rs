@@ -78,7 +78,10 @@ fn is_glob(spec: &Path) -> bool {
 /// matches. A directory holding several splits (`train-*` and `test-*` files, as a Hugging
 /// Face dataset's `data/` does) is refused: which one to use is the user's choice.
 pub fn resolve(spec: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = if is_glob(spec) {
+    // A path that exists is a path, even with glob characters in its name.
+    let mut files: Vec<PathBuf> = if spec.is_file() {
+        return Format::of(spec).map(|_| vec![spec.to_path_buf()]);
+    } else if is_glob(spec) && !spec.exists() {
         let pattern = spec.to_string_lossy();
         let matches = glob::glob(&pattern).map_err(|e| Error::data(spec, format!("not a valid glob: {e}")))?;
         let mut files = Vec::new();
@@ -105,8 +108,6 @@ pub fn resolve(spec: &Path) -> Result<Vec<PathBuf>> {
             return Err(Error::data(spec, "the directory holds no .parquet, .jsonl, .jsonl.gz or .jsonl.zst file"));
         }
         files
-    } else if spec.is_file() {
-        return Format::of(spec).map(|_| vec![spec.to_path_buf()]);
     } else {
         return Err(Error::io(spec, std::io::Error::new(std::io::ErrorKind::NotFound, "data file not found")));
     };
@@ -165,9 +166,9 @@ fn files_with_rows(spec: &Path) -> Result<Vec<(PathBuf, u64)>> {
     resolve(spec)?.into_iter().map(|f| file_rows(&f).map(|n| (f, n))).collect()
 }
 
-/// Rows of one file, remembered for the process while its size and modification time
+/// Rows of one data file (not a directory or glob), remembered for the process while its size and modification time
 /// stay the same (stage two seeks to every shard's first row; a JSONL file is counted once).
-fn file_rows(path: &Path) -> Result<u64> {
+pub fn file_rows(path: &Path) -> Result<u64> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Key = (PathBuf, u64, Option<std::time::SystemTime>);
@@ -253,6 +254,9 @@ pub struct Row {
     pub fields: Vec<Field>,
 }
 
+/// A stream of rows.
+pub type Rows = Box<dyn Iterator<Item = Result<Row>> + Send>;
+
 /// Column names present in a dataset (its first file: every file is checked against the
 /// requested columns when it is read).
 pub fn column_names(spec: &Path) -> Result<Vec<String>> {
@@ -268,11 +272,12 @@ fn file_column_names(path: &Path) -> Result<Vec<String>> {
         }
         _ => {
             for (i, line) in jsonl_reader(path)?.lines().enumerate() {
-                let line = line.map_err(|e| Error::io(path, e))?;
+                let line = line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
+                let line = without_bom(&line);
                 if line.trim().is_empty() {
                     continue;
                 }
-                let value: serde_json::Value = serde_json::from_str(&line)
+                let value: serde_json::Value = serde_json::from_str(line)
                     .map_err(|e| Error::data(path, format!("line {}: not valid JSON: {e}", i + 1)))?;
                 let obj = value.as_object().ok_or_else(|| Error::data(path, format!("line {}: not a JSON object", i + 1)))?;
                 return Ok(obj.keys().cloned().collect());
@@ -294,10 +299,12 @@ pub fn column_holds_lists(spec: &Path, name: &str) -> Result<bool> {
         _ => {
             for line in jsonl_reader(path)?.lines() {
                 let line = line.map_err(|e| Error::io(path, e))?;
+                let line = without_bom(&line);
                 if line.trim().is_empty() {
                     continue;
                 }
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let value: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| Error::data(path, format!("row 0: not valid JSON: {e}")))?;
                 return Ok(value.get(name).is_some_and(|v| v.is_array()));
             }
             Ok(false)
@@ -318,8 +325,8 @@ fn count_file_rows(path: &Path) -> Result<u64> {
         }
         _ => {
             let mut n = 0;
-            for line in jsonl_reader(path)?.lines() {
-                if !line.map_err(|e| Error::io(path, e))?.trim().is_empty() {
+            for (i, line) in jsonl_reader(path)?.lines().enumerate() {
+                if !line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?.trim().is_empty() {
                     n += 1;
                 }
             }
@@ -348,7 +355,7 @@ fn jsonl_reader(path: &Path) -> Result<Box<dyn BufRead + Send>> {
 /// [`Field`] per column of `columns`; rows are numbered across its files.
 ///
 /// A requested column that a file does not have is an error naming the file's columns.
-pub fn read_rows(spec: &Path, columns: &[Column]) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+pub fn read_rows(spec: &Path, columns: &[Column]) -> Result<Rows> {
     read_rows_from(spec, columns, 0)
 }
 
@@ -387,6 +394,11 @@ pub fn jsonl_row_starts(path: &Path, rows: &[u64]) -> Result<Vec<RowStart>> {
     Ok(out)
 }
 
+/// A line without the UTF-8 byte order mark some editors put at the start of a file.
+fn without_bom(line: &str) -> &str {
+    line.strip_prefix('\u{feff}').unwrap_or(line)
+}
+
 /// A JSONL line that is not a row: empty or whitespace only (Unicode whitespace, as the
 /// reader trims it). One rule for the reader and for [`jsonl_row_starts`], so a row's index
 /// is the same whichever way the file is read.
@@ -396,13 +408,13 @@ fn is_blank_line(line: &[u8]) -> bool {
 
 /// As [`read_rows_from`] for a JSONL file, starting at a [`RowStart`] from
 /// [`jsonl_row_starts`] (a seek, no scan).
-pub fn read_jsonl_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+pub fn read_jsonl_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Rows> {
     let path = &single_file(path)?;
     check_columns(path, columns)?;
     jsonl_rows_at(path, columns, at)
 }
 
-fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Rows> {
     let reader: Box<dyn BufRead + Send> = if Format::of(path)? == Format::Jsonl {
         use std::io::Seek;
         let mut file = open(path)?;
@@ -428,6 +440,9 @@ fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Box<dy
 
 fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
     let names = file_column_names(path)?;
+    if names.is_empty() && !columns.is_empty() {
+        return Err(Error::data(path, format!("has no columns (an empty file); expected column `{}`", columns[0].name)));
+    }
     for c in columns {
         if !names.contains(&c.name) {
             return Err(Error::data(
@@ -439,11 +454,15 @@ fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
     Ok(())
 }
 
-/// As [`read_rows`], starting at row `first` (rows keep their index in the file) without
-/// decoding the rows before it: Parquet skips whole row groups by their metadata and the
-/// rest of the rows inside the first one; JSONL skips lines without parsing them. Training
-/// reads each shard's rows this way, so an epoch reads the data once, not once per shard.
-pub fn read_rows_from(spec: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+/// As [`read_rows`], starting at row `first` (rows keep their index in the dataset)
+/// without decoding the rows before it: files before the one holding `first` are not
+/// opened; Parquet skips whole row groups by their metadata and the rest of the rows inside
+/// the first one; JSONL skips lines without parsing them (a compressed file is decompressed
+/// up to them). A single plain JSONL file is read by seeking instead ([`jsonl_row_starts`]);
+/// in a compressed or multi-file JSONL dataset each shard's read scans its file from the
+/// start (stage two keeps the prepared rows that fit in `--prepared-rows-mb` between epochs,
+/// so for those the scan is paid once).
+pub fn read_rows_from(spec: &Path, columns: &[Column], first: u64) -> Result<Rows> {
     let files = resolve(spec)?;
     if let [file] = files.as_slice() {
         return read_file_rows_from(file, columns, first);
@@ -452,16 +471,18 @@ pub fn read_rows_from(spec: &Path, columns: &[Column], first: u64) -> Result<Box
     let mut start = 0u64;
     let mut rest = Vec::new();
     for (file, rows) in files_with_rows(spec)? {
-        if start + rows > first || !rest.is_empty() {
+        // Files without rows have nothing to read (and an empty JSONL file names no columns).
+        if rows > 0 && (start + rows > first || !rest.is_empty()) {
             rest.push((file, start));
         }
         start += rows;
     }
+    // Every file has the columns, checked before the first row (not when file 7 is reached).
+    for (file, _) in &rest {
+        check_columns(file, columns)?;
+    }
     Ok(Box::new(FilesRows { files: rest.into_iter(), first, columns: columns.to_vec(), current: None }))
 }
-
-/// A stream of rows.
-pub type Rows = Box<dyn Iterator<Item = Result<Row>> + Send>;
 
 /// The rows of several files in order, renumbered across them.
 struct FilesRows {
@@ -496,7 +517,7 @@ impl Iterator for FilesRows {
 }
 
 /// [`read_rows_from`] for one file; rows keep their index in the file.
-fn read_file_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Box<dyn Iterator<Item = Result<Row>> + Send>> {
+fn read_file_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Rows> {
     check_columns(path, columns)?;
     match Format::of(path)? {
         Format::Parquet => {
@@ -699,16 +720,17 @@ impl Iterator for JsonlRows {
         loop {
             let line = match self.lines.next()? {
                 Ok(l) => l,
-                Err(e) => return Some(Err(Error::io(&self.path, e))),
+                Err(e) => return Some(Err(Error::data(&self.path, format!("line {}: {e}", self.line_no + 1)))),
             };
             self.line_no += 1;
+            let line = without_bom(&line);
             if is_blank_line(line.as_bytes()) {
                 continue;
             }
             let index = self.next_index;
             self.next_index += 1;
             let at = |m: String| Error::data(&self.path, format!("row {index} (line {}): {m}", self.line_no));
-            let value: serde_json::Value = match serde_json::from_str(&line) {
+            let value: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => return Some(Err(at(format!("not valid JSON: {e}")))),
             };
@@ -758,7 +780,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn texts(it: Box<dyn Iterator<Item = Result<Row>> + Send>) -> Vec<(u64, String)> {
+    fn texts(it: Rows) -> Vec<(u64, String)> {
         it.map(|r| {
             let r = r.unwrap();
             match &r.fields[0] {
@@ -767,6 +789,31 @@ mod tests {
             }
         })
         .collect()
+    }
+
+    /// Three files of 4, 0 and 3 rows (one in a directory whose name holds glob characters):
+    /// read from every start, across and at the boundaries, rows are numbered across files
+    /// and equal a full read skipped to the start; the directory itself is a path, not a glob.
+    #[test]
+    fn rows_are_numbered_across_files_from_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("set[1]");
+        std::fs::create_dir(&data).unwrap();
+        let lines = |range: std::ops::Range<usize>| range.map(|i| format!("{{\"text\": \"r{i}\"}}\n")).collect::<String>();
+        std::fs::write(data.join("a.jsonl"), lines(0..4)).unwrap();
+        std::fs::write(data.join("b.jsonl"), "\n").unwrap();
+        std::fs::write(data.join("c.jsonl"), lines(4..7)).unwrap();
+        let cols = [Column::new("text", Kind::Text)];
+        let all = texts(read_rows(&data, &cols).unwrap());
+        assert_eq!(all, (0..7).map(|i| (i as u64, format!("r{i}"))).collect::<Vec<_>>());
+        assert_eq!(count_rows(&data).unwrap(), 7);
+        for first in 0..=8u64 {
+            let want: Vec<_> = all.iter().skip(first as usize).cloned().collect();
+            assert_eq!(texts(read_rows_from(&data, &cols, first).unwrap()), want, "from row {first}");
+        }
+        let glob = data.join("*.jsonl");
+        assert!(resolve(&glob).is_err(), "the glob's directory name holds `[1]`, a character class");
+        assert_eq!(resolve(&data.join("c.jsonl")).unwrap(), vec![data.join("c.jsonl")], "an existing file is a path");
     }
 
     /// Starting at row `first` gives exactly the rows (and indices) that skipping `first`

@@ -140,10 +140,21 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
         // As TRL: the prompt rendered with the generation prompt, then the whole
         // conversation; completion positions start where the prompt's tokens end.
         let prompt = render(turns(0)?, true)?;
-        let m = enc(&prompt.text, false)?.len();
+        let prompt_ids = enc(&prompt.text, false)?.get_ids().to_vec();
+        let m = prompt_ids.len();
         let whole: Vec<serde_json::Value> = [turns(0)?, turns(1)?].iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()).collect();
         let rendered = render(&serde_json::Value::Array(whole), false)?;
         let e = enc(&rendered.text, false)?;
+        if !e.get_ids().starts_with(&prompt_ids) {
+            return Err(Error::data(
+                data,
+                format!(
+                    "row {row}: the prompt's {m} tokens are not the start of the conversation's (the chat template renders \
+                     the prompt turns differently once a completion follows), so the completion positions cannot be \
+                     placed; use --messages-column with a template that marks {{% generation %}} blocks instead"
+                ),
+            ));
+        }
         let first = if cols.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
         let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));
         (e.get_ids().to_vec(), first, targets)

@@ -218,3 +218,92 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
     fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(&pq)]), &["row 0, column `features`: value 5 is NaN"]);
     fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]), &["value 5 is NaN"]);
 }
+
+/// `--resume` on a finished run, or after a kill between the exported files, failed with
+/// `File already exists ... use .overwrite(true)`; now the export is atomic and a finished
+/// run's resume says it had finished.
+#[test]
+fn resume_of_a_finished_or_half_exported_run_completes() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("train.parquet", &cache, &[]);
+    let run = t.path().join("run");
+    let train = |resume: bool| {
+        let mut a = vec![
+            "train-student".to_string(), "--cache".into(), s(&cache), "--data".into(), s(&data("digits/train.parquet")),
+            "--out".into(), s(&run), "--student".into(), "mlp:hidden=8".into(), "--steps".into(), "4".into(),
+            "--checkpoint-every".into(), "2".into(), "--quiet".into(),
+        ];
+        if resume {
+            a.push("--resume".into());
+        }
+        distill(a)
+    };
+    ok(&train(false));
+    // The tensors of a safetensors file: after its 8-byte header length and the JSON header
+    // (whose metadata keys come in no fixed order).
+    let tensors = |p: &Path| {
+        let b = std::fs::read(p).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        b[8 + n..].to_vec()
+    };
+    let weights = tensors(&run.join("student.safetensors"));
+    let o = train(true);
+    ok(&o);
+    assert!(stderr(&o).contains("the run had finished (step 4 of 4)"), "{}", stderr(&o));
+    // Killed after the weights, before student.json.
+    std::fs::remove_file(run.join("student.json")).unwrap();
+    ok(&train(true));
+    assert!(run.join("student.json").is_file());
+    assert!(tensors(&run.join("student.safetensors")) == weights, "the exported weights changed");
+}
+
+/// Small input faults with unclear messages: a UTF-8 byte order mark (`line 1: not valid
+/// JSON`), invalid UTF-8 (no line), an empty file (`does not have (columns: )`),
+/// `--top-k -1` (clap's `unexpected argument`), an `--ort-lib` that does not exist
+/// (silently replaced by ORT_DYLIB_PATH), rows without a label (counted nowhere).
+#[test]
+fn small_input_faults_get_clear_messages() {
+    let t = temp();
+    let lm = |data_file: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
+            "--data".into(), s(data_file), "--out".into(), s(&t.path().join(format!("c{}", data_file.display().to_string().len()))), "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    let bom = t.path().join("bom.jsonl");
+    std::fs::write(&bom, "\u{feff}{\"text\": \"a byte order mark first\"}\n{\"text\": \"then a row\"}\n").unwrap();
+    ok(&lm(&bom, &[]));
+    let bad = t.path().join("latin1.jsonl");
+    std::fs::write(&bad, b"{\"text\": \"fine\"}\n{\"text\": \"caf\xe9\"}\n").unwrap();
+    fails_with(&lm(&bad, &[]), &["latin1.jsonl", "line 2", "UTF-8"]);
+    let empty = t.path().join("empty.parquet");
+    let o = python("import sys, pyarrow as pa, pyarrow.parquet as pq; pq.write_table(pa.table({}), sys.argv[1])", &[&empty]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fails_with(&lm(&empty, &[]), &["empty.parquet"]);
+    fails_with(&lm(&bom, &["--top-k", "-1"]), &["invalid value '-1' for '--top-k <K>'"]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json"))])
+        .args(["--data", &s(&bom), "--out", &s(&t.path().join("o")), "--ort-lib", "/nonexistent/libonnxruntime.so"])
+        .env("ORT_DYLIB_PATH", "/also/not/here.so")
+        .output()
+        .unwrap();
+    fails_with(&o, &["--ort-lib /nonexistent/libonnxruntime.so: no such file"]);
+
+    // Rows with a null label: cached as soft labels only, and inspect counts them.
+    let rows = t.path().join("unlabelled.parquet");
+    let o = python(
+        "import sys, pyarrow as pa, pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1]).slice(0, 20)\n\
+         labels = [None if i % 4 == 0 else v for i, v in enumerate(t.column('label').to_pylist())]\n\
+         pq.write_table(t.set_column(1, 'label', pa.array(labels, pa.int64())), sys.argv[2])",
+        &[&data("digits/train.parquet"), &rows],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&rows), "--out", &s(&t.path().join("u2")), "--quiet"]));
+    let o = distill(["inspect".to_string(), s(&t.path().join("u2"))]);
+    ok(&o);
+    assert!(stdout(&o).contains("positions without a hard label (soft label only) 5"), "{}", stdout(&o));
+}

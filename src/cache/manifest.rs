@@ -109,7 +109,7 @@ pub struct DatasetInfo {
     /// The file, directory or glob's name as given (informational).
     pub file: String,
     pub format: String,
-    /// One file: its SHA-256. Several: the SHA-256 of their `name sha256 rows` lines.
+    /// One file: its SHA-256. Several: the SHA-256 of their `sha256 rows` lines, in order.
     pub sha256: String,
     pub rows: u64,
     /// Several files: each, in reading order (rows are numbered across them).
@@ -134,17 +134,17 @@ impl DatasetInfo {
         let format = crate::data::dataset_format(spec)?.name().to_string();
         let paths = crate::data::resolve(spec)?;
         let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
-        if let [path] = paths.as_slice()
-            && !spec.is_dir()
-        {
-            return Ok(DatasetInfo { file: name(path), format, sha256: sha256_file(path)?, rows: crate::data::count_rows(path)?, files: vec![] });
+        // One file is hashed as itself however it was named (the file, its directory, a glob).
+        if let [path] = paths.as_slice() {
+            return Ok(DatasetInfo { file: name(path), format, sha256: sha256_file(path)?, rows: crate::data::file_rows(path)?, files: vec![] });
         }
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {
             let bytes = std::fs::metadata(p).map_err(|e| Error::io(p, e))?.len();
-            files.push(DataFileInfo { file: name(p), rows: crate::data::count_rows(p)?, bytes, sha256: sha256_file(p)? });
+            files.push(DataFileInfo { file: name(p), rows: crate::data::file_rows(p)?, bytes, sha256: sha256_file(p)? });
         }
-        let listing: String = files.iter().map(|f| format!("{} {} {}\n", f.file, f.sha256, f.rows)).collect();
+        // The content in order identifies the dataset; file names do not (it may be renamed).
+        let listing: String = files.iter().map(|f| format!("{} {}\n", f.sha256, f.rows)).collect();
         Ok(DatasetInfo {
             file: name(spec),
             format,
@@ -169,6 +169,10 @@ impl DatasetInfo {
             }
         };
         let (now, then) = (listed(self), listed(recorded));
+        let same = |a: &DataFileInfo, b: &DataFileInfo| a.sha256 == b.sha256 && a.rows == b.rows;
+        if now.len() == then.len() && now.iter().zip(&then).all(|(a, b)| same(a, b)) {
+            return None; // the same files in the same order, named differently
+        }
         if now.len() != then.len() {
             return Some(format!(
                 "the data has {} file(s) ({}), the manifest records {} ({})",
@@ -179,7 +183,7 @@ impl DatasetInfo {
             ));
         }
         for (a, b) in now.iter().zip(&then) {
-            if a.sha256 != b.sha256 || a.rows != b.rows {
+            if !same(a, b) {
                 return Some(format!(
                     "{} has sha256 {} ({} rows), the manifest records {} with sha256 {} ({} rows)",
                     a.file,
@@ -535,6 +539,23 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// SHA-256 of a JSON value written with every object's keys sorted: the same value hashes
+/// the same whatever order its keys were inserted in (fingerprints of settings).
+pub fn sha256_canonical_json(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&o[k]))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sha256_bytes(sorted(v).to_string().as_bytes())
 }
 
 pub fn sha256_bytes(bytes: &[u8]) -> String {

@@ -131,6 +131,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
     let mut teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, cfg.spin, opts.ort_lib.as_deref(), cfg.device)?;
     let vocab = teacher.vocab_size;
+    let selectable = selectable_ids(cfg, &teacher, text_side.as_ref())?;
     let top_k = match cfg.top_k {
         Some(k) if k > vocab => {
             return Err(Error::Config(format!(
@@ -139,8 +140,11 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
                 teacher.output_name()
             )));
         }
+        Some(k) if k > selectable.ids => {
+            return Err(Error::Config(format!("cache.top_k = {k} is larger than the tokenizer's {} tokens", selectable.ids)));
+        }
         Some(k) => k,
-        None => vocab.min(64),
+        None => selectable.ids.min(64),
     };
     let positions_mode = match (&cfg.text, teacher.task) {
         (Some(t), Task::CausalLm) => t.positions,
@@ -152,7 +156,6 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
             ));
         }
     };
-    let selectable = selectable_ids(cfg, &teacher, text_side.as_ref(), top_k)?;
     // Columns.
     let names = data::column_names(&cfg.data)?;
     let text_columns = cfg.text.as_ref().map(|t| {
@@ -243,7 +246,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     if let Some(sha) = text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
         identity["chat_template_sha256"] = serde_json::json!(sha);
     }
-    let fingerprint = manifest::sha256_bytes(identity.to_string().as_bytes());
+    let fingerprint = manifest::sha256_canonical_json(&identity);
     let mut man = Manifest {
         schema_version: SCHEMA_VERSION,
         complete: false,
@@ -476,7 +479,7 @@ struct Selectable {
 /// padding, never chosen for the top-k; their probability is part of the tail mass. A
 /// tokenizer larger than the logits is refused; one much smaller (more than 1 % of the
 /// logits and 128 ids of padding) is more likely the wrong tokenizer: a warning says so.
-fn selectable_ids(cfg: &CacheTeacherConfig, teacher: &Teacher, tok: Option<&Tokenizer>, top_k: usize) -> Result<Selectable> {
+fn selectable_ids(cfg: &CacheTeacherConfig, teacher: &Teacher, tok: Option<&Tokenizer>) -> Result<Selectable> {
     let vocab = teacher.vocab_size;
     let (Some(ts), Task::CausalLm) = (tok, teacher.task) else {
         return Ok(Selectable { ids: vocab, warning: None });
@@ -488,9 +491,6 @@ fn selectable_ids(cfg: &CacheTeacherConfig, teacher: &Teacher, tok: Option<&Toke
             path: path(),
             message: format!("tokenizer has {tokens} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary"),
         });
-    }
-    if top_k > tokens {
-        return Err(Error::Config(format!("cache.top_k = {top_k} is larger than the tokenizer's {tokens} tokens")));
     }
     let padding = vocab - tokens;
     let warning = (padding > 128 && padding * 100 > vocab).then(|| {

@@ -27,6 +27,8 @@ pub struct CacheStats {
     pub mean_entropy: f64,
     /// Share of positions where the cached top-1 equals the hard label.
     pub top1_matches_hard_label: Option<f64>,
+    /// Classification positions without a hard label (a null label: soft label only).
+    pub unlabelled: u64,
 }
 
 /// Read every shard of `dir` and gather statistics.
@@ -46,6 +48,7 @@ pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
         kept_mass_histogram: [0; BINS],
         mean_entropy: 0.0,
         top1_matches_hard_label: None,
+        unlabelled: 0,
     };
     let (mut kept_sum, mut ent_sum, mut labelled, mut matches) = (0f64, 0f64, 0u64, 0u64);
     for shard in &m.shards {
@@ -57,9 +60,12 @@ pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
                 s.min_kept_mass = s.min_kept_mass.min(kept);
                 s.kept_mass_histogram[((kept * BINS as f64) as usize).min(BINS - 1)] += 1;
                 ent_sum += b.entropy[i] as f64;
-                if let Some(h) = b.hard_labels[i] {
-                    labelled += 1;
-                    matches += (b.ids[i * b.k] as i64 == h) as u64;
+                match b.hard_labels[i] {
+                    Some(h) => {
+                        labelled += 1;
+                        matches += (b.ids[i * b.k] as i64 == h) as u64;
+                    }
+                    None => s.unlabelled += 1,
                 }
             }
             s.positions += b.len() as u64;
@@ -135,6 +141,9 @@ pub fn render(dir: &Path, m: &Manifest, s: &CacheStats) -> String {
     let _ = writeln!(o, "  mean teacher entropy {:.4} nats (at T = {})", s.mean_entropy, m.temperature);
     if let Some(a) = s.top1_matches_hard_label {
         let _ = writeln!(o, "  teacher top-1 equals hard label at {:.2}% of positions", a * 100.0);
+    }
+    if s.unlabelled > 0 {
+        let _ = writeln!(o, "  positions without a hard label (soft label only) {}", s.unlabelled);
     }
     let _ = writeln!(o, "  mass kept in the top-{}: mean {:.4}, min {:.4}", m.top_k, s.mean_kept_mass, s.min_kept_mass);
     let max = s.kept_mass_histogram.iter().copied().max().unwrap_or(0).max(1);

@@ -700,7 +700,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     });
     // The settings' identity (a resumed run must match it); the command line is recorded
     // beside it but may differ (it carries --resume).
-    let config_sha = manifest::sha256_bytes(config.to_string().as_bytes());
+    let config_sha = manifest::sha256_canonical_json(&config);
     config["command"] = serde_json::json!(opts.command);
     let config_json = serde_json::to_vec_pretty(&config).expect("serialises");
 
@@ -825,6 +825,9 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         ));
     }
     let total = cfg.steps.unwrap_or_else(|| (0..cfg.epochs).map(epoch_steps).sum()).max(1);
+    if resumed_from.is_some_and(|r| r >= total) {
+        notes.push(format!("{}: the run had finished (step {total} of {total}); its student is exported again", out.display()));
+    }
     // A remote cache: fetch shards in the first epoch's order, two ahead of training.
     let prefetch = opened.remote.map(|remote| {
         let names = shard_order(start_epoch)
@@ -997,9 +1000,11 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
 
     // The trained student, in Burn's format and as safetensors, with its description.
+    // Each file is written under a temporary name and renamed, so a kill leaves the old file
+    // or the new one, and a resumed (or finished) run exports again over what is there.
     let valid = model.valid();
-    student::save_burnpack(&Student::clone(&valid), &out.join("student.bpk"))?;
-    student::save_safetensors(&valid, &out.join("student.safetensors"))?;
+    export_atomic(&out.join("student.bpk"), |p| student::save_burnpack(&Student::clone(&valid), p))?;
+    export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(&valid, p))?;
     if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {
         let tokenizer = out.join(TOKENIZER_FILE);
         hf::write_checkpoint(&valid, &arch, &out.join(HF_DIR), Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()), tok.as_ref().map(|t| t.pad_id))?;
@@ -1023,6 +1028,13 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
 
 /// Save model + optimizer under `checkpoint-STEP/`, then point `checkpoint.json` at it
 /// (atomically), then remove older checkpoints.
+/// Write `path` through `write` at its temporary name, then rename it into place.
+fn export_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = manifest::temporary_name(path);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 fn checkpoint(
     out: &Path,
     model: &Student,

@@ -359,7 +359,7 @@ pub fn load_burnpack(student: &mut Student, path: &Path) -> Result<()> {
 
 /// Save weights as safetensors.
 pub fn save_safetensors(student: &Student, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path);
+    let mut store = SafetensorsStore::from_file(path).overwrite(true);
     student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
 }
 

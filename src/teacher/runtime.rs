@@ -16,13 +16,13 @@ static ENVIRONMENT: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLoc
 pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
     let mut tried = Vec::new();
     if let Some(p) = explicit {
+        // A path the user gave wins or fails; it never falls through to the environment.
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        tried.push(format!("--ort-lib {} (no such file)", p.display()));
-    } else {
-        tried.push("--ort-lib (not given)".to_string());
+        return Err(Error::Runtime(format!("--ort-lib {}: no such file (libonnxruntime.so expected)", p.display())));
     }
+    tried.push("--ort-lib (not given)".to_string());
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(p) if Path::new(&p).is_file() => return Ok(PathBuf::from(p)),
         Some(p) => tried.push(format!("ORT_DYLIB_PATH={} (no such file)", Path::new(&p).display())),
