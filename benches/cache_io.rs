@@ -49,7 +49,20 @@ fn main() {
             for (i, s) in soft.iter().enumerate() {
                 b.push(i as u64, 0, Some((s.ids[0] as i64, s.logprobs[0])), s);
             }
-            let info = b.write(dir.path(), 0, 0, n as u64).unwrap();
+            let stamp = distill::cache::manifest::ShardStamp {
+                fingerprint: String::new(),
+                index: 0,
+                first_row: 0,
+                rows: n as u64,
+                top_k: k,
+                vocab_size: 32768,
+                temperature: 1.0,
+                logprobs: enc,
+                logprob_step: step,
+                features: vec![],
+                label_column: None,
+            };
+            let info = b.write(dir.path(), &stamp).unwrap();
             let enc_s = t.elapsed().as_secs_f64();
             let m = Manifest::synthetic_for_bench(k, 32768, enc, step, info.clone());
             m.write_atomic(dir.path(), "manifest.json").unwrap();

@@ -307,3 +307,174 @@ fn small_input_faults_get_clear_messages() {
     ok(&o);
     assert!(stdout(&o).contains("positions without a hard label (soft label only) 5"), "{}", stdout(&o));
 }
+
+/// `--tokenizer` of another model beside a teacher exported with its own was accepted
+/// (3000 tokens against 4096 logits, without a word).
+#[test]
+fn another_tokenizer_than_the_one_beside_the_teacher_is_refused() {
+    let t = temp();
+    let o = distill([
+        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("textcls/tokenizer.json")),
+        "--data", &s(&data("inputs/jsonl/lm-300.jsonl")), "--out", &s(&t.path().join("c")), "--quiet",
+    ]);
+    fails_with(&o, &["textcls/tokenizer.json", "is not the tokenizer beside the teacher", "lm/tokenizer.json"]);
+    // Without a tokenizer beside the teacher, a much smaller one draws a warning.
+    let teacher = t.path().join("teacher.onnx");
+    std::fs::copy(data("lm/teacher.onnx"), &teacher).unwrap();
+    let o = distill([
+        "cache-teacher", "--teacher", &s(&teacher), "--tokenizer", &s(&data("textcls/tokenizer.json")),
+        "--data", &s(&data("inputs/jsonl/lm-300.jsonl")), "--prompt-column", "prompt", "--completion-column", "completion",
+        "--out", &s(&t.path().join("d")),
+    ]);
+    ok(&o);
+    assert!(stderr(&o).contains("ids are taken as padding (more than padding usually is); check that this is the teacher's own tokenizer"), "{}", stderr(&o));
+}
+
+/// Shards copied in from another cache (a cache of a shuffled copy of the data trained to
+/// accuracy 0.013), and manifests edited with their checksum recomputed, passed `verify`
+/// and were used: every shard now carries a stamp that readers and `verify` compare.
+#[test]
+fn shards_of_another_cache_and_edited_manifests_are_refused() {
+    use distill::cache::Manifest;
+    let t = temp();
+    let a = t.path().join("a");
+    cache_digits("train.parquet", &a, &["--temperature", "2", "--rows-per-shard", "600"]);
+    let b = t.path().join("b");
+    cache_digits("train.parquet", &b, &["--temperature", "3", "--rows-per-shard", "600"]);
+    // b's second shard in place of a's, with a's manifest updated to its size and checksum.
+    let mut m = Manifest::read(&a).unwrap();
+    let theirs = Manifest::read(&b).unwrap().shards[1].clone();
+    std::fs::copy(b.join(&theirs.file), a.join(&theirs.file)).unwrap();
+    m.shards[1].bytes = theirs.bytes;
+    m.shards[1].sha256 = theirs.sha256.clone();
+    m.totals.positions = m.totals.positions - m.shards[1].positions + theirs.positions;
+    m.shards[1].positions = theirs.positions;
+    m.write_atomic(&a, "manifest.json").unwrap();
+    for cmd in [vec!["verify".to_string(), s(&a)], vec!["inspect".to_string(), s(&a)]] {
+        fails_with(&distill(&cmd), &["shard-00001.parquet", "does not belong to this cache", "fingerprint"]);
+    }
+    // An edited temperature (checksum recomputed) is caught by the stamp too.
+    let c = t.path().join("c");
+    cache_digits("train.parquet", &c, &["--temperature", "2", "--rows-per-shard", "600"]);
+    let mut m = Manifest::read(&c).unwrap();
+    m.temperature = 5.0;
+    m.write_atomic(&c, "manifest.json").unwrap();
+    let o = distill([
+        "train-student", "--cache", &s(&c), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
+        "--student", "mlp", "--steps", "2", "--quiet",
+    ]);
+    fails_with(&o, &["shard-00000.parquet", "temperature: the shard says 2.0, the manifest 5.0"]);
+}
+
+/// A small deterministic generator (SplitMix64) for kill times.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// Run `args` and SIGKILL it after `ms` milliseconds (if it is still running).
+fn kill_after(args: &[String], ms: u64) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while std::time::Instant::now() < until && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+fn ms_of(o: impl FnOnce()) -> u64 {
+    let t = std::time::Instant::now();
+    o();
+    t.elapsed().as_millis() as u64
+}
+
+/// Stage one killed at 24 seeded random moments (of up to 1.2x an uninterrupted run's
+/// time), each followed by a check and a rerun: while interrupted, a directory that
+/// `verify` accepts is one `train-student` accepts too; every rerun ends with the shards
+/// of the uninterrupted run, byte for byte.
+#[test]
+fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
+    let t = temp();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
+            "--out", &s(out), "--temperature", "2", "--rows-per-shard", "100", "--batch-size", "16", "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let full = t.path().join("full");
+    let full_ms = ms_of(|| ok(&distill(args(&full))));
+    let shards = |dir: &Path| -> Vec<Vec<u8>> {
+        let m = distill::cache::Manifest::read(dir).unwrap();
+        m.shards.iter().map(|s| std::fs::read(dir.join(&s.file)).unwrap()).collect()
+    };
+    let want = shards(&full);
+    let mut rng = Rng(21);
+    for trial in 0..24 {
+        let out = t.path().join(format!("k{trial}"));
+        kill_after(&args(&out), rng.below(full_ms * 6 / 5 + 1));
+        let verified = distill(["verify".to_string(), s(&out)]).status.success();
+        if verified {
+            ok(&distill([
+                "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out",
+                &s(&t.path().join(format!("r{trial}"))), "--student", "mlp:hidden=4", "--steps", "1", "--quiet",
+            ]));
+        }
+        ok(&distill(args(&out)));
+        assert!(shards(&out) == want, "trial {trial}: the resumed cache differs from the uninterrupted one");
+    }
+}
+
+/// Stage two killed at 20 seeded random moments, resumed each time from its last
+/// checkpoint: the final weights are the uninterrupted run's, bit for bit.
+#[test]
+fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("train.parquet", &cache, &["--rows-per-shard", "300"]);
+    let args = |out: &Path, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train-student", "--cache", &s(&cache), "--data", &s(&data("digits/train.parquet")), "--out", &s(out),
+            "--student", "mlp:hidden=16", "--steps", "120", "--batch-size", "32", "--checkpoint-every", "10", "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let tensors = |p: &Path| {
+        let b = std::fs::read(p).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        b[8 + n..].to_vec()
+    };
+    let full = t.path().join("full");
+    let full_ms = ms_of(|| ok(&distill(args(&full, false))));
+    let want = tensors(&full.join("student.safetensors"));
+    let mut rng = Rng(22);
+    let out = t.path().join("killed");
+    let mut first = true;
+    for _ in 0..20 {
+        kill_after(&args(&out, !first), rng.below(full_ms + 1));
+        first = false;
+    }
+    ok(&distill(args(&out, true)));
+    assert!(tensors(&out.join("student.safetensors")) == want, "the resumed run's weights differ from the uninterrupted run's");
+}

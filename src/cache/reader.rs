@@ -8,7 +8,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::cache::manifest::{Manifest, ShardInfo, sha256_bytes, sha256_file};
+use crate::cache::manifest::{Manifest, ShardInfo, ShardStamp, sha256_bytes, sha256_file, shard_index};
 use crate::cache::schema::{self, LogprobEncoding};
 use crate::error::{Error, Result};
 
@@ -101,9 +101,32 @@ impl CacheReader {
                     format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256),
                 ));
             }
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
+            self.check_stamp(&path, shard, builder.metadata().file_metadata().key_value_metadata())?;
             on_shard(shard);
         }
         Ok(())
+    }
+
+    /// A shard's stamp (key-value metadata) must describe the shard the manifest lists:
+    /// the same cache fingerprint, place and settings. Shards written before stamps existed
+    /// have none and are read as before.
+    fn check_stamp(&self, path: &Path, shard: &ShardInfo, kv: Option<&Vec<parquet::file::metadata::KeyValue>>) -> Result<()> {
+        let Some(text) = kv.and_then(|kv| kv.iter().find(|k| k.key == schema::STAMP_METADATA_KEY)).and_then(|k| k.value.as_ref()) else {
+            return Ok(());
+        };
+        let stamp: ShardStamp = serde_json::from_str(text)
+            .map_err(|e| Error::cache(path, format!("the shard's `{}` metadata is not valid: {e}", schema::STAMP_METADATA_KEY)))?;
+        let index = shard_index(&shard.file).unwrap_or(usize::MAX);
+        let expected = ShardStamp::of(&self.manifest, index, shard.first_row, shard.rows);
+        match stamp.difference(&expected) {
+            None => Ok(()),
+            Some(why) => Err(Error::cache(
+                path,
+                format!("does not belong to this cache as manifest.json describes it ({why}): a shard copied from another cache, or an edited manifest"),
+            )),
+        }
     }
 
     /// Stream one shard as decoded batches of at most `batch_positions` positions.
@@ -153,6 +176,7 @@ impl CacheReader {
                 Err(_) => return Err(Error::cache(&path, format!("column `{}` is missing", field.name()))),
             }
         }
+        self.check_stamp(&path, shard, builder.metadata().file_metadata().key_value_metadata())?;
         let rows_in_file = builder.metadata().file_metadata().num_rows();
         if rows_in_file < 0 || rows_in_file as u64 != shard.positions {
             return Err(Error::cache(

@@ -38,6 +38,8 @@ pub const ENTROPY: &str = "entropy";
 
 /// Parquet key-value metadata key holding the quantisation step.
 pub const STEP_METADATA_KEY: &str = "distill.logprob_step";
+/// Key-value metadata key of a shard's [`crate::cache::manifest::ShardStamp`] (JSON).
+pub const STAMP_METADATA_KEY: &str = "distill.shard";
 
 /// Default quantisation step of `delta_u16`, in nats: 1/256, so the stored log-probs are
 /// within 1/512 nat (0.2% relative probability) of the computed ones.

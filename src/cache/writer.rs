@@ -20,7 +20,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
-use crate::cache::manifest::{ShardInfo, shard_file_name, sync_dir, temporary_name};
+use crate::cache::manifest::{ShardInfo, ShardStamp, shard_file_name, sync_dir, temporary_name};
 use crate::cache::schema::{self, LogprobEncoding};
 use crate::error::{Error, Result};
 use crate::teacher::topk::SoftLabel;
@@ -124,8 +124,10 @@ impl ShardBuilder {
             .expect("columns match the shard schema")
     }
 
-    /// Write the buffered positions as shard `index` of `dir` (atomically) and reset.
-    pub fn write(&mut self, dir: &Path, index: usize, first_row: u64, rows: u64) -> Result<ShardInfo> {
+    /// Write the buffered positions as the shard `stamp` describes (its index, first row and
+    /// rows; the stamp goes into the file's metadata) into `dir`, atomically, and reset.
+    pub fn write(&mut self, dir: &Path, stamp: &ShardStamp) -> Result<ShardInfo> {
+        let (index, first_row, rows) = (stamp.index, stamp.first_row, stamp.rows);
         let positions = self.positions;
         let batch = self.finish_batch();
         let file = shard_file_name(index);
@@ -133,8 +135,10 @@ impl ShardBuilder {
         let tmp = temporary_name(&path);
         let out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let sink = HashingWriter { inner: std::io::BufWriter::with_capacity(1 << 20, out), hasher: Sha256::new(), bytes: 0 };
-        let mut writer = ArrowWriter::try_new(sink, batch.schema(), Some(writer_properties(self.encoding, self.step)))
-            .map_err(|e| Error::parquet(&tmp, e))?;
+        let mut props = writer_properties(self.encoding, self.step);
+        let stamp_json = serde_json::to_string(stamp).expect("a stamp serialises");
+        props = props_with_stamp(props, stamp_json);
+        let mut writer = ArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| Error::parquet(&tmp, e))?;
         writer.write(&batch).map_err(|e| Error::parquet(&tmp, e))?;
         let sink = writer.into_inner().map_err(|e| Error::parquet(&tmp, e))?;
         let HashingWriter { inner, hasher, bytes } = sink;
@@ -182,6 +186,13 @@ pub fn writer_properties(encoding: LogprobEncoding, step: f64) -> WriterProperti
         b = b.set_column_dictionary_enabled(list(schema::LOGPROB_DELTAS), true);
     }
     b.build()
+}
+
+/// `props` with the shard's stamp added to its key-value metadata.
+fn props_with_stamp(props: WriterProperties, stamp: String) -> WriterProperties {
+    let mut kv = props.key_value_metadata().cloned().unwrap_or_default();
+    kv.push(KeyValue::new(schema::STAMP_METADATA_KEY.to_string(), stamp));
+    props.into_builder().set_key_value_metadata(Some(kv)).build()
 }
 
 /// Passes bytes through while hashing them, so a shard's checksum costs no second read.

@@ -116,6 +116,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     let text_side = match &cfg.text {
         Some(t) => {
             let mut tok = Tokenizer::load(&t.tokenizer)?;
+            refuse_other_tokenizer(&cfg.teacher, &tok)?;
             if matches!(t.source, TextSource::Messages(_)) || conversational {
                 tok.chat = Some(ChatTemplate::find(t.chat_template.as_deref(), &t.tokenizer)?);
             } else if t.chat_template.is_some() {
@@ -468,6 +469,23 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     })
 }
 
+/// A teacher exported with its tokenizer (`tokenizer.json` beside the model, as Optimum
+/// writes it) is run with that tokenizer: another one given with `--tokenizer` is refused.
+fn refuse_other_tokenizer(teacher: &Path, tok: &Tokenizer) -> Result<()> {
+    let beside = teacher.parent().unwrap_or(Path::new(".")).join(manifest::TOKENIZER_FILE);
+    if !beside.is_file() || manifest::sha256_file(&beside)? == tok.sha256 {
+        return Ok(());
+    }
+    Err(Error::Tokenizer {
+        path: tok.path.clone(),
+        message: format!(
+            "is not the tokenizer beside the teacher ({}, which differs); pass that one with --tokenizer, \
+             or move it away if the teacher really was trained with this one",
+            beside.display()
+        ),
+    })
+}
+
 /// Which ids a soft label may name, and what the user should know about it.
 struct Selectable {
     ids: usize,
@@ -780,7 +798,7 @@ impl Sink<'_> {
                 }
                 Job::Flush { index, first_row, rows } => {
                     let t = Instant::now();
-                    let info = builder.write(self.out, index, first_row, rows)?;
+                    let info = builder.write(self.out, &manifest::ShardStamp::of(&man, index, first_row, rows))?;
                     finish_shard(self.out, &self.partial_name, &mut man, info)?;
                     if let Some(hook) = &self.on_shard {
                         (hook.0)()?;

@@ -390,6 +390,7 @@ fn load_shard(
     }
     let count = shard.rows.min(limit - shard.first_row);
     let rows = memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
+    let labels: Vec<Option<i64>> = rows.iter().map(|r| r.label).collect();
     let mut examples: Vec<Example> =
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
     let t0 = Instant::now();
@@ -406,6 +407,18 @@ fn load_shard(
             let ex = &mut examples[(r - shard.first_row) as usize];
             let position = b.positions[i] as usize;
             let hard = b.hard_labels[i];
+            // As the next tokens of an LM: the cached hard label is the data's label.
+            if m.task == Task::Classification && m.label_column.is_some() && hard != labels[(r - shard.first_row) as usize] {
+                return Err(Error::cache(
+                    reader.shard_path(shard),
+                    format!(
+                        "row {r}: the cache's hard label is {hard:?} but the data's `{}` is {:?}; the data differs from the \
+                         one the cache was made with (rows reordered or relabelled)",
+                        m.label_column.as_deref().unwrap_or("label"),
+                        labels[(r - shard.first_row) as usize]
+                    ),
+                ));
+            }
             if m.task == Task::CausalLm {
                 let hard = hard.ok_or_else(|| {
                     Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no next token"))
