@@ -82,6 +82,11 @@ fn merge_does_not_replace_another_complete_cache() {
     assert_eq!(std::fs::read(other.join("manifest.json")).unwrap(), before, "the other cache was changed");
     let merged = t.path().join("merged");
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
+    // Parts of two captures: the message names the part by its number (it said `Some(0)`).
+    let others = t.path().join("others");
+    cache_digits("train.parquet", &others, &["--temperature", "4", "--rows-per-shard", "300", "--shard", "1/2"]);
+    let o = distill(["merge".to_string(), "--out".into(), s(&t.path().join("m2")), s(&parts), s(&others)]);
+    fails_with(&o, &["than part 0 (fingerprint"]);
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
 }
 

@@ -646,6 +646,65 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+        /// Random settings (floats of every magnitude included), whole caches and parts of
+        /// sharded captures, partial and complete: every manifest written reads back equal
+        /// and passes its checks.
+        #[test]
+        fn every_manifest_and_part_manifest_reads_back(
+            temperature in 0.01f32..1e6,
+            step_bits in 1u64..(1u64 << 52),
+            vocab in 1usize..300_000,
+            k_frac in 0.0f64..1.0,
+            rows_per_shard in 1u64..5000,
+            shards in 0usize..12,
+            count in 1usize..5,
+            index_frac in 0.0f64..1.0,
+            complete in proptest::bool::ANY,
+            extra in -1e300f64..1e300,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let top_k = 1 + ((vocab - 1) as f64 * k_frac) as usize;
+            let step = f64::from_bits(0x3f00_0000_0000_0000 | step_bits); // 2^-15 .. 2^-14
+            let index = ((count as f64 * index_frac) as usize).min(count - 1);
+            let part = (count > 1).then_some(PartInfo { index, count });
+            let mine: Vec<usize> = (0..shards).filter(|j| j % count == index).collect();
+            let infos: Vec<ShardInfo> = mine
+                .iter()
+                .map(|&j| ShardInfo {
+                    file: shard_file_name(j),
+                    first_row: j as u64 * rows_per_shard,
+                    rows: rows_per_shard,
+                    positions: rows_per_shard * 3,
+                    bytes: 1000 + j as u64,
+                    sha256: format!("{j:064x}"),
+                })
+                .collect();
+            let first = infos.first().cloned().unwrap_or(ShardInfo { file: shard_file_name(0), first_row: 0, rows: 0, positions: 0, bytes: 0, sha256: String::new() });
+            let mut m = Manifest::synthetic_for_bench(top_k, vocab, LogprobEncoding::DeltaU16, step, first);
+            m.temperature = temperature;
+            m.part = part;
+            m.complete = complete;
+            m.rows_per_shard = rows_per_shard;
+            m.shards = if part.is_none() && infos.iter().enumerate().any(|(i, s)| s.first_row != i as u64 * rows_per_shard) { vec![] } else { infos };
+            m.totals = Totals {
+                rows: m.shards.iter().map(|s| s.rows).sum(),
+                positions: m.shards.iter().map(|s| s.positions).sum(),
+                ..Totals::default()
+            };
+            m.dataset.rows = if part.is_none() { m.totals.rows } else { shards as u64 * rows_per_shard };
+            m.settings = serde_json::json!({ "given": { "temperature": temperature, "logprob_step": step, "other": extra }, "identity": { "t": temperature } });
+            let name = part.map(|p| p.file_name(!complete)).unwrap_or_else(|| (if complete { MANIFEST_FILE } else { PARTIAL_MANIFEST_FILE }).to_string());
+            m.write_atomic(dir.path(), &name).unwrap();
+            let back = Manifest::read_file(&dir.path().join(&name));
+            proptest::prop_assert!(back.is_ok(), "{:?}", back.err());
+            let mut want = m.clone();
+            want.checksum = back.as_ref().unwrap().checksum.clone();
+            proptest::prop_assert_eq!(back.unwrap(), want);
+        }
+    }
+
     #[test]
     fn shard_names_cannot_escape_the_directory() {
         assert!(is_shard_file_name("shard-00000.parquet"));

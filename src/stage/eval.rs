@@ -130,7 +130,6 @@ fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
 }
 
 /// Count correct predictions and agreement with the teacher's top-1 for classifier rows.
-#[allow(clippy::too_many_arguments)]
 /// Rows a student can be run on: as many features as its input (an MLP), and, when they
 /// are scored, labels among its classes. Messages name the row.
 fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: bool) -> Result<()> {
@@ -150,6 +149,7 @@ fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: boo
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn score_classes(
     rows: &[PreparedRow],
     pred: &[i64],
