@@ -483,3 +483,45 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
     ok(&distill(args(&out, true)));
     assert!(tensors(&out.join("student.safetensors")) == want, "the resumed run's weights differ from the uninterrupted run's");
 }
+
+/// A cache whose shards carry no stamp (written before stamps existed) still cannot train
+/// on relabelled rows: the cached hard labels are checked against the data's, as an LM's
+/// next tokens are. Here shard 0 comes from a cache of the data with permuted labels, its
+/// stamp removed by pyarrow, and the manifest updated to it.
+#[test]
+fn cached_labels_that_are_not_the_datas_are_refused() {
+    use distill::cache::Manifest;
+    let t = temp();
+    let a = t.path().join("a");
+    cache_digits("train.parquet", &a, &["--rows-per-shard", "600"]);
+    let permuted = t.path().join("permuted.parquet");
+    let o = python(
+        "import sys, pyarrow as pa, pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1]); labels = t.column('label').to_pylist()\n\
+         pq.write_table(t.set_column(1, 'label', pa.array(labels[1:] + labels[:1], pa.int64())), sys.argv[2])",
+        &[&data("digits/train.parquet"), &permuted],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = t.path().join("b");
+    ok(&distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&permuted), "--out", &s(&b), "--rows-per-shard", "600", "--quiet"]));
+    let shard = a.join("shard-00000.parquet");
+    let o = python(
+        "import sys, pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1]).replace_schema_metadata(None)\n\
+         pq.write_table(t, sys.argv[2], compression='zstd', use_compliant_nested_type=False)\n\
+         assert b'distill.shard' not in (pq.read_metadata(sys.argv[2]).metadata or {})",
+        &[&b.join("shard-00000.parquet"), &shard],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut m = Manifest::read(&a).unwrap();
+    let bytes = std::fs::read(&shard).unwrap();
+    m.shards[0].bytes = bytes.len() as u64;
+    m.shards[0].sha256 = distill::cache::manifest::sha256_bytes(&bytes);
+    m.write_atomic(&a, "manifest.json").unwrap();
+    ok(&distill(["verify".to_string(), s(&a)]));
+    let o = distill([
+        "train-student", "--cache", &s(&a), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
+        "--student", "mlp", "--steps", "2", "--quiet",
+    ]);
+    fails_with(&o, &["shard-00000.parquet", "row 0: the cache's hard label is", "but the data's `label` is"]);
+}
