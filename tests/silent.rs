@@ -224,6 +224,14 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
     fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]), &["value 5 is NaN"]);
 }
 
+/// The tensors of a safetensors file: after its 8-byte header length and the JSON header
+/// (whose metadata keys come in no fixed order).
+fn tensors(p: &Path) -> Vec<u8> {
+    let b = std::fs::read(p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    b[8 + n..].to_vec()
+}
+
 /// `--resume` on a finished run, or after a kill between the exported files, failed with
 /// `File already exists ... use .overwrite(true)`; now the export is atomic and a finished
 /// run's resume says it had finished.
@@ -245,13 +253,6 @@ fn resume_of_a_finished_or_half_exported_run_completes() {
         distill(a)
     };
     ok(&train(false));
-    // The tensors of a safetensors file: after its 8-byte header length and the JSON header
-    // (whose metadata keys come in no fixed order).
-    let tensors = |p: &Path| {
-        let b = std::fs::read(p).unwrap();
-        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-        b[8 + n..].to_vec()
-    };
     let weights = tensors(&run.join("student.safetensors"));
     let o = train(true);
     ok(&o);
@@ -464,11 +465,6 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
             a.push("--resume".into());
         }
         a
-    };
-    let tensors = |p: &Path| {
-        let b = std::fs::read(p).unwrap();
-        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-        b[8 + n..].to_vec()
     };
     let full = t.path().join("full");
     let full_ms = ms_of(|| ok(&distill(args(&full, false))));
