@@ -159,25 +159,8 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     };
     // Columns.
     let names = data::column_names(&cfg.data)?;
-    let text_columns = cfg.text.as_ref().map(|t| {
-        let (mut text, mut prompt, mut completion, mut messages) = (None, None, None, None);
-        match &t.source {
-            TextSource::Text(c) => text = Some(c.clone()),
-            TextSource::PromptCompletion { prompt: p, completion: c } => (prompt, completion) = (Some(p.clone()), Some(c.clone())),
-            TextSource::Messages(m) => messages = Some(m.clone()),
-        }
-        let chat_template_sha256 = text_side.as_ref().and_then(|ts| ts.chat.as_ref()).map(|c| c.sha256.clone());
-        TextColumns {
-            text,
-            prompt,
-            completion,
-            messages,
-            conversational,
-            chat_template_sha256,
-            positions: positions_mode,
-            max_seq_len: t.max_seq_len,
-        }
-    });
+    let chat = text_side.as_ref().and_then(|ts| ts.chat.as_ref());
+    let text_columns = cfg.text.as_ref().map(|t| text_columns_of(t, conversational, chat, positions_mode));
     let mut columns = Vec::new();
     match &text_columns {
         Some(t) => columns.extend(t.columns()),
@@ -467,6 +450,26 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
         warnings,
         timings,
     })
+}
+
+/// How stage two is to read and tokenize the text (recorded in the manifest).
+fn text_columns_of(t: &crate::config::TextConfig, conversational: bool, chat: Option<&ChatTemplate>, positions: Positions) -> TextColumns {
+    let (mut text, mut prompt, mut completion, mut messages) = (None, None, None, None);
+    match &t.source {
+        TextSource::Text(c) => text = Some(c.clone()),
+        TextSource::PromptCompletion { prompt: p, completion: c } => (prompt, completion) = (Some(p.clone()), Some(c.clone())),
+        TextSource::Messages(m) => messages = Some(m.clone()),
+    }
+    TextColumns {
+        text,
+        prompt,
+        completion,
+        messages,
+        conversational,
+        chat_template_sha256: chat.map(|c| c.sha256.clone()),
+        positions,
+        max_seq_len: t.max_seq_len,
+    }
 }
 
 /// A teacher exported with its tokenizer (`tokenizer.json` beside the model, as Optimum
