@@ -44,7 +44,9 @@ fn main() {
             let t = Instant::now();
             let mut n = 0u64;
             for first in (0..rows).step_by(shard as usize) {
-                let it = if seek { read_rows_from(path, &cols, first).expect("read") } else {
+                let it = if seek {
+                    read_rows_from(path, &cols, first).expect("read")
+                } else {
                     Box::new(read_rows(path, &cols).expect("read").skip(first as usize))
                 };
                 for r in it.take(shard as usize) {
@@ -70,7 +72,12 @@ fn main() {
             }
             assert_eq!(n, rows);
             let seek = n as f64 / t.elapsed().as_secs_f64();
-            println!("{:>8} {rows:>7} {:>7} {seek:>16.0} {skip:>16.0} {:>6.1}x   (row starts + seek)", "jsonl", rows.div_ceil(shard), seek / skip);
+            println!(
+                "{:>8} {rows:>7} {:>7} {seek:>16.0} {skip:>16.0} {:>6.1}x   (row starts + seek)",
+                "jsonl",
+                rows.div_ceil(shard),
+                seek / skip
+            );
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use distill::teacher::topk::{TopKScratch, soft_top_k_into, SoftLabel};
+use distill::teacher::topk::{SoftLabel, TopKScratch, soft_top_k_into};
 
 fn logits(positions: usize, vocab: usize, seed: u64) -> Vec<f32> {
     // Logit-like values: a heavy head over a Gaussian-ish body (sum of uniforms).

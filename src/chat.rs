@@ -100,8 +100,8 @@ impl ChatTemplate {
     /// Load a template saved in a cache or run directory.
     pub fn load_saved(path: &Path) -> Result<ChatTemplate> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let saved: SavedTemplate = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Config(format!("{}: not a saved chat template: {e}", path.display())))?;
+        let saved: SavedTemplate =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: not a saved chat template: {e}", path.display())))?;
         ChatTemplate::new(saved, path.to_path_buf())
     }
 
@@ -136,7 +136,10 @@ impl ChatTemplate {
         let mut ctx: BTreeMap<String, minijinja::Value> =
             self.saved.tokens.iter().map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str()))).collect();
         if holds_marker(messages) {
-            return Err(format!("a turn holds U+{:04X} or U+{:04X}, the characters distill marks assistant spans with", START as u32, END as u32));
+            return Err(format!(
+                "a turn holds U+{:04X} or U+{:04X}, the characters distill marks assistant spans with",
+                START as u32, END as u32
+            ));
         }
         ctx.insert("messages".into(), minijinja::Value::from_serialize(messages));
         // As transformers passes them when a conversation has no tools or documents.
@@ -374,7 +377,9 @@ mod tests {
 
     #[test]
     fn raise_exception_and_unbalanced_blocks_are_errors() {
-        let t = template("{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('tool turns are not supported') }}{% endif %}{% endfor %}");
+        let t = template(
+            "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('tool turns are not supported') }}{% endif %}{% endfor %}",
+        );
         let err = t.render(&serde_json::json!([{"role": "tool", "content": "x"}]), false).unwrap_err();
         assert!(err.contains("tool turns are not supported"), "{err}");
         let t = template("{% generation %}{{ messages[0].content }}");

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use distill::config::{CacheSettings, PipelineFile, TrainSettings};
-use distill::student::StudentSpec;
 use distill::stage::train_student::TrainOptions;
 use distill::stage::{self, RunOptions};
+use distill::student::StudentSpec;
 use distill::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -237,7 +237,9 @@ impl TrainArgs {
         let student = match (&self.student, file_student) {
             (Some(s), _) => StudentSpec::parse(s)?,
             (None, Some(s)) => s,
-            (None, None) => return Err(distill::Error::Config("train.student is required (--student SPEC or [student] in the pipeline)".into())),
+            (None, None) => {
+                return Err(distill::Error::Config("train.student is required (--student SPEC or [student] in the pipeline)".into()));
+            }
         };
         settings.validate(student)
     }
@@ -398,7 +400,13 @@ fn print_cache_summary(s: &stage::CacheSummary, quiet: bool) {
         }
     }
     if s.already_complete {
-        println!("{}: cache already complete ({} rows, {} positions, {} shards); nothing to do", s.dir.display(), s.rows, s.positions, s.shards);
+        println!(
+            "{}: cache already complete ({} rows, {} positions, {} shards); nothing to do",
+            s.dir.display(),
+            s.rows,
+            s.positions,
+            s.shards
+        );
         return;
     }
     let rate = if s.seconds > 0.0 { s.rows_computed as f64 / s.seconds } else { 0.0 };

@@ -151,7 +151,10 @@ impl CacheSettings {
             other => return Err(Error::Config(format!("cache.logprob_encoding must be `delta_u16` or `f32` (got `{other}`)"))),
         };
 
-        let any_text = self.text_column.is_some() || self.prompt_column.is_some() || self.completion_column.is_some() || self.messages_column.is_some();
+        let any_text = self.text_column.is_some()
+            || self.prompt_column.is_some()
+            || self.completion_column.is_some()
+            || self.messages_column.is_some();
         if self.chat_template.is_some() && self.messages_column.is_none() && self.prompt_column.is_none() {
             return Err(Error::Config(
                 "cache.chat_template applies to conversations only (--messages-column, or conversational --prompt-column/--completion-column)".into(),
@@ -166,7 +169,9 @@ impl CacheSettings {
                 let source = match (&self.messages_column, &self.text_column, &self.prompt_column, &self.completion_column) {
                     (Some(m), None, None, None) => TextSource::Messages(m.clone()),
                     (Some(_), ..) => {
-                        return Err(Error::Config("cache.messages_column cannot be combined with text_column or prompt_column/completion_column".into()));
+                        return Err(Error::Config(
+                            "cache.messages_column cannot be combined with text_column or prompt_column/completion_column".into(),
+                        ));
                     }
                     (None, Some(t), None, None) => TextSource::Text(t.clone()),
                     (None, None, Some(p), Some(c)) => TextSource::PromptCompletion { prompt: p.clone(), completion: c.clone() },
@@ -244,7 +249,10 @@ impl CacheSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextSource {
     Text(String),
-    PromptCompletion { prompt: String, completion: String },
+    PromptCompletion {
+        prompt: String,
+        completion: String,
+    },
     /// A column of conversations, rendered with the chat template.
     Messages(String),
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::error::{Error, Result};
 
@@ -52,7 +52,10 @@ impl Format {
     pub fn of(path: &Path) -> Result<Format> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Format::of_name(&name).ok_or_else(|| {
-            Error::data(path, "unknown data format: expected a .parquet, .jsonl, .jsonl.gz or .jsonl.zst file, a directory of them, or a glob")
+            Error::data(
+                path,
+                "unknown data format: expected a .parquet, .jsonl, .jsonl.gz or .jsonl.zst file, a directory of them, or a glob",
+            )
         })
     }
     pub fn name(self) -> &'static str {
@@ -190,7 +193,10 @@ pub fn dataset_format(spec: &Path) -> Result<Format> {
     for f in &files[1..] {
         let other = Format::of(f)?;
         if other.is_jsonl() != first.is_jsonl() {
-            return Err(Error::data(spec, format!("mixes {} and {} files; a dataset's files must share one format", first.name(), other.name())));
+            return Err(Error::data(
+                spec,
+                format!("mixes {} and {} files; a dataset's files must share one format", first.name(), other.name()),
+            ));
         }
     }
     Ok(first)
@@ -277,8 +283,8 @@ fn file_column_names(path: &Path) -> Result<Vec<String>> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| Error::data(path, format!("line {}: not valid JSON: {e}", i + 1)))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: not valid JSON: {e}", i + 1)))?;
                 let obj = value.as_object().ok_or_else(|| Error::data(path, format!("line {}: not a JSON object", i + 1)))?;
                 return Ok(obj.keys().cloned().collect());
             }
@@ -344,9 +350,7 @@ fn jsonl_reader(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let file = open(path)?;
     Ok(match Format::of(path)? {
         Format::JsonlGz => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
-        Format::JsonlZst => Box::new(std::io::BufReader::new(
-            zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?,
-        )),
+        Format::JsonlZst => Box::new(std::io::BufReader::new(zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?)),
         _ => Box::new(std::io::BufReader::new(file)),
     })
 }
@@ -423,7 +427,8 @@ fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Rows> 
     } else {
         // A compressed stream cannot seek: decompress and drop the bytes before the row.
         let mut reader = jsonl_reader(path)?;
-        let skipped = std::io::copy(&mut std::io::Read::take(&mut reader, at.byte), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+        let skipped =
+            std::io::copy(&mut std::io::Read::take(&mut reader, at.byte), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
         if skipped != at.byte {
             return Err(Error::data(path, format!("ends at byte {skipped}, before row {} at byte {}", at.row, at.byte)));
         }
@@ -445,10 +450,7 @@ fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
     }
     for c in columns {
         if !names.contains(&c.name) {
-            return Err(Error::data(
-                path,
-                format!("column `{}` not found; the file has columns: {}", c.name, names.join(", ")),
-            ));
+            return Err(Error::data(path, format!("column `{}` not found; the file has columns: {}", c.name, names.join(", "))));
         }
     }
     Ok(())
@@ -586,11 +588,7 @@ fn check_arrow_type(path: &Path, name: &str, dt: &DataType, kind: Kind) -> Resul
             other => other.is_numeric(),
         },
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::data(path, format!("column `{name}` has type {dt}, expected {}", kind.describe())))
-    }
+    if ok { Ok(()) } else { Err(Error::data(path, format!("column `{name}` has type {dt}, expected {}", kind.describe()))) }
 }
 
 struct ParquetRows {
@@ -676,7 +674,9 @@ fn arrow_json(array: &dyn Array, i: usize) -> std::result::Result<serde_json::Va
     if array.is_null(i) {
         return Ok(J::Null);
     }
-    let list = |values: ArrayRef| (0..values.len()).map(|j| arrow_json(values.as_ref(), j)).collect::<std::result::Result<Vec<_>, _>>().map(J::Array);
+    let list = |values: ArrayRef| {
+        (0..values.len()).map(|j| arrow_json(values.as_ref(), j)).collect::<std::result::Result<Vec<_>, _>>().map(J::Array)
+    };
     Ok(match array.data_type() {
         DataType::Utf8 => J::String(array.as_string::<i32>().value(i).to_string()),
         DataType::LargeUtf8 => J::String(array.as_string::<i64>().value(i).to_string()),
@@ -838,7 +838,14 @@ mod tests {
         let lines: String = values
             .iter()
             .enumerate()
-            .map(|(i, v)| format!("{}{}{}\n", if i % 3 == 0 { "\n" } else { "" }, if i == 4 { "\u{a0}\n" } else { "" }, serde_json::json!({"text": v})))
+            .map(|(i, v)| {
+                format!(
+                    "{}{}{}\n",
+                    if i % 3 == 0 { "\n" } else { "" },
+                    if i == 4 { "\u{a0}\n" } else { "" },
+                    serde_json::json!({"text": v})
+                )
+            })
             .collect();
         std::fs::write(&jsonl, lines).unwrap();
         let cols = [Column::new("text", Kind::Text)];

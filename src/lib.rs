@@ -60,10 +60,10 @@ pub mod data;
 pub mod error;
 pub mod lock;
 pub mod loss;
-pub mod student;
 pub mod progress;
 pub mod stage;
 pub mod store;
+pub mod student;
 pub mod teacher;
 pub mod text;
 

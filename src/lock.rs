@@ -25,12 +25,7 @@ impl DirLock {
     pub fn acquire(dir: &Path, name: &str, what: &str) -> Result<DirLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(format!("{LOCK_PREFIX}{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file, path }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(

@@ -129,11 +129,7 @@ pub fn distillation_loss_partly_labelled(
     let count = mask.clone().sum().clamp_min(1.0);
     let labelled_count = labelled.clone().sum().clamp_min(1.0);
     let ce = (ce_per_position(student_logits.clone(), hard) * labelled).sum() / labelled_count;
-    let kl = if alpha > 0.0 {
-        (kl_per_position(student_logits, soft, temperature, tail) * mask).sum() / count
-    } else {
-        ce.zeros_like()
-    };
+    let kl = if alpha > 0.0 { (kl_per_position(student_logits, soft, temperature, tail) * mask).sum() / count } else { ce.zeros_like() };
     let t2 = temperature * temperature;
     let loss = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
     LossParts { loss, kl, ce }
@@ -176,7 +172,11 @@ pub fn fused_distillation_loss(
     // recorded, and softmax is the backend's own kernel rather than autodiff's composition.
     let tracked = student_logits.is_autodiff();
     let z = student_logits.clone().inner(); // [n, V]
-    let soft = SoftTargets { ids: soft.ids.clone().inner(), logprobs: soft.logprobs.clone().inner(), tail_logmass: soft.tail_logmass.clone().inner() };
+    let soft = SoftTargets {
+        ids: soft.ids.clone().inner(),
+        logprobs: soft.logprobs.clone().inner(),
+        tail_logmass: soft.tail_logmass.clone().inner(),
+    };
     let (hard, mask, labelled) = (hard.inner(), mask.inner(), labelled.inner());
     let zmax = z.clone().max_dim(1); // [n, 1]
     let count = mask.clone().sum().clamp_min(1.0); // [1]
@@ -408,7 +408,8 @@ mod tests {
     fn masked_positions_do_not_count() {
         let (lp, ids) = soft_full(&[0.0, 1.0, 3.0], 2.0);
         let one = targets(lp.clone(), ids.clone(), vec![f32::NEG_INFINITY], 1, 3);
-        let two = targets([lp.clone(), vec![-0.1, -5.0, -9.0]].concat(), [ids.clone(), vec![2, 1, 0]].concat(), vec![f32::NEG_INFINITY; 2], 2, 3);
+        let two =
+            targets([lp.clone(), vec![-0.1, -5.0, -9.0]].concat(), [ids.clone(), vec![2, 1, 0]].concat(), vec![f32::NEG_INFINITY; 2], 2, 3);
         let h1: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64], [1]), &dev());
         let h2: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), &dev());
         let m1: Tensor<1> = Tensor::ones([1], &dev());
@@ -447,7 +448,8 @@ mod tests {
         let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), d);
         let mask: Tensor<1> = Tensor::ones([2], d);
         let labelled: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0], [2]), d);
-        let part = distillation_loss_partly_labelled(logits.clone(), &soft, hard.clone(), mask.clone(), labelled, 0.5, 2.0, TailMode::Renormalize);
+        let part =
+            distillation_loss_partly_labelled(logits.clone(), &soft, hard.clone(), mask.clone(), labelled, 0.5, 2.0, TailMode::Renormalize);
         let full = distillation_loss(logits.clone(), &soft, hard.clone(), mask.clone(), 0.5, 2.0, TailMode::Renormalize);
         // CE of row 0 alone: -log_softmax([0.2, 0.1, 0.4])[2] (by hand: 0.9398).
         let ce0 = -(0.4f64 - (0.2f64.exp() + 0.1f64.exp() + 0.4f64.exp()).ln());

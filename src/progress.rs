@@ -9,10 +9,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: u64, what: &str, quiet: bool) -> Progress {
-        let bar = ProgressBar::with_draw_target(
-            Some(total),
-            if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
-        );
+        let bar =
+            ProgressBar::with_draw_target(Some(total), if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
         bar.set_style(
             ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} rows  {msg}  [{elapsed_precise}<{eta_precise}]")
                 .expect("valid template"),

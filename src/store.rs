@@ -110,14 +110,15 @@ impl Remote {
     /// The object's bytes, or `None` if it does not exist.
     pub fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
         let key = self.key(name);
-        self.rt.block_on(async {
-            match self.store.get(&key).await {
-                Ok(r) => r.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .map_err(|e| store_err(&self.url, &format!("cannot read {}", self.what(name)), e))
+        self.rt
+            .block_on(async {
+                match self.store.get(&key).await {
+                    Ok(r) => r.bytes().await.map(Some),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .map_err(|e| store_err(&self.url, &format!("cannot read {}", self.what(name)), e))
     }
 
     pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
@@ -139,10 +140,8 @@ impl Remote {
     /// Names and sizes of the objects directly under the prefix.
     pub fn list(&self) -> Result<Vec<(String, u64)>> {
         let prefix = self.prefix.clone();
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&prefix)).try_collect())
-            .map_err(|e| store_err(&self.url, "cannot list the cache", e))?;
+        let metas: Vec<object_store::ObjectMeta> =
+            self.rt.block_on(self.store.list(Some(&prefix)).try_collect()).map_err(|e| store_err(&self.url, "cannot list the cache", e))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {

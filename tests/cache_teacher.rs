@@ -80,7 +80,9 @@ pub(crate) fn compare_with_reference_value(dir: &Path, r: &serde_json::Value, to
     for p in r["positions"].as_array().unwrap() {
         let row = p["row"].as_u64().unwrap();
         let pos = p["position"].as_u64().unwrap() as u32;
-        let i = (0..all.len()).find(|&i| all.rows[i] == row && all.positions[i] == pos).unwrap_or_else(|| panic!("row {row} position {pos} not cached"));
+        let i = (0..all.len())
+            .find(|&i| all.rows[i] == row && all.positions[i] == pos)
+            .unwrap_or_else(|| panic!("row {row} position {pos} not cached"));
         if let Some(h) = p.get("hard_label").and_then(|h| h.as_i64()) {
             assert_eq!(all.hard_labels[i], Some(h), "hard label at row {row} position {pos}");
             let lp = p["hard_label_logprob"].as_f64().unwrap();
@@ -93,7 +95,8 @@ pub(crate) fn compare_with_reference_value(dir: &Path, r: &serde_json::Value, to
             let got = all.logprobs[i * k + j] as f64;
             assert!((got - lps[j]).abs() <= tol, "row {row} pos {pos} rank {j}: logprob {got} vs reference {}", lps[j]);
             if all.ids[i * k + j] as u64 != ids[j] {
-                let near_tie = (j > 0 && (lps[j] - lps[j - 1]).abs() <= 2.0 * tol) || (j + 1 < k && (lps[j] - lps[j + 1]).abs() <= 2.0 * tol);
+                let near_tie =
+                    (j > 0 && (lps[j] - lps[j - 1]).abs() <= 2.0 * tol) || (j + 1 < k && (lps[j] - lps[j + 1]).abs() <= 2.0 * tol);
                 assert!(near_tie, "row {row} pos {pos} rank {j}: id {} vs reference {}", all.ids[i * k + j], ids[j]);
             }
         }
@@ -194,7 +197,9 @@ fn lm_cache_end_to_end_manifest_and_inspect() {
     }
     // Manifest names its inputs: the teacher's I/O, the tokenizer fingerprint, the data hash.
     let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
-    for key in ["\"schema_version\": 1", "\"input_ids\"", "\"attention_mask\"", "\"logits_output\": \"logits\"", "\"fingerprint\"", "\"sha256\""] {
+    for key in
+        ["\"schema_version\": 1", "\"input_ids\"", "\"attention_mask\"", "\"logits_output\": \"logits\"", "\"fingerprint\"", "\"sha256\""]
+    {
         assert!(text.contains(key), "manifest lacks {key}");
     }
     let o = distill(["inspect".as_ref(), out.as_os_str()]);
@@ -347,7 +352,9 @@ mod bad_input {
     #[test]
     fn wrong_column_names_the_columns_that_exist() {
         let t = temp();
-        let o = distill(lm_args(&t.path().join("o"), &[]).into_iter().map(|s| if s == "prompt" { "question".into() } else { s }).collect::<Vec<_>>());
+        let o = distill(
+            lm_args(&t.path().join("o"), &[]).into_iter().map(|s| if s == "prompt" { "question".into() } else { s }).collect::<Vec<_>>(),
+        );
         fails_with(&o, &["column `question` not found", "prompt", "completion", "text"]);
     }
 
@@ -356,10 +363,17 @@ mod bad_input {
         let t = temp();
         // `label` is an integer column, not text.
         let a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer".into(), data("lm/tokenizer.json").display().to_string(),
-            "--data".into(), data("digits/train.parquet").display().to_string(),
-            "--text-column".into(), "label".into(), "--out".into(), t.path().join("o").display().to_string(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            data("lm/teacher.onnx").display().to_string(),
+            "--tokenizer".into(),
+            data("lm/tokenizer.json").display().to_string(),
+            "--data".into(),
+            data("digits/train.parquet").display().to_string(),
+            "--text-column".into(),
+            "label".into(),
+            "--out".into(),
+            t.path().join("o").display().to_string(),
         ];
         fails_with(&distill(a), &["column `label` has type Int64, expected a string"]);
     }
@@ -393,10 +407,17 @@ mod bad_input {
         // A numeric model given a tokenizer: `features` is not a token input.
         let t = temp();
         let a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), data("digits/teacher.onnx").display().to_string(),
-            "--tokenizer".into(), data("lm/tokenizer.json").display().to_string(),
-            "--data".into(), data("lm/train.jsonl").display().to_string(),
-            "--text-column".into(), "text".into(), "--out".into(), t.path().join("o").display().to_string(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            data("digits/teacher.onnx").display().to_string(),
+            "--tokenizer".into(),
+            data("lm/tokenizer.json").display().to_string(),
+            "--data".into(),
+            data("lm/train.jsonl").display().to_string(),
+            "--text-column".into(),
+            "text".into(),
+            "--out".into(),
+            t.path().join("o").display().to_string(),
         ];
         fails_with(&distill(a), &["cannot fill input `features`", "features f32 [?, 64]"]);
     }
@@ -452,5 +473,8 @@ fn cuda_device_without_a_cuda_runtime_falls_back_to_the_cpu_and_says_why() {
     assert!(err.contains("--device cuda:0") && err.contains("no CUDA execution provider") && err.contains("runs on the CPU"), "{err}");
     let sums = |d: &Path| read_all(d).0.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
     assert_eq!(sums(&cpu), sums(&cuda));
-    fails_with(&distill(digits_args(&t.path().join("x"), &["--device", "gpu"])), &["cache.device must be `cpu`, `cuda` or `cuda:N`", "`gpu`"]);
+    fails_with(
+        &distill(digits_args(&t.path().join("x"), &["--device", "gpu"])),
+        &["cache.device must be `cpu`, `cuda` or `cuda:N`", "`gpu`"],
+    );
 }

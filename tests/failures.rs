@@ -22,8 +22,18 @@ fn all_readers_refuse(cache: &Path, file: &str, why: &str) {
         vec!["verify".to_string(), s(cache)],
         vec!["inspect".to_string(), s(cache)],
         vec![
-            "train-student".to_string(), "--cache".into(), s(cache), "--data".into(), s(&data("digits/train.parquet")),
-            "--out".into(), s(&cache.with_file_name("run")), "--student".into(), "mlp".into(), "--steps".into(), "5".into(), "--quiet".into(),
+            "train-student".to_string(),
+            "--cache".into(),
+            s(cache),
+            "--data".into(),
+            s(&data("digits/train.parquet")),
+            "--out".into(),
+            s(&cache.with_file_name("run")),
+            "--student".into(),
+            "mlp".into(),
+            "--steps".into(),
+            "5".into(),
+            "--quiet".into(),
         ],
     ] {
         let o = distill(&args);
@@ -104,8 +114,16 @@ mod bad_input {
     fn non_finite_teacher_logits_name_the_row() {
         let t = temp();
         let o = distill([
-            "cache-teacher", "--teacher", &s(&data("bad/nan_teacher.onnx")), "--data", &s(&data("bad/rows.jsonl")),
-            "--out", &s(&t.path().join("c")), "--batch-size", "2", "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &s(&data("bad/nan_teacher.onnx")),
+            "--data",
+            &s(&data("bad/rows.jsonl")),
+            "--out",
+            &s(&t.path().join("c")),
+            "--batch-size",
+            "2",
+            "--quiet",
         ]);
         fails_with(&o, &["nan_teacher.onnx", "row 3: logit 1 is not finite (NaN)"]);
         // Nothing was published as a cache.
@@ -118,8 +136,20 @@ mod bad_input {
         let f = t.path().join("null.jsonl");
         std::fs::write(&f, "{\"prompt\": \"a b\", \"completion\": \" c\"}\n{\"prompt\": null, \"completion\": \" d\"}\n").unwrap();
         let o = distill([
-            "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
-            "--data", &s(&f), "--prompt-column", "prompt", "--completion-column", "completion", "--out", &s(&t.path().join("c")), "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &s(&data("lm/teacher.onnx")),
+            "--tokenizer",
+            &s(&data("lm/tokenizer.json")),
+            "--data",
+            &s(&f),
+            "--prompt-column",
+            "prompt",
+            "--completion-column",
+            "completion",
+            "--out",
+            &s(&t.path().join("c")),
+            "--quiet",
         ]);
         fails_with(&o, &["null.jsonl", "row 1, column `prompt`: value is missing (null)"]);
     }
@@ -128,9 +158,19 @@ mod bad_input {
         let f = t.join("rows.jsonl");
         std::fs::write(&f, rows).unwrap();
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-            "--data".into(), s(&f), "--prompt-column".into(), "prompt".into(), "--completion-column".into(), "completion".into(),
-            "--out".into(), s(&t.join("c")),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            s(&data("lm/teacher.onnx")),
+            "--tokenizer".into(),
+            s(&data("lm/tokenizer.json")),
+            "--data".into(),
+            s(&f),
+            "--prompt-column".into(),
+            "prompt".into(),
+            "--completion-column".into(),
+            "completion".into(),
+            "--out".into(),
+            s(&t.join("c")),
         ];
         a.extend(extra.iter().map(|x| x.to_string()));
         distill(a)
@@ -139,11 +179,16 @@ mod bad_input {
     #[test]
     fn empty_and_whitespace_text_is_counted_and_warned() {
         let t = temp();
-        let o = lm(t.path(), "{\"prompt\": \"\", \"completion\": \"\"}\n{\"prompt\": \"   \", \"completion\": \" \"}\n{\"prompt\": \"The list\", \"completion\": \" type is mutable.\"}\n", &[]);
+        let o = lm(
+            t.path(),
+            "{\"prompt\": \"\", \"completion\": \"\"}\n{\"prompt\": \"   \", \"completion\": \" \"}\n{\"prompt\": \"The list\", \"completion\": \" type is mutable.\"}\n",
+            &[],
+        );
         ok(&o);
         let err = stderr(&o);
         assert!(err.contains("warning:") && err.contains("rows produced no cached position"), "{err}");
-        let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(t.path().join("c/manifest.json")).unwrap()).unwrap();
+        let m: distill::cache::Manifest =
+            serde_json::from_str(&std::fs::read_to_string(t.path().join("c/manifest.json")).unwrap()).unwrap();
         assert!(m.totals.rows_without_positions >= 1);
         assert!(m.totals.positions >= 3);
     }
@@ -166,8 +211,14 @@ mod bad_input {
         let file = t.path().join("a-file");
         std::fs::write(&file, b"keep").unwrap();
         let o = distill([
-            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-            "--out", &s(&file.join("cache")), "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &s(&data("digits/teacher.onnx")),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(&file.join("cache")),
+            "--quiet",
         ]);
         fails_with(&o, &["a-file/cache"]);
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
@@ -180,12 +231,8 @@ mod bad_input {
     #[test]
     fn full_disk_fails_cleanly_and_resumes() {
         let t = temp();
-        let rows: Vec<serde_json::Value> = std::fs::read_to_string(data("lm/train.jsonl"))
-            .unwrap()
-            .lines()
-            .take(200)
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(data("lm/train.jsonl")).unwrap().lines().take(200).map(|l| serde_json::from_str(l).unwrap()).collect();
         let mut text = String::new();
         for (i, r) in rows.iter().enumerate() {
             let full = r["text"].as_str().unwrap();
@@ -210,7 +257,8 @@ mod bad_input {
         let partial: distill::cache::Manifest =
             serde_json::from_str(&std::fs::read_to_string(out.join("manifest.partial.json")).unwrap()).unwrap();
         assert_eq!(partial.shards.len(), 1, "the small first shard finished before the disk filled");
-        let o = std::process::Command::new("bash").arg("-c").arg(format!("exec '{}' {args}", env!("CARGO_BIN_EXE_distill"))).output().unwrap();
+        let o =
+            std::process::Command::new("bash").arg("-c").arg(format!("exec '{}' {args}", env!("CARGO_BIN_EXE_distill"))).output().unwrap();
         ok(&o);
         assert!(stdout(&o).contains("resumed after 1 finished shards"), "{}", stdout(&o));
         ok(&distill(["verify".to_string(), s(&out)]));
@@ -225,10 +273,28 @@ fn killed_cache_teacher_resumes_to_the_same_cache() {
     let t = temp();
     let args = |out: &Path| -> Vec<String> {
         vec![
-            "cache-teacher".into(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-            "--data".into(), s(&data("lm/train.jsonl")), "--prompt-column".into(), "prompt".into(),
-            "--completion-column".into(), "completion".into(), "--top-k".into(), "16".into(), "--temperature".into(), "2".into(),
-            "--rows-per-shard".into(), "150".into(), "--batch-size".into(), "10".into(), "--out".into(), s(out), "--quiet".into(),
+            "cache-teacher".into(),
+            "--teacher".into(),
+            s(&data("lm/teacher.onnx")),
+            "--tokenizer".into(),
+            s(&data("lm/tokenizer.json")),
+            "--data".into(),
+            s(&data("lm/train.jsonl")),
+            "--prompt-column".into(),
+            "prompt".into(),
+            "--completion-column".into(),
+            "completion".into(),
+            "--top-k".into(),
+            "16".into(),
+            "--temperature".into(),
+            "2".into(),
+            "--rows-per-shard".into(),
+            "150".into(),
+            "--batch-size".into(),
+            "10".into(),
+            "--out".into(),
+            s(out),
+            "--quiet".into(),
         ]
     };
     let full = t.path().join("full");

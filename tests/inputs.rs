@@ -29,8 +29,18 @@ fn s(p: &Path) -> String {
 
 fn cache_digits_from(data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut a = vec![
-        "cache-teacher".to_string(), "--teacher".into(), s(&data("digits/teacher.onnx")), "--data".into(), data_spec.to_string(),
-        "--out".into(), s(out), "--top-k".into(), "5".into(), "--temperature".into(), "2".into(), "--quiet".into(),
+        "cache-teacher".to_string(),
+        "--teacher".into(),
+        s(&data("digits/teacher.onnx")),
+        "--data".into(),
+        data_spec.to_string(),
+        "--out".into(),
+        s(out),
+        "--top-k".into(),
+        "5".into(),
+        "--temperature".into(),
+        "2".into(),
+        "--quiet".into(),
     ];
     a.extend(extra.iter().map(|x| x.to_string()));
     distill(a)
@@ -39,9 +49,24 @@ fn cache_digits_from(data_spec: &str, out: &Path, extra: &[&str]) -> std::proces
 /// The LM teacher `teacher` over `data_spec` (prompt/completion columns) into `out`.
 fn cache_lm_from(teacher: &Path, data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut a = vec![
-        "cache-teacher".to_string(), "--teacher".into(), s(teacher), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-        "--data".into(), data_spec.to_string(), "--prompt-column".into(), "prompt".into(), "--completion-column".into(),
-        "completion".into(), "--out".into(), s(out), "--top-k".into(), "8".into(), "--temperature".into(), "2".into(), "--quiet".into(),
+        "cache-teacher".to_string(),
+        "--teacher".into(),
+        s(teacher),
+        "--tokenizer".into(),
+        s(&data("lm/tokenizer.json")),
+        "--data".into(),
+        data_spec.to_string(),
+        "--prompt-column".into(),
+        "prompt".into(),
+        "--completion-column".into(),
+        "completion".into(),
+        "--out".into(),
+        s(out),
+        "--top-k".into(),
+        "8".into(),
+        "--temperature".into(),
+        "2".into(),
+        "--quiet".into(),
     ];
     a.extend(extra.iter().map(|x| x.to_string()));
     distill(a)
@@ -67,8 +92,18 @@ fn parquet_in_every_codec_caches_trains_and_evaluates() {
     let snappy = s(&data("inputs/codecs/digits-snappy.parquet"));
     let run = t.path().join("run");
     ok(&distill([
-        "train-student", "--cache", &s(&t.path().join("snappy")), "--data", &snappy, "--out", &s(&run),
-        "--student", "mlp:hidden=16", "--steps", "5", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&t.path().join("snappy")),
+        "--data",
+        &snappy,
+        "--out",
+        &s(&run),
+        "--student",
+        "mlp:hidden=16",
+        "--steps",
+        "5",
+        "--quiet",
     ]));
     let o = distill(["eval", "--student", &s(&run), "--data", &snappy, "--json"]);
     ok(&o);
@@ -104,8 +139,22 @@ fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
 
     let run = t.path().join("run");
     ok(&distill([
-        "train-student", "--cache", &s(&by_glob), "--data", &glob, "--out", &s(&run), "--student", "mlp:hidden=16",
-        "--steps", "10", "--batch-size", "64", "--shuffle-window", "1", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&by_glob),
+        "--data",
+        &glob,
+        "--out",
+        &s(&run),
+        "--student",
+        "mlp:hidden=16",
+        "--steps",
+        "10",
+        "--batch-size",
+        "64",
+        "--shuffle-window",
+        "1",
+        "--quiet",
     ]));
 
     // Another file in place of the second: named, with its hash and rows.
@@ -116,8 +165,18 @@ fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
     }
     std::fs::copy(copy.join(&names[0]), copy.join(&names[1])).unwrap();
     let o = distill([
-        "train-student", "--cache", &s(&by_dir), "--data", &s(&copy), "--out", &s(&t.path().join("r2")), "--student", "mlp:hidden=16",
-        "--steps", "1", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&by_dir),
+        "--data",
+        &s(&copy),
+        "--out",
+        &s(&t.path().join("r2")),
+        "--student",
+        "mlp:hidden=16",
+        "--steps",
+        "1",
+        "--quiet",
     ]);
     fails_with(&o, &["another dataset", "train-00001-of-00003.parquet", "70 rows", "65 rows"]);
 
@@ -148,9 +207,20 @@ fn compressed_jsonl_is_read_as_plain_jsonl() {
         }
     }
     ok(&distill([
-        "train-student", "--cache", &s(&t.path().join("jsonl.zst")), "--data", &s(&data("inputs/jsonl/lm-300.jsonl.zst")),
-        "--out", &s(&t.path().join("run")), "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "3",
-        "--shuffle-window", "1", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&t.path().join("jsonl.zst")),
+        "--data",
+        &s(&data("inputs/jsonl/lm-300.jsonl.zst")),
+        "--out",
+        &s(&t.path().join("run")),
+        "--student",
+        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
+        "--steps",
+        "3",
+        "--shuffle-window",
+        "1",
+        "--quiet",
     ]));
 }
 
@@ -269,10 +339,26 @@ fn chat_data_caches_assistant_turns_and_trains() {
     let t = temp();
     let chat = |data_file: &str, out: &Path, extra: &[&str]| {
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-            "--chat-template".into(), s(&data("chat/tokenizer_config.json")), "--data".into(), s(&data(data_file)),
-            "--messages-column".into(), "messages".into(), "--top-k".into(), "8".into(), "--temperature".into(), "2".into(),
-            "--max-seq-len".into(), "1024".into(), "--out".into(), s(out), "--quiet".into(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            s(&data("lm/teacher.onnx")),
+            "--tokenizer".into(),
+            s(&data("lm/tokenizer.json")),
+            "--chat-template".into(),
+            s(&data("chat/tokenizer_config.json")),
+            "--data".into(),
+            s(&data(data_file)),
+            "--messages-column".into(),
+            "messages".into(),
+            "--top-k".into(),
+            "8".into(),
+            "--temperature".into(),
+            "2".into(),
+            "--max-seq-len".into(),
+            "1024".into(),
+            "--out".into(),
+            s(out),
+            "--quiet".into(),
         ];
         a.extend(extra.iter().map(|x| x.to_string()));
         distill(a)
@@ -290,7 +376,8 @@ fn chat_data_caches_assistant_turns_and_trains() {
     assert!(assistant.join("chat_template.json").is_file());
     assert!(!a.is_empty() && a.len() < e.len(), "assistant positions {} of {}", a.len(), e.len());
     // Assistant positions are a subset of all positions, with the same next tokens.
-    let all: std::collections::HashMap<(u64, u32), Option<i64>> = (0..e.len()).map(|i| ((e.rows[i], e.positions[i]), e.hard_labels[i])).collect();
+    let all: std::collections::HashMap<(u64, u32), Option<i64>> =
+        (0..e.len()).map(|i| ((e.rows[i], e.positions[i]), e.hard_labels[i])).collect();
     for i in 0..a.len() {
         assert_eq!(all.get(&(a.rows[i], a.positions[i])), Some(&a.hard_labels[i]), "row {} position {}", a.rows[i], a.positions[i]);
     }
@@ -298,8 +385,18 @@ fn chat_data_caches_assistant_turns_and_trains() {
 
     let run = t.path().join("run");
     ok(&distill([
-        "train-student", "--cache", &s(&assistant), "--data", &s(&data("chat/train.jsonl")), "--out", &s(&run),
-        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "3", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&assistant),
+        "--data",
+        &s(&data("chat/train.jsonl")),
+        "--out",
+        &s(&run),
+        "--student",
+        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
+        "--steps",
+        "3",
+        "--quiet",
     ]));
     let o = distill(["eval", "--student", &s(&run), "--data", &s(&data("chat/valid.jsonl")), "--json"]);
     ok(&o);
@@ -311,8 +408,18 @@ fn chat_data_caches_assistant_turns_and_trains() {
     saved["template"] = serde_json::Value::String(saved["template"].as_str().unwrap().replace("<|user|>", "<|human|>"));
     std::fs::write(assistant.join("chat_template.json"), serde_json::to_vec(&saved).unwrap()).unwrap();
     let o = distill([
-        "train-student", "--cache", &s(&assistant), "--data", &s(&data("chat/train.jsonl")), "--out", &s(&t.path().join("r2")),
-        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "1", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&assistant),
+        "--data",
+        &s(&data("chat/train.jsonl")),
+        "--out",
+        &s(&t.path().join("r2")),
+        "--student",
+        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
+        "--steps",
+        "1",
+        "--quiet",
     ]);
     fails_with(&o, &["chat_template.json", "is not the chat template the cache was made with"]);
 }
@@ -332,8 +439,16 @@ fn chat_input_errors_name_the_row_and_the_fix() {
     .unwrap();
     let run = |extra: &[&str], out: &str| {
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-            "--data".into(), s(&rows), "--out".into(), s(&t.path().join(out)), "--quiet".into(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            s(&data("lm/teacher.onnx")),
+            "--tokenizer".into(),
+            s(&data("lm/tokenizer.json")),
+            "--data".into(),
+            s(&rows),
+            "--out".into(),
+            s(&t.path().join(out)),
+            "--quiet".into(),
         ];
         a.extend(extra.iter().map(|x| x.to_string()));
         distill(a)
@@ -345,7 +460,10 @@ fn chat_input_errors_name_the_row_and_the_fix() {
         &["row 1, column `messages`", "Conversation roles must be system, user or assistant; got: tool"],
     );
     std::fs::write(&rows, "{\"messages\": \"not a list\"}\n").unwrap();
-    fails_with(&run(&["--messages-column", "messages", "--chat-template", &template], "c"), &["row 0", "column `messages`", "found a string"]);
+    fails_with(
+        &run(&["--messages-column", "messages", "--chat-template", &template], "c"),
+        &["row 0", "column `messages`", "found a string"],
+    );
     fails_with(&run(&["--text-column", "messages", "--positions", "assistant"], "d"), &["positions = \"assistant\" needs messages_column"]);
 }
 
@@ -374,9 +492,24 @@ fn conversational_prompt_completion_is_rendered_and_trains() {
     let t = temp();
     let out = t.path().join("cache");
     ok(&distill([
-        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
-        "--chat-template", &s(&data("chat/tokenizer_config.json")), "--data", &s(&data("chat/prompt_completion.jsonl")),
-        "--prompt-column", "prompt", "--completion-column", "completion", "--top-k", "8", "--out", &s(&out), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &s(&data("lm/teacher.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--chat-template",
+        &s(&data("chat/tokenizer_config.json")),
+        "--data",
+        &s(&data("chat/prompt_completion.jsonl")),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--top-k",
+        "8",
+        "--out",
+        &s(&out),
+        "--quiet",
     ]));
     let (m, all) = read_all(&out);
     let text = m.text.as_ref().expect("text settings");
@@ -384,14 +517,37 @@ fn conversational_prompt_completion_is_rendered_and_trains() {
     assert_eq!(m.positions, distill::cache::Positions::Completion);
     assert_eq!(all.rows.iter().collect::<std::collections::HashSet<_>>().len(), 60, "every row has completion positions");
     ok(&distill([
-        "train-student", "--cache", &s(&out), "--data", &s(&data("chat/prompt_completion.jsonl")), "--out", &s(&t.path().join("run")),
-        "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32", "--steps", "2", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&out),
+        "--data",
+        &s(&data("chat/prompt_completion.jsonl")),
+        "--out",
+        &s(&t.path().join("run")),
+        "--student",
+        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
+        "--steps",
+        "2",
+        "--quiet",
     ]));
     // Plain-text prompts take no chat template.
     let o = distill([
-        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
-        "--chat-template", &s(&data("chat/tokenizer_config.json")), "--data", &s(&data("inputs/jsonl/lm-300.jsonl")),
-        "--prompt-column", "prompt", "--completion-column", "completion", "--out", &s(&t.path().join("plain")), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &s(&data("lm/teacher.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--chat-template",
+        &s(&data("chat/tokenizer_config.json")),
+        "--data",
+        &s(&data("inputs/jsonl/lm-300.jsonl")),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--out",
+        &s(&t.path().join("plain")),
+        "--quiet",
     ]);
     fails_with(&o, &["chat_template applies to conversations", "holds plain text"]);
 }

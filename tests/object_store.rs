@@ -73,10 +73,10 @@ fn distill_s3<S: AsRef<std::ffi::OsStr>>(s3: &S3, staging: &Path, args: &[S]) ->
 
 /// Keys of the objects under `prefix` (ListObjectsV2 over plain HTTP).
 fn list(s3: &S3, prefix: &str) -> Vec<String> {
-    let r = http(s3.port, &format!(
-        "GET /{BUCKET}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-        s3.port
-    ));
+    let r = http(
+        s3.port,
+        &format!("GET /{BUCKET}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", s3.port),
+    );
     r.split("<Key>").skip(1).filter_map(|x| x.split("</Key>").next()).map(str::to_string).collect()
 }
 
@@ -96,8 +96,26 @@ fn a_cache_in_s3_trains_the_same_student_as_a_local_one() {
     let teacher = data("digits/teacher.onnx").display().to_string();
     let train_data = data("digits/train.parquet").display().to_string();
     let capture = |out: &str, staging: &Path| {
-        distill_s3(&s3, staging, &["cache-teacher", "--teacher", &teacher, "--data", &train_data, "--out", out,
-            "--top-k", "5", "--temperature", "2", "--rows-per-shard", "300", "--quiet"])
+        distill_s3(
+            &s3,
+            staging,
+            &[
+                "cache-teacher",
+                "--teacher",
+                &teacher,
+                "--data",
+                &train_data,
+                "--out",
+                out,
+                "--top-k",
+                "5",
+                "--temperature",
+                "2",
+                "--rows-per-shard",
+                "300",
+                "--quiet",
+            ],
+        )
     };
     let o = capture(&url, &t.path().join("gpu-box"));
     ok(&o);
@@ -117,11 +135,47 @@ fn a_cache_in_s3_trains_the_same_student_as_a_local_one() {
     assert!(stdout(&o).contains("already complete"), "{}", stdout(&o));
 
     let local = t.path().join("local-cache");
-    ok(&distill_s3(&s3, &t.path().join("unused"), &["cache-teacher", "--teacher", &teacher, "--data", &train_data, "--out",
-        &local.display().to_string(), "--top-k", "5", "--temperature", "2", "--rows-per-shard", "300", "--quiet"]));
+    ok(&distill_s3(
+        &s3,
+        &t.path().join("unused"),
+        &[
+            "cache-teacher",
+            "--teacher",
+            &teacher,
+            "--data",
+            &train_data,
+            "--out",
+            &local.display().to_string(),
+            "--top-k",
+            "5",
+            "--temperature",
+            "2",
+            "--rows-per-shard",
+            "300",
+            "--quiet",
+        ],
+    ));
     let train = |cache: &str, out: &Path, staging: &Path| {
-        distill_s3(&s3, staging, &["train-student", "--cache", cache, "--data", &train_data, "--out", &out.display().to_string(),
-            "--student", "mlp:hidden=16", "--epochs", "2", "--batch-size", "64", "--quiet"])
+        distill_s3(
+            &s3,
+            staging,
+            &[
+                "train-student",
+                "--cache",
+                cache,
+                "--data",
+                &train_data,
+                "--out",
+                &out.display().to_string(),
+                "--student",
+                "mlp:hidden=16",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--quiet",
+            ],
+        )
     };
     let from_s3 = t.path().join("run-s3");
     ok(&train(&url, &from_s3, &t.path().join("trainer")));
@@ -139,8 +193,21 @@ fn a_cache_in_s3_trains_the_same_student_as_a_local_one() {
 fn missing_remote_caches_and_unknown_schemes_are_named() {
     let s3 = start_s3();
     let t = temp();
-    let o = distill_s3(&s3, t.path(), &["train-student", "--cache", &format!("s3://{BUCKET}/nothing-here"), "--data",
-        &data("digits/train.parquet").display().to_string(), "--out", &t.path().join("r").display().to_string(), "--student", "mlp"]);
+    let o = distill_s3(
+        &s3,
+        t.path(),
+        &[
+            "train-student",
+            "--cache",
+            &format!("s3://{BUCKET}/nothing-here"),
+            "--data",
+            &data("digits/train.parquet").display().to_string(),
+            "--out",
+            &t.path().join("r").display().to_string(),
+            "--student",
+            "mlp",
+        ],
+    );
     fails_with(&o, &["s3://distill-test/nothing-here", "no manifest.json there"]);
     let o = distill_s3(&s3, t.path(), &["verify", "s3://no-such-bucket/x"]);
     fails_with(&o, &["object storage s3://no-such-bucket/x"]);
@@ -155,8 +222,18 @@ fn sharded_capture_into_one_bucket_then_merge_equals_one_run() {
     let url = format!("s3://{BUCKET}/sharded");
     let args = |out: &str, extra: &[&str]| {
         let mut a: Vec<String> = [
-            "cache-teacher", "--teacher", &data("digits/teacher.onnx").display().to_string(), "--data",
-            &data("digits/train.parquet").display().to_string(), "--out", out, "--temperature", "3", "--rows-per-shard", "100", "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &data("digits/teacher.onnx").display().to_string(),
+            "--data",
+            &data("digits/train.parquet").display().to_string(),
+            "--out",
+            out,
+            "--temperature",
+            "3",
+            "--rows-per-shard",
+            "100",
+            "--quiet",
         ]
         .iter()
         .map(|s| s.to_string())

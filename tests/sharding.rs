@@ -7,9 +7,18 @@ use crate::common::*;
 
 fn worker(out: &Path, extra: &[&str]) -> std::process::Output {
     let mut a = vec![
-        "cache-teacher".to_string(), "--teacher".into(), data("digits/teacher.onnx").display().to_string(),
-        "--data".into(), data("digits/train.parquet").display().to_string(), "--out".into(), out.display().to_string(),
-        "--temperature".into(), "3".into(), "--rows-per-shard".into(), "100".into(), "--quiet".into(),
+        "cache-teacher".to_string(),
+        "--teacher".into(),
+        data("digits/teacher.onnx").display().to_string(),
+        "--data".into(),
+        data("digits/train.parquet").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--temperature".into(),
+        "3".into(),
+        "--rows-per-shard".into(),
+        "100".into(),
+        "--quiet".into(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     distill(a)
@@ -68,9 +77,20 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
     // A part made at another temperature.
     let other = t.path().join("other");
     let mut a = vec![
-        "cache-teacher".to_string(), "--teacher".into(), data("digits/teacher.onnx").display().to_string(),
-        "--data".into(), data("digits/train.parquet").display().to_string(), "--out".into(), other.display().to_string(),
-        "--temperature".into(), "5".into(), "--rows-per-shard".into(), "100".into(), "--quiet".into(), "--shard".into(), "1/3".into(),
+        "cache-teacher".to_string(),
+        "--teacher".into(),
+        data("digits/teacher.onnx").display().to_string(),
+        "--data".into(),
+        data("digits/train.parquet").display().to_string(),
+        "--out".into(),
+        other.display().to_string(),
+        "--temperature".into(),
+        "5".into(),
+        "--rows-per-shard".into(),
+        "100".into(),
+        "--quiet".into(),
+        "--shard".into(),
+        "1/3".into(),
     ];
     ok(&distill(&a));
     fails_with(&merge(&t.path().join("m2"), &[&p[0], &other, &p[2]]), &["other settings"]);

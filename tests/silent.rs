@@ -39,8 +39,17 @@ fn a_rerun_recomputes_a_missing_or_damaged_shard_of_a_complete_cache() {
     // Without --quiet, which hides warnings (stderr is not a terminal: no progress bar).
     let rerun = || {
         distill([
-            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-            "--out", &s(&out), args[0], args[1], args[2], args[3],
+            "cache-teacher",
+            "--teacher",
+            &s(&data("digits/teacher.onnx")),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(&out),
+            args[0],
+            args[1],
+            args[2],
+            args[3],
         ])
     };
     std::fs::remove_file(out.join("shard-00002.parquet")).unwrap();
@@ -98,8 +107,14 @@ fn a_second_writer_of_a_directory_is_refused() {
     let out = t.path().join("cache");
     let held = distill::lock::DirLock::acquire(&out, "", "a cache").unwrap();
     let o = distill([
-        "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-        "--out", &s(&out), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &s(&data("digits/teacher.onnx")),
+        "--data",
+        &s(&data("digits/train.parquet")),
+        "--out",
+        &s(&out),
+        "--quiet",
     ]);
     fails_with(&o, &["another distill process is writing a cache in this directory", ".distill.lock"]);
     drop(held);
@@ -107,8 +122,18 @@ fn a_second_writer_of_a_directory_is_refused() {
     let run = t.path().join("run");
     let held = distill::lock::DirLock::acquire(&run, "", "a training run").unwrap();
     let o = distill([
-        "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out", &s(&run),
-        "--student", "mlp", "--steps", "2", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&out),
+        "--data",
+        &s(&data("digits/train.parquet")),
+        "--out",
+        &s(&run),
+        "--student",
+        "mlp",
+        "--steps",
+        "2",
+        "--quiet",
     ]);
     fails_with(&o, &["another distill process is writing a training run"]);
     drop(held);
@@ -122,8 +147,16 @@ fn out_of_range_settings_are_refused_before_any_work() {
     let out = t.path().join("c");
     for temp in ["1e-39", "0.001"] {
         let o = distill([
-            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-            "--out", &s(&out), "--temperature", temp, "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &s(&data("digits/teacher.onnx")),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(&out),
+            "--temperature",
+            temp,
+            "--quiet",
         ]);
         fails_with(&o, &["cache.temperature must be >= 0.01", "overflow the softmax"]);
         assert!(!out.exists(), "nothing is created before the settings are checked");
@@ -137,8 +170,19 @@ fn out_of_range_settings_are_refused_before_any_work() {
         ("--temperature", "1e-39", "train.temperature must be >= 0.01"),
     ] {
         let o = distill([
-            "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
-            "--student", "mlp", "--steps", "2", "--quiet", &format!("{flag}={value}"),
+            "train-student",
+            "--cache",
+            &s(&out),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(&t.path().join("r")),
+            "--student",
+            "mlp",
+            "--steps",
+            "2",
+            "--quiet",
+            &format!("{flag}={value}"),
         ]);
         fails_with(&o, &[why]);
     }
@@ -151,11 +195,9 @@ fn pipeline_settings_are_checked_before_stage_one() {
     let t = temp();
     let base = std::fs::read_to_string(repo().join("pipelines/digits.toml")).unwrap();
     let dir = repo().join("pipelines");
-    for (edit, why) in [
-        ("seeds = [0, 0]", "eval.seeds repeats seed 0"),
-        ("seeds = []", "eval.seeds is empty"),
-        ("seeds = [0]\n[train.bad]", ""),
-    ] {
+    for (edit, why) in
+        [("seeds = [0, 0]", "eval.seeds repeats seed 0"), ("seeds = []", "eval.seeds is empty"), ("seeds = [0]\n[train.bad]", "")]
+    {
         let text = if edit.contains("[train.bad]") {
             base.replace("lr = 0.005", "lr = -1")
         } else {
@@ -180,8 +222,16 @@ fn an_empty_dataset_is_refused() {
     let empty = t.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
     let o = distill([
-        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json")),
-        "--data", &s(&empty), "--out", &s(&t.path().join("c")), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &s(&data("lm/teacher.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--data",
+        &s(&empty),
+        "--out",
+        &s(&t.path().join("c")),
+        "--quiet",
     ]);
     fails_with(&o, &["empty.jsonl", "has no rows"]);
 }
@@ -195,12 +245,23 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
     cache_digits("train.parquet", &cache, &[]);
     let run = t.path().join("run");
     ok(&distill([
-        "train-student", "--cache", &s(&cache), "--data", &s(&data("digits/train.parquet")), "--out", &s(&run),
-        "--student", "mlp:hidden=8", "--steps", "2", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&cache),
+        "--data",
+        &s(&data("digits/train.parquet")),
+        "--out",
+        &s(&run),
+        "--student",
+        "mlp:hidden=8",
+        "--steps",
+        "2",
+        "--quiet",
     ]));
     let write = |name: &str, features: &str, label: i64| {
         let p = t.path().join(name);
-        std::fs::write(&p, format!("{{\"features\": [{features}], \"label\": 1}}\n{{\"features\": [{features}], \"label\": {label}}}\n")).unwrap();
+        std::fs::write(&p, format!("{{\"features\": [{features}], \"label\": 1}}\n{{\"features\": [{features}], \"label\": {label}}}\n"))
+            .unwrap();
         p
     };
     let ones = vec!["1.0"; 64].join(", ");
@@ -212,7 +273,10 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
     for (file, why) in &cases {
         fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(file)]), why);
     }
-    fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&cases[0].0), "--out", &s(&t.path().join("p.jsonl"))]), &["63 feature values"]);
+    fails_with(
+        &distill(["predict", "--student", &s(&run), "--data", &s(&cases[0].0), "--out", &s(&t.path().join("p.jsonl"))]),
+        &["63 feature values"],
+    );
     // NaN is not JSON; Parquet holds it. Through pyarrow, as users write such files.
     let pq = t.path().join("nan.parquet");
     let o = python(
@@ -221,7 +285,10 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(&pq)]), &["row 0, column `features`: value 5 is NaN"]);
-    fails_with(&distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]), &["value 5 is NaN"]);
+    fails_with(
+        &distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]),
+        &["value 5 is NaN"],
+    );
 }
 
 /// The tensors of a safetensors file: after its 8-byte header length and the JSON header
@@ -243,9 +310,20 @@ fn resume_of_a_finished_or_half_exported_run_completes() {
     let run = t.path().join("run");
     let train = |resume: bool| {
         let mut a = vec![
-            "train-student".to_string(), "--cache".into(), s(&cache), "--data".into(), s(&data("digits/train.parquet")),
-            "--out".into(), s(&run), "--student".into(), "mlp:hidden=8".into(), "--steps".into(), "4".into(),
-            "--checkpoint-every".into(), "2".into(), "--quiet".into(),
+            "train-student".to_string(),
+            "--cache".into(),
+            s(&cache),
+            "--data".into(),
+            s(&data("digits/train.parquet")),
+            "--out".into(),
+            s(&run),
+            "--student".into(),
+            "mlp:hidden=8".into(),
+            "--steps".into(),
+            "4".into(),
+            "--checkpoint-every".into(),
+            "2".into(),
+            "--quiet".into(),
         ];
         if resume {
             a.push("--resume".into());
@@ -273,8 +351,16 @@ fn small_input_faults_get_clear_messages() {
     let t = temp();
     let lm = |data_file: &Path, extra: &[&str]| {
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), s(&data("lm/teacher.onnx")), "--tokenizer".into(), s(&data("lm/tokenizer.json")),
-            "--data".into(), s(data_file), "--out".into(), s(&t.path().join(format!("c{}", data_file.display().to_string().len()))), "--quiet".into(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            s(&data("lm/teacher.onnx")),
+            "--tokenizer".into(),
+            s(&data("lm/tokenizer.json")),
+            "--data".into(),
+            s(data_file),
+            "--out".into(),
+            s(&t.path().join(format!("c{}", data_file.display().to_string().len()))),
+            "--quiet".into(),
         ];
         a.extend(extra.iter().map(|x| x.to_string()));
         distill(a)
@@ -308,7 +394,16 @@ fn small_input_faults_get_clear_messages() {
         &[&data("digits/train.parquet"), &rows],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    ok(&distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&rows), "--out", &s(&t.path().join("u2")), "--quiet"]));
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &s(&data("digits/teacher.onnx")),
+        "--data",
+        &s(&rows),
+        "--out",
+        &s(&t.path().join("u2")),
+        "--quiet",
+    ]));
     let o = distill(["inspect".to_string(), s(&t.path().join("u2"))]);
     ok(&o);
     assert!(stdout(&o).contains("positions without a hard label (soft label only) 5"), "{}", stdout(&o));
@@ -320,20 +415,42 @@ fn small_input_faults_get_clear_messages() {
 fn another_tokenizer_than_the_one_beside_the_teacher_is_refused() {
     let t = temp();
     let o = distill([
-        "cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("textcls/tokenizer.json")),
-        "--data", &s(&data("inputs/jsonl/lm-300.jsonl")), "--out", &s(&t.path().join("c")), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &s(&data("lm/teacher.onnx")),
+        "--tokenizer",
+        &s(&data("textcls/tokenizer.json")),
+        "--data",
+        &s(&data("inputs/jsonl/lm-300.jsonl")),
+        "--out",
+        &s(&t.path().join("c")),
+        "--quiet",
     ]);
     fails_with(&o, &["textcls/tokenizer.json", "is not the tokenizer beside the teacher", "lm/tokenizer.json"]);
     // Without a tokenizer beside the teacher, a much smaller one draws a warning.
     let teacher = t.path().join("teacher.onnx");
     std::fs::copy(data("lm/teacher.onnx"), &teacher).unwrap();
     let o = distill([
-        "cache-teacher", "--teacher", &s(&teacher), "--tokenizer", &s(&data("textcls/tokenizer.json")),
-        "--data", &s(&data("inputs/jsonl/lm-300.jsonl")), "--prompt-column", "prompt", "--completion-column", "completion",
-        "--out", &s(&t.path().join("d")),
+        "cache-teacher",
+        "--teacher",
+        &s(&teacher),
+        "--tokenizer",
+        &s(&data("textcls/tokenizer.json")),
+        "--data",
+        &s(&data("inputs/jsonl/lm-300.jsonl")),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--out",
+        &s(&t.path().join("d")),
     ]);
     ok(&o);
-    assert!(stderr(&o).contains("ids are taken as padding (more than padding usually is); check that this is the teacher's own tokenizer"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ids are taken as padding (more than padding usually is); check that this is the teacher's own tokenizer"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Shards copied in from another cache (a cache of a shuffled copy of the data trained to
@@ -366,8 +483,18 @@ fn shards_of_another_cache_and_edited_manifests_are_refused() {
     m.temperature = 5.0;
     m.write_atomic(&c, "manifest.json").unwrap();
     let o = distill([
-        "train-student", "--cache", &s(&c), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
-        "--student", "mlp", "--steps", "2", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&c),
+        "--data",
+        &s(&data("digits/train.parquet")),
+        "--out",
+        &s(&t.path().join("r")),
+        "--student",
+        "mlp",
+        "--steps",
+        "2",
+        "--quiet",
     ]);
     fails_with(&o, &["shard-00000.parquet", "temperature: the shard says 2.0, the manifest 5.0"]);
 }
@@ -416,8 +543,20 @@ fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
     let t = temp();
     let args = |out: &Path| -> Vec<String> {
         [
-            "cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/train.parquet")),
-            "--out", &s(out), "--temperature", "2", "--rows-per-shard", "100", "--batch-size", "16", "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &s(&data("digits/teacher.onnx")),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(out),
+            "--temperature",
+            "2",
+            "--rows-per-shard",
+            "100",
+            "--batch-size",
+            "16",
+            "--quiet",
         ]
         .iter()
         .map(|x| x.to_string())
@@ -437,8 +576,18 @@ fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
         let verified = distill(["verify".to_string(), s(&out)]).status.success();
         if verified {
             ok(&distill([
-                "train-student", "--cache", &s(&out), "--data", &s(&data("digits/train.parquet")), "--out",
-                &s(&t.path().join(format!("r{trial}"))), "--student", "mlp:hidden=4", "--steps", "1", "--quiet",
+                "train-student",
+                "--cache",
+                &s(&out),
+                "--data",
+                &s(&data("digits/train.parquet")),
+                "--out",
+                &s(&t.path().join(format!("r{trial}"))),
+                "--student",
+                "mlp:hidden=4",
+                "--steps",
+                "1",
+                "--quiet",
             ]));
         }
         ok(&distill(args(&out)));
@@ -455,8 +604,22 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
     cache_digits("train.parquet", &cache, &["--rows-per-shard", "300"]);
     let args = |out: &Path, resume: bool| -> Vec<String> {
         let mut a: Vec<String> = [
-            "train-student", "--cache", &s(&cache), "--data", &s(&data("digits/train.parquet")), "--out", &s(out),
-            "--student", "mlp:hidden=16", "--steps", "120", "--batch-size", "32", "--checkpoint-every", "10", "--quiet",
+            "train-student",
+            "--cache",
+            &s(&cache),
+            "--data",
+            &s(&data("digits/train.parquet")),
+            "--out",
+            &s(out),
+            "--student",
+            "mlp:hidden=16",
+            "--steps",
+            "120",
+            "--batch-size",
+            "32",
+            "--checkpoint-every",
+            "10",
+            "--quiet",
         ]
         .iter()
         .map(|x| x.to_string())
@@ -499,7 +662,18 @@ fn cached_labels_that_are_not_the_datas_are_refused() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = t.path().join("b");
-    ok(&distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&permuted), "--out", &s(&b), "--rows-per-shard", "600", "--quiet"]));
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &s(&data("digits/teacher.onnx")),
+        "--data",
+        &s(&permuted),
+        "--out",
+        &s(&b),
+        "--rows-per-shard",
+        "600",
+        "--quiet",
+    ]));
     let shard = a.join("shard-00000.parquet");
     let o = python(
         "import sys, pyarrow.parquet as pq\n\
@@ -516,8 +690,18 @@ fn cached_labels_that_are_not_the_datas_are_refused() {
     m.write_atomic(&a, "manifest.json").unwrap();
     ok(&distill(["verify".to_string(), s(&a)]));
     let o = distill([
-        "train-student", "--cache", &s(&a), "--data", &s(&data("digits/train.parquet")), "--out", &s(&t.path().join("r")),
-        "--student", "mlp", "--steps", "2", "--quiet",
+        "train-student",
+        "--cache",
+        &s(&a),
+        "--data",
+        &s(&data("digits/train.parquet")),
+        "--out",
+        &s(&t.path().join("r")),
+        "--student",
+        "mlp",
+        "--steps",
+        "2",
+        "--quiet",
     ]);
     fails_with(&o, &["shard-00000.parquet", "row 0: the cache's hard label is", "but the data's `label` is"]);
 }

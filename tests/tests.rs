@@ -3,11 +3,11 @@
 mod common;
 
 mod cache_teacher;
-mod inputs;
-mod train_student;
 mod failures;
-mod silent;
 mod fuzz;
-mod snapshots;
+mod inputs;
 mod object_store;
 mod sharding;
+mod silent;
+mod snapshots;
+mod train_student;

@@ -14,16 +14,30 @@ fn digits_cache(dir: &Path) -> PathBuf {
 
 fn train(cache: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut a: Vec<String> = vec![
-        "train-student".into(), "--cache".into(), cache.display().to_string(),
-        "--data".into(), data("digits/train.parquet").display().to_string(),
-        "--out".into(), out.display().to_string(), "--student".into(), "mlp:hidden=32".into(), "--quiet".into(),
+        "train-student".into(),
+        "--cache".into(),
+        cache.display().to_string(),
+        "--data".into(),
+        data("digits/train.parquet").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--student".into(),
+        "mlp:hidden=32".into(),
+        "--quiet".into(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     distill(a)
 }
 
 fn accuracy(run: &Path) -> f64 {
-    let o = distill(["eval".as_ref(), "--student".as_ref(), run.as_os_str(), "--data".as_ref(), data("digits/test.parquet").as_os_str(), "--json".as_ref()]);
+    let o = distill([
+        "eval".as_ref(),
+        "--student".as_ref(),
+        run.as_os_str(),
+        "--data".as_ref(),
+        data("digits/test.parquet").as_os_str(),
+        "--json".as_ref(),
+    ]);
     ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
     v["accuracy"].as_f64().expect("accuracy")
@@ -101,16 +115,26 @@ fn resume_after_kill_reaches_the_same_result_one_shard_windows() {
 fn resume_after_kill_with(window: &[&str]) {
     let t = temp();
     let cache = digits_cache(t.path());
-    let settings: Vec<&str> =
-        ["--steps", "3000", "--checkpoint-every", "100", "--batch-size", "32", "--lr", "0.003", "--seed", "7"].iter().chain(window).copied().collect();
+    let settings: Vec<&str> = ["--steps", "3000", "--checkpoint-every", "100", "--batch-size", "32", "--lr", "0.003", "--seed", "7"]
+        .iter()
+        .chain(window)
+        .copied()
+        .collect();
     let full = t.path().join("full");
     ok(&train(&cache, &full, &settings));
 
     let cut = t.path().join("cut");
     let mut args: Vec<String> = vec![
-        "train-student".into(), "--cache".into(), cache.display().to_string(),
-        "--data".into(), data("digits/train.parquet").display().to_string(),
-        "--out".into(), cut.display().to_string(), "--student".into(), "mlp:hidden=32".into(), "--quiet".into(),
+        "train-student".into(),
+        "--cache".into(),
+        cache.display().to_string(),
+        "--data".into(),
+        data("digits/train.parquet").display().to_string(),
+        "--out".into(),
+        cut.display().to_string(),
+        "--student".into(),
+        "mlp:hidden=32".into(),
+        "--quiet".into(),
     ];
     args.extend(settings.iter().map(|s| s.to_string()));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(&args).spawn().unwrap();
@@ -136,7 +160,9 @@ fn resume_after_kill_with(window: &[&str]) {
         // The run finished before the kill landed (a very fast machine): nothing to compare.
         assert!(out.contains("trained 3000 steps"), "{out}");
     }
-    let last = |p: &Path| std::fs::read_to_string(p.join("metrics.csv")).unwrap().lines().last().unwrap().split(',').nth(2).unwrap().parse::<f64>().unwrap();
+    let last = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.csv")).unwrap().lines().last().unwrap().split(',').nth(2).unwrap().parse::<f64>().unwrap()
+    };
     let lines = |p: &Path| std::fs::read_to_string(p.join("metrics.csv")).unwrap().lines().count();
     assert_eq!(lines(&cut), lines(&full), "metrics.csv has one row per step after resume");
     assert!((last(&cut) - last(&full)).abs() < 1e-5, "final loss {} vs {}", last(&cut), last(&full));
@@ -151,8 +177,16 @@ mod mismatch {
         let t = temp();
         let cache = digits_cache(t.path());
         let o = distill([
-            "train-student", "--cache", &cache.display().to_string(), "--data", &data("digits/test.parquet").display().to_string(),
-            "--out", &t.path().join("r").display().to_string(), "--student", "mlp", "--quiet",
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &data("digits/test.parquet").display().to_string(),
+            "--out",
+            &t.path().join("r").display().to_string(),
+            "--student",
+            "mlp",
+            "--quiet",
         ]);
         fails_with(&o, &["made from another dataset", "test.parquet", "train.parquet"]);
     }
@@ -174,8 +208,16 @@ mod mismatch {
         let t = temp();
         let cache = digits_cache(t.path());
         let o = distill([
-            "train-student", "--cache", &cache.display().to_string(), "--data", &data("digits/train.parquet").display().to_string(),
-            "--out", &t.path().join("r").display().to_string(), "--student", "decoder", "--quiet",
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &data("digits/train.parquet").display().to_string(),
+            "--out",
+            &t.path().join("r").display().to_string(),
+            "--student",
+            "decoder",
+            "--quiet",
         ]);
         fails_with(&o, &["student kind `decoder` cannot learn this cache", "classification over numeric features", "`mlp`"]);
     }
@@ -188,17 +230,41 @@ mod mismatch {
         let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
         std::fs::write(&small, text.lines().take(8).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
         ok(&distill([
-            "cache-teacher", "--teacher", &data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer", &data("lm/tokenizer.json").display().to_string(), "--data", &small.display().to_string(),
-            "--prompt-column", "prompt", "--completion-column", "completion", "--top-k", "8", "--out", &cache.display().to_string(), "--quiet",
+            "cache-teacher",
+            "--teacher",
+            &data("lm/teacher.onnx").display().to_string(),
+            "--tokenizer",
+            &data("lm/tokenizer.json").display().to_string(),
+            "--data",
+            &small.display().to_string(),
+            "--prompt-column",
+            "prompt",
+            "--completion-column",
+            "completion",
+            "--top-k",
+            "8",
+            "--out",
+            &cache.display().to_string(),
+            "--quiet",
         ]));
         let other = t.path().join("other-tokenizer.json");
         let tok = std::fs::read_to_string(data("lm/tokenizer.json")).unwrap();
         std::fs::write(&other, tok.replacen("\"<|pad|>\"", "\"<|padding|>\"", 1)).unwrap();
         let o = distill([
-            "train-student", "--cache", &cache.display().to_string(), "--data", &small.display().to_string(),
-            "--out", &t.path().join("r").display().to_string(), "--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-            "--tokenizer", &other.display().to_string(), "--steps", "1", "--quiet",
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &small.display().to_string(),
+            "--out",
+            &t.path().join("r").display().to_string(),
+            "--student",
+            "decoder:d_model=16,layers=1,heads=2,d_ff=32",
+            "--tokenizer",
+            &other.display().to_string(),
+            "--steps",
+            "1",
+            "--quiet",
         ]);
         fails_with(&o, &["other-tokenizer.json", "is not the tokenizer the cache was made with"]);
     }
@@ -215,10 +281,20 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     let cache = t.path().join("cache");
     let lm = |data_file: &Path, out: &Path, extra: &[&str]| {
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer".into(), data("lm/tokenizer.json").display().to_string(), "--data".into(), data_file.display().to_string(),
-            "--prompt-column".into(), "prompt".into(), "--completion-column".into(), "completion".into(),
-            "--out".into(), out.display().to_string(), "--quiet".into(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            data("lm/teacher.onnx").display().to_string(),
+            "--tokenizer".into(),
+            data("lm/tokenizer.json").display().to_string(),
+            "--data".into(),
+            data_file.display().to_string(),
+            "--prompt-column".into(),
+            "prompt".into(),
+            "--completion-column".into(),
+            "completion".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--quiet".into(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         ok(&distill(a));
@@ -226,9 +302,22 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     lm(&small, &cache, &["--top-k", "16", "--temperature", "2"]);
     let run = t.path().join("run");
     let o = distill([
-        "train-student", "--cache", &cache.display().to_string(), "--data", &small.display().to_string(),
-        "--out", &run.display().to_string(), "--student", "decoder:d_model=32,layers=1,heads=2,d_ff=64",
-        "--steps", "12", "--batch-size", "8", "--lr", "0.01", "--quiet",
+        "train-student",
+        "--cache",
+        &cache.display().to_string(),
+        "--data",
+        &small.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+        "--student",
+        "decoder:d_model=32,layers=1,heads=2,d_ff=64",
+        "--steps",
+        "12",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--quiet",
     ]);
     ok(&o);
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -237,7 +326,16 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     let valid = data("lm/valid.jsonl");
     let eval_cache = t.path().join("eval-cache");
     lm(&valid, &eval_cache, &["--top-k", "1", "--temperature", "1"]);
-    let o = distill(["eval".as_ref(), "--student".as_ref(), run.as_os_str(), "--data".as_ref(), valid.as_os_str(), "--cache".as_ref(), eval_cache.as_os_str(), "--json".as_ref()]);
+    let o = distill([
+        "eval".as_ref(),
+        "--student".as_ref(),
+        run.as_os_str(),
+        "--data".as_ref(),
+        valid.as_os_str(),
+        "--cache".as_ref(),
+        eval_cache.as_os_str(),
+        "--json".as_ref(),
+    ]);
     ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let ppl = v["perplexity"].as_f64().unwrap();
@@ -256,9 +354,20 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     let cache = t.path().join("cache");
     let cache_of = |data_file: &Path, out: &Path, extra: &[&str]| {
         let mut a = vec![
-            "cache-teacher".to_string(), "--teacher".into(), data("textcls/teacher.onnx").display().to_string(),
-            "--tokenizer".into(), data("textcls/tokenizer.json").display().to_string(), "--data".into(), data_file.display().to_string(),
-            "--text-column".into(), "text".into(), "--max-seq-len".into(), "64".into(), "--out".into(), out.display().to_string(), "--quiet".into(),
+            "cache-teacher".to_string(),
+            "--teacher".into(),
+            data("textcls/teacher.onnx").display().to_string(),
+            "--tokenizer".into(),
+            data("textcls/tokenizer.json").display().to_string(),
+            "--data".into(),
+            data_file.display().to_string(),
+            "--text-column".into(),
+            "text".into(),
+            "--max-seq-len".into(),
+            "64".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--quiet".into(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         ok(&distill(a));
@@ -267,9 +376,24 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     cache_of(&train_data, &cache, &["--temperature", "1"]);
     let run = t.path().join("run");
     let o = distill([
-        "train-student", "--cache", &cache.display().to_string(), "--data", &train_data.display().to_string(),
-        "--out", &run.display().to_string(), "--student", "encoder:d_model=32,layers=1,heads=2,d_ff=64",
-        "--steps", "200", "--batch-size", "32", "--lr", "0.003", "--max-rows", "512", "--quiet",
+        "train-student",
+        "--cache",
+        &cache.display().to_string(),
+        "--data",
+        &train_data.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+        "--student",
+        "encoder:d_model=32,layers=1,heads=2,d_ff=64",
+        "--steps",
+        "200",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.003",
+        "--max-rows",
+        "512",
+        "--quiet",
     ]);
     ok(&o);
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -280,7 +404,16 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     let test_data = data("textcls/test.parquet");
     let eval_cache = t.path().join("eval-cache");
     cache_of(&test_data, &eval_cache, &["--top-k", "1", "--temperature", "1"]);
-    let o = distill(["eval".as_ref(), "--student".as_ref(), run.as_os_str(), "--data".as_ref(), test_data.as_os_str(), "--cache".as_ref(), eval_cache.as_os_str(), "--json".as_ref()]);
+    let o = distill([
+        "eval".as_ref(),
+        "--student".as_ref(),
+        run.as_os_str(),
+        "--data".as_ref(),
+        test_data.as_os_str(),
+        "--cache".as_ref(),
+        eval_cache.as_os_str(),
+        "--json".as_ref(),
+    ]);
     ok(&o);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["positions"].as_u64(), Some(441));
@@ -293,8 +426,16 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     assert_eq!(hf["id2label"].as_object().unwrap().len(), 8);
     assert!(run.join("hf/model.safetensors").is_file() && run.join("hf/tokenizer.json").is_file());
     let o = distill([
-        "train-student", "--cache", &cache.display().to_string(), "--data", &train_data.display().to_string(),
-        "--out", &t.path().join("mlp").display().to_string(), "--student", "mlp", "--quiet",
+        "train-student",
+        "--cache",
+        &cache.display().to_string(),
+        "--data",
+        &train_data.display().to_string(),
+        "--out",
+        &t.path().join("mlp").display().to_string(),
+        "--student",
+        "mlp",
+        "--quiet",
     ]);
     fails_with(&o, &["student kind `mlp` cannot learn this cache", "classification over tokens", "`encoder`"]);
     // Prepared rows kept between epochs change the work, not the batches: with one-shard
@@ -304,9 +445,26 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     let losses_of = |name: &str, mb: &str| {
         let run = t.path().join(name);
         let o = distill([
-            "train-student", "--cache", &cache.display().to_string(), "--data", &train_data.display().to_string(),
-            "--out", &run.display().to_string(), "--student", "encoder:d_model=16,layers=1,heads=2,d_ff=32",
-            "--steps", "48", "--batch-size", "32", "--max-rows", "512", "--shuffle-window", "1", "--prepared-rows-mb", mb, "--quiet",
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &train_data.display().to_string(),
+            "--out",
+            &run.display().to_string(),
+            "--student",
+            "encoder:d_model=16,layers=1,heads=2,d_ff=32",
+            "--steps",
+            "48",
+            "--batch-size",
+            "32",
+            "--max-rows",
+            "512",
+            "--shuffle-window",
+            "1",
+            "--prepared-rows-mb",
+            mb,
+            "--quiet",
         ]);
         ok(&o);
         let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -397,16 +555,42 @@ fn unlabelled_rows_train_the_kd_term_only() {
     std::fs::write(&mixed, lines).unwrap();
     let cache = t.path().join("cache");
     ok(&distill([
-        "cache-teacher", "--teacher", &data("textcls/teacher.onnx").display().to_string(), "--tokenizer",
-        &data("textcls/tokenizer.json").display().to_string(), "--data", &mixed.display().to_string(), "--text-column", "text",
-        "--label-column", "label", "--max-seq-len", "64", "--out", &cache.display().to_string(), "--quiet",
+        "cache-teacher",
+        "--teacher",
+        &data("textcls/teacher.onnx").display().to_string(),
+        "--tokenizer",
+        &data("textcls/tokenizer.json").display().to_string(),
+        "--data",
+        &mixed.display().to_string(),
+        "--text-column",
+        "text",
+        "--label-column",
+        "label",
+        "--max-seq-len",
+        "64",
+        "--out",
+        &cache.display().to_string(),
+        "--quiet",
     ]));
     let run = |alpha: &str, name: &str| {
         let out = t.path().join(name);
         ok(&distill([
-            "train-student", "--cache", &cache.display().to_string(), "--data", &mixed.display().to_string(), "--out",
-            &out.display().to_string(), "--student", "encoder:d_model=16,layers=1,heads=2,d_ff=32", "--alpha", alpha,
-            "--epochs", "1", "--batch-size", "16", "--quiet",
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &mixed.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--student",
+            "encoder:d_model=16,layers=1,heads=2,d_ff=32",
+            "--alpha",
+            alpha,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--quiet",
         ]));
         let m = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
         m.lines().skip(1).map(|l| l.split(',').nth(6).unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>()

@@ -136,7 +136,13 @@ impl DatasetInfo {
         let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
         // One file is hashed as itself however it was named (the file, its directory, a glob).
         if let [path] = paths.as_slice() {
-            return Ok(DatasetInfo { file: name(path), format, sha256: sha256_file(path)?, rows: crate::data::file_rows(path)?, files: vec![] });
+            return Ok(DatasetInfo {
+                file: name(path),
+                format,
+                sha256: sha256_file(path)?,
+                rows: crate::data::file_rows(path)?,
+                files: vec![],
+            });
         }
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {
@@ -323,8 +329,7 @@ impl Manifest {
     /// Read and validate one manifest file (complete or partial).
     pub fn read_file(path: &Path) -> Result<Manifest> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::cache(path, format!("manifest is not valid: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::cache(path, format!("manifest is not valid: {e}")))?;
         let want = manifest.compute_checksum();
         if manifest.checksum != want {
             return Err(Error::cache(
@@ -345,10 +350,7 @@ impl Manifest {
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::cache(path, m));
         if self.schema_version != SCHEMA_VERSION {
-            return bad(format!(
-                "schema_version {} is not supported (this distill reads {SCHEMA_VERSION})",
-                self.schema_version
-            ));
+            return bad(format!("schema_version {} is not supported (this distill reads {SCHEMA_VERSION})", self.schema_version));
         }
         if self.top_k == 0 || self.top_k > self.vocab_size {
             return bad(format!("top_k {} must be in 1..={} (vocab_size)", self.top_k, self.vocab_size));
@@ -363,10 +365,7 @@ impl Manifest {
         let mut positions = 0u64;
         for (i, shard) in self.shards.iter().enumerate() {
             if !is_shard_file_name(&shard.file) {
-                return bad(format!(
-                    "shard {i} file {:?} is not a plain shard-NNNNN.parquet name",
-                    shard.file
-                ));
+                return bad(format!("shard {i} file {:?} is not a plain shard-NNNNN.parquet name", shard.file));
             }
             if shard.first_row != next_row {
                 return bad(format!(
@@ -374,9 +373,10 @@ impl Manifest {
                     shard.file, shard.first_row
                 ));
             }
-            next_row = shard.first_row.checked_add(shard.rows).ok_or_else(|| {
-                Error::cache(path, format!("shard {} row count overflows", shard.file))
-            })?;
+            next_row = shard
+                .first_row
+                .checked_add(shard.rows)
+                .ok_or_else(|| Error::cache(path, format!("shard {} row count overflows", shard.file)))?;
             positions = positions.saturating_add(shard.positions);
         }
         if self.complete {
@@ -387,10 +387,7 @@ impl Manifest {
                 ));
             }
             if positions != self.totals.positions {
-                return bad(format!(
-                    "shards hold {positions} positions but totals say {}",
-                    self.totals.positions
-                ));
+                return bad(format!("shards hold {positions} positions but totals say {}", self.totals.positions));
             }
         }
         Ok(())
@@ -420,7 +417,10 @@ impl Manifest {
             positions = positions.saturating_add(shard.positions);
         }
         if self.complete && (rows != self.totals.rows || positions != self.totals.positions) {
-            return bad(format!("part shards hold {rows} rows / {positions} positions but totals say {} / {}", self.totals.rows, self.totals.positions));
+            return bad(format!(
+                "part shards hold {rows} rows / {positions} positions but totals say {} / {}",
+                self.totals.rows, self.totals.positions
+            ));
         }
         Ok(())
     }
@@ -467,7 +467,13 @@ impl Manifest {
             temperature: 1.0,
             positions: Positions::All,
             encoding: EncodingInfo { logprobs: encoding, logprob_step: step, max_abs_error: step / 2.0, compression: "zstd".into() },
-            dataset: DatasetInfo { file: "synthetic".into(), format: "none".into(), sha256: String::new(), rows: shard.rows, files: vec![] },
+            dataset: DatasetInfo {
+                file: "synthetic".into(),
+                format: "none".into(),
+                sha256: String::new(),
+                rows: shard.rows,
+                files: vec![],
+            },
             text: None,
             features: vec![],
             label_column: None,

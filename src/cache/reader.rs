@@ -55,10 +55,7 @@ impl CacheReader {
         for shard in &reader.manifest.shards {
             let path = reader.shard_path(shard);
             let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::cache(
-                    &path,
-                    "shard listed in manifest.json is missing",
-                ),
+                std::io::ErrorKind::NotFound => Error::cache(&path, "shard listed in manifest.json is missing"),
                 _ => Error::io(&path, e),
             })?;
             if meta.len() != shard.bytes {
@@ -124,7 +121,9 @@ impl CacheReader {
             None => Ok(()),
             Some(why) => Err(Error::cache(
                 path,
-                format!("does not belong to this cache as manifest.json describes it ({why}): a shard copied from another cache, or an edited manifest"),
+                format!(
+                    "does not belong to this cache as manifest.json describes it ({why}): a shard copied from another cache, or an edited manifest"
+                ),
             )),
         }
     }
@@ -179,10 +178,7 @@ impl CacheReader {
         self.check_stamp(&path, shard, builder.metadata().file_metadata().key_value_metadata())?;
         let rows_in_file = builder.metadata().file_metadata().num_rows();
         if rows_in_file < 0 || rows_in_file as u64 != shard.positions {
-            return Err(Error::cache(
-                &path,
-                format!("shard has {rows_in_file} positions but manifest.json records {}", shard.positions),
-            ));
+            return Err(Error::cache(&path, format!("shard has {rows_in_file} positions but manifest.json records {}", shard.positions)));
         }
         let inner = guarded(|| builder.with_batch_size(batch_positions.max(1)).build())
             .map_err(|panic| Error::cache(&path, format!("shard could not be decoded (damaged Parquet metadata: {panic})")))?

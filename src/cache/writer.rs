@@ -8,10 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder,
-    UInt64Builder,
-};
+use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder, UInt64Builder};
 use arrow::datatypes::{DataType, Field};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -120,8 +117,7 @@ impl ShardBuilder {
         columns.push(Arc::new(self.tail.finish()));
         columns.push(Arc::new(self.entropy.finish()));
         self.positions = 0;
-        RecordBatch::try_new(Arc::new(schema::shard_schema(self.encoding)), columns)
-            .expect("columns match the shard schema")
+        RecordBatch::try_new(Arc::new(schema::shard_schema(self.encoding)), columns).expect("columns match the shard schema")
     }
 
     /// Write the buffered positions as the shard `stamp` describes (its index, first row and
@@ -147,14 +143,7 @@ impl ShardBuilder {
         drop(file_handle);
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         sync_dir(dir)?;
-        Ok(ShardInfo {
-            file,
-            first_row,
-            rows,
-            positions,
-            bytes,
-            sha256: crate::cache::manifest::hex(&hasher.finalize()),
-        })
+        Ok(ShardInfo { file, first_row, rows, positions, bytes, sha256: crate::cache::manifest::hex(&hasher.finalize()) })
     }
 }
 

@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cache::manifest::{
-    self, DatasetInfo, PartInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
+    self, DatasetInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, PartInfo, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
     ToolInfo, Totals,
 };
 use crate::cache::{LogprobEncoding, Positions, ShardBuilder, Task, schema, writer};
+use crate::chat::ChatTemplate;
 use crate::config::{CacheTeacherConfig, LongSequences, TextSource};
 use crate::data::{self, Column, Field, Kind, Row};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::teacher::{InputMapping, SoftLabel, Teacher, TeacherBatch, TopKScratch, topk};
-use crate::chat::ChatTemplate;
 use crate::text::{self, TextColumns, Tokenizer};
 
 /// What a finished (or already complete) run reports.
@@ -246,7 +246,11 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
             outputs: teacher.outputs_info().to_vec(),
             logits_output: teacher.output_name().to_string(),
         },
-        tokenizer: text_side.as_ref().map(|t| TokenizerInfo { file: file_name(&t.path), sha256: t.sha256.clone(), vocab_size: t.vocab_size() }),
+        tokenizer: text_side.as_ref().map(|t| TokenizerInfo {
+            file: file_name(&t.path),
+            sha256: t.sha256.clone(),
+            vocab_size: t.vocab_size(),
+        }),
         vocab_size: vocab,
         top_k,
         temperature: cfg.temperature,
@@ -413,21 +417,19 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     if man.totals.rows != my_rows {
         return Err(Error::data(
             &cfg.data,
-            format!("read {} rows but expected {my_rows} of the {total_rows} the file had when hashed: it changed during the run", man.totals.rows),
+            format!(
+                "read {} rows but expected {my_rows} of the {total_rows} the file had when hashed: it changed during the run",
+                man.totals.rows
+            ),
         ));
     }
     if man.totals.truncated_rows > 0 {
         let t = cfg.text.as_ref().expect("text");
-        warnings.push(format!(
-            "{} rows were longer than max_seq_len = {} tokens and were truncated",
-            man.totals.truncated_rows, t.max_seq_len
-        ));
+        warnings
+            .push(format!("{} rows were longer than max_seq_len = {} tokens and were truncated", man.totals.truncated_rows, t.max_seq_len));
     }
     if man.totals.rows_without_positions > 0 {
-        warnings.push(format!(
-            "{} rows produced no cached position (empty text or completion)",
-            man.totals.rows_without_positions
-        ));
+        warnings.push(format!("{} rows produced no cached position (empty text or completion)", man.totals.rows_without_positions));
     }
     man.complete = true;
     man.validate(&out.join(&names.complete))?;
@@ -510,7 +512,9 @@ fn selectable_ids(cfg: &CacheTeacherConfig, teacher: &Teacher, tok: Option<&Toke
     if tokens > vocab {
         return Err(Error::Tokenizer {
             path: path(),
-            message: format!("tokenizer has {tokens} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary"),
+            message: format!(
+                "tokenizer has {tokens} tokens but the teacher's logits have {vocab}: ids would fall outside the teacher's vocabulary"
+            ),
         });
     }
     let padding = vocab - tokens;
@@ -568,7 +572,9 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
         Ok(m) => Ok(Some(m)),
         // An unreadable manifest (another schema, hand-edited) may be replaced on request.
         Err(_) if overwrite => Ok(None),
-        Err(e) => Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it"))),
+        Err(e) => {
+            Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it")))
+        }
     };
     let existing = if complete_path.exists() {
         Some((read(&complete_path)?, true))
@@ -658,7 +664,10 @@ fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Manifest
                 if !stray.is_empty() {
                     return Err(Error::cache(
                         out,
-                        format!("--out is not empty and is not a distill cache (found {}); choose an empty or new directory", stray.join(", ")),
+                        format!(
+                            "--out is not empty and is not a distill cache (found {}); choose an empty or new directory",
+                            stray.join(", ")
+                        ),
                     ));
                 }
                 remove_unlisted(out, &[], part)?;
@@ -695,7 +704,12 @@ fn describe_difference(old: &Manifest, new: &Manifest) -> String {
     let b = &new.settings["identity"];
     let mut diffs = Vec::new();
     if old.teacher.sha256 != new.teacher.sha256 {
-        diffs.push(format!("the teacher graph {} differs (sha256 {} -> {})", new.teacher.file, short(&old.teacher.sha256), short(&new.teacher.sha256)));
+        diffs.push(format!(
+            "the teacher graph {} differs (sha256 {} -> {})",
+            new.teacher.file,
+            short(&old.teacher.sha256),
+            short(&new.teacher.sha256)
+        ));
     }
     diffs.extend(external_data_difference(&old.teacher.external_data, &new.teacher.external_data));
     if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
@@ -751,7 +765,11 @@ struct Pending {
 enum Job {
     Batch(Pending),
     /// Every row of `first_row .. first_row + rows` has been sent: write shard `index`.
-    Flush { index: usize, first_row: u64, rows: u64 },
+    Flush {
+        index: usize,
+        first_row: u64,
+        rows: u64,
+    },
 }
 
 /// The worker side of stage one: soft labels, shard building and writing.
@@ -855,9 +873,8 @@ fn soft_labels(
     k: usize,
     scratch: &mut [TopKScratch],
 ) -> std::result::Result<Vec<SoftLabel>, (usize, usize)> {
-    let mut out: Vec<SoftLabel> = (0..starts.len())
-        .map(|_| SoftLabel { ids: Vec::new(), logprobs: Vec::new(), tail_logmass: 0.0, entropy: 0.0 })
-        .collect();
+    let mut out: Vec<SoftLabel> =
+        (0..starts.len()).map(|_| SoftLabel { ids: Vec::new(), logprobs: Vec::new(), tail_logmass: 0.0, entropy: 0.0 }).collect();
     let threads = scratch.len().max(1).min(starts.len().max(1));
     let per = starts.len().div_ceil(threads).max(1);
     let results: Vec<std::result::Result<(), (usize, usize)>> = std::thread::scope(|s| {
@@ -926,7 +943,10 @@ fn check_labels(cfg: &CacheTeacherConfig, batch: &[Row], hard: &[Option<i64>], v
         if let Some(h) = h
             && !(0..vocab as i64).contains(h)
         {
-            return Err(Error::data(&cfg.data, format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index)));
+            return Err(Error::data(
+                &cfg.data,
+                format!("row {}: label {h} is outside the teacher's {vocab} classes (0..{vocab})", r.index),
+            ));
         }
     }
     Ok(())
@@ -978,7 +998,11 @@ struct Tokens {
 enum Feed {
     Batch(Prepared),
     /// Every row of shard `index` has been sent.
-    EndOfShard { index: usize, first_row: u64, rows: u64 },
+    EndOfShard {
+        index: usize,
+        first_row: u64,
+        rows: u64,
+    },
 }
 
 /// The reading side of stage one: rows of the planned shards, in batches that never cross

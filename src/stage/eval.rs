@@ -143,7 +143,10 @@ fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: boo
             && let Some(l) = r.label
             && !(0..arch.vocab() as i64).contains(&l)
         {
-            return Err(Error::data(data, format!("row {}: label {l} is outside the student's {} classes (0..{})", r.index, arch.vocab(), arch.vocab())));
+            return Err(Error::data(
+                data,
+                format!("row {}: label {l} is outside the student's {} classes (0..{})", r.index, arch.vocab(), arch.vocab()),
+            ));
         }
     }
     Ok(())

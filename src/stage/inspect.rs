@@ -96,22 +96,21 @@ pub fn render(dir: &Path, m: &Manifest, s: &CacheStats) -> String {
     let _ = writeln!(o, "cache {}", dir.display());
     let _ = writeln!(o, "  schema v{}, written by {} {}", m.schema_version, m.tool.name, m.tool.version);
     let _ = writeln!(o, "  task {:?}, positions {:?}", m.task, m.positions);
-    let _ = writeln!(
-        o,
-        "  teacher {} (sha256 {}), logits from `{}`",
-        m.teacher.file,
-        short(&m.teacher.sha256),
-        m.teacher.logits_output
-    );
+    let _ = writeln!(o, "  teacher {} (sha256 {}), logits from `{}`", m.teacher.file, short(&m.teacher.sha256), m.teacher.logits_output);
     for x in &m.teacher.external_data {
         let _ = writeln!(o, "    external data {} ({} bytes, sha256 {})", x.file, x.bytes, short(&x.sha256));
     }
     if let Some(t) = &m.tokenizer {
-        let padding = if t.vocab_size < m.vocab_size { format!(" (logits {} - {} ids of padding)", m.vocab_size, m.vocab_size - t.vocab_size) } else { String::new() };
+        let padding = if t.vocab_size < m.vocab_size {
+            format!(" (logits {} - {} ids of padding)", m.vocab_size, m.vocab_size - t.vocab_size)
+        } else {
+            String::new()
+        };
         let _ = writeln!(o, "  tokenizer {} (sha256 {}), {} tokens{padding}", t.file, short(&t.sha256), t.vocab_size);
     }
     let _ = writeln!(o, "  vocab_size {}, top_k {}, temperature {}", m.vocab_size, m.top_k, m.temperature);
-    let _ = writeln!(o, "  dataset {} ({}, sha256 {}), {} rows", m.dataset.file, m.dataset.format, short(&m.dataset.sha256), m.dataset.rows);
+    let _ =
+        writeln!(o, "  dataset {} ({}, sha256 {}), {} rows", m.dataset.file, m.dataset.format, short(&m.dataset.sha256), m.dataset.rows);
     for f in &m.dataset.files {
         let _ = writeln!(o, "    {} ({} rows, sha256 {})", f.file, f.rows, short(&f.sha256));
     }
@@ -125,19 +124,11 @@ pub fn render(dir: &Path, m: &Manifest, s: &CacheStats) -> String {
     );
     let _ = writeln!(o, "  shards {} ({} rows per shard)", m.shards.len(), m.rows_per_shard);
     if m.totals.truncated_rows > 0 || m.totals.rows_without_positions > 0 {
-        let _ = writeln!(
-            o,
-            "  truncated rows {}, rows without positions {}",
-            m.totals.truncated_rows, m.totals.rows_without_positions
-        );
+        let _ = writeln!(o, "  truncated rows {}, rows without positions {}", m.totals.truncated_rows, m.totals.rows_without_positions);
     }
     let _ = writeln!(o, "statistics");
     let _ = writeln!(o, "  rows {}, positions {}, entries {}", s.rows, s.positions, s.entries);
-    let _ = writeln!(
-        o,
-        "  bytes {}: {:.2} bytes per entry, {:.1} bytes per position",
-        s.bytes, s.bytes_per_entry, s.bytes_per_position
-    );
+    let _ = writeln!(o, "  bytes {}: {:.2} bytes per entry, {:.1} bytes per position", s.bytes, s.bytes_per_entry, s.bytes_per_position);
     let _ = writeln!(o, "  mean teacher entropy {:.4} nats (at T = {})", s.mean_entropy, m.temperature);
     if let Some(a) = s.top1_matches_hard_label {
         let _ = writeln!(o, "  teacher top-1 equals hard label at {:.2}% of positions", a * 100.0);

@@ -159,7 +159,13 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
     merged.command = command;
     merged.validate(&out.join(MANIFEST_FILE))?;
     merged.write_atomic(out, MANIFEST_FILE)?;
-    Ok(MergeSummary { out: out.to_path_buf(), parts: parts.len(), shards: merged.shards.len(), rows: merged.totals.rows, positions: merged.totals.positions })
+    Ok(MergeSummary {
+        out: out.to_path_buf(),
+        parts: parts.len(),
+        shards: merged.shards.len(),
+        rows: merged.totals.rows,
+        positions: merged.totals.positions,
+    })
 }
 
 /// `out` may already hold this very cache (a merge run again), never another one: merging

@@ -119,10 +119,7 @@ fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
     let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
     let m = reader.manifest();
     if let Some(why) = DatasetInfo::of(&cfg.data)?.difference(&m.dataset) {
-        return Err(Error::cache(
-            &cfg.cache,
-            format!("was made from another dataset than {}: {why}", cfg.data.display()),
-        ));
+        return Err(Error::cache(&cfg.cache, format!("was made from another dataset than {}: {why}", cfg.data.display())));
     }
     if let Some(k) = cfg.top_k
         && k > m.top_k
@@ -361,9 +358,15 @@ impl PreparedMemo {
 enum Loaded {
     /// One shard's examples (shared with the loader's copy of a cache kept whole), and the
     /// seconds spent reading them.
-    Shard { examples: std::sync::Arc<Vec<Example>>, read_seconds: f64 },
+    Shard {
+        examples: std::sync::Arc<Vec<Example>>,
+        read_seconds: f64,
+    },
     /// The shards since the last group end make up shuffle group `index` of `epoch`.
-    GroupEnd { epoch: usize, index: usize },
+    GroupEnd {
+        epoch: usize,
+        index: usize,
+    },
     /// The epoch's last group has been handed over.
     EpochEnd,
     Failed(Error),
@@ -389,7 +392,8 @@ fn load_shard(
         return Ok(Vec::new());
     }
     let count = shard.rows.min(limit - shard.first_row);
-    let rows = memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
+    let rows =
+        memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
     let labels: Vec<Option<i64>> = rows.iter().map(|r| r.label).collect();
     let mut examples: Vec<Example> =
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
@@ -420,9 +424,8 @@ fn load_shard(
                 ));
             }
             if m.task == Task::CausalLm {
-                let hard = hard.ok_or_else(|| {
-                    Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no next token"))
-                })?;
+                let hard =
+                    hard.ok_or_else(|| Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no next token")))?;
                 let want = ex.tokens.get(position + 1).copied();
                 if want != Some(hard as u32) {
                     return Err(Error::cache(
@@ -767,9 +770,8 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         Some(s) => {
             let dir = out.join(&s.dir);
             student::load_burnpack(&mut model, &dir.join("model.bpk"))?;
-            optim = optim
-                .load(dir.join("optim.bpk"))
-                .map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
+            optim =
+                optim.load(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
             (s.step, s.epoch, s.step_in_epoch)
         }
         None => (0, 0, 0),
@@ -854,13 +856,14 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     // A JSONL file: where each shard's first row starts, found in one pass, so reading a
     // shard's rows is a seek (Parquet skips row groups by itself).
     let files = data::resolve(&cfg.data)?;
-    let row_starts: std::collections::HashMap<u64, data::RowStart> = if files.len() == 1 && data::Format::of(&files[0])? == data::Format::Jsonl {
-        let mut firsts: Vec<u64> = m.shards.iter().map(|s| s.first_row).collect();
-        firsts.sort_unstable();
-        data::jsonl_row_starts(&cfg.data, &firsts)?.into_iter().map(|s| (s.row, s)).collect()
-    } else {
-        Default::default()
-    };
+    let row_starts: std::collections::HashMap<u64, data::RowStart> =
+        if files.len() == 1 && data::Format::of(&files[0])? == data::Format::Jsonl {
+            let mut firsts: Vec<u64> = m.shards.iter().map(|s| s.first_row).collect();
+            firsts.sort_unstable();
+            data::jsonl_row_starts(&cfg.data, &firsts)?.into_iter().map(|s| (s.row, s)).collect()
+        } else {
+            Default::default()
+        };
     let progress = Progress::new(total as u64, "training", opts.quiet);
     progress.set_position(step as u64);
     let started = Instant::now();
@@ -882,7 +885,8 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
             // A cache that fits in one shuffle window is the same group every epoch: its
             // shards are loaded once and kept (held anyway, and shared, not copied), then
             // regrouped in each epoch's shard order and shuffled as if read again.
-            let mut kept: Option<Vec<Option<std::sync::Arc<Vec<Example>>>>> = (m.shards.len() <= cfg.shuffle_window).then(|| vec![None; m.shards.len()]);
+            let mut kept: Option<Vec<Option<std::sync::Arc<Vec<Example>>>>> =
+                (m.shards.len() <= cfg.shuffle_window).then(|| vec![None; m.shards.len()]);
             // Otherwise each shard is joined afresh every epoch, from its prepared rows (kept
             // up to the budget) and the cache.
             let mut memo = PreparedMemo::new(if kept.is_some() { 0 } else { cfg.prepared_rows_mb });
@@ -1020,7 +1024,13 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(&valid, p))?;
     if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {
         let tokenizer = out.join(TOKENIZER_FILE);
-        hf::write_checkpoint(&valid, &arch, &out.join(HF_DIR), Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()), tok.as_ref().map(|t| t.pad_id))?;
+        hf::write_checkpoint(
+            &valid,
+            &arch,
+            &out.join(HF_DIR),
+            Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()),
+            tok.as_ref().map(|t| t.pad_id),
+        )?;
     }
     write_atomic(&out.join("student.json"), &serde_json::to_vec_pretty(&student_file).expect("serialises"))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -1061,9 +1071,7 @@ fn checkpoint(
     let dir = out.join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     student::save_burnpack(model, &dir.join("model.bpk"))?;
-    optim
-        .save(dir.join("optim.bpk"))
-        .map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
+    optim.save(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
     for f in ["model.bpk", "optim.bpk"] {
         let p = dir.join(f);
         std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;

@@ -54,7 +54,13 @@ impl FusedAdamW {
 impl Optimizer for FusedAdamW {
     type State<const D: usize> = AdamWState<D>;
 
-    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<Self::State<D>>) -> (Tensor<D>, Option<Self::State<D>>) {
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
         assert_eq!(tensor.dims(), grad.dims(), "adamw: the gradient's shape differs from the parameter's");
         let (m, v, time) = match state {
             Some(s) => (s.momentum.moment_1, s.momentum.moment_2, s.momentum.time),
@@ -129,7 +135,13 @@ pub trait AdamWOps: Backend {
 }
 
 /// The update composed from a backend's own operations, in Burn's `AdamW` order.
-pub fn composed<B: Backend>(param: FloatTensor<B>, grad: FloatTensor<B>, m: FloatTensor<B>, v: FloatTensor<B>, s: Step) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+pub fn composed<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    m: FloatTensor<B>,
+    v: FloatTensor<B>,
+    s: Step,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let (c1, c2) = s.corrections();
     let m = B::float_add(B::float_mul_scalar(m, s.beta_1.into()), B::float_mul_scalar(grad.clone(), (1.0 - s.beta_1).into()));
     let g2 = B::float_mul(grad.clone(), grad);
@@ -191,7 +203,18 @@ fn whole(t: FlexTensor) -> FlexTensor {
 }
 
 impl AdamWOps for Flex {
-    fn fused_adamw(param: FlexTensor, grad: FlexTensor, m: FlexTensor, v: FlexTensor, lr: f64, beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32, time: usize) -> (FlexTensor, FlexTensor, FlexTensor) {
+    fn fused_adamw(
+        param: FlexTensor,
+        grad: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let s = Step { lr, beta_1, beta_2, epsilon, weight_decay, time };
         if [&param, &grad, &m, &v].iter().any(|t| t.dtype() != DType::F32) {
             return composed::<Self>(param, grad, m, v, s);
@@ -224,7 +247,18 @@ fn tch_f32(t: &tch::Tensor) -> (*mut f32, usize) {
 
 #[cfg(feature = "tch")]
 impl AdamWOps for burn::backend::LibTorch {
-    fn fused_adamw(param: TchTensor, grad: TchTensor, m: TchTensor, v: TchTensor, lr: f64, beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32, time: usize) -> (TchTensor, TchTensor, TchTensor) {
+    fn fused_adamw(
+        param: TchTensor,
+        grad: TchTensor,
+        m: TchTensor,
+        v: TchTensor,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (TchTensor, TchTensor, TchTensor) {
         let s = Step { lr, beta_1, beta_2, epsilon, weight_decay, time };
         let cpu_f32 = [&param, &grad, &m, &v].iter().all(|t| t.tensor.device() == tch::Device::Cpu && t.tensor.kind() == tch::Kind::Float);
         if !cpu_f32 {
@@ -250,8 +284,30 @@ impl AdamWOps for burn::backend::LibTorch {
 // Autodiff: parameters are updated outside the graph, so the inner backend's update.
 
 impl<B: AdamWOps, C: CheckpointStrategy> AdamWOps for Autodiff<B, C> {
-    fn fused_adamw(param: FloatTensor<Self>, grad: FloatTensor<Self>, m: FloatTensor<Self>, v: FloatTensor<Self>, lr: f64, beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32, time: usize) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (p, m, v) = B::fused_adamw(param.into_primitive(), grad.into_primitive(), m.into_primitive(), v.into_primitive(), lr, beta_1, beta_2, epsilon, weight_decay, time);
+    fn fused_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (p, m, v) = B::fused_adamw(
+            param.into_primitive(),
+            grad.into_primitive(),
+            m.into_primitive(),
+            v.into_primitive(),
+            lr,
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            time,
+        );
         (Self::from_inner(p), Self::from_inner(m), Self::from_inner(v))
     }
 }
@@ -302,7 +358,10 @@ mod tests {
     }
 
     fn assert_same(what: &str, got: &Linear, want: &Linear) {
-        let pairs = [(vec_of(got.weight.val()), vec_of(want.weight.val())), (vec_of(got.bias.as_ref().unwrap().val()), vec_of(want.bias.as_ref().unwrap().val()))];
+        let pairs = [
+            (vec_of(got.weight.val()), vec_of(want.weight.val())),
+            (vec_of(got.bias.as_ref().unwrap().val()), vec_of(want.bias.as_ref().unwrap().val())),
+        ];
         for (name, (g, w)) in ["weight", "bias"].iter().zip(pairs) {
             for (i, (g, w)) in g.iter().zip(&w).enumerate() {
                 assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what}: {name}[{i}] fused {g} vs Burn {w}");

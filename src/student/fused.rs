@@ -18,15 +18,15 @@
 // burn-tch is deprecated upstream; the project keeps it as the libtorch backend.
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::TensorMetadata;
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -114,7 +114,13 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Tensor<4>, head
     assert!(kb == b && kd == d && v.dims() == k.dims(), "attention: q {:?}, k {:?}, v {:?} do not match", q.dims(), k.dims(), v.dims());
     assert!(heads > 0 && d.is_multiple_of(heads), "attention: {d} features do not split into {heads} heads");
     let [mb, mh, mq, ms] = mask.dims();
-    assert!(mb == b && mh == 1 && (mq == sq || mq == 1) && ms == s, "attention: mask {:?} does not fit q {:?} and k {:?}", mask.dims(), q.dims(), k.dims());
+    assert!(
+        mb == b && mh == 1 && (mq == sq || mq == 1) && ms == s,
+        "attention: mask {:?} does not fit q {:?} and k {:?}",
+        mask.dims(),
+        q.dims(),
+        k.dims()
+    );
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -155,7 +161,14 @@ pub fn with_gradient(z: Tensor<2>, value: Tensor<1>, grad: Tensor<2>) -> Tensor<
 #[cfg_attr(feature = "tch", backend_extension(Flex, LibTorch, Autodiff))]
 #[cfg_attr(not(feature = "tch"), backend_extension(Flex, Autodiff))]
 pub trait FusedOps: Backend {
-    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self>;
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self>;
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
     fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     fn fused_rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
@@ -174,11 +187,26 @@ pub trait FusedOps: Backend {
 /// overrides them with row kernels.
 pub trait Kernels: Backend {
     /// Returns `[out, probs]`, the probabilities `[b, heads, sq, s]` kept for the backward.
-    fn attention_forward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 2] {
         composed::attention_forward::<Self>(q, k, v, mask, heads, scale)
     }
     /// Returns `[dq, dk, dv]`.
-    fn attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 3] {
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
         composed::attention_backward::<Self>(q, k, v, probs, dout, heads, scale)
     }
     fn linear_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -251,14 +279,30 @@ pub mod composed {
         B::float_reshape(B::float_swap_dims(t, 1, 2), Shape::from(vec![b, n, h * hd]))
     }
 
-    pub fn attention_forward<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, mask: FloatTensor<B>, heads: usize, scale: f64) -> [FloatTensor<B>; 2] {
+    pub fn attention_forward<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<B>; 2] {
         let (q, k, v) = (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads));
         let probs = masked_softmax_forward::<B>(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), mask, scale);
         [merge_heads::<B>(B::float_matmul(probs.clone(), v)), probs]
     }
 
-    pub fn attention_backward<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, probs: FloatTensor<B>, dout: FloatTensor<B>, heads: usize, scale: f64) -> [FloatTensor<B>; 3] {
-        let (q, k, v, dout) = (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads), split_heads::<B>(dout, heads));
+    pub fn attention_backward<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        probs: FloatTensor<B>,
+        dout: FloatTensor<B>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<B>; 3] {
+        let (q, k, v, dout) =
+            (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads), split_heads::<B>(dout, heads));
         let dv = B::float_matmul(B::float_swap_dims(probs.clone(), 2, 3), dout.clone());
         let dp = B::float_matmul(dout, B::float_swap_dims(v, 2, 3));
         let ds = masked_softmax_backward::<B>(probs, dp, scale);
@@ -374,7 +418,14 @@ fn rrms<B: Backend>(x: FloatTensor<B>, last: usize, eps: f64) -> FloatTensor<B> 
 macro_rules! forward_kernels {
     ($backend:ty) => {
         impl FusedOps for $backend {
-            fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+            fn fused_attention(
+                q: FloatTensor<Self>,
+                k: FloatTensor<Self>,
+                v: FloatTensor<Self>,
+                mask: FloatTensor<Self>,
+                heads: usize,
+                scale: f64,
+            ) -> FloatTensor<Self> {
                 let [out, _probs] = Self::attention_forward(q, k, v, mask, heads, scale);
                 out
             }
@@ -437,14 +488,35 @@ impl Kernels for burn::backend::LibTorch {
         TchTensor::new(dx * scale)
     }
 
-    fn attention_forward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 2] {
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 2] {
         let (q, k, v) = (tch_heads(&q.tensor, heads), tch_heads(&k.tensor, heads), tch_heads(&v.tensor, heads));
         let probs = (q.matmul(&k.transpose(-2, -1)) * scale + &mask.tensor).softmax(-1, q.kind());
         [TchTensor::new(tch_merge(&probs.matmul(&v))), TchTensor::new(probs)]
     }
 
-    fn attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 3] {
-        let (q, k, v, dout, p) = (tch_heads(&q.tensor, heads), tch_heads(&k.tensor, heads), tch_heads(&v.tensor, heads), tch_heads(&dout.tensor, heads), &probs.tensor);
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let (q, k, v, dout, p) = (
+            tch_heads(&q.tensor, heads),
+            tch_heads(&k.tensor, heads),
+            tch_heads(&v.tensor, heads),
+            tch_heads(&dout.tensor, heads),
+            &probs.tensor,
+        );
         let dv = p.transpose(-2, -1).matmul(&dout);
         let dp = dout.matmul(&v.transpose(-2, -1));
         let ds = tch::Tensor::internal_softmax_backward_data(&dp, p, -1, p.kind()) * scale;
@@ -490,7 +562,11 @@ macro_rules! node {
 
 /// One backward step: `f(state, dy)` gives each parent's gradient, registered for the parents
 /// that are tracked.
-fn backward_with<B: Backend, S, const N: usize>(ops: Ops<S, N>, grads: &mut Gradients, f: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; N]) {
+fn backward_with<B: Backend, S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+    f: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; N],
+) {
     let dy = grads.consume::<B>(&ops.node);
     for (parent, grad) in ops.parents.into_iter().zip(f(ops.state, dy)) {
         if let Some(node) = parent {
@@ -526,7 +602,14 @@ steps! {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
-    fn fused_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
         let (q, gq) = q.into_parts();
         let (k, gk) = k.into_parts();
         let (v, gv) = v.into_parts();
@@ -617,7 +700,15 @@ const GEMM_PARALLEL_WORK: usize = 192 * 192 * 192;
 /// The pointers must address every element their strides reach for these `m`, `n`, `k`;
 /// `dst` must not overlap the operands.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, read_dst: bool, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize)) {
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    read_dst: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+) {
     let parallelism = if m * n * k >= GEMM_PARALLEL_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: forwarded from the caller; dst is row-major [m, n] (column stride 1, row n).
     unsafe { gemm_strided(m, n, k, (dst, n as isize), read_dst, lhs, rhs, parallelism) }
@@ -629,10 +720,39 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, read_dst: bool, 
 /// # Safety
 /// As [`gemm_f32`], for the strides given.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(m: usize, n: usize, k: usize, dst: (*mut f32, isize), read_dst: bool, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize), parallelism: gemm::Parallelism) {
+unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, isize),
+    read_dst: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(m, n, k, dst.0, 1, dst.1, read_dst, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, 1.0f32, false, false, false, parallelism);
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            dst.1,
+            read_dst,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
@@ -660,8 +780,16 @@ fn filled_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
 }
 
 impl Kernels for Flex {
-    fn attention_forward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 2] {
-        let (Some(qc), Some(kc), Some(vc), Some(mc)) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&mask)) else {
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 2] {
+        let (Some(qc), Some(kc), Some(vc), Some(mc)) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&mask))
+        else {
             return composed::attention_forward::<Flex>(q, k, v, mask, heads, scale);
         };
         let (qs, ks, vs, ms) = (slice(&qc), slice(&kc), slice(&vc), slice(&mc));
@@ -681,19 +809,47 @@ impl Kernels for Flex {
                 // ([s, hd], row stride d) transposed; scores is [sq, s]; the output block is
                 // [sq, hd] at row stride d inside out, written by this task only.
                 unsafe {
-                    gemm_strided(sq, s, hd, (scores.as_mut_ptr(), s as isize), false, (qs[qo..].as_ptr(), d as isize, 1), (ks[ko..].as_ptr(), 1, d as isize), none);
+                    gemm_strided(
+                        sq,
+                        s,
+                        hd,
+                        (scores.as_mut_ptr(), s as isize),
+                        false,
+                        (qs[qo..].as_ptr(), d as isize, 1),
+                        (ks[ko..].as_ptr(), 1, d as isize),
+                        none,
+                    );
                 }
                 masked_softmax_rows(&scores, Some(&ms[r * mq * s..(r + 1) * mq * s]), mq == 1, s, scale as f32, p);
                 unsafe {
-                    gemm_strided(sq, hd, s, (out.at(qo), d as isize), false, (p.as_ptr(), s as isize, 1), (vs[ko..].as_ptr(), d as isize, 1), none);
+                    gemm_strided(
+                        sq,
+                        hd,
+                        s,
+                        (out.at(qo), d as isize),
+                        false,
+                        (p.as_ptr(), s as isize, 1),
+                        (vs[ko..].as_ptr(), d as isize, 1),
+                        none,
+                    );
                 }
             });
         });
         [flex_f32(out, q.shape()), flex_f32(probs, Shape::from(vec![b, heads, sq, s]))]
     }
 
-    fn attention_backward(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize, scale: f64) -> [FloatTensor<Self>; 3] {
-        let (Some(qc), Some(kc), Some(vc), Some(pc), Some(dc)) = (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&probs), f32_contiguous(&dout)) else {
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let (Some(qc), Some(kc), Some(vc), Some(pc), Some(dc)) =
+            (f32_contiguous(&q), f32_contiguous(&k), f32_contiguous(&v), f32_contiguous(&probs), f32_contiguous(&dout))
+        else {
             return composed::attention_backward::<Flex>(q, k, v, probs, dout, heads, scale);
         };
         let (qs, ks, vs, ps, dos) = (slice(&qc), slice(&kc), slice(&vc), slice(&pc), slice(&dc));
@@ -718,7 +874,16 @@ impl Kernels for Flex {
                         // blocks with the strides swapped; each output block is this task's.
                         unsafe {
                             // dp [sq, s] = do_h [sq, hd] @ v_h^T
-                            gemm_strided(sq, s, hd, (dp.as_mut_ptr(), s_), false, (dos[qo..].as_ptr(), d_, 1), (vs[ko..].as_ptr(), 1, d_), none);
+                            gemm_strided(
+                                sq,
+                                s,
+                                hd,
+                                (dp.as_mut_ptr(), s_),
+                                false,
+                                (dos[qo..].as_ptr(), d_, 1),
+                                (vs[ko..].as_ptr(), 1, d_),
+                                none,
+                            );
                         }
                         softmax_backward_rows(p, &dp, s, scale as f32, &mut ds);
                         unsafe {
@@ -764,9 +929,11 @@ impl Kernels for Flex {
         // dx [n, i] = dy [n, o] @ w^T (w^T[r][c] = w[c][r]: row stride 1, column stride o).
         // SAFETY (both GEMMs): the operands cover [n, o], [i, o], [n, i] contiguously; the
         // outputs are fresh buffers of the product's size.
-        let dx = filled_by(n * i, |dst| unsafe { gemm_f32(n, i, o, dst, false, (dys.as_ptr(), o as isize, 1), (ws.as_ptr(), 1, o as isize)) });
+        let dx =
+            filled_by(n * i, |dst| unsafe { gemm_f32(n, i, o, dst, false, (dys.as_ptr(), o as isize, 1), (ws.as_ptr(), 1, o as isize)) });
         // dw [i, o] = x^T [i, n] @ dy [n, o].
-        let dw = filled_by(i * o, |dst| unsafe { gemm_f32(i, o, n, dst, false, (xs.as_ptr(), 1, i as isize), (dys.as_ptr(), o as isize, 1)) });
+        let dw =
+            filled_by(i * o, |dst| unsafe { gemm_f32(i, o, n, dst, false, (xs.as_ptr(), 1, i as isize), (dys.as_ptr(), o as isize, 1)) });
         let mut db = vec![0f32; o];
         for row in dys.chunks_exact(o) {
             for (a, &g) in db.iter_mut().zip(row) {
@@ -783,7 +950,9 @@ impl Kernels for Flex {
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
         let (g, e) = (slice(&gc), eps as f32);
-        let (dx, dgamma, dbeta) = norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, dbeta| layer_norm_backward_rows(x, dy, g, e, dx, dgamma, dbeta));
+        let (dx, dgamma, dbeta) = norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, dbeta| {
+            layer_norm_backward_rows(x, dy, g, e, dx, dgamma, dbeta)
+        });
         [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d])), flex_f32(dbeta, Shape::from(vec![d]))]
     }
 
@@ -796,9 +965,7 @@ impl Kernels for Flex {
         let (xs, g) = (slice(&xc), slice(&gc));
         let mut y = vec![0f32; xs.len()];
         let chunk = rows_per_task(d) * d;
-        y.par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk))
-            .for_each(|(y, x)| rms_norm_rows(x, g, eps as f32, y));
+        y.par_chunks_mut(chunk).zip(xs.par_chunks(chunk)).for_each(|(y, x)| rms_norm_rows(x, g, eps as f32, y));
         flex_f32(y, shape)
     }
 
@@ -809,7 +976,8 @@ impl Kernels for Flex {
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
         let (g, e) = (slice(&gc), eps as f32);
-        let (dx, dgamma, _) = norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, _| rms_norm_backward_rows(x, dy, g, e, dx, dgamma));
+        let (dx, dgamma, _) =
+            norm_backward_rows(slice(&xc), slice(&dyc), d, |x, dy, dx, dgamma, _| rms_norm_backward_rows(x, dy, g, e, dx, dgamma));
         [flex_f32(dx, shape), flex_f32(dgamma, Shape::from(vec![d]))]
     }
 
@@ -817,9 +985,7 @@ impl Kernels for Flex {
         let Some(xc) = f32_contiguous(&x) else { return Flex::gelu(x) };
         let xs = slice(&xc);
         let mut y = vec![0f32; xs.len()];
-        y.par_chunks_mut(PAR_ELEMS)
-            .zip(xs.par_chunks(PAR_ELEMS))
-            .for_each(|(y, x)| gelu_slice(x, y));
+        y.par_chunks_mut(PAR_ELEMS).zip(xs.par_chunks(PAR_ELEMS)).for_each(|(y, x)| gelu_slice(x, y));
         flex_f32(y, x.shape())
     }
 
@@ -870,9 +1036,7 @@ impl Kernels for Flex {
         let xs = slice(&xc);
         let mut y = vec![0f32; xs.len()];
         let chunk = rows_per_task(s) * s;
-        y.par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk))
-            .for_each(|(y, x)| masked_softmax_rows(x, None, true, s, scale as f32, y));
+        y.par_chunks_mut(chunk).zip(xs.par_chunks(chunk)).for_each(|(y, x)| masked_softmax_rows(x, None, true, s, scale as f32, y));
         flex_f32(y, shape)
     }
 
@@ -895,7 +1059,12 @@ impl Kernels for Flex {
 /// A norm's gradient over rows of `d`, split into parallel tasks of whole rows:
 /// `rows(x, dy, dx, dgamma, dbeta)` writes `dx` and accumulates the task's parameter
 /// gradients, which are then summed. Returns `(dx, dgamma, dbeta)`.
-fn norm_backward_rows(xs: &[f32], dys: &[f32], d: usize, rows: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) + Sync) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn norm_backward_rows(
+    xs: &[f32],
+    dys: &[f32],
+    d: usize,
+    rows: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0f32; xs.len()];
     let chunk = rows_per_task(d) * d;
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -1182,8 +1351,8 @@ mod tests {
     //! pseudo-random sequence. The composed kernels that `tch` runs are checked against the
     //! flex kernels on the same inputs.
     use super::*;
-    use burn::tensor::activation;
     use burn::tensor::Device;
+    use burn::tensor::activation;
 
     use crate::student::testing::{devices, values};
 
@@ -1211,7 +1380,11 @@ mod tests {
     /// Runs `f` on fresh tracked copies of `inputs`, backpropagates `sum(out * weights)`
     /// (fixed pseudo-random weights, as many as outputs) and returns the output and each
     /// input's gradient.
-    fn run<const D: usize, const N: usize>(device: &Device, inputs: &[(Vec<f32>, Vec<usize>); N], f: &impl Fn([Tensor<1>; N]) -> Tensor<D>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    fn run<const D: usize, const N: usize>(
+        device: &Device,
+        inputs: &[(Vec<f32>, Vec<usize>); N],
+        f: &impl Fn([Tensor<1>; N]) -> Tensor<D>,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
         let leaves: [Tensor<1>; N] = std::array::from_fn(|i| {
             let n = inputs[i].0.len();
             tensor(inputs[i].0.clone(), [n], device)
@@ -1224,7 +1397,13 @@ mod tests {
         (vec_of(out), g)
     }
 
-    fn compare<const D: usize, const N: usize>(what: &str, inputs: [(Vec<f32>, Vec<usize>); N], fused: impl Fn([Tensor<1>; N]) -> Tensor<D>, composed: impl Fn([Tensor<1>; N]) -> Tensor<D>, tol: f32) {
+    fn compare<const D: usize, const N: usize>(
+        what: &str,
+        inputs: [(Vec<f32>, Vec<usize>); N],
+        fused: impl Fn([Tensor<1>; N]) -> Tensor<D>,
+        composed: impl Fn([Tensor<1>; N]) -> Tensor<D>,
+        tol: f32,
+    ) {
         for device in devices() {
             let (out_f, grads_f) = run(&device, &inputs, &fused);
             let (out_c, grads_c) = run(&device, &inputs, &composed);
@@ -1315,7 +1494,13 @@ mod tests {
         let gamma = (values(16, 8, 0.5, 1.5), vec![16]);
         // burn::nn::RmsNorm::forward's formula.
         let reference = |x: Tensor<3>, g: Tensor<1>| (x.clone() / (x.square().mean_dim(2) + 1e-5).sqrt()) * g.unsqueeze();
-        compare("rms_norm", [x, gamma], |[x, g]| rms_norm(shaped::<3>(x, &shape), g, 1e-5), |[x, g]| reference(shaped::<3>(x, &shape), g), 2e-5);
+        compare(
+            "rms_norm",
+            [x, gamma],
+            |[x, g]| rms_norm(shaped::<3>(x, &shape), g, 1e-5),
+            |[x, g]| reference(shaped::<3>(x, &shape), g),
+            2e-5,
+        );
     }
 
     /// Includes 0, both tails (where Phi is 0 or 1 to f32 precision) and the whole range in
@@ -1333,7 +1518,13 @@ mod tests {
         let mut g = values(300, 10, -8.0, 8.0);
         g.extend([0.0, 20.0, -20.0, 90.0, -90.0, 0.5]);
         let u = values(306, 11, -2.0, 2.0);
-        compare("swiglu", [(g, vec![6, 51]), (u, vec![6, 51])], |[g, u]| swiglu(g.reshape([6, 51]), u.reshape([6, 51])), |[g, u]| activation::silu(g.reshape([6, 51])) * u.reshape([6, 51]), 1e-6);
+        compare(
+            "swiglu",
+            [(g, vec![6, 51]), (u, vec![6, 51])],
+            |[g, u]| swiglu(g.reshape([6, 51]), u.reshape([6, 51])),
+            |[g, u]| activation::silu(g.reshape([6, 51])) * u.reshape([6, 51]),
+            1e-6,
+        );
     }
 
     /// Against split heads, Burn's matmul and softmax, merged heads: both mask layouts, fewer
@@ -1377,7 +1568,13 @@ mod tests {
         x[5] = 80.0;
         x[2500] = -200.0;
         for scale in [1.0, 0.5] {
-            compare(&format!("softmax (scale {scale})"), [(x.clone(), vec![3, 1000])], |[x]| softmax(x.reshape([3, 1000]), scale), |[x]| activation::softmax(x.reshape([3, 1000]) * scale, 1), 2e-6);
+            compare(
+                &format!("softmax (scale {scale})"),
+                [(x.clone(), vec![3, 1000])],
+                |[x]| softmax(x.reshape([3, 1000]), scale),
+                |[x]| activation::softmax(x.reshape([3, 1000]) * scale, 1),
+                2e-6,
+            );
         }
     }
 
@@ -1386,33 +1583,73 @@ mod tests {
     fn composed_kernels_equal_the_flex_kernels() {
         let flex = |v: Vec<f32>, shape: Vec<usize>| flex_f32(v, Shape::from(shape));
         let read = |t: FlexTensor| t.into_data().try_to_vec::<f32>().unwrap();
-        let (x, g, b, dy) = (values(6 * 32, 20, -3.0, 3.0), values(32, 21, 0.5, 1.5), values(32, 22, -1.0, 1.0), values(6 * 32, 23, -1.0, 1.0));
+        let (x, g, b, dy) =
+            (values(6 * 32, 20, -3.0, 3.0), values(32, 21, 0.5, 1.5), values(32, 22, -1.0, 1.0), values(6 * 32, 23, -1.0, 1.0));
         let shape = vec![2, 3, 32];
         let t = |v: &Vec<f32>| flex(v.clone(), shape.clone());
         let v = |v: &Vec<f32>| flex(v.clone(), vec![32]);
-        for (i, (k, c)) in Flex::layer_norm_backward(t(&x), v(&g), t(&dy), 1e-5).into_iter().zip(composed::layer_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5)).enumerate() {
+        for (i, (k, c)) in Flex::layer_norm_backward(t(&x), v(&g), t(&dy), 1e-5)
+            .into_iter()
+            .zip(composed::layer_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5))
+            .enumerate()
+        {
             assert_close(&format!("layer_norm_backward {i}"), &read(k), &read(c), 1e-5);
         }
-        assert_close("rms_norm_forward", &read(Flex::rms_norm_forward(t(&x), v(&g), 1e-5)), &read(composed::rms_norm_forward::<Flex>(t(&x), v(&g), 1e-5)), 1e-5);
-        for (i, (k, c)) in Flex::rms_norm_backward(t(&x), v(&g), t(&dy), 1e-5).into_iter().zip(composed::rms_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5)).enumerate() {
+        assert_close(
+            "rms_norm_forward",
+            &read(Flex::rms_norm_forward(t(&x), v(&g), 1e-5)),
+            &read(composed::rms_norm_forward::<Flex>(t(&x), v(&g), 1e-5)),
+            1e-5,
+        );
+        for (i, (k, c)) in Flex::rms_norm_backward(t(&x), v(&g), t(&dy), 1e-5)
+            .into_iter()
+            .zip(composed::rms_norm_backward::<Flex>(t(&x), v(&g), t(&dy), 1e-5))
+            .enumerate()
+        {
             assert_close(&format!("rms_norm_backward {i}"), &read(k), &read(c), 1e-5);
         }
-        assert_close("swiglu_forward", &read(Flex::swiglu_forward(t(&x), t(&dy))), &read(composed::swiglu_forward::<Flex>(t(&x), t(&dy))), 1e-6);
-        for (i, (k, c)) in Flex::swiglu_backward(t(&x), t(&dy), t(&b.repeat(6))).into_iter().zip(composed::swiglu_backward::<Flex>(t(&x), t(&dy), t(&b.repeat(6)))).enumerate() {
+        assert_close(
+            "swiglu_forward",
+            &read(Flex::swiglu_forward(t(&x), t(&dy))),
+            &read(composed::swiglu_forward::<Flex>(t(&x), t(&dy))),
+            1e-6,
+        );
+        for (i, (k, c)) in Flex::swiglu_backward(t(&x), t(&dy), t(&b.repeat(6)))
+            .into_iter()
+            .zip(composed::swiglu_backward::<Flex>(t(&x), t(&dy), t(&b.repeat(6))))
+            .enumerate()
+        {
             assert_close(&format!("swiglu_backward {i}"), &read(k), &read(c), 1e-6);
         }
         let mask = flex((0..2 * 32).map(|i| if i % 5 == 3 { -1e9 } else { 0.0 }).collect(), vec![2, 1, 1, 32]);
         let s4 = |v: &Vec<f32>| flex(v.clone(), vec![2, 1, 3, 32]);
         let y = composed::masked_softmax_forward::<Flex>(s4(&x), mask.clone(), 0.5);
-        assert_close("softmax_forward", &read(Flex::softmax_forward(s4(&x), 0.5)), &read(composed::softmax_forward::<Flex>(s4(&x), 0.5)), 1e-6);
-        assert_close("masked_softmax_backward", &read(Flex::masked_softmax_backward(y.clone(), s4(&dy), 0.5)), &read(composed::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)), 1e-6);
+        assert_close(
+            "softmax_forward",
+            &read(Flex::softmax_forward(s4(&x), 0.5)),
+            &read(composed::softmax_forward::<Flex>(s4(&x), 0.5)),
+            1e-6,
+        );
+        assert_close(
+            "masked_softmax_backward",
+            &read(Flex::masked_softmax_backward(y.clone(), s4(&dy), 0.5)),
+            &read(composed::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)),
+            1e-6,
+        );
         // Attention: q [2, 3, 32], k and v [2, 3, 32] (2 heads of 16), the key-padding mask.
         let (q, k, v) = (t(&x), t(&dy), t(&values(6 * 32, 24, -1.0, 1.0)));
         let pad = || flex(vec![0.0, -1e9, 0.0, 0.0, 0.0, -1e9], vec![2, 1, 1, 3]);
-        let ([out, p], [out_c, p_c]) = (Flex::attention_forward(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25), composed::attention_forward::<Flex>(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25));
+        let ([out, p], [out_c, p_c]) = (
+            Flex::attention_forward(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
+            composed::attention_forward::<Flex>(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
+        );
         assert_close("attention_forward", &read(out), &read(out_c), 1e-5);
         assert_close("attention_forward probabilities", &read(p.clone()), &read(p_c), 1e-6);
-        for (i, (k_, c)) in Flex::attention_backward(q.clone(), k.clone(), v.clone(), p.clone(), t(&x), 2, 0.25).into_iter().zip(composed::attention_backward::<Flex>(q, k, v, p, t(&x), 2, 0.25)).enumerate() {
+        for (i, (k_, c)) in Flex::attention_backward(q.clone(), k.clone(), v.clone(), p.clone(), t(&x), 2, 0.25)
+            .into_iter()
+            .zip(composed::attention_backward::<Flex>(q, k, v, p, t(&x), 2, 0.25))
+            .enumerate()
+        {
             assert_close(&format!("attention_backward {i}"), &read(k_), &read(c), 1e-5);
         }
     }

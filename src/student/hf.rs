@@ -73,9 +73,12 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
             let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
             let kv = int_or("num_key_value_heads", heads);
             if kv != heads {
-                return Err(cfg_err(dir, format!(
-                    "num_key_value_heads = {kv} but num_attention_heads = {heads}: grouped-query attention is not supported by the decoder student"
-                )));
+                return Err(cfg_err(
+                    dir,
+                    format!(
+                        "num_key_value_heads = {kv} but num_attention_heads = {heads}: grouped-query attention is not supported by the decoder student"
+                    ),
+                ));
             }
             for k in ["attention_bias", "mlp_bias"] {
                 if c.get(k).and_then(Value::as_bool) == Some(true) {
@@ -148,10 +151,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let files: Vec<PathBuf> = if index.is_file() {
         let v: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| Error::io(&index, e))?)
             .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", index.display())))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
+        let map =
+            v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
         let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
         names.sort();
         names.dedup();
@@ -167,8 +168,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let mut tensors = HashMap::new();
     for f in &files {
         let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::io(f, std::io::Error::other(format!("not a safetensors file: {e}"))))?;
+        let st =
+            SafeTensors::deserialize(&bytes).map_err(|e| Error::io(f, std::io::Error::other(format!("not a safetensors file: {e}"))))?;
         for (name, view) in st.tensors() {
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
@@ -441,10 +442,8 @@ pub fn write_checkpoint(student: &Student, arch: &StudentArch, dir: &Path, token
             )));
         }
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
-        .into_iter()
-        .map(|(name, (shape, v))| (name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        t.into_iter().map(|(name, (shape, v))| (name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
         .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes")))

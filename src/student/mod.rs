@@ -226,7 +226,11 @@ pub struct CacheDims {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StudentArch {
-    Mlp { input: usize, hidden: Vec<usize>, classes: usize },
+    Mlp {
+        input: usize,
+        hidden: Vec<usize>,
+        classes: usize,
+    },
     Encoder {
         vocab_size: usize,
         classes: usize,

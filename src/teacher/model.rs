@@ -163,7 +163,14 @@ impl Teacher {
     /// on `device` and plan its inputs. A CUDA
     /// device that this ONNX Runtime cannot use falls back to the CPU; the reason is in
     /// [`Teacher::device_note`].
-    pub fn load(path: &Path, mapping: &InputMapping, threads: usize, spin: bool, ort_lib: Option<&Path>, device: TeacherDevice) -> Result<Teacher> {
+    pub fn load(
+        path: &Path,
+        mapping: &InputMapping,
+        threads: usize,
+        spin: bool,
+        ort_lib: Option<&Path>,
+        device: TeacherDevice,
+    ) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let env = super::runtime::environment(ort_lib)?;
         let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
@@ -199,17 +206,15 @@ impl Teacher {
                 }
             }
         }
-        let session = session_builder
-            .commit_from_file(path)
-            .map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
+        let session =
+            session_builder.commit_from_file(path).map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
         let sha256 = sha256_file(path)?;
         let external_data = hash_external_data(path)?;
 
         let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
         let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-        let listing = |ios: &[IoInfo]| {
-            ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ")
-        };
+        let listing =
+            |ios: &[IoInfo]| ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ");
 
         // The logits output.
         let output = match &mapping.output {
@@ -235,10 +240,7 @@ impl Teacher {
             _ => {
                 return Err(Error::teacher(
                     path,
-                    format!(
-                        "output `{output}` has shape {}, expected [batch, classes] or [batch, seq, vocab]",
-                        dims(&out_info.shape)
-                    ),
+                    format!("output `{output}` has shape {}, expected [batch, classes] or [batch, seq, vocab]", dims(&out_info.shape)),
                 ));
             }
         };
@@ -246,7 +248,10 @@ impl Teacher {
         if vocab <= 0 {
             return Err(Error::teacher(
                 path,
-                format!("output `{output}` has a dynamic last dimension {}; the class/vocabulary count must be fixed", dims(&out_info.shape)),
+                format!(
+                    "output `{output}` has a dynamic last dimension {}; the class/vocabulary count must be fixed",
+                    dims(&out_info.shape)
+                ),
             ));
         }
 
@@ -271,7 +276,10 @@ impl Teacher {
                         if io.shape.len() != 4 || io.shape[1] <= 0 || io.shape[3] <= 0 {
                             return Err(Error::teacher(
                                 path,
-                                format!("past input `{n}` has shape {}, expected [batch, heads, past_seq, head_dim] with fixed heads and head_dim", dims(&io.shape)),
+                                format!(
+                                    "past input `{n}` has shape {}, expected [batch, heads, past_seq, head_dim] with fixed heads and head_dim",
+                                    dims(&io.shape)
+                                ),
                             ));
                         }
                         Feed::EmptyPast
@@ -364,9 +372,8 @@ impl Teacher {
         let path = self.path.clone();
         let output = self.output.clone();
         let outputs = self.session.run(feeds).map_err(|e| Error::teacher(&path, format!("inference failed: {e}")))?;
-        let value = outputs
-            .get(&output)
-            .ok_or_else(|| Error::teacher(&path, format!("output `{output}` missing from the run's results")))?;
+        let value =
+            outputs.get(&output).ok_or_else(|| Error::teacher(&path, format!("output `{output}` missing from the run's results")))?;
         let bad = |e: ort::Error| Error::teacher(&path, format!("output `{output}`: {e}"));
         let (shape, logits) = match value.dtype().tensor_type() {
             Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
@@ -390,7 +397,11 @@ impl Teacher {
                     return Err(bad(format!("input `{}` is [batch] but column `{col}` has {width} values per row", plan.name)));
                 }
                 if plan.shape.len() > 2 {
-                    return Err(bad(format!("input `{}` has shape {}; numeric columns feed [batch] or [batch, features]", plan.name, dims(&plan.shape))));
+                    return Err(bad(format!(
+                        "input `{}` has shape {}; numeric columns feed [batch] or [batch, features]",
+                        plan.name,
+                        dims(&plan.shape)
+                    )));
                 }
                 numeric_tensor(plan, shape, values).map_err(bad)
             }

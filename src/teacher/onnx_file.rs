@@ -58,9 +58,7 @@ pub fn external_data_locations(path: &Path) -> Result<Vec<String>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut walker = Walker { input: BufReader::with_capacity(1 << 16, file), at: 0, locations: Vec::new() };
-    walker
-        .message(Message::Model, len, 0)
-        .map_err(|m| Error::teacher(path, format!("not a readable ONNX protobuf ({m})")))?;
+    walker.message(Message::Model, len, 0).map_err(|m| Error::teacher(path, format!("not a readable ONNX protobuf ({m})")))?;
     Ok(walker.locations)
 }
 
@@ -125,9 +123,11 @@ impl<R: Read + Seek> Walker<R> {
                 5 => self.skip(4)?,
                 2 => {
                     let len = self.varint()?;
-                    let field_end = self.at.checked_add(len).filter(|&e| e <= end).ok_or_else(|| {
-                        format!("field {number} at byte {} runs past the end of its message", self.at)
-                    })?;
+                    let field_end = self
+                        .at
+                        .checked_add(len)
+                        .filter(|&e| e <= end)
+                        .ok_or_else(|| format!("field {number} at byte {} runs past the end of its message", self.at))?;
                     match (kind, number, kind.child(number)) {
                         (Message::Entry, 1, _) => key = Some(self.bytes(len)?),
                         (Message::Entry, 2, _) => value = Some(self.bytes(len)?),
@@ -190,7 +190,9 @@ mod tests {
         let embedded = [field(8, b"b"), field(9, &vec![7u8; 5000])].concat(); // raw_data = 9
         let sub = [field(5, &tensor_at("sub.bin"))].concat();
         let node = field(5, &field(6, &sub)); // attribute.g
-        let graph = [field(1, &node), field(5, &tensor_at("model.onnx_data")), field(5, &embedded), field(5, &tensor_at("model.onnx_data"))].concat();
+        let graph =
+            [field(1, &node), field(5, &tensor_at("model.onnx_data")), field(5, &embedded), field(5, &tensor_at("model.onnx_data"))]
+                .concat();
         let model = [vec![1 << 3, 8], field(7, &graph)].concat(); // ir_version = 8, graph
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.onnx");

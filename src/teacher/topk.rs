@@ -44,11 +44,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     // The integer n sits in the low mantissa bits of `shifted`: no float->int conversion.
     let n_int = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let t = x - n * std::f32::consts::LN_2;
-    let p = 1.0
-        + t * (1.0
-            + t * (1.0 / 2.0
-                + t * (1.0 / 6.0
-                    + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0 + t * (1.0 / 5040.0)))))));
+    let p =
+        1.0 + t * (1.0 + t * (1.0 / 2.0 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0 + t * (1.0 / 5040.0)))))));
     f32::from_bits((n_int.wrapping_add(127) as u32) << 23) * p
 }
 
@@ -98,12 +95,7 @@ fn sift_down(heap: &mut [(f32, u32)], mut i: usize) {
 /// - result: `k` ids and log-probs, most probable first
 ///
 /// Returns `Err(index)` with the index of the first non-finite logit.
-pub fn soft_top_k(
-    logits: &[f32],
-    temperature: f32,
-    k: usize,
-    scratch: &mut TopKScratch,
-) -> Result<SoftLabel, usize> {
+pub fn soft_top_k(logits: &[f32], temperature: f32, k: usize, scratch: &mut TopKScratch) -> Result<SoftLabel, usize> {
     let mut out = SoftLabel { ids: Vec::with_capacity(k), logprobs: Vec::with_capacity(k), tail_logmass: 0.0, entropy: 0.0 };
     soft_top_k_into(logits, temperature, k, scratch, &mut out)?;
     Ok(out)
@@ -119,13 +111,7 @@ pub fn soft_top_k(
 /// On x86-64 CPUs with AVX2 the same code runs compiled for AVX2 (chosen at run time, so
 /// the binary stays portable). No floating-point operation is reordered or fused, so both
 /// paths give bit-identical results.
-pub fn soft_top_k_into(
-    logits: &[f32],
-    temperature: f32,
-    k: usize,
-    scratch: &mut TopKScratch,
-    out: &mut SoftLabel,
-) -> Result<(), usize> {
+pub fn soft_top_k_into(logits: &[f32], temperature: f32, k: usize, scratch: &mut TopKScratch, out: &mut SoftLabel) -> Result<(), usize> {
     soft_top_k_among(logits, logits.len(), temperature, k, scratch, out)
 }
 
@@ -232,8 +218,8 @@ fn soft_top_k_body(
         }
     }
     let done = vocab / 4 * 4;
-    let sum_ez = acc.iter().sum::<f64>()
-        + logits[done..].iter().zip(&exps[done..]).map(|(&x, &e)| (e * (x * inv_t - max_z)) as f64).sum::<f64>();
+    let sum_ez =
+        acc.iter().sum::<f64>() + logits[done..].iter().zip(&exps[done..]).map(|(&x, &e)| (e * (x * inv_t - max_z)) as f64).sum::<f64>();
     let log_z = sum.ln(); // log partition of (z - max)
     // H = -sum p log p, with log p = z - log_z  =>  H = log_z - E_p[z]
     out.entropy = (log_z - sum_ez / sum) as f32;
@@ -285,8 +271,7 @@ mod tests {
         assert!((s.logprobs[0] - (3.0 - 3.44019)).abs() < 1e-5);
         assert!((s.logprobs[1] - (2.0 - 3.44019)).abs() < 1e-5);
         assert!((s.tail_logmass - (-2.126928)).abs() < 1e-5);
-        let total: f64 = s.logprobs.iter().map(|&l| (l as f64).exp()).sum::<f64>()
-            + (s.tail_logmass as f64).exp();
+        let total: f64 = s.logprobs.iter().map(|&l| (l as f64).exp()).sum::<f64>() + (s.tail_logmass as f64).exp();
         assert!((total - 1.0).abs() < 1e-6);
     }
 
@@ -351,7 +336,9 @@ mod tests {
                 // SAFETY: AVX2 checked above.
                 unsafe { soft_top_k_avx2(&logits, vocab, t, k, &mut b, &mut y) }.unwrap();
                 assert_eq!(x.ids, y.ids);
-                let bits = |s: &SoftLabel| (s.logprobs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s.tail_logmass.to_bits(), s.entropy.to_bits());
+                let bits = |s: &SoftLabel| {
+                    (s.logprobs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s.tail_logmass.to_bits(), s.entropy.to_bits())
+                };
                 assert_eq!(bits(&x), bits(&y), "vocab {vocab} k {k}");
             }
         }

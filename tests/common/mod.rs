@@ -20,11 +20,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "2")
-        .output()
-        .expect("distill runs")
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).env("OMP_NUM_THREADS", "2").output().expect("distill runs")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -56,8 +52,13 @@ pub fn fails_with(o: &Output, needles: &[&str]) {
 /// `extra` flags; asserts success.
 pub fn cache_digits(split: &str, out: &Path, extra: &[&str]) {
     let mut a = vec![
-        "cache-teacher".to_string(), "--teacher".into(), data("digits/teacher.onnx").display().to_string(),
-        "--data".into(), data(&format!("digits/{split}")).display().to_string(), "--out".into(), out.display().to_string(),
+        "cache-teacher".to_string(),
+        "--teacher".into(),
+        data("digits/teacher.onnx").display().to_string(),
+        "--data".into(),
+        data(&format!("digits/{split}")).display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
         "--quiet".into(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
