@@ -116,14 +116,14 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", mark_generation_blocks(&saved.template))
             .map_err(|e| Error::Config(format!("{}: the chat template does not parse: {e:#}", path.display())))?;
-        let sha256 = crate::cache::manifest::sha256_bytes(&serde_json::to_vec(&saved).expect("template serialises"));
+        let sha256 = crate::integrity::sha256_bytes(&serde_json::to_vec(&saved).expect("template serialises"));
         Ok(ChatTemplate { saved, sha256, path, env })
     }
 
     /// Save beside a cache or a run (`dir/chat_template.json`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.saved).expect("template serialises");
-        crate::cache::manifest::write_atomic(&dir.join(CHAT_TEMPLATE_FILE), &json)
+        crate::integrity::write_atomic(&dir.join(CHAT_TEMPLATE_FILE), &json)
     }
 
     /// Render one conversation (`messages`: a JSON list of turns), with the assistant

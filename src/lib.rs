@@ -58,6 +58,7 @@ pub mod chat;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod integrity;
 pub mod lock;
 pub mod loss;
 pub mod progress;

@@ -5,55 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::cache::Positions;
+pub use crate::cache::manifest::TextColumns;
 use crate::chat::{ChatTemplate, assistant_mask};
-use crate::data::{Column, Field, Kind};
+use crate::data::Field;
 use crate::error::{Error, Result};
-
-/// Where a row's text comes from, and which positions are trained on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TextColumns {
-    /// Plain text column (every position), or `None` with prompt/completion.
-    pub text: Option<String>,
-    pub prompt: Option<String>,
-    pub completion: Option<String>,
-    /// Chat data: the column of conversations, rendered with the chat template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages: Option<String>,
-    /// The prompt and completion columns hold conversations (TRL's conversational
-    /// prompt/completion): both are rendered with the chat template.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub conversational: bool,
-    /// Chat data: SHA-256 of the saved chat template (`chat_template.json` in the cache).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chat_template_sha256: Option<String>,
-    pub positions: Positions,
-    /// Sequences are cut to this many tokens.
-    pub max_seq_len: usize,
-}
-
-impl TextColumns {
-    /// Names of the columns to read, in the order [`tokenize`] expects the fields.
-    pub fn column_names(&self) -> Vec<String> {
-        self.columns().into_iter().map(|c| c.name).collect()
-    }
-
-    /// The columns to read, with their kinds, in the order [`tokenize`] expects the fields.
-    pub fn columns(&self) -> Vec<Column> {
-        match (&self.messages, &self.text, &self.prompt, &self.completion) {
-            (Some(m), ..) => vec![Column::new(m, Kind::Messages)],
-            (None, Some(t), _, _) => vec![Column::new(t, Kind::Text)],
-            (None, None, Some(p), Some(c)) => {
-                let kind = if self.conversational { Kind::Messages } else { Kind::Text };
-                vec![Column::new(p, kind), Column::new(c, kind)]
-            }
-            _ => Vec::new(),
-        }
-    }
-}
 
 /// A loaded tokenizer and where it came from.
 pub struct Tokenizer {
@@ -76,7 +32,7 @@ impl Tokenizer {
             .map(|p| p.pad_id)
             .or_else(|| ["<|pad|>", "<pad>", "[PAD]", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
-        Ok(Tokenizer { inner, path: path.to_path_buf(), sha256: crate::cache::manifest::sha256_bytes(&bytes), pad_id, chat: None })
+        Ok(Tokenizer { inner, path: path.to_path_buf(), sha256: crate::integrity::sha256_bytes(&bytes), pad_id, chat: None })
     }
 
     pub fn vocab_size(&self) -> usize {

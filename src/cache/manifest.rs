@@ -4,10 +4,9 @@
 //! `manifest.partial.json` records the shards finished so far (written atomically after
 //! each shard), which is what a rerun resumes from.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::cache::schema::LogprobEncoding;
 use crate::error::{Error, Result};
@@ -43,6 +42,49 @@ pub enum Positions {
     All,
     /// Causal LM over chat data: positions that predict a token of an assistant turn.
     Assistant,
+}
+
+/// Where a row's text comes from, and which positions are trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextColumns {
+    /// Plain text column (every position), or `None` with prompt/completion.
+    pub text: Option<String>,
+    pub prompt: Option<String>,
+    pub completion: Option<String>,
+    /// Chat data: the column of conversations, rendered with the chat template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<String>,
+    /// The prompt and completion columns hold conversations (TRL's conversational
+    /// prompt/completion): both are rendered with the chat template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conversational: bool,
+    /// Chat data: SHA-256 of the saved chat template (`chat_template.json` in the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_sha256: Option<String>,
+    pub positions: Positions,
+    /// Sequences are cut to this many tokens.
+    pub max_seq_len: usize,
+}
+
+impl TextColumns {
+    /// Names of the columns to read, in the order [`tokenize`] expects the fields.
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns().into_iter().map(|c| c.name).collect()
+    }
+
+    /// The columns to read, with their kinds, in the order [`tokenize`] expects the fields.
+    pub fn columns(&self) -> Vec<crate::data::Column> {
+        match (&self.messages, &self.text, &self.prompt, &self.completion) {
+            (Some(m), ..) => vec![crate::data::Column::new(m, crate::data::Kind::Messages)],
+            (None, Some(t), _, _) => vec![crate::data::Column::new(t, crate::data::Kind::Text)],
+            (None, None, Some(p), Some(c)) => {
+                let kind = if self.conversational { crate::data::Kind::Messages } else { crate::data::Kind::Text };
+                vec![crate::data::Column::new(p, kind), crate::data::Column::new(c, kind)]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,7 +320,7 @@ pub struct Manifest {
     pub encoding: EncodingInfo,
     pub dataset: DatasetInfo,
     /// Text columns and tokenization (token models); stage two tokenizes the same way.
-    pub text: Option<crate::text::TextColumns>,
+    pub text: Option<TextColumns>,
     /// Numeric dataset columns fed to the teacher (numeric models), in input order.
     pub features: Vec<String>,
     /// Hard-label column of classification data.
@@ -557,70 +599,7 @@ pub fn shard_file_name(index: usize) -> String {
     format!("shard-{index:05}.parquet")
 }
 
-/// Write `bytes` to `path` so that a reader sees either the old file or the whole new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = temporary_name(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// The hidden temporary name a file is written under before it is renamed into place.
-pub fn temporary_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
-}
-
-/// fsync a directory so a rename in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    let d = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
-    d.sync_all().map_err(|e| Error::io(dir, e))
-}
-
-/// SHA-256 of a file, hex, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// SHA-256 of a JSON value written with every object's keys sorted: the same value hashes
-/// the same whatever order its keys were inserted in (fingerprints of settings).
-pub fn sha256_canonical_json(v: &serde_json::Value) -> String {
-    fn sorted(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(o) => {
-                let mut keys: Vec<&String> = o.keys().collect();
-                keys.sort();
-                serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&o[k]))).collect())
-            }
-            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sha256_bytes(sorted(v).to_string().as_bytes())
-}
-
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::integrity::{hex, sha256_bytes, sha256_canonical_json, sha256_file, sync_dir, temporary_name, write_atomic};
 
 #[cfg(test)]
 mod tests {

@@ -115,6 +115,20 @@ pub fn decode_deltas(top1: f32, deltas: &[u16], step: f64, out: &mut Vec<f32>) {
     }
 }
 
+/// The soft label of one position, before any storage encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftLabel {
+    /// Token / class ids, most probable first.
+    pub ids: Vec<u32>,
+    /// `log p_T(id)` for each id, same order (descending).
+    pub logprobs: Vec<f32>,
+    /// `log(1 - sum(exp(logprobs)))`, computed directly from the entries outside the
+    /// top-k; `-inf` when k equals the vocabulary.
+    pub tail_logmass: f32,
+    /// Entropy of the full softened distribution, in nats.
+    pub entropy: f32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

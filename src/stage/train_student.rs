@@ -193,13 +193,13 @@ fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option<&Tokenizer
         StudentArch::Decoder { vocab_size, .. } => {
             if *vocab_size < m.vocab_size {
                 return Err(Error::Config(format!(
-                    "{dir}: the student's vocab_size is {vocab_size} but the cache's vocabulary (the teacher's logits) has {}                      entries: cached token ids >= {vocab_size} would have no logit",
+                    "{dir}: the student's vocab_size is {vocab_size} but the cache's vocabulary (the teacher's logits) has {} entries: cached token ids >= {vocab_size} would have no logit",
                     m.vocab_size
                 )));
             }
             if *vocab_size > m.vocab_size {
                 notes.push(format!(
-                    "the student's vocabulary ({vocab_size}) is padded past the cache's ({}): its logits are sliced to the                      first {} (the padding rows get no gradient and are kept in the export)",
+                    "the student's vocabulary ({vocab_size}) is padded past the cache's ({}): its logits are sliced to the first {} (the padding rows get no gradient and are kept in the export)",
                     m.vocab_size, m.vocab_size
                 ));
             }

@@ -7,19 +7,7 @@
 //! `logsumexp(top_logprobs) + log1p(-exp(...))`-style reconstruction is never needed:
 //! `exp(tail_logmass) + sum(exp(top_logprobs)) == 1`.
 
-/// The soft label of one position, before any storage encoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SoftLabel {
-    /// Token / class ids, most probable first.
-    pub ids: Vec<u32>,
-    /// `log p_T(id)` for each id, same order (descending).
-    pub logprobs: Vec<f32>,
-    /// `log(1 - sum(exp(logprobs)))`, computed directly from the entries outside the
-    /// top-k; `-inf` when k equals the vocabulary.
-    pub tail_logmass: f32,
-    /// Entropy of the full softened distribution, in nats.
-    pub entropy: f32,
-}
+pub use crate::cache::schema::SoftLabel;
 
 /// Scratch space reused across rows so the hot loop does not allocate.
 #[derive(Default)]
