@@ -2,8 +2,8 @@
 //! the shard reader. Inputs come from another team; whatever their bytes, reading must end in
 //! `Ok` or an `Err`, never a panic or an unbounded allocation.
 //!
-//! Executions per run: `FUZZ_CASES` (default 1000) per property; the README gives the count
-//! reached with a larger budget.
+//! Executions per run: `FUZZ_CASES` (default 1000) per property; set it higher for a longer
+//! search.
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -1,8 +1,9 @@
 //! The cache: the contract between stage one (which only writes through this module)
 //! and stage two (which only reads through it). Plain zstd Parquet shards plus a JSON
-//! manifest; the schema is documented in [`schema`] and in the README.
+//! manifest; the schema is documented in [`schema`] and in docs/cache-format.md.
 
 pub mod manifest;
+pub mod out_dir;
 pub mod reader;
 pub mod schema;
 pub mod writer;

@@ -147,7 +147,7 @@ impl ShardBuilder {
     }
 }
 
-/// Per-column encodings chosen by measurement on the LM cache (README, "Cache size"):
+/// Per-column encodings chosen by measurement on the LM cache (docs/benchmarks.md, "Cache size"):
 /// ids and deltas are dictionary-encoded under zstd (1.36 + 0.72 bytes per entry at k = 64
 /// against 1.54 + 0.85 for PLAIN), row/position indices are delta-coded, the float32
 /// columns use BYTE_STREAM_SPLIT (DuckDB reads it on FLOAT; it rejects it only on FLOAT16).
