@@ -3,6 +3,7 @@
 mod common;
 
 mod cache_teacher;
+mod docs;
 mod failures;
 mod fuzz;
 mod inputs;
