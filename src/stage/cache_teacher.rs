@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cache::manifest::{
-    self, DatasetInfo, EncodingInfo, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, PartInfo, SCHEMA_VERSION, ShardInfo, TokenizerInfo,
-    ToolInfo, Totals,
+    self, DatasetInfo, EncodingInfo, Manifest, PartInfo, SCHEMA_VERSION, ShardInfo, TokenizerInfo, ToolInfo, Totals,
 };
 use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::cache::{LogprobEncoding, Positions, ShardBuilder, Task, schema, writer};
