@@ -59,6 +59,19 @@ enum Command {
         #[arg(required = true, value_name = "PART_DIR")]
         parts: Vec<PathBuf>,
     },
+    /// Draw training runs (their metrics.csv: loss, KL, CE, learning rate; one curve per run)
+    /// and a cache's kept-mass and entropy histograms into one SVG file.
+    Report {
+        /// train-student run directories, overlaid (e.g. a distilled and a hard-label-only run).
+        #[arg(required = true, value_name = "RUN_DIR")]
+        runs: Vec<PathBuf>,
+        /// A cache whose histograms to draw.
+        #[arg(long, value_name = "CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE.svg")]
+        out: PathBuf,
+    },
     /// Check every shard of a cache against the checksums in its manifest.
     Verify {
         /// The cache directory.
@@ -444,6 +457,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, args.quiet);
         }
+        Command::Report { runs, cache, out } => {
+            let stats = match &cache {
+                Some(c) => Some(stage::inspect(c)?.1),
+                None => None,
+            };
+            stage::report::report(&runs, stats.as_ref(), &out)?;
+            println!("{}: {} runs{}", out.display(), runs.len(), if cache.is_some() { " and the cache's histograms" } else { "" });
+        }
         Command::Inspect { cache, json } => {
             let (manifest, stats) = stage::inspect(&cache)?;
             if json {
@@ -609,6 +630,18 @@ fn run_students(
     let path = out.join("results.md");
     std::fs::create_dir_all(&out).map_err(|e| distill::Error::Io { path: out.clone(), source: e })?;
     std::fs::write(&path, &table).map_err(|e| distill::Error::Io { path, source: e })?;
+    // The training curves of every run and the cache's histograms, beside the table.
+    let run_dirs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .map_err(|e| distill::Error::Io { path: out.clone(), source: e })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("metrics.csv").is_file())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (_, stats) = stage::inspect(&cache_cfg.out)?;
+    stage::report::report(&run_dirs, Some(&stats), &out.join("report.svg"))?;
+    println!("{}", out.join("report.svg").display());
     Ok(())
 }
 

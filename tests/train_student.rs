@@ -623,3 +623,70 @@ fn batches_mix_rows_across_the_shuffle_window() {
     let refused = train(&cache, &t.path().join("w0"), &["--shuffle-window", "0"]);
     assert!(!refused.status.success() && stderr(&refused).contains("shuffle_window"), "{}", stderr(&refused));
 }
+
+/// `distill report` draws what the runs logged: each run's loss curve is the step/loss
+/// column pair of its metrics.csv under the chart's affine map (x grows with the step, y
+/// falls as the loss grows, within a pixel of rounding), one curve per run and panel, and
+/// the cache's histogram panels are there.
+#[test]
+fn report_draws_the_runs_metrics() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = digits_cache(t.path());
+    let runs: Vec<PathBuf> = ["0", "0.7"].iter().map(|a| t.path().join(format!("run-{a}"))).collect();
+    for (run, alpha) in runs.iter().zip(["0", "0.7"]) {
+        ok(&train(&cache, run, &["--steps", "60", "--alpha", alpha, "--checkpoint-every", "30"]));
+    }
+    let svg = t.path().join("report.svg");
+    let mut args = vec!["report".to_string()];
+    args.extend(runs.iter().map(|r| r.display().to_string()));
+    args.extend(["--cache".into(), cache.display().to_string(), "--out".into(), svg.display().to_string()]);
+    ok(&distill(args));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("teacher mass kept in the top-k") && text.contains("teacher entropy"), "the cache's panels are missing");
+    // The curves: polylines with one point per logged step (legend lines have two).
+    let curves: Vec<Vec<(f64, f64)>> = text
+        .split("<polyline")
+        .skip(1)
+        .filter_map(|p| p.split("points=\"").nth(1)?.split('"').next())
+        .map(|pts| {
+            pts.split_whitespace()
+                .filter_map(|xy| xy.split_once(','))
+                .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|c: &Vec<(f64, f64)>| c.len() > 2)
+        .collect();
+    assert_eq!(curves.len(), 4 * runs.len(), "a curve per run in each of loss, KL, CE and learning-rate panels");
+    let loss = |run: &Path| -> Vec<(f64, f64)> {
+        std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+                (f[0], f[2])
+            })
+            .collect()
+    };
+    // Least squares y = a + b * loss; the residuals are the chart's rounding to whole pixels.
+    let fit = |loss: &[f64], y: &[f64]| {
+        let n = loss.len() as f64;
+        let (ml, my) = (loss.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let b = loss.iter().zip(y).map(|(l, y)| (l - ml) * (y - my)).sum::<f64>() / loss.iter().map(|l| (l - ml).powi(2)).sum::<f64>();
+        let worst = loss.iter().zip(y).map(|(l, y)| (y - (my + b * (l - ml))).abs()).fold(0.0, f64::max);
+        (b, worst)
+    };
+    for (i, run) in runs.iter().enumerate() {
+        let want = loss(run);
+        let drawn = &curves[i]; // the loss panel comes first, its curves in run order
+        assert_eq!(drawn.len(), want.len(), "{}: one point per step", run.display());
+        assert!(drawn.windows(2).all(|w| w[1].0 >= w[0].0), "x follows the step");
+        let (ys, ls): (Vec<f64>, Vec<f64>) = drawn.iter().zip(&want).map(|(d, w)| (d.1, w.1)).unzip();
+        let (slope, worst) = fit(&ls, &ys);
+        assert!(
+            slope < 0.0 && worst <= 1.0,
+            "{}: drawn y is not the logged loss under one affine map (slope {slope}, worst residual {worst} px)",
+            run.display()
+        );
+    }
+}

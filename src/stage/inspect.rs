@@ -24,6 +24,8 @@ pub struct CacheStats {
     pub mean_kept_mass: f64,
     pub min_kept_mass: f64,
     pub kept_mass_histogram: [u64; BINS],
+    /// Positions by the teacher's entropy over its maximum, `log(vocab_size)`, in `BINS` bins.
+    pub entropy_histogram: [u64; BINS],
     pub mean_entropy: f64,
     /// Share of positions where the cached top-1 equals the hard label.
     pub top1_matches_hard_label: Option<f64>,
@@ -46,11 +48,13 @@ pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
         mean_kept_mass: 0.0,
         min_kept_mass: 1.0,
         kept_mass_histogram: [0; BINS],
+        entropy_histogram: [0; BINS],
         mean_entropy: 0.0,
         top1_matches_hard_label: None,
         unlabelled: 0,
     };
     let (mut kept_sum, mut ent_sum, mut labelled, mut matches) = (0f64, 0f64, 0u64, 0u64);
+    let max_entropy = (m.vocab_size.max(2) as f64).ln();
     for shard in &m.shards {
         for batch in reader.read_shard(shard, 8192)? {
             let b = batch?;
@@ -60,6 +64,8 @@ pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
                 s.min_kept_mass = s.min_kept_mass.min(kept);
                 s.kept_mass_histogram[((kept * BINS as f64) as usize).min(BINS - 1)] += 1;
                 ent_sum += b.entropy[i] as f64;
+                let relative = b.entropy[i] as f64 / max_entropy;
+                s.entropy_histogram[((relative.max(0.0) * BINS as f64) as usize).min(BINS - 1)] += 1;
                 match b.hard_labels[i] {
                     Some(h) => {
                         labelled += 1;

@@ -4,6 +4,7 @@ pub mod cache_teacher;
 pub mod eval;
 pub mod inspect;
 pub mod merge;
+pub mod report;
 pub mod train_student;
 
 pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};
