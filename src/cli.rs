@@ -312,7 +312,7 @@ struct CacheTeacherArgs {
     /// Entries kept per position [default: 64, or every class when fewer].
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
-    /// Softening temperature T > 0 applied before the log-softmax [default: 1].
+    /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
     #[arg(long, value_name = "T")]
     temperature: Option<f32>,
     /// Rows per teacher batch [default: 32].
@@ -606,11 +606,15 @@ fn run_students(
     let seeds = pipeline_seeds(file, &student, eval)?;
     let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
     let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();
+    // One pipeline at a time in `[train] out`: its run directories are replaced below.
+    let _lock = distill::lock::DirLock::acquire(&out, ".pipeline", "a pipeline's students")?;
+    let mut trained = Vec::new();
     for (label, alpha) in [("hard labels only", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {
         let mut reports = Vec::new();
         for &seed in &seeds {
             let name = if alpha == 0.0 { format!("hard-seed{seed}") } else { format!("distilled-seed{seed}") };
             let run_dir = out.join(&name);
+            trained.push(run_dir.clone());
             if run_dir.exists() {
                 std::fs::remove_dir_all(&run_dir).map_err(|e| distill::Error::Io { path: run_dir.clone(), source: e })?;
             }
@@ -630,18 +634,13 @@ fn run_students(
     let path = out.join("results.md");
     std::fs::create_dir_all(&out).map_err(|e| distill::Error::Io { path: out.clone(), source: e })?;
     std::fs::write(&path, &table).map_err(|e| distill::Error::Io { path, source: e })?;
-    // The training curves of every run and the cache's histograms, beside the table.
-    let run_dirs: Vec<PathBuf> = std::fs::read_dir(&out)
-        .map_err(|e| distill::Error::Io { path: out.clone(), source: e })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("metrics.csv").is_file())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let (_, stats) = stage::inspect(&cache_cfg.out)?;
-    stage::report::report(&run_dirs, Some(&stats), &out.join("report.svg"))?;
-    println!("{}", out.join("report.svg").display());
+    // The training curves of the runs just trained and the cache's histograms, beside the
+    // table; the results stand without the picture, so a drawing failure is a warning.
+    let picture = out.join("report.svg");
+    match stage::inspect(&cache_cfg.out).and_then(|(_, stats)| stage::report::report(&trained, Some(&stats), &picture)) {
+        Ok(()) => println!("{}", picture.display()),
+        Err(e) => eprintln!("warning: {}: no report drawn: {e}", picture.display()),
+    }
     Ok(())
 }
 

@@ -404,8 +404,8 @@ impl TrainSettings {
             return Err(Error::Config(format!("train.lr must be > 0 (got {lr})")));
         }
         let weight_decay = self.weight_decay.unwrap_or(0.0);
-        if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
-            return Err(Error::Config(format!("train.weight_decay must be >= 0 and finite (got {weight_decay})")));
+        if !(0.0..=1.0).contains(&weight_decay) {
+            return Err(Error::Config(format!("train.weight_decay must be in 0..=1 (got {weight_decay})")));
         }
         if self.checkpoint_every == Some(0) {
             return Err(Error::Config("train.checkpoint_every must be >= 1 (steps)".into()));

@@ -332,7 +332,7 @@ fn count_file_rows(path: &Path) -> Result<u64> {
         _ => {
             let mut n = 0;
             for (i, line) in jsonl_reader(path)?.lines().enumerate() {
-                if !line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?.trim().is_empty() {
+                if !is_blank_line(line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?.as_bytes()) {
                     n += 1;
                 }
             }
@@ -407,7 +407,7 @@ fn without_bom(line: &str) -> &str {
 /// reader trims it). One rule for the reader and for [`jsonl_row_starts`], so a row's index
 /// is the same whichever way the file is read.
 fn is_blank_line(line: &[u8]) -> bool {
-    std::str::from_utf8(line).is_ok_and(|l| l.trim().is_empty())
+    std::str::from_utf8(line).is_ok_and(|l| without_bom(l).trim().is_empty())
 }
 
 /// As [`read_rows_from`] for a JSONL file, starting at a [`RowStart`] from

@@ -72,3 +72,9 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The first 12 characters of a hash, for messages (a hand-edited manifest may hold any
+/// text there: never sliced inside a character).
+pub fn short(hash: &str) -> &str {
+    hash.char_indices().nth(12).map_or(hash, |(i, _)| &hash[..i])
+}

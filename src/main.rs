@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
     // ignored, the write fails with EFBIG and the message names the file.
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread starts has no
     // preconditions; no handler code runs.
+    #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }

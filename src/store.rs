@@ -262,7 +262,12 @@ impl Uploader {
         seen.extend(files.iter().cloned());
         for name in &files {
             let path = self.dir.join(name);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Removed since it was listed (a partial manifest replaced by the complete one).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             let sha = sha256_bytes(&bytes);
             if sent.get(name).is_some_and(|(s, h)| *s == bytes.len() as u64 && *h == sha) {
                 continue;

@@ -145,8 +145,8 @@ pub fn attach_chat_template(tok: &mut Tokenizer, cols: &TextColumns, dir: &Path)
         return Err(Error::Config(format!(
             "{}: is not the chat template the cache was made with (sha256 {} vs {})",
             path.display(),
-            &chat.sha256[..12],
-            &want[..12.min(want.len())]
+            crate::integrity::short(&chat.sha256),
+            crate::integrity::short(want)
         )));
     }
     tok.chat = Some(chat);

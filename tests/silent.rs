@@ -163,8 +163,9 @@ fn out_of_range_settings_are_refused_before_any_work() {
     }
     cache_digits("train.parquet", &out, &[]);
     for (flag, value, why) in [
-        ("--weight-decay", "-1", "train.weight_decay must be >= 0"),
-        ("--weight-decay", "NaN", "train.weight_decay must be >= 0"),
+        ("--weight-decay", "-1", "train.weight_decay must be in 0..=1"),
+        ("--weight-decay", "NaN", "train.weight_decay must be in 0..=1"),
+        ("--weight-decay", "1e39", "train.weight_decay must be in 0..=1"),
         ("--checkpoint-every", "0", "train.checkpoint_every must be >= 1"),
         ("--max-rows", "0", "train.max_rows must be >= 1"),
         ("--temperature", "1e-39", "train.temperature must be >= 0.01"),
@@ -185,6 +186,7 @@ fn out_of_range_settings_are_refused_before_any_work() {
             &format!("{flag}={value}"),
         ]);
         fails_with(&o, &[why]);
+        assert!(!t.path().join("r").exists(), "{flag}={value}: the run directory was created before the settings were checked");
     }
 }
 
@@ -194,7 +196,6 @@ fn out_of_range_settings_are_refused_before_any_work() {
 fn pipeline_settings_are_checked_before_stage_one() {
     let t = temp();
     let base = std::fs::read_to_string(repo().join("pipelines/digits.toml")).unwrap();
-    let dir = repo().join("pipelines");
     for (edit, why) in
         [("seeds = [0, 0]", "eval.seeds repeats seed 0"), ("seeds = []", "eval.seeds is empty"), ("seeds = [0]\n[train.bad]", "")]
     {
@@ -205,11 +206,13 @@ fn pipeline_settings_are_checked_before_stage_one() {
             let end = start + base[start..].find('\n').unwrap();
             format!("{}{}{}", &base[..start], edit, &base[end..])
         };
-        let text = text.replace("../target/pipelines/digits", &s(&t.path().join("out")));
-        let p = dir.join(format!(".silent-test-{}.toml", std::process::id()));
+        // In a directory of its own (pipelines/ is read by another test), paths made absolute.
+        let text = text
+            .replace("../target/pipelines/digits", &s(&t.path().join("out")))
+            .replace("../data/", &format!("{}/", s(&repo().join("data"))));
+        let p = t.path().join("pipeline.toml");
         std::fs::write(&p, &text).unwrap();
         let o = distill(["run".to_string(), s(&p), "--quiet".into()]);
-        std::fs::remove_file(&p).unwrap();
         fails_with(&o, &[if why.is_empty() { "train.lr must be > 0" } else { why }]);
         assert!(!t.path().join("out").join("cache").exists(), "stage one ran before the settings were checked");
     }
@@ -595,8 +598,8 @@ fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
     }
 }
 
-/// Stage two killed at 20 seeded random moments, resumed each time from its last
-/// checkpoint: the final weights are the uninterrupted run's, bit for bit.
+/// Stage two killed at 20 seeded random moments (each in a run of its own), then resumed from
+/// its last checkpoint: the final weights are the uninterrupted run's, bit for bit.
 #[test]
 fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
     let t = temp();
@@ -633,14 +636,16 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
     let full_ms = ms_of(|| ok(&distill(args(&full, false))));
     let want = tensors(&full.join("student.safetensors"));
     let mut rng = Rng(22);
-    let out = t.path().join("killed");
-    let mut first = true;
-    for _ in 0..20 {
-        kill_after(&args(&out, !first), rng.below(full_ms + 1));
-        first = false;
+    for trial in 0..20 {
+        // A run of its own each time: killed once, then resumed to the end.
+        let out = t.path().join(format!("k{trial}"));
+        kill_after(&args(&out, false), rng.below(full_ms + 1));
+        ok(&distill(args(&out, true)));
+        assert!(
+            tensors(&out.join("student.safetensors")) == want,
+            "trial {trial}: the resumed run's weights differ from the uninterrupted run's"
+        );
     }
-    ok(&distill(args(&out, true)));
-    assert!(tensors(&out.join("student.safetensors")) == want, "the resumed run's weights differ from the uninterrupted run's");
 }
 
 /// A cache whose shards carry no stamp (written before stamps existed) still cannot train

@@ -208,7 +208,7 @@ impl DatasetInfo {
         if self.sha256 == recorded.sha256 && self.rows == recorded.rows {
             return None;
         }
-        let short = |h: &str| h[..12.min(h.len())].to_string();
+        let short = |h: &str| crate::integrity::short(h).to_string();
         let listed = |d: &DatasetInfo| -> Vec<DataFileInfo> {
             if d.files.is_empty() {
                 vec![DataFileInfo { file: d.file.clone(), rows: d.rows, bytes: 0, sha256: d.sha256.clone() }]

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::cache::manifest::{self, MANIFEST_FILE, Manifest, PARTIAL_MANIFEST_FILE, PartInfo, ShardInfo, Totals};
 use crate::error::{Error, Result};
+use crate::integrity::short;
 
 /// The manifest file names of a run: the whole cache, or one part of a sharded capture.
 pub struct ManifestNames {
@@ -108,11 +109,18 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
             Ok(OutState::Partial(kept, note))
         }
         Some(_) => {
-            // --overwrite: remove what the old cache wrote.
-            for f in [&names.complete, &names.partial] {
-                let p = out.join(f);
-                if p.exists() {
-                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            // --overwrite: remove what the old cache wrote, and every manifest that would
+            // list the shards removed (a whole run's, or the part manifests of a capture).
+            for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
+                let entry = entry.map_err(|e| Error::io(out, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let whole = name == MANIFEST_FILE || name == PARTIAL_MANIFEST_FILE;
+                let stale = name == names.complete
+                    || name == names.partial
+                    || (part.count == 1 && name.starts_with("manifest.part-"))
+                    || (part.count > 1 && whole);
+                if stale {
+                    std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
                 }
             }
             remove_unlisted(out, &[], part)?;
@@ -192,10 +200,6 @@ pub fn describe_difference(old: &Manifest, new: &Manifest) -> String {
         }
     }
     if diffs.is_empty() { "fingerprint differs".to_string() } else { diffs.join("; ") }
-}
-
-fn short(hash: &str) -> &str {
-    &hash[..12.min(hash.len())]
 }
 
 /// The teacher's weight files that differ between two caches, each named.

@@ -81,20 +81,22 @@ impl std::fmt::Debug for ShardHook {
 /// `az://`, `file://`; see [`crate::store`]).
 pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
     match crate::store::Location::parse(&cfg.out)? {
-        crate::store::Location::Local(dir) if dir == cfg.out => cache_teacher_local(cfg, opts),
-        crate::store::Location::Local(dir) => cache_teacher_local(&CacheTeacherConfig { out: dir, ..cfg.clone() }, opts),
+        crate::store::Location::Local(dir) if dir == cfg.out => cache_teacher_local(cfg, opts, false),
+        crate::store::Location::Local(dir) => cache_teacher_local(&CacheTeacherConfig { out: dir, ..cfg.clone() }, opts, false),
         crate::store::Location::Remote(remote) => {
             // Work in the staging directory, starting from whatever reached the bucket;
             // each finished shard is uploaded before the next one starts to count.
             let url = remote.url.clone();
             let dir = remote.staging_dir();
+            // Held from the first pull to the last upload.
+            let _lock = lock_out(&dir, cfg.part)?;
             let names = ManifestNames::of(cfg.part);
             remote.pull_manifests(&dir, &[names.complete.as_str(), names.partial.as_str()])?;
             let uploader = std::sync::Arc::new(crate::store::Uploader::new(remote, dir.clone())?);
             let up = uploader.clone();
             let hook = ShardHook(std::sync::Arc::new(move || up.sync(false)));
             let local = CacheTeacherConfig { out: dir, ..cfg.clone() };
-            let mut summary = cache_teacher_local(&local, &RunOptions { on_shard: Some(hook), ..opts.clone() })?;
+            let mut summary = cache_teacher_local(&local, &RunOptions { on_shard: Some(hook), ..opts.clone() }, true)?;
             uploader.sync(true)?;
             summary.dir = PathBuf::from(url);
             Ok(summary)
@@ -102,7 +104,21 @@ pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Cach
     }
 }
 
-fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
+/// The locks a run holds on its output directory: the main lock, exclusively for a whole
+/// run; shared, plus its own part's exclusively, for one worker of a sharded capture.
+fn lock_out(out: &Path, part: Option<PartInfo>) -> Result<Vec<crate::lock::DirLock>> {
+    use crate::lock::DirLock;
+    Ok(match part {
+        None => vec![DirLock::acquire(out, "", "a cache")?],
+        Some(p) => vec![
+            DirLock::acquire_shared(out, "a cache (a part of a sharded capture may share it, a whole run may not)")?,
+            DirLock::acquire(out, &format!(".part-{}-of-{}", p.index, p.count), &format!("part {}/{} of a cache", p.index, p.count))?,
+        ],
+    })
+}
+
+/// Stage one into a local directory; `held`: the caller holds its locks already.
+fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) -> Result<CacheSummary> {
     // Inputs first: nothing is created before the inputs are known to be usable.
     data::dataset_format(&cfg.data)?;
     if !cfg.teacher.is_file() {
@@ -276,8 +292,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<Ca
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let lock_name = cfg.part.map(|p| format!(".part-{}-of-{}", p.index, p.count)).unwrap_or_default();
-    let _lock = crate::lock::DirLock::acquire(out, &lock_name, "a cache")?;
+    let _lock = if held { Vec::new() } else { lock_out(out, cfg.part)? };
     let resumed = prepare_out_dir(out, &man, opts.overwrite, &names, part)?;
     let mut warnings = Vec::new();
     warnings.extend(teacher.device_note.clone());

@@ -129,7 +129,6 @@ fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
     logits.argmax(1).into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default()
 }
 
-/// Count correct predictions and agreement with the teacher's top-1 for classifier rows.
 /// Rows a student can be run on: as many features as its input (an MLP), and, when they
 /// are scored, labels among its classes. Messages name the row.
 fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: bool) -> Result<()> {
@@ -152,6 +151,7 @@ fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: boo
     Ok(())
 }
 
+/// Count correct predictions and agreement with the teacher's top-1 for classifier rows.
 #[allow(clippy::too_many_arguments)]
 fn score_classes(
     rows: &[PreparedRow],

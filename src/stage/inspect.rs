@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cache::{CacheReader, Manifest};
 use crate::error::Result;
+use crate::integrity::short;
 
 /// Bins of the kept-mass histogram: `[i/10, (i+1)/10)`, the last one closed.
 pub const BINS: usize = 10;
@@ -90,10 +91,6 @@ pub fn inspect(dir: &Path) -> Result<(Manifest, CacheStats)> {
         s.top1_matches_hard_label = Some(matches as f64 / labelled as f64);
     }
     Ok((m, s))
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 /// The human-readable report.

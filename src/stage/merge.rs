@@ -24,7 +24,7 @@ pub struct MergeSummary {
 pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
     use crate::store::{Location, Uploader, is_url};
     if !is_url(out) && !inputs.iter().any(|p| is_url(p)) {
-        return merge_local(out, inputs, command);
+        return merge_local(out, inputs, command, false);
     }
     let mut local_inputs = Vec::new();
     for p in inputs {
@@ -38,13 +38,15 @@ pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<Mer
         });
     }
     match Location::parse(out)? {
-        Location::Local(d) => merge_local(&d, &local_inputs, command),
+        Location::Local(d) => merge_local(&d, &local_inputs, command, false),
         Location::Remote(r) => {
             let d = r.staging_dir();
+            // Held from the first pull to the last upload.
+            let _lock = crate::lock::DirLock::acquire(&d, "", "a cache")?;
             r.pull_all(&d)?;
             let url = r.url.clone();
             let uploader = Uploader::new(r, d.clone())?;
-            let mut summary = merge_local(&d, &local_inputs, command)?;
+            let mut summary = merge_local(&d, &local_inputs, command, true)?;
             uploader.sync(false)?;
             summary.out = PathBuf::from(url);
             Ok(summary)
@@ -52,7 +54,8 @@ pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<Mer
     }
 }
 
-fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
+/// Merge into a local directory; `held`: the caller holds its lock already.
+fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool) -> Result<MergeSummary> {
     let mut parts: Vec<(PathBuf, Manifest)> = Vec::new();
     for dir in inputs {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -81,8 +84,8 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
                 format!(
                     "was made with other settings or another teacher/dataset than part {} (fingerprint {} vs {})",
                     first.part.map(|p| p.index.to_string()).unwrap_or_else(|| "?".into()),
-                    &m.fingerprint[..12.min(m.fingerprint.len())],
-                    &first.fingerprint[..12.min(first.fingerprint.len())]
+                    crate::integrity::short(&m.fingerprint),
+                    crate::integrity::short(&first.fingerprint)
                 ),
             ));
         }
@@ -120,7 +123,7 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<M
         return Err(Error::Config(format!("the parts cover {next} rows but the dataset has {}", first.dataset.rows)));
     }
 
-    let _lock = crate::lock::DirLock::acquire(out, "", "a cache")?;
+    let _lock = if held { None } else { Some(crate::lock::DirLock::acquire(out, "", "a cache")?) };
     refuse_other_cache(out, &first)?;
 
     // Bring the shards (checked) into `out`, then publish the manifest last.
@@ -179,8 +182,8 @@ fn refuse_other_cache(out: &Path, first: &Manifest) -> Result<()> {
         Ok(m) if m.fingerprint == first.fingerprint => return Ok(()),
         Ok(m) => format!(
             "a complete cache made with other settings or another teacher/dataset (fingerprint {} vs the parts' {})",
-            &m.fingerprint[..12.min(m.fingerprint.len())],
-            &first.fingerprint[..12.min(first.fingerprint.len())]
+            crate::integrity::short(&m.fingerprint),
+            crate::integrity::short(&first.fingerprint)
         ),
         Err(e) => format!("a manifest.json this merge cannot read ({e})"),
     };

@@ -44,7 +44,7 @@ pub fn read_metrics(run: &Path) -> Result<RunMetrics> {
             fields
                 .get(c)
                 .and_then(|f| f.trim().parse::<f64>().ok())
-                .ok_or_else(|| Error::data(&path, format!("line {}: column {c} is not a number", i + 2)))
+                .ok_or_else(|| Error::data(&path, format!("line {}: column `{}` is not a number", i + 2, header[c])))
         };
         m.step.push(num(step)?);
         m.loss.push(num(loss)?);
@@ -63,22 +63,29 @@ pub fn report(runs: &[PathBuf], cache: Option<&CacheStats>, out: &Path) -> Resul
     let metrics = runs.iter().map(|r| read_metrics(r)).collect::<Result<Vec<_>>>()?;
     let draw_err = |e: String| Error::io(out, std::io::Error::other(format!("cannot draw the report: {e}")));
     let rows = if cache.is_some() { 3 } else { 2 };
-    let root = SVGBackend::new(out, (1200, 360 * rows)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
+    let mut svg = String::new();
+    draw(&mut svg, &metrics, cache, rows).map_err(draw_err)?;
+    crate::integrity::write_atomic(out, svg.as_bytes())
+}
+
+/// Draw the panels into `svg`.
+fn draw(svg: &mut String, metrics: &[RunMetrics], cache: Option<&CacheStats>, rows: u32) -> std::result::Result<(), String> {
+    let root = SVGBackend::with_string(svg, (1200, 360 * rows)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((rows as usize, 2));
     type Column = fn(&RunMetrics) -> &Vec<f64>;
     let curves: [(&str, Column); 4] =
         [("loss", |m| &m.loss), ("KL (soft labels)", |m| &m.kl), ("CE (hard labels)", |m| &m.ce), ("learning rate", |m| &m.lr)];
     for (area, (title, column)) in panels.iter().zip(curves) {
-        curve_panel(area, title, &metrics, column).map_err(draw_err)?;
+        curve_panel(area, title, metrics, column)?;
     }
     if let Some(stats) = cache {
         let kept: Vec<f64> = stats.kept_mass_histogram.iter().map(|&c| c as f64).collect();
         let entropy: Vec<f64> = stats.entropy_histogram.iter().map(|&c| c as f64).collect();
-        histogram_panel(&panels[4], "teacher mass kept in the top-k", (0.0, 1.0), &kept).map_err(draw_err)?;
-        histogram_panel(&panels[5], "teacher entropy / log(vocabulary)", (0.0, 1.0), &entropy).map_err(draw_err)?;
+        histogram_panel(&panels[4], "teacher mass kept in the top-k", (0.0, 1.0), &kept)?;
+        histogram_panel(&panels[5], "teacher entropy / log(vocabulary)", (0.0, 1.0), &entropy)?;
     }
-    root.present().map_err(|e| draw_err(e.to_string()))
+    root.present().map_err(|e| e.to_string())
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
@@ -87,7 +94,11 @@ type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 fn curve_panel(area: &Area<'_>, title: &str, runs: &[RunMetrics], column: fn(&RunMetrics) -> &Vec<f64>) -> std::result::Result<(), String> {
     let finite = || runs.iter().flat_map(|m| column(m).iter().copied()).filter(|v| v.is_finite());
     let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
+    let (lo, hi) = match (lo.is_finite(), lo < hi) {
+        (false, _) => (0.0, 1.0), // no finite value to draw
+        (true, true) => (lo, hi),
+        (true, false) => (lo - 0.5, lo + 0.5),
+    };
     let last = runs.iter().flat_map(|m| m.step.last().copied()).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))

@@ -239,8 +239,8 @@ fn load_tokenizer(cfg_tokenizer: Option<&Path>, dir: &Path, expected: &str) -> R
             path,
             message: format!(
                 "is not the tokenizer the cache was made with (sha256 {} vs {} in the manifest)",
-                &tok.sha256[..12],
-                &expected[..12.min(expected.len())]
+                crate::integrity::short(&tok.sha256),
+                crate::integrity::short(expected)
             ),
         });
     }
