@@ -397,16 +397,15 @@ fn small_input_faults_get_clear_messages() {
         &[&data("digits/train.parquet"), &rows],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&rows),
-        "--out",
-        &s(&t.path().join("u2")),
-        "--quiet",
-    ]));
+    // Without --quiet, which hides warnings.
+    let o =
+        distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&rows), "--out", &s(&t.path().join("u2"))]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("5 of the 20 rows cached in this run have no label (their label is null): they are cached as soft labels only"),
+        "{}",
+        stderr(&o)
+    );
     let o = distill(["inspect".to_string(), s(&t.path().join("u2"))]);
     ok(&o);
     assert!(stdout(&o).contains("positions without a hard label (soft label only) 5"), "{}", stdout(&o));

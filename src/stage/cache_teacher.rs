@@ -351,6 +351,8 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) 
     let mut tokens_computed = 0u64;
     let mut timings = Timings::default();
     let mut truncated_rows = 0u64;
+    // Rows of a labelled classification dataset whose label is null (soft label only).
+    let mut unlabelled_rows = 0u64;
     let vocab_size = teacher.vocab_size;
     let classify = teacher.task == Task::Classification;
     let teacher_path = teacher.path().to_path_buf();
@@ -405,6 +407,9 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) 
                             truncated_rows += t.truncated;
                         }
                         rows_computed += b.rows.len() as u64;
+                        if classify && label_column.is_some() {
+                            unlabelled_rows += b.hard.iter().filter(|h| h.is_none()).count() as u64;
+                        }
                         progress.inc(b.rows.len() as u64, tokens_computed, started.elapsed().as_secs_f64(), rows_computed);
                         Job::Batch(pending)
                     }
@@ -442,6 +447,12 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) 
         let t = cfg.text.as_ref().expect("text");
         warnings
             .push(format!("{} rows were longer than max_seq_len = {} tokens and were truncated", man.totals.truncated_rows, t.max_seq_len));
+    }
+    if unlabelled_rows > 0 {
+        warnings.push(format!(
+            "{unlabelled_rows} of the {rows_computed} rows cached in this run have no label (their {} is null): they are cached as soft labels only",
+            label_column.as_deref().unwrap_or("label")
+        ));
     }
     if man.totals.rows_without_positions > 0 {
         warnings.push(format!("{} rows produced no cached position (empty text or completion)", man.totals.rows_without_positions));
