@@ -985,3 +985,17 @@ fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut buffer: Vec<
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shard j holds rows j * per .. (j + 1) * per, the last one what is left: 1197 rows in
+    /// shards of 500 are 500, 500, 197; an exact multiple has no short shard.
+    #[test]
+    fn shards_tile_the_rows() {
+        assert_eq!((0..3).map(|j| shard_len(j, 500, 1197)).collect::<Vec<_>>(), [500, 500, 197]);
+        assert_eq!((0..2).map(|j| shard_len(j, 600, 1200)).collect::<Vec<_>>(), [600, 600]);
+        assert_eq!(shard_len(0, 1024, 5), 5);
+    }
+}

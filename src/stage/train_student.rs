@@ -1087,3 +1087,43 @@ fn checkpoint(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule by hand, base 1e-3 over 200 steps: warm-up of 200 / 20 = 10 steps rising
+    /// linearly to the base (step 0: 1e-4, step 9: 1e-3), then a cosine from the base to a
+    /// tenth of it: halfway through the decay (step 10 + 95) it is 0.1 + 0.9 * 0.5 = 0.55
+    /// of the base, at the last step 0.1.
+    #[test]
+    fn the_schedule_warms_up_then_decays_to_a_tenth() {
+        let lr = |s| lr_at(1e-3, s, 200);
+        assert!((lr(0) - 1e-4).abs() < 1e-12 && (lr(9) - 1e-3).abs() < 1e-12);
+        assert!((lr(10) - 1e-3).abs() < 1e-12);
+        assert!((lr(105) - 0.55e-3).abs() < 1e-9, "{}", lr(105));
+        assert!((lr(200) - 1e-4).abs() < 1e-12 && (lr(10_000) - 1e-4).abs() < 1e-12, "never below a tenth");
+        assert!((1..200).all(|s| lr(s) <= lr(s.min(9)) + 1e-15), "no step after the warm-up exceeds the base");
+        // One step in all: a warm-up of one step, at the base.
+        assert!((lr_at(1e-3, 0, 1) - 1e-3).abs() < 1e-12);
+    }
+
+    /// The shuffle is a permutation that depends on the seed and stream only (a resumed run
+    /// sees the same batches), and different streams give different orders.
+    #[test]
+    fn shuffles_are_permutations_fixed_by_seed_and_stream() {
+        let order = |seed, stream| {
+            let mut v: Vec<usize> = (0..50).collect();
+            Rng::new(seed, stream).shuffle(&mut v);
+            v
+        };
+        let a = order(7, 1);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(a, order(7, 1));
+        assert_ne!(a, order(7, 2));
+        assert_ne!(a, order(8, 1));
+        assert_ne!(a, (0..50).collect::<Vec<_>>());
+    }
+}
