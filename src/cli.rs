@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use distill::config::{CacheSettings, PipelineFile, TrainSettings};
-use distill::stage::train_student::TrainOptions;
 use distill::stage::{self, RunOptions};
 use distill::student::StudentSpec;
+use distill::train::TrainOptions;
 use distill::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -487,7 +487,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainStudent(args) => {
             let cfg = args.config()?;
             let opts = TrainOptions { quiet: args.quiet, resume: args.resume, command };
-            let s = stage::train_student::train_student(&cfg, &opts)?;
+            let s = distill::train::train_student(&cfg, &opts)?;
             print_train_summary(&s);
         }
         Command::Predict { student, data, out, text_column, max_seq_len, max_rows } => {
@@ -524,7 +524,7 @@ pub fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn print_train_summary(s: &stage::train_student::TrainSummary) {
+fn print_train_summary(s: &distill::train::TrainSummary) {
     for n in &s.notes {
         eprintln!("note: {n}");
     }
@@ -621,7 +621,7 @@ fn run_students(
             let settings = TrainSettings { alpha: Some(alpha), seed: Some(seed), out: Some(run_dir.clone()), ..base.clone() };
             let cfg = settings.validate(student.clone())?;
             eprintln!("== stage two: {label}, seed {seed} -> {}", run_dir.display());
-            let s = stage::train_student::train_student(&cfg, &TrainOptions { quiet, resume: false, command: opts.command.clone() })?;
+            let s = distill::train::train_student(&cfg, &TrainOptions { quiet, resume: false, command: opts.command.clone() })?;
             print_train_summary(&s);
             let r = stage::eval::eval_student(&run_dir, &eval.data, Some(&eval_cache.out))?;
             println!("  {}", render_report(&r));

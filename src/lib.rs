@@ -7,7 +7,7 @@
 //!    batches; for every cached position the top-k of `log_softmax(logits / T)` over the full
 //!    distribution and the exact log of the mass outside the top-k ([`teacher::topk`]) go into
 //!    zstd Parquet shards plus a manifest ([`cache`]).
-//! 2. **Stage two, `train-student`** ([`stage::train_student`]): a Burn student ([`student`]:
+//! 2. **Stage two, `train-student`** ([`train`]): a Burn student ([`student`]:
 //!    an MLP, a BERT-style encoder classifier or a Llama-style decoder, optionally started from
 //!    and always exported as a Hugging Face checkpoint, [`student::hf`]) learns from the cache and the hard labels alone with the
 //!    loss in [`loss`]; it reads the cache only through [`cache::CacheReader`] and never loads
@@ -61,11 +61,14 @@ pub mod error;
 pub mod integrity;
 pub mod lock;
 pub mod loss;
+mod process;
 pub mod progress;
+mod rng;
 pub mod stage;
 pub mod store;
 pub mod student;
 pub mod teacher;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
 use crate::cache::manifest::{DatasetInfo, TOKENIZER_FILE};
 use crate::cache::{CacheReader, Task};
 use crate::error::{Error, Result};
-use crate::stage::train_student::{PreparedRow, StudentFile, prepare_rows, token_tensor};
-use crate::student::{self, Student, StudentArch};
-use crate::text::Tokenizer;
+use crate::student::{self, Positions, RowInput, Student, StudentArch, hf};
+use crate::text::{TextColumns, Tokenizer};
+use crate::train::{DataSpec, PreparedRow, StudentFile, prepare_rows};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct EvalReport {
@@ -48,80 +48,179 @@ fn teacher_top1(cache: &Path, data: &Path) -> Result<HashMap<(u64, u32), u32>> {
 
 /// Evaluate the student saved in `run_dir` on `data`.
 pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result<EvalReport> {
-    let sf_path = run_dir.join("student.json");
+    let device = Device::flex();
+    let st = load_run(run_dir, &device)?;
+    let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
+    let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, u64::MAX, None)?;
+    if rows.is_empty() {
+        return Err(Error::data(data, "has no rows to evaluate"));
+    }
+    let arch = st.arch.as_ref().expect("a run directory describes its student");
+    check_rows(&rows, arch, data, st.spec.task == Task::Classification)?;
+    let mut tally = Tally::default();
+    for chunk in rows.chunks(64) {
+        match (&st.model, st.spec.task) {
+            (Student::Mlp(_) | Student::Encoder(_), Task::Classification) => {
+                let pred = argmax_rows(st.model.logits(&inputs(chunk.iter()), Positions::All, &device));
+                tally.classes(chunk, &pred, top1.as_ref(), data)?;
+            }
+            (Student::Decoder(_), Task::CausalLm) => {
+                let chunk: Vec<&PreparedRow> = chunk.iter().filter(|r| !r.positions.is_empty()).collect();
+                if !chunk.is_empty() {
+                    let logits = st.model.logits(&inputs(chunk.iter().copied()), Positions::All, &device);
+                    tally.next_tokens(&chunk, logits, st.output_vocab, top1.as_ref());
+                }
+            }
+            _ => return Err(Error::Config(format!("{}: student and data task do not match", run_dir.join("student.json").display()))),
+        }
+    }
+    Ok(tally.report(st.spec.task))
+}
+
+/// The student inputs of some prepared rows.
+fn inputs<'a>(rows: impl Iterator<Item = &'a PreparedRow>) -> Vec<RowInput<'a>> {
+    rows.map(|r| RowInput { features: &r.features, tokens: &r.tokens }).collect()
+}
+
+/// Counts behind an [`EvalReport`].
+#[derive(Default)]
+struct Tally {
+    correct: u64,
+    agree: u64,
+    agree_n: u64,
+    nll: f64,
+    n: u64,
+}
+
+impl Tally {
+    /// Correct predictions and agreement with the teacher's top-1 for classifier rows.
+    fn classes(&mut self, rows: &[PreparedRow], pred: &[i64], top1: Option<&HashMap<(u64, u32), u32>>, data: &Path) -> Result<()> {
+        for (r, &p) in rows.iter().zip(pred) {
+            let label = r.label.ok_or_else(|| Error::data(data, format!("row {}: label is missing", r.index)))?;
+            self.correct += (p == label) as u64;
+            if let Some(t) = top1.and_then(|t| t.get(&(r.index, 0))) {
+                self.agree += (p == *t as i64) as u64;
+                self.agree_n += 1;
+            }
+            self.n += 1;
+        }
+        Ok(())
+    }
+
+    /// The next token's negative log-likelihood at each trained position, and agreement
+    /// with the teacher's top-1.
+    ///
+    /// # Shapes
+    /// - `logits`: `[b * s, vocab]` (row `i`, position `p` at `i * s + p`), sliced to
+    ///   `output_vocab` when the student's vocabulary is padded past the cache's
+    fn next_tokens(
+        &mut self,
+        rows: &[&PreparedRow],
+        logits: Tensor<2>,
+        output_vocab: Option<usize>,
+        top1: Option<&HashMap<(u64, u32), u32>>,
+    ) {
+        let s = logits.dims()[0] / rows.len();
+        let logits = match output_vocab {
+            Some(v) => logits.narrow(1, 0, v), // a padded vocabulary, see StudentFile
+            None => logits,
+        };
+        let vocab = logits.dims()[1];
+        let lp: Vec<f32> = log_softmax(logits, 1).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+        for (i, r) in rows.iter().enumerate() {
+            for &p in &r.positions {
+                let row = &lp[(i * s + p) * vocab..(i * s + p + 1) * vocab];
+                self.nll -= row[r.tokens[p + 1] as usize] as f64;
+                self.n += 1;
+                if let Some(t) = top1.and_then(|t| t.get(&(r.index, p as u32))) {
+                    let arg = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &v)| if v > a.1 { (j, v) } else { a }).0;
+                    self.agree += (arg as u32 == *t) as u64;
+                    self.agree_n += 1;
+                }
+            }
+        }
+    }
+
+    fn report(&self, task: Task) -> EvalReport {
+        let mut report = EvalReport { positions: self.n, ..Default::default() };
+        match task {
+            Task::Classification => report.accuracy = Some(self.correct as f64 / self.n.max(1) as f64),
+            Task::CausalLm => report.perplexity = Some((self.nll / self.n.max(1) as f64).exp()),
+        }
+        if self.agree_n > 0 {
+            report.top1_agreement = Some(self.agree as f64 / self.agree_n as f64);
+        }
+        report
+    }
+}
+
+/// A student ready to run, and how it reads data.
+struct Ready {
+    model: Student,
+    spec: DataSpec,
+    tok: Option<Tokenizer>,
+    /// A run directory's architecture (a checkpoint's rows are not checked against it).
+    arch: Option<StudentArch>,
+    output_vocab: Option<usize>,
+}
+
+/// A train-student run directory: `student.json`, `student.bpk` and the tokenizer.
+fn load_run(dir: &Path, device: &Device) -> Result<Ready> {
+    let sf_path = dir.join("student.json");
     let sf: StudentFile = serde_json::from_slice(&std::fs::read(&sf_path).map_err(|e| Error::io(&sf_path, e))?)
         .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
-    let device = Device::flex();
-    let mut model = sf.arch.init(&device);
-    student::load_burnpack(&mut model, &run_dir.join("student.bpk"))?;
+    let mut model = sf.arch.init(device);
+    student::load_burnpack(&mut model, &dir.join("student.bpk"))?;
     let tok = match &sf.data.text {
         Some(text) => {
-            let mut tok = Tokenizer::load(&run_dir.join(TOKENIZER_FILE))?;
-            crate::text::attach_chat_template(&mut tok, text, run_dir)?;
+            let mut tok = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
+            crate::text::attach_chat_template(&mut tok, text, dir)?;
             Some(tok)
         }
         None => None,
     };
-    let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
-    let rows = prepare_rows(data, &sf.data, tok.as_ref(), 0, u64::MAX, None)?;
-    if rows.is_empty() {
-        return Err(Error::data(data, "has no rows to evaluate"));
+    Ok(Ready { model, spec: sf.data, tok, arch: Some(sf.arch), output_vocab: sf.output_vocab })
+}
+
+/// A Hugging Face checkpoint directory, reading `opts.text_column` with its tokenizer.
+fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
+    use crate::cache::Positions as CachedPositions;
+    let ck = hf::read_checkpoint(dir)?;
+    let tok_path = ck
+        .tokenizer
+        .clone()
+        .ok_or_else(|| Error::Config(format!("{}: the checkpoint has no tokenizer.json to tokenize the data with", dir.display())))?;
+    let (task, positions) = match ck.arch {
+        StudentArch::Decoder { .. } => (Task::CausalLm, CachedPositions::All),
+        _ => (Task::Classification, CachedPositions::Example),
+    };
+    let (model, _) = hf::load_student(ck, device)?;
+    let text = TextColumns {
+        text: Some(opts.text_column.clone()),
+        prompt: None,
+        completion: None,
+        messages: None,
+        conversational: false,
+        chat_template_sha256: None,
+        positions,
+        max_seq_len: opts.max_seq_len,
+    };
+    let spec = DataSpec { task, features: Vec::new(), label_column: None, text: Some(text), tokenizer_sha256: None };
+    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: None, output_vocab: None })
+}
+
+/// A run directory or a checkpoint directory.
+fn open_student(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
+    if dir.join("student.json").is_file() {
+        load_run(dir, device)
+    } else if hf::is_checkpoint(dir) {
+        load_checkpoint(dir, opts, device)
+    } else {
+        Err(Error::Config(format!(
+            "{}: neither a train-student run directory (student.json) nor a Hugging Face checkpoint (config.json)",
+            dir.display()
+        )))
     }
-    check_rows(&rows, &sf.arch, data, sf.data.task == Task::Classification)?;
-    let mut report = EvalReport::default();
-    let (mut correct, mut agree, mut agree_n, mut nll, mut n) = (0u64, 0u64, 0u64, 0f64, 0u64);
-    for chunk in rows.chunks(64) {
-        match (&model, sf.data.task) {
-            (Student::Mlp(mlp), Task::Classification) => {
-                let width = chunk[0].features.len();
-                let x: Vec<f32> = chunk.iter().flat_map(|r| r.features.iter().copied()).collect();
-                let pred = argmax_rows(mlp.forward(Tensor::from_data(TensorData::new(x, [chunk.len(), width]), &device)));
-                score_classes(chunk, &pred, top1.as_ref(), data, &mut correct, &mut agree, &mut agree_n, &mut n)?;
-            }
-            (Student::Encoder(enc), Task::Classification) => {
-                let (tokens, lengths) = token_tensor(chunk.iter().map(|r| r.tokens.as_slice()), &device);
-                let pred = argmax_rows(enc.forward(tokens, &lengths));
-                score_classes(chunk, &pred, top1.as_ref(), data, &mut correct, &mut agree, &mut agree_n, &mut n)?;
-            }
-            (Student::Decoder(dec), Task::CausalLm) => {
-                let chunk: Vec<_> = chunk.iter().filter(|r| !r.positions.is_empty()).collect();
-                if chunk.is_empty() {
-                    continue;
-                }
-                let (tokens, lengths) = token_tensor(chunk.iter().map(|r| r.tokens.as_slice()), &device);
-                let s = tokens.dims()[1];
-                let logits = dec.forward(tokens, &lengths);
-                let logits = match sf.output_vocab {
-                    Some(v) => logits.narrow(2, 0, v), // a padded vocabulary, see StudentFile
-                    None => logits,
-                };
-                let vocab = logits.dims()[2];
-                let lp: Vec<f32> = log_softmax(logits, 2).into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
-                for (i, r) in chunk.iter().enumerate() {
-                    for &p in &r.positions {
-                        let row = &lp[(i * s + p) * vocab..(i * s + p + 1) * vocab];
-                        nll -= row[r.tokens[p + 1] as usize] as f64;
-                        n += 1;
-                        if let Some(t) = top1.as_ref().and_then(|t| t.get(&(r.index, p as u32))) {
-                            let arg = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &v)| if v > a.1 { (j, v) } else { a }).0;
-                            agree += (arg as u32 == *t) as u64;
-                            agree_n += 1;
-                        }
-                    }
-                }
-            }
-            _ => return Err(Error::Config(format!("{}: student and data task do not match", sf_path.display()))),
-        }
-    }
-    report.positions = n;
-    match sf.data.task {
-        Task::Classification => report.accuracy = Some(correct as f64 / n.max(1) as f64),
-        Task::CausalLm => report.perplexity = Some((nll / n.max(1) as f64).exp()),
-    }
-    if agree_n > 0 {
-        report.top1_agreement = Some(agree as f64 / agree_n as f64);
-    }
-    Ok(report)
 }
 
 /// Index of the largest logit of each row. `[b, classes] -> b`
@@ -147,30 +246,6 @@ fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: boo
                 format!("row {}: label {l} is outside the student's {} classes (0..{})", r.index, arch.vocab(), arch.vocab()),
             ));
         }
-    }
-    Ok(())
-}
-
-/// Count correct predictions and agreement with the teacher's top-1 for classifier rows.
-#[allow(clippy::too_many_arguments)]
-fn score_classes(
-    rows: &[PreparedRow],
-    pred: &[i64],
-    top1: Option<&HashMap<(u64, u32), u32>>,
-    data: &Path,
-    correct: &mut u64,
-    agree: &mut u64,
-    agree_n: &mut u64,
-    n: &mut u64,
-) -> Result<()> {
-    for (r, &p) in rows.iter().zip(pred) {
-        let label = r.label.ok_or_else(|| Error::data(data, format!("row {}: label is missing", r.index)))?;
-        *correct += (p == label) as u64;
-        if let Some(t) = top1.and_then(|t| t.get(&(r.index, 0))) {
-            *agree += (p == *t as i64) as u64;
-            *agree_n += 1;
-        }
-        *n += 1;
     }
     Ok(())
 }
@@ -218,89 +293,26 @@ pub struct PredictOptions {
 /// `{"row", "tokens", "logits"}` with logits `[classes]` (classifier) or
 /// `[len, vocab]` (LM, every position). Returns the number of rows written.
 pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<u64> {
-    use crate::cache::Positions;
-    use crate::stage::train_student::DataSpec;
-    use crate::student::hf;
-    use crate::text::TextColumns;
     let device = Device::flex();
-    let sf_path = student_dir.join("student.json");
-    let mut arch = None;
-    let (model, spec, tok) = if sf_path.is_file() {
-        let sf: StudentFile = serde_json::from_slice(&std::fs::read(&sf_path).map_err(|e| Error::io(&sf_path, e))?)
-            .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
-        let mut model = sf.arch.init(&device);
-        student::load_burnpack(&mut model, &student_dir.join("student.bpk"))?;
-        let tok = match &sf.data.text {
-            Some(text) => {
-                let mut tok = Tokenizer::load(&student_dir.join(TOKENIZER_FILE))?;
-                crate::text::attach_chat_template(&mut tok, text, student_dir)?;
-                Some(tok)
-            }
-            None => None,
-        };
-        arch = Some(sf.arch.clone());
-        (model, sf.data, tok)
-    } else if hf::is_checkpoint(student_dir) {
-        let ck = hf::read_checkpoint(student_dir)?;
-        let tok_path = ck.tokenizer.clone().ok_or_else(|| {
-            Error::Config(format!("{}: the checkpoint has no tokenizer.json to tokenize the data with", student_dir.display()))
-        })?;
-        let (task, positions) = match ck.arch {
-            StudentArch::Decoder { .. } => (Task::CausalLm, Positions::All),
-            _ => (Task::Classification, Positions::Example),
-        };
-        let (model, _) = hf::load_student(ck, &device)?;
-        let spec = DataSpec {
-            task,
-            features: Vec::new(),
-            label_column: None,
-            text: Some(TextColumns {
-                text: Some(opts.text_column.clone()),
-                prompt: None,
-                completion: None,
-                messages: None,
-                conversational: false,
-                chat_template_sha256: None,
-                positions,
-                max_seq_len: opts.max_seq_len,
-            }),
-            tokenizer_sha256: None,
-        };
-        (model, spec, Some(Tokenizer::load(&tok_path)?))
-    } else {
-        return Err(Error::Config(format!(
-            "{}: neither a train-student run directory (student.json) nor a Hugging Face checkpoint (config.json)",
-            student_dir.display()
-        )));
-    };
-    let rows = prepare_rows(data, &spec, tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
-    if let Some(arch) = &arch {
+    let st = open_student(student_dir, opts, &device)?;
+    let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
+    if let Some(arch) = &st.arch {
         check_rows(&rows, arch, data, false)?;
     }
     let mut text = String::new();
     for chunk in rows.chunks(16) {
-        let lines: Vec<serde_json::Value> = match &model {
-            Student::Mlp(mlp) => {
-                let width = chunk[0].features.len();
-                let x: Vec<f32> = chunk.iter().flat_map(|r| r.features.iter().copied()).collect();
-                let logits = rows_of(mlp.forward(Tensor::from_data(TensorData::new(x, [chunk.len(), width]), &device)));
-                chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "logits": l})).collect()
-            }
-            Student::Encoder(enc) => {
-                let (tokens, lengths) = token_tensor(chunk.iter().map(|r| r.tokens.as_slice()), &device);
-                let logits = rows_of(enc.forward(tokens, &lengths));
+        let logits = rows_of(st.model.logits(&inputs(chunk.iter()), Positions::All, &device));
+        let lines: Vec<serde_json::Value> = match &st.model {
+            Student::Mlp(_) => chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "logits": l})).collect(),
+            Student::Encoder(_) => {
                 chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "tokens": r.tokens, "logits": l})).collect()
             }
-            Student::Decoder(dec) => {
-                let (tokens, lengths) = token_tensor(chunk.iter().map(|r| r.tokens.as_slice()), &device);
-                let [b, s] = tokens.dims();
-                let logits = dec.forward(tokens, &lengths);
-                let v = logits.dims()[2];
-                let flat = rows_of(logits.reshape([b * s, v]));
+            Student::Decoder(_) => {
+                let s = logits.len() / chunk.len();
                 chunk
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| serde_json::json!({"row": r.index, "tokens": r.tokens, "logits": &flat[i * s..i * s + r.tokens.len()]}))
+                    .map(|(i, r)| serde_json::json!({"row": r.index, "tokens": r.tokens, "logits": &logits[i * s..i * s + r.tokens.len()]}))
                     .collect()
             }
         };

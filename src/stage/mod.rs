@@ -5,7 +5,6 @@ pub mod eval;
 pub mod inspect;
 pub mod merge;
 pub mod report;
-pub mod train_student;
 
 pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};
 pub use inspect::{CacheStats, inspect};

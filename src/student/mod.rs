@@ -14,7 +14,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot, SafetensorsStore};
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, DecoderConfig};
@@ -58,6 +58,80 @@ pub enum Student {
     Mlp(Mlp),
     Encoder(Encoder),
     Decoder(Decoder),
+}
+
+/// One row as a student reads it: numeric features (MLP) or token ids (encoder, decoder).
+#[derive(Debug, Clone, Copy)]
+pub struct RowInput<'a> {
+    pub features: &'a [f32],
+    pub tokens: &'a [u32],
+}
+
+/// Which positions of a decoder's rows get logits (classifiers give one row of logits per
+/// input row whatever this says).
+#[derive(Debug, Clone, Copy)]
+pub enum Positions<'a> {
+    /// Every position of the padded batch: row `r`, position `p` at `r * s + p`.
+    All,
+    /// These `(row, position)` pairs, in order: only their hidden states reach the final
+    /// norm and the LM head (the largest matrix product of a training step).
+    At(&'a [(usize, usize)]),
+}
+
+impl Student {
+    /// The forward pass of any student: the one dispatch training, `eval` and `predict` use.
+    ///
+    /// # Shapes
+    /// - MLP: features `[b, input]` -> `[b, classes]`
+    /// - encoder: tokens `[b, s]` (right-padded, [`token_tensor`]) -> `[b, classes]`
+    /// - decoder: tokens `[b, s]` -> hidden `[b, s, d_model]` -> `[b * s, vocab]`
+    ///   ([`Positions::All`]) or `[m, vocab]` for `m` listed pairs ([`Positions::At`])
+    pub fn logits(&self, rows: &[RowInput<'_>], positions: Positions<'_>, device: &Device) -> Tensor<2> {
+        match self {
+            Student::Mlp(mlp) => {
+                let width = rows.first().map(|r| r.features.len()).unwrap_or(0);
+                let x: Vec<f32> = rows.iter().flat_map(|r| r.features.iter().copied()).collect();
+                mlp.forward(Tensor::from_data(TensorData::new(x, [rows.len(), width]), device))
+            }
+            Student::Encoder(enc) => {
+                let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
+                enc.forward(tokens, &lengths)
+            }
+            Student::Decoder(dec) => {
+                let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
+                let h = dec.hidden(tokens, &lengths);
+                let [b, s, d] = h.dims();
+                let h = h.reshape([b * s, d]);
+                match positions {
+                    Positions::All => dec.logits(h),
+                    Positions::At(at) => {
+                        let flat: Vec<i64> = at.iter().map(|&(r, p)| (r * s + p) as i64).collect();
+                        let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(flat, [at.len()]), device);
+                        dec.logits(h.select(0, idx))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows of token ids, right-padded with id 0 (padding is masked by the lengths, so the pad
+/// id never reaches a logit that counts).
+///
+/// # Shapes
+/// - returns tokens `[b, s]` with `s` the longest row (at least 1), and each row's length
+pub fn token_tensor<'a>(rows: impl ExactSizeIterator<Item = &'a [u32]> + Clone, device: &Device) -> (Tensor<2, Int>, Vec<usize>) {
+    let b = rows.len();
+    let s = rows.clone().map(<[u32]>::len).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; b * s];
+    let mut lengths = Vec::with_capacity(b);
+    for (r, row) in rows.enumerate() {
+        for (t, &id) in row.iter().enumerate() {
+            ids[r * s + t] = id as i64;
+        }
+        lengths.push(row.len());
+    }
+    (Tensor::from_data(TensorData::new(ids, [b, s]), device), lengths)
 }
 
 /// What the user asks for (`--student mlp:hidden=64,64` or a pipeline's `[student]`).

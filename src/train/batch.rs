@@ -1,0 +1,58 @@
+//! One training batch: the student's logits at the cached positions and the loss parts.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::TrainConfig;
+use crate::loss::{self, SoftTargets};
+use crate::student::{Positions, RowInput, Student};
+
+use super::examples::Example;
+
+/// The loss parts of one batch and the positions it trained.
+///
+/// Only the positions with a cached soft label enter the loss. A decoder's batch is mostly
+/// prompt and padding positions, so its hidden states are narrowed to the cached ones
+/// before the final norm and the LM head ([`Positions::At`]).
+///
+/// # Shapes
+/// - MLP: features `[b, input]` -> logits `[b, classes]`, one target per row
+/// - encoder: tokens `[b, s]` -> logits `[b, classes]`, one target per row
+/// - decoder: tokens `[b, s]` -> the `m` cached positions' logits `[m, vocab]`
+/// - soft targets `[m, k]` (ids, log-probs) and `[m]` (tail); hard labels `[m]`
+pub(super) fn batch_loss(
+    model: &Student,
+    batch: &[&Example],
+    k: usize,
+    vocab: usize,
+    cfg: &TrainConfig,
+    train_t: f32,
+    device: &Device,
+) -> (loss::LossParts, usize) {
+    let mut cached: Vec<(usize, usize)> = Vec::new(); // (row in the batch, position)
+    let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (r, e) in batch.iter().enumerate() {
+        for t in &e.targets {
+            cached.push((r, t.position));
+            ids.extend(t.ids.iter().map(|&i| i as i64));
+            lps.extend_from_slice(&t.logprobs);
+            tail.push(t.tail);
+            hard.push(t.hard.unwrap_or(0));
+            labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
+        }
+    }
+    let count = cached.len();
+    let rows: Vec<RowInput<'_>> = batch.iter().map(|e| RowInput { features: &e.features, tokens: &e.tokens }).collect();
+    let logits = model.logits(&rows, Positions::At(&cached), device);
+    // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
+    // columns are not part of the distribution.
+    let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
+    let soft = SoftTargets {
+        ids: Tensor::from_data(TensorData::new(ids, [count, k]), device),
+        logprobs: Tensor::from_data(TensorData::new(lps, [count, k]), device),
+        tail_logmass: Tensor::from_data(TensorData::new(tail, [count]), device),
+    };
+    let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
+    let mask: Tensor<1> = Tensor::ones([count], device);
+    let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
+    (loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail), count)
+}

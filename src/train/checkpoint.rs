@@ -1,0 +1,99 @@
+//! Stage two's checkpoints: `checkpoint-STEP/` (model + optimizer) and the pointer
+//! `checkpoint.json` that a resumed run starts from; and the atomic export of the student.
+
+use std::path::Path;
+
+use burn::optim::ModuleOptimizer;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::integrity::{sync_dir, temporary_name, write_atomic};
+use crate::student::{self, Student};
+
+/// The checkpoint pointer, `checkpoint.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CheckpointState {
+    pub step: usize,
+    /// Steps into the epoch `epoch` that were done (batches are skipped on resume).
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    pub dir: String,
+    pub config_sha256: String,
+}
+
+/// Where a run stands: its step, epoch and step within the epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct At {
+    pub step: usize,
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+}
+
+/// The checkpoint a run resumes from: `None` for a new run. A run directory that already
+/// holds a run is refused without `--resume`, and with it when the settings differ.
+pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str) -> Result<Option<CheckpointState>> {
+    let pointer = out.join("checkpoint.json");
+    if resume && pointer.exists() {
+        let s: CheckpointState = serde_json::from_slice(&std::fs::read(&pointer).map_err(|e| Error::io(&pointer, e))?)
+            .map_err(|e| Error::Config(format!("{}: not a checkpoint pointer: {e}", pointer.display())))?;
+        if s.config_sha256 != config_sha {
+            return Err(Error::Config(format!(
+                "{}: the checkpoint was made with other settings (config.json differs); resume with the same settings",
+                out.display()
+            )));
+        }
+        return Ok(Some(s));
+    }
+    if !resume && out.join("config.json").exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            out.display()
+        )));
+    }
+    Ok(None)
+}
+
+/// Load a checkpoint's model and optimizer state.
+pub(super) fn load(out: &Path, s: &CheckpointState, model: &mut Student, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let dir = out.join(&s.dir);
+    student::load_burnpack(model, &dir.join("model.bpk"))?;
+    optim.load(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))
+}
+
+/// Save model + optimizer under `checkpoint-STEP/`, then point `checkpoint.json` at it
+/// (atomically), then remove older checkpoints.
+pub(super) fn save(out: &Path, model: &Student, optim: &ModuleOptimizer, at: At, config_sha: &str) -> Result<()> {
+    let name = format!("checkpoint-{:08}", at.step);
+    let dir = out.join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    student::save_burnpack(model, &dir.join("model.bpk"))?;
+    optim.save(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
+    for f in ["model.bpk", "optim.bpk"] {
+        let p = dir.join(f);
+        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+    }
+    sync_dir(&dir)?;
+    let state = CheckpointState {
+        step: at.step,
+        epoch: at.epoch,
+        step_in_epoch: at.step_in_epoch,
+        dir: name.clone(),
+        config_sha256: config_sha.to_string(),
+    };
+    write_atomic(&out.join("checkpoint.json"), &serde_json::to_vec_pretty(&state).expect("serialises"))?;
+    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n.starts_with("checkpoint-") && n != name {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Write `path` through `write` at its temporary name, then rename it into place: a kill
+/// leaves the old file or the new one.
+pub(super) fn export_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temporary_name(path);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,162 @@
+//! Stage two's checks before training: the cache serves this run (data, temperature, task,
+//! tokenizer) and a pretrained checkpoint fits the cache.
+
+use std::path::Path;
+
+use crate::cache::manifest::DatasetInfo;
+use crate::cache::manifest::TOKENIZER_FILE;
+use crate::cache::{CacheReader, Manifest, Task};
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::loss::TailMode;
+use crate::student::{self, StudentArch, hf};
+use crate::text::{self, Tokenizer};
+
+/// Open the cache and check that it serves this run: data, tokenizer, temperature, task.
+pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
+    // A remote cache's shards are still arriving: they are checked as they are read.
+    let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
+    let m = reader.manifest();
+    if let Some(why) = DatasetInfo::of(&cfg.data)?.difference(&m.dataset) {
+        return Err(Error::cache(&cfg.cache, format!("was made from another dataset than {}: {why}", cfg.data.display())));
+    }
+    if let Some(k) = cfg.top_k
+        && k > m.top_k
+    {
+        return Err(Error::Config(format!("train.top_k = {k} but the cache holds only the top {} entries per position", m.top_k)));
+    }
+    let t = cfg.temperature.unwrap_or(m.temperature);
+    if (t - m.temperature).abs() > 1e-6 && cfg.tail == TailMode::Bucket && m.top_k < m.vocab_size {
+        return Err(Error::Config(format!(
+            "train.temperature = {t} differs from the cache's temperature {}: the tail mass at {t} cannot be \
+             recovered from the cache, so tail = \"bucket\" cannot serve it; use tail = \"renormalize\" (the top-k is \
+             re-tempered exactly) or train at T = {}",
+            m.temperature, m.temperature
+        )));
+    }
+    use student::StudentSpec as S;
+    let kind = match &cfg.student {
+        S::Mlp { .. } => "mlp",
+        S::Encoder { .. } => "encoder",
+        S::Decoder { .. } => "decoder",
+        S::Hf { path } => hf::read_arch(path)?.kind_name(),
+    };
+    let fits = match (kind, m.task) {
+        ("mlp", Task::Classification) => m.text.is_none(),
+        ("encoder", Task::Classification) => m.text.is_some(),
+        ("decoder", Task::CausalLm) => true,
+        _ => false,
+    };
+    if !fits {
+        let cache_kind = match (m.task, m.text.is_some()) {
+            (Task::Classification, false) => "classification over numeric features (student kind `mlp`)",
+            (Task::Classification, true) => "classification over tokens (student kind `encoder`)",
+            (Task::CausalLm, _) => "causal LM (student kind `decoder`)",
+        };
+        return Err(Error::Config(format!("student kind `{kind}` cannot learn this cache: it holds {cache_kind}")));
+    }
+    Ok((reader, t))
+}
+
+/// Check that a pretrained checkpoint can learn from this cache: vocabulary, classes,
+/// positions, tokenizer. A vocabulary padded past the cache's is sliced (noted); a smaller
+/// one, another tokenizer or another class count is refused.
+pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option<&Tokenizer>, notes: &mut Vec<String>) -> Result<()> {
+    let dir = ck.dir.display().to_string();
+    if let (Some(theirs), Some(ours)) = (&ck.tokenizer, tok) {
+        same_tokenizer(theirs, ours)?;
+    }
+    let tokens = tok.map(|t| t.vocab_size()).unwrap_or(0);
+    let has_classifier = ck.has("classifier.weight");
+    match &mut ck.arch {
+        StudentArch::Decoder { vocab_size, .. } => {
+            if *vocab_size < m.vocab_size {
+                return Err(Error::Config(format!(
+                    "{dir}: the student's vocab_size is {vocab_size} but the cache's vocabulary (the teacher's logits) has {} entries: cached token ids >= {vocab_size} would have no logit",
+                    m.vocab_size
+                )));
+            }
+            if *vocab_size > m.vocab_size {
+                notes.push(format!(
+                    "the student's vocabulary ({vocab_size}) is padded past the cache's ({}): its logits are sliced to the first {} (the padding rows get no gradient and are kept in the export)",
+                    m.vocab_size, m.vocab_size
+                ));
+            }
+        }
+        StudentArch::Encoder { vocab_size, classes, max_positions, .. } => {
+            if *vocab_size < tokens {
+                return Err(Error::Config(format!(
+                    "{dir}: the student's vocab_size is {vocab_size} but the cache's tokenizer has {tokens} tokens"
+                )));
+            }
+            if !has_classifier && *classes != m.vocab_size {
+                // A bare encoder (no head yet): the head is made for the cache's classes.
+                *classes = m.vocab_size;
+            } else if *classes != m.vocab_size {
+                return Err(Error::Config(format!(
+                    "{dir}: the checkpoint classifies into {classes} classes (id2label / num_labels) but the cache has {}",
+                    m.vocab_size
+                )));
+            }
+            let need = m.text.as_ref().map(|t| t.max_seq_len).unwrap_or(0);
+            if *max_positions < need {
+                return Err(Error::Config(format!(
+                    "{dir}: max_position_embeddings is {max_positions} but the cache's sequences are up to {need} tokens"
+                )));
+            }
+        }
+        StudentArch::Mlp { .. } => unreachable!("checkpoints are encoders or decoders"),
+    }
+    Ok(())
+}
+
+/// The checkpoint's tokenizer must give every token of the cache's the same id.
+fn same_tokenizer(theirs: &Path, ours: &Tokenizer) -> Result<()> {
+    let theirs_tok = Tokenizer::load(theirs)?;
+    if theirs_tok.sha256 != ours.sha256 {
+        let (a, b) = (theirs_tok.inner.get_vocab(true), ours.inner.get_vocab(true));
+        let mut diff: Vec<String> = b
+            .iter()
+            .filter(|(t, id)| a.get(*t) != Some(id))
+            .map(|(t, id)| format!("`{t}` is {id} in the cache's tokenizer but {:?} in the checkpoint's", a.get(t)))
+            .collect();
+        diff.sort();
+        if !diff.is_empty() || a.len() != b.len() {
+            return Err(Error::Tokenizer {
+                path: theirs.to_path_buf(),
+                message: format!(
+                    "the checkpoint's tokenizer ({} tokens) is not the cache's ({} tokens): {}",
+                    a.len(),
+                    b.len(),
+                    diff.first().cloned().unwrap_or_else(|| "the checkpoint's has extra tokens".into())
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The cache's tokenizer (a text cache), with its chat template: `--tokenizer` or the copy
+/// in the cache, checked against the manifest's hash.
+pub(super) fn tokenizer_for(cfg: &TrainConfig, m: &Manifest, cache_dir: &Path) -> Result<Option<Tokenizer>> {
+    let (Some(text), Some(info)) = (&m.text, &m.tokenizer) else { return Ok(None) };
+    let mut tok = load_tokenizer(cfg.tokenizer.as_deref(), cache_dir, &info.sha256)?;
+    text::attach_chat_template(&mut tok, text, cache_dir)?;
+    Ok(Some(tok))
+}
+
+fn load_tokenizer(cfg_tokenizer: Option<&Path>, dir: &Path, expected: &str) -> Result<Tokenizer> {
+    let path = cfg_tokenizer.map(Path::to_path_buf).unwrap_or_else(|| dir.join(TOKENIZER_FILE));
+    let tok = Tokenizer::load(&path)?;
+    if tok.sha256 != expected {
+        return Err(Error::Tokenizer {
+            path,
+            message: format!(
+                "is not the tokenizer the cache was made with (sha256 {} vs {} in the manifest)",
+                crate::integrity::short(&tok.sha256),
+                crate::integrity::short(expected)
+            ),
+        });
+    }
+    Ok(tok)
+}

@@ -1,0 +1,265 @@
+//! Stage two's examples: dataset rows prepared as student inputs (tokenized, or numeric
+//! features), kept between epochs up to a budget, and joined with their cached soft labels.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::cache::{CacheReader, ShardInfo, SoftLabelBatch, Task};
+use crate::config::TrainConfig;
+use crate::data::{self, Column, Field, Kind};
+use crate::error::{Error, Result};
+use crate::loss;
+use crate::text::{self, Tokenizer};
+
+use super::DataSpec;
+
+/// One dataset row joined with its cached positions.
+pub(super) struct Example {
+    pub features: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub targets: Vec<Target>,
+}
+
+pub(super) struct Target {
+    pub position: usize,
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub tail: f32,
+    /// `None`: an unlabelled classification row (soft label only).
+    pub hard: Option<i64>,
+}
+
+/// Columns to read for a data spec: features or text, then the label.
+fn columns_of(spec: &DataSpec) -> Vec<Column> {
+    let mut cols: Vec<Column> = match &spec.text {
+        Some(t) => t.columns(),
+        None => spec.features.iter().map(|c| Column::new(c, Kind::Numbers)).collect(),
+    };
+    if let Some(l) = &spec.label_column {
+        cols.push(Column::new(l, Kind::Label));
+    }
+    cols
+}
+
+/// Dataset rows `first..first + count` turned into student inputs.
+#[derive(Clone)]
+pub(crate) struct PreparedRow {
+    pub index: u64,
+    pub features: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub positions: Vec<usize>,
+    pub label: Option<i64>,
+}
+
+pub(crate) fn prepare_rows(
+    path: &Path,
+    spec: &DataSpec,
+    tok: Option<&Tokenizer>,
+    first: u64,
+    count: u64,
+    start: Option<data::RowStart>,
+) -> Result<Vec<PreparedRow>> {
+    let cols = columns_of(spec);
+    let label_slot = spec.label_column.as_ref().map(|_| cols.len() - 1);
+    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
+    let rows = match start {
+        Some(at) if at.row == first => data::read_jsonl_at(path, &cols, at)?,
+        _ => data::read_rows_from(path, &cols, first)?,
+    };
+    for row in rows.take(count as usize) {
+        let row = row?;
+        let label = match label_slot.map(|s| &row.fields[s]) {
+            Some(Field::Label(l)) => Some(*l),
+            _ => None,
+        };
+        match (&spec.text, tok) {
+            (Some(t), Some(tok)) => {
+                let tk = text::tokenize(tok, t, &row.fields, row.index, path)?;
+                out.push(PreparedRow { index: row.index, features: vec![], positions: tk.positions(), tokens: tk.ids, label });
+            }
+            _ => {
+                let mut features = Vec::new();
+                for (slot, name) in spec.features.iter().enumerate() {
+                    match &row.fields[slot] {
+                        Field::Numbers(v) => {
+                            if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+                                return Err(Error::data(path, format!("row {}, column `{name}`: value {bad} is {}", row.index, v[bad])));
+                            }
+                            features.extend_from_slice(v)
+                        }
+                        _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
+                    }
+                }
+                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl PreparedRow {
+    /// Bytes this row holds.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len())
+    }
+}
+
+/// The prepared rows of shards, kept between epochs up to a byte budget (first come, first
+/// kept), so that a cache larger than the shuffle window is read from the data and tokenized
+/// once rather than every epoch. A shard's rows are the same whenever they are prepared, so
+/// what is kept changes the work, not the batches.
+pub(super) struct PreparedMemo {
+    /// By the shard's first dataset row.
+    shards: std::collections::HashMap<u64, Vec<PreparedRow>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl PreparedMemo {
+    pub fn new(budget_mb: usize) -> PreparedMemo {
+        PreparedMemo { shards: Default::default(), bytes: 0, budget: budget_mb << 20 }
+    }
+
+    /// The rows of the shard starting at `first_row`: kept ones, or `prepare()`'s (kept
+    /// while the budget allows).
+    fn rows(&mut self, first_row: u64, prepare: impl FnOnce() -> Result<Vec<PreparedRow>>) -> Result<Vec<PreparedRow>> {
+        if let Some(rows) = self.shards.get(&first_row) {
+            return Ok(rows.clone());
+        }
+        let rows = prepare()?;
+        let size: usize = rows.iter().map(PreparedRow::bytes).sum();
+        if self.bytes + size <= self.budget {
+            self.bytes += size;
+            self.shards.insert(first_row, rows.clone());
+        }
+        Ok(rows)
+    }
+}
+
+/// Join one shard with its dataset rows. Every cached hard label must agree with the data
+/// (a different tokenizer or dataset shows up here, naming the row).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn load_shard(
+    reader: &CacheReader,
+    shard: &ShardInfo,
+    cfg: &TrainConfig,
+    spec: &DataSpec,
+    tok: Option<&Tokenizer>,
+    train_t: f32,
+    starts: &HashMap<u64, data::RowStart>,
+    memo: &mut PreparedMemo,
+    read_seconds: &mut f64,
+) -> Result<Vec<Example>> {
+    let limit = cfg.max_rows.unwrap_or(u64::MAX);
+    if shard.first_row >= limit {
+        return Ok(Vec::new());
+    }
+    let count = shard.rows.min(limit - shard.first_row);
+    let rows =
+        memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
+    let labels: Vec<Option<i64>> = rows.iter().map(|r| r.label).collect();
+    let mut examples: Vec<Example> =
+        rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
+    let t0 = Instant::now();
+    let soft = SoftLabelReader {
+        k: reader.manifest().top_k,
+        k_used: cfg.top_k.unwrap_or(reader.manifest().top_k),
+        cache_t: reader.manifest().temperature,
+        train_t,
+    };
+    for batch in reader.read_shard(shard, 8192)? {
+        let b = batch?;
+        for i in 0..b.len() {
+            let r = b.rows[i];
+            if r >= shard.first_row + count {
+                continue;
+            }
+            let at = (r - shard.first_row) as usize;
+            let (position, hard) = (b.positions[i] as usize, b.hard_labels[i]);
+            check_hard_label(reader, shard, r, position, hard, labels[at], &examples[at].tokens)?;
+            examples[at].targets.push(soft.target(&b, i, position, hard));
+        }
+    }
+    *read_seconds += t0.elapsed().as_secs_f64();
+    examples.retain(|e| !e.targets.is_empty());
+    if cfg.alpha == 0.0 {
+        // Hard labels only: unlabelled rows teach nothing; leave them out so batches are
+        // full of labelled rows (the same batches as training on the labelled rows alone).
+        examples.retain(|e| e.targets.iter().all(|t| t.hard.is_some()));
+    }
+    Ok(examples)
+}
+
+/// A cached hard label must be the data's: its label (classification) or the next token of
+/// its tokenization (causal LM).
+fn check_hard_label(
+    reader: &CacheReader,
+    shard: &ShardInfo,
+    r: u64,
+    position: usize,
+    hard: Option<i64>,
+    label: Option<i64>,
+    tokens: &[u32],
+) -> Result<()> {
+    let m = reader.manifest();
+    if m.task == Task::Classification && m.label_column.is_some() && hard != label {
+        return Err(Error::cache(
+            reader.shard_path(shard),
+            format!(
+                "row {r}: the cache's hard label is {hard:?} but the data's `{}` is {:?}; the data differs from the \
+                 one the cache was made with (rows reordered or relabelled)",
+                m.label_column.as_deref().unwrap_or("label"),
+                label
+            ),
+        ));
+    }
+    if m.task == Task::CausalLm {
+        let hard = hard.ok_or_else(|| Error::cache(reader.shard_path(shard), format!("row {r} position {position} has no next token")))?;
+        let want = tokens.get(position + 1).copied();
+        if want != Some(hard as u32) {
+            return Err(Error::cache(
+                reader.shard_path(shard),
+                format!(
+                    "row {r} position {position}: the cache's next token is {hard} but the data tokenizes to {want:?}; \
+                     the data or tokenizer differs from the one the cache was made with"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How a cached entry becomes a training target: the first `k_used` of the cached `k`
+/// entries, re-tempered from the cache's temperature to the training one.
+struct SoftLabelReader {
+    k: usize,
+    k_used: usize,
+    cache_t: f32,
+    train_t: f32,
+}
+
+impl SoftLabelReader {
+    fn target(&self, b: &SoftLabelBatch, i: usize, position: usize, hard: Option<i64>) -> Target {
+        let (k, k_used) = (self.k, self.k_used);
+        let all = &b.logprobs[i * k..(i + 1) * k];
+        let mut logprobs = all[..k_used].to_vec();
+        // A smaller k: the dropped entries' mass joins the tail (log-sum-exp, f64).
+        let mut tail = b.tail_logmass[i] as f64;
+        if k_used < k {
+            let terms = all[k_used..].iter().map(|&v| v as f64).chain((tail.is_finite()).then_some(tail));
+            let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+            tail = max + terms.map(|v| (v - max).exp()).sum::<f64>().ln();
+        }
+        if (self.train_t - self.cache_t).abs() > 1e-6 {
+            loss::retemper(&mut logprobs, self.cache_t, self.train_t);
+        }
+        Target {
+            position,
+            ids: b.ids[i * k..i * k + k_used].to_vec(),
+            logprobs,
+            tail: if tail.is_finite() { tail as f32 } else { -1e4 },
+            hard,
+        }
+    }
+}
