@@ -1,0 +1,103 @@
+//! A cache's identity: the settings and input hashes its fingerprint covers, and the
+//! manifest a run starts from.
+
+use std::path::Path;
+
+use crate::cache::manifest::{self, DatasetInfo, EncodingInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
+use crate::cache::{LogprobEncoding, schema, writer};
+use crate::config::CacheTeacherConfig;
+use crate::data::Kind;
+use crate::error::{Error, Result};
+
+use super::RunOptions;
+use super::inputs::Inputs;
+
+/// The manifest of the cache `cfg` makes from `inputs`, with no shards yet.
+pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: &Inputs) -> Result<Manifest> {
+    let dataset = DatasetInfo::of(&cfg.data)?;
+    if dataset.rows == 0 {
+        return Err(Error::data(&cfg.data, "has no rows: there is nothing to cache"));
+    }
+    let encoding = encoding_of(cfg.encoding);
+    let identity = identity(cfg, inputs, &dataset, &encoding);
+    let fingerprint = manifest::sha256_canonical_json(&identity);
+    let (teacher, tok) = (&inputs.teacher, inputs.tok.as_ref());
+    Ok(Manifest {
+        schema_version: SCHEMA_VERSION,
+        complete: false,
+        part: cfg.part,
+        tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
+        task: teacher.task,
+        teacher: manifest::TeacherInfo {
+            file: file_name(&cfg.teacher),
+            sha256: teacher.sha256.clone(),
+            bytes: teacher.bytes,
+            external_data: teacher.external_data.clone(),
+            inputs: teacher.inputs_info().to_vec(),
+            outputs: teacher.outputs_info().to_vec(),
+            logits_output: teacher.output_name().to_string(),
+        },
+        tokenizer: tok.map(|t| TokenizerInfo { file: file_name(&t.path), sha256: t.sha256.clone(), vocab_size: t.vocab_size() }),
+        vocab_size: teacher.vocab_size,
+        top_k: inputs.top_k,
+        temperature: cfg.temperature,
+        positions: inputs.positions,
+        encoding,
+        dataset,
+        text: inputs.text_columns.clone(),
+        features: inputs.columns.iter().filter(|c| c.kind == Kind::Numbers).map(|c| c.name.clone()).collect(),
+        label_column: inputs.label_column.clone(),
+        rows_per_shard: cfg.rows_per_shard,
+        fingerprint,
+        settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
+        command: opts.command.clone(),
+        totals: Totals::default(),
+        shards: Vec::new(),
+        checksum: String::new(),
+    })
+}
+
+/// How log-probs are stored: the quantisation step of `delta-u16` (0 for `f32`).
+fn encoding_of(logprobs: LogprobEncoding) -> EncodingInfo {
+    let step = match logprobs {
+        LogprobEncoding::DeltaU16 => schema::DEFAULT_LOGPROB_STEP,
+        LogprobEncoding::F32 => 0.0,
+    };
+    EncodingInfo { logprobs, logprob_step: step, max_abs_error: step / 2.0, compression: format!("zstd({})", writer::ZSTD_LEVEL) }
+}
+
+/// Everything the cache's content depends on (its fingerprint is the hash of this).
+fn identity(cfg: &CacheTeacherConfig, inputs: &Inputs, dataset: &DatasetInfo, encoding: &EncodingInfo) -> serde_json::Value {
+    let teacher = &inputs.teacher;
+    let mut identity = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "teacher_sha256": teacher.sha256,
+        "logits_output": teacher.output_name(),
+        "inputs": teacher.inputs_info(),
+        "tokenizer_sha256": inputs.tok.as_ref().map(|t| t.sha256.clone()),
+        "dataset_sha256": dataset.sha256,
+        "columns": inputs.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "top_k": inputs.top_k,
+        "temperature": cfg.temperature,
+        "positions": inputs.positions,
+        "max_seq_len": cfg.text.as_ref().map(|t| t.max_seq_len),
+        "encoding": encoding,
+        "rows_per_shard": cfg.rows_per_shard,
+    });
+    // Keys that only some caches have (older fingerprints stay as they were without them).
+    if !teacher.external_data.is_empty() {
+        identity["teacher_external_data"] = serde_json::json!(teacher.external_data);
+    }
+    if inputs.selectable.ids < teacher.vocab_size {
+        identity["selectable_ids"] = serde_json::json!(inputs.selectable.ids);
+    }
+    if let Some(sha) = inputs.text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
+        identity["chat_template_sha256"] = serde_json::json!(sha);
+    }
+    identity
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}
