@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use distill::config::{CacheSettings, PipelineFile, TrainSettings};
+use distill::config::{CacheSettings, PipelineFile, TrainSettings, merge};
 use distill::stage::{self, RunOptions};
 use distill::student::StudentSpec;
 use distill::train::TrainOptions;
@@ -145,69 +145,12 @@ struct TrainArgs {
     /// Read settings from a pipeline file's [student] and [train]; flags override it.
     #[arg(long, value_name = "FILE")]
     pipeline: Option<PathBuf>,
-    /// The cache written by cache-teacher.
-    #[arg(long, value_name = "CACHE_DIR")]
-    cache: Option<PathBuf>,
-    /// The training data the cache was made from, as given to cache-teacher (file, directory
-    /// or glob; every file's hash is checked).
-    #[arg(long, value_name = "DATA")]
-    data: Option<PathBuf>,
-    /// Run directory (config, metrics.csv, checkpoints, student.bpk/.safetensors/.json).
-    #[arg(long, value_name = "RUN_DIR")]
-    out: Option<PathBuf>,
-    /// Student: `mlp:hidden=64,64` or `decoder:d_model=64,layers=2,heads=2,d_ff=172`.
+    /// Student: `mlp:hidden=64,64`, `encoder:d_model=64,layers=2`,
+    /// `decoder:d_model=64,layers=2,heads=2,d_ff=172` or `hf:DIR` (a Hugging Face checkpoint).
     #[arg(long, value_name = "SPEC")]
     student: Option<String>,
-    /// Weight of the distillation term (0 = hard labels only) [default: 0.5].
-    #[arg(long, value_name = "A")]
-    alpha: Option<f32>,
-    /// Training temperature [default: the cache's]; another value needs --tail renormalize.
-    #[arg(long, value_name = "T")]
-    temperature: Option<f32>,
-    /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.
-    #[arg(long, value_name = "MODE")]
-    tail: Option<String>,
-    /// Passes over the data [default: 10].
-    #[arg(long, value_name = "N")]
-    epochs: Option<usize>,
-    /// Stop after N optimizer steps (overrides --epochs).
-    #[arg(long, value_name = "N")]
-    steps: Option<usize>,
-    /// Rows per batch [default: 32].
-    #[arg(long, value_name = "N")]
-    batch_size: Option<usize>,
-    /// Peak learning rate of AdamW (5% warm-up, cosine to 10%) [default: 1e-3].
-    #[arg(long, value_name = "LR")]
-    lr: Option<f64>,
-    /// AdamW weight decay [default: 0].
-    #[arg(long, value_name = "WD")]
-    weight_decay: Option<f64>,
-    /// Seed of the initialisation and the shuffles [default: 0].
-    #[arg(long, value_name = "N")]
-    seed: Option<u64>,
-    /// `flex` (pure-Rust CPU, default), `tch` or `tch-cuda[:N]` (builds with --features tch).
-    #[arg(long, value_name = "DEVICE")]
-    device: Option<String>,
-    /// Checkpoint every N steps [default: 200].
-    #[arg(long, value_name = "N")]
-    checkpoint_every: Option<usize>,
-    /// Train on the first N rows only.
-    #[arg(long, value_name = "N")]
-    max_rows: Option<u64>,
-    /// Use the first K cached entries per position (K <= the cache's k; the rest joins the tail).
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Shards whose rows are shuffled together [default: 4]; memory holds this many shards.
-    #[arg(long, value_name = "SHARDS")]
-    shuffle_window: Option<usize>,
-    /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
-    /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
-    /// every epoch. Results are the same either way [default: 64].
-    #[arg(long, value_name = "MB")]
-    prepared_rows_mb: Option<usize>,
-    /// tokenizer.json [default: the copy inside the cache]; must be the cache's tokenizer.
-    #[arg(long, value_name = "tokenizer.json")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    settings: TrainSettings,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
@@ -218,32 +161,12 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<distill::config::TrainConfig> {
-        let flags = TrainSettings {
-            cache: self.cache.clone(),
-            data: self.data.clone(),
-            out: self.out.clone(),
-            tokenizer: self.tokenizer.clone(),
-            alpha: self.alpha,
-            temperature: self.temperature,
-            tail: self.tail.clone(),
-            epochs: self.epochs,
-            steps: self.steps,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            seed: self.seed,
-            device: self.device.clone(),
-            checkpoint_every: self.checkpoint_every,
-            max_rows: self.max_rows,
-            top_k: self.top_k,
-            shuffle_window: self.shuffle_window,
-            prepared_rows_mb: self.prepared_rows_mb,
-        };
+        let flags = self.settings.clone();
         let (settings, file_student) = match &self.pipeline {
             Some(p) => {
                 let file = PipelineFile::load(p)?;
                 let defaults = pipeline_train_defaults(&file);
-                (flags.or(defaults), file.student)
+                (merge(flags, defaults), file.student)
             }
             None => (flags, None),
         };
@@ -270,92 +193,11 @@ struct CacheTeacherArgs {
     /// Read settings from a pipeline file's [cache] table; flags given here override it.
     #[arg(long, value_name = "FILE")]
     pipeline: Option<PathBuf>,
-    /// The frozen teacher, an ONNX model (classifier [batch, classes] or causal LM [batch, seq, vocab]).
-    #[arg(long, value_name = "MODEL.onnx")]
-    teacher: Option<PathBuf>,
-    /// Training data: a .parquet (any codec), .jsonl, .jsonl.gz or .jsonl.zst file, a
-    /// directory of them, or a quoted glob ('data/train-*.parquet'); several files are one
-    /// dataset, read in name order.
-    #[arg(long, value_name = "DATA")]
-    data: Option<PathBuf>,
-    /// Output cache directory (created; resumed if it holds a partial cache of the same settings).
-    #[arg(long, value_name = "CACHE_DIR")]
-    out: Option<PathBuf>,
-    /// tokenizer.json for text data (Hugging Face tokenizers format).
-    #[arg(long, value_name = "tokenizer.json")]
-    tokenizer: Option<PathBuf>,
-    /// Column of plain text (every position is cached). Default `text` when a tokenizer is given.
-    #[arg(long, value_name = "COLUMN")]
-    text_column: Option<String>,
-    /// Column of prompts; with --completion-column only completion positions are cached.
-    #[arg(long, value_name = "COLUMN", requires = "completion_column")]
-    prompt_column: Option<String>,
-    /// Column of completions (appended to the prompt).
-    #[arg(long, value_name = "COLUMN", requires = "prompt_column")]
-    completion_column: Option<String>,
-    /// Column of conversations, lists of {role, content} turns (TRL/Hugging Face chat data),
-    /// rendered with the tokenizer's chat template; only assistant tokens are cached unless
-    /// --positions all.
-    #[arg(long, value_name = "COLUMN")]
-    messages_column: Option<String>,
-    /// The chat template for --messages-column: a .jinja file or a tokenizer_config.json
-    /// [default: chat_template.jinja or tokenizer_config.json beside the tokenizer].
-    #[arg(long, value_name = "FILE")]
-    chat_template: Option<PathBuf>,
-    /// Column of integer class labels, carried into the cache as hard labels (default `label` if present).
-    #[arg(long, value_name = "COLUMN")]
-    label_column: Option<String>,
-    /// Which positions to cache for text: `completion` (default with prompt/completion),
-    /// `assistant` (default with conversations) or `all`.
-    #[arg(long, value_name = "WHICH")]
-    positions: Option<String>,
-    /// Entries kept per position [default: 64, or every class when fewer].
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
-    #[arg(long, value_name = "T")]
-    temperature: Option<f32>,
-    /// Rows per teacher batch [default: 32].
-    #[arg(long, value_name = "N")]
-    batch_size: Option<usize>,
-    /// Dataset rows per Parquet shard [default: 1024]. Part of the cache's identity.
-    #[arg(long, value_name = "N")]
-    rows_per_shard: Option<u64>,
-    /// Longest token sequence fed to the teacher [default: 512].
-    #[arg(long, value_name = "N")]
-    max_seq_len: Option<usize>,
-    /// Longer sequences: `truncate` (default, counted and warned) or `refuse`.
-    #[arg(long, value_name = "POLICY")]
-    long_sequences: Option<String>,
-    /// Feed ONNX input INPUT from dataset column COLUMN (numeric models; default: same name).
-    #[arg(long = "input", value_name = "INPUT=COLUMN", value_parser = parse_pair)]
-    inputs: Vec<(String, String)>,
-    /// ONNX output holding the logits [default: `logits`, else the first output].
-    #[arg(long, value_name = "NAME")]
-    output: Option<String>,
-    /// Storage of log-probs: `delta_u16` (compact, error <= 1/512 nat; default) or `f32` (lossless).
-    #[arg(long, value_name = "ENCODING")]
-    logprob_encoding: Option<String>,
-    /// Threads for ONNX Runtime and the top-k [default: all cores].
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// ONNX Runtime's worker threads spin-wait between operators: `on` is faster when the
-    /// teacher has cores of its own, `off` when they share cores with the top-k. `auto`
-    /// [default]: on with 4 or more --threads on a machine with at least twice that many cores.
-    #[arg(long, value_name = "auto|on|off")]
-    spin: Option<String>,
+    #[command(flatten)]
+    settings: CacheSettings,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).
     #[arg(long, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
-    /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
-    /// usable CUDA execution provider the run says why and continues on the CPU).
-    #[arg(long, value_name = "DEVICE")]
-    device: Option<String>,
-    /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
-    /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
-    /// parts with `distill merge`.
-    #[arg(long, value_name = "I/N")]
-    shard: Option<String>,
     /// Replace an existing cache in --out made with other settings.
     #[arg(long)]
     overwrite: bool,
@@ -364,43 +206,11 @@ struct CacheTeacherArgs {
     quiet: bool,
 }
 
-fn parse_pair(s: &str) -> std::result::Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .ok_or_else(|| format!("expected INPUT=COLUMN, got `{s}`"))
-}
-
 impl CacheTeacherArgs {
     fn settings(&self) -> Result<CacheSettings> {
-        let flags = CacheSettings {
-            teacher: self.teacher.clone(),
-            data: self.data.clone(),
-            out: self.out.clone(),
-            tokenizer: self.tokenizer.clone(),
-            text_column: self.text_column.clone(),
-            prompt_column: self.prompt_column.clone(),
-            completion_column: self.completion_column.clone(),
-            messages_column: self.messages_column.clone(),
-            chat_template: self.chat_template.clone(),
-            label_column: self.label_column.clone(),
-            positions: self.positions.clone(),
-            top_k: self.top_k,
-            temperature: self.temperature,
-            batch_size: self.batch_size,
-            rows_per_shard: self.rows_per_shard,
-            max_seq_len: self.max_seq_len,
-            long_sequences: self.long_sequences.clone(),
-            inputs: (!self.inputs.is_empty()).then(|| self.inputs.iter().cloned().collect()),
-            output: self.output.clone(),
-            logprob_encoding: self.logprob_encoding.clone(),
-            threads: self.threads,
-            spin: self.spin.clone(),
-            device: self.device.clone(),
-            shard: self.shard.clone(),
-        };
+        let flags = self.settings.clone();
         Ok(match &self.pipeline {
-            Some(p) => flags.or(PipelineFile::load(p)?.cache),
+            Some(p) => merge(flags, PipelineFile::load(p)?.cache),
             None => flags,
         })
     }

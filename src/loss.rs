@@ -19,10 +19,14 @@ use serde::{Deserialize, Serialize};
 use crate::student::fused;
 
 /// How the mass outside the cached top-k is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TailMode {
+    /// The top-k renormalised to sum to one (the tail is dropped).
+    #[serde(alias = "renormalise")]
+    #[value(alias = "renormalise")]
     Renormalize,
+    /// The mass outside the top-k as one more outcome (exact, from the cache).
     Bucket,
 }
 

@@ -43,28 +43,37 @@ fn every_page_is_linked_and_every_link_resolves() {
     }
 }
 
-/// The long flags of `distill` subcommands, from the clap definitions (`field: ...` under
-/// `#[arg(long...)]` becomes `--field-name`).
+/// The long flags of every `distill` subcommand, as its `--help` lists them.
 fn cli_flags() -> Vec<String> {
-    let cli = std::fs::read_to_string(repo().join("src/cli.rs")).unwrap();
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "distill {args:?} --help failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    // The subcommands: the first words of the `Commands:` section's entries.
+    let subcommands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   ")) // a wrapped description
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
     let mut flags = Vec::new();
-    let mut long = false;
-    for line in cli.lines().map(str::trim) {
-        if line.starts_with("#[arg(") && line.contains("long") {
-            // `long = "name"` renames the flag; else it is the field's name.
-            if let Some(name) = line.split("long = \"").nth(1).and_then(|r| r.split('"').next()) {
+    for text in std::iter::once(top.clone()).chain(subcommands.iter().map(|c| help(&[c.as_str()]))) {
+        for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+            if let Some(name) = word.strip_prefix("--").filter(|n| n.chars().next().is_some_and(|c| c.is_ascii_lowercase())) {
+                let name: String = name.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').collect();
                 flags.push(format!("--{name}"));
-                continue;
             }
-            long = true;
-        } else if long && !line.starts_with("///") && !line.starts_with("#[") {
-            if let Some((field, _)) = line.split_once(':') {
-                flags.push(format!("--{}", field.trim().trim_start_matches("pub ").replace('_', "-")));
-            }
-            long = false;
         }
     }
-    flags.extend(["--help", "--version", "--json"].map(String::from));
+    flags.sort();
+    flags.dedup();
     flags
 }
 

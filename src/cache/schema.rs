@@ -46,10 +46,11 @@ pub const STAMP_METADATA_KEY: &str = "distill.shard";
 pub const DEFAULT_LOGPROB_STEP: f64 = 1.0 / 256.0;
 
 /// How the top-k log-probs are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogprobEncoding {
     /// Quantised offsets from the top-1 as UInt16 deltas (compact; error <= step/2).
+    #[value(name = "delta_u16")]
     DeltaU16,
     /// Plain Float32 log-probs (lossless, ~2x larger).
     F32,

@@ -56,6 +56,39 @@ pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<Mer
 
 /// Merge into a local directory; `held`: the caller holds its lock already.
 fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool) -> Result<MergeSummary> {
+    let parts = find_parts(inputs)?;
+    let first = check_parts(&parts)?;
+    let shards = tiled_shards(&parts, &first)?;
+    let _lock = if held { None } else { Some(crate::lock::DirLock::acquire(out, "", "a cache")?) };
+    refuse_other_cache(out, &first)?;
+    // Bring the shards (checked) into `out`, then publish the manifest last.
+    copy_shards(out, &shards)?;
+    copy_side_files(out, &parts)?;
+    let mut merged = first.clone();
+    merged.part = None;
+    merged.complete = true;
+    merged.shards = shards.into_iter().map(|(_, s)| s).collect();
+    merged.totals = Default::default();
+    for (_, m) in &parts {
+        merged.totals.rows += m.totals.rows;
+        merged.totals.positions += m.totals.positions;
+        merged.totals.truncated_rows += m.totals.truncated_rows;
+        merged.totals.rows_without_positions += m.totals.rows_without_positions;
+    }
+    merged.command = command;
+    merged.validate(&out.join(MANIFEST_FILE))?;
+    merged.write_atomic(out, MANIFEST_FILE)?;
+    Ok(MergeSummary {
+        out: out.to_path_buf(),
+        parts: parts.len(),
+        shards: merged.shards.len(),
+        rows: merged.totals.rows,
+        positions: merged.totals.positions,
+    })
+}
+
+/// The finished part manifests in the input directories (an unfinished one is refused).
+fn find_parts(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Manifest)>> {
     let mut parts: Vec<(PathBuf, Manifest)> = Vec::new();
     for dir in inputs {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -68,15 +101,22 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
             }
         }
     }
-    let Some((_, first)) = parts.first().cloned() else {
+    if parts.is_empty() {
         return Err(Error::Config(format!(
             "no part manifests (manifest.part-I-of-N.json) in {}",
             inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
-    };
+    }
+    Ok(parts)
+}
+
+/// Every part of one capture, each once, all finished, with the same fingerprint; returns
+/// the first part's manifest.
+fn check_parts(parts: &[(PathBuf, Manifest)]) -> Result<Manifest> {
+    let first = parts[0].1.clone();
     let count = first.part.map(|p| p.count).unwrap_or(0);
     let mut seen = vec![false; count];
-    for (dir, m) in &parts {
+    for (dir, m) in parts {
         let here = dir.join(m.part.map(|p| p.file_name(false)).unwrap_or_default());
         if m.fingerprint != first.fingerprint {
             return Err(Error::cache(
@@ -102,8 +142,11 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
     if let Some(missing) = seen.iter().position(|s| !s) {
         return Err(Error::Config(format!("part {missing}/{count} is missing (each of 0..{count} is needed)")));
     }
+    Ok(first)
+}
 
-    // Shards in row order must tile the dataset exactly.
+/// The parts' shards in row order, which must tile the dataset exactly.
+fn tiled_shards(parts: &[(PathBuf, Manifest)], first: &Manifest) -> Result<Vec<(PathBuf, manifest::ShardInfo)>> {
     let mut shards: Vec<(PathBuf, manifest::ShardInfo)> =
         parts.iter().flat_map(|(d, m)| m.shards.iter().map(move |s| (d.clone(), s.clone()))).collect();
     shards.sort_by_key(|(_, s)| s.first_row);
@@ -122,12 +165,12 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
     if next != first.dataset.rows {
         return Err(Error::Config(format!("the parts cover {next} rows but the dataset has {}", first.dataset.rows)));
     }
+    Ok(shards)
+}
 
-    let _lock = if held { None } else { Some(crate::lock::DirLock::acquire(out, "", "a cache")?) };
-    refuse_other_cache(out, &first)?;
-
-    // Bring the shards (checked) into `out`, then publish the manifest last.
-    for (dir, s) in &shards {
+/// Each shard, its checksum checked, into `out` (unless it is there already).
+fn copy_shards(out: &Path, shards: &[(PathBuf, manifest::ShardInfo)]) -> Result<()> {
+    for (dir, s) in shards {
         let src = dir.join(&s.file);
         let sha = sha256_file(&src)?;
         if sha != s.sha256 {
@@ -139,6 +182,11 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
             manifest::write_atomic(&dst, &bytes)?;
         }
     }
+    Ok(())
+}
+
+/// The tokenizer and chat template beside the parts' shards.
+fn copy_side_files(out: &Path, parts: &[(PathBuf, Manifest)]) -> Result<()> {
     for file in [TOKENIZER_FILE, crate::chat::CHAT_TEMPLATE_FILE] {
         if let Some((dir, _)) = parts.iter().find(|(d, _)| d.join(file).exists()) {
             let src = dir.join(file);
@@ -148,27 +196,7 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
             }
         }
     }
-    let mut merged = first.clone();
-    merged.part = None;
-    merged.complete = true;
-    merged.shards = shards.into_iter().map(|(_, s)| s).collect();
-    merged.totals = Default::default();
-    for (_, m) in &parts {
-        merged.totals.rows += m.totals.rows;
-        merged.totals.positions += m.totals.positions;
-        merged.totals.truncated_rows += m.totals.truncated_rows;
-        merged.totals.rows_without_positions += m.totals.rows_without_positions;
-    }
-    merged.command = command;
-    merged.validate(&out.join(MANIFEST_FILE))?;
-    merged.write_atomic(out, MANIFEST_FILE)?;
-    Ok(MergeSummary {
-        out: out.to_path_buf(),
-        parts: parts.len(),
-        shards: merged.shards.len(),
-        rows: merged.totals.rows,
-        positions: merged.totals.positions,
-    })
+    Ok(())
 }
 
 /// `out` may already hold this very cache (a merge run again), never another one: merging

@@ -1,0 +1,359 @@
+//! `[cache]` of a pipeline file and the flags of `cache-teacher`: one declaration for both
+//! (clap and serde derives on the same struct), validated into [`CacheTeacherConfig`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::manifest::PartInfo;
+use crate::cache::{LogprobEncoding, Positions};
+use crate::error::{Error, Result};
+use crate::teacher::TeacherDevice;
+
+use super::check_temperature;
+
+/// Defaults of stage one's settings (the `[default: ...]` of each flag's help says the same;
+/// a test checks it).
+pub mod defaults {
+    pub const TOP_K: usize = 64;
+    pub const TEMPERATURE: f32 = 1.0;
+    pub const BATCH_SIZE: usize = 32;
+    pub const ROWS_PER_SHARD: u64 = 1024;
+    pub const MAX_SEQ_LEN: usize = 512;
+}
+
+/// Stage one's settings, every one optional until validation (a flag overrides the pipeline
+/// file's key of the same name).
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// The frozen teacher, an ONNX model (classifier [batch, classes] or causal LM [batch, seq, vocab]).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub teacher: Option<PathBuf>,
+    /// Training data: a .parquet (any codec), .jsonl, .jsonl.gz or .jsonl.zst file, a
+    /// directory of them, or a quoted glob ('data/train-*.parquet'); several files are one
+    /// dataset, read in name order.
+    #[arg(long, value_name = "DATA")]
+    pub data: Option<PathBuf>,
+    /// Output cache directory (created; resumed if it holds a partial cache of the same settings).
+    #[arg(long, value_name = "CACHE_DIR")]
+    pub out: Option<PathBuf>,
+    /// tokenizer.json for text data (Hugging Face tokenizers format).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Column of plain text (every position is cached). Default `text` when a tokenizer is given.
+    #[arg(long, value_name = "COLUMN")]
+    pub text_column: Option<String>,
+    /// Column of prompts; with --completion-column only completion positions are cached.
+    #[arg(long, value_name = "COLUMN", requires = "completion_column")]
+    pub prompt_column: Option<String>,
+    /// Column of completions (appended to the prompt).
+    #[arg(long, value_name = "COLUMN", requires = "prompt_column")]
+    pub completion_column: Option<String>,
+    /// Column of conversations, lists of {role, content} turns (TRL/Hugging Face chat data),
+    /// rendered with the tokenizer's chat template; only assistant tokens are cached unless
+    /// --positions all.
+    #[arg(long, value_name = "COLUMN")]
+    pub messages_column: Option<String>,
+    /// The chat template for --messages-column: a .jinja file or a tokenizer_config.json
+    /// [default: chat_template.jinja or tokenizer_config.json beside the tokenizer].
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Column of integer class labels, carried into the cache as hard labels (default `label` if present).
+    #[arg(long, value_name = "COLUMN")]
+    pub label_column: Option<String>,
+    /// Which positions to cache for text: `completion` (default with prompt/completion),
+    /// `assistant` (default with conversations) or `all` (default with plain text).
+    #[arg(long, value_name = "WHICH")]
+    pub positions: Option<TextPositions>,
+    /// Entries kept per position [default: 64, or every class when fewer].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Rows per teacher batch [default: 32].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Dataset rows per Parquet shard [default: 1024]. Part of the cache's identity.
+    #[arg(long, value_name = "N")]
+    pub rows_per_shard: Option<u64>,
+    /// Longest token sequence fed to the teacher [default: 512].
+    #[arg(long, value_name = "N")]
+    pub max_seq_len: Option<usize>,
+    /// Longer sequences: `truncate` (default, counted and warned) or `refuse`.
+    #[arg(long, value_name = "POLICY")]
+    pub long_sequences: Option<LongSequences>,
+    /// Feed ONNX input INPUT from dataset column COLUMN (numeric models; default: same name).
+    /// In a pipeline file: a table `[cache.inputs]` of INPUT = "COLUMN".
+    #[arg(long = "input", value_name = "INPUT=COLUMN", value_parser = parse_pair)]
+    #[serde(default, with = "pairs_as_table")]
+    pub inputs: Vec<(String, String)>,
+    /// ONNX output holding the logits [default: `logits`, else the first output].
+    #[arg(long, value_name = "NAME")]
+    pub output: Option<String>,
+    /// Storage of log-probs: `delta_u16` (compact, error <= 1/512 nat; default) or `f32` (lossless).
+    #[arg(long, value_name = "ENCODING")]
+    pub logprob_encoding: Option<LogprobEncoding>,
+    /// Threads for ONNX Runtime and the top-k [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// ONNX Runtime's worker threads spin-wait between operators: `on` is faster when the
+    /// teacher has cores of its own, `off` when they share cores with the top-k. `auto`
+    /// [default]: on with 4 or more --threads on a machine with at least twice that many cores.
+    #[arg(long, value_name = "auto|on|off")]
+    pub spin: Option<Spin>,
+    /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
+    /// usable CUDA execution provider the run says why and continues on the CPU).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
+    /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
+    /// parts with `distill merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+}
+
+/// `--positions`: which positions of a text row are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TextPositions {
+    /// Positions that predict a completion token (prompt/completion data).
+    Completion,
+    /// Positions that predict a token of an assistant turn (conversations).
+    Assistant,
+    /// Every position that predicts a next token.
+    All,
+}
+
+/// What to do with a sequence longer than `max_seq_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LongSequences {
+    Truncate,
+    Refuse,
+}
+
+/// `--spin`: whether ONNX Runtime's intra-op threads spin-wait between operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Spin {
+    Auto,
+    On,
+    Off,
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("expected INPUT=COLUMN, got `{s}`"))
+}
+
+/// `--input A=B` pairs as a TOML/JSON table (`null` when there are none).
+mod pairs_as_table {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let table: Option<BTreeMap<&str, &str>> =
+            (!pairs.is_empty()).then(|| pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect());
+        table.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default().into_iter().collect())
+    }
+}
+
+/// Where the text comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextSource {
+    Text(String),
+    PromptCompletion {
+        prompt: String,
+        completion: String,
+    },
+    /// A column of conversations, rendered with the chat template.
+    Messages(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub tokenizer: PathBuf,
+    pub source: TextSource,
+    pub positions: Positions,
+    pub max_seq_len: usize,
+    pub long: LongSequences,
+    /// An explicit chat template (conversations); else the one beside the tokenizer.
+    pub chat_template: Option<PathBuf>,
+}
+
+/// Validated settings of stage one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheTeacherConfig {
+    pub teacher: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub text: Option<TextConfig>,
+    pub label_column: Option<String>,
+    /// `None`: [`defaults::TOP_K`], or every class when the teacher has fewer.
+    pub top_k: Option<usize>,
+    pub temperature: f32,
+    pub batch_size: usize,
+    pub rows_per_shard: u64,
+    pub inputs: Vec<(String, String)>,
+    pub output: Option<String>,
+    pub encoding: LogprobEncoding,
+    pub threads: usize,
+    /// Whether ONNX Runtime's intra-op threads spin-wait between operators.
+    pub spin: bool,
+    /// Where the teacher runs.
+    pub device: TeacherDevice,
+    /// This worker's slice of a sharded capture.
+    pub part: Option<PartInfo>,
+    /// The settings as given (for the manifest).
+    pub settings: serde_json::Value,
+}
+
+impl CacheSettings {
+    /// Resolve relative paths against `base` (a pipeline file's directory).
+    pub fn relative_to(mut self, base: &std::path::Path) -> CacheSettings {
+        let fix = super::relative_to(base);
+        self.teacher = fix(self.teacher);
+        self.data = fix(self.data);
+        self.out = fix(self.out);
+        self.tokenizer = fix(self.tokenizer);
+        self.chat_template = fix(self.chat_template);
+        self
+    }
+
+    /// Check every key and produce the typed config.
+    pub fn validate(self) -> Result<CacheTeacherConfig> {
+        let need = |v: Option<PathBuf>, key: &str, flag: &str| {
+            v.ok_or_else(|| Error::Config(format!("cache.{key} is required (--{flag} or `{key}` in the pipeline's [cache])")))
+        };
+        let temperature = self.temperature.unwrap_or(defaults::TEMPERATURE);
+        check_temperature("cache.temperature", temperature)?;
+        if self.top_k == Some(0) {
+            return Err(Error::Config("cache.top_k must be >= 1".into()));
+        }
+        let batch_size = at_least_one("cache.batch_size", self.batch_size.unwrap_or(defaults::BATCH_SIZE))?;
+        let rows_per_shard = at_least_one("cache.rows_per_shard", self.rows_per_shard.unwrap_or(defaults::ROWS_PER_SHARD))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = at_least_one("cache.threads", self.threads.unwrap_or(cores))?;
+        // The top-k runs on `threads` threads of its own while the teacher computes the next
+        // batch: spinning ORT workers would take those cores from it unless there are enough.
+        // Measured on 16 cores: spinning gained 5-10 % at 4 and 8 threads, lost ~7 % at 2.
+        let spin = match self.spin.unwrap_or(Spin::Auto) {
+            Spin::Auto => threads >= 4 && cores >= 2 * threads,
+            Spin::On => true,
+            Spin::Off => false,
+        };
+        let device = match self.device.as_deref() {
+            None => TeacherDevice::Cpu,
+            Some(d) => TeacherDevice::parse(d)
+                .ok_or_else(|| Error::Config(format!("cache.device must be `cpu`, `cuda` or `cuda:N` (got `{d}`)")))?,
+        };
+        let text = self.text_config()?;
+        let part = self.shard.as_deref().map(parse_part).transpose()?;
+        let mut given = self.clone();
+        given.shard = None; // every worker of a sharded capture records the same settings
+        let settings = serde_json::to_value(&given).expect("settings serialise");
+        let inputs: BTreeMap<String, String> = self.inputs.into_iter().collect();
+        Ok(CacheTeacherConfig {
+            teacher: need(self.teacher, "teacher", "teacher")?,
+            data: need(self.data, "data", "data")?,
+            out: need(self.out, "out", "out")?,
+            text,
+            label_column: self.label_column,
+            top_k: self.top_k,
+            temperature,
+            batch_size,
+            rows_per_shard,
+            inputs: inputs.into_iter().collect(),
+            output: self.output,
+            encoding: self.logprob_encoding.unwrap_or(LogprobEncoding::DeltaU16),
+            threads,
+            spin,
+            device,
+            part,
+            settings,
+        })
+    }
+
+    /// The text settings: `None` for numeric data; errors name the conflicting keys.
+    fn text_config(&self) -> Result<Option<TextConfig>> {
+        let any_text = self.text_column.is_some()
+            || self.prompt_column.is_some()
+            || self.completion_column.is_some()
+            || self.messages_column.is_some();
+        if self.chat_template.is_some() && self.messages_column.is_none() && self.prompt_column.is_none() {
+            return Err(Error::Config(
+                "cache.chat_template applies to conversations only (--messages-column, or conversational --prompt-column/--completion-column)".into(),
+            ));
+        }
+        let tok = match (&self.tokenizer, any_text) {
+            (None, false) if self.positions.is_some() => return Err(Error::Config("cache.positions applies to text data only".into())),
+            (None, false) => return Ok(None),
+            (None, true) => return Err(Error::Config("cache.tokenizer is required with text columns (--tokenizer tokenizer.json)".into())),
+            (Some(tok), _) => tok,
+        };
+        let source = self.text_source()?;
+        let positions = match (self.positions, &source) {
+            (None | Some(TextPositions::Completion), TextSource::PromptCompletion { .. }) => Positions::Completion,
+            (None | Some(TextPositions::Assistant), TextSource::Messages(_)) => Positions::Assistant,
+            (Some(TextPositions::Completion), _) => {
+                return Err(Error::Config("cache.positions = \"completion\" needs prompt_column and completion_column".into()));
+            }
+            (Some(TextPositions::Assistant), _) => {
+                return Err(Error::Config("cache.positions = \"assistant\" needs messages_column (conversations)".into()));
+            }
+            (None, TextSource::Text(_)) | (Some(TextPositions::All), _) => Positions::All,
+        };
+        let max_seq_len = self.max_seq_len.unwrap_or(defaults::MAX_SEQ_LEN);
+        if max_seq_len < 2 {
+            return Err(Error::Config("cache.max_seq_len must be >= 2".into()));
+        }
+        let long = self.long_sequences.unwrap_or(LongSequences::Truncate);
+        Ok(Some(TextConfig { tokenizer: tok.clone(), source, positions, max_seq_len, long, chat_template: self.chat_template.clone() }))
+    }
+
+    /// Which columns hold the text: one of text, prompt + completion, or messages.
+    fn text_source(&self) -> Result<TextSource> {
+        Ok(match (&self.messages_column, &self.text_column, &self.prompt_column, &self.completion_column) {
+            (Some(m), None, None, None) => TextSource::Messages(m.clone()),
+            (Some(_), ..) => {
+                return Err(Error::Config(
+                    "cache.messages_column cannot be combined with text_column or prompt_column/completion_column".into(),
+                ));
+            }
+            (None, Some(t), None, None) => TextSource::Text(t.clone()),
+            (None, None, Some(p), Some(c)) => TextSource::PromptCompletion { prompt: p.clone(), completion: c.clone() },
+            (None, None, None, None) => TextSource::Text("text".into()),
+            (None, Some(_), _, _) => {
+                return Err(Error::Config("cache.text_column cannot be combined with prompt_column/completion_column".into()));
+            }
+            _ => return Err(Error::Config("cache.prompt_column and cache.completion_column go together".into())),
+        })
+    }
+}
+
+fn at_least_one<T: PartialEq + From<u8>>(key: &str, v: T) -> Result<T> {
+    if v == T::from(0) {
+        return Err(Error::Config(format!("{key} must be >= 1")));
+    }
+    Ok(v)
+}
+
+/// `I/N` with `0 <= I < N`.
+fn parse_part(s: &str) -> Result<PartInfo> {
+    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((index, count)) if count >= 1 && index < count => Ok(PartInfo { index, count }),
+        _ => Err(Error::Config(format!("cache.shard must be I/N with 0 <= I < N (got `{s}`)"))),
+    }
+}

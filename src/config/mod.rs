@@ -1,0 +1,224 @@
+//! Pipeline settings: parsed (from a pipeline TOML file and/or the command line), then
+//! validated into typed configs that the stages take. Errors name the key
+//! (`cache.top_k must be >= 1`); unknown keys are errors, not silent defaults.
+
+mod cache;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::student::StudentSpec;
+
+pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource};
+pub use train::{TrainConfig, TrainDevice, TrainSettings};
+
+/// The defaults of every setting, in one place.
+pub mod defaults {
+    pub use super::cache::defaults as cache;
+    pub use super::train::defaults as train;
+}
+
+/// `flags` with every key it leaves unset (`null`, an empty list) taken from `file`: the
+/// command line over a pipeline file, for any settings struct.
+pub fn merge<T: Serialize + DeserializeOwned>(flags: T, file: T) -> T {
+    let (serde_json::Value::Object(mut a), serde_json::Value::Object(b)) =
+        (serde_json::to_value(flags).expect("settings serialise"), serde_json::to_value(file).expect("settings serialise"))
+    else {
+        unreachable!("settings are structs");
+    };
+    for (key, theirs) in b {
+        let ours = a.entry(key).or_insert(serde_json::Value::Null);
+        if ours.is_null() {
+            *ours = theirs;
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(a)).expect("merged settings deserialise")
+}
+
+/// A path given relative to `base` (a pipeline file's directory) made relative to the
+/// working directory; absolute paths and URLs are kept.
+fn relative_to(base: &Path) -> impl Fn(Option<PathBuf>) -> Option<PathBuf> + '_ {
+    move |p| p.map(|p| if p.is_relative() && !crate::store::is_url(&p) { base.join(p) } else { p })
+}
+
+/// Temperatures below this make `1 / T` times a logit overflow f32 (and the softmax NaN)
+/// for logits of ordinary size; no distillation recipe uses one.
+pub const MIN_TEMPERATURE: f32 = 1e-2;
+
+fn check_temperature(key: &str, t: f32) -> Result<()> {
+    if !(t.is_finite() && t >= MIN_TEMPERATURE) {
+        return Err(Error::Config(format!(
+            "{key} must be >= {MIN_TEMPERATURE} and finite (got {t}): smaller temperatures overflow the softmax"
+        )));
+    }
+    Ok(())
+}
+
+/// `[eval]` of a pipeline file: held-out data and the seeds to average over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// Held-out data with the same columns as the training data.
+    pub data: PathBuf,
+    /// Seeds; each trains one distilled and one hard-label-only student (default: the
+    /// `[train]` seed).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+}
+
+/// A pipeline file: the declarative form of an experiment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Stage one.
+    pub cache: CacheSettings,
+    /// The student's architecture.
+    pub student: Option<StudentSpec>,
+    /// Stage two.
+    pub train: Option<TrainSettings>,
+    /// Evaluation of teacher, distilled and hard-label-only students.
+    pub eval: Option<EvalSettings>,
+}
+
+impl PipelineFile {
+    /// Parse a pipeline file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<PipelineFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut file: PipelineFile =
+            toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.cache = file.cache.relative_to(base);
+        file.train = file.train.map(|t| t.relative_to(base));
+        if let Some(StudentSpec::Hf { path: p }) = &mut file.student
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(e) = &mut file.eval
+            && e.data.is_relative()
+        {
+            e.data = base.join(&e.data);
+        }
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> CacheSettings {
+        CacheSettings { teacher: Some("t.onnx".into()), data: Some("d.jsonl".into()), out: Some("o".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = CacheSettings { temperature: Some(0.0), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.temperature must be >= 0.01"), "{e}");
+        let e = CacheSettings { top_k: Some(0), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.top_k must be >= 1"), "{e}");
+        let e = CacheSettings { teacher: None, ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.teacher is required"), "{e}");
+        let e = CacheSettings { text_column: Some("t".into()), ..base() }.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.tokenizer is required"), "{e}");
+    }
+
+    #[test]
+    fn prompt_completion_defaults_to_completion_positions() {
+        let c = CacheSettings {
+            tokenizer: Some("tok.json".into()),
+            prompt_column: Some("prompt".into()),
+            completion_column: Some("completion".into()),
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.text.unwrap().positions, crate::cache::Positions::Completion);
+    }
+
+    #[test]
+    fn spin_is_on_only_with_cores_to_spare_unless_given() {
+        let spin = |spin: Option<Spin>, threads: usize| CacheSettings { spin, threads: Some(threads), ..base() }.validate().map(|c| c.spin);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert!(!spin(None, 1).unwrap(), "one thread has no workers to spin");
+        assert!(!spin(None, 2).unwrap(), "too few workers for spinning to pay");
+        assert_eq!(spin(None, 4).unwrap(), cores >= 8);
+        assert!(!spin(None, cores).unwrap(), "all cores busy with the teacher: the top-k needs some");
+        assert!(spin(Some(Spin::On), 2).unwrap());
+        assert!(!spin(Some(Spin::Off), 2).unwrap());
+        let e = toml::from_str::<PipelineFile>("[cache]\nspin = \"yes\"\n").unwrap_err().to_string();
+        assert!(e.contains("spin") && e.contains("`auto`, `on`, `off`"), "{e}");
+    }
+
+    /// A flag overrides the file's key; keys the flags leave unset (including an empty
+    /// `--input` list) come from the file.
+    #[test]
+    fn flags_override_the_file_key_by_key() {
+        let file = CacheSettings { top_k: Some(8), temperature: Some(2.0), inputs: vec![("x".into(), "pixels".into())], ..base() };
+        let flags = CacheSettings { top_k: Some(16), ..Default::default() };
+        let m = merge(flags, file.clone());
+        assert_eq!((m.top_k, m.temperature, m.teacher.clone()), (Some(16), Some(2.0), file.teacher.clone()));
+        assert_eq!(m.inputs, file.inputs);
+        let t = merge(
+            TrainSettings { tail: Some(crate::loss::TailMode::Renormalize), ..Default::default() },
+            TrainSettings { lr: Some(0.1), ..Default::default() },
+        );
+        assert_eq!((t.tail, t.lr), (Some(crate::loss::TailMode::Renormalize), Some(0.1)));
+    }
+
+    /// Each `[default: X]` that a flag's help states is the default that validation uses.
+    #[test]
+    fn help_states_the_defaults_validation_uses() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cache {
+            #[command(flatten)]
+            s: CacheSettings,
+        }
+        #[derive(clap::Parser)]
+        struct Train {
+            #[command(flatten)]
+            s: TrainSettings,
+        }
+        let help = |cmd: clap::Command, id: &str| -> String {
+            cmd.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_help()).map(|h| h.to_string()).unwrap_or_default()
+        };
+        use defaults::{cache as c, train as t};
+        let cache = [
+            ("top_k", c::TOP_K.to_string()),
+            ("temperature", c::TEMPERATURE.to_string()),
+            ("batch_size", c::BATCH_SIZE.to_string()),
+            ("rows_per_shard", c::ROWS_PER_SHARD.to_string()),
+            ("max_seq_len", c::MAX_SEQ_LEN.to_string()),
+        ];
+        for (id, v) in cache {
+            let h = help(Cache::command(), id);
+            assert!(h.contains(&format!("[default: {v}")), "--{id}: {h}");
+        }
+        let train = [
+            ("alpha", t::ALPHA.to_string()),
+            ("epochs", t::EPOCHS.to_string()),
+            ("batch_size", t::BATCH_SIZE.to_string()),
+            ("lr", format!("{:e}", t::LR)),
+            ("weight_decay", t::WEIGHT_DECAY.to_string()),
+            ("seed", t::SEED.to_string()),
+            ("checkpoint_every", t::CHECKPOINT_EVERY.to_string()),
+            ("shuffle_window", t::SHUFFLE_WINDOW.to_string()),
+            ("prepared_rows_mb", t::PREPARED_ROWS_MB.to_string()),
+        ];
+        for (id, v) in train {
+            let h = help(Train::command(), id);
+            assert!(h.contains(&format!("[default: {v}]")), "--{id}: {h}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = toml::from_str::<PipelineFile>("[cache]\ntop_kk = 3\n").unwrap_err().to_string();
+        assert!(e.contains("top_kk"), "{e}");
+    }
+}

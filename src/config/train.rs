@@ -1,0 +1,222 @@
+//! `[train]` of a pipeline file and the flags of `train-student`: one declaration for both,
+//! validated into [`TrainConfig`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::loss::TailMode;
+use crate::student::StudentSpec;
+
+use super::check_temperature;
+
+/// Defaults of stage two's settings (the `[default: ...]` of each flag's help says the same;
+/// a test checks it).
+pub mod defaults {
+    pub const ALPHA: f32 = 0.5;
+    pub const EPOCHS: usize = 10;
+    pub const BATCH_SIZE: usize = 32;
+    pub const LR: f64 = 1e-3;
+    pub const WEIGHT_DECAY: f64 = 0.0;
+    pub const SEED: u64 = 0;
+    pub const CHECKPOINT_EVERY: usize = 200;
+    pub const SHUFFLE_WINDOW: usize = 4;
+    pub const PREPARED_ROWS_MB: usize = 64;
+}
+
+/// Stage two's settings, every one optional until validation (a flag overrides the pipeline
+/// file's key of the same name).
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    /// The cache written by cache-teacher [default in a pipeline: [cache] out].
+    #[arg(long, value_name = "CACHE_DIR")]
+    pub cache: Option<PathBuf>,
+    /// The training data the cache was made from, as given to cache-teacher (file, directory
+    /// or glob; every file's hash is checked) [default in a pipeline: [cache] data].
+    #[arg(long, value_name = "DATA")]
+    pub data: Option<PathBuf>,
+    /// Run directory (config, metrics.csv, checkpoints, student.bpk/.safetensors/.json).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// tokenizer.json [default: the copy inside the cache]; must be the cache's tokenizer.
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Weight of the distillation term (0 = hard labels only) [default: 0.5].
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f32>,
+    /// Training temperature [default: the cache's]; another value needs --tail renormalize.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.
+    #[arg(long, value_name = "MODE")]
+    pub tail: Option<TailMode>,
+    /// Passes over the data [default: 10].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Stop after N optimizer steps (overrides --epochs).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Rows per batch [default: 32].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate of AdamW (5% warm-up, cosine to 10%) [default: 1e-3].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// AdamW weight decay, 0..=1 [default: 0].
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f64>,
+    /// Seed of the initialisation and the shuffles [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// `flex` (pure-Rust CPU, default), `tch` or `tch-cuda[:N]` (builds with --features tch).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Checkpoint every N steps [default: 200].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Train on the first N rows only.
+    #[arg(long, value_name = "N")]
+    pub max_rows: Option<u64>,
+    /// Use the first K cached entries per position (K <= the cache's k; the rest joins the tail).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Shards whose rows are shuffled together [default: 4]: a larger window mixes rows from
+    /// farther apart in the data (a file sorted by class or source needs one); memory holds
+    /// this many shards.
+    #[arg(long, value_name = "SHARDS")]
+    pub shuffle_window: Option<usize>,
+    /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
+    /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
+    /// every epoch. Results are the same either way [default: 64].
+    #[arg(long, value_name = "MB")]
+    pub prepared_rows_mb: Option<usize>,
+}
+
+/// Where the student trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainDevice {
+    /// Burn's pure-Rust CPU backend.
+    Flex,
+    /// libtorch on the CPU (cargo feature `tch`).
+    Tch,
+    /// libtorch on CUDA device N (cargo feature `tch`).
+    TchCuda(usize),
+}
+
+impl TrainDevice {
+    pub fn parse(s: &str) -> Result<TrainDevice> {
+        match s {
+            "flex" | "cpu" => Ok(TrainDevice::Flex),
+            "tch" => Ok(TrainDevice::Tch),
+            "tch-cuda" | "cuda" => Ok(TrainDevice::TchCuda(0)),
+            s if s.starts_with("tch-cuda:") || s.starts_with("cuda:") => s
+                .split_once(':')
+                .and_then(|(_, n)| n.parse().ok())
+                .map(TrainDevice::TchCuda)
+                .ok_or_else(|| Error::Config(format!("train.device `{s}`: expected tch-cuda:N"))),
+            other => Err(Error::Config(format!("train.device must be `flex`, `tch` or `tch-cuda[:N]` (got `{other}`)"))),
+        }
+    }
+}
+
+/// Validated settings of stage two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub cache: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub student: StudentSpec,
+    pub alpha: f32,
+    pub temperature: Option<f32>,
+    pub tail: TailMode,
+    pub epochs: usize,
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub device: TrainDevice,
+    pub checkpoint_every: usize,
+    pub max_rows: Option<u64>,
+    pub top_k: Option<usize>,
+    /// Shards shuffled together.
+    pub shuffle_window: usize,
+    /// Megabytes of prepared rows kept between epochs.
+    pub prepared_rows_mb: usize,
+}
+
+impl TrainSettings {
+    pub fn relative_to(mut self, base: &std::path::Path) -> TrainSettings {
+        let fix = super::relative_to(base);
+        self.cache = fix(self.cache);
+        self.data = fix(self.data);
+        self.out = fix(self.out);
+        self.tokenizer = fix(self.tokenizer);
+        self
+    }
+
+    pub fn validate(self, student: StudentSpec) -> Result<TrainConfig> {
+        let need = |v: Option<PathBuf>, key: &str| {
+            v.ok_or_else(|| Error::Config(format!("train.{key} is required (--{key} or `{key}` in the pipeline's [train])")))
+        };
+        let alpha = self.alpha.unwrap_or(defaults::ALPHA);
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(Error::Config(format!("train.alpha must be in 0..=1 (got {alpha})")));
+        }
+        if let Some(t) = self.temperature {
+            check_temperature("train.temperature", t)?;
+        }
+        let lr = self.lr.unwrap_or(defaults::LR);
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::Config(format!("train.lr must be > 0 (got {lr})")));
+        }
+        let weight_decay = self.weight_decay.unwrap_or(defaults::WEIGHT_DECAY);
+        if !(0.0..=1.0).contains(&weight_decay) {
+            return Err(Error::Config(format!("train.weight_decay must be in 0..=1 (got {weight_decay})")));
+        }
+        let epochs = self.epochs.unwrap_or(defaults::EPOCHS);
+        if epochs == 0 || self.steps == Some(0) {
+            return Err(Error::Config("train.epochs and train.steps must be >= 1".into()));
+        }
+        let positive = |key: &str, v: Option<usize>, what: &str| match v {
+            Some(0) => Err(Error::Config(format!("train.{key} must be >= 1{what}"))),
+            v => Ok(v),
+        };
+        let batch_size = positive("batch_size", self.batch_size, "")?.unwrap_or(defaults::BATCH_SIZE);
+        let checkpoint_every = positive("checkpoint_every", self.checkpoint_every, " (steps)")?.unwrap_or(defaults::CHECKPOINT_EVERY);
+        if self.max_rows == Some(0) {
+            return Err(Error::Config("train.max_rows must be >= 1 (rows of the cache to train on)".into()));
+        }
+        let top_k = positive("top_k", self.top_k, "")?;
+        let shuffle_window = positive("shuffle_window", self.shuffle_window, " (shards)")?.unwrap_or(defaults::SHUFFLE_WINDOW);
+        let device = TrainDevice::parse(self.device.as_deref().unwrap_or("flex"))?;
+        student.validate()?;
+        Ok(TrainConfig {
+            cache: need(self.cache, "cache")?,
+            data: need(self.data, "data")?,
+            out: need(self.out, "out")?,
+            tokenizer: self.tokenizer,
+            student,
+            alpha,
+            temperature: self.temperature,
+            tail: self.tail.unwrap_or(TailMode::Bucket),
+            epochs,
+            steps: self.steps,
+            batch_size,
+            lr,
+            weight_decay,
+            seed: self.seed.unwrap_or(defaults::SEED),
+            device,
+            checkpoint_every,
+            max_rows: self.max_rows,
+            top_k,
+            shuffle_window,
+            prepared_rows_mb: self.prepared_rows_mb.unwrap_or(defaults::PREPARED_ROWS_MB),
+        })
+    }
+}
