@@ -9,15 +9,14 @@
 //! requested column. Errors name the file, the column, the (0-based) row in that file and
 //! what type was found versus expected. Memory is bounded by one Parquet record batch.
 
-use std::io::BufRead;
+mod jsonl;
+mod parquet;
+
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-
 use crate::error::{Error, Result};
+
+pub use jsonl::{RowStart, jsonl_row_starts};
 
 /// File format, from the extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,25 +270,8 @@ pub fn column_names(spec: &Path) -> Result<Vec<String>> {
 
 fn file_column_names(path: &Path) -> Result<Vec<String>> {
     match Format::of(path)? {
-        Format::Parquet => {
-            let file = open(path)?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
-            Ok(builder.schema().fields().iter().map(|f| f.name().clone()).collect())
-        }
-        _ => {
-            for (i, line) in jsonl_reader(path)?.lines().enumerate() {
-                let line = line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
-                let line = without_bom(&line);
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: not valid JSON: {e}", i + 1)))?;
-                let obj = value.as_object().ok_or_else(|| Error::data(path, format!("line {}: not a JSON object", i + 1)))?;
-                return Ok(obj.keys().cloned().collect());
-            }
-            Ok(Vec::new())
-        }
+        Format::Parquet => parquet::column_names(path),
+        _ => jsonl::column_names(path),
     }
 }
 
@@ -298,23 +280,8 @@ fn file_column_names(path: &Path) -> Result<Vec<String>> {
 pub fn column_holds_lists(spec: &Path, name: &str) -> Result<bool> {
     let path = &resolve(spec)?[0];
     match Format::of(path)? {
-        Format::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
-            Ok(builder.schema().field_with_name(name).is_ok_and(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_))))
-        }
-        _ => {
-            for line in jsonl_reader(path)?.lines() {
-                let line = line.map_err(|e| Error::io(path, e))?;
-                let line = without_bom(&line);
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| Error::data(path, format!("row 0: not valid JSON: {e}")))?;
-                return Ok(value.get(name).is_some_and(|v| v.is_array()));
-            }
-            Ok(false)
-        }
+        Format::Parquet => parquet::holds_lists(path, name),
+        _ => jsonl::holds_lists(path, name),
     }
 }
 
@@ -325,34 +292,13 @@ pub fn count_rows(spec: &Path) -> Result<u64> {
 
 fn count_file_rows(path: &Path) -> Result<u64> {
     match Format::of(path)? {
-        Format::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
-            Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
-        }
-        _ => {
-            let mut n = 0;
-            for (i, line) in jsonl_reader(path)?.lines().enumerate() {
-                if !is_blank_line(line.map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?.as_bytes()) {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        }
+        Format::Parquet => parquet::count(path),
+        _ => jsonl::count(path),
     }
 }
 
 fn open(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
-}
-
-/// The decompressed bytes of a JSONL file, buffered.
-fn jsonl_reader(path: &Path) -> Result<Box<dyn BufRead + Send>> {
-    let file = open(path)?;
-    Ok(match Format::of(path)? {
-        Format::JsonlGz => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
-        Format::JsonlZst => Box::new(std::io::BufReader::new(zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?)),
-        _ => Box::new(std::io::BufReader::new(file)),
-    })
 }
 
 /// Stream the rows of a dataset (a file, a directory or a glob; see [`resolve`]), one
@@ -363,84 +309,12 @@ pub fn read_rows(spec: &Path, columns: &[Column]) -> Result<Rows> {
     read_rows_from(spec, columns, 0)
 }
 
-/// Where a row starts in a JSONL file: its index, byte offset and the number of lines
-/// before it (for messages).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowStart {
-    pub row: u64,
-    pub byte: u64,
-    pub line: u64,
-}
-
-/// One pass over a JSONL file, parsing nothing: where each of `rows` (ascending) starts.
-/// Rows past the end are left out. With these, [`read_jsonl_at`] starts reading without a
-/// scan, so reading a file in shards costs one pass, not one per shard.
-pub fn jsonl_row_starts(path: &Path, rows: &[u64]) -> Result<Vec<RowStart>> {
-    let path = &single_file(path)?;
-    let mut reader = jsonl_reader(path)?;
-    let (mut out, mut want) = (Vec::with_capacity(rows.len()), rows.iter().copied().peekable());
-    let (mut row, mut byte, mut line_no, mut line) = (0u64, 0u64, 0u64, Vec::new());
-    while want.peek().is_some() {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, e))? as u64;
-        if n == 0 {
-            break;
-        }
-        if !is_blank_line(&line) {
-            while want.next_if(|&r| r == row).is_some() {
-                out.push(RowStart { row, byte, line: line_no });
-            }
-            row += 1;
-        }
-        byte += n;
-        line_no += 1;
-    }
-    Ok(out)
-}
-
-/// A line without the UTF-8 byte order mark some editors put at the start of a file.
-fn without_bom(line: &str) -> &str {
-    line.strip_prefix('\u{feff}').unwrap_or(line)
-}
-
-/// A JSONL line that is not a row: empty or whitespace only (Unicode whitespace, as the
-/// reader trims it). One rule for the reader and for [`jsonl_row_starts`], so a row's index
-/// is the same whichever way the file is read.
-fn is_blank_line(line: &[u8]) -> bool {
-    std::str::from_utf8(line).is_ok_and(|l| without_bom(l).trim().is_empty())
-}
-
 /// As [`read_rows_from`] for a JSONL file, starting at a [`RowStart`] from
 /// [`jsonl_row_starts`] (a seek, no scan).
 pub fn read_jsonl_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Rows> {
     let path = &single_file(path)?;
     check_columns(path, columns)?;
-    jsonl_rows_at(path, columns, at)
-}
-
-fn jsonl_rows_at(path: &Path, columns: &[Column], at: RowStart) -> Result<Rows> {
-    let reader: Box<dyn BufRead + Send> = if Format::of(path)? == Format::Jsonl {
-        use std::io::Seek;
-        let mut file = open(path)?;
-        file.seek(std::io::SeekFrom::Start(at.byte)).map_err(|e| Error::io(path, e))?;
-        Box::new(std::io::BufReader::new(file))
-    } else {
-        // A compressed stream cannot seek: decompress and drop the bytes before the row.
-        let mut reader = jsonl_reader(path)?;
-        let skipped =
-            std::io::copy(&mut std::io::Read::take(&mut reader, at.byte), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
-        if skipped != at.byte {
-            return Err(Error::data(path, format!("ends at byte {skipped}, before row {} at byte {}", at.row, at.byte)));
-        }
-        reader
-    };
-    Ok(Box::new(JsonlRows {
-        path: path.to_path_buf(),
-        lines: reader.lines(),
-        columns: columns.to_vec(),
-        line_no: at.line,
-        next_index: at.row,
-    }))
+    jsonl::rows_at(path, columns, at)
 }
 
 fn check_columns(path: &Path, columns: &[Column]) -> Result<()> {
@@ -522,262 +396,18 @@ impl Iterator for FilesRows {
 fn read_file_rows_from(path: &Path, columns: &[Column], first: u64) -> Result<Rows> {
     check_columns(path, columns)?;
     match Format::of(path)? {
-        Format::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| Error::parquet(path, e))?;
-            let arrow_schema = builder.schema().clone();
-            let mut order = Vec::new();
-            for c in columns {
-                let (i, field) = arrow_schema.column_with_name(&c.name).expect("checked above");
-                check_arrow_type(path, &c.name, field.data_type(), c.kind)?;
-                order.push(i);
-            }
-            // Project the root columns we need (parquet leaf indices follow root order).
-            let mut roots: Vec<usize> = order.clone();
-            roots.sort_unstable();
-            roots.dedup();
-            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-            // Row groups from the one holding `first` on, then the rows before it inside that one.
-            // `start`: the first row of the first group kept (every group before it ends at or
-            // before `first`).
-            let (mut groups, mut start, mut end) = (Vec::new(), 0u64, 0u64);
-            for (g, meta) in builder.metadata().row_groups().iter().enumerate() {
-                let group_start = end;
-                end += meta.num_rows().max(0) as u64;
-                if end > first {
-                    if groups.is_empty() {
-                        start = group_start;
-                    }
-                    groups.push(g);
-                }
-            }
-            // Then the rows before `first` inside its row group are skipped by the decoder.
-            let skip = if groups.is_empty() { 0 } else { (first - start) as usize };
-            let reader = builder
-                .with_projection(mask)
-                .with_row_groups(groups)
-                .with_offset(skip)
-                .with_batch_size(1024)
-                .build()
-                .map_err(|e| Error::parquet(path, e))?;
-            // After projection, columns keep the file's order: map each request to its slot.
-            let slots = order.iter().map(|i| roots.iter().position(|r| r == i).expect("projected")).collect();
-            Ok(Box::new(ParquetRows {
-                path: path.to_path_buf(),
-                reader,
-                columns: columns.to_vec(),
-                slots,
-                batch: None,
-                at: 0,
-                next_index: first,
-            }))
-        }
+        Format::Parquet => parquet::rows_from(path, columns, first),
         _ => match jsonl_row_starts(path, &[first])?.first() {
-            Some(&at) => jsonl_rows_at(path, columns, at),
+            Some(&at) => jsonl::rows_at(path, columns, at),
             None => Ok(Box::new(std::iter::empty())), // `first` is past the last row
         },
-    }
-}
-
-fn check_arrow_type(path: &Path, name: &str, dt: &DataType, kind: Kind) -> Result<()> {
-    let ok = match kind {
-        Kind::Text => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-        Kind::Label => dt.is_integer(),
-        Kind::Messages => matches!(dt, DataType::List(_) | DataType::LargeList(_)),
-        Kind::Numbers => match dt {
-            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().is_numeric(),
-            other => other.is_numeric(),
-        },
-    };
-    if ok { Ok(()) } else { Err(Error::data(path, format!("column `{name}` has type {dt}, expected {}", kind.describe()))) }
-}
-
-struct ParquetRows {
-    path: PathBuf,
-    reader: ParquetRecordBatchReader,
-    columns: Vec<Column>,
-    slots: Vec<usize>,
-    batch: Option<RecordBatch>,
-    at: usize,
-    next_index: u64,
-}
-
-impl Iterator for ParquetRows {
-    type Item = Result<Row>;
-    fn next(&mut self) -> Option<Result<Row>> {
-        loop {
-            if let Some(batch) = &self.batch
-                && self.at < batch.num_rows()
-            {
-                let i = self.at;
-                self.at += 1;
-                let index = self.next_index;
-                self.next_index += 1;
-                let mut fields = Vec::with_capacity(self.columns.len());
-                for (c, &slot) in self.columns.iter().zip(&self.slots) {
-                    match arrow_field(batch.column(slot), i, c.kind) {
-                        Ok(f) => fields.push(f),
-                        Err(m) => return Some(Err(Error::data(&self.path, format!("row {index}, column `{}`: {m}", c.name)))),
-                    }
-                }
-                return Some(Ok(Row { index, fields }));
-            }
-            match self.reader.next()? {
-                Ok(b) => {
-                    self.batch = Some(b);
-                    self.at = 0;
-                }
-                Err(e) => return Some(Err(Error::arrow(&self.path, e))),
-            }
-        }
-    }
-}
-
-fn arrow_field(array: &ArrayRef, i: usize, kind: Kind) -> std::result::Result<Field, String> {
-    if array.is_null(i) {
-        return Ok(Field::Missing);
-    }
-    match kind {
-        Kind::Messages => arrow_json(array.as_ref(), i).map(Field::Json),
-        Kind::Text => {
-            let s = match array.data_type() {
-                DataType::Utf8 => array.as_string::<i32>().value(i),
-                DataType::LargeUtf8 => array.as_string::<i64>().value(i),
-                DataType::Utf8View => array.as_string_view().value(i),
-                dt => return Err(format!("type {dt} is not a string")),
-            };
-            Ok(Field::Text(s.to_string()))
-        }
-        Kind::Label => {
-            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Int64).map_err(|e| e.to_string())?;
-            Ok(Field::Label(v.as_primitive::<arrow::datatypes::Int64Type>().value(0)))
-        }
-        Kind::Numbers => {
-            let values = match array.data_type() {
-                DataType::List(_) => array.as_list::<i32>().value(i),
-                DataType::LargeList(_) => array.as_list::<i64>().value(i),
-                DataType::FixedSizeList(_, _) => array.as_fixed_size_list().value(i),
-                _ => array.slice(i, 1),
-            };
-            if values.null_count() > 0 {
-                return Err("list holds a null value".to_string());
-            }
-            let f = arrow::compute::cast(&values, &DataType::Float32).map_err(|e| e.to_string())?;
-            Ok(Field::Numbers(f.as_primitive::<arrow::datatypes::Float32Type>().values().to_vec()))
-        }
-    }
-}
-
-/// Value `i` of an Arrow array as JSON: strings, numbers, booleans, nulls, lists and
-/// structs (what a conversation column holds).
-fn arrow_json(array: &dyn Array, i: usize) -> std::result::Result<serde_json::Value, String> {
-    use serde_json::Value as J;
-    if array.is_null(i) {
-        return Ok(J::Null);
-    }
-    let list = |values: ArrayRef| {
-        (0..values.len()).map(|j| arrow_json(values.as_ref(), j)).collect::<std::result::Result<Vec<_>, _>>().map(J::Array)
-    };
-    Ok(match array.data_type() {
-        DataType::Utf8 => J::String(array.as_string::<i32>().value(i).to_string()),
-        DataType::LargeUtf8 => J::String(array.as_string::<i64>().value(i).to_string()),
-        DataType::Utf8View => J::String(array.as_string_view().value(i).to_string()),
-        DataType::Boolean => J::Bool(array.as_boolean().value(i)),
-        DataType::Null => J::Null,
-        DataType::List(_) => list(array.as_list::<i32>().value(i))?,
-        DataType::LargeList(_) => list(array.as_list::<i64>().value(i))?,
-        DataType::FixedSizeList(_, _) => list(array.as_fixed_size_list().value(i))?,
-        DataType::Struct(fields) => {
-            let s = array.as_struct();
-            let mut map = serde_json::Map::new();
-            for (f, column) in fields.iter().zip(s.columns()) {
-                map.insert(f.name().clone(), arrow_json(column.as_ref(), i)?);
-            }
-            J::Object(map)
-        }
-        dt if dt.is_integer() => {
-            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Int64).map_err(|e| e.to_string())?;
-            J::from(v.as_primitive::<arrow::datatypes::Int64Type>().value(0))
-        }
-        dt if dt.is_floating() => {
-            let v = arrow::compute::cast(&array.slice(i, 1), &DataType::Float64).map_err(|e| e.to_string())?;
-            serde_json::Number::from_f64(v.as_primitive::<arrow::datatypes::Float64Type>().value(0)).map(J::Number).unwrap_or(J::Null)
-        }
-        dt => return Err(format!("holds {dt}, which a conversation cannot hold")),
-    })
-}
-
-struct JsonlRows {
-    path: PathBuf,
-    lines: std::io::Lines<Box<dyn BufRead + Send>>,
-    columns: Vec<Column>,
-    line_no: u64,
-    next_index: u64,
-}
-
-impl Iterator for JsonlRows {
-    type Item = Result<Row>;
-    fn next(&mut self) -> Option<Result<Row>> {
-        loop {
-            let line = match self.lines.next()? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(Error::data(&self.path, format!("line {}: {e}", self.line_no + 1)))),
-            };
-            self.line_no += 1;
-            let line = without_bom(&line);
-            if is_blank_line(line.as_bytes()) {
-                continue;
-            }
-            let index = self.next_index;
-            self.next_index += 1;
-            let at = |m: String| Error::data(&self.path, format!("row {index} (line {}): {m}", self.line_no));
-            let value: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => return Some(Err(at(format!("not valid JSON: {e}")))),
-            };
-            let Some(obj) = value.as_object() else {
-                return Some(Err(at("not a JSON object".to_string())));
-            };
-            let mut fields = Vec::with_capacity(self.columns.len());
-            for c in &self.columns {
-                match json_field(obj.get(&c.name), c.kind) {
-                    Ok(f) => fields.push(f),
-                    Err(m) => return Some(Err(at(format!("column `{}`: {m}", c.name)))),
-                }
-            }
-            return Some(Ok(Row { index, fields }));
-        }
-    }
-}
-
-fn json_field(v: Option<&serde_json::Value>, kind: Kind) -> std::result::Result<Field, String> {
-    use serde_json::Value as J;
-    let found = |v: &J| match v {
-        J::Bool(_) => "a boolean",
-        J::Number(_) => "a number",
-        J::String(_) => "a string",
-        J::Array(_) => "a list",
-        J::Object(_) => "an object",
-        J::Null => "null",
-    };
-    let Some(v) = v else { return Ok(Field::Missing) };
-    match (kind, v) {
-        (_, J::Null) => Ok(Field::Missing),
-        (Kind::Messages, J::Array(_)) => Ok(Field::Json(v.clone())),
-        (Kind::Text, J::String(s)) => Ok(Field::Text(s.clone())),
-        (Kind::Label, J::Number(n)) if n.as_i64().is_some() => Ok(Field::Label(n.as_i64().unwrap_or_default())),
-        (Kind::Numbers, J::Number(n)) => Ok(Field::Numbers(vec![n.as_f64().unwrap_or(f64::NAN) as f32])),
-        (Kind::Numbers, J::Array(items)) => items
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| format!("list holds {}, expected numbers", found(x))))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(Field::Numbers),
-        (kind, other) => Err(format!("found {}, expected {}", found(other), kind.describe())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{ArrayRef, RecordBatch};
     use std::sync::Arc;
 
     fn texts(it: Rows) -> Vec<(u64, String)> {
@@ -827,8 +457,8 @@ mod tests {
         let pq = dir.path().join("d.parquet");
         let array: ArrayRef = Arc::new(arrow::array::StringArray::from(values.clone()));
         let batch = RecordBatch::try_from_iter([("text", array)]).unwrap();
-        let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(4)).build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), batch.schema(), Some(props)).unwrap();
+        let props = ::parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(4)).build();
+        let mut w = ::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), batch.schema(), Some(props)).unwrap();
         w.write(&batch).unwrap();
         let meta = w.close().unwrap();
         assert_eq!(meta.num_row_groups(), 3, "the test needs several row groups");
