@@ -10,9 +10,10 @@
 //! 2. **Stage two, `train-student`** ([`train`]): a Burn student ([`student`]:
 //!    an MLP, a BERT-style encoder classifier or a Llama-style decoder, optionally started from
 //!    and always exported as a Hugging Face checkpoint, [`student::hf`]) learns from the cache and the hard labels alone with the
-//!    loss in [`loss`]; it reads the cache only through [`cache::CacheReader`] and never loads
-//!    the teacher. [`stage::eval`] measures students (and the teacher, from a cache);
-//!    [`stage::merge`] combines the parts of a sharded capture.
+//!    loss in [`loss`] (the Transformer students' layers are fused operations with written-out
+//!    gradients, [`kernels`]); it reads the cache only through [`cache::CacheReader`] and
+//!    never loads the teacher. [`stage::eval`] measures students (and the teacher, from a
+//!    cache); [`stage::merge`] combines the parts of a sharded capture.
 //!
 //! The cache is the contract: self-describing ([`cache::Manifest`]), verifiable (checksums,
 //! fingerprints), portable (plain Parquet, schema in [`cache::schema`]) and resumable; it may
@@ -59,6 +60,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod integrity;
+pub mod kernels;
 pub mod lock;
 pub mod loss;
 mod process;

@@ -16,7 +16,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::student::fused;
+use crate::kernels;
 
 /// How the mass outside the cached top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -153,7 +153,7 @@ pub fn distillation_loss_partly_labelled(
 /// - KL, `Renormalize`: `d/dz_j = (1/T) (softmax_K(z_K / T)_j S_t - t_j)` for `j` in `K`, 0
 ///   elsewhere, with `t` the renormalised teacher (`S_t` its sum, 1 up to rounding)
 ///
-/// The returned `loss` is one graph node ([`fused::with_gradient`]): its value is the loss and
+/// The returned `loss` is one graph node ([`kernels::with_gradient`]): its value is the loss and
 /// it backpropagates `G` into `z`.
 /// `kl` and `ce` carry no gradient. The tests check value and gradient against the reference.
 ///
@@ -188,7 +188,7 @@ pub fn fused_distillation_loss(
 
     // The student's distribution at T over the whole vocabulary: only the tail bucket needs
     // it (the renormalised KL reads the cached ids alone).
-    let qt = (alpha > 0.0 && tail == TailMode::Bucket && k < vocab).then(|| fused::softmax(z.clone(), 1.0 / temperature as f64)); // [n, V]
+    let qt = (alpha > 0.0 && tail == TailMode::Bucket && k < vocab).then(|| kernels::softmax(z.clone(), 1.0 / temperature as f64)); // [n, V]
     // At T = 1 and T = 2 the distribution at temperature 1 follows from q_T without a second
     // pass of exponentials (the step's costliest element-wise work on a CPU):
     // softmax(z) = q_T^T / sum(q_T^T).
@@ -199,7 +199,7 @@ pub fn fused_distillation_loss(
             let total = u.clone().sum_dim(1);
             u / total
         }
-        _ => fused::softmax(z.clone(), 1.0),
+        _ => kernels::softmax(z.clone(), 1.0),
     }; // [n, V]
     // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
     let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]
@@ -257,7 +257,7 @@ pub fn fused_distillation_loss(
     let t2 = temperature * temperature;
     let value = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
     let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
-    let loss = if tracked { fused::with_gradient(student_logits, back(value), grad.autodiff()) } else { value };
+    let loss = if tracked { kernels::with_gradient(student_logits, back(value), grad.autodiff()) } else { value };
     LossParts { loss, kl: back(kl), ce: back(ce) }
 }
 

@@ -29,7 +29,8 @@ use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimiz
 use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{flex_f32, multiversion, slice};
+use crate::kernels::flex::{flex_f32, slice};
+use crate::kernels::simd::multiversion;
 
 /// AdamW's hyperparameters (Burn's `AdamWConfig` defaults: betas 0.9 / 0.999, epsilon 1e-5).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::fused;
+use crate::kernels;
 
 /// Hyperparameters of the decoder student.
 #[derive(Config, Debug)]
@@ -82,9 +82,9 @@ pub struct Decoder {
     pub rope_theta: f64,
 }
 
-/// An RmsNorm module's function as one fused operation ([`fused::rms_norm`]).
+/// An RmsNorm module's function as one fused operation ([`kernels::rms_norm`]).
 fn rms<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    fused::rms_norm(x, norm.gamma.val(), norm.epsilon)
+    kernels::rms_norm(x, norm.gamma.val(), norm.epsilon)
 }
 
 /// `cat(-x2, x1)` over the last dim. `[.., hd] -> [.., hd]`
@@ -104,19 +104,19 @@ impl Block {
         let hd = d / self.heads;
         let h = rms(&self.attn_norm, x.clone());
         // Rotary positions on [b, s, heads, hd] (cos, sin as [1, s, 1, hd]); the heads stay
-        // interleaved in d, as fused::attention reads them.
+        // interleaved in d, as kernels::attention reads them.
         let (cos, sin) = (cos.reshape([1, s, 1, hd]), sin.reshape([1, s, 1, hd]));
         let rope = |t: Tensor<3>| {
             let t = t.reshape([b, s, self.heads, hd]);
             (t.clone() * cos.clone() + rotate_half(t) * sin.clone()).reshape([b, s, d])
         };
-        let q = rope(fused::linear(&self.q, h.clone()));
-        let k = rope(fused::linear(&self.k, h.clone()));
-        let v = fused::linear(&self.v, h);
-        let attn = fused::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, s, d]
-        let x = x + fused::linear(&self.o, attn);
+        let q = rope(kernels::linear(&self.q, h.clone()));
+        let k = rope(kernels::linear(&self.k, h.clone()));
+        let v = kernels::linear(&self.v, h);
+        let attn = kernels::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, s, d]
+        let x = x + kernels::linear(&self.o, attn);
         let h = rms(&self.mlp_norm, x.clone());
-        x + fused::linear(&self.down, fused::swiglu(fused::linear(&self.gate, h.clone()), fused::linear(&self.up, h)))
+        x + kernels::linear(&self.down, kernels::swiglu(kernels::linear(&self.gate, h.clone()), kernels::linear(&self.up, h)))
     }
 }
 
@@ -138,7 +138,7 @@ impl Decoder {
     /// # Shapes
     /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        fused::linear(&self.head, rms(&self.norm, hidden))
+        kernels::linear(&self.head, rms(&self.norm, hidden))
     }
 
     /// The hidden states after the last block, before the final norm.

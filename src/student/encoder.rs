@@ -9,7 +9,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::tanh;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::fused;
+use crate::kernels;
 
 /// Hyperparameters of the encoder student.
 #[derive(Config, Debug)]
@@ -92,10 +92,10 @@ pub struct Encoder {
     pub norm_eps: f64,
 }
 
-/// A LayerNorm module's function as one fused operation ([`fused::layer_norm`]).
+/// A LayerNorm module's function as one fused operation ([`kernels::layer_norm`]).
 fn norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
     let beta = norm.beta.as_ref().expect("the encoder's LayerNorms have a bias").val();
-    fused::layer_norm(x, norm.gamma.val(), beta, eps)
+    kernels::layer_norm(x, norm.gamma.val(), beta, eps)
 }
 
 impl EncoderBlock {
@@ -110,12 +110,12 @@ impl EncoderBlock {
         let [_, s, d] = x.dims();
         let hd = d / self.heads;
         let xq = if queries == s { x.clone() } else { x.clone().narrow(1, 0, queries) }; // [b, queries, d]
-        let q = fused::linear(&self.q, xq.clone()); // [b, queries, d]
-        let k = fused::linear(&self.k, x.clone()); // [b, s, d]
-        let v = fused::linear(&self.v, x);
-        let attn = fused::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, queries, d]
-        let x = norm(&self.attn_norm, xq + fused::linear(&self.attn_out, attn), eps);
-        let ff = fused::linear(&self.down, fused::gelu(fused::linear(&self.up, x.clone())));
+        let q = kernels::linear(&self.q, xq.clone()); // [b, queries, d]
+        let k = kernels::linear(&self.k, x.clone()); // [b, s, d]
+        let v = kernels::linear(&self.v, x);
+        let attn = kernels::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, queries, d]
+        let x = norm(&self.attn_norm, xq + kernels::linear(&self.attn_out, attn), eps);
+        let ff = kernels::linear(&self.down, kernels::gelu(kernels::linear(&self.up, x.clone())));
         norm(&self.mlp_norm, x + ff, eps)
     }
 }
@@ -154,7 +154,7 @@ impl Encoder {
             x = block.forward(x, mask.clone(), queries, self.norm_eps);
         }
         let first = x.narrow(1, 0, 1).reshape([b, d]);
-        fused::linear(&self.classifier, tanh(fused::linear(&self.pooler, first)))
+        kernels::linear(&self.classifier, tanh(kernels::linear(&self.pooler, first)))
     }
 
     /// Longest sequence the position table holds.

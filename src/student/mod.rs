@@ -6,7 +6,6 @@
 pub mod adamw;
 pub mod decoder;
 pub mod encoder;
-pub mod fused;
 pub mod hf;
 pub mod mlp;
 

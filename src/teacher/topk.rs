@@ -9,6 +9,8 @@
 
 pub use crate::cache::schema::SoftLabel;
 
+use crate::kernels::simd::exp_nonpositive;
+
 /// Scratch space reused across rows so the hot loop does not allocate.
 #[derive(Default)]
 pub struct TopKScratch {
@@ -16,25 +18,6 @@ pub struct TopKScratch {
     heap: Vec<(f32, u32)>,
     /// `exp(z - max)` of every entry, f32.
     exps: Vec<f32>,
-}
-
-/// `exp(x)` for `x <= 0`, vectorisable (no libm call): `2^n * e^t` with
-/// `n = round(x log2 e)`, `t = x - n ln 2` in `[-ln2/2, ln2/2]`, and `e^t` by its degree-7
-/// Taylor polynomial, whose remainder `(ln2/2)^8 / 8! < 5e-9` is below f32 rounding.
-/// Inputs below -87 are clamped there (`e^-87` ~ 1.6e-38, the smallest normal range);
-/// callers that need smaller values (the tail) detect the clamp and recompute in f64.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
-    let x = if x > -87.0 { x } else { -87.0 };
-    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
-    let n = shifted - MAGIC;
-    // The integer n sits in the low mantissa bits of `shifted`: no float->int conversion.
-    let n_int = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let t = x - n * std::f32::consts::LN_2;
-    let p =
-        1.0 + t * (1.0 + t * (1.0 / 2.0 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0 + t * (1.0 / 5040.0)))))));
-    f32::from_bits((n_int.wrapping_add(127) as u32) << 23) * p
 }
 
 /// Sum in f64 with four independent accumulators (vectorisable, no long dependency chain).
