@@ -1,6 +1,7 @@
-//! The command line: the only file that knows clap. It turns flags into the library's
-//! typed settings, calls the library, and prints results to stdout (progress and
-//! warnings go to stderr).
+//! The command line: the subcommands and the flags that belong to a run rather than to its
+//! settings (`--pipeline`, `--quiet`, `--resume`, ...). Each stage's settings are declared
+//! once, in `config` (clap and serde on one struct), and flattened in here. It calls the
+//! library and prints results to stdout (progress and warnings go to stderr).
 
 use std::path::PathBuf;
 
