@@ -17,7 +17,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
+}
+
+/// The directory holding `path`: `.` for a bare file name (whose parent is the empty path).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// The hidden temporary name a file is written under before it is renamed into place.
@@ -77,4 +82,17 @@ pub fn hex(bytes: &[u8]) -> String {
 /// text there: never sliced inside a character).
 pub fn short(hash: &str) -> &str {
     hash.char_indices().nth(12).map_or(hash, |(i, _)| &hash[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bare file name lives in `.`; the empty path (its `parent()`) cannot be opened.
+    #[test]
+    fn a_bare_file_name_is_in_the_working_directory() {
+        assert_eq!(parent_dir(Path::new("logits.jsonl")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("out/logits.jsonl")), Path::new("out"));
+        assert_eq!(parent_dir(Path::new("/logits.jsonl")), Path::new("/"));
+    }
 }

@@ -1,6 +1,7 @@
 //! The docs cannot drift from the code: every page is linked from the README, every relative
-//! link resolves, every `distill` flag the docs use exists, and every message quoted in
-//! docs/failures.md is one the code prints (its word runs are found in src/).
+//! link resolves, every `distill` flag the docs use exists, every message quoted in
+//! docs/failures.md is one the code prints (its word runs are found in src/), and every
+//! block marked ```` ```sh runnable ```` runs and prints what the page shows.
 
 use std::path::PathBuf;
 
@@ -221,4 +222,104 @@ fn messages_quoted_in_the_failure_table_are_the_codes() {
     }
     assert!(wrong.is_empty(), "docs/failures.md quotes messages the code does not print:\n{}", wrong.join("\n"));
     assert!(checked > 40, "only {checked} word runs checked");
+}
+
+/// The fenced blocks of a page marked ```` ```sh runnable ````, each with the plain block
+/// that follows it (what the page says it prints), if there is one.
+fn runnable_blocks(text: &str) -> Vec<(String, Option<String>)> {
+    let mut blocks: Vec<(String, Option<String>)> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let info = line.trim().strip_prefix("```").map(str::trim);
+        match info {
+            Some("sh runnable") => {
+                let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+                blocks.push((body.join("\n"), None));
+            }
+            Some("") if blocks.last().is_some_and(|b| b.1.is_none()) => {
+                let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+                blocks.last_mut().unwrap().1 = Some(body.join("\n"));
+            }
+            Some(_) => {
+                // Another block: skip it (and stop pairing output with the last runnable one).
+                lines.by_ref().take_while(|l| l.trim() != "```").for_each(drop);
+                if let Some(b) = blocks.last_mut()
+                    && b.1.is_none()
+                {
+                    b.1 = Some(String::new());
+                }
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// Does `line` match `pattern`, where `…` in the pattern stands for any text?
+fn matches_with_ellipsis(pattern: &str, line: &str) -> bool {
+    let mut parts = pattern.split('…');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = line.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(p);
+        }
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// Every block marked runnable in the README and docs/ runs (in page order, in a scratch
+/// directory holding the repository's `data/` and `pipelines/`, with this build's `distill`
+/// on PATH), and prints each line of the block that follows it, in order (`…` standing for
+/// figures that vary).
+#[test]
+fn runnable_blocks_run_and_print_what_the_docs_show() {
+    let bin = temp();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_distill"), bin.path().join("distill")).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let mut ran = 0;
+    for page in pages() {
+        let blocks = runnable_blocks(&std::fs::read_to_string(&page).unwrap());
+        if blocks.is_empty() {
+            continue;
+        }
+        let work = temp();
+        for d in ["data", "pipelines"] {
+            std::os::unix::fs::symlink(repo().join(d), work.path().join(d)).unwrap();
+        }
+        for (script, expected) in blocks {
+            let out = std::process::Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &script])
+                .current_dir(work.path())
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{}: this block failed:\n{script}\n--- it printed:\n{printed}", page.display());
+            let mut lines = printed.lines();
+            for want in expected.as_deref().unwrap_or("").lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    lines.any(|got| matches_with_ellipsis(want.trim_end(), got.trim_end())),
+                    "{}: the block\n{script}\ndid not print (in order) the line\n{want}\n--- it printed:\n{printed}",
+                    page.display()
+                );
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 2, "only {ran} runnable blocks in the docs");
+}
+
+#[test]
+fn the_ellipsis_matcher_matches_only_what_it_should() {
+    assert!(matches_with_ellipsis("a … b", "a 12 b"));
+    assert!(matches_with_ellipsis("x: … rows, … s", "x: 3 rows, 0.5 s"));
+    assert!(!matches_with_ellipsis("x: … rows", "x: 3 rows!"));
+    assert!(!matches_with_ellipsis("cache/lm: ok", "cache/lm: damaged"));
+    assert!(matches_with_ellipsis("exact", "exact"));
 }

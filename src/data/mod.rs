@@ -123,7 +123,7 @@ pub fn resolve(spec: &Path) -> Result<Vec<PathBuf>> {
         if let Some(i) = splits.iter().position(|s| s == "train") {
             splits.swap(0, i);
         }
-        let dir = if is_glob(spec) { spec.parent().unwrap_or(Path::new(".")) } else { spec };
+        let dir = if is_glob(spec) { crate::integrity::parent_dir(spec) } else { spec };
         return Err(Error::data(
             spec,
             format!(
