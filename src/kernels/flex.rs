@@ -137,8 +137,9 @@ impl Kernels for Flex {
             return reference::attention_forward::<Flex>(q, k, v, mask, heads, scale);
         };
         let (qs, ks, vs, ms) = (slice(&qc), slice(&kc), slice(&vc), slice(&mc));
-        let ([b, sq, d], s, mq) = ([q.shape()[0], q.shape()[1], q.shape()[2]], k.shape()[1], mask.shape()[2]);
+        let ([b, sq, d], [s, kd], mq) = ([q.shape()[0], q.shape()[1], q.shape()[2]], [k.shape()[1], k.shape()[2]], mask.shape()[2]);
         let hd = d / heads;
+        let group = heads / (kd / hd); // query heads per K/V head
         let mut probs = vec![0f32; b * heads * sq * s];
         let out = filled_by(b * sq * d, |out| {
             let out = SharedMut(out);
@@ -146,11 +147,11 @@ impl Kernels for Flex {
             // output the head's columns of the row's sq x d block (disjoint between tasks).
             probs.par_chunks_mut(sq * s).enumerate().for_each(|(bh, p)| {
                 let (r, h) = (bh / heads, bh % heads);
-                let (qo, ko) = (r * sq * d + h * hd, r * s * d + h * hd);
+                let (qo, ko) = (r * sq * d + h * hd, r * s * kd + (h / group) * hd);
                 let mut scores = vec![0f32; sq * s];
                 let none = gemm::Parallelism::None;
-                // SAFETY: q_h is [sq, hd] at row stride d inside q; k_h^T [hd, s] reads k_h
-                // ([s, hd], row stride d) transposed; scores is [sq, s]; the output block is
+                // SAFETY: q_h is [sq, hd] at row stride d inside q; k_g^T [hd, s] reads k_g
+                // ([s, hd], row stride kd) transposed; scores is [sq, s]; the output block is
                 // [sq, hd] at row stride d inside out, written by this task only.
                 unsafe {
                     gemm_strided(
@@ -160,7 +161,7 @@ impl Kernels for Flex {
                         (scores.as_mut_ptr(), s as isize),
                         false,
                         (qs[qo..].as_ptr(), d as isize, 1),
-                        (ks[ko..].as_ptr(), 1, d as isize),
+                        (ks[ko..].as_ptr(), 1, kd as isize),
                         none,
                     );
                 }
@@ -173,7 +174,7 @@ impl Kernels for Flex {
                         (out.at(qo), d as isize),
                         false,
                         (p.as_ptr(), s as isize, 1),
-                        (vs[ko..].as_ptr(), d as isize, 1),
+                        (vs[ko..].as_ptr(), kd as isize, 1),
                         none,
                     );
                 }
@@ -197,46 +198,55 @@ impl Kernels for Flex {
             return reference::attention_backward::<Flex>(q, k, v, probs, dout, heads, scale);
         };
         let (qs, ks, vs, ps, dos) = (slice(&qc), slice(&kc), slice(&vc), slice(&pc), slice(&dc));
-        let ([b, sq, d], s) = ([q.shape()[0], q.shape()[1], q.shape()[2]], k.shape()[1]);
+        let ([b, sq, d], [s, kd]) = ([q.shape()[0], q.shape()[1], q.shape()[2]], [k.shape()[1], k.shape()[2]]);
         let hd = d / heads;
+        let kv = kd / hd;
+        let group = heads / kv; // query heads per K/V head
         let (mut dq, mut dk) = (Vec::new(), Vec::new());
-        let dv = filled_by(b * s * d, |dv| {
+        let dv = filled_by(b * s * kd, |dv| {
             dq = filled_by(b * sq * d, |dq| {
-                dk = filled_by(b * s * d, |dk| {
+                dk = filled_by(b * s * kd, |dk| {
                     let (dq, dk, dv) = (SharedMut(dq), SharedMut(dk), SharedMut(dv));
-                    // Each (row, head) task writes the head's columns of its row's blocks of
-                    // dq, dk and dv (disjoint between tasks, together every element).
-                    (0..b * heads).into_par_iter().for_each(|bh| {
-                        let (r, h) = (bh / heads, bh % heads);
-                        let (qo, ko) = (r * sq * d + h * hd, r * s * d + h * hd);
-                        let p = &ps[bh * sq * s..(bh + 1) * sq * s];
+                    // Each (row, K/V head) task writes its query heads' columns of the row's
+                    // dq block and the K/V head's columns of the row's dk and dv blocks
+                    // (disjoint between tasks, together every element): the first query head
+                    // of the group writes dk and dv, the others add to them.
+                    (0..b * kv).into_par_iter().for_each(|bg| {
+                        let (r, g) = (bg / kv, bg % kv);
+                        let ko = r * s * kd + g * hd;
                         let (mut dp, mut ds) = (vec![0f32; sq * s], vec![0f32; sq * s]);
                         let none = gemm::Parallelism::None;
-                        let (d_, s_) = (d as isize, s as isize);
-                        // SAFETY: every operand is a head's block inside its buffer at row stride
-                        // d ([sq, hd] or [s, hd]) or a [sq, s] scratch; transposes read the same
-                        // blocks with the strides swapped; each output block is this task's.
-                        unsafe {
-                            // dp [sq, s] = do_h [sq, hd] @ v_h^T
-                            gemm_strided(
-                                sq,
-                                s,
-                                hd,
-                                (dp.as_mut_ptr(), s_),
-                                false,
-                                (dos[qo..].as_ptr(), d_, 1),
-                                (vs[ko..].as_ptr(), 1, d_),
-                                none,
-                            );
-                        }
-                        softmax_backward_rows(p, &dp, s, scale as f32, &mut ds);
-                        unsafe {
-                            // dq_h [sq, hd] = ds [sq, s] @ k_h [s, hd]
-                            gemm_strided(sq, hd, s, (dq.at(qo), d_), false, (ds.as_ptr(), s_, 1), (ks[ko..].as_ptr(), d_, 1), none);
-                            // dk_h [s, hd] = ds^T [s, sq] @ q_h [sq, hd]
-                            gemm_strided(s, hd, sq, (dk.at(ko), d_), false, (ds.as_ptr(), 1, s_), (qs[qo..].as_ptr(), d_, 1), none);
-                            // dv_h [s, hd] = p^T [s, sq] @ do_h [sq, hd]
-                            gemm_strided(s, hd, sq, (dv.at(ko), d_), false, (p.as_ptr(), 1, s_), (dos[qo..].as_ptr(), d_, 1), none);
+                        let (d_, kd_, s_) = (d as isize, kd as isize, s as isize);
+                        for h in g * group..(g + 1) * group {
+                            let qo = r * sq * d + h * hd;
+                            let p = &ps[(r * heads + h) * sq * s..(r * heads + h + 1) * sq * s];
+                            let add = h > g * group;
+                            // SAFETY: every operand is a head's block inside its buffer at row
+                            // stride d or kd ([sq, hd] or [s, hd]) or a [sq, s] scratch;
+                            // transposes read the same blocks with the strides swapped; each
+                            // output block is this task's.
+                            unsafe {
+                                // dp [sq, s] = do_h [sq, hd] @ v_g^T
+                                gemm_strided(
+                                    sq,
+                                    s,
+                                    hd,
+                                    (dp.as_mut_ptr(), s_),
+                                    false,
+                                    (dos[qo..].as_ptr(), d_, 1),
+                                    (vs[ko..].as_ptr(), 1, kd_),
+                                    none,
+                                );
+                            }
+                            softmax_backward_rows(p, &dp, s, scale as f32, &mut ds);
+                            unsafe {
+                                // dq_h [sq, hd] = ds [sq, s] @ k_g [s, hd]
+                                gemm_strided(sq, hd, s, (dq.at(qo), d_), false, (ds.as_ptr(), s_, 1), (ks[ko..].as_ptr(), kd_, 1), none);
+                                // dk_g [s, hd] (+)= ds^T [s, sq] @ q_h [sq, hd]
+                                gemm_strided(s, hd, sq, (dk.at(ko), kd_), add, (ds.as_ptr(), 1, s_), (qs[qo..].as_ptr(), d_, 1), none);
+                                // dv_g [s, hd] (+)= p^T [s, sq] @ do_h [sq, hd]
+                                gemm_strided(s, hd, sq, (dv.at(ko), kd_), add, (p.as_ptr(), 1, s_), (dos[qo..].as_ptr(), d_, 1), none);
+                            }
                         }
                     });
                 });

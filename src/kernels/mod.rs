@@ -114,19 +114,30 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 }
 
 /// Multi-head attention, one fused operation: for each head `h`,
-/// `softmax(q_h @ k_h^T * scale + mask) @ v_h`, with the heads interleaved in the model
-/// dimension (head `h` is columns `h * hd .. (h + 1) * hd`, `hd = d / heads`) as the Q, K, V
-/// projections produce them and the output projection reads them. No head split or merge
-/// copies; on flex each (row, head) is three small GEMMs and a softmax on one thread, the
-/// probabilities kept for the backward (as PyTorch eager keeps them).
+/// `softmax(q_h @ k_g^T * scale + mask) @ v_g`, with the heads interleaved in the model
+/// dimension (head `h` is columns `h * hd .. (h + 1) * hd`) as the Q, K, V projections
+/// produce them and the output projection reads them. Grouped-query attention when K and V
+/// have fewer heads than Q: `kv = kd / hd` heads, query head `h` reading K/V head
+/// `g = h / (heads / kv)` (as transformers' `repeat_kv` pairs them), without repeating K and
+/// V in memory. No head split or merge copies; on flex each (row, head) is three small GEMMs
+/// and a softmax on one thread, the probabilities kept for the backward (as PyTorch eager
+/// keeps them).
 ///
 /// # Shapes
-/// - `q`: `[b, sq, d]`; `k`, `v`: `[b, s, d]`; `mask`: `[b, 1, mq, s]` additive (0 or a large
-///   negative) with `mq` 1 (one row for every query) or `sq`; returns `[b, sq, d]`
+/// - `q`: `[b, sq, heads * hd]`; `k`, `v`: `[b, s, kv * hd]` with `heads` a multiple of
+///   `kv`; `mask`: `[b, 1, mq, s]` additive (0 or a large negative) with `mq` 1 (one row for
+///   every query) or `sq`; returns `[b, sq, heads * hd]`
 pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Tensor<4>, heads: usize, scale: f64) -> Tensor<3> {
     let ([b, sq, d], [kb, s, kd]) = (q.dims(), k.dims());
-    assert!(kb == b && kd == d && v.dims() == k.dims(), "attention: q {:?}, k {:?}, v {:?} do not match", q.dims(), k.dims(), v.dims());
     assert!(heads > 0 && d.is_multiple_of(heads), "attention: {d} features do not split into {heads} heads");
+    let hd = d / heads;
+    assert!(
+        kb == b && kd.is_multiple_of(hd) && kd > 0 && heads.is_multiple_of(kd / hd) && v.dims() == k.dims(),
+        "attention: q {:?} ({heads} heads), k {:?}, v {:?} do not match",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
     let [mb, mh, mq, ms] = mask.dims();
     assert!(
         mb == b && mh == 1 && (mq == sq || mq == 1) && ms == s,

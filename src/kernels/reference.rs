@@ -9,7 +9,8 @@
 //! - softmax of `scores * scale + mask`, output `y`: `dscores = scale * y * (dy - sum(dy * y))`
 //! - Linear, `y = x @ w + b`: `dx = dy @ w^T`, `dw = x^T @ dy`, `db = sum over rows of dy`
 //! - attention per head, `p = softmax(q k^T * scale + mask)`, `o = p v`: `dv = p^T do`,
-//!   `dp = do v^T`, `ds` = the softmax's gradient of `dp`, `dq = ds k`, `dk = ds^T q`
+//!   `dp = do v^T`, `ds` = the softmax's gradient of `dp`, `dq = ds k`, `dk = ds^T q`; with
+//!   grouped-query attention K/V head `g`'s `dk`, `dv` are the sums over the query heads reading it
 
 use burn::backend::Backend;
 use burn::backend::TensorMetadata;
@@ -30,6 +31,33 @@ fn merge_heads<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_reshape(B::float_swap_dims(t, 1, 2), Shape::from(vec![b, n, h * hd]))
 }
 
+/// K or V `[b, s, kv * hd]` as `[b, heads, s, hd]`: each of its `kv` heads repeated for the
+/// `heads / kv` query heads that read it (transformers' `repeat_kv`).
+fn kv_heads<B: Backend>(t: FloatTensor<B>, heads: usize, hd: usize) -> FloatTensor<B> {
+    let shape = t.shape();
+    let (b, s, kv) = (shape[0], shape[1], shape[2] / hd);
+    let t = split_heads::<B>(t, kv); // [b, kv, s, hd]
+    if kv == heads {
+        return t;
+    }
+    let t = B::float_reshape(t, Shape::from(vec![b, kv, 1, s, hd]));
+    let t = B::float_expand(t, Shape::from(vec![b, kv, heads / kv, s, hd]));
+    B::float_reshape(t, Shape::from(vec![b, heads, s, hd]))
+}
+
+/// The gradient of [`kv_heads`]: `[b, heads, s, hd]` summed over each group -> `[b, s, kv * hd]`.
+fn kv_heads_grad<B: Backend>(g: FloatTensor<B>, kv: usize) -> FloatTensor<B> {
+    let shape = g.shape();
+    let (b, heads, s, hd) = (shape[0], shape[1], shape[2], shape[3]);
+    let g = if kv == heads {
+        g
+    } else {
+        let g = B::float_sum_dim(B::float_reshape(g, Shape::from(vec![b, kv, heads / kv, s, hd])), 2);
+        B::float_reshape(g, Shape::from(vec![b, kv, s, hd]))
+    };
+    merge_heads::<B>(g)
+}
+
 pub fn attention_forward<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
@@ -38,7 +66,8 @@ pub fn attention_forward<B: Backend>(
     heads: usize,
     scale: f64,
 ) -> [FloatTensor<B>; 2] {
-    let (q, k, v) = (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads));
+    let hd = q.shape()[2] / heads;
+    let (q, k, v) = (split_heads::<B>(q, heads), kv_heads::<B>(k, heads, hd), kv_heads::<B>(v, heads, hd));
     let probs = masked_softmax_forward::<B>(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), mask, scale);
     [merge_heads::<B>(B::float_matmul(probs.clone(), v)), probs]
 }
@@ -52,14 +81,16 @@ pub fn attention_backward<B: Backend>(
     heads: usize,
     scale: f64,
 ) -> [FloatTensor<B>; 3] {
+    let hd = q.shape()[2] / heads;
+    let kv = k.shape()[2] / hd;
     let (q, k, v, dout) =
-        (split_heads::<B>(q, heads), split_heads::<B>(k, heads), split_heads::<B>(v, heads), split_heads::<B>(dout, heads));
+        (split_heads::<B>(q, heads), kv_heads::<B>(k, heads, hd), kv_heads::<B>(v, heads, hd), split_heads::<B>(dout, heads));
     let dv = B::float_matmul(B::float_swap_dims(probs.clone(), 2, 3), dout.clone());
     let dp = B::float_matmul(dout, B::float_swap_dims(v, 2, 3));
     let ds = masked_softmax_backward::<B>(probs, dp, scale);
     let dq = B::float_matmul(ds.clone(), k);
     let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
-    [merge_heads::<B>(dq), merge_heads::<B>(dk), merge_heads::<B>(dv)]
+    [merge_heads::<B>(dq), kv_heads_grad::<B>(dk, kv), kv_heads_grad::<B>(dv, kv)]
 }
 
 /// # Shapes

@@ -48,7 +48,8 @@ impl Kernels for LibTorch {
         heads: usize,
         scale: f64,
     ) -> [FloatTensor<Self>; 2] {
-        let (q, k, v) = (tch_heads(&q.tensor, heads), tch_heads(&k.tensor, heads), tch_heads(&v.tensor, heads));
+        let hd = q.tensor.size()[2] / heads as i64;
+        let (q, k, v) = (tch_heads(&q.tensor, heads), tch_kv(&k.tensor, heads, hd), tch_kv(&v.tensor, heads, hd));
         let probs = (q.matmul(&k.transpose(-2, -1)) * scale + &mask.tensor).softmax(-1, q.kind());
         [TchTensor::new(tch_merge(&probs.matmul(&v))), TchTensor::new(probs)]
     }
@@ -62,10 +63,12 @@ impl Kernels for LibTorch {
         heads: usize,
         scale: f64,
     ) -> [FloatTensor<Self>; 3] {
+        let hd = q.tensor.size()[2] / heads as i64;
+        let kv = k.tensor.size()[2] / hd;
         let (q, k, v, dout, p) = (
             tch_heads(&q.tensor, heads),
-            tch_heads(&k.tensor, heads),
-            tch_heads(&v.tensor, heads),
+            tch_kv(&k.tensor, heads, hd),
+            tch_kv(&v.tensor, heads, hd),
             tch_heads(&dout.tensor, heads),
             &probs.tensor,
         );
@@ -74,7 +77,7 @@ impl Kernels for LibTorch {
         let ds = tch::Tensor::internal_softmax_backward_data(&dp, p, -1, p.kind()) * scale;
         let dq = ds.matmul(&k);
         let dk = ds.transpose(-2, -1).matmul(&q);
-        [TchTensor::new(tch_merge(&dq)), TchTensor::new(tch_merge(&dk)), TchTensor::new(tch_merge(&dv))]
+        [TchTensor::new(tch_merge(&dq)), TchTensor::new(tch_merge(&tch_kv_grad(&dk, kv))), TchTensor::new(tch_merge(&tch_kv_grad(&dv, kv)))]
     }
 }
 
@@ -82,6 +85,24 @@ impl Kernels for LibTorch {
 fn tch_heads(t: &tch::Tensor, heads: usize) -> tch::Tensor {
     let s = t.size();
     t.view([s[0], s[1], heads as i64, s[2] / heads as i64]).transpose(1, 2)
+}
+
+/// K or V `[b, n, kv * hd]` as `[b, heads, n, hd]`, each K/V head repeated for the query
+/// heads of its group (grouped-query attention; a view when `kv == heads`).
+fn tch_kv(t: &tch::Tensor, heads: usize, hd: i64) -> tch::Tensor {
+    let kv = t.size()[2] / hd;
+    let t = tch_heads(t, kv as usize);
+    if kv == heads as i64 { t } else { t.repeat_interleave_self_int(heads as i64 / kv, Some(1), None) }
+}
+
+/// The gradient of [`tch_kv`]: `[b, heads, n, hd]` summed over each group -> `[b, kv, n, hd]`.
+fn tch_kv_grad(g: &tch::Tensor, kv: i64) -> tch::Tensor {
+    let s = g.size();
+    if s[1] == kv {
+        g.shallow_clone()
+    } else {
+        g.view([s[0], kv, s[1] / kv, s[2], s[3]]).sum_dim_intlist([2i64].as_slice(), false, g.kind())
+    }
 }
 
 /// `[b, heads, n, hd] -> [b, n, heads * hd]`.

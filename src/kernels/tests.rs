@@ -185,35 +185,42 @@ fn swiglu_matches_silu_times_up() {
 }
 
 /// Against split heads, Burn's matmul and softmax, merged heads: both mask layouts, fewer
-/// queries than keys (the encoder's narrowed last block), and a longer key sequence.
+/// queries than keys (the encoder's narrowed last block), a longer key sequence; and
+/// grouped-query attention (2 and 1 K/V heads for 4 query heads), composed as transformers'
+/// `repeat_kv` does it: each K/V head repeated for the query heads of its group.
 #[test]
 fn attention_matches_burns_multi_head_attention() {
-    let (b, heads, hd) = (2, 3, 4);
+    let (b, heads, hd) = (2, 4, 4);
     let d = heads * hd;
-    for (sq, s, per_query) in [(5, 5, false), (5, 5, true), (1, 6, false), (3, 40, true)] {
-        let mq = if per_query { sq } else { 1 };
-        let mask = some_masked(b * mq * s, s);
-        let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
-        let q = (values(b * sq * d, 30 + s as u64, -2.0, 2.0), vec![b * sq * d]);
-        let k = (values(b * s * d, 31 + s as u64, -2.0, 2.0), vec![b * s * d]);
-        let v = (values(b * s * d, 32 + s as u64, -2.0, 2.0), vec![b * s * d]);
-        let scale = 0.5;
-        let split = |t: Tensor<1>, n: usize| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
-        compare(
-            &format!("attention (sq {sq}, s {s}, mask rows {mq})"),
-            [q, k, v],
-            |[q, k, v]| {
-                let m = mask_on(&q);
-                attention(q.reshape([b, sq, d]), k.reshape([b, s, d]), v.reshape([b, s, d]), m, heads, scale)
-            },
-            |[q, k, v]| {
-                let m = mask_on(&q);
-                let scores = split(q, sq).matmul(split(k, s).swap_dims(2, 3));
-                let probs = activation::softmax(scores * scale + m, 3);
-                probs.matmul(split(v, s)).swap_dims(1, 2).reshape([b, sq, d])
-            },
-            1e-5,
-        );
+    for kv in [4, 2, 1] {
+        let kd = kv * hd;
+        for (sq, s, per_query) in [(5, 5, false), (5, 5, true), (1, 6, false), (3, 40, true)] {
+            let mq = if per_query { sq } else { 1 };
+            let mask = some_masked(b * mq * s, s);
+            let mask_on = |x: &Tensor<1>| Tensor::<4>::from_data(TensorData::new(mask.clone(), [b, 1, mq, s]), &x.device());
+            let q = (values(b * sq * d, 30 + s as u64, -2.0, 2.0), vec![b * sq * d]);
+            let k = (values(b * s * kd, 31 + s as u64, -2.0, 2.0), vec![b * s * kd]);
+            let v = (values(b * s * kd, 32 + s as u64, -2.0, 2.0), vec![b * s * kd]);
+            let scale = 0.5;
+            let split = |t: Tensor<1>, n: usize, h: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
+            // [b, kv, s, hd] -> [b, heads, s, hd]: query head h reads K/V head h / (heads / kv).
+            let repeat = |t: Tensor<4>| Tensor::cat((0..heads).map(|h| t.clone().narrow(1, h / (heads / kv), 1)).collect(), 1);
+            compare(
+                &format!("attention ({heads} heads, {kv} K/V heads, sq {sq}, s {s}, mask rows {mq})"),
+                [q, k, v],
+                |[q, k, v]| {
+                    let m = mask_on(&q);
+                    attention(q.reshape([b, sq, d]), k.reshape([b, s, kd]), v.reshape([b, s, kd]), m, heads, scale)
+                },
+                |[q, k, v]| {
+                    let m = mask_on(&q);
+                    let scores = split(q, sq, heads).matmul(repeat(split(k, s, kv)).swap_dims(2, 3));
+                    let probs = activation::softmax(scores * scale + m, 3);
+                    probs.matmul(repeat(split(v, s, kv))).swap_dims(1, 2).reshape([b, sq, d])
+                },
+                1e-5,
+            );
+        }
     }
 }
 
@@ -292,20 +299,24 @@ fn composed_kernels_equal_the_flex_kernels() {
         &read(reference::masked_softmax_backward::<Flex>(y, s4(&dy), 0.5)),
         1e-6,
     );
-    // Attention: q [2, 3, 32], k and v [2, 3, 32] (2 heads of 16), the key-padding mask.
-    let (q, k, v) = (t(&x), t(&dy), t(&values(6 * 32, 24, -1.0, 1.0)));
-    let pad = || flex(vec![0.0, -1e9, 0.0, 0.0, 0.0, -1e9], vec![2, 1, 1, 3]);
-    let ([out, p], [out_c, p_c]) = (
-        Flex::attention_forward(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
-        reference::attention_forward::<Flex>(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
-    );
-    assert_close("attention_forward", &read(out), &read(out_c), 1e-5);
-    assert_close("attention_forward probabilities", &read(p.clone()), &read(p_c), 1e-6);
-    for (i, (k_, c)) in Flex::attention_backward(q.clone(), k.clone(), v.clone(), p.clone(), t(&x), 2, 0.25)
-        .into_iter()
-        .zip(reference::attention_backward::<Flex>(q, k, v, p, t(&x), 2, 0.25))
-        .enumerate()
-    {
-        assert_close(&format!("attention_backward {i}"), &read(k_), &read(c), 1e-5);
+    // Attention: q [2, 3, 32] (2 heads of 16), k and v [2, 3, 32] or, grouped-query, [2, 3, 16]
+    // (one K/V head for both), the key-padding mask.
+    for kd in [32, 16] {
+        let kv_of = |v: &Vec<f32>| flex(v[..6 * kd].to_vec(), vec![2, 3, kd]);
+        let (q, k, v) = (t(&x), kv_of(&dy), kv_of(&values(6 * 32, 24, -1.0, 1.0)));
+        let pad = || flex(vec![0.0, -1e9, 0.0, 0.0, 0.0, -1e9], vec![2, 1, 1, 3]);
+        let ([out, p], [out_c, p_c]) = (
+            Flex::attention_forward(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
+            reference::attention_forward::<Flex>(q.clone(), k.clone(), v.clone(), pad(), 2, 0.25),
+        );
+        assert_close(&format!("attention_forward (kd {kd})"), &read(out), &read(out_c), 1e-5);
+        assert_close(&format!("attention_forward probabilities (kd {kd})"), &read(p.clone()), &read(p_c), 1e-6);
+        for (i, (k_, c)) in Flex::attention_backward(q.clone(), k.clone(), v.clone(), p.clone(), t(&x), 2, 0.25)
+            .into_iter()
+            .zip(reference::attention_backward::<Flex>(q, k, v, p, t(&x), 2, 0.25))
+            .enumerate()
+        {
+            assert_close(&format!("attention_backward {i} (kd {kd})"), &read(k_), &read(c), 1e-5);
+        }
     }
 }
