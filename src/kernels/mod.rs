@@ -58,16 +58,21 @@ mod tests;
 /// - `x`: `[.., d_in]`; the layer's weight `[d_in, d_out]`, bias `[d_out]` (zeros when it
 ///   has none); returns `[.., d_out]`
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_with(layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), x)
+}
+
+/// [`linear`] with the weight and bias given as tensors (a tied LM head is the transposed
+/// input embedding).
+///
+/// # Shapes
+/// - `weight`: `[d_in, d_out]`; `bias`: `[d_out]`; `x`: `[.., d_in]`; returns `[.., d_out]`
+pub fn linear_with<const D: usize>(weight: Tensor<2>, bias: Option<Tensor<1>>, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let weight = layer.weight.val();
     let [w_in, d_out] = weight.dims();
     assert_eq!(w_in, d_in, "linear: the input has {d_in} features but the weight is {:?}", weight.dims());
-    let bias = match &layer.bias {
-        Some(b) => b.val(),
-        None => Tensor::zeros([d_out], &x.device()),
-    };
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([d_out], &x.device()));
     let y: Tensor<2> = Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_linear(
         x.reshape([rows, d_in]).into_dispatch(),
         weight.into_dispatch(),

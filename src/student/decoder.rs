@@ -1,59 +1,144 @@
-//! Stage two's student for causal language modelling: a Llama-style decoder (RMSNorm,
-//! rotary positions in the Hugging Face `rotate_half` convention, SwiGLU, causal + padding
-//! attention mask, no biases).
+//! Stage two's student for causal language modelling: the decoder of the Llama family as
+//! transformers computes it (RMSNorm, rotary positions in the `rotate_half` convention with
+//! the `rope_scaling` variants, SwiGLU, causal + padding mask), with the options of the
+//! small models people distil into: grouped-query attention (SmolLM2, Llama-3.2, Qwen),
+//! an explicit head width (Qwen3), Q/K/V biases (Qwen2), per-head Q/K RMSNorm (Qwen3), a
+//! sliding window (Mistral), and an LM head tied to the input embedding.
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::kernels;
 
-/// Hyperparameters of the decoder student.
-#[derive(Config, Debug)]
+/// The decoder student's architecture: what `student.json` records and every decoder is
+/// built from (fresh, or from a Hugging Face checkpoint's `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecoderConfig {
-    /// Vocabulary (from the cache's manifest).
+    /// Vocabulary (from the cache's manifest, or the checkpoint's, which may be padded).
     pub vocab_size: usize,
-    #[config(default = 64)]
     pub d_model: usize,
-    #[config(default = 2)]
     pub layers: usize,
-    #[config(default = 2)]
+    /// Query heads.
     pub heads: usize,
-    #[config(default = 172)]
     pub d_ff: usize,
-    #[config(default = 10000.0)]
+    #[serde(default = "rope_theta")]
     pub rope_theta: f64,
-    #[config(default = 1e-5)]
+    #[serde(default = "rms_eps")]
     pub norm_eps: f64,
+    /// K/V heads (grouped-query attention); `None`: as many as `heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+    /// Width of each head; `None`: `d_model / heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Biases on the Q, K and V projections (Qwen2; the output projection has none).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qkv_bias: bool,
+    /// RMSNorm over each head of Q and K before the rotary positions (Qwen3).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// The LM head is the input embedding (transposed): one parameter, trained as one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tie_embeddings: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Layers whose attention sees only the last `sliding_window` positions (itself
+    /// included); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+fn rope_theta() -> f64 {
+    10000.0
+}
+fn rms_eps() -> f64 {
+    1e-5
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `rope_scaling` / `rope_parameters` of a transformers config, as its
+/// `modeling_rope_utils` computes the inverse frequencies (and the cos/sin factor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// NTK scaling of the base once a batch is longer than `max_positions`.
+    Dynamic { factor: f64, max_positions: usize },
+    /// Llama 3.1/3.2: low frequencies divided by `factor`, high kept, a smooth ramp between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: usize },
+    /// YaRN: interpolation and extrapolation blended by a ramp over the dimensions, and
+    /// cos/sin scaled by `attention_factor`.
+    Yarn { factor: f64, original_max_positions: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
 }
 
 impl DecoderConfig {
+    /// A fresh Llama-style decoder (`decoder:` specs).
+    pub fn new(vocab_size: usize, d_model: usize, layers: usize, heads: usize, d_ff: usize) -> DecoderConfig {
+        DecoderConfig {
+            vocab_size,
+            d_model,
+            layers,
+            heads,
+            d_ff,
+            rope_theta: rope_theta(),
+            norm_eps: rms_eps(),
+            kv_heads: None,
+            head_dim: None,
+            qkv_bias: false,
+            qk_norm: false,
+            tie_embeddings: false,
+            rope_scaling: None,
+            sliding_layers: Vec::new(),
+            sliding_window: None,
+        }
+    }
+
+    pub fn head_width(&self) -> usize {
+        self.head_dim.unwrap_or(self.d_model / self.heads)
+    }
+
+    pub fn kv_head_count(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
     pub fn init(&self, device: &Device) -> Decoder {
-        assert!(self.d_model.is_multiple_of(self.heads) && (self.d_model / self.heads).is_multiple_of(2), "d_model / heads must be even");
-        let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
-        let norm = || RmsNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device);
+        let (hd, kv) = (self.head_width(), self.kv_head_count());
+        assert!(hd.is_multiple_of(2) && self.heads.is_multiple_of(kv), "head_dim must be even and heads a multiple of kv_heads");
+        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = |d| RmsNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
+        let (dq, dkv) = (self.heads * hd, kv * hd);
         let blocks = (0..self.layers)
-            .map(|_| Block {
-                attn_norm: norm(),
-                q: lin(self.d_model, self.d_model),
-                k: lin(self.d_model, self.d_model),
-                v: lin(self.d_model, self.d_model),
-                o: lin(self.d_model, self.d_model),
-                mlp_norm: norm(),
-                gate: lin(self.d_model, self.d_ff),
-                up: lin(self.d_model, self.d_ff),
-                down: lin(self.d_ff, self.d_model),
+            .map(|i| Block {
+                attn_norm: norm(self.d_model),
+                q: lin(self.d_model, dq, self.qkv_bias),
+                k: lin(self.d_model, dkv, self.qkv_bias),
+                v: lin(self.d_model, dkv, self.qkv_bias),
+                q_norm: self.qk_norm.then(|| norm(hd)),
+                k_norm: self.qk_norm.then(|| norm(hd)),
+                o: lin(dq, self.d_model, false),
+                mlp_norm: norm(self.d_model),
+                gate: lin(self.d_model, self.d_ff, false),
+                up: lin(self.d_model, self.d_ff, false),
+                down: lin(self.d_ff, self.d_model, false),
                 heads: self.heads,
+                kv_heads: kv,
+                head_dim: hd,
+                window: self.sliding_layers.contains(&i).then_some(self.sliding_window).flatten().unwrap_or(0),
             })
             .collect();
         Decoder {
             embed: EmbeddingConfig::new(self.vocab_size, self.d_model).init(device),
             blocks,
-            norm: norm(),
-            head: lin(self.d_model, self.vocab_size),
-            heads: self.heads,
-            rope_theta: self.rope_theta,
+            norm: norm(self.d_model),
+            head: (!self.tie_embeddings).then(|| lin(self.d_model, self.vocab_size, false)),
+            rope: Rope::of(self),
         }
     }
 }
@@ -64,12 +149,120 @@ pub struct Block {
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub o: Linear,
     pub mlp_norm: RmsNorm,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
     pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Sliding window of this layer's attention (0: none).
+    pub window: usize,
+}
+
+/// The rotary inverse frequencies and the cos/sin factor; dynamic NTK scaling adjusts the
+/// base to a batch longer than its `max_positions`.
+#[derive(Module, Debug)]
+pub struct Rope {
+    pub inv_freq: Vec<f64>,
+    pub attention_factor: f64,
+    /// Dynamic scaling: (factor, max_positions, theta, head width).
+    pub dynamic: Option<(f64, usize, f64, usize)>,
+}
+
+impl Rope {
+    fn of(c: &DecoderConfig) -> Rope {
+        let (hd, base) = (c.head_width(), c.rope_theta);
+        let default: Vec<f64> = (0..hd / 2).map(|i| base.powf(-2.0 * i as f64 / hd as f64)).collect();
+        let mut rope = Rope { inv_freq: default.clone(), attention_factor: 1.0, dynamic: None };
+        match c.rope_scaling.clone() {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => rope.inv_freq = default.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Dynamic { factor, max_positions }) => rope.dynamic = Some((factor, max_positions, base, hd)),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions }) => {
+                let old = original_max_positions as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                rope.inv_freq = default
+                    .iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect();
+            }
+            Some(RopeScaling::Yarn { factor, original_max_positions, beta_fast, beta_slow, attention_factor, truncate }) => {
+                let dim = hd as f64;
+                let correction = |rotations: f64| {
+                    dim * (original_max_positions as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+                };
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                rope.inv_freq = default
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &f)| {
+                        let extrapolation = 1.0 - ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        (f / factor) * (1.0 - extrapolation) + f * extrapolation
+                    })
+                    .collect();
+                rope.attention_factor = attention_factor;
+            }
+        }
+        rope
+    }
+
+    /// The inverse frequencies for a batch of `s` positions.
+    fn frequencies(&self, s: usize) -> Vec<f64> {
+        match self.dynamic {
+            Some((factor, max, base, hd)) if s > max => {
+                let base = base * ((factor * s as f64 / max as f64) - (factor - 1.0)).powf(hd as f64 / (hd as f64 - 2.0));
+                (0..hd / 2).map(|i| base.powf(-2.0 * i as f64 / hd as f64)).collect()
+            }
+            _ => self.inv_freq.clone(),
+        }
+    }
+
+    /// cos and sin tables, HF convention: `angle[p, i] = p * inv_freq[i]`, halves duplicated.
+    /// With dynamic scaling a row longer than `max_positions` gets the base of its own
+    /// length (as transformers computes a row alone), so a row's logits do not depend on
+    /// the rows it is batched with.
+    ///
+    /// # Shapes
+    /// - returns two `[1, s, 1, head_dim]`, or `[b, s, 1, head_dim]` when rows differ
+    fn tables(&self, s: usize, lengths: &[usize], device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let per_row = self.dynamic.is_some_and(|(_, max, ..)| s > max);
+        let rows: Vec<usize> = if per_row { lengths.iter().map(|&l| l.max(1)).collect() } else { vec![s] };
+        let hd = 2 * self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(rows.len() * s * hd), Vec::with_capacity(rows.len() * s * hd));
+        for &len in &rows {
+            let freq = self.frequencies(len);
+            for p in 0..s {
+                for j in 0..hd {
+                    let angle = p as f64 * freq[j % (hd / 2)];
+                    cos.push((angle.cos() * self.attention_factor) as f32);
+                    sin.push((angle.sin() * self.attention_factor) as f32);
+                }
+            }
+        }
+        let shape = [rows.len(), s, 1, hd];
+        (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -77,9 +270,9 @@ pub struct Decoder {
     pub embed: Embedding,
     pub blocks: Vec<Block>,
     pub norm: RmsNorm,
-    pub head: Linear,
-    pub heads: usize,
-    pub rope_theta: f64,
+    /// `None`: tied to `embed`.
+    pub head: Option<Linear>,
+    pub rope: Rope,
 }
 
 /// An RmsNorm module's function as one fused operation ([`kernels::rms_norm`]).
@@ -98,26 +291,49 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
 impl Block {
     /// # Shapes
     /// - `x`: `[b, s, d_model]`; `mask`: `[b, 1, s, s]` additive (0 or a large negative);
-    ///   `cos`, `sin`: `[1, 1, s, head_dim]`
-    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<3> {
-        let [b, s, d] = x.dims();
-        let hd = d / self.heads;
+    ///   `cos`, `sin`: `[1 or b, s, 1, head_dim]`
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let hd = self.head_dim;
         let h = rms(&self.attn_norm, x.clone());
-        // Rotary positions on [b, s, heads, hd] (cos, sin as [1, s, 1, hd]); the heads stay
-        // interleaved in d, as kernels::attention reads them.
-        let (cos, sin) = (cos.reshape([1, s, 1, hd]), sin.reshape([1, s, 1, hd]));
-        let rope = |t: Tensor<3>| {
-            let t = t.reshape([b, s, self.heads, hd]);
-            (t.clone() * cos.clone() + rotate_half(t) * sin.clone()).reshape([b, s, d])
+        // Per-head norm (Qwen3), then rotary positions on [b, s, heads, hd]; the heads stay
+        // interleaved in the last dimension, as kernels::attention reads them.
+        let rope = |t: Tensor<3>, heads: usize, norm: &Option<RmsNorm>| {
+            let t = t.reshape([b, s, heads, hd]);
+            let t = match norm {
+                Some(n) => rms(n, t),
+                None => t,
+            };
+            (t.clone() * cos.clone() + rotate_half(t) * sin.clone()).reshape([b, s, heads * hd])
         };
-        let q = rope(kernels::linear(&self.q, h.clone()));
-        let k = rope(kernels::linear(&self.k, h.clone()));
+        let q = rope(kernels::linear(&self.q, h.clone()), self.heads, &self.q_norm);
+        let k = rope(kernels::linear(&self.k, h.clone()), self.kv_heads, &self.k_norm);
         let v = kernels::linear(&self.v, h);
-        let attn = kernels::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, s, d]
+        let attn = kernels::attention(q, k, v, mask, self.heads, 1.0 / (hd as f64).sqrt()); // [b, s, heads * hd]
         let x = x + kernels::linear(&self.o, attn);
         let h = rms(&self.mlp_norm, x.clone());
         x + kernels::linear(&self.down, kernels::swiglu(kernels::linear(&self.gate, h.clone()), kernels::linear(&self.up, h)))
     }
+}
+
+/// The causal + key-padding mask, additive, with a sliding window of `window` positions
+/// (0: none): query `i` sees key `j` when `j <= i`, `j < len` and `i - j < window`.
+///
+/// # Shapes
+/// - returns `[b, 1, s, s]`
+fn causal_mask(lengths: &[usize], s: usize, window: usize, device: &Device) -> Tensor<4> {
+    let b = lengths.len();
+    let mut mask = vec![0f32; b * s * s];
+    for (r, &len) in lengths.iter().enumerate() {
+        for i in 0..s {
+            for j in 0..s {
+                if j > i || j >= len || (window > 0 && i - j >= window) {
+                    mask[(r * s + i) * s + j] = -1e9;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [b, 1, s, s]), device)
 }
 
 impl Decoder {
@@ -133,12 +349,17 @@ impl Decoder {
     }
 
     /// The logits of some positions' hidden states (from [`Decoder::hidden`]): the final
-    /// norm and the LM head. Training computes them only at the cached positions.
+    /// norm and the LM head (or the transposed embedding it is tied to). Training computes
+    /// them only at the cached positions.
     ///
     /// # Shapes
     /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        kernels::linear(&self.head, rms(&self.norm, hidden))
+        let h = rms(&self.norm, hidden);
+        match &self.head {
+            Some(head) => kernels::linear(head, h),
+            None => kernels::linear_with(self.embed.weight.val().transpose(), None, h),
+        }
     }
 
     /// The hidden states after the last block, before the final norm.
@@ -147,38 +368,18 @@ impl Decoder {
     /// - `tokens`: `[b, s]`; `lengths`: the real (unpadded) length of each row
     /// - returns `[b, s, d_model]` (positions past a row's length are garbage, to be masked)
     pub fn hidden(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
-        let [b, s] = tokens.dims();
+        let s = tokens.dims()[1];
         let device = tokens.device();
-        let d = self.embed.weight.dims()[1];
-        let hd = d / self.heads;
-        // Rotary tables, HF convention: angle[p, i] = p * theta^(-2i/hd), duplicated halves.
-        let mut cos = Vec::with_capacity(s * hd);
-        let mut sin = Vec::with_capacity(s * hd);
-        for p in 0..s {
-            for j in 0..hd {
-                let i = j % (hd / 2);
-                let angle = p as f64 * self.rope_theta.powf(-2.0 * i as f64 / hd as f64);
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        let cos: Tensor<4> = Tensor::from_data(TensorData::new(cos, [1, 1, s, hd]), &device);
-        let sin: Tensor<4> = Tensor::from_data(TensorData::new(sin, [1, 1, s, hd]), &device);
-        // Causal + key-padding mask, additive.
-        let mut mask = vec![0f32; b * s * s];
-        for (r, &len) in lengths.iter().enumerate() {
-            for i in 0..s {
-                for j in 0..s {
-                    if j > i || j >= len {
-                        mask[(r * s + i) * s + j] = -1e9;
-                    }
-                }
-            }
-        }
-        let mask: Tensor<4> = Tensor::from_data(TensorData::new(mask, [b, 1, s, s]), &device);
+        let (cos, sin) = self.rope.tables(s, lengths, &device);
+        let full = causal_mask(lengths, s, 0, &device);
+        let mut windowed: std::collections::HashMap<usize, Tensor<4>> = Default::default();
         let mut x = self.embed.forward(tokens);
         for block in &self.blocks {
-            x = block.forward(x, mask.clone(), cos.clone(), sin.clone());
+            let mask = match block.window {
+                0 => full.clone(),
+                w => windowed.entry(w).or_insert_with(|| causal_mask(lengths, s, w, &device)).clone(),
+            };
+            x = block.forward(x, mask, &cos, &sin);
         }
         x
     }

@@ -317,17 +317,7 @@ pub enum StudentArch {
         #[serde(default = "bert_eps")]
         norm_eps: f64,
     },
-    Decoder {
-        vocab_size: usize,
-        d_model: usize,
-        layers: usize,
-        heads: usize,
-        d_ff: usize,
-        #[serde(default = "rope_theta")]
-        rope_theta: f64,
-        #[serde(default = "rms_eps")]
-        norm_eps: f64,
-    },
+    Decoder(DecoderConfig),
 }
 
 fn two() -> usize {
@@ -335,12 +325,6 @@ fn two() -> usize {
 }
 fn bert_eps() -> f64 {
     1e-12
-}
-fn rope_theta() -> f64 {
-    10000.0
-}
-fn rms_eps() -> f64 {
-    1e-5
 }
 
 impl StudentArch {
@@ -360,15 +344,9 @@ impl StudentArch {
                 type_vocab_size: 2,
                 norm_eps: bert_eps(),
             },
-            StudentSpec::Decoder { d_model, layers, heads, d_ff } => StudentArch::Decoder {
-                vocab_size: vocab,
-                d_model: *d_model,
-                layers: *layers,
-                heads: *heads,
-                d_ff: *d_ff,
-                rope_theta: rope_theta(),
-                norm_eps: rms_eps(),
-            },
+            StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
+                StudentArch::Decoder(DecoderConfig::new(vocab, *d_model, *layers, *heads, *d_ff))
+            }
             StudentSpec::Hf { .. } => unreachable!("a Hugging Face student's architecture comes from its config.json (hf::read_arch)"),
         }
     }
@@ -378,7 +356,7 @@ impl StudentArch {
         match self {
             StudentArch::Mlp { .. } => "mlp",
             StudentArch::Encoder { .. } => "encoder",
-            StudentArch::Decoder { .. } => "decoder",
+            StudentArch::Decoder(_) => "decoder",
         }
     }
 
@@ -386,7 +364,7 @@ impl StudentArch {
     pub fn vocab(&self) -> usize {
         match self {
             StudentArch::Mlp { classes, .. } | StudentArch::Encoder { classes, .. } => *classes,
-            StudentArch::Decoder { vocab_size, .. } => *vocab_size,
+            StudentArch::Decoder(c) => c.vocab_size,
         }
     }
 
@@ -405,16 +383,7 @@ impl StudentArch {
                         .init(device),
                 )
             }
-            StudentArch::Decoder { vocab_size, d_model, layers, heads, d_ff, rope_theta, norm_eps } => Student::Decoder(
-                DecoderConfig::new(*vocab_size)
-                    .with_d_model(*d_model)
-                    .with_layers(*layers)
-                    .with_heads(*heads)
-                    .with_d_ff(*d_ff)
-                    .with_rope_theta(*rope_theta)
-                    .with_norm_eps(*norm_eps)
-                    .init(device),
-            ),
+            StudentArch::Decoder(c) => Student::Decoder(c.init(device)),
         }
     }
 }

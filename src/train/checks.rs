@@ -69,7 +69,8 @@ pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option
     let tokens = tok.map(|t| t.vocab_size()).unwrap_or(0);
     let has_classifier = ck.has("classifier.weight");
     match &mut ck.arch {
-        StudentArch::Decoder { vocab_size, .. } => {
+        StudentArch::Decoder(c) => {
+            let vocab_size = &c.vocab_size;
             if *vocab_size < m.vocab_size {
                 return Err(Error::Config(format!(
                     "{dir}: the student's vocab_size is {vocab_size} but the cache's vocabulary (the teacher's logits) has {} entries: cached token ids >= {vocab_size} would have no logit",

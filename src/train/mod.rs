@@ -159,7 +159,11 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     trainer.progress.finish();
     trainer.metrics.flush()?;
 
-    export_student(&model.valid(), &arch, &student_file, out, tok.as_ref())?;
+    let source = match &cfg.student {
+        StudentSpec::Hf { path } => Some(path.as_path()),
+        _ => None,
+    };
+    export_student(&model.valid(), &arch, &student_file, out, tok.as_ref(), source)?;
     Ok(summary(&trainer, resumed_from, notes))
 }
 
@@ -271,8 +275,16 @@ fn train_with_loader(trainer: &mut Trainer<'_>, model: Student, loader: &Loader<
 /// The trained student, in Burn's format and as safetensors, with its description (and as
 /// a Hugging Face checkpoint for an encoder or decoder). Each file is written under a
 /// temporary name and renamed, so a kill leaves the old file or the new one, and a resumed
-/// (or finished) run exports again over what is there.
-fn export_student(valid: &Student, arch: &StudentArch, student_file: &StudentFile, out: &Path, tok: Option<&Tokenizer>) -> Result<()> {
+/// (or finished) run exports again over what is there. A student trained from the checkpoint
+/// `source` is written in that checkpoint's own `model_type` and keeps its config.
+fn export_student(
+    valid: &Student,
+    arch: &StudentArch,
+    student_file: &StudentFile,
+    out: &Path,
+    tok: Option<&Tokenizer>,
+    source: Option<&Path>,
+) -> Result<()> {
     checkpoint::export_atomic(&out.join("student.bpk"), |p| student::save_burnpack(&Student::clone(valid), p))?;
     checkpoint::export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(valid, p))?;
     if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {
@@ -283,6 +295,7 @@ fn export_student(valid: &Student, arch: &StudentArch, student_file: &StudentFil
             &out.join(HF_DIR),
             Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()),
             tok.map(|t| t.pad_id),
+            source,
         )?;
     }
     write_atomic(&out.join("student.json"), &serde_json::to_vec_pretty(student_file).expect("serialises"))

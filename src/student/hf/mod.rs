@@ -17,7 +17,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
-use super::{Decoder, Encoder, Student, StudentArch};
+mod decoder;
+
+use super::{Encoder, Student, StudentArch};
 use crate::cache::manifest::write_atomic;
 use crate::error::{Error, Result};
 
@@ -69,47 +71,7 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
     let str_or = |k: &str, d: &str| c.get(k).and_then(Value::as_str).unwrap_or(d).to_string();
     let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
     match model_type {
-        "llama" => {
-            let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
-            let kv = int_or("num_key_value_heads", heads);
-            if kv != heads {
-                return Err(cfg_err(
-                    dir,
-                    format!(
-                        "num_key_value_heads = {kv} but num_attention_heads = {heads}: grouped-query attention is not supported by the decoder student"
-                    ),
-                ));
-            }
-            for k in ["attention_bias", "mlp_bias"] {
-                if c.get(k).and_then(Value::as_bool) == Some(true) {
-                    return Err(cfg_err(dir, format!("`{k}` = true: the decoder student has no biases")));
-                }
-            }
-            let act = str_or("hidden_act", "silu");
-            if act != "silu" {
-                return Err(cfg_err(dir, format!("hidden_act = `{act}`: the decoder student uses SwiGLU (silu)")));
-            }
-            if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-                return Err(cfg_err(dir, "rope_scaling is set: only plain rotary positions are supported".into()));
-            }
-            if d % heads != 0 || (d / heads) % 2 != 0 {
-                return Err(cfg_err(dir, format!("hidden_size {d} / num_attention_heads {heads} must be an even integer")));
-            }
-            if let Some(hd) = c.get("head_dim").and_then(Value::as_u64)
-                && hd as usize != d / heads
-            {
-                return Err(cfg_err(dir, format!("head_dim = {hd} differs from hidden_size / num_attention_heads = {}", d / heads)));
-            }
-            Ok(StudentArch::Decoder {
-                vocab_size: int("vocab_size")?,
-                d_model: d,
-                layers: int("num_hidden_layers")?,
-                heads,
-                d_ff: int("intermediate_size")?,
-                rope_theta: float_or("rope_theta", 10000.0),
-                norm_eps: float_or("rms_norm_eps", 1e-6),
-            })
-        }
+        t if decoder::MODEL_TYPES.contains(&t) => Ok(StudentArch::Decoder(decoder::read_config(&c, dir, t)?)),
         "bert" => {
             let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
             let act = str_or("hidden_act", "gelu");
@@ -140,7 +102,7 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
             })
         }
         "" => Err(cfg_err(dir, "has no `model_type`".into())),
-        other => Err(cfg_err(dir, format!("model_type `{other}` is not supported (supported: llama, bert)"))),
+        other => Err(cfg_err(dir, format!("model_type `{other}` is not supported (supported: llama, qwen2, qwen3, mistral, bert)"))),
     }
 }
 
@@ -182,6 +144,12 @@ pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
             };
             tensors.insert(name, (view.shape().to_vec(), values));
         }
+    }
+    let mut arch = arch;
+    if let StudentArch::Decoder(c) = &mut arch
+        && !tensors.contains_key("lm_head.weight")
+    {
+        c.tie_embeddings = true; // no head of its own: transformers ties it to the embedding
     }
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
     Ok(HfCheckpoint { dir: dir.to_path_buf(), arch, tensors, tokenizer, unused: Vec::new() })
@@ -252,7 +220,7 @@ pub fn load_student(mut ck: HfCheckpoint, device: &Device) -> Result<(Student, V
     let mut student = ck.arch.init(device);
     let mut notes = Vec::new();
     match &mut student {
-        Student::Decoder(dec) => load_decoder(&mut ck, dec, device, &mut notes)?,
+        Student::Decoder(dec) => decoder::load(&mut ck, dec, device, &mut notes)?,
         Student::Encoder(enc) => load_encoder(&mut ck, enc, device, &mut notes)?,
         Student::Mlp(_) => unreachable!("read_arch never yields an MLP"),
     }
@@ -263,34 +231,6 @@ pub fn load_student(mut ck: HfCheckpoint, device: &Device) -> Result<(Student, V
     }
     ck.unused = unused;
     Ok((student, notes))
-}
-
-fn load_decoder(ck: &mut HfCheckpoint, dec: &mut Decoder, device: &Device, notes: &mut Vec<String>) -> Result<()> {
-    let tied = !ck.tensors.contains_key("lm_head.weight");
-    let embed = if tied { ck.tensors.get("model.embed_tokens.weight").cloned() } else { None };
-    let mut t = Take { ck, device };
-    t.embedding(&mut dec.embed, "model.embed_tokens.weight")?;
-    for (i, b) in dec.blocks.iter_mut().enumerate() {
-        let p = format!("model.layers.{i}");
-        t.rms(&mut b.attn_norm, &format!("{p}.input_layernorm.weight"))?;
-        t.linear(&mut b.q, &format!("{p}.self_attn.q_proj"))?;
-        t.linear(&mut b.k, &format!("{p}.self_attn.k_proj"))?;
-        t.linear(&mut b.v, &format!("{p}.self_attn.v_proj"))?;
-        t.linear(&mut b.o, &format!("{p}.self_attn.o_proj"))?;
-        t.rms(&mut b.mlp_norm, &format!("{p}.post_attention_layernorm.weight"))?;
-        t.linear(&mut b.gate, &format!("{p}.mlp.gate_proj"))?;
-        t.linear(&mut b.up, &format!("{p}.mlp.up_proj"))?;
-        t.linear(&mut b.down, &format!("{p}.mlp.down_proj"))?;
-    }
-    t.rms(&mut dec.norm, "model.norm.weight")?;
-    if let Some(e) = embed {
-        // Tied input/output embeddings: the head starts as a copy and trains on its own
-        // (the exported checkpoint says tie_word_embeddings = false).
-        t.ck.tensors.insert("lm_head.weight".into(), e);
-        notes.push("the checkpoint ties lm_head to embed_tokens: the head starts as a copy and is trained untied".into());
-    }
-    t.linear(&mut dec.head, "lm_head")?;
-    Ok(())
 }
 
 fn load_encoder(ck: &mut HfCheckpoint, enc: &mut Encoder, device: &Device, notes: &mut Vec<String>) -> Result<()> {
@@ -347,49 +287,34 @@ fn put_layer_norm(out: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, n: &LayerN
     }
 }
 
+/// Files beside a checkpoint's weights that a trained copy keeps (the tokenizer's settings
+/// and chat template, generation defaults).
+const SIDE_FILES: [&str; 4] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
+
 /// Write `student` as a Hugging Face checkpoint in `dir` (config.json, model.safetensors
-/// in f32, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config.
-pub fn write_checkpoint(student: &Student, arch: &StudentArch, dir: &Path, tokenizer: Option<&Path>, pad_id: Option<u32>) -> Result<()> {
+/// in f32, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config of a
+/// fresh student; a student trained from the checkpoint `source` keeps that checkpoint's
+/// config.json (its `model_type`, token ids, rope settings) and side files.
+pub fn write_checkpoint(
+    student: &Student,
+    arch: &StudentArch,
+    dir: &Path,
+    tokenizer: Option<&Path>,
+    pad_id: Option<u32>,
+    source: Option<&Path>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let source_config: Option<Value> = match source {
+        Some(src) => {
+            let path = src.join("config.json");
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            Some(serde_json::from_slice(&bytes).map_err(|e| cfg_err(src, format!("not valid JSON: {e}")))?)
+        }
+        None => None,
+    };
     let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let config = match (student, arch) {
-        (Student::Decoder(dec), StudentArch::Decoder { vocab_size, d_model, layers, heads, d_ff, rope_theta, norm_eps }) => {
-            t.insert("model.embed_tokens.weight".into(), values(dec.embed.weight.val()));
-            for (i, b) in dec.blocks.iter().enumerate() {
-                let p = format!("model.layers.{i}");
-                t.insert(format!("{p}.input_layernorm.weight"), values(b.attn_norm.gamma.val()));
-                put_linear(&mut t, &b.q, &format!("{p}.self_attn.q_proj"));
-                put_linear(&mut t, &b.k, &format!("{p}.self_attn.k_proj"));
-                put_linear(&mut t, &b.v, &format!("{p}.self_attn.v_proj"));
-                put_linear(&mut t, &b.o, &format!("{p}.self_attn.o_proj"));
-                t.insert(format!("{p}.post_attention_layernorm.weight"), values(b.mlp_norm.gamma.val()));
-                put_linear(&mut t, &b.gate, &format!("{p}.mlp.gate_proj"));
-                put_linear(&mut t, &b.up, &format!("{p}.mlp.up_proj"));
-                put_linear(&mut t, &b.down, &format!("{p}.mlp.down_proj"));
-            }
-            t.insert("model.norm.weight".into(), values(dec.norm.gamma.val()));
-            put_linear(&mut t, &dec.head, "lm_head");
-            json!({
-                "architectures": ["LlamaForCausalLM"],
-                "model_type": "llama",
-                "vocab_size": vocab_size,
-                "hidden_size": d_model,
-                "intermediate_size": d_ff,
-                "num_hidden_layers": layers,
-                "num_attention_heads": heads,
-                "num_key_value_heads": heads,
-                "hidden_act": "silu",
-                "max_position_embeddings": 2048,
-                "rms_norm_eps": norm_eps,
-                "rope_theta": rope_theta,
-                "rope_scaling": null,
-                "attention_bias": false,
-                "mlp_bias": false,
-                "tie_word_embeddings": false,
-                "pad_token_id": pad_id,
-                "torch_dtype": "float32",
-            })
-        }
+        (Student::Decoder(dec), StudentArch::Decoder(c)) => decoder::write(dec, c, &mut t, pad_id, source_config),
         (
             Student::Encoder(enc),
             StudentArch::Encoder { vocab_size, classes, max_positions, d_model, layers, heads, d_ff, type_vocab_size, norm_eps },
@@ -458,6 +383,13 @@ pub fn write_checkpoint(student: &Student, arch: &StudentArch, dir: &Path, token
         let b = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
         write_atomic(&dir.join("tokenizer.json"), &b)?;
     }
+    for name in SIDE_FILES.iter().filter(|_| source.is_some()) {
+        let from = source.expect("filtered").join(name);
+        if from.is_file() {
+            let b = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+            write_atomic(&dir.join(name), &b)?;
+        }
+    }
     Ok(())
 }
 
@@ -465,12 +397,60 @@ pub fn write_checkpoint(student: &Student, arch: &StudentArch, dir: &Path, token
 mod tests {
     use super::*;
     use crate::student::StudentSpec;
+    use crate::student::decoder::RopeScaling;
     use burn::tensor::Int;
 
     fn dir_with_config(config: Value) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("temp dir");
         std::fs::write(d.path().join("config.json"), config.to_string()).expect("write config");
         d
+    }
+
+    /// The options of the small decoders people distil into, read as transformers reads
+    /// them (values from the models' config.json files, widths shrunk).
+    #[test]
+    fn modern_decoder_configs_are_read_as_transformers_reads_them() {
+        let read = |c: Value| match read_arch(dir_with_config(c).path()).unwrap() {
+            StudentArch::Decoder(c) => c,
+            other => panic!("{other:?}"),
+        };
+        // SmolLM2-135M: 9 heads over 3 K/V heads, tied.
+        let c = read(json!({"model_type": "llama", "vocab_size": 64, "hidden_size": 36, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": true,
+            "rope_theta": 100000.0, "rms_norm_eps": 1e-5}));
+        assert_eq!((c.heads, c.kv_heads, c.head_dim, c.tie_embeddings, c.rope_theta), (9, Some(3), None, true, 100000.0));
+        // Llama-3.2-1B: llama3 rope scaling, explicit head_dim equal to hidden / heads.
+        let c = read(json!({"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                             "original_max_position_embeddings": 8192, "rope_type": "llama3"}}));
+        assert_eq!(c.head_dim, None);
+        assert_eq!(
+            c.rope_scaling,
+            Some(RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_positions: 8192 })
+        );
+        // Qwen2.5-0.5B: Q/K/V biases; sliding window off.
+        let c = read(json!({"model_type": "qwen2", "vocab_size": 64, "hidden_size": 28, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 14, "num_key_value_heads": 2, "sliding_window": 32768,
+            "use_sliding_window": false, "max_window_layers": 21}));
+        assert!(c.qkv_bias && !c.qk_norm && c.sliding_layers.is_empty() && c.sliding_window.is_none());
+        // Qwen3-0.6B: head_dim 128 with 16 heads over a 1024 model width (here 16 x 4 over 32).
+        let c = read(json!({"model_type": "qwen3", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 4,
+            "layer_types": ["full_attention", "full_attention"]}));
+        assert!(c.qk_norm && !c.qkv_bias && c.head_dim == Some(4) && c.kv_heads == Some(8));
+        // Mistral: a sliding window on every layer; yarn with its defaults.
+        let c = read(json!({"model_type": "mistral", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1, "sliding_window": 16,
+            "max_position_embeddings": 128, "rope_scaling": {"type": "yarn", "factor": 4.0}}));
+        assert_eq!((c.sliding_layers.clone(), c.sliding_window), (vec![0, 1], Some(16)));
+        // attention_factor = 0.1 * ln(4) + 1 (transformers' get_mscale), original = max_position_embeddings.
+        match c.rope_scaling {
+            Some(RopeScaling::Yarn { attention_factor, original_max_positions: 128, beta_fast, beta_slow, truncate: true, .. }) => {
+                assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12 && beta_fast == 32.0 && beta_slow == 1.0)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -481,12 +461,15 @@ mod tests {
             c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             read_arch(dir_with_config(c).path()).map(|_| ()).unwrap_err().to_string()
         };
-        assert!(llama(json!({"num_key_value_heads": 1})).contains("grouped-query attention"));
+        assert!(llama(json!({"num_key_value_heads": 3})).contains("not a multiple of num_key_value_heads = 3"));
         assert!(llama(json!({"attention_bias": true})).contains("`attention_bias` = true"));
-        assert!(llama(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})).contains("rope_scaling"));
+        assert!(llama(json!({"rope_scaling": {"type": "longrope", "factor": 2.0}})).contains("rope_scaling type `longrope`"));
+        assert!(llama(json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})).contains("needs `low_freq_factor`"));
         assert!(llama(json!({"hidden_act": "gelu"})).contains("hidden_act = `gelu`"));
-        let e = read_arch(dir_with_config(json!({"model_type": "qwen2"})).path()).unwrap_err().to_string();
-        assert!(e.contains("model_type `qwen2` is not supported") && e.contains("config.json"), "{e}");
+        assert!(llama(json!({"num_local_experts": 8})).contains("mixture-of-experts"));
+        assert!(llama(json!({"partial_rotary_factor": 0.5})).contains("partial_rotary_factor"));
+        let e = read_arch(dir_with_config(json!({"model_type": "gemma3"})).path()).unwrap_err().to_string();
+        assert!(e.contains("model_type `gemma3` is not supported") && e.contains("config.json"), "{e}");
         let e = read_arch(dir_with_config(json!({"model_type": "bert", "hidden_size": 8})).path()).unwrap_err().to_string();
         assert!(e.contains("`num_attention_heads` is missing"), "{e}");
     }
@@ -510,7 +493,7 @@ mod tests {
         for arch in archs {
             let model = arch.init(&device);
             let d = tempfile::tempdir().unwrap();
-            write_checkpoint(&model, &arch, d.path(), None, Some(0)).unwrap();
+            write_checkpoint(&model, &arch, d.path(), None, Some(0), None).unwrap();
             let back_arch = read_arch(d.path()).unwrap();
             assert_eq!(back_arch, arch);
             let (back, notes) = load_student(read_checkpoint(d.path()).unwrap(), &device).unwrap();
