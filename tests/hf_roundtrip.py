@@ -32,7 +32,8 @@ import tempfile
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, BertModel,
+                          DistilBertConfig, DistilBertForSequenceClassification,
                           BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -252,6 +253,36 @@ try:
                   f"{work}/r4", "--steps", 1, fail=True)
     assert "3 classes" in err and "8" in err, err
     print("bert: refusals ok")
+
+    # DistilBERT (its own weight names, no token types, a ReLU pre-classifier), and a bare
+    # BertModel (no `bert.` prefix, no head: one is made for the cache's classes).
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=3000, dim=64, n_layers=2, n_heads=2,
+                                                                  hidden_dim=128, max_position_embeddings=64,
+                                                                  num_labels=8)).eval()
+    bare = BertModel(BertConfig(vocab_size=3000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=128, max_position_embeddings=64), add_pooling_layer=True).eval()
+    for name, model in [("distilbert", distil), ("bare-bert", bare)]:
+        d = os.path.join(work, name)
+        model.save_pretrained(d)
+        shutil.copy(f"{ROOT}/data/textcls/tokenizer.json", d)
+        if name == "distilbert":
+            distill("predict", "--student", d, "--data", cls_rows, "--out", f"{work}/{name}.jsonl", "--max-rows", 16,
+                    "--max-seq-len", 64)
+            check(f"{name}: Burn vs PyTorch, loaded checkpoint, max abs logit diff",
+                  max_diff(model, predicted(f"{work}/{name}.jsonl"), "cls"), TOL)
+        run = os.path.join(work, f"{name}-run")
+        log = distill("train-student", "--cache", cache, "--data", cls_rows, "--student", f"hf:{d}", "--out", run,
+                      "--steps", 4, "--batch-size", 16, "--lr", 3e-3, "--alpha", 0.5, "--quiet")
+        exported = json.load(open(f"{run}/hf/config.json"))
+        assert exported["model_type"] == json.load(open(f"{d}/config.json"))["model_type"], exported
+        assert len(exported["id2label"]) == 8, exported
+        if name == "bare-bert":
+            assert "no classification head" in log, log
+        trained = AutoModelForSequenceClassification.from_pretrained(f"{run}/hf").eval()
+        distill("predict", "--student", run, "--data", cls_rows, "--out", f"{work}/{name}-after.jsonl", "--max-rows", 16)
+        check(f"{name}: Burn vs PyTorch, exported after 4 steps, max abs logit diff",
+              max_diff(trained, predicted(f"{work}/{name}-after.jsonl"), "cls"), TOL)
+    print("encoders: ok")
     print("hf round trip: ok")
 finally:
     shutil.rmtree(work, ignore_errors=True)

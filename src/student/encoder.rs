@@ -1,18 +1,21 @@
 //! Stage two's student for text classification: a BERT-style Transformer encoder
 //! classifier (learned word + position + token-type embeddings, post-LayerNorm blocks with
-//! GELU feed-forward, a tanh pooler over the first token, a linear classifier). The layout
-//! follows Hugging Face `BertForSequenceClassification` so checkpoints map one to one.
+//! GELU feed-forward, a tanh pooler over the first token, a linear classifier), or
+//! DistilBERT's variant of it (no token types, a ReLU pre-classifier). The layout follows
+//! Hugging Face `BertForSequenceClassification` / `DistilBertForSequenceClassification` so
+//! checkpoints map one to one.
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::tanh;
+use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::kernels;
 
-/// Hyperparameters of the encoder student.
-#[derive(Config, Debug)]
+/// The encoder student's architecture: what `student.json` records and every encoder is
+/// built from (fresh, or from a Hugging Face checkpoint's `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     /// Token vocabulary (from the cache's tokenizer).
     pub vocab_size: usize,
@@ -20,21 +23,69 @@ pub struct EncoderConfig {
     pub classes: usize,
     /// Longest sequence the position table holds (the cache's `max_seq_len` or more).
     pub max_positions: usize,
-    #[config(default = 2)]
-    pub type_vocab_size: usize,
-    #[config(default = 64)]
     pub d_model: usize,
-    #[config(default = 2)]
     pub layers: usize,
-    #[config(default = 2)]
     pub heads: usize,
-    #[config(default = 256)]
     pub d_ff: usize,
-    #[config(default = 1e-12)]
+    /// Token-type (segment) embeddings; 0: none (DistilBERT).
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
     pub norm_eps: f64,
+    #[serde(default, skip_serializing_if = "EncoderFamily::is_bert")]
+    pub family: EncoderFamily,
+}
+
+/// How the first token becomes the class logits, and the weight names of a checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderFamily {
+    /// `BertForSequenceClassification`: a tanh pooler, then the classifier.
+    #[default]
+    Bert,
+    /// `DistilBertForSequenceClassification`: a ReLU pre-classifier, then the classifier;
+    /// no token-type embeddings.
+    DistilBert,
+}
+
+impl EncoderFamily {
+    fn is_bert(&self) -> bool {
+        *self == EncoderFamily::Bert
+    }
+}
+
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
 }
 
 impl EncoderConfig {
+    /// A fresh BERT-style encoder (`encoder:` specs).
+    pub fn new(
+        vocab_size: usize,
+        classes: usize,
+        max_positions: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        d_ff: usize,
+    ) -> EncoderConfig {
+        EncoderConfig {
+            vocab_size,
+            classes,
+            max_positions,
+            d_model,
+            layers,
+            heads,
+            d_ff,
+            type_vocab_size: two(),
+            norm_eps: bert_eps(),
+            family: EncoderFamily::Bert,
+        }
+    }
+
     pub fn init(&self, device: &Device) -> Encoder {
         assert!(self.d_model.is_multiple_of(self.heads), "d_model must be a multiple of heads");
         let lin = |i, o| LinearConfig::new(i, o).init(device);
@@ -55,13 +106,14 @@ impl EncoderConfig {
         Encoder {
             word: EmbeddingConfig::new(self.vocab_size, self.d_model).init(device),
             position: EmbeddingConfig::new(self.max_positions, self.d_model).init(device),
-            token_type: EmbeddingConfig::new(self.type_vocab_size, self.d_model).init(device),
+            token_type: (self.type_vocab_size > 0).then(|| EmbeddingConfig::new(self.type_vocab_size, self.d_model).init(device)),
             embed_norm: norm(),
             blocks,
             pooler: lin(self.d_model, self.d_model),
             classifier: lin(self.d_model, self.classes),
             heads: self.heads,
             norm_eps: self.norm_eps,
+            relu_pooler: self.family == EncoderFamily::DistilBert,
         }
     }
 }
@@ -83,13 +135,16 @@ pub struct EncoderBlock {
 pub struct Encoder {
     pub word: Embedding,
     pub position: Embedding,
-    pub token_type: Embedding,
+    /// `None`: no token types (DistilBERT).
+    pub token_type: Option<Embedding>,
     pub embed_norm: LayerNorm,
     pub blocks: Vec<EncoderBlock>,
+    /// BERT's pooler (tanh) or DistilBERT's pre-classifier (ReLU), over the first token.
     pub pooler: Linear,
     pub classifier: Linear,
     pub heads: usize,
     pub norm_eps: f64,
+    pub relu_pooler: bool,
 }
 
 /// A LayerNorm module's function as one fused operation ([`kernels::layer_norm`]).
@@ -138,8 +193,12 @@ impl Encoder {
         let device = tokens.device();
         let d = self.word.weight.dims()[1];
         let positions = self.position.weight.val().narrow(0, 0, s).reshape([1, s, d]);
-        let token_type = self.token_type.weight.val().narrow(0, 0, 1).reshape([1, 1, d]);
-        let mut x = norm(&self.embed_norm, self.word.forward(tokens) + positions + token_type, self.norm_eps);
+        let embedded = self.word.forward(tokens) + positions;
+        let embedded = match &self.token_type {
+            Some(tt) => embedded + tt.weight.val().narrow(0, 0, 1).reshape([1, 1, d]),
+            None => embedded,
+        };
+        let mut x = norm(&self.embed_norm, embedded, self.norm_eps);
         // Key-padding mask, additive.
         let mut mask = vec![0f32; b * s];
         for (r, &len) in lengths.iter().enumerate() {
@@ -153,8 +212,9 @@ impl Encoder {
             let queries = if narrow_last && i == last { 1 } else { s };
             x = block.forward(x, mask.clone(), queries, self.norm_eps);
         }
-        let first = x.narrow(1, 0, 1).reshape([b, d]);
-        kernels::linear(&self.classifier, tanh(kernels::linear(&self.pooler, first)))
+        let first = kernels::linear(&self.pooler, x.narrow(1, 0, 1).reshape([b, d]));
+        let pooled = if self.relu_pooler { relu(first) } else { tanh(first) };
+        kernels::linear(&self.classifier, pooled)
     }
 
     /// Longest sequence the position table holds.
@@ -172,7 +232,7 @@ mod tests {
     #[test]
     fn narrowed_last_block_gives_the_full_logits() {
         let device = Device::default();
-        let enc = EncoderConfig::new(50, 3, 16).with_d_model(8).with_heads(2).with_d_ff(16).init(&device);
+        let enc = EncoderConfig::new(50, 3, 16, 8, 2, 2, 16).init(&device);
         let ids: Vec<i64> = (0..3 * 6).map(|i| (i * 7 % 50) as i64).collect();
         let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [3, 6]), &device);
         let lengths = [6, 4, 1];

@@ -299,32 +299,9 @@ pub struct CacheDims {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StudentArch {
-    Mlp {
-        input: usize,
-        hidden: Vec<usize>,
-        classes: usize,
-    },
-    Encoder {
-        vocab_size: usize,
-        classes: usize,
-        max_positions: usize,
-        d_model: usize,
-        layers: usize,
-        heads: usize,
-        d_ff: usize,
-        #[serde(default = "two")]
-        type_vocab_size: usize,
-        #[serde(default = "bert_eps")]
-        norm_eps: f64,
-    },
+    Mlp { input: usize, hidden: Vec<usize>, classes: usize },
+    Encoder(EncoderConfig),
     Decoder(DecoderConfig),
-}
-
-fn two() -> usize {
-    2
-}
-fn bert_eps() -> f64 {
-    1e-12
 }
 
 impl StudentArch {
@@ -333,17 +310,9 @@ impl StudentArch {
         let vocab = dims.outputs;
         match spec {
             StudentSpec::Mlp { hidden } => StudentArch::Mlp { input: dims.features, hidden: hidden.clone(), classes: vocab },
-            StudentSpec::Encoder { d_model, layers, heads, d_ff } => StudentArch::Encoder {
-                vocab_size: dims.tokens,
-                classes: vocab,
-                max_positions: dims.max_seq_len,
-                d_model: *d_model,
-                layers: *layers,
-                heads: *heads,
-                d_ff: *d_ff,
-                type_vocab_size: 2,
-                norm_eps: bert_eps(),
-            },
+            StudentSpec::Encoder { d_model, layers, heads, d_ff } => {
+                StudentArch::Encoder(EncoderConfig::new(dims.tokens, vocab, dims.max_seq_len, *d_model, *layers, *heads, *d_ff))
+            }
             StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
                 StudentArch::Decoder(DecoderConfig::new(vocab, *d_model, *layers, *heads, *d_ff))
             }
@@ -355,7 +324,7 @@ impl StudentArch {
     pub fn kind_name(&self) -> &'static str {
         match self {
             StudentArch::Mlp { .. } => "mlp",
-            StudentArch::Encoder { .. } => "encoder",
+            StudentArch::Encoder(_) => "encoder",
             StudentArch::Decoder(_) => "decoder",
         }
     }
@@ -363,7 +332,8 @@ impl StudentArch {
     /// Output classes / vocabulary.
     pub fn vocab(&self) -> usize {
         match self {
-            StudentArch::Mlp { classes, .. } | StudentArch::Encoder { classes, .. } => *classes,
+            StudentArch::Mlp { classes, .. } => *classes,
+            StudentArch::Encoder(c) => c.classes,
             StudentArch::Decoder(c) => c.vocab_size,
         }
     }
@@ -371,18 +341,7 @@ impl StudentArch {
     pub fn init(&self, device: &Device) -> Student {
         match self {
             StudentArch::Mlp { input, hidden, classes } => Student::Mlp(MlpConfig::new(*input, hidden.clone(), *classes).init(device)),
-            StudentArch::Encoder { vocab_size, classes, max_positions, d_model, layers, heads, d_ff, type_vocab_size, norm_eps } => {
-                Student::Encoder(
-                    EncoderConfig::new(*vocab_size, *classes, *max_positions)
-                        .with_d_model(*d_model)
-                        .with_layers(*layers)
-                        .with_heads(*heads)
-                        .with_d_ff(*d_ff)
-                        .with_type_vocab_size(*type_vocab_size)
-                        .with_norm_eps(*norm_eps)
-                        .init(device),
-                )
-            }
+            StudentArch::Encoder(c) => Student::Encoder(c.init(device)),
             StudentArch::Decoder(c) => Student::Decoder(c.init(device)),
         }
     }

@@ -84,7 +84,8 @@ pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option
                 ));
             }
         }
-        StudentArch::Encoder { vocab_size, classes, max_positions, .. } => {
+        StudentArch::Encoder(c) => {
+            let crate::student::EncoderConfig { vocab_size, classes, max_positions, .. } = c;
             if *vocab_size < tokens {
                 return Err(Error::Config(format!(
                     "{dir}: the student's vocab_size is {vocab_size} but the cache's tokenizer has {tokens} tokens"

@@ -15,11 +15,12 @@ use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, Linear, RmsNorm};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod decoder;
+mod encoder;
 
-use super::{Encoder, Student, StudentArch};
+use super::{Student, StudentArch};
 use crate::cache::manifest::write_atomic;
 use crate::error::{Error, Result};
 
@@ -63,46 +64,14 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
     let path = dir.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let c: Value = serde_json::from_slice(&bytes).map_err(|e| cfg_err(dir, format!("not valid JSON: {e}")))?;
-    let int = |k: &str| -> Result<usize> {
-        c.get(k).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| cfg_err(dir, format!("`{k}` is missing or not an integer")))
-    };
-    let int_or = |k: &str, d: usize| c.get(k).and_then(Value::as_u64).map(|v| v as usize).unwrap_or(d);
-    let float_or = |k: &str, d: f64| c.get(k).and_then(Value::as_f64).unwrap_or(d);
-    let str_or = |k: &str, d: &str| c.get(k).and_then(Value::as_str).unwrap_or(d).to_string();
     let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
     match model_type {
         t if decoder::MODEL_TYPES.contains(&t) => Ok(StudentArch::Decoder(decoder::read_config(&c, dir, t)?)),
-        "bert" => {
-            let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
-            let act = str_or("hidden_act", "gelu");
-            if act != "gelu" {
-                return Err(cfg_err(dir, format!("hidden_act = `{act}`: the encoder student uses exact GELU (`gelu`)")));
-            }
-            let pos = str_or("position_embedding_type", "absolute");
-            if pos != "absolute" {
-                return Err(cfg_err(dir, format!("position_embedding_type = `{pos}`: only `absolute` is supported")));
-            }
-            if d % heads != 0 {
-                return Err(cfg_err(dir, format!("hidden_size {d} is not a multiple of num_attention_heads {heads}")));
-            }
-            let classes = match c.get("id2label").and_then(Value::as_object) {
-                Some(m) => m.len(),
-                None => int_or("num_labels", 2),
-            };
-            Ok(StudentArch::Encoder {
-                vocab_size: int("vocab_size")?,
-                classes,
-                max_positions: int("max_position_embeddings")?,
-                d_model: d,
-                layers: int("num_hidden_layers")?,
-                heads,
-                d_ff: int("intermediate_size")?,
-                type_vocab_size: int_or("type_vocab_size", 2),
-                norm_eps: float_or("layer_norm_eps", 1e-12),
-            })
-        }
+        t if encoder::MODEL_TYPES.contains(&t) => Ok(StudentArch::Encoder(encoder::read_config(&c, dir, t)?)),
         "" => Err(cfg_err(dir, "has no `model_type`".into())),
-        other => Err(cfg_err(dir, format!("model_type `{other}` is not supported (supported: llama, qwen2, qwen3, mistral, bert)"))),
+        other => {
+            Err(cfg_err(dir, format!("model_type `{other}` is not supported (supported: llama, qwen2, qwen3, mistral, bert, distilbert)")))
+        }
     }
 }
 
@@ -221,7 +190,7 @@ pub fn load_student(mut ck: HfCheckpoint, device: &Device) -> Result<(Student, V
     let mut notes = Vec::new();
     match &mut student {
         Student::Decoder(dec) => decoder::load(&mut ck, dec, device, &mut notes)?,
-        Student::Encoder(enc) => load_encoder(&mut ck, enc, device, &mut notes)?,
+        Student::Encoder(enc) => encoder::load(&mut ck, enc, device, &mut notes)?,
         Student::Mlp(_) => unreachable!("read_arch never yields an MLP"),
     }
     let mut unused: Vec<String> = ck.tensors.keys().cloned().collect();
@@ -231,40 +200,6 @@ pub fn load_student(mut ck: HfCheckpoint, device: &Device) -> Result<(Student, V
     }
     ck.unused = unused;
     Ok((student, notes))
-}
-
-fn load_encoder(ck: &mut HfCheckpoint, enc: &mut Encoder, device: &Device, notes: &mut Vec<String>) -> Result<()> {
-    // BertForSequenceClassification prefixes the encoder with `bert.`; a bare BertModel does not.
-    let pre = if ck.tensors.contains_key("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
-    let has_classifier = ck.tensors.contains_key("classifier.weight");
-    let has_pooler = ck.tensors.contains_key(&format!("{pre}pooler.dense.weight"));
-    let mut t = Take { ck, device };
-    t.embedding(&mut enc.word, &format!("{pre}embeddings.word_embeddings.weight"))?;
-    t.embedding(&mut enc.position, &format!("{pre}embeddings.position_embeddings.weight"))?;
-    t.embedding(&mut enc.token_type, &format!("{pre}embeddings.token_type_embeddings.weight"))?;
-    t.layer_norm(&mut enc.embed_norm, &format!("{pre}embeddings.LayerNorm"))?;
-    for (i, b) in enc.blocks.iter_mut().enumerate() {
-        let p = format!("{pre}encoder.layer.{i}");
-        t.linear(&mut b.q, &format!("{p}.attention.self.query"))?;
-        t.linear(&mut b.k, &format!("{p}.attention.self.key"))?;
-        t.linear(&mut b.v, &format!("{p}.attention.self.value"))?;
-        t.linear(&mut b.attn_out, &format!("{p}.attention.output.dense"))?;
-        t.layer_norm(&mut b.attn_norm, &format!("{p}.attention.output.LayerNorm"))?;
-        t.linear(&mut b.up, &format!("{p}.intermediate.dense"))?;
-        t.linear(&mut b.down, &format!("{p}.output.dense"))?;
-        t.layer_norm(&mut b.mlp_norm, &format!("{p}.output.LayerNorm"))?;
-    }
-    if has_pooler {
-        t.linear(&mut enc.pooler, &format!("{pre}pooler.dense"))?;
-    } else {
-        notes.push("the checkpoint has no pooler: it starts from random weights".into());
-    }
-    if has_classifier {
-        t.linear(&mut enc.classifier, "classifier")?;
-    } else {
-        notes.push("the checkpoint has no classification head: it starts from random weights".into());
-    }
-    Ok(())
 }
 
 /// `Tensor -> (shape, f32 values)`.
@@ -315,51 +250,7 @@ pub fn write_checkpoint(
     let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let config = match (student, arch) {
         (Student::Decoder(dec), StudentArch::Decoder(c)) => decoder::write(dec, c, &mut t, pad_id, source_config),
-        (
-            Student::Encoder(enc),
-            StudentArch::Encoder { vocab_size, classes, max_positions, d_model, layers, heads, d_ff, type_vocab_size, norm_eps },
-        ) => {
-            t.insert("bert.embeddings.word_embeddings.weight".into(), values(enc.word.weight.val()));
-            t.insert("bert.embeddings.position_embeddings.weight".into(), values(enc.position.weight.val()));
-            t.insert("bert.embeddings.token_type_embeddings.weight".into(), values(enc.token_type.weight.val()));
-            put_layer_norm(&mut t, &enc.embed_norm, "bert.embeddings.LayerNorm");
-            for (i, b) in enc.blocks.iter().enumerate() {
-                let p = format!("bert.encoder.layer.{i}");
-                put_linear(&mut t, &b.q, &format!("{p}.attention.self.query"));
-                put_linear(&mut t, &b.k, &format!("{p}.attention.self.key"));
-                put_linear(&mut t, &b.v, &format!("{p}.attention.self.value"));
-                put_linear(&mut t, &b.attn_out, &format!("{p}.attention.output.dense"));
-                put_layer_norm(&mut t, &b.attn_norm, &format!("{p}.attention.output.LayerNorm"));
-                put_linear(&mut t, &b.up, &format!("{p}.intermediate.dense"));
-                put_linear(&mut t, &b.down, &format!("{p}.output.dense"));
-                put_layer_norm(&mut t, &b.mlp_norm, &format!("{p}.output.LayerNorm"));
-            }
-            put_linear(&mut t, &enc.pooler, "bert.pooler.dense");
-            put_linear(&mut t, &enc.classifier, "classifier");
-            let id2label: serde_json::Map<String, Value> = (0..*classes).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect();
-            let label2id: serde_json::Map<String, Value> = (0..*classes).map(|i| (format!("LABEL_{i}"), json!(i))).collect();
-            json!({
-                "architectures": ["BertForSequenceClassification"],
-                "model_type": "bert",
-                "vocab_size": vocab_size,
-                "hidden_size": d_model,
-                "num_hidden_layers": layers,
-                "num_attention_heads": heads,
-                "intermediate_size": d_ff,
-                "hidden_act": "gelu",
-                "max_position_embeddings": max_positions,
-                "type_vocab_size": type_vocab_size,
-                "layer_norm_eps": norm_eps,
-                "position_embedding_type": "absolute",
-                "hidden_dropout_prob": 0.1,
-                "attention_probs_dropout_prob": 0.1,
-                "id2label": id2label,
-                "label2id": label2id,
-                "problem_type": "single_label_classification",
-                "pad_token_id": pad_id.unwrap_or(0),
-                "torch_dtype": "float32",
-            })
-        }
+        (Student::Encoder(enc), StudentArch::Encoder(c)) => encoder::write(enc, c, &mut t, pad_id, source_config),
         _ => {
             return Err(Error::Config(format!(
                 "only encoder and decoder students can be written as Hugging Face checkpoints (this one is {})",
@@ -399,6 +290,7 @@ mod tests {
     use crate::student::StudentSpec;
     use crate::student::decoder::RopeScaling;
     use burn::tensor::Int;
+    use serde_json::json;
 
     fn dir_with_config(config: Value) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("temp dir");
