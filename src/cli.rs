@@ -107,19 +107,31 @@ enum Command {
         #[arg(long, value_name = "N")]
         max_rows: Option<u64>,
     },
-    /// Evaluate a trained student on held-out data: accuracy (classifier) or perplexity
-    /// (LM), and top-1 agreement with the teacher when a cache of that data is given.
+    /// Evaluate a student on held-out data: accuracy (classifier) or perplexity (LM); with a
+    /// cache of that data, top-1 agreement with the teacher and the teacher's own figures.
+    ///
+    /// The student is a train-student run directory or a Hugging Face checkpoint directory
+    /// (measure the pretrained student before distilling it): with --cache the checkpoint
+    /// reads the data as the cache did (its columns, positions and tokenizer); without it,
+    /// --text-column, and `label` for a classifier.
     Eval {
-        /// Run directory of train-student (holds student.json, student.bpk).
-        #[arg(long, value_name = "RUN_DIR")]
+        /// Run directory of train-student, or a Hugging Face checkpoint directory.
+        #[arg(long, value_name = "DIR")]
         student: PathBuf,
         /// Held-out data with the training data's columns.
         #[arg(long, value_name = "DATA")]
         data: PathBuf,
-        /// A cache of the same data (any k, T = 1 recommended) for top-1 agreement.
+        /// A cache of the same data (any k, T = 1 for the teacher's own perplexity): top-1
+        /// agreement, and the teacher's figures beside the student's.
         #[arg(long, value_name = "CACHE_DIR")]
         cache: Option<PathBuf>,
-        /// Print JSON.
+        /// Text column (Hugging Face checkpoints without --cache).
+        #[arg(long, default_value = "text")]
+        text_column: String,
+        /// Longest sequence fed to a Hugging Face checkpoint without --cache (longer rows are cut).
+        #[arg(long, default_value_t = 512)]
+        max_seq_len: usize,
+        /// Print JSON (with a `teacher` object when --cache is given).
         #[arg(long)]
         json: bool,
     },
@@ -306,12 +318,21 @@ pub fn run(cli: Cli) -> Result<()> {
             let n = stage::eval::predict(&student, &data, &out, &opts)?;
             println!("{}: logits of {n} rows", out.display());
         }
-        Command::Eval { student, data, cache, json } => {
-            let r = stage::eval::eval_student(&student, &data, cache.as_deref())?;
+        Command::Eval { student, data, cache, text_column, max_seq_len, json } => {
+            let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows: None };
+            let r = stage::eval::eval_student(&student, &data, cache.as_deref(), &opts)?;
+            let teacher = cache.as_deref().map(stage::eval::teacher_metrics).transpose()?;
             if json {
-                println!("{}", serde_json::to_string(&r).expect("serialises"));
+                let mut v = serde_json::to_value(&r).expect("serialises");
+                if let Some(t) = &teacher {
+                    v["teacher"] = serde_json::to_value(t).expect("serialises");
+                }
+                println!("{v}");
             } else {
                 println!("{}", render_report(&r));
+                if let Some(t) = &teacher {
+                    println!("teacher (from the cache, at its temperature): {}", render_report(t));
+                }
             }
         }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
@@ -434,7 +455,7 @@ fn run_students(
             eprintln!("== stage two: {label}, seed {seed} -> {}", run_dir.display());
             let s = distill::train::train_student(&cfg, &TrainOptions { quiet, resume: false, command: opts.command.clone() })?;
             print_train_summary(&s);
-            let r = stage::eval::eval_student(&run_dir, &eval.data, Some(&eval_cache.out))?;
+            let r = stage::eval::eval_student(&run_dir, &eval.data, Some(&eval_cache.out), &stage::eval::PredictOptions::default())?;
             println!("  {}", render_report(&r));
             reports.push(r);
         }

@@ -118,6 +118,14 @@ try:
     assert moved > 1e-2, "training did not change the exported model"
     assert os.path.isfile(f"{run}/hf/tokenizer.json")
     print("llama: eval", distill("eval", "--student", run, "--data", lm_rows).strip())
+    # eval reads a checkpoint as the cache read the data: the run and its export score alike,
+    # and the teacher's figures come beside.
+    as_json = lambda out: json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    a = as_json(distill("eval", "--student", run, "--data", lm_rows, "--cache", cache, "--json"))
+    b = as_json(distill("eval", "--student", f"{run}/hf", "--data", lm_rows, "--cache", cache, "--json"))
+    print("llama: eval of the run", a, "and of its export", b)
+    assert a["positions"] == b["positions"] and abs(a["perplexity"] - b["perplexity"]) <= 1e-4 * a["perplexity"], (a, b)
+    assert "teacher" in b and b["teacher"]["positions"] == b["positions"], b
 
     # Refusals: a vocabulary smaller than the cache's, another tokenizer.
     small = os.path.join(work, "llama-small")
@@ -235,6 +243,14 @@ try:
             "--max-seq-len", 64)
     before = predicted(f"{work}/bert-before.jsonl")
     check("bert: Burn vs PyTorch, loaded checkpoint, max abs logit diff", max_diff(bert, before, "cls"), TOL)
+    # The pretrained checkpoint measured before distilling (its `text` and `label` columns).
+    out = distill("eval", "--student", hf_in, "--data", cls_rows, "--max-seq-len", 64, "--json")
+    got = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    distill("predict", "--student", hf_in, "--data", cls_rows, "--out", f"{work}/bert-all.jsonl", "--max-seq-len", 64)
+    labels = [r["label"] for r in table]
+    hits = [int(np.argmax(torch_logits(bert, r["tokens"], "cls"))) == labels[r["row"]] for r in predicted(f"{work}/bert-all.jsonl")]
+    print(f"bert: eval of the pretrained checkpoint {got}, PyTorch accuracy {np.mean(hits):.4f}")
+    assert got["positions"] == len(hits) and abs(got["accuracy"] - float(np.mean(hits))) < 1e-9, got
     run = os.path.join(work, "bert-run")
     distill("train-student", "--cache", cache, "--data", cls_rows, "--student", f"hf:{hf_in}", "--out", run,
             "--steps", 6, "--batch-size", 16, "--lr", 3e-3, "--alpha", 0.5, "--quiet")

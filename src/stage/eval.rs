@@ -46,17 +46,31 @@ fn teacher_top1(cache: &Path, data: &Path) -> Result<HashMap<(u64, u32), u32>> {
     Ok(top)
 }
 
-/// Evaluate the student saved in `run_dir` on `data`.
-pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result<EvalReport> {
+/// Evaluate a student on `data`: a train-student run directory, or a Hugging Face
+/// checkpoint (read with the cache's columns and tokenizer when `cache` is given, else with
+/// `opts`' text column, and `label` as the classes' column).
+pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &PredictOptions) -> Result<EvalReport> {
     let device = Device::flex();
-    let st = load_run(run_dir, &device)?;
+    let cache_dir = cache.map(crate::store::local_copy).transpose()?;
+    let st = match (&cache_dir, run_dir.join("student.json").is_file()) {
+        (Some(c), false) if hf::is_checkpoint(run_dir) => load_checkpoint_for_cache(run_dir, c, &device)?,
+        (None, false) if hf::is_checkpoint(run_dir) => {
+            let mut st = load_checkpoint(run_dir, opts, &device)?;
+            if st.spec.task == Task::Classification {
+                st.spec.label_column = Some("label".into());
+            }
+            st
+        }
+        _ => open_student(run_dir, opts, &device)?,
+    };
     let top1 = cache.map(|c| teacher_top1(c, data)).transpose()?;
     let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, u64::MAX, None)?;
     if rows.is_empty() {
         return Err(Error::data(data, "has no rows to evaluate"));
     }
-    let arch = st.arch.as_ref().expect("a run directory describes its student");
-    check_rows(&rows, arch, data, st.spec.task == Task::Classification)?;
+    if let Some(arch) = &st.arch {
+        check_rows(&rows, arch, data, st.spec.task == Task::Classification)?;
+    }
     let mut tally = Tally::default();
     for chunk in rows.chunks(64) {
         match (&st.model, st.spec.task) {
@@ -71,7 +85,13 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>) -> Result
                     tally.next_tokens(&chunk, logits, st.output_vocab, top1.as_ref());
                 }
             }
-            _ => return Err(Error::Config(format!("{}: student and data task do not match", run_dir.join("student.json").display()))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: the student's kind does not fit the data's task ({:?})",
+                    run_dir.display(),
+                    st.spec.task
+                )));
+            }
         }
     }
     Ok(tally.report(st.spec.task))
@@ -191,7 +211,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         .clone()
         .ok_or_else(|| Error::Config(format!("{}: the checkpoint has no tokenizer.json to tokenize the data with", dir.display())))?;
     let (task, positions) = match ck.arch {
-        StudentArch::Decoder { .. } => (Task::CausalLm, CachedPositions::All),
+        StudentArch::Decoder(_) => (Task::CausalLm, CachedPositions::All),
         _ => (Task::Classification, CachedPositions::Example),
     };
     let (model, _) = hf::load_student(ck, device)?;
@@ -207,6 +227,37 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
     };
     let spec = DataSpec { task, features: Vec::new(), label_column: None, text: Some(text), tokenizer_sha256: None };
     Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: None, output_vocab: None })
+}
+
+/// A Hugging Face checkpoint read as a cache of the evaluation data reads its rows: the
+/// cache's columns, positions and tokenizer (which must be the checkpoint's).
+fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Result<Ready> {
+    let m = CacheReader::open(cache)?.manifest().clone();
+    let ck = hf::read_checkpoint(dir)?;
+    let fits = matches!((&ck.arch, m.task), (StudentArch::Decoder(_), Task::CausalLm) | (StudentArch::Encoder(_), Task::Classification));
+    if !fits || ck.arch.vocab() < m.vocab_size {
+        return Err(Error::Config(format!(
+            "{}: a {} with {} outputs cannot be scored on {} ({:?} over {} outputs)",
+            dir.display(),
+            ck.arch.kind_name(),
+            ck.arch.vocab(),
+            cache.display(),
+            m.task,
+            m.vocab_size
+        )));
+    }
+    let tok = match &m.text {
+        Some(text) => {
+            let mut tok = Tokenizer::load(&cache.join(TOKENIZER_FILE))?;
+            crate::text::attach_chat_template(&mut tok, text, cache)?;
+            Some(tok)
+        }
+        None => None,
+    };
+    let output_vocab = (ck.arch.vocab() > m.vocab_size && m.task == Task::CausalLm).then_some(m.vocab_size);
+    let arch = ck.arch.clone();
+    let (model, _) = hf::load_student(ck, device)?;
+    Ok(Ready { model, spec: DataSpec::of(&m), tok, arch: Some(arch), output_vocab })
 }
 
 /// A run directory or a checkpoint directory.
@@ -286,6 +337,12 @@ pub struct PredictOptions {
     pub max_seq_len: usize,
     /// Only the first N rows.
     pub max_rows: Option<u64>,
+}
+
+impl Default for PredictOptions {
+    fn default() -> PredictOptions {
+        PredictOptions { text_column: "text".into(), max_seq_len: 512, max_rows: None }
+    }
 }
 
 /// Run a student (a train-student run directory or a Hugging Face checkpoint directory)
