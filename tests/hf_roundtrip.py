@@ -204,6 +204,21 @@ try:
     check("qwen3 bf16 sharded: Burn vs PyTorch (f32 of the bf16 weights)", max_diff(f32_of_bf16, predicted(f"{work}/bf16.jsonl"), "lm"),
           TOL)
 
+    # Exported in the dtype it came in (bf16), or in --export-dtype.
+    for flag, want in [([], "bfloat16"), (["--export-dtype", "f32"], "float32")]:
+        run = os.path.join(work, f"bf16-run-{want}")
+        distill("train-student", "--cache", cache, "--data", lm_rows, "--student", f"hf:{bf16}", "--out", run, "--steps", 2,
+                "--batch-size", 8, "--quiet", *flag)
+        exported = json.load(open(f"{run}/hf/config.json"))
+        assert exported.get("torch_dtype") == want, exported
+        from safetensors import safe_open
+        with safe_open(f"{run}/hf/model.safetensors", "pt") as f:
+            got = str(f.get_tensor("model.embed_tokens.weight").dtype)
+        assert got == f"torch.{want}", got
+        distill("predict", "--student", f"{run}/hf", "--data", lm_rows, "--out", f"{run}.jsonl", "--max-rows", 4)
+        back = AutoModelForCausalLM.from_pretrained(f"{run}/hf", torch_dtype=torch.float32).eval()
+        check(f"exported {want}: Burn vs PyTorch, max abs logit diff", max_diff(back, predicted(f"{run}.jsonl"), "lm"), TOL)
+
     # Trained, exported in its own model_type (tied, GQA, q/k norms; a sliding window).
     for name in ["qwen3", "mistral"]:
         run = os.path.join(work, f"{name}-run")

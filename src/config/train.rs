@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::loss::TailMode;
 use crate::student::StudentSpec;
+use crate::student::hf::ExportDtype;
 
 use super::check_temperature;
 
@@ -88,6 +89,10 @@ pub struct TrainSettings {
     /// this many shards.
     #[arg(long, value_name = "SHARDS")]
     pub shuffle_window: Option<usize>,
+    /// Weights of the exported Hugging Face checkpoint (RUN/hf): `f32`, `bf16` or `f16`
+    /// [default: the dtype the --student hf: checkpoint came in; f32 for a fresh student].
+    #[arg(long, value_name = "DTYPE")]
+    pub export_dtype: Option<ExportDtype>,
     /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
     /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
     /// every epoch. Results are the same either way [default: 64].
@@ -148,6 +153,8 @@ pub struct TrainConfig {
     pub shuffle_window: usize,
     /// Megabytes of prepared rows kept between epochs.
     pub prepared_rows_mb: usize,
+    /// `None`: the dtype the pretrained checkpoint came in (f32 for a fresh student).
+    pub export_dtype: Option<ExportDtype>,
 }
 
 impl TrainSettings {
@@ -217,6 +224,7 @@ impl TrainSettings {
             top_k,
             shuffle_window,
             prepared_rows_mb: self.prepared_rows_mb.unwrap_or(defaults::PREPARED_ROWS_MB),
+            export_dtype: self.export_dtype,
         })
     }
 }

@@ -163,7 +163,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         StudentSpec::Hf { path } => Some(path.as_path()),
         _ => None,
     };
-    export_student(&model.valid(), &arch, &student_file, out, tok.as_ref(), source)?;
+    export_student(&model.valid(), &arch, &student_file, out, tok.as_ref(), source, cfg.export_dtype)?;
     Ok(summary(&trainer, resumed_from, notes))
 }
 
@@ -284,6 +284,7 @@ fn export_student(
     out: &Path,
     tok: Option<&Tokenizer>,
     source: Option<&Path>,
+    dtype: Option<hf::ExportDtype>,
 ) -> Result<()> {
     checkpoint::export_atomic(&out.join("student.bpk"), |p| student::save_burnpack(&Student::clone(valid), p))?;
     checkpoint::export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(valid, p))?;
@@ -296,6 +297,7 @@ fn export_student(
             Some(&tokenizer).filter(|p| p.is_file()).map(|p| p.as_path()),
             tok.map(|t| t.pad_id),
             source,
+            dtype,
         )?;
     }
     write_atomic(&out.join("student.json"), &serde_json::to_vec_pretty(student_file).expect("serialises"))

@@ -235,16 +235,12 @@ pub(super) fn write(
         "head_dim": c.head_width(),
         "rms_norm_eps": c.norm_eps,
         "tie_word_embeddings": c.tie_embeddings,
-        "torch_dtype": "float32",
     });
     for (k, v) in keys.as_object().expect("an object") {
         config[k] = v.clone();
     }
     if config.get("rope_parameters").is_none() {
         config["rope_theta"] = json!(c.rope_theta);
-    }
-    if config.get("dtype").is_some() {
-        config["dtype"] = json!("float32");
     }
     config
 }

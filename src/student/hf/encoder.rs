@@ -201,13 +201,9 @@ pub(super) fn write(
         "id2label": id2label,
         "label2id": label2id,
         "problem_type": "single_label_classification",
-        "torch_dtype": "float32",
     });
     for (k, v) in keys.as_object().expect("an object") {
         config[k] = v.clone();
-    }
-    if config.get("dtype").is_some() {
-        config["dtype"] = json!("float32");
     }
     config
 }

@@ -222,14 +222,60 @@ fn put_layer_norm(out: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, n: &LayerN
     }
 }
 
+/// The dtype of an exported checkpoint's weights (`--export-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ExportDtype {
+    /// transformers' name (`torch_dtype` / `dtype` in config.json).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            ExportDtype::F32 => "float32",
+            ExportDtype::Bf16 => "bfloat16",
+            ExportDtype::F16 => "float16",
+        }
+    }
+
+    /// The dtype a config.json says its weights are in (f32 when it says nothing else).
+    fn of_config(c: &Value) -> ExportDtype {
+        match c.get("torch_dtype").or_else(|| c.get("dtype")).and_then(Value::as_str) {
+            Some("bfloat16") => ExportDtype::Bf16,
+            Some("float16") => ExportDtype::F16,
+            _ => ExportDtype::F32,
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            ExportDtype::F32 => Dtype::F32,
+            ExportDtype::Bf16 => Dtype::BF16,
+            ExportDtype::F16 => Dtype::F16,
+        }
+    }
+
+    fn bytes(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            ExportDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ExportDtype::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            ExportDtype::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        }
+    }
+}
+
 /// Files beside a checkpoint's weights that a trained copy keeps (the tokenizer's settings
 /// and chat template, generation defaults).
 const SIDE_FILES: [&str; 4] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
 
 /// Write `student` as a Hugging Face checkpoint in `dir` (config.json, model.safetensors
-/// in f32, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config of a
-/// fresh student; a student trained from the checkpoint `source` keeps that checkpoint's
-/// config.json (its `model_type`, token ids, rope settings) and side files.
+/// in `dtype`, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config of
+/// a fresh student; a student trained from the checkpoint `source` keeps that checkpoint's
+/// config.json (its `model_type`, token ids, rope settings) and side files. `dtype`
+/// `None`: the dtype the source came in, f32 for a fresh student.
 pub fn write_checkpoint(
     student: &Student,
     arch: &StudentArch,
@@ -237,6 +283,7 @@ pub fn write_checkpoint(
     tokenizer: Option<&Path>,
     pad_id: Option<u32>,
     source: Option<&Path>,
+    dtype: Option<ExportDtype>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let source_config: Option<Value> = match source {
@@ -247,8 +294,9 @@ pub fn write_checkpoint(
         }
         None => None,
     };
+    let dtype = dtype.unwrap_or_else(|| source_config.as_ref().map_or(ExportDtype::F32, ExportDtype::of_config));
     let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    let config = match (student, arch) {
+    let mut config = match (student, arch) {
         (Student::Decoder(dec), StudentArch::Decoder(c)) => decoder::write(dec, c, &mut t, pad_id, source_config),
         (Student::Encoder(enc), StudentArch::Encoder(c)) => encoder::write(enc, c, &mut t, pad_id, source_config),
         _ => {
@@ -258,11 +306,14 @@ pub fn write_checkpoint(
             )));
         }
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        t.into_iter().map(|(name, (shape, v))| (name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    config["torch_dtype"] = serde_json::json!(dtype.torch_name());
+    if config.get("dtype").is_some() {
+        config["dtype"] = serde_json::json!(dtype.torch_name());
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t.into_iter().map(|(name, (shape, v))| (name, shape, dtype.bytes(&v))).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches bytes")))
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype.safetensors(), s.clone(), b).expect("shape matches bytes")))
         .collect();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -385,7 +436,7 @@ mod tests {
         for arch in archs {
             let model = arch.init(&device);
             let d = tempfile::tempdir().unwrap();
-            write_checkpoint(&model, &arch, d.path(), None, Some(0), None).unwrap();
+            write_checkpoint(&model, &arch, d.path(), None, Some(0), None, None).unwrap();
             let back_arch = read_arch(d.path()).unwrap();
             assert_eq!(back_arch, arch);
             let (back, notes) = load_student(read_checkpoint(d.path()).unwrap(), &device).unwrap();
