@@ -74,6 +74,10 @@ def max_diff(model, rows, kind):
     return max(float(np.abs(np.asarray(r["logits"], np.float32) - torch_logits(model, r["tokens"], kind)).max()) for r in rows)
 
 
+def as_json(out):
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
 def check(name, value, limit):
     print(f"{name}: {value:.3g} (limit {limit:g})")
     assert value <= limit, f"{name} = {value} > {limit}"
@@ -118,9 +122,26 @@ try:
     assert moved > 1e-2, "training did not change the exported model"
     assert os.path.isfile(f"{run}/hf/tokenizer.json")
     print("llama: eval", distill("eval", "--student", run, "--data", lm_rows).strip())
+    # eval of a pretrained checkpoint on plain text (every next token) is transformers'
+    # perplexity on the same tokens.
+    text_rows = os.path.join(work, "text.jsonl")
+    with open(lm_rows) as f, open(text_rows, "w") as out:
+        for line in f:
+            r = json.loads(line)
+            out.write(json.dumps({"text": r["prompt"] + r["completion"]}) + "\n")
+    got = as_json(distill("eval", "--student", hf_in, "--data", text_rows, "--max-seq-len", 128, "--json"))
+    distill("predict", "--student", hf_in, "--data", text_rows, "--out", f"{work}/text.jsonl", "--max-seq-len", 128)
+    nll, n = 0.0, 0
+    for r in predicted(f"{work}/text.jsonl"):
+        logp = torch.log_softmax(torch.tensor(torch_logits(llama, r["tokens"], "lm"))[:, :vocab + 64], -1)
+        t = r["tokens"]
+        nll -= sum(float(logp[p, t[p + 1]]) for p in range(len(t) - 1))
+        n += len(t) - 1
+    want = float(np.exp(nll / n))
+    print(f"llama: eval of the pretrained checkpoint {got}, transformers' perplexity {want:.4f} over {n} positions")
+    assert got["positions"] == n and abs(got["perplexity"] - want) <= 1e-4 * want, (got, want)
     # eval reads a checkpoint as the cache read the data: the run and its export score alike,
     # and the teacher's figures come beside.
-    as_json = lambda out: json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     a = as_json(distill("eval", "--student", run, "--data", lm_rows, "--cache", cache, "--json"))
     b = as_json(distill("eval", "--student", f"{run}/hf", "--data", lm_rows, "--cache", cache, "--json"))
     print("llama: eval of the run", a, "and of its export", b)
