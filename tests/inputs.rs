@@ -267,6 +267,48 @@ fn teacher_export_variants_match_numpy_reference() {
     }
 }
 
+/// A student whose vocabulary is the tokenizer's (4096) trains from a teacher whose logits
+/// are padded past it (4160, the same tokenizer: Qwen2.5-7B's 152064 over Qwen2.5-0.5B's
+/// 151936): the cache never names a padding id, so every cached id has a logit. A student
+/// smaller than the tokenizer is refused, naming the first token it would lose.
+#[test]
+fn a_student_trains_from_a_teacher_with_padded_logits() {
+    let t = temp();
+    let rows = first_rows(t.path(), 16);
+    let (padded, plain) = (t.path().join("padded"), t.path().join("plain"));
+    ok(&cache_lm_from(&data("exports/padded-vocab/model.onnx"), &s(&rows), &padded, &[]));
+    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &plain, &[]));
+    // A 4096-token Hugging Face student: the export of a decoder trained on the plain cache.
+    let first = t.path().join("first");
+    let train = |cache: &Path, student: &str, out: &Path| {
+        distill([
+            "train-student",
+            "--cache",
+            &s(cache),
+            "--data",
+            &s(&rows),
+            "--student",
+            student,
+            "--out",
+            &s(out),
+            "--steps",
+            "2",
+            "--quiet",
+        ])
+    };
+    ok(&train(&plain, "decoder:d_model=32,layers=1,heads=2,d_ff=48", &first));
+    let student = format!("hf:{}", first.join("hf").display());
+    let o = train(&padded, &student, &t.path().join("second"));
+    ok(&o);
+    assert!(stderr(&o).contains("padded past the student's vocabulary (4096)"), "{}", stderr(&o));
+    // 4000 outputs would lose tokens 4000..4095 of the tokenizer.
+    let config = first.join("hf/config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["vocab_size"] = 4000.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    fails_with(&train(&padded, &student, &t.path().join("third")), &["vocab_size is 4000", "up to 4095", "token 4000"]);
+}
+
 /// The legacy merged decoder (`use_cache_branch` = false, past of length 0) gives the soft
 /// labels of the plain export of the same weights.
 #[test]

@@ -235,7 +235,8 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
     let m = CacheReader::open(cache)?.manifest().clone();
     let ck = hf::read_checkpoint(dir)?;
     let fits = matches!((&ck.arch, m.task), (StudentArch::Decoder(_), Task::CausalLm) | (StudentArch::Encoder(_), Task::Classification));
-    if !fits || ck.arch.vocab() < m.vocab_size {
+    let ids = m.tokenizer.as_ref().map_or(m.vocab_size, |t| t.vocab_size.min(m.vocab_size));
+    if !fits || ck.arch.vocab() < ids {
         return Err(Error::Config(format!(
             "{}: a {} with {} outputs cannot be scored on {} ({:?} over {} outputs)",
             dir.display(),
@@ -243,7 +244,7 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
             ck.arch.vocab(),
             cache.display(),
             m.task,
-            m.vocab_size
+            ids
         )));
     }
     let tok = match &m.text {

@@ -147,6 +147,7 @@ pub(super) fn load_shard(
     spec: &DataSpec,
     tok: Option<&Tokenizer>,
     train_t: f32,
+    student_vocab: usize,
     starts: &HashMap<u64, data::RowStart>,
     memo: &mut PreparedMemo,
     read_seconds: &mut f64,
@@ -178,7 +179,14 @@ pub(super) fn load_shard(
             let at = (r - shard.first_row) as usize;
             let (position, hard) = (b.positions[i] as usize, b.hard_labels[i]);
             check_hard_label(reader, shard, r, position, hard, labels[at], &examples[at].tokens)?;
-            examples[at].targets.push(soft.target(&b, i, position, hard));
+            let target = soft.target(&b, i, position, hard);
+            if let Some(bad) = target.ids.iter().find(|&&id| id as usize >= student_vocab) {
+                return Err(Error::cache(
+                    reader.shard_path(shard),
+                    format!("row {r} position {position}: cached token id {bad} is past the student's vocabulary of {student_vocab}"),
+                ));
+            }
+            examples[at].targets.push(target);
         }
     }
     *read_seconds += t0.elapsed().as_secs_f64();

@@ -45,6 +45,8 @@ pub(super) struct Loader<'a> {
     pub spec: &'a DataSpec,
     pub tok: Option<&'a Tokenizer>,
     pub train_t: f32,
+    /// The student's output width (cached ids must be below it).
+    pub student_vocab: usize,
     pub prefetch: Option<&'a Prefetcher>,
     pub row_starts: &'a HashMap<u64, data::RowStart>,
     pub start_epoch: usize,
@@ -113,7 +115,18 @@ impl Loader<'_> {
             p.wait(&shard.file)?;
             read += t.elapsed().as_secs_f64();
         }
-        let examples = load_shard(self.reader, shard, self.cfg, self.spec, self.tok, self.train_t, self.row_starts, memo, &mut read)?;
+        let examples = load_shard(
+            self.reader,
+            shard,
+            self.cfg,
+            self.spec,
+            self.tok,
+            self.train_t,
+            self.student_vocab,
+            self.row_starts,
+            memo,
+            &mut read,
+        )?;
         Ok((examples, read))
     }
 }

@@ -131,6 +131,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         spec: &spec,
         tok: tok.as_ref(),
         train_t,
+        student_vocab: arch.vocab(),
         prefetch: prefetch.as_ref(),
         row_starts: &row_starts,
         start_epoch,
