@@ -83,6 +83,22 @@ enum Command {
     /// Checkpoints every --checkpoint-every steps and at the end; --resume continues the
     /// run in --out from its last checkpoint with the same batches.
     TrainStudent(TrainArgs),
+    /// Make a smaller student from a Hugging Face checkpoint by copying weights (DistilBERT's
+    /// initialisation): the embeddings, the chosen blocks, the final norm and the head.
+    ///
+    /// No model is run: the blocks are renumbered and written with their dtype; the
+    /// tokenizer and side files are copied. Train the result with --student hf:OUT.
+    InitStudent {
+        /// A Hugging Face checkpoint directory (llama, qwen2, qwen3, mistral, bert, distilbert).
+        #[arg(long, value_name = "HF_DIR")]
+        from: PathBuf,
+        /// The blocks to keep, ascending, e.g. 0,2,4,6.
+        #[arg(long, value_name = "I,J,...", value_delimiter = ',', required = true)]
+        layers: Vec<usize>,
+        /// The new checkpoint's directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Run a student over data and write its raw logits as JSONL (one line per row).
     ///
     /// The student is a train-student run directory or a Hugging Face checkpoint
@@ -312,6 +328,18 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = TrainOptions { quiet: args.quiet, resume: args.resume, command };
             let s = distill::train::train_student(&cfg, &opts)?;
             print_train_summary(&s);
+        }
+        Command::InitStudent { from, layers, out } => {
+            let s = distill::student::hf::init::init_student(&from, &layers, &out)?;
+            println!(
+                "{}: {} of the {} blocks ({:?}), {} tensors, {} bytes",
+                s.out.display(),
+                s.layers.len(),
+                s.layers_from,
+                s.layers,
+                s.tensors,
+                s.bytes
+            );
         }
         Command::Predict { student, data, out, text_column, max_seq_len, max_rows } => {
             let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows };

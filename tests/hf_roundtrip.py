@@ -240,6 +240,28 @@ try:
         back = AutoModelForCausalLM.from_pretrained(f"{run}/hf", torch_dtype=torch.float32).eval()
         check(f"exported {want}: Burn vs PyTorch, max abs logit diff", max_diff(back, predicted(f"{run}.jsonl"), "lm"), TOL)
 
+    # init-student: blocks copied from a larger checkpoint of the same family. Every block
+    # copied gives the teacher's logits; blocks 0 and 3 of 4 give its first block's output.
+    teacher4 = peaked(Qwen3ForCausalLM(Qwen3Config(**{**families["qwen3"][1].to_dict(), "num_hidden_layers": 4,
+                                                      "layer_types": None}))).eval()
+    t4 = os.path.join(work, "qwen3-4")
+    teacher4.save_pretrained(t4)
+    shutil.copy(f"{ROOT}/data/lm/tokenizer.json", t4)
+    ids = torch.tensor([predicted(f"{work}/qwen3.jsonl")[0]["tokens"]])
+    with torch.no_grad():
+        want = teacher4(input_ids=ids, output_hidden_states=True)
+    for layers, compare in [("0,1,2,3", "logits"), ("0,3", "first block")]:
+        small = os.path.join(work, "qwen3_init_" + layers.replace(",", "_"))
+        print("init-student:", distill("init-student", "--from", t4, "--layers", layers, "--out", small).strip())
+        student = AutoModelForCausalLM.from_pretrained(small).eval()
+        assert student.config.num_hidden_layers == len(layers.split(",")) and os.path.isfile(f"{small}/tokenizer.json")
+        with torch.no_grad():
+            got = student(input_ids=ids, output_hidden_states=True)
+        a, b = (got.logits, want.logits) if compare == "logits" else (got.hidden_states[1], want.hidden_states[1])
+        check(f"init-student --layers {layers}: {compare} vs the teacher's, max abs diff", float((a - b).abs().max()), 1e-6)
+    err = distill("init-student", "--from", t4, "--layers", "2,1", "--out", f"{work}/bad-init", fail=True)
+    assert "ascending block indices below the checkpoint's 4" in err, err
+
     # Trained, exported in its own model_type (tied, GQA, q/k norms; a sliding window).
     for name in ["qwen3", "mistral"]:
         run = os.path.join(work, f"{name}-run")

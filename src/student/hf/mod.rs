@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod decoder;
 mod encoder;
+pub mod init;
 
 use super::{Student, StudentArch};
 use crate::cache::manifest::write_atomic;
@@ -75,27 +76,32 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
     }
 }
 
+/// The safetensors files of a checkpoint: `model.safetensors`, or the shards its
+/// `model.safetensors.index.json` names.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Ok(vec![dir.join(WEIGHTS_FILE)]);
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| Error::io(&index, e))?)
+        .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", index.display())))?;
+    let map =
+        v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
+    let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    names.sort();
+    names.dedup();
+    for n in &names {
+        if n.contains('/') || n.contains("..") {
+            return Err(Error::Config(format!("{}: shard name `{n}` is not a plain file name", index.display())));
+        }
+    }
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
 /// Read a checkpoint directory: config and every safetensors file it is made of.
 pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let arch = read_arch(dir)?;
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if index.is_file() {
-        let v: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| Error::io(&index, e))?)
-            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", index.display())))?;
-        let map =
-            v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
-        let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-        names.sort();
-        names.dedup();
-        for n in &names {
-            if n.contains('/') || n.contains("..") {
-                return Err(Error::Config(format!("{}: shard name `{n}` is not a plain file name", index.display())));
-            }
-        }
-        names.into_iter().map(|n| dir.join(n)).collect()
-    } else {
-        vec![dir.join(WEIGHTS_FILE)]
-    };
+    let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
     for f in &files {
         let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
