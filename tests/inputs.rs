@@ -309,6 +309,65 @@ fn a_student_trains_from_a_teacher_with_padded_logits() {
     fails_with(&train(&padded, &student, &t.path().join("third")), &["vocab_size is 4000", "up to 4095", "token 4000"]);
 }
 
+/// `--train` and `--freeze`: the weights that do not train are exported bit for bit as they
+/// started, the others move, and the optimizer keeps no state for the frozen ones.
+#[test]
+fn only_the_selected_weights_train() {
+    let t = temp();
+    let rows = first_rows(t.path(), 16);
+    let cache = t.path().join("cache");
+    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &cache, &[]));
+    let train = |student: &str, out: &Path, extra: &[&str]| {
+        let mut a: Vec<String> = ["train-student", "--cache", &s(&cache), "--data", &s(&rows), "--out", &s(out), "--steps", "3", "--quiet"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(["--student".to_string(), student.to_string()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    let start = t.path().join("start");
+    ok(&train("decoder:d_model=32,layers=2,heads=2,d_ff=48", &start, &[]));
+    let tensors = |run: &Path| -> std::collections::BTreeMap<String, Vec<u8>> {
+        let bytes = std::fs::read(run.join("hf/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
+    };
+    let before = tensors(&start);
+    let from = format!("hf:{}", start.join("hf").display());
+    for (extra, frozen_unless) in
+        [(vec!["--train", "head"], "lm_head."), (vec!["--freeze", "blocks.0.*,embed.*", "--weight-decay", "0.1"], "model.layers.1.")]
+    {
+        let run = t.path().join(format!("run-{}", extra[0].trim_start_matches('-')));
+        let o = train(&from, &run, &extra);
+        ok(&o);
+        assert!(stderr(&o).contains("parameter tensors") && stderr(&o).contains("the others are frozen"), "{}", stderr(&o));
+        let after = tensors(&run);
+        for (name, b) in &before {
+            let trains = name.starts_with(frozen_unless)
+                || (extra[0] == "--freeze" && (name.starts_with("lm_head.") || name == "model.norm.weight"));
+            assert_eq!(&after[name] == b, !trains, "{extra:?}: {name} {}", if trains { "did not train" } else { "changed" });
+        }
+    }
+    // The optimizer's state: the head only vs every weight.
+    let optim = |run: &str| {
+        let dir = std::fs::read_dir(t.path().join(run))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            .unwrap();
+        std::fs::metadata(dir.path().join("optim.bpk")).unwrap().len()
+    };
+    let all = t.path().join("run-all");
+    ok(&train(&from, &all, &[]));
+    // AdamW keeps two f32 moments per trained value: the head alone is 2 * 4 * 4096 * 32
+    // bytes (1 MiB); every weight holds at least the embedding's 1 MiB more.
+    let head = 2 * 4 * 4096 * 32;
+    let (h, a) = (optim("run-train"), optim("run-all"));
+    assert!(h >= head && h < head + 4096 && a >= h + head, "head only {h} vs all {a} bytes of optimizer state");
+    fails_with(&train(&from, &t.path().join("none"), &["--train", "nothing.*"]), &["leave no parameter to train", "embed.weight"]);
+}
+
 /// The legacy merged decoder (`use_cache_branch` = false, past of length 0) gives the soft
 /// labels of the plain export of the same weights.
 #[test]

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::loss::TailMode;
 use crate::student::StudentSpec;
 use crate::student::hf::ExportDtype;
+use crate::student::select::{Trainable, globs};
 
 use super::check_temperature;
 
@@ -89,6 +90,17 @@ pub struct TrainSettings {
     /// this many shards.
     #[arg(long, value_name = "SHARDS")]
     pub shuffle_window: Option<usize>,
+    /// Which weights train: `all` [default], `head` (the LM head, or pooler + classifier),
+    /// `last:N` (the last N blocks, the final norm and the head) or comma-separated globs
+    /// over parameter names (`blocks.*.q.weight`; the names are in docs/students.md). The
+    /// others stay as they started and the optimizer keeps no state for them.
+    #[arg(long = "train", value_name = "all|head|last:N|GLOB")]
+    #[serde(rename = "train")]
+    pub train_params: Option<String>,
+    /// Weights that do not train (after --train): comma-separated globs over parameter names,
+    /// e.g. `embed.*,blocks.0.*`.
+    #[arg(long, value_name = "GLOB")]
+    pub freeze: Option<String>,
     /// Weights of the exported Hugging Face checkpoint (RUN/hf): `f32`, `bf16` or `f16`
     /// [default: the dtype the --student hf: checkpoint came in; f32 for a fresh student].
     #[arg(long, value_name = "DTYPE")]
@@ -155,6 +167,9 @@ pub struct TrainConfig {
     pub prepared_rows_mb: usize,
     /// `None`: the dtype the pretrained checkpoint came in (f32 for a fresh student).
     pub export_dtype: Option<ExportDtype>,
+    /// Which parameters train, and the globs of those frozen after that.
+    pub trainable: Trainable,
+    pub freeze: Vec<String>,
 }
 
 impl TrainSettings {
@@ -225,6 +240,8 @@ impl TrainSettings {
             shuffle_window,
             prepared_rows_mb: self.prepared_rows_mb.unwrap_or(defaults::PREPARED_ROWS_MB),
             export_dtype: self.export_dtype,
+            trainable: self.train_params.as_deref().map(Trainable::parse).transpose()?.unwrap_or(Trainable::All),
+            freeze: self.freeze.as_deref().map(globs).unwrap_or_default(),
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod hf;
 pub mod mlp;
+pub mod select;
 
 use std::path::Path;
 

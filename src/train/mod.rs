@@ -109,6 +109,8 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     write_run_files(out, &config_json, tok.as_ref())?;
     let device = training_device(cfg)?;
     let (model, optim) = start_student(&arch, cfg.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
+    let (model, selected) = student::select::select(model, &cfg.trainable, &cfg.freeze)?;
+    notes.extend(selected);
     let resumed_from = resume.as_ref().map(|s| s.step);
     let metrics = metrics::Metrics::open(out, resumed_from)?;
 
@@ -209,6 +211,13 @@ fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts:
             "cache": cfg.cache, "data": cfg.data,
         },
     });
+    // Keys of non-default settings only: the identity of runs that do not use them is as it was.
+    if cfg.trainable != student::select::Trainable::All {
+        config["train"]["train"] = serde_json::json!(format!("{:?}", cfg.trainable));
+    }
+    if !cfg.freeze.is_empty() {
+        config["train"]["freeze"] = serde_json::json!(cfg.freeze);
+    }
     let sha = sha256_canonical_json(&config);
     config["command"] = serde_json::json!(opts.command);
     (serde_json::to_vec_pretty(&config).expect("serialises"), sha)
