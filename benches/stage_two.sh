@@ -32,12 +32,12 @@ done
 # The whole run's rate (with those waits) is printed beside it.
 rate() { sed -E 's/.* positions\/s \(([0-9.]+) excluding data waits\).*/\1/'; }
 whole() { sed -E 's/.*, ([0-9.]+) positions\/s \(.*/\1/'; }
-row() { # task alpha student steps batch data
+row() { # task alpha student steps batch data [train_torch.py flags]
     local task=$1 alpha=$2 student=$3 steps=$4 bs=$5 data=$6 torch
     torch=$($py benches/train_torch.py "$task" --cache "target/pipelines/$task/cache" --data "$data" \
-        --steps "$steps" --batch-size "$bs" --threads "$threads" --alpha "$alpha" |
+        --steps "$steps" --batch-size "$bs" --threads "$threads" --alpha "$alpha" "${@:7}" |
         $py -c "import json,sys; print(json.load(sys.stdin)['positions_per_s'])")
-    printf '%-8s alpha %-4s PyTorch eager %8.0f' "$task" "$alpha" "$torch"
+    printf '%-8s alpha %-4s %-7s PyTorch eager %8.0f' "$task" "$alpha" "${label:-}" "$torch"
     for b in "${backends[@]}"; do
         local out r w
         out=$("$tmp/distill-$b" train-student --cache "target/pipelines/$task/cache" --data "$data" --out "$tmp/run-$b" \
@@ -52,6 +52,8 @@ echo "positions/s (LM: trained positions; encoder: rows), $threads threads, $(da
 for alpha in 0 0.5; do
     row lm "$alpha" decoder:d_model=64,layers=2 40 16 data/lm/train.jsonl
 done
+# Grouped-query attention: 4 query heads over 2 K/V heads (PyTorch: transformers' repeat_kv).
+label=gqa row lm 0.5 decoder:d_model=64,layers=2,heads=4,kv_heads=2 40 16 data/lm/train.jsonl --heads 4 --kv-heads 2
 for alpha in 0 0.7; do
     row textcls "$alpha" encoder:d_model=64,layers=2,heads=2,d_ff=256 100 32 data/textcls/train.parquet
 done

@@ -30,6 +30,8 @@ p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--batch-size", type=int, default=16)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--alpha", type=float, default=0.5)
+p.add_argument("--heads", type=int, default=2, help="LM student: query heads")
+p.add_argument("--kv-heads", type=int, default=None, help="LM student: K/V heads (grouped-query attention; as transformers' repeat_kv)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -139,31 +141,34 @@ else:
         by_row.setdefault(int(r), []).append(i)
 
     class Block(torch.nn.Module):
-        def __init__(s, d, h, ff):
+        def __init__(s, d, h, ff, kv):
             super().__init__()
-            s.h = h
+            s.h, s.kv = h, kv
             s.n1, s.n2 = torch.nn.RMSNorm(d, eps=1e-5), torch.nn.RMSNorm(d, eps=1e-5)
-            s.q, s.k, s.v, s.o = (torch.nn.Linear(d, d, bias=False) for _ in range(4))
+            s.q, s.o = torch.nn.Linear(d, d, bias=False), torch.nn.Linear(d, d, bias=False)
+            s.k, s.v = (torch.nn.Linear(d, d // h * kv, bias=False) for _ in range(2))
             s.g, s.u, s.dn = torch.nn.Linear(d, ff, bias=False), torch.nn.Linear(d, ff, bias=False), torch.nn.Linear(ff, d, bias=False)
 
         def forward(s, x, mask, cos, sin):
             b, n, d = x.shape
             hd = d // s.h
             h = s.n1(x)
-            q, kk, v = (t(h).view(b, n, s.h, hd).transpose(1, 2) for t in (s.q, s.k, s.v))
+            q = s.q(h).view(b, n, s.h, hd).transpose(1, 2)
+            kk, v = (t(h).view(b, n, s.kv, hd).transpose(1, 2) for t in (s.k, s.v))
             rot = lambda t: torch.cat([-t[..., hd // 2:], t[..., : hd // 2]], -1)
             q, kk = q * cos + rot(q) * sin, kk * cos + rot(kk) * sin
+            kk, v = kk.repeat_interleave(s.h // s.kv, 1), v.repeat_interleave(s.h // s.kv, 1)
             att = torch.softmax(q @ kk.transpose(2, 3) / math.sqrt(hd) + mask, -1) @ v
             x = x + s.o(att.transpose(1, 2).reshape(b, n, d))
             h = s.n2(x)
             return x + s.dn(torch.nn.functional.silu(s.g(h)) * s.u(h))
 
     class Decoder(torch.nn.Module):
-        def __init__(s, d=64, layers=2, h=2, ff=172):
+        def __init__(s, d=64, layers=2, h=2, ff=172, kv=None):
             super().__init__()
             s.h = h
             s.emb = torch.nn.Embedding(V, d)
-            s.blocks = torch.nn.ModuleList(Block(d, h, ff) for _ in range(layers))
+            s.blocks = torch.nn.ModuleList(Block(d, h, ff, kv or h) for _ in range(layers))
             s.norm = torch.nn.RMSNorm(d, eps=1e-5)
             s.head = torch.nn.Linear(d, V, bias=False)
 
@@ -181,7 +186,7 @@ else:
                 x = blk(x, mask, cos, sin)
             return x  # hidden states; the norm and head run on the cached positions only
 
-    model = Decoder()
+    model = Decoder(h=a.heads, kv=a.kv_heads)
 
     def batch(i):
         rs = [first + ((i * a.batch_size + j) % n_rows) for j in range(a.batch_size)]

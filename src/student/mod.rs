@@ -167,6 +167,9 @@ pub enum StudentSpec {
         heads: usize,
         #[serde(default = "d172")]
         d_ff: usize,
+        /// K/V heads (grouped-query attention); `None`: as many as `heads`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kv_heads: Option<usize>,
     },
 }
 
@@ -223,7 +226,7 @@ impl StudentSpec {
                 Ok(StudentSpec::Mlp { hidden })
             }
             "encoder" | "decoder" => {
-                let (mut d_model, mut layers, mut heads) = (64, 2, 2);
+                let (mut d_model, mut layers, mut heads, mut kv_heads) = (64, 2, 2, None);
                 let mut d_ff = if kind == "encoder" { 256 } else { 172 };
                 for (k, v) in &pairs {
                     match k.as_str() {
@@ -231,13 +234,18 @@ impl StudentSpec {
                         "layers" => layers = num(v, k)?,
                         "heads" => heads = num(v, k)?,
                         "d_ff" => d_ff = num(v, k)?,
-                        other => return Err(bad(format!("unknown {kind} key `{other}` (known: d_model, layers, heads, d_ff)"))),
+                        "kv_heads" if kind == "decoder" => kv_heads = Some(num(v, k)?),
+                        other => {
+                            let known =
+                                if kind == "decoder" { "d_model, layers, heads, kv_heads, d_ff" } else { "d_model, layers, heads, d_ff" };
+                            return Err(bad(format!("unknown {kind} key `{other}` (known: {known})")));
+                        }
                     }
                 }
                 Ok(if kind == "encoder" {
                     StudentSpec::Encoder { d_model, layers, heads, d_ff }
                 } else {
-                    StudentSpec::Decoder { d_model, layers, heads, d_ff }
+                    StudentSpec::Decoder { d_model, layers, heads, d_ff, kv_heads }
                 })
             }
             other => Err(bad(format!("unknown student kind `{other}` (known: mlp, encoder, decoder, hf:DIR)"))),
@@ -268,7 +276,12 @@ impl StudentSpec {
                     )));
                 }
             }
-            StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
+            StudentSpec::Decoder { d_model, layers, heads, d_ff, kv_heads } => {
+                if let Some(kv) = kv_heads
+                    && (*kv == 0 || !heads.is_multiple_of(*kv))
+                {
+                    return Err(Error::Config(format!("student.heads ({heads}) must be a multiple of student.kv_heads ({kv})")));
+                }
                 if *d_model == 0 || *layers == 0 || *heads == 0 || *d_ff == 0 {
                     return Err(Error::Config("student.d_model, layers, heads and d_ff must be >= 1".into()));
                 }
@@ -314,8 +327,10 @@ impl StudentArch {
             StudentSpec::Encoder { d_model, layers, heads, d_ff } => {
                 StudentArch::Encoder(EncoderConfig::new(dims.tokens, vocab, dims.max_seq_len, *d_model, *layers, *heads, *d_ff))
             }
-            StudentSpec::Decoder { d_model, layers, heads, d_ff } => {
-                StudentArch::Decoder(DecoderConfig::new(vocab, *d_model, *layers, *heads, *d_ff))
+            StudentSpec::Decoder { d_model, layers, heads, d_ff, kv_heads } => {
+                let mut c = DecoderConfig::new(vocab, *d_model, *layers, *heads, *d_ff);
+                c.kv_heads = kv_heads.filter(|&kv| kv != *heads);
+                StudentArch::Decoder(c)
             }
             StudentSpec::Hf { .. } => unreachable!("a Hugging Face student's architecture comes from its config.json (hf::read_arch)"),
         }
@@ -379,7 +394,16 @@ mod tests {
             StudentSpec::parse("encoder:d_model=32,layers=1").unwrap(),
             StudentSpec::Encoder { d_model: 32, layers: 1, heads: 2, d_ff: 256 }
         );
-        assert_eq!(StudentSpec::parse("decoder").unwrap(), StudentSpec::Decoder { d_model: 64, layers: 2, heads: 2, d_ff: 172 });
+        assert_eq!(
+            StudentSpec::parse("decoder").unwrap(),
+            StudentSpec::Decoder { d_model: 64, layers: 2, heads: 2, d_ff: 172, kv_heads: None }
+        );
+        assert_eq!(
+            StudentSpec::parse("decoder:heads=4,kv_heads=2").unwrap(),
+            StudentSpec::Decoder { d_model: 64, layers: 2, heads: 4, d_ff: 172, kv_heads: Some(2) }
+        );
+        let e = StudentSpec::parse("decoder:heads=4,kv_heads=3").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("multiple of student.kv_heads (3)"), "{e}");
         assert_eq!(StudentSpec::parse("hf:models/a,b:c").unwrap(), StudentSpec::Hf { path: "models/a,b:c".into() });
         let e = StudentSpec::parse("bert").unwrap_err().to_string();
         assert!(e.contains("known: mlp, encoder, decoder, hf:DIR"), "{e}");

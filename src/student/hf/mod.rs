@@ -431,7 +431,7 @@ mod tests {
         device.seed(7);
         let archs = [
             StudentArch::resolve(
-                &StudentSpec::Decoder { d_model: 16, layers: 2, heads: 2, d_ff: 24 },
+                &StudentSpec::Decoder { d_model: 16, layers: 4, heads: 4, d_ff: 24, kv_heads: Some(2) },
                 &crate::student::CacheDims { outputs: 50, features: 0, tokens: 50, max_seq_len: 8 },
             ),
             StudentArch::resolve(
