@@ -284,7 +284,7 @@ fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
 /// are scored, labels among its classes. Messages name the row.
 fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: bool) -> Result<()> {
     for r in rows {
-        if let StudentArch::Mlp { input, .. } = arch
+        if let StudentArch::Mlp(crate::student::MlpConfig { input, .. }) = arch
             && r.features.len() != *input
         {
             return Err(Error::data(data, format!("row {}: {} feature values, but the student takes {input}", r.index, r.features.len())));

@@ -1,13 +1,13 @@
 //! Stage two's student for numeric features: a multilayer perceptron classifier.
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-/// Hyperparameters of the MLP student.
-#[derive(Config, Debug)]
+/// The MLP student's architecture, as `student.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
     /// Input features per example.
     pub input: usize,

@@ -313,7 +313,7 @@ pub struct CacheDims {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StudentArch {
-    Mlp { input: usize, hidden: Vec<usize>, classes: usize },
+    Mlp(MlpConfig),
     Encoder(EncoderConfig),
     Decoder(DecoderConfig),
 }
@@ -323,7 +323,7 @@ impl StudentArch {
     pub fn resolve(spec: &StudentSpec, dims: &CacheDims) -> StudentArch {
         let vocab = dims.outputs;
         match spec {
-            StudentSpec::Mlp { hidden } => StudentArch::Mlp { input: dims.features, hidden: hidden.clone(), classes: vocab },
+            StudentSpec::Mlp { hidden } => StudentArch::Mlp(MlpConfig { input: dims.features, hidden: hidden.clone(), classes: vocab }),
             StudentSpec::Encoder { d_model, layers, heads, d_ff } => {
                 StudentArch::Encoder(EncoderConfig::new(dims.tokens, vocab, dims.max_seq_len, *d_model, *layers, *heads, *d_ff))
             }
@@ -339,7 +339,7 @@ impl StudentArch {
     /// `mlp`, `encoder` or `decoder`.
     pub fn kind_name(&self) -> &'static str {
         match self {
-            StudentArch::Mlp { .. } => "mlp",
+            StudentArch::Mlp(_) => "mlp",
             StudentArch::Encoder(_) => "encoder",
             StudentArch::Decoder(_) => "decoder",
         }
@@ -348,7 +348,7 @@ impl StudentArch {
     /// Output classes / vocabulary.
     pub fn vocab(&self) -> usize {
         match self {
-            StudentArch::Mlp { classes, .. } => *classes,
+            StudentArch::Mlp(c) => c.classes,
             StudentArch::Encoder(c) => c.classes,
             StudentArch::Decoder(c) => c.vocab_size,
         }
@@ -356,7 +356,7 @@ impl StudentArch {
 
     pub fn init(&self, device: &Device) -> Student {
         match self {
-            StudentArch::Mlp { input, hidden, classes } => Student::Mlp(MlpConfig::new(*input, hidden.clone(), *classes).init(device)),
+            StudentArch::Mlp(c) => Student::Mlp(c.init(device)),
             StudentArch::Encoder(c) => Student::Encoder(c.init(device)),
             StudentArch::Decoder(c) => Student::Decoder(c.init(device)),
         }

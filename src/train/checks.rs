@@ -118,7 +118,7 @@ pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option
                 )));
             }
         }
-        StudentArch::Mlp { .. } => unreachable!("checkpoints are encoders or decoders"),
+        StudentArch::Mlp(_) => unreachable!("checkpoints are encoders or decoders"),
     }
     Ok(())
 }
