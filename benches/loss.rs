@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use distill::loss::{SoftTargets, TailMode, distillation_loss_partly_labelled, fused_distillation_loss};
+use distill::loss::{Divergence, SoftTargets, TailMode, distillation_loss_partly_labelled, fused_distillation_loss};
 
 fn main() {
     let device = Device::flex().autodiff();
@@ -30,7 +30,7 @@ fn main() {
                 let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![1i64; n], [n]), &device);
                 let mask: Tensor<1> = Tensor::ones([n], &device);
                 let f = if fused { fused_distillation_loss } else { distillation_loss_partly_labelled };
-                let parts = f(x, &soft, hard, mask.clone(), mask, 0.5, 2.0, TailMode::Bucket);
+                let parts = f(x, &soft, hard, mask.clone(), mask, 0.5, 2.0, TailMode::Bucket, Divergence::ForwardKl);
                 let _grads = parts.loss.backward();
             };
             run();

@@ -30,6 +30,110 @@ pub enum TailMode {
     Bucket,
 }
 
+/// The divergence between the teacher's and the student's distributions over the cached
+/// support (`--divergence`). Each is a sum over the support's outcomes (the cached ids, and
+/// with [`TailMode::Bucket`] the rest bucket) of a term in the teacher's probability `p` and
+/// the student's `q` there:
+///
+/// - `ForwardKl`: `p log(p / q)` (Hinton et al.; the default)
+/// - `ReverseKl`: `q log(q / p)`, the teacher's log floored at `ln 1e-12` (a zero there would
+///   make any student mass infinitely wrong)
+/// - `Jsd(beta)`: `beta p log(p / m) + (1 - beta) q log(q / m)`, `m = beta p + (1 - beta) q`
+///   (the generalised JSD of TRL's GKD and Liger-Kernel), `0 < beta < 1`
+/// - `Tvd`: `|p - q| / 2` (DistillKit)
+/// - `SkewKl(lambda)`: `p log(p / m)`, `m = lambda p + (1 - lambda) q` (DistiLLM)
+/// - `SkewRkl(lambda)`: `q log(q / m)`, `m = (1 - lambda) p + lambda q` (DistiLLM)
+///
+/// All are scaled by `T^2` in the loss, as the KL is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Divergence {
+    ForwardKl,
+    ReverseKl,
+    Jsd(f32),
+    Tvd,
+    SkewKl(f32),
+    SkewRkl(f32),
+}
+
+impl Divergence {
+    /// `forward-kl`, `reverse-kl`, `jsd:BETA`, `tvd`, `skew-kl:LAMBDA`, `skew-rkl:LAMBDA`.
+    pub fn parse(s: &str) -> std::result::Result<Divergence, String> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let weight = |what: &str| -> std::result::Result<f32, String> {
+            let a = arg.ok_or_else(|| format!("`{name}` needs its {what}: `{name}:0.1`"))?;
+            let v: f32 = a.parse().map_err(|_| format!("`{a}` is not a number ({name}'s {what})"))?;
+            if v > 0.0 && v < 1.0 { Ok(v) } else { Err(format!("{name}'s {what} must be strictly between 0 and 1 (got {v})")) }
+        };
+        let plain = |d: Divergence| match arg {
+            None => Ok(d),
+            Some(_) => Err(format!("`{name}` takes no argument")),
+        };
+        match name {
+            "forward-kl" | "kl" => plain(Divergence::ForwardKl),
+            "reverse-kl" => plain(Divergence::ReverseKl),
+            "tvd" => plain(Divergence::Tvd),
+            "jsd" => Ok(Divergence::Jsd(weight("beta")?)),
+            "skew-kl" => Ok(Divergence::SkewKl(weight("lambda")?)),
+            "skew-rkl" => Ok(Divergence::SkewRkl(weight("lambda")?)),
+            other => {
+                Err(format!("unknown divergence `{other}` (known: forward-kl, reverse-kl, jsd:BETA, tvd, skew-kl:LAMBDA, skew-rkl:LAMBDA)"))
+            }
+        }
+    }
+
+    /// The term of one outcome and its derivative in `q`, elementwise.
+    ///
+    /// # Shapes
+    /// - `p`, `logp`, `q`, `logq`: one shape; returns two of it
+    fn term<const D: usize>(self, p: Tensor<D>, logp: Tensor<D>, q: Tensor<D>, logq: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+        match self {
+            Divergence::ForwardKl => ((logp - logq) * p.clone(), (p / q).neg()),
+            Divergence::ReverseKl => {
+                let logp = logp.clamp_min(MIN_REST.ln());
+                let d = logq - logp;
+                (d.clone() * q, d + 1.0)
+            }
+            Divergence::Tvd => {
+                let diff = q - p;
+                (diff.clone().abs().mul_scalar(0.5), diff.sign().mul_scalar(0.5))
+            }
+            Divergence::SkewKl(l) => {
+                let m = p.clone().mul_scalar(l) + q.mul_scalar(1.0 - l);
+                let value = (logp - m.clone().log()) * p.clone();
+                (value, (p / m).mul_scalar(-(1.0 - l)))
+            }
+            Divergence::SkewRkl(l) => {
+                let m = p.mul_scalar(1.0 - l) + q.clone().mul_scalar(l);
+                let logm = m.clone().log();
+                let value = (logq.clone() - logm.clone()) * q.clone();
+                (value, logq - logm + 1.0 - (q / m).mul_scalar(l))
+            }
+            Divergence::Jsd(b) => {
+                let m = p.clone().mul_scalar(b) + q.clone().mul_scalar(1.0 - b);
+                let logm = m.log();
+                let value = (logp - logm.clone()) * p.mul_scalar(b) + (logq.clone() - logm.clone()) * q.mul_scalar(1.0 - b);
+                (value, (logq - logm).mul_scalar(1.0 - b))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Divergence::ForwardKl => write!(f, "forward-kl"),
+            Divergence::ReverseKl => write!(f, "reverse-kl"),
+            Divergence::Tvd => write!(f, "tvd"),
+            Divergence::Jsd(b) => write!(f, "jsd:{b}"),
+            Divergence::SkewKl(l) => write!(f, "skew-kl:{l}"),
+            Divergence::SkewRkl(l) => write!(f, "skew-rkl:{l}"),
+        }
+    }
+}
+
 /// The teacher side of a batch.
 ///
 /// # Shapes
@@ -47,7 +151,7 @@ pub struct SoftTargets {
 pub struct LossParts {
     /// `alpha * T^2 * kl + (1 - alpha) * ce`, shape `[1]`.
     pub loss: Tensor<1>,
-    /// Mean KL (without `T^2`), shape `[1]`.
+    /// Mean divergence (KL unless another is chosen; without `T^2`), shape `[1]`.
     pub kl: Tensor<1>,
     /// Mean cross-entropy with the hard labels, shape `[1]`.
     pub ce: Tensor<1>,
@@ -85,6 +189,36 @@ pub fn kl_per_position(student_logits: Tensor<2>, soft: &SoftTargets, temperatur
     }
 }
 
+/// Per-position [`Divergence`] over the cached support, composed from Burn operations (the
+/// reference the fused loss is tested against; forward KL is [`kl_per_position`]).
+///
+/// # Shapes
+/// - `student_logits`: `[n, vocab]`; returns `[n]`
+pub fn divergence_per_position(
+    student_logits: Tensor<2>,
+    soft: &SoftTargets,
+    temperature: f32,
+    tail: TailMode,
+    div: Divergence,
+) -> Tensor<1> {
+    if div == Divergence::ForwardKl {
+        return kl_per_position(student_logits, soft, temperature, tail);
+    }
+    let [_, vocab] = student_logits.dims();
+    let [_, k] = soft.ids.dims();
+    let student_k = log_softmax(student_logits.div_scalar(temperature), 1).gather(1, soft.ids.clone()); // [n, k]
+    let teacher = soft.logprobs.clone();
+    let (logp, logq) = match tail {
+        TailMode::Bucket if k < vocab => {
+            let rest = (student_k.clone().exp().sum_dim(1).neg() + 1.0).clamp_min(MIN_REST).log(); // [n, 1]
+            (Tensor::cat(vec![teacher, soft.tail_logmass.clone().unsqueeze_dim(1)], 1), Tensor::cat(vec![student_k, rest], 1))
+        }
+        _ => (teacher.clone() - log_sum_exp(teacher).unsqueeze_dim(1), student_k.clone() - log_sum_exp(student_k).unsqueeze_dim(1)),
+    };
+    let (d, _) = div.term(logp.clone().exp(), logp, logq.clone().exp(), logq);
+    d.sum_dim(1).squeeze_dim::<1>(1)
+}
+
 /// Per-position cross-entropy with the hard labels at temperature 1.
 ///
 /// # Shapes
@@ -110,7 +244,7 @@ pub fn distillation_loss(
     temperature: f32,
     tail: TailMode,
 ) -> LossParts {
-    distillation_loss_partly_labelled(student_logits, soft, hard, mask.clone(), mask, alpha, temperature, tail)
+    distillation_loss_partly_labelled(student_logits, soft, hard, mask.clone(), mask, alpha, temperature, tail, Divergence::ForwardKl)
 }
 
 /// [`distillation_loss`] where some positions have no hard label (unlabelled transfer rows,
@@ -129,11 +263,16 @@ pub fn distillation_loss_partly_labelled(
     alpha: f32,
     temperature: f32,
     tail: TailMode,
+    divergence: Divergence,
 ) -> LossParts {
     let count = mask.clone().sum().clamp_min(1.0);
     let labelled_count = labelled.clone().sum().clamp_min(1.0);
     let ce = (ce_per_position(student_logits.clone(), hard) * labelled).sum() / labelled_count;
-    let kl = if alpha > 0.0 { (kl_per_position(student_logits, soft, temperature, tail) * mask).sum() / count } else { ce.zeros_like() };
+    let kl = if alpha > 0.0 {
+        (divergence_per_position(student_logits, soft, temperature, tail, divergence) * mask).sum() / count
+    } else {
+        ce.zeros_like()
+    };
     let t2 = temperature * temperature;
     let loss = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
     LossParts { loss, kl, ce }
@@ -169,6 +308,7 @@ pub fn fused_distillation_loss(
     alpha: f32,
     temperature: f32,
     tail: TailMode,
+    divergence: Divergence,
 ) -> LossParts {
     let [_, vocab] = student_logits.dims();
     let [_, k] = soft.ids.dims();
@@ -217,6 +357,15 @@ pub fn fused_distillation_loss(
         let zk = z.clone().gather(1, soft.ids.clone()).div_scalar(temperature); // [n, k]
         let teacher = soft.logprobs.clone(); // [n, k]
         let kl_i = match tail {
+            _ if divergence != Divergence::ForwardKl => {
+                let (d, dense, g_val) = divergence_terms(divergence, tail, k < vocab, qt, &zmax, &zk, &soft, temperature, &w);
+                if let Some(dense) = dense {
+                    grad = grad + dense;
+                }
+                idx.push(soft.ids.clone());
+                vals.push(g_val);
+                d
+            }
             TailMode::Bucket if k < vocab => {
                 let qt = qt.expect("computed above for the tail bucket"); // [n, V]
                 let lse_t = zmax.div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
@@ -259,6 +408,59 @@ pub fn fused_distillation_loss(
     let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
     let loss = if tracked { kernels::with_gradient(student_logits, back(value), grad.autodiff()) } else { value };
     LossParts { loss, kl: back(kl), ce: back(ce) }
+}
+
+/// A [`Divergence`] other than forward KL, per position, with its gradient in the logits
+/// (the chain rule through the support's probabilities, written out). With `g_o` the term's
+/// derivative in `q_o` at each outcome and `c = sum_o g_o q_o`:
+///
+/// - `Bucket`: `d/dz_j = (1/T) q_T,j (g_rest - c)` for every `j`, plus `(1/T) q_j (g_j -
+///   g_rest)` at the cached ids (`g_rest = 0` where the student's rest mass is clamped);
+/// - `Renormalize`: `d/dz_j = (1/T) s_j (g_j - c)` at the cached ids, `s` the student
+///   renormalised there.
+///
+/// Returns the per-position values `[n]`, the dense part of the gradient `[n, V]` (none for
+/// `Renormalize`) and the values scattered at the cached ids `[n, k]`, all weighted by `w`.
+#[allow(clippy::too_many_arguments)]
+fn divergence_terms(
+    div: Divergence,
+    tail: TailMode,
+    truncated: bool,
+    qt: Option<Tensor<2>>,
+    zmax: &Tensor<2>,
+    zk: &Tensor<2>,
+    soft: &SoftTargets,
+    temperature: f32,
+    w: &Tensor<2>,
+) -> (Tensor<1>, Option<Tensor<2>>, Tensor<2>) {
+    let teacher = soft.logprobs.clone();
+    match (tail, truncated) {
+        (TailMode::Bucket, true) => {
+            let qt = qt.expect("computed for the tail bucket"); // [n, V]
+            let lse_t = zmax.clone().div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
+            let logq = zk.clone() - lse_t; // [n, k]
+            let q = logq.clone().exp();
+            let rest = q.clone().sum_dim(1).neg() + 1.0; // [n, 1]
+            let clamped = rest.clone().lower_elem(MIN_REST);
+            let q_rest = rest.clamp_min(MIN_REST);
+            let tail_lm = soft.tail_logmass.clone().unsqueeze_dim::<2>(1); // [n, 1]
+            let (d_k, g_k) = div.term(teacher.clone().exp(), teacher, q.clone(), logq);
+            let (d_r, g_r) = div.term(tail_lm.clone().exp(), tail_lm, q_rest.clone(), q_rest.clone().log());
+            let g_r = g_r.mask_fill(clamped, 0.0);
+            let c = (g_k.clone() * q.clone()).sum_dim(1) + g_r.clone() * q_rest; // [n, 1]
+            let dense = qt * ((g_r.clone() - c) * w.clone());
+            let at_ids = q * (g_k - g_r) * w.clone();
+            ((d_k.sum_dim(1) + d_r).squeeze_dim::<1>(1), Some(dense), at_ids)
+        }
+        _ => {
+            let t = teacher.clone() - log_sum_exp(teacher).unsqueeze_dim(1); // [n, k]
+            let logs = log_softmax(zk.clone(), 1); // [n, k]
+            let s = logs.clone().exp();
+            let (d, g) = div.term(t.clone().exp(), t, s.clone(), logs);
+            let c = (g.clone() * s.clone()).sum_dim(1); // [n, 1]
+            (d.sum_dim(1).squeeze_dim::<1>(1), None, s * (g - c) * w.clone())
+        }
+    }
 }
 
 /// `log(sum(exp(x)))` over dim 1, stable. `[n, k] -> [n]`
@@ -388,6 +590,57 @@ mod tests {
         assert!((renorm - 0.180_644_72).abs() < 1e-5, "{renorm}");
     }
 
+    /// Every divergence against PyTorch (f64) on the case above, over the bucket and the
+    /// renormalised support, and with k = vocabulary against the divergence over the whole
+    /// distribution (the bucket is then empty):
+    /// ```python
+    /// # P, Q, Pr, Qr as above, in float64; pt, ps the full log-softmaxes
+    /// def divs(P, Q):
+    ///     p, q = P.exp(), Q.exp(); kl = lambda a, la, lb: (a * (la - lb)).sum(); out = {}
+    ///     out["reverse-kl"] = kl(q, Q, P)
+    ///     for b in [0.5, 0.1]:
+    ///         m = b * p + (1 - b) * q; out[f"jsd:{b}"] = b * kl(p, P, m.log()) + (1 - b) * kl(q, Q, m.log())
+    ///     out["tvd"] = 0.5 * (p - q).abs().sum()
+    ///     m = 0.1 * p + 0.9 * q; out["skew-kl:0.1"] = kl(p, P, m.log())
+    ///     m = 0.9 * p + 0.1 * q; out["skew-rkl:0.1"] = kl(q, Q, m.log())
+    ///     return out
+    /// print(divs(P, Q), divs(Pr, Qr), divs(pt, ps))   # the numbers below
+    /// ```
+    #[test]
+    fn divergences_match_pytorch() {
+        let teacher = [3.0, -1.0, 0.5, 2.0, 0.0, -2.0];
+        let student = [1.0f32, 0.0, 1.0, 1.0, 0.5, 0.0];
+        let t = 1.5;
+        let lp = log_softmax_ref(&teacher, t);
+        let ids = vec![0i64, 3, 2];
+        let top: Vec<f32> = ids.iter().map(|&i| lp[i as usize] as f32).collect();
+        let tail = ([1usize, 4, 5].iter().map(|&i| lp[i].exp()).sum::<f64>()).ln() as f32;
+        let soft = targets(top, ids, vec![tail], 1, 3);
+        let (full_lp, full_ids) = soft_full(&teacher, t);
+        let full = targets(full_lp, full_ids, vec![f32::NEG_INFINITY], 1, 6);
+        let cases: [(&str, f64, f64, f64); 6] = [
+            ("reverse-kl", 0.327_340_063_5, 0.211_141_491_5, 0.356_172_420_7),
+            ("jsd:0.5", 0.076_670_668_7, 0.047_282_018_4, 0.079_961_327_9),
+            ("jsd:0.1", 0.027_622_644_2, 0.016_345_594_1, 0.028_455_091_0),
+            ("tvd", 0.357_351_889_6, 0.254_109_699_9, 0.357_351_889_6),
+            ("skew-kl:0.1", 0.247_152_938_7, 0.148_032_377_1, 0.255_199_673_7),
+            ("skew-rkl:0.1", 0.255_116_513_6, 0.161_501_029_3, 0.270_220_763_9),
+        ];
+        for (name, bucket, renorm, whole) in cases {
+            let d = Divergence::parse(name).unwrap();
+            let get = |soft: &SoftTargets, mode| scalar(divergence_per_position(t2(&student, 1, 6), soft, t as f32, mode, d));
+            for (what, got, want) in [
+                ("bucket", get(&soft, TailMode::Bucket), bucket),
+                ("renormalize", get(&soft, TailMode::Renormalize), renorm),
+                ("k = V", get(&full, TailMode::Bucket), whole),
+            ] {
+                assert!((got - want).abs() < 1e-5, "{name} {what}: {got} vs PyTorch {want}");
+            }
+        }
+        assert!(Divergence::parse("jsd").is_err() && Divergence::parse("jsd:1.5").is_err() && Divergence::parse("tvd:0.1").is_err());
+        assert_eq!(Divergence::parse("skew-rkl:0.1").unwrap().to_string(), "skew-rkl:0.1");
+    }
+
     /// alpha = 0 is plain cross-entropy; by hand: logits [1, 2, 0], label 1:
     /// CE = -(2 - log(e + e^2 + 1)) = log(2.718282 + 7.389056 + 1) - 2 = 0.407606.
     /// alpha = 1 is T^2 * KL (T = 3 scales the same KL by 9).
@@ -452,15 +705,24 @@ mod tests {
         let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), d);
         let mask: Tensor<1> = Tensor::ones([2], d);
         let labelled: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0], [2]), d);
-        let part =
-            distillation_loss_partly_labelled(logits.clone(), &soft, hard.clone(), mask.clone(), labelled, 0.5, 2.0, TailMode::Renormalize);
+        let part = distillation_loss_partly_labelled(
+            logits.clone(),
+            &soft,
+            hard.clone(),
+            mask.clone(),
+            labelled,
+            0.5,
+            2.0,
+            TailMode::Renormalize,
+            Divergence::ForwardKl,
+        );
         let full = distillation_loss(logits.clone(), &soft, hard.clone(), mask.clone(), 0.5, 2.0, TailMode::Renormalize);
         // CE of row 0 alone: -log_softmax([0.2, 0.1, 0.4])[2] (by hand: 0.9398).
         let ce0 = -(0.4f64 - (0.2f64.exp() + 0.1f64.exp() + 0.4f64.exp()).ln());
         assert!((scalar(part.ce.clone()) - ce0).abs() < 1e-5, "{} vs {ce0}", scalar(part.ce.clone()));
         assert!((scalar(part.kl.clone()) - scalar(full.kl.clone())).abs() < 1e-6, "the KL ignores labels");
         let none: Tensor<1> = Tensor::zeros([2], d);
-        let p = distillation_loss_partly_labelled(logits, &soft, hard, mask, none, 0.5, 2.0, TailMode::Renormalize);
+        let p = distillation_loss_partly_labelled(logits, &soft, hard, mask, none, 0.5, 2.0, TailMode::Renormalize, Divergence::ForwardKl);
         assert_eq!(scalar(p.ce.clone()), 0.0);
     }
 
@@ -490,7 +752,19 @@ mod tests {
         for j in 0..v {
             teacher[4 * v + j] = if j < 3 { 10.0 } else { -10.0 }; // top-3 = the student's ids 0..3
         }
-        for &(k, tail) in &[(3usize, TailMode::Bucket), (3, TailMode::Renormalize), (v, TailMode::Bucket)] {
+        let divergences = [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd(0.5),
+            Divergence::Jsd(0.1),
+            Divergence::Tvd,
+            Divergence::SkewKl(0.1),
+            Divergence::SkewRkl(0.1),
+        ];
+        for (&(k, tail), &div) in [(3usize, TailMode::Bucket), (3, TailMode::Renormalize), (v, TailMode::Bucket)]
+            .iter()
+            .flat_map(|c| divergences.iter().map(move |d| (c, d)))
+        {
             for (&alpha, &temperature) in [0.0f32, 0.5, 1.0].iter().flat_map(|a| [(a, &1.0f32), (a, &2.0), (a, &3.0)]) {
                 let (mut ids, mut lps, mut tails) = (Vec::new(), Vec::new(), Vec::new());
                 for r in 0..n {
@@ -513,13 +787,13 @@ mod tests {
                 let run = |fused: bool| {
                     let x: Tensor<2> = Tensor::from_data(TensorData::new(z.clone(), [n, v]), &device).require_grad();
                     let f = if fused { fused_distillation_loss } else { distillation_loss_partly_labelled };
-                    let parts = f(x.clone(), &soft, hard.clone(), mask.clone(), labelled.clone(), alpha, temperature, tail);
+                    let parts = f(x.clone(), &soft, hard.clone(), mask.clone(), labelled.clone(), alpha, temperature, tail, div);
                     let grads = parts.loss.backward();
                     let g = x.grad(&grads).expect("gradient").into_data().try_to_vec::<f32>().unwrap();
                     (scalar(parts.loss), scalar(parts.kl), scalar(parts.ce), g)
                 };
                 let (want, got) = (run(false), run(true));
-                let case = format!("k = {k}, {tail:?}, alpha = {alpha}, T = {temperature}");
+                let case = format!("{div}, k = {k}, {tail:?}, alpha = {alpha}, T = {temperature}");
                 for (name, a, b) in [("loss", want.0, got.0), ("kl", want.1, got.1), ("ce", want.2, got.2)] {
                     assert!(a.is_finite() && (a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{case}: {name} {b} vs reference {a}");
                 }

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::loss::TailMode;
+use crate::loss::{Divergence, TailMode};
 use crate::student::StudentSpec;
 use crate::student::hf::ExportDtype;
 use crate::student::select::{Trainable, globs};
@@ -55,6 +55,10 @@ pub struct TrainSettings {
     /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.
     #[arg(long, value_name = "MODE")]
     pub tail: Option<TailMode>,
+    /// The divergence to the teacher over the cached support: `forward-kl` [default],
+    /// `reverse-kl`, `jsd:BETA`, `tvd`, `skew-kl:LAMBDA` or `skew-rkl:LAMBDA` (docs/students.md).
+    #[arg(long, value_name = "DIVERGENCE")]
+    pub divergence: Option<String>,
     /// Passes over the data [default: 10].
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
@@ -151,6 +155,7 @@ pub struct TrainConfig {
     pub alpha: f32,
     pub temperature: Option<f32>,
     pub tail: TailMode,
+    pub divergence: Divergence,
     pub epochs: usize,
     pub steps: Option<usize>,
     pub batch_size: usize,
@@ -227,6 +232,10 @@ impl TrainSettings {
             alpha,
             temperature: self.temperature,
             tail: self.tail.unwrap_or(TailMode::Bucket),
+            divergence: match self.divergence.as_deref() {
+                None => Divergence::ForwardKl,
+                Some(d) => Divergence::parse(d).map_err(|e| Error::Config(format!("train.divergence: {e}")))?,
+            },
             epochs,
             steps: self.steps,
             batch_size,

@@ -54,5 +54,5 @@ pub(super) fn batch_loss(
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
     let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
-    (loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail), count)
+    (loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail, cfg.divergence), count)
 }

@@ -215,6 +215,9 @@ fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts:
     if cfg.trainable != student::select::Trainable::All {
         config["train"]["train"] = serde_json::json!(format!("{:?}", cfg.trainable));
     }
+    if cfg.divergence != crate::loss::Divergence::ForwardKl {
+        config["train"]["divergence"] = serde_json::json!(cfg.divergence.to_string());
+    }
     if !cfg.freeze.is_empty() {
         config["train"]["freeze"] = serde_json::json!(cfg.freeze);
     }
