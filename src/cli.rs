@@ -411,8 +411,17 @@ fn render_report(r: &stage::eval::EvalReport) -> String {
     if let Some(p) = r.perplexity {
         parts.push(format!("perplexity {:.3}", p));
     }
+    if let Some(v) = r.nll {
+        parts.push(format!("NLL {v:.4}"));
+    }
+    if let Some(v) = r.ece {
+        parts.push(format!("ECE {v:.4}"));
+    }
     if let Some(a) = r.top1_agreement {
         parts.push(format!("top-1 agreement with teacher {:.4}", a));
+    }
+    if let Some(v) = r.kl_to_teacher {
+        parts.push(format!("KL to teacher {v:.4}"));
     }
     parts.push(format!("over {} positions", r.positions));
     parts.join(", ")
