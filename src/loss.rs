@@ -662,7 +662,8 @@ mod tests {
             let z: Tensor<2> = Tensor::from_data(TensorData::new(student.repeat(n), [n, v]), &device).require_grad();
             let ones: Tensor<1> = Tensor::ones([n], &device);
             let hard: Tensor<1, Int> = Tensor::zeros([n], &device);
-            let parts = fused_distillation_loss(z.clone(), &soft, hard, ones.clone(), ones, 1.0, t, TailMode::Bucket, Divergence::ForwardKl);
+            let parts =
+                fused_distillation_loss(z.clone(), &soft, hard, ones.clone(), ones, 1.0, t, TailMode::Bucket, Divergence::ForwardKl);
             let g = z.grad(&parts.loss.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
             (0..v).map(|j| (0..n).map(|r| g[r * v + j] as f64).sum()).collect()
         };
@@ -685,7 +686,8 @@ mod tests {
         let mut order: Vec<usize> = (0..v).collect();
         order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
         let tail = order[2..].iter().map(|&i| (lp[i] as f64).exp()).sum::<f64>().ln() as f32;
-        let top2 = grad(targets(order[..2].iter().map(|&i| lp[i]).collect(), order[..2].iter().map(|&i| i as i64).collect(), vec![tail], 1, 2), 1);
+        let top2 =
+            grad(targets(order[..2].iter().map(|&i| lp[i]).collect(), order[..2].iter().map(|&i| i as i64).collect(), vec![tail], 1, 2), 1);
         let bias = (0..v).map(|j| (top2[j] - full[j]).abs()).fold(0.0, f64::max);
         assert!(bias > 0.05, "the top-2 gradient should be biased: {bias}");
     }

@@ -309,6 +309,86 @@ fn a_student_trains_from_a_teacher_with_padded_logits() {
     fails_with(&train(&padded, &student, &t.path().join("third")), &["vocab_size is 4000", "up to 4095", "token 4000"]);
 }
 
+/// `--soft-labels sampled:N`: each position holds N distinct ids with their share of the N
+/// draws (summing to one with the tail), the same whatever the batch size (draws are seeded
+/// by seed, row and position), another with another seed; the manifest says so, a student
+/// trains from it, and re-tempering it is refused.
+#[test]
+fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
+    let t = temp();
+    let rows = first_rows(t.path(), 12);
+    let cache = |out: &Path, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "cache-teacher",
+            "--teacher",
+            &s(&data("lm/teacher.onnx")),
+            "--tokenizer",
+            &s(&data("lm/tokenizer.json")),
+            "--data",
+            &s(&rows),
+            "--prompt-column",
+            "prompt",
+            "--completion-column",
+            "completion",
+            "--out",
+            &s(out),
+            "--temperature",
+            "2",
+            "--rows-per-shard",
+            "5",
+            "--soft-labels",
+            "sampled:16",
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+    ok(&cache(&a, &["--batch-size", "3"]));
+    ok(&cache(&b, &["--batch-size", "16"]));
+    ok(&cache(&c, &["--seed", "1"]));
+    let shards = |d: &Path| {
+        let mut v: Vec<_> =
+            std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        v.sort();
+        v.iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>()
+    };
+    assert!(shards(&a).len() == 3 && shards(&a) == shards(&b), "sampled shards differ across batch sizes");
+    assert_ne!(shards(&a), shards(&c), "another seed draws the same");
+    let (m, all) = read_all(&a);
+    assert_eq!((m.top_k, m.sampled.map(|s| (s.draws, s.seed))), (16, Some((16, 0))));
+    for i in 0..all.tail_logmass.len() {
+        let mass: f64 =
+            all.logprobs[i * 16..(i + 1) * 16].iter().map(|&l| (l as f64).exp()).sum::<f64>() + (all.tail_logmass[i] as f64).exp();
+        assert!((mass - 1.0).abs() < 0.02, "position {i}: the draws' shares sum to {mass}");
+    }
+    let train = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train-student",
+            "--cache",
+            &s(&a),
+            "--data",
+            &s(&rows),
+            "--student",
+            "decoder:d_model=16,layers=1,heads=2,d_ff=24",
+            "--steps",
+            "2",
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        distill(a)
+    };
+    ok(&train(&["--out", &s(&t.path().join("run"))]));
+    fails_with(&train(&["--out", &s(&t.path().join("r2")), "--temperature", "1", "--tail", "renormalize"]), &["cannot be re-tempered"]);
+    fails_with(&cache(&t.path().join("d"), &["--top-k", "4"]), &["cache.top_k does not apply to sampled soft labels"]);
+}
+
 /// `--train` and `--freeze`: the weights that do not train are exported bit for bit as they
 /// started, the others move, and the optimizer keeps no state for the frozen ones.
 #[test]

@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 use crate::cache::schema::LogprobEncoding;
 use crate::error::{Error, Result};
 
+/// How a cache's sampled soft labels were drawn: `draws` tokens per position from the
+/// teacher's distribution at the cache's temperature, seeded by (`seed`, row, position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampledInfo {
+    pub draws: usize,
+    pub seed: u64,
+}
+
 /// Version of the shard schema and manifest layout. Readers refuse other versions.
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -221,6 +230,10 @@ pub struct Manifest {
     pub features: Vec<String>,
     /// Hard-label column of classification data.
     pub label_column: Option<String>,
+    /// Soft labels sampled from the teacher (`--soft-labels sampled:N`) rather than its top-k:
+    /// each position's `top_k` entries are the distinct drawn ids with `log(count / N)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<SampledInfo>,
     pub rows_per_shard: u64,
     /// SHA-256 over everything that decides the cache's content; a rerun resumes only
     /// into a cache with the same fingerprint.
@@ -415,6 +428,7 @@ impl Manifest {
             text: None,
             features: vec![],
             label_column: None,
+            sampled: None,
             rows_per_shard: shard.rows,
             fingerprint: String::new(),
             settings: serde_json::Value::Null,

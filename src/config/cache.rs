@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::manifest::PartInfo;
+use crate::cache::manifest::{PartInfo, SampledInfo};
 use crate::cache::{LogprobEncoding, Positions};
 use crate::error::{Error, Result};
 use crate::teacher::TeacherDevice;
@@ -71,6 +71,16 @@ pub struct CacheSettings {
     /// Entries kept per position [default: 64, or every class when fewer].
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+    /// What each position stores: `topk` [default], the top-k of the teacher's distribution
+    /// with the exact tail mass; or `sampled:N`, N tokens drawn from it (the distinct ids
+    /// with their share of the draws), an unbiased estimate of the whole distribution
+    /// (Anshumann et al. 2025) that the default forward KL with the tail bucket learns from.
+    #[arg(long, value_name = "topk|sampled:N")]
+    pub soft_labels: Option<String>,
+    /// Seed of --soft-labels sampled:N: draws depend on it, the row and the position only
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
     #[arg(long, value_name = "T")]
     pub temperature: Option<f32>,
@@ -215,6 +225,8 @@ pub struct CacheTeacherConfig {
     pub device: TeacherDevice,
     /// This worker's slice of a sharded capture.
     pub part: Option<PartInfo>,
+    /// Soft labels sampled from the teacher instead of its top-k.
+    pub sampled: Option<SampledInfo>,
     /// The settings as given (for the manifest).
     pub settings: serde_json::Value,
 }
@@ -260,6 +272,7 @@ impl CacheSettings {
         };
         let text = self.text_config()?;
         let part = self.shard.as_deref().map(parse_part).transpose()?;
+        let sampled = self.sampling()?;
         let mut given = self.clone();
         given.shard = None; // every worker of a sharded capture records the same settings
         let settings = serde_json::to_value(&given).expect("settings serialise");
@@ -281,8 +294,31 @@ impl CacheSettings {
             spin,
             device,
             part,
+            sampled,
             settings,
         })
+    }
+
+    /// `--soft-labels` and `--seed`: `None` for the top-k.
+    fn sampling(&self) -> Result<Option<SampledInfo>> {
+        let sampled = match self.soft_labels.as_deref() {
+            None | Some("topk") => None,
+            Some(s) => {
+                let draws = s.strip_prefix("sampled:").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n >= 1);
+                let draws = draws
+                    .ok_or_else(|| Error::Config(format!("cache.soft_labels must be `topk` or `sampled:N` with N >= 1 (got `{s}`)")))?;
+                if self.top_k.is_some() {
+                    return Err(Error::Config(
+                        "cache.top_k does not apply to sampled soft labels: each position holds the N drawn ids".into(),
+                    ));
+                }
+                Some(SampledInfo { draws, seed: self.seed.unwrap_or(0) })
+            }
+        };
+        if sampled.is_none() && self.seed.is_some() {
+            return Err(Error::Config("cache.seed applies to --soft-labels sampled:N only".into()));
+        }
+        Ok(sampled)
     }
 
     /// The text settings: `None` for numeric data; errors name the conflicting keys.

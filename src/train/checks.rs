@@ -25,7 +25,18 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
     {
         return Err(Error::Config(format!("train.top_k = {k} but the cache holds only the top {} entries per position", m.top_k)));
     }
+    if m.sampled.is_some() && cfg.top_k.is_some_and(|k| k < m.top_k) {
+        return Err(Error::Config(
+            "train.top_k cannot narrow a cache of sampled soft labels: dropping drawn ids would bias the estimate".into(),
+        ));
+    }
     let t = cfg.temperature.unwrap_or(m.temperature);
+    if m.sampled.is_some() && (t - m.temperature).abs() > 1e-6 {
+        return Err(Error::Config(format!(
+            "train.temperature = {t} differs from the cache's {}: sampled soft labels are draws at the cache's temperature and cannot be re-tempered",
+            m.temperature
+        )));
+    }
     if (t - m.temperature).abs() > 1e-6 && cfg.tail == TailMode::Bucket && m.top_k < m.vocab_size {
         return Err(Error::Config(format!(
             "train.temperature = {t} differs from the cache's temperature {}: the tail mass at {t} cannot be \

@@ -47,6 +47,7 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         text: inputs.text_columns.clone(),
         features: inputs.columns.iter().filter(|c| c.kind == Kind::Numbers).map(|c| c.name.clone()).collect(),
         label_column: inputs.label_column.clone(),
+        sampled: cfg.sampled,
         rows_per_shard: cfg.rows_per_shard,
         fingerprint,
         settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
@@ -91,6 +92,9 @@ fn identity(cfg: &CacheTeacherConfig, inputs: &Inputs, dataset: &DatasetInfo, en
     }
     if inputs.selectable.ids < teacher.vocab_size {
         identity["selectable_ids"] = serde_json::json!(inputs.selectable.ids);
+    }
+    if let Some(s) = cfg.sampled {
+        identity["sampled"] = serde_json::json!(s);
     }
     if let Some(sha) = inputs.text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
         identity["chat_template_sha256"] = serde_json::json!(sha);

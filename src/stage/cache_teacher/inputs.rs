@@ -144,8 +144,19 @@ fn tokenizer(cfg: &CacheTeacherConfig, conversational: bool) -> Result<Option<To
 }
 
 /// `--top-k`, at most the logits' width and the selectable ids; by default 64 or fewer.
+/// Sampled soft labels hold `N` entries.
 fn top_k(cfg: &CacheTeacherConfig, teacher: &Teacher, selectable: &Selectable) -> Result<usize> {
     let vocab = teacher.vocab_size;
+    if let Some(s) = cfg.sampled {
+        // Each position holds the N drawn ids, padded to N distinct ones.
+        if s.draws > selectable.ids {
+            return Err(Error::Config(format!(
+                "--soft-labels sampled:{} draws more than the {} ids a label may name",
+                s.draws, selectable.ids
+            )));
+        }
+        return Ok(s.draws);
+    }
     match cfg.top_k {
         Some(k) if k > vocab => Err(Error::Config(format!(
             "cache.top_k = {k} is larger than the teacher's {} of {vocab} (output `{}`)",

@@ -48,6 +48,8 @@ pub(super) struct Sink<'a> {
     pub threads: usize,
     pub teacher_path: std::path::PathBuf,
     pub on_shard: Option<ShardHook>,
+    /// Sampled soft labels instead of the top-k.
+    pub sampled: Option<manifest::SampledInfo>,
     /// Where spent logits buffers go back to the main thread.
     pub recycle: std::sync::mpsc::Sender<Vec<f32>>,
 }
@@ -96,7 +98,11 @@ impl Sink<'_> {
     fn label(&self, p: &Pending, scratch: &mut [TopKScratch]) -> Result<Vec<Labelled>> {
         let vocab = self.vocab;
         let starts: Vec<usize> = (0..p.meta.len()).collect();
-        let soft = soft_labels(&p.logits, vocab, self.selectable, &starts, self.temperature, self.top_k, scratch).map_err(|(i, col)| {
+        let soft = match self.sampled {
+            None => soft_labels(&p.logits, vocab, self.selectable, &starts, self.temperature, self.top_k, scratch),
+            Some(s) => sampled_labels(&p.logits, vocab, self.selectable, &p.meta, self.temperature, s),
+        };
+        let soft = soft.map_err(|(i, col)| {
             let (row, position, _) = p.meta[i];
             let at = if p.meta.iter().all(|m| m.1 == 0) { format!("row {row}") } else { format!("row {row}, position {position}") };
             Error::teacher(&self.teacher_path, format!("{at}: logit {col} is not finite ({})", p.logits[i * vocab + col]))
@@ -107,7 +113,12 @@ impl Sink<'_> {
             .enumerate()
             .map(|(i, (&(row, position, hard), s))| {
                 let logits = &p.logits[i * vocab..(i + 1) * vocab];
-                let h = hard.map(|h| (h, label_logprob(logits, &s, h, self.temperature).unwrap_or(f32::NAN)));
+                let lp = match self.sampled {
+                    None => |logits: &[f32], s: &SoftLabel, h: i64, t: f32| label_logprob(logits, s, h, t),
+                    // A sampled label's entries are shares of the draws, not log-probs.
+                    Some(_) => |logits: &[f32], _: &SoftLabel, h: i64, t: f32| exact_logprob(logits, h, t),
+                };
+                let h = hard.map(|h| (h, lp(logits, &s, h, self.temperature).unwrap_or(f32::NAN)));
                 (row, position, h, s)
             })
             .collect())
@@ -119,6 +130,45 @@ fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32)
     let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
     let top = soft.ids[0] as usize;
     Some(soft.logprobs[0] + (logits[l] - logits[top]) / temperature)
+}
+
+/// `log p_T(label)` from a row's logits (f64 log-sum-exp over the whole row).
+fn exact_logprob(logits: &[f32], label: i64, temperature: f32) -> Option<f32> {
+    let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
+    let t = temperature as f64;
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64 / t));
+    let lse = max + logits.iter().map(|&z| (z as f64 / t - max).exp()).sum::<f64>().ln();
+    Some((logits[l] as f64 / t - lse) as f32)
+}
+
+/// Sampled soft labels of many rows of logits, each seeded by its (row, position).
+///
+/// # Shapes
+/// - `logits`: `[n, vocab]`; `meta`: `n` (row, position, hard label)
+fn sampled_labels(
+    logits: &[f32],
+    vocab: usize,
+    selectable: usize,
+    meta: &[(u64, u32, Option<i64>)],
+    temperature: f32,
+    s: manifest::SampledInfo,
+) -> std::result::Result<Vec<SoftLabel>, (usize, usize)> {
+    meta.iter()
+        .enumerate()
+        .map(|(i, &(row, position, _))| {
+            let mut out = SoftLabel { ids: Vec::new(), logprobs: Vec::new(), tail_logmass: 0.0, entropy: 0.0 };
+            crate::teacher::sample::sampled_soft_label(
+                &logits[i * vocab..(i + 1) * vocab],
+                selectable,
+                temperature,
+                s.draws,
+                (s.seed, row, position),
+                &mut out,
+            )
+            .map_err(|col| (i, col))?;
+            Ok(out)
+        })
+        .collect()
 }
 
 /// Top-k (among ids `0..selectable`) of many rows of logits, split over `scratch.len()`

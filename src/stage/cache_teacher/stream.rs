@@ -59,6 +59,7 @@ pub(super) fn stream(
         threads: cfg.threads,
         teacher_path: inputs.teacher.path().to_path_buf(),
         on_shard: opts.on_shard.clone(),
+        sampled: cfg.sampled,
         recycle: recycle_tx,
     };
     let classify = inputs.teacher.task == Task::Classification;
