@@ -479,7 +479,7 @@ mod tests {
     }
 
     /// The KL over a cached support, from the student's log-probs at T = 1, equals the
-    /// PyTorch figure of loss.rs's `matches_pytorch_on_a_truncated_support` (teacher and
+    /// PyTorch figure of the loss tests' `matches_pytorch_on_a_truncated_support` (teacher and
     /// student at T = 1.5 over ids 0, 3, 2 and the rest bucket): 0.30920493602752686.
     #[test]
     fn kl_to_the_teacher_on_the_cached_support() {
