@@ -358,6 +358,21 @@ fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
     };
     assert!(shards(&a).len() == 3 && shards(&a) == shards(&b), "sampled shards differ across batch sizes");
     assert_ne!(shards(&a), shards(&c), "another seed draws the same");
+    // A run stopped after its first shard and rerun draws the rest as the whole run did.
+    let cut = t.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    let mut partial: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    partial.complete = false;
+    partial.shards.truncate(1);
+    partial.totals.rows = partial.shards[0].rows;
+    partial.totals.positions = partial.shards[0].positions;
+    std::fs::copy(a.join(&partial.shards[0].file), cut.join(&partial.shards[0].file)).unwrap();
+    partial.checksum = partial.compute_checksum();
+    std::fs::write(cut.join("manifest.partial.json"), serde_json::to_vec_pretty(&partial).unwrap()).unwrap();
+    let o = cache(&cut, &["--batch-size", "4"]);
+    ok(&o);
+    assert!(stdout(&o).contains("resumed after 1 finished shards"), "{}", stdout(&o));
+    assert!(shards(&cut) == shards(&a), "the resumed sampled cache differs from the uninterrupted one");
     let (m, all) = read_all(&a);
     assert_eq!((m.top_k, m.sampled.map(|s| (s.draws, s.seed))), (16, Some((16, 0))));
     for i in 0..all.tail_logmass.len() {
