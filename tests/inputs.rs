@@ -460,7 +460,8 @@ fn only_the_selected_weights_train() {
     let head = 2 * 4 * 4096 * 32;
     let (h, a) = (optim("run-train"), optim("run-all"));
     assert!(h >= head && h < head + 4096 && a >= h + head, "head only {h} vs all {a} bytes of optimizer state");
-    fails_with(&train(&from, &t.path().join("none"), &["--train", "nothing.*"]), &["leave no parameter to train", "embed.weight"]);
+    fails_with(&train(&from, &t.path().join("none"), &["--train", "nothing.*"]), &["`nothing.*` matches no parameter", "embed.weight"]);
+    fails_with(&train(&from, &t.path().join("list"), &["--train", "head,norm.*"]), &["`head` matches no parameter", "stand alone"]);
 }
 
 /// The legacy merged decoder (`use_cache_branch` = false, past of length 0) gives the soft

@@ -164,7 +164,7 @@ fn out_of_range_settings_are_refused_before_any_work() {
     cache_digits("train.parquet", &out, &[]);
     for (flag, value, why) in [
         ("--weight-decay", "-1", "train.weight_decay must be in 0..=1"),
-        ("--weight-decay", "NaN", "train.weight_decay must be in 0..=1"),
+        ("--weight-decay", "NaN", "`NaN` is not a finite number"),
         ("--weight-decay", "1e39", "train.weight_decay must be in 0..=1"),
         ("--checkpoint-every", "0", "train.checkpoint_every must be >= 1"),
         ("--max-rows", "0", "train.max_rows must be >= 1"),

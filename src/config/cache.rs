@@ -82,7 +82,7 @@ pub struct CacheSettings {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
     /// Rows per teacher batch [default: 32].
     #[arg(long, value_name = "N")]

@@ -39,6 +39,21 @@ pub fn merge<T: Serialize + DeserializeOwned>(flags: T, file: T) -> T {
     serde_json::from_value(serde_json::Value::Object(a)).expect("merged settings deserialise")
 }
 
+/// A finite number from a flag (`nan` or `inf` would read as unset when merged with a
+/// pipeline file).
+fn finite<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> std::result::Result<T, String> {
+    let v: T = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.into().is_finite() { Ok(v) } else { Err(format!("`{s}` is not a finite number")) }
+}
+
+fn finite_f32(s: &str) -> std::result::Result<f32, String> {
+    finite(s)
+}
+
+fn finite_f64(s: &str) -> std::result::Result<f64, String> {
+    finite(s)
+}
+
 /// A path given relative to `base` (a pipeline file's directory) made relative to the
 /// working directory; absolute paths and URLs are kept.
 fn relative_to(base: &Path) -> impl Fn(Option<PathBuf>) -> Option<PathBuf> + '_ {

@@ -47,10 +47,10 @@ pub struct TrainSettings {
     #[arg(long, value_name = "tokenizer.json")]
     pub tokenizer: Option<PathBuf>,
     /// Weight of the distillation term (0 = hard labels only) [default: 0.5].
-    #[arg(long, value_name = "A")]
+    #[arg(long, value_name = "A", value_parser = super::finite_f32)]
     pub alpha: Option<f32>,
     /// Training temperature [default: the cache's]; another value needs --tail renormalize.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
     /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.
     #[arg(long, value_name = "MODE")]
@@ -69,10 +69,10 @@ pub struct TrainSettings {
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
     /// Peak learning rate of AdamW (5% warm-up, cosine to 10%) [default: 1e-3].
-    #[arg(long, value_name = "LR")]
+    #[arg(long, value_name = "LR", value_parser = super::finite_f64)]
     pub lr: Option<f64>,
     /// AdamW weight decay, 0..=1 [default: 0].
-    #[arg(long, value_name = "WD")]
+    #[arg(long, value_name = "WD", value_parser = super::finite_f64)]
     pub weight_decay: Option<f64>,
     /// Seed of the initialisation and the shuffles [default: 0].
     #[arg(long, value_name = "N")]

@@ -64,6 +64,11 @@ fn teacher_labels(cache: &Path, data: &Path) -> Result<Teacher> {
             }
         }
     }
+    if reader.manifest().sampled.is_some() {
+        // Its entries are draws: the most drawn id is not the teacher's top-1, and a KL to the
+        // draw shares is not the KL to the teacher. Those figures are left out.
+        labels.clear();
+    }
     Ok((labels, reader.manifest().temperature))
 }
 
@@ -106,7 +111,7 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &Pr
                 let chunk: Vec<&PreparedRow> = chunk.iter().filter(|r| !r.positions.is_empty()).collect();
                 if !chunk.is_empty() {
                     let logits = st.model.logits(&inputs(chunk.iter().copied()), Positions::All, &device);
-                    tally.next_tokens(&chunk, logits, st.output_vocab, teacher.as_ref());
+                    tally.next_tokens(&chunk, logits, st.output_vocab, teacher.as_ref())?;
                 }
             }
             _ => {
@@ -183,7 +188,13 @@ impl Tally {
     /// # Shapes
     /// - `logits`: `[b * s, vocab]` (row `i`, position `p` at `i * s + p`), sliced to
     ///   `output_vocab` when the student's vocabulary is padded past the cache's
-    fn next_tokens(&mut self, rows: &[&PreparedRow], logits: Tensor<2>, output_vocab: Option<usize>, teacher: Option<&Teacher>) {
+    fn next_tokens(
+        &mut self,
+        rows: &[&PreparedRow],
+        logits: Tensor<2>,
+        output_vocab: Option<usize>,
+        teacher: Option<&Teacher>,
+    ) -> Result<()> {
         let s = logits.dims()[0] / rows.len();
         let logits = match output_vocab {
             Some(v) => logits.narrow(1, 0, v), // a padded vocabulary, see StudentFile
@@ -196,9 +207,17 @@ impl Tally {
                 let row = &lp[(i * s + p) * vocab..(i * s + p + 1) * vocab];
                 let top1 = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |a, (j, &v)| if v > a.1 { (j, v) } else { a }).0;
                 let t = teacher.and_then(|(m, temp)| m.get(&(r.index, p as u32)).map(|t| (t, *temp)));
-                self.score(row, r.tokens[p + 1] as usize, top1, t);
+                let next = r.tokens[p + 1] as usize;
+                if next >= vocab {
+                    return Err(Error::Config(format!(
+                        "row {} position {p}: token id {next} is past the student's {vocab} outputs (a tokenizer larger than the model)",
+                        r.index
+                    )));
+                }
+                self.score(row, next, top1, t);
             }
         }
+        Ok(())
     }
 
     fn report(&self, task: Task) -> EvalReport {
@@ -284,6 +303,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         StudentArch::Decoder(_) => (Task::CausalLm, CachedPositions::All),
         _ => (Task::Classification, CachedPositions::Example),
     };
+    let arch = ck.arch.clone();
     let (model, _) = hf::load_student(ck, device)?;
     let text = TextColumns {
         text: Some(opts.text_column.clone()),
@@ -296,7 +316,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         max_seq_len: opts.max_seq_len,
     };
     let spec = DataSpec { task, features: Vec::new(), label_column: None, text: Some(text), tokenizer_sha256: None };
-    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: None, output_vocab: None })
+    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: Some(arch), output_vocab: None })
 }
 
 /// A Hugging Face checkpoint read as a cache of the evaluation data reads its rows: the
@@ -325,6 +345,9 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
         }
         None => None,
     };
+    if let (Some(theirs), Some(ours)) = (&ck.tokenizer, &tok) {
+        crate::train::same_tokenizer(theirs, ours)?;
+    }
     let output_vocab = (ck.arch.vocab() > m.vocab_size && m.task == Task::CausalLm).then_some(m.vocab_size);
     let arch = ck.arch.clone();
     let (model, _) = hf::load_student(ck, device)?;
@@ -391,8 +414,11 @@ pub fn teacher_metrics(cache: &Path) -> Result<EvalReport> {
             }
         }
     }
-    let mut r = EvalReport { positions: n, top1_agreement: Some(1.0), nll: Some(nll / n.max(1) as f64), ..Default::default() };
+    let sampled = m.sampled.is_some(); // entries are draws: ids[0] is not the teacher's top-1
+    let mut r =
+        EvalReport { positions: n, top1_agreement: (!sampled).then_some(1.0), nll: Some(nll / n.max(1) as f64), ..Default::default() };
     match m.task {
+        Task::Classification if sampled => {}
         Task::Classification => r.accuracy = Some(correct as f64 / n.max(1) as f64),
         Task::CausalLm => r.perplexity = Some((nll / n.max(1) as f64).exp()),
     }

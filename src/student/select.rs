@@ -136,6 +136,17 @@ pub fn select(student: Student, trainable: &Trainable, freeze: &[String]) -> Res
     let probe = student.clone();
     let mut mapper = Select { student: &probe, trainable, freeze, path: Vec::new(), seen: Vec::new() };
     let student = student.map(&mut mapper);
+    let globs = match trainable {
+        Trainable::Globs(g) => g.iter().chain(freeze).collect::<Vec<_>>(),
+        _ => freeze.iter().collect(),
+    };
+    if let Some(g) = globs.iter().find(|g| !mapper.seen.iter().any(|(n, _)| matches(g, n))) {
+        let some: Vec<&str> = mapper.seen.iter().take(6).map(|(n, _)| n.as_str()).collect();
+        return Err(Error::Config(format!(
+            "train.train / train.freeze: `{g}` matches no parameter (`head` and `last:N` stand alone; names look like {})",
+            some.join(", ")
+        )));
+    }
     let trained: Vec<&str> = mapper.seen.iter().filter(|(_, t)| *t).map(|(n, _)| n.as_str()).collect();
     if trained.is_empty() {
         let some: Vec<&str> = mapper.seen.iter().take(6).map(|(n, _)| n.as_str()).collect();

@@ -18,6 +18,20 @@ use super::SoftLabel;
 /// to a probability of about `e^-256`, nothing.
 const PAD_BELOW: f32 = 300.0;
 
+/// SplitMix64's finaliser: keys that differ in one bit give unrelated generator states (a
+/// plain XOR of the key into the state would let neighbouring positions share draws).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The generator of one (seed, row, position).
+fn rng_for((seed, row, position): (u64, u64, u32)) -> Rng {
+    Rng::new(mix(mix(mix(seed) ^ row) ^ position as u64), 0)
+}
+
 /// `draws` tokens drawn from `softmax(logits / temperature)` (over every logit), as a soft
 /// label of exactly `draws` entries: the distinct ids among the first `selectable` with
 /// `log(count / draws)`, most drawn first (ties by id), padded with unused ids far below;
@@ -49,8 +63,7 @@ pub fn sampled_soft_label(
         })
         .sum();
     // N sorted uniforms, then one walk along the cumulative distribution.
-    let (seed, row, position) = key;
-    let mut rng = Rng::new(seed ^ row.wrapping_mul(0xD6E8_FEB8_6659_FD93), 1 + position as u64);
+    let mut rng = rng_for(key);
     let mut u: Vec<f64> = (0..draws).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64).collect();
     u.sort_by(f64::total_cmp);
     let mut counts: Vec<(u32, u32)> = Vec::new(); // (id, count), ids ascending
@@ -110,6 +123,13 @@ mod tests {
         assert_eq!(a, label(&logits, 16, (0, 3, 7)));
         assert_ne!(a, label(&logits, 16, (0, 3, 8)));
         assert_ne!(a, label(&logits, 16, (1, 3, 7)));
+        // Neighbouring positions of row 0 at seed 0 draw independently (not shifted copies).
+        let uniforms = |p: u32| {
+            let mut rng = rng_for((0, 0, p));
+            (0..8).map(|_| rng.next()).collect::<Vec<_>>()
+        };
+        let (u0, u1) = (uniforms(0), uniforms(1));
+        assert!(u0.iter().all(|x| !u1.contains(x)), "positions 0 and 1 share draws");
         assert_eq!(a.ids.len(), 16);
         let mut ids = a.ids.clone();
         ids.sort_unstable();

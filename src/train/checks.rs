@@ -141,7 +141,7 @@ pub(super) fn cached_id_bound(m: &Manifest) -> usize {
 }
 
 /// The checkpoint's tokenizer must give every token of the cache's the same id.
-fn same_tokenizer(theirs: &Path, ours: &Tokenizer) -> Result<()> {
+pub(crate) fn same_tokenizer(theirs: &Path, ours: &Tokenizer) -> Result<()> {
     let theirs_tok = Tokenizer::load(theirs)?;
     if theirs_tok.sha256 != ours.sha256 {
         let (a, b) = (theirs_tok.inner.get_vocab(true), ours.inner.get_vocab(true));

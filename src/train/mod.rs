@@ -36,6 +36,7 @@ use crate::student::adamw::FusedAdamW;
 use crate::student::{self, Student, StudentArch, StudentSpec, hf};
 use crate::text::Tokenizer;
 
+pub(crate) use checks::same_tokenizer;
 pub(crate) use examples::{PreparedRow, prepare_rows};
 pub use student_file::{DataSpec, StudentFile};
 

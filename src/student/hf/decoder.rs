@@ -44,6 +44,9 @@ pub(super) fn read_config(c: &Value, dir: &Path, model_type: &str) -> Result<Dec
         return Err(cfg_err(dir, format!("partial_rotary_factor = {f}: only full rotary positions are supported")));
     }
     let (d, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+    if heads == 0 {
+        return Err(cfg_err(dir, "num_attention_heads is 0".into()));
+    }
     let kv = c.get("num_key_value_heads").and_then(Value::as_u64).map(|v| v as usize).unwrap_or(heads);
     let head_dim = c.get("head_dim").and_then(Value::as_u64).map(|v| v as usize);
     let hd = head_dim.unwrap_or(d / heads);
@@ -88,7 +91,8 @@ fn rope_scaling(r: &Value, dir: &Path, max_positions: usize, _hd: usize) -> Resu
     Ok(match kind {
         "default" => None,
         "linear" => Some(RopeScaling::Linear { factor: need("factor")? }),
-        "dynamic" => Some(RopeScaling::Dynamic { factor: need("factor")?, max_positions: original.unwrap_or(max_positions) }),
+        // transformers' dynamic NTK scales from max_position_embeddings.
+        "dynamic" => Some(RopeScaling::Dynamic { factor: need("factor")?, max_positions }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: need("factor")?,
             low_freq_factor: need("low_freq_factor")?,
