@@ -20,6 +20,25 @@ pub struct SampledInfo {
     pub seed: u64,
 }
 
+/// A teacher output stored beside the soft labels (`cache-teacher --hidden-states`): one
+/// `List<Float16>` column of `dim` values per cached position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenStateInfo {
+    /// The teacher's output it comes from.
+    pub output: String,
+    /// The shard column holding it ([`crate::cache::schema::hidden_column`]).
+    pub column: String,
+    /// Width of the teacher's output.
+    pub teacher_dim: usize,
+    /// Values stored per position: `teacher_dim`, or the projection's width.
+    pub dim: usize,
+    /// Seed of the fixed random projection the values went through (`None`: stored as
+    /// the teacher computed them); see [`crate::teacher::hidden::Projection`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection_seed: Option<u64>,
+}
+
 /// Version of the shard schema and manifest layout. Readers refuse other versions.
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -234,6 +253,9 @@ pub struct Manifest {
     /// each position's `top_k` entries are the distinct drawn ids with `log(count / N)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<SampledInfo>,
+    /// Teacher outputs stored beside the soft labels, in column order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_states: Vec<HiddenStateInfo>,
     pub rows_per_shard: u64,
     /// SHA-256 over everything that decides the cache's content; a rerun resumes only
     /// into a cache with the same fingerprint.
@@ -429,6 +451,7 @@ impl Manifest {
             features: vec![],
             label_column: None,
             sampled: None,
+            hidden_states: Vec::new(),
             rows_per_shard: shard.rows,
             fingerprint: String::new(),
             settings: serde_json::Value::Null,

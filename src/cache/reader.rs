@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{Float16Type, Float32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use crate::cache::manifest::{Manifest, ShardInfo, ShardStamp, sha256_bytes, sha256_file, shard_index};
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 /// # Shapes
 /// - `rows`, `positions`, `hard_labels`, `hard_label_logprobs`, `tail_logmass`, `entropy`: `[n]`
 /// - `ids`, `logprobs`: `[n * k]`, row-major, most probable first within each position
+/// - `hidden[j]`: `[n * dim_j]`, the manifest's `hidden_states[j]` at each position
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SoftLabelBatch {
     pub k: usize,
@@ -28,6 +29,7 @@ pub struct SoftLabelBatch {
     pub logprobs: Vec<f32>,
     pub tail_logmass: Vec<f32>,
     pub entropy: Vec<f32>,
+    pub hidden: Vec<Vec<f32>>,
 }
 
 impl SoftLabelBatch {
@@ -161,7 +163,8 @@ impl CacheReader {
                 }
             }
         }
-        let expected = schema::shard_schema(self.manifest.encoding.logprobs);
+        let hidden_columns: Vec<String> = self.manifest.hidden_states.iter().map(|h| h.column.clone()).collect();
+        let expected = schema::shard_schema(self.manifest.encoding.logprobs, &hidden_columns);
         let found = builder.schema();
         for field in expected.fields() {
             match found.field_with_name(field.name()) {
@@ -192,6 +195,7 @@ impl CacheReader {
             step: self.manifest.encoding.logprob_step,
             first_row: shard.first_row,
             end_row: shard.first_row + shard.rows,
+            hidden: self.manifest.hidden_states.iter().map(|h| (h.column.clone(), h.dim)).collect(),
         })
     }
 }
@@ -206,6 +210,8 @@ pub struct ShardBatches {
     step: f64,
     first_row: u64,
     end_row: u64,
+    /// (column, width) of each stored hidden state.
+    hidden: Vec<(String, usize)>,
 }
 
 impl Iterator for ShardBatches {
@@ -307,6 +313,13 @@ impl ShardBatches {
         }
         out.tail_logmass = col(schema::TAIL_LOGMASS)?.as_primitive::<Float32Type>().values().to_vec();
         out.entropy = col(schema::ENTROPY)?.as_primitive::<Float32Type>().values().to_vec();
+        for (name, dim) in &self.hidden {
+            let list = col(name)?.as_list::<i32>();
+            check_list_lengths(list, *dim, name).map_err(&bad)?;
+            let start = list.value_offsets()[0] as usize;
+            let values = &list.values().as_primitive::<Float16Type>().values()[start..start + n * dim];
+            out.hidden.push(values.iter().map(|v| v.to_f32()).collect());
+        }
         Ok(out)
     }
 }
@@ -317,7 +330,8 @@ fn check_list_lengths(list: &arrow::array::ListArray, k: usize, name: &str) -> s
     for (i, w) in offsets.windows(2).enumerate() {
         let len = (w[1] - w[0]) as i64;
         if len != k as i64 {
-            return Err(format!("`{name}` of position {i} in the batch has {len} entries, expected top_k = {k}"));
+            let expected = if name.starts_with("hidden_") { "the manifest's dim" } else { "top_k" };
+            return Err(format!("`{name}` of position {i} in the batch has {len} entries, expected {expected} = {k}"));
         }
     }
     if list.null_count() > 0 {

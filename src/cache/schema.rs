@@ -13,6 +13,7 @@
 //! | `top_logprobs` | `List<Float32>` | (`f32` encoding) `log p_T` of each id, exact |
 //! | `tail_logmass` | Float32 | `log(1 - sum_k p_T)`: exact log of the mass outside the top-k (`-inf` when k = vocab) |
 //! | `entropy` | Float32 | entropy of the full softened teacher distribution, nats |
+//! | `hidden_NAME` | `List<Float16>` | (`--hidden-states NAME`) the teacher output `NAME` at this position, `dim` values (manifest `hidden_states`) |
 //!
 //! `delta_u16` decoding: `logprob[i] = top1_logprob - step * sum(logprob_deltas[..=i])`
 //! with `step` from the manifest (`encoding.logprob_step`, also in the file's key-value
@@ -69,8 +70,13 @@ fn list_of(name: &str, item: DataType) -> Field {
     Field::new(name, DataType::List(Arc::new(Field::new("item", item, false))), false)
 }
 
-/// The Arrow schema of a shard written with `encoding`.
-pub fn shard_schema(encoding: LogprobEncoding) -> Schema {
+/// The column of the hidden state stored from teacher output `output`.
+pub fn hidden_column(output: &str) -> String {
+    format!("hidden_{output}")
+}
+
+/// The Arrow schema of a shard written with `encoding`, with the `hidden` columns last.
+pub fn shard_schema(encoding: LogprobEncoding, hidden: &[String]) -> Schema {
     let mut fields = vec![
         Field::new(ROW, DataType::UInt64, false),
         Field::new(POSITION, DataType::UInt32, false),
@@ -85,6 +91,7 @@ pub fn shard_schema(encoding: LogprobEncoding) -> Schema {
     }
     fields.push(Field::new(TAIL_LOGMASS, DataType::Float32, false));
     fields.push(Field::new(ENTROPY, DataType::Float32, false));
+    fields.extend(hidden.iter().map(|c| list_of(c, DataType::Float16)));
     Schema::new(fields)
 }
 

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder, UInt64Builder};
+use arrow::array::{ArrayRef, Float16Builder, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder, UInt64Builder};
 use arrow::datatypes::{DataType, Field};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -43,6 +43,8 @@ pub struct ShardBuilder {
     logprobs: ListBuilder<Float32Builder>,
     tail: Float32Builder,
     entropy: Float32Builder,
+    /// One column per stored hidden state: (column name, width, values).
+    hidden: Vec<(String, usize, ListBuilder<Float16Builder>)>,
     scratch: Vec<u16>,
     positions: u64,
 }
@@ -53,6 +55,11 @@ fn item(dt: DataType) -> Arc<Field> {
 
 impl ShardBuilder {
     pub fn new(encoding: LogprobEncoding, step: f64) -> Self {
+        Self::with_hidden(encoding, step, &[])
+    }
+
+    /// A builder whose shards also hold the hidden states `hidden` describes.
+    pub fn with_hidden(encoding: LogprobEncoding, step: f64, hidden: &[crate::cache::manifest::HiddenStateInfo]) -> Self {
         ShardBuilder {
             encoding,
             step,
@@ -66,6 +73,10 @@ impl ShardBuilder {
             logprobs: ListBuilder::new(Float32Builder::new()).with_field(item(DataType::Float32)),
             tail: Float32Builder::new(),
             entropy: Float32Builder::new(),
+            hidden: hidden
+                .iter()
+                .map(|h| (h.column.clone(), h.dim, ListBuilder::new(Float16Builder::new()).with_field(item(DataType::Float16))))
+                .collect(),
             scratch: Vec::new(),
             positions: 0,
         }
@@ -78,6 +89,25 @@ impl ShardBuilder {
 
     /// Add one cached position; `hard_label` comes with the teacher's log-prob of it.
     pub fn push(&mut self, row: u64, position: u32, hard_label: Option<(i64, f32)>, soft: &SoftLabel) {
+        self.push_with_hidden(row, position, hard_label, soft, &[]);
+    }
+
+    /// As [`ShardBuilder::push`], with the position's hidden states (one slice of the
+    /// column's width per column, in the builder's order, rounded to f16 here).
+    pub fn push_with_hidden(
+        &mut self,
+        row: u64,
+        position: u32,
+        hard_label: Option<(i64, f32)>,
+        soft: &SoftLabel,
+        hidden: &[&[f32]],
+    ) {
+        assert_eq!(hidden.len(), self.hidden.len(), "one slice per hidden-state column");
+        for ((_, dim, column), values) in self.hidden.iter_mut().zip(hidden) {
+            assert_eq!(values.len(), *dim, "a hidden state has the column's width");
+            column.values().extend(values.iter().map(|&v| Some(half::f16::from_f32(v))));
+            column.append(true);
+        }
         self.row.append_value(row);
         self.position.append_value(position);
         self.hard_label.append_option(hard_label.map(|h| h.0));
@@ -116,8 +146,12 @@ impl ShardBuilder {
         }
         columns.push(Arc::new(self.tail.finish()));
         columns.push(Arc::new(self.entropy.finish()));
+        for (_, _, column) in &mut self.hidden {
+            columns.push(Arc::new(column.finish()));
+        }
         self.positions = 0;
-        RecordBatch::try_new(Arc::new(schema::shard_schema(self.encoding)), columns).expect("columns match the shard schema")
+        let names: Vec<String> = self.hidden.iter().map(|h| h.0.clone()).collect();
+        RecordBatch::try_new(Arc::new(schema::shard_schema(self.encoding, &names)), columns).expect("columns match the shard schema")
     }
 
     /// Write the buffered positions as the shard `stamp` describes (its index, first row and

@@ -104,6 +104,18 @@ pub struct CacheSettings {
     /// ONNX output holding the logits [default: `logits`, else the first output].
     #[arg(long, value_name = "NAME")]
     pub output: Option<String>,
+    /// Teacher outputs to store beside the soft labels, for hidden-state distillation
+    /// (train-student --hidden-layers), comma-separated, e.g. `pooled` or `hidden`: each
+    /// `[batch, dim]` (a classifier's pooled output) or `[batch, seq, dim]` (taken at each
+    /// cached position; a classifier's first token), stored as f16. The outputs must exist
+    /// in the ONNX file (docs/cache-format.md shows how to add one to an export).
+    #[arg(long, value_name = "NAME,...")]
+    pub hidden_states: Option<String>,
+    /// Store each --hidden-states output through a fixed random projection to R values
+    /// per position (seeded; distances and angles are kept to within about 1/sqrt(R)),
+    /// bounding the bytes per position [default: the output's own width].
+    #[arg(long, value_name = "R")]
+    pub hidden_dim: Option<usize>,
     /// Storage of log-probs: `delta_u16` (compact, error <= 1/512 nat; default) or `f32` (lossless).
     #[arg(long, value_name = "ENCODING")]
     pub logprob_encoding: Option<LogprobEncoding>,
@@ -227,6 +239,10 @@ pub struct CacheTeacherConfig {
     pub part: Option<PartInfo>,
     /// Soft labels sampled from the teacher instead of its top-k.
     pub sampled: Option<SampledInfo>,
+    /// Teacher outputs stored beside the soft labels (`--hidden-states`).
+    pub hidden_states: Vec<String>,
+    /// Width of the fixed random projection they are stored through (`--hidden-dim`).
+    pub hidden_dim: Option<usize>,
     /// The settings as given (for the manifest).
     pub settings: serde_json::Value,
 }
@@ -273,6 +289,7 @@ impl CacheSettings {
         let text = self.text_config()?;
         let part = self.shard.as_deref().map(parse_part).transpose()?;
         let sampled = self.sampling()?;
+        let (hidden_states, hidden_dim) = self.hidden()?;
         let mut given = self.clone();
         given.shard = None; // every worker of a sharded capture records the same settings
         let settings = serde_json::to_value(&given).expect("settings serialise");
@@ -295,8 +312,24 @@ impl CacheSettings {
             device,
             part,
             sampled,
+            hidden_states,
+            hidden_dim,
             settings,
         })
+    }
+
+    /// `--hidden-states` and `--hidden-dim`.
+    fn hidden(&self) -> Result<(Vec<String>, Option<usize>)> {
+        let names: Vec<String> =
+            self.hidden_states.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+            return Err(Error::Config(format!("cache.hidden_states names `{dup}` twice")));
+        }
+        match self.hidden_dim {
+            Some(_) if names.is_empty() => Err(Error::Config("cache.hidden_dim applies to --hidden-states only".into())),
+            Some(0) => Err(Error::Config("cache.hidden_dim must be >= 1".into())),
+            r => Ok((names, r)),
+        }
     }
 
     /// `--soft-labels` and `--seed`: `None` for the top-k.

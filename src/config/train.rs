@@ -7,7 +7,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::loss::{Divergence, TailMode};
+use crate::loss::{Divergence, HiddenLoss, HiddenPair, TailMode};
 use crate::student::StudentSpec;
 use crate::student::hf::ExportDtype;
 use crate::student::select::{Trainable, globs};
@@ -26,6 +26,7 @@ pub mod defaults {
     pub const CHECKPOINT_EVERY: usize = 200;
     pub const SHUFFLE_WINDOW: usize = 4;
     pub const PREPARED_ROWS_MB: usize = 64;
+    pub const HIDDEN_WEIGHT: f32 = 1.0;
 }
 
 /// Stage two's settings, every one optional until validation (a flag overrides the pipeline
@@ -109,6 +110,21 @@ pub struct TrainSettings {
     /// [default: the dtype the --student hf: checkpoint came in; f32 for a fresh student].
     #[arg(long, value_name = "DTYPE")]
     pub export_dtype: Option<ExportDtype>,
+    /// Hidden-state distillation: pairs STUDENT_LAYER:TEACHER_OUTPUT, comma-separated, e.g.
+    /// `2:pooled`: a learned linear map takes the student's hidden state after that layer
+    /// (MLP: hidden layer 1..n; encoder, decoder: 0 = embeddings .. layers) to the cached
+    /// teacher output (cache-teacher --hidden-states), at the first token (classifiers) or
+    /// the cached positions (LMs); --hidden-loss between them joins the loss.
+    #[arg(long, value_name = "LAYER:OUTPUT,...")]
+    pub hidden_layers: Option<String>,
+    /// The hidden-state term: `cosine` [default] (1 - cosine similarity, DistilBERT's) or
+    /// `mse` (mean squared error per value, TinyBERT's and TextBrewer's).
+    #[arg(long, value_name = "cosine|mse")]
+    pub hidden_loss: Option<HiddenLoss>,
+    /// Weight of the hidden-state term beside the distillation loss, mean over the pairs
+    /// [default: 1].
+    #[arg(long, value_name = "W", value_parser = super::finite_f32)]
+    pub hidden_weight: Option<f32>,
     /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
     /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
     /// every epoch. Results are the same either way [default: 64].
@@ -175,6 +191,10 @@ pub struct TrainConfig {
     /// Which parameters train, and the globs of those frozen after that.
     pub trainable: Trainable,
     pub freeze: Vec<String>,
+    /// Hidden-state pairs (empty: no hidden-state term), their loss and its weight.
+    pub hidden: Vec<HiddenPair>,
+    pub hidden_loss: HiddenLoss,
+    pub hidden_weight: f32,
 }
 
 impl TrainSettings {
@@ -223,6 +243,7 @@ impl TrainSettings {
         let shuffle_window = positive("shuffle_window", self.shuffle_window, " (shards)")?.unwrap_or(defaults::SHUFFLE_WINDOW);
         let device = TrainDevice::parse(self.device.as_deref().unwrap_or("flex"))?;
         student.validate()?;
+        let hidden_weight = self.hidden_weight_checked()?;
         Ok(TrainConfig {
             cache: need(self.cache, "cache")?,
             data: need(self.data, "data")?,
@@ -251,6 +272,19 @@ impl TrainSettings {
             export_dtype: self.export_dtype,
             trainable: self.train_params.as_deref().map(Trainable::parse).transpose()?.unwrap_or(Trainable::All),
             freeze: self.freeze.as_deref().map(globs).unwrap_or_default(),
+            hidden: self.hidden_layers.as_deref().map(HiddenPair::parse_list).transpose()?.unwrap_or_default(),
+            hidden_loss: self.hidden_loss.unwrap_or(HiddenLoss::Cosine),
+            hidden_weight,
         })
+    }
+
+    fn hidden_weight_checked(&self) -> Result<f32> {
+        match self.hidden_weight {
+            Some(w) if self.hidden_layers.is_none() => {
+                Err(Error::Config(format!("train.hidden_weight = {w} applies to --hidden-layers only")))
+            }
+            Some(w) if w < 0.0 => Err(Error::Config(format!("train.hidden_weight must be >= 0 (got {w})"))),
+            w => Ok(w.unwrap_or(defaults::HIDDEN_WEIGHT)),
+        }
     }
 }

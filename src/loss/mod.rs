@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::kernels;
 
 mod divergence;
+pub mod hidden;
 
 use divergence::divergence_terms;
 pub use divergence::{Divergence, divergence_per_position};
+pub use hidden::{HiddenLoss, HiddenMaps, HiddenPair};
 
 /// How the mass outside the cached top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

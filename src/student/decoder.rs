@@ -368,19 +368,40 @@ impl Decoder {
     /// - `tokens`: `[b, s]`; `lengths`: the real (unpadded) length of each row
     /// - returns `[b, s, d_model]` (positions past a row's length are garbage, to be masked)
     pub fn hidden(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
+        self.hidden_tapped(tokens, lengths, &[]).0
+    }
+
+    /// As [`Decoder::hidden`], with the hidden states after each layer in `taps` (0: the
+    /// embeddings, `l`: block `l`'s output, `layers`: the last block's, before the norm).
+    ///
+    /// # Shapes
+    /// - returns `[b, s, d_model]` and one `[b, s, d_model]` per tap, in `taps`' order
+    pub fn hidden_tapped(&self, tokens: Tensor<2, Int>, lengths: &[usize], taps: &[usize]) -> (Tensor<3>, Vec<Tensor<3>>) {
         let s = tokens.dims()[1];
         let device = tokens.device();
         let (cos, sin) = self.rope.tables(s, lengths, &device);
         let full = causal_mask(lengths, s, 0, &device);
         let mut windowed: std::collections::HashMap<usize, Tensor<4>> = Default::default();
         let mut x = self.embed.forward(tokens);
-        for block in &self.blocks {
+        let mut tapped: Vec<Option<Tensor<3>>> = vec![None; taps.len()];
+        let tap = |layer: usize, x: &Tensor<3>, tapped: &mut Vec<Option<Tensor<3>>>| {
+            for (t, _) in taps.iter().enumerate().filter(|(_, l)| **l == layer) {
+                tapped[t] = Some(x.clone());
+            }
+        };
+        tap(0, &x, &mut tapped);
+        for (i, block) in self.blocks.iter().enumerate() {
             let mask = match block.window {
                 0 => full.clone(),
                 w => windowed.entry(w).or_insert_with(|| causal_mask(lengths, s, w, &device)).clone(),
             };
             x = block.forward(x, mask, &cos, &sin);
+            tap(i + 1, &x, &mut tapped);
         }
-        x
+        (x, tapped.into_iter().map(|t| t.expect("every tap is a layer of the decoder (checked by the caller)")).collect())
+    }
+
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
     }
 }

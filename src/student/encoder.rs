@@ -181,14 +181,27 @@ impl Encoder {
     ///   pooled); `lengths`: the real (unpadded) length of each row, `s <= max_positions`
     /// - returns logits `[b, classes]`
     pub fn forward(&self, tokens: Tensor<2, Int>, lengths: &[usize]) -> Tensor<2> {
-        self.forward_pooled(tokens, lengths, true)
+        self.forward_pooled(tokens, lengths, true, &[]).0
+    }
+
+    /// As [`Encoder::forward`], with the first token's hidden state after each layer in
+    /// `taps` (0: the embeddings, `l`: block `l`'s output).
+    ///
+    /// # Shapes
+    /// - returns logits `[b, classes]` and one `[b, d_model]` per tap, in `taps`' order
+    pub fn forward_tapped(&self, tokens: Tensor<2, Int>, lengths: &[usize], taps: &[usize]) -> (Tensor<2>, Vec<Tensor<2>>) {
+        self.forward_pooled(tokens, lengths, true, taps)
+    }
+
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
     }
 
     /// With `narrow_last`, the last block computes only the first position, the one the
     /// pooler reads (its attention still looks at every position): the same logits for a
     /// fraction of the last block's work. Without it, every position of every block (the
     /// Hugging Face computation; the tests compare the two).
-    fn forward_pooled(&self, tokens: Tensor<2, Int>, lengths: &[usize], narrow_last: bool) -> Tensor<2> {
+    fn forward_pooled(&self, tokens: Tensor<2, Int>, lengths: &[usize], narrow_last: bool, taps: &[usize]) -> (Tensor<2>, Vec<Tensor<2>>) {
         let [b, s] = tokens.dims();
         let device = tokens.device();
         let d = self.word.weight.dims()[1];
@@ -207,14 +220,23 @@ impl Encoder {
             }
         }
         let mask: Tensor<4> = Tensor::from_data(TensorData::new(mask, [b, 1, 1, s]), &device);
+        let mut tapped: Vec<Option<Tensor<2>>> = vec![None; taps.len()];
+        let mut tap = |layer: usize, x: &Tensor<3>| {
+            for (t, _) in taps.iter().enumerate().filter(|(_, l)| **l == layer) {
+                tapped[t] = Some(x.clone().narrow(1, 0, 1).reshape([b, d]));
+            }
+        };
+        tap(0, &x);
         let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
             let queries = if narrow_last && i == last { 1 } else { s };
             x = block.forward(x, mask.clone(), queries, self.norm_eps);
+            tap(i + 1, &x);
         }
         let first = kernels::linear(&self.pooler, x.narrow(1, 0, 1).reshape([b, d]));
         let pooled = if self.relu_pooler { relu(first) } else { tanh(first) };
-        kernels::linear(&self.classifier, pooled)
+        let tapped = tapped.into_iter().map(|t| t.expect("every tap is a layer of the encoder (checked by the caller)")).collect();
+        (kernels::linear(&self.classifier, pooled), tapped)
     }
 
     /// Longest sequence the position table holds.
@@ -237,8 +259,8 @@ mod tests {
         let tokens: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [3, 6]), &device);
         let lengths = [6, 4, 1];
         let get = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
-        let narrow = get(enc.forward_pooled(tokens.clone(), &lengths, true));
-        let full = get(enc.forward_pooled(tokens, &lengths, false));
+        let narrow = get(enc.forward_pooled(tokens.clone(), &lengths, true, &[]).0);
+        let full = get(enc.forward_pooled(tokens, &lengths, false, &[]).0);
         assert_eq!(narrow.len(), 9);
         for (i, (a, b)) in narrow.iter().zip(&full).enumerate() {
             assert!((a - b).abs() <= 1e-5, "logit {i}: {a} narrowed vs {b} full");

@@ -40,10 +40,24 @@ impl Mlp {
     /// - `x`: `[batch, input]`
     /// - returns logits `[batch, classes]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_tapped(x, &[]).0
+    }
+
+    /// As [`Mlp::forward`], with the activations after each hidden layer in `taps`
+    /// (`l`: hidden layer `l`, 1-based, after its ReLU).
+    ///
+    /// # Shapes
+    /// - returns logits `[batch, classes]` and one `[batch, hidden[l - 1]]` per tap
+    pub fn forward_tapped(&self, x: Tensor<2>, taps: &[usize]) -> (Tensor<2>, Vec<Tensor<2>>) {
         let mut h = x;
-        for layer in &self.layers {
+        let mut tapped: Vec<Option<Tensor<2>>> = vec![None; taps.len()];
+        for (i, layer) in self.layers.iter().enumerate() {
             h = relu(layer.forward(h));
+            for (t, _) in taps.iter().enumerate().filter(|(_, l)| **l == i + 1) {
+                tapped[t] = Some(h.clone());
+            }
         }
-        self.output.forward(h)
+        let tapped = tapped.into_iter().map(|t| t.expect("every tap is a hidden layer of the MLP (checked by the caller)")).collect();
+        (self.output.forward(h), tapped)
     }
 }

@@ -87,30 +87,57 @@ impl Student {
     /// - decoder: tokens `[b, s]` -> hidden `[b, s, d_model]` -> `[b * s, vocab]`
     ///   ([`Positions::All`]) or `[m, vocab]` for `m` listed pairs ([`Positions::At`])
     pub fn logits(&self, rows: &[RowInput<'_>], positions: Positions<'_>, device: &Device) -> Tensor<2> {
+        self.forward(rows, positions, &[], device).0
+    }
+
+    /// [`Student::logits`] and the hidden states after the layers `taps` (see
+    /// [`Student::layer_widths`]) at the same rows or positions as the logits.
+    ///
+    /// # Shapes
+    /// - logits as [`Student::logits`]; one `[n, width]` per tap with `n` the logits' rows
+    ///   (classifiers: the first token of each row; decoders: the listed positions)
+    pub fn forward(&self, rows: &[RowInput<'_>], positions: Positions<'_>, taps: &[usize], device: &Device) -> (Tensor<2>, Vec<Tensor<2>>) {
         match self {
             Student::Mlp(mlp) => {
                 let width = rows.first().map(|r| r.features.len()).unwrap_or(0);
                 let x: Vec<f32> = rows.iter().flat_map(|r| r.features.iter().copied()).collect();
-                mlp.forward(Tensor::from_data(TensorData::new(x, [rows.len(), width]), device))
+                mlp.forward_tapped(Tensor::from_data(TensorData::new(x, [rows.len(), width]), device), taps)
             }
             Student::Encoder(enc) => {
                 let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
-                enc.forward(tokens, &lengths)
+                enc.forward_tapped(tokens, &lengths, taps)
             }
             Student::Decoder(dec) => {
                 let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
-                let h = dec.hidden(tokens, &lengths);
+                let (h, tapped) = dec.hidden_tapped(tokens, &lengths, taps);
                 let [b, s, d] = h.dims();
-                let h = h.reshape([b * s, d]);
-                match positions {
-                    Positions::All => dec.logits(h),
+                let index = match positions {
+                    Positions::All => None,
                     Positions::At(at) => {
                         let flat: Vec<i64> = at.iter().map(|&(r, p)| (r * s + p) as i64).collect();
-                        let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(flat, [at.len()]), device);
-                        dec.logits(h.select(0, idx))
+                        Some(Tensor::<1, Int>::from_data(TensorData::new(flat, [at.len()]), device))
                     }
-                }
+                };
+                let at = |h: Tensor<3>| {
+                    let h = h.reshape([b * s, d]);
+                    match &index {
+                        None => h,
+                        Some(idx) => h.select(0, idx.clone()),
+                    }
+                };
+                let tapped = tapped.into_iter().map(at).collect();
+                (dec.logits(at(h)), tapped)
             }
+        }
+    }
+
+    /// The layers a hidden-state loss may read (`--hidden-layers`), with their widths:
+    /// MLP hidden layers `1..=n`; encoder and decoder `0` (the embeddings) to `layers`.
+    pub fn layer_widths(&self) -> Vec<(usize, usize)> {
+        match self {
+            Student::Mlp(mlp) => mlp.layers.iter().enumerate().map(|(i, l)| (i + 1, l.weight.dims()[1])).collect(),
+            Student::Encoder(enc) => (0..=enc.layers()).map(|l| (l, enc.word.weight.dims()[1])).collect(),
+            Student::Decoder(dec) => (0..=dec.layers()).map(|l| (l, dec.embed.weight.dims()[1])).collect(),
         }
     }
 }
@@ -364,13 +391,13 @@ impl StudentArch {
 }
 
 /// Save weights in Burn's format (`.bpk`), keeping parameter ids for resuming.
-pub fn save_burnpack(student: &Student, path: &Path) -> Result<()> {
+pub fn save_burnpack<M: ModuleSnapshot>(student: &M, path: &Path) -> Result<()> {
     let mut store = BurnpackStore::from_file(path).overwrite(true).auto_extension(false);
     student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
 }
 
 /// Load weights saved by [`save_burnpack`] into `student` (shapes are checked).
-pub fn load_burnpack(student: &mut Student, path: &Path) -> Result<()> {
+pub fn load_burnpack<M: ModuleSnapshot>(student: &mut M, path: &Path) -> Result<()> {
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
     student
         .load_from(&mut store)

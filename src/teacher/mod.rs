@@ -2,11 +2,12 @@
 //! its input plan (and the external-data files its fingerprint covers), and the soft-label
 //! kernels (the top-k, or tokens sampled from the teacher).
 
+pub mod hidden;
 pub mod model;
 pub mod onnx_file;
 pub mod runtime;
 pub mod sample;
 pub mod topk;
 
-pub use model::{InputMapping, Logits, Teacher, TeacherBatch, TeacherDevice};
+pub use model::{HiddenOutput, HiddenValues, InputMapping, Logits, Teacher, TeacherBatch, TeacherDevice};
 pub use topk::{SoftLabel, TopKScratch, soft_top_k};

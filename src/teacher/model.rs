@@ -113,6 +113,23 @@ pub struct InputMapping {
     pub columns: Vec<(String, String)>,
     /// Output holding the logits; default `logits`, else the first output.
     pub output: Option<String>,
+    /// Outputs returned beside the logits (`--hidden-states`).
+    pub hidden: Vec<String>,
+}
+
+/// An output returned beside the logits: `[batch, dim]` or `[batch, seq, dim]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenOutput {
+    pub name: String,
+    pub dim: usize,
+    /// `[batch, seq, dim]`: one vector per position.
+    pub per_position: bool,
+}
+
+/// One batch's values of a [`HiddenOutput`], borrowed from ONNX Runtime like the logits.
+pub struct HiddenValues<'a> {
+    pub shape: Vec<usize>,
+    pub values: Logits<'a>,
 }
 
 /// A loaded teacher.
@@ -121,6 +138,8 @@ pub struct Teacher {
     session: Session,
     inputs: Vec<InputPlan>,
     output: String,
+    /// Outputs returned beside the logits, in the order asked for.
+    pub hidden: Vec<HiddenOutput>,
     pub task: Task,
     /// Classes or vocabulary: the last dimension of the logits.
     pub vocab_size: usize,
@@ -255,6 +274,8 @@ impl Teacher {
             ));
         }
 
+        let hidden = hidden_outputs(path, &mapping.hidden, &io_outputs, &output, task)?;
+
         // Plan each input.
         let mut inputs = Vec::new();
         for (outlet, io) in session.inputs().iter().zip(io_inputs.iter_mut()) {
@@ -322,6 +343,7 @@ impl Teacher {
             session,
             inputs,
             output,
+            hidden,
             task,
             vocab_size: vocab as usize,
             sha256,
@@ -359,29 +381,40 @@ impl Teacher {
     }
 
     /// Run one batch; `f` sees the logits' shape and values while they are borrowed
-    /// from ONNX Runtime (no copy), in the export's precision.
+    /// from ONNX Runtime (no copy), in the export's precision, and the [`Teacher::hidden`]
+    /// outputs the same way.
     ///
     /// # Shapes
     /// - logits: `[batch, classes]` or `[batch, seq, vocab]`
-    pub fn run<R>(&mut self, batch: &TeacherBatch<'_>, f: impl FnOnce(&[usize], Logits<'_>) -> Result<R>) -> Result<R> {
+    /// - hidden: `[batch, dim]` or `[batch, seq, dim]` each
+    pub fn run<R>(
+        &mut self,
+        batch: &TeacherBatch<'_>,
+        f: impl FnOnce(&[usize], Logits<'_>, &[HiddenValues<'_>]) -> Result<R>,
+    ) -> Result<R> {
         let mut feeds: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
         for plan in &self.inputs {
             let value = self.input_value(plan, batch)?;
             feeds.push((Cow::Owned(plan.name.clone()), value));
         }
         let path = self.path.clone();
-        let output = self.output.clone();
         let outputs = self.session.run(feeds).map_err(|e| Error::teacher(&path, format!("inference failed: {e}")))?;
-        let value =
-            outputs.get(&output).ok_or_else(|| Error::teacher(&path, format!("output `{output}` missing from the run's results")))?;
-        let bad = |e: ort::Error| Error::teacher(&path, format!("output `{output}`: {e}"));
-        let (shape, logits) = match value.dtype().tensor_type() {
-            Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
-            Some(TensorElementType::Bfloat16) => value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?,
-            _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(bad)?,
+        let take = |name: &str| {
+            let value =
+                outputs.get(name).ok_or_else(|| Error::teacher(&path, format!("output `{name}` missing from the run's results")))?;
+            let bad = |e: ort::Error| Error::teacher(&path, format!("output `{name}`: {e}"));
+            let (shape, values) = match value.dtype().tensor_type() {
+                Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
+                Some(TensorElementType::Bfloat16) => {
+                    value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?
+                }
+                _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(bad)?,
+            };
+            Ok(HiddenValues { shape: shape.iter().map(|&d| d.max(0) as usize).collect(), values })
         };
-        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        f(&shape, logits)
+        let logits = take(&self.output)?;
+        let hidden = self.hidden.iter().map(|h| take(&h.name)).collect::<Result<Vec<_>>>()?;
+        f(&logits.shape, logits.values, &hidden)
     }
 
     fn input_value(&self, plan: &InputPlan, batch: &TeacherBatch<'_>) -> Result<SessionInputValue<'static>> {
@@ -453,6 +486,41 @@ impl Teacher {
 }
 
 /// Why logits of the last position only cannot be cached (pruned LM-head exports).
+/// The outputs asked for beside the logits, checked against the model's outputs: each
+/// must exist, be floating point, and have a fixed last dimension; `[batch, dim]` only for
+/// a classifier.
+fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &str, task: Task) -> Result<Vec<HiddenOutput>> {
+    let listing = || outputs.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ");
+    names
+        .iter()
+        .map(|name| {
+            let bad = |why: String| Error::teacher(path, format!("--hidden-states `{name}`: {why}"));
+            if name == logits {
+                return Err(bad("that is the logits output; name an output beside it".into()));
+            }
+            let info = outputs
+                .iter()
+                .find(|o| &o.name == name)
+                .ok_or_else(|| bad(format!("the model has no such output; its outputs are: {}", listing())))?;
+            if !["f32", "f16", "bf16"].contains(&info.dtype.as_str()) {
+                return Err(bad(format!("the output is {}, expected f32, f16 or bf16", info.dtype)));
+            }
+            let per_position = match (info.shape.len(), task) {
+                (2, Task::Classification) => false,
+                (3, _) => true,
+                _ => {
+                    let expected = if task == Task::Classification { "[batch, dim] or [batch, seq, dim]" } else { "[batch, seq, dim]" };
+                    return Err(bad(format!("the output has shape {}, expected {expected}", dims(&info.shape))));
+                }
+            };
+            match info.shape.last() {
+                Some(&d) if d > 0 => Ok(HiddenOutput { name: name.clone(), dim: d as usize, per_position }),
+                _ => Err(bad(format!("the output has shape {}; its last dimension must be fixed", dims(&info.shape)))),
+            }
+        })
+        .collect()
+}
+
 pub fn last_position_only(output: &str, shape: &[i64]) -> String {
     format!(
         "output `{output}` has shape {}: logits for the last position only (an export with a pruned LM head, \

@@ -3,12 +3,21 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::TrainConfig;
-use crate::loss::{self, SoftTargets};
+use crate::loss::{self, HiddenMaps, SoftTargets};
 use crate::student::{Positions, RowInput, Student};
 
 use super::examples::Example;
 
-/// The loss parts of one batch and the positions it trained.
+/// The hidden-state term's side of a run: the learned maps, the student layers they read
+/// and the width of each pair's cached teacher state.
+pub(super) struct HiddenTerm<'a> {
+    pub maps: &'a HiddenMaps,
+    pub layers: &'a [usize],
+    pub dims: &'a [usize],
+}
+
+/// The loss parts of one batch, its hidden-state term (weighted into `parts.loss` already)
+/// and the positions it trained.
 ///
 /// Only the positions with a cached soft label enter the loss. A decoder's batch is mostly
 /// prompt and padding positions, so its hidden states are narrowed to the cached ones
@@ -26,10 +35,12 @@ pub(super) fn batch_loss(
     vocab: usize,
     cfg: &TrainConfig,
     train_t: f32,
+    hidden: Option<HiddenTerm<'_>>,
     device: &Device,
-) -> (loss::LossParts, usize) {
+) -> (loss::LossParts, Option<Tensor<1>>, usize) {
     let mut cached: Vec<(usize, usize)> = Vec::new(); // (row in the batch, position)
     let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut teacher_states: Vec<f32> = Vec::new(); // [m, sum of widths]
     for (r, e) in batch.iter().enumerate() {
         for t in &e.targets {
             cached.push((r, t.position));
@@ -38,11 +49,13 @@ pub(super) fn batch_loss(
             tail.push(t.tail);
             hard.push(t.hard.unwrap_or(0));
             labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
+            teacher_states.extend_from_slice(&t.hidden);
         }
     }
     let count = cached.len();
     let rows: Vec<RowInput<'_>> = batch.iter().map(|e| RowInput { features: &e.features, tokens: &e.tokens }).collect();
-    let logits = model.logits(&rows, Positions::At(&cached), device);
+    let layers = hidden.as_ref().map(|h| h.layers).unwrap_or(&[]);
+    let (logits, student_states) = model.forward(&rows, Positions::At(&cached), layers, device);
     // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
     // columns are not part of the distribution.
     let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
@@ -54,5 +67,23 @@ pub(super) fn batch_loss(
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
     let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
-    (loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail, cfg.divergence), count)
+    let mut parts = loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail, cfg.divergence);
+    let hidden_term = hidden.map(|h| {
+        let width: usize = h.dims.iter().sum();
+        let all: Tensor<2> = Tensor::from_data(TensorData::new(teacher_states, [count, width]), device);
+        let mut at = 0;
+        let teacher: Vec<Tensor<2>> = h
+            .dims
+            .iter()
+            .map(|&d| {
+                at += d;
+                all.clone().narrow(1, at - d, d)
+            })
+            .collect();
+        h.maps.loss(student_states, teacher, cfg.hidden_loss)
+    });
+    if let Some(term) = &hidden_term {
+        parts.loss = parts.loss + term.clone().mul_scalar(cfg.hidden_weight);
+    }
+    (parts, hidden_term, count)
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::integrity::{sync_dir, temporary_name, write_atomic};
+use crate::loss::HiddenMaps;
 use crate::student::{self, Student};
 
 /// The checkpoint pointer, `checkpoint.json`.
@@ -57,18 +58,47 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str) -> Result
 pub(super) fn load(out: &Path, s: &CheckpointState, model: &mut Student, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
     let dir = out.join(&s.dir);
     student::load_burnpack(model, &dir.join("model.bpk"))?;
-    optim.load(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))
+    load_optim(optim, &dir.join("optim.bpk"))
 }
+
+/// Load a checkpoint's hidden-state maps and their optimizer state (`--hidden-layers`).
+pub(super) fn load_hidden(out: &Path, s: &CheckpointState, maps: &mut HiddenMaps, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let dir = out.join(&s.dir);
+    student::load_burnpack(maps, &dir.join(HIDDEN_MAPS))?;
+    load_optim(optim, &dir.join(HIDDEN_OPTIM))
+}
+
+fn load_optim(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
+    optim.load(path).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
+}
+
+/// The files of a checkpoint's hidden-state maps and their optimizer state.
+const HIDDEN_MAPS: &str = "hidden_maps.bpk";
+const HIDDEN_OPTIM: &str = "hidden_optim.bpk";
 
 /// Save model + optimizer under `checkpoint-STEP/`, then point `checkpoint.json` at it
 /// (atomically), then remove older checkpoints.
-pub(super) fn save(out: &Path, model: &Student, optim: &ModuleOptimizer, at: At, config_sha: &str) -> Result<()> {
+pub(super) fn save(
+    out: &Path,
+    model: &Student,
+    optim: &ModuleOptimizer,
+    hidden: Option<(&HiddenMaps, &ModuleOptimizer)>,
+    at: At,
+    config_sha: &str,
+) -> Result<()> {
     let name = format!("checkpoint-{:08}", at.step);
     let dir = out.join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let save_optim = |o: &ModuleOptimizer, f: &str| o.save(dir.join(f)).map_err(|e| Error::io(dir.join(f), std::io::Error::other(format!("{e:?}"))));
     student::save_burnpack(model, &dir.join("model.bpk"))?;
-    optim.save(dir.join("optim.bpk")).map_err(|e| Error::io(dir.join("optim.bpk"), std::io::Error::other(format!("{e:?}"))))?;
-    for f in ["model.bpk", "optim.bpk"] {
+    save_optim(optim, "optim.bpk")?;
+    let mut files = vec!["model.bpk", "optim.bpk"];
+    if let Some((maps, maps_optim)) = hidden {
+        student::save_burnpack(maps, &dir.join(HIDDEN_MAPS))?;
+        save_optim(maps_optim, HIDDEN_OPTIM)?;
+        files.extend([HIDDEN_MAPS, HIDDEN_OPTIM]);
+    }
+    for f in files {
         let p = dir.join(f);
         std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
     }

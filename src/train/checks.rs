@@ -12,6 +12,42 @@ use crate::loss::TailMode;
 use crate::student::{self, StudentArch, hf};
 use crate::text::{self, Tokenizer};
 
+/// Every `--hidden-layers` pair names a hidden state the cache holds.
+fn check_hidden_states(cfg: &TrainConfig, m: &Manifest) -> Result<()> {
+    for p in &cfg.hidden {
+        if !m.hidden_states.iter().any(|h| h.output == p.output) {
+            let held = if m.hidden_states.is_empty() {
+                "it holds none".to_string()
+            } else {
+                format!("it holds: {}", m.hidden_states.iter().map(|h| h.output.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            return Err(Error::cache(
+                &cfg.cache,
+                format!(
+                    "train.hidden_layers pairs layer {} with the teacher output `{}`, but the cache stores no such hidden \
+                     state ({held}); make the cache with `cache-teacher --hidden-states {}`",
+                    p.layer, p.output, p.output
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The student's layers that `--hidden-layers` names exist.
+pub(super) fn check_hidden_layers(cfg: &TrainConfig, model: &crate::student::Student) -> Result<Vec<usize>> {
+    let widths = model.layer_widths();
+    cfg.hidden
+        .iter()
+        .map(|p| {
+            widths.iter().find(|(l, _)| *l == p.layer).map(|(_, w)| *w).ok_or_else(|| {
+                let layers = widths.iter().map(|(l, _)| l.to_string()).collect::<Vec<_>>().join(", ");
+                Error::Config(format!("train.hidden_layers: the student has no layer {} (its layers: {layers})", p.layer))
+            })
+        })
+        .collect()
+}
+
 /// Open the cache and check that it serves this run: data, tokenizer, temperature, task.
 pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
     // A remote cache's shards are still arriving: they are checked as they are read.
@@ -45,6 +81,7 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
             m.temperature, m.temperature
         )));
     }
+    check_hidden_states(cfg, m)?;
     use student::StudentSpec as S;
     let kind = match &cfg.student {
         S::Mlp { .. } => "mlp",

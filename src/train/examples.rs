@@ -28,6 +28,9 @@ pub(super) struct Target {
     pub tail: f32,
     /// `None`: an unlabelled classification row (soft label only).
     pub hard: Option<i64>,
+    /// The cached teacher hidden states of `--hidden-layers`, one after the other in the
+    /// pairs' order (`[sum of their widths]`; empty without hidden-state pairs).
+    pub hidden: Vec<f32>,
 }
 
 /// Columns to read for a data spec: features or text, then the label.
@@ -168,6 +171,7 @@ pub(super) fn load_shard(
         k_used: cfg.top_k.unwrap_or(reader.manifest().top_k),
         cache_t: reader.manifest().temperature,
         train_t,
+        hidden: hidden_columns(cfg, reader.manifest()),
     };
     for batch in reader.read_shard(shard, 8192)? {
         let b = batch?;
@@ -245,6 +249,17 @@ struct SoftLabelReader {
     k_used: usize,
     cache_t: f32,
     train_t: f32,
+    /// (index into the manifest's `hidden_states`, width) of each `--hidden-layers` pair.
+    hidden: Vec<(usize, usize)>,
+}
+
+/// Where each `--hidden-layers` pair's teacher output is in the cache's hidden states
+/// (their presence is checked before training).
+pub(super) fn hidden_columns(cfg: &TrainConfig, m: &crate::cache::Manifest) -> Vec<(usize, usize)> {
+    cfg.hidden
+        .iter()
+        .filter_map(|p| m.hidden_states.iter().position(|h| h.output == p.output).map(|j| (j, m.hidden_states[j].dim)))
+        .collect()
 }
 
 impl SoftLabelReader {
@@ -268,6 +283,7 @@ impl SoftLabelReader {
             logprobs,
             tail: if tail.is_finite() { tail as f32 } else { -1e4 },
             hard,
+            hidden: self.hidden.iter().flat_map(|&(j, d)| b.hidden[j][i * d..(i + 1) * d].iter().copied()).collect(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-const HEADER: &str = "step,epoch,loss,kl,ce,lr,positions,seconds\n";
+const HEADER: &str = "step,epoch,loss,kl,ce,lr,positions,seconds";
 
 pub(super) struct Metrics {
     path: PathBuf,
@@ -24,11 +24,14 @@ pub(super) struct StepLine {
     pub lr: f64,
     pub positions: usize,
     pub seconds: f64,
+    /// The hidden-state term (`--hidden-layers`; a last column then), without its weight.
+    pub hidden: Option<f64>,
 }
 
 impl Metrics {
     /// Open `out/metrics.csv`: fresh, or (resuming at `resumed_at`) cut back to its steps.
-    pub fn open(out: &Path, resumed_at: Option<usize>) -> Result<Metrics> {
+    /// With `hidden`, a last column holds the hidden-state term.
+    pub fn open(out: &Path, resumed_at: Option<usize>, hidden: bool) -> Result<Metrics> {
         let path = out.join("metrics.csv");
         let kept = match (std::fs::read_to_string(&path), resumed_at) {
             (Ok(text), Some(step)) => text
@@ -36,7 +39,7 @@ impl Metrics {
                 .filter(|l| l.starts_with("step") || l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= step))
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
-            _ => HEADER.to_string(),
+            _ => format!("{HEADER}{}\n", if hidden { ",hidden" } else { "" }),
         };
         std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
@@ -44,8 +47,13 @@ impl Metrics {
     }
 
     pub fn write(&mut self, l: &StepLine) -> Result<()> {
-        writeln!(self.file, "{},{},{:.6},{:.6},{:.6},{:.3e},{},{:.3}", l.step, l.epoch, l.loss, l.kl, l.ce, l.lr, l.positions, l.seconds)
-            .map_err(|e| Error::io(&self.path, e))
+        let hidden = l.hidden.map(|h| format!(",{h:.6}")).unwrap_or_default();
+        writeln!(
+            self.file,
+            "{},{},{:.6},{:.6},{:.6},{:.3e},{},{:.3}{hidden}",
+            l.step, l.epoch, l.loss, l.kl, l.ce, l.lr, l.positions, l.seconds
+        )
+        .map_err(|e| Error::io(&self.path, e))
     }
 
     pub fn flush(&mut self) -> Result<()> {

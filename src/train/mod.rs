@@ -31,6 +31,7 @@ use crate::cache::Manifest;
 use crate::cache::manifest::{TOKENIZER_FILE, sha256_canonical_json, write_atomic};
 use crate::config::{TrainConfig, TrainDevice};
 use crate::error::{Error, Result};
+use crate::loss::HiddenMaps;
 use crate::progress::Progress;
 use crate::student::adamw::FusedAdamW;
 use crate::student::{self, Student, StudentArch, StudentSpec, hf};
@@ -43,7 +44,7 @@ pub use student_file::{DataSpec, StudentFile};
 use checkpoint::{At, CheckpointState};
 use loader::{Loader, StopOnDrop};
 use plan::ShardPlan;
-use run::{Stats, Trainer};
+use run::{HiddenTraining, Stats, Trainer};
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -112,8 +113,9 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let (model, optim) = start_student(&arch, cfg.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
     let (model, selected) = student::select::select(model, &cfg.trainable, &cfg.freeze)?;
     notes.extend(selected);
+    let hidden = start_hidden(cfg, &m, &model, cfg.weight_decay as f32, resume.as_ref(), out, &device)?;
     let resumed_from = resume.as_ref().map(|s| s.step);
-    let metrics = metrics::Metrics::open(out, resumed_from)?;
+    let metrics = metrics::Metrics::open(out, resumed_from, hidden.is_some())?;
 
     let plan = ShardPlan::new(cfg, &m)?;
     let total = plan.total_steps(cfg);
@@ -158,6 +160,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         skip: resume.as_ref().map_or(0, |s| s.step_in_epoch),
         started: Instant::now(),
         stats: Stats { read_seconds: 0.0, wait_seconds: 0.0, trained_positions: 0, last_loss: f64::NAN },
+        hidden,
     };
     let model = train_with_loader(&mut trainer, model, &loader)?;
     trainer.progress.finish();
@@ -222,6 +225,11 @@ fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts:
     if !cfg.freeze.is_empty() {
         config["train"]["freeze"] = serde_json::json!(cfg.freeze);
     }
+    if !cfg.hidden.is_empty() {
+        config["train"]["hidden_layers"] = serde_json::json!(cfg.hidden);
+        config["train"]["hidden_loss"] = serde_json::json!(cfg.hidden_loss);
+        config["train"]["hidden_weight"] = serde_json::json!(cfg.hidden_weight);
+    }
     let sha = sha256_canonical_json(&config);
     config["command"] = serde_json::json!(opts.command);
     (serde_json::to_vec_pretty(&config).expect("serialises"), sha)
@@ -272,6 +280,31 @@ fn start_student(
         optim = checkpoint::load(out, s, &mut model, optim)?;
     }
     Ok((model, optim))
+}
+
+/// The hidden-state maps of `--hidden-layers` (fresh, or a resumed run's), with their
+/// optimizer; `None` without hidden-state pairs.
+fn start_hidden(
+    cfg: &TrainConfig,
+    m: &Manifest,
+    model: &Student,
+    weight_decay: f32,
+    resume: Option<&CheckpointState>,
+    out: &Path,
+    device: &Device,
+) -> Result<Option<HiddenTraining>> {
+    if cfg.hidden.is_empty() {
+        return Ok(None);
+    }
+    let student_widths = checks::check_hidden_layers(cfg, model)?;
+    let dims: Vec<usize> = examples::hidden_columns(cfg, m).into_iter().map(|(_, d)| d).collect();
+    let widths: Vec<(usize, usize)> = student_widths.into_iter().zip(dims.iter().copied()).collect();
+    let mut maps = HiddenMaps::new(&widths, device);
+    let mut optim = FusedAdamW::new(weight_decay).init();
+    if let Some(s) = resume {
+        optim = checkpoint::load_hidden(out, s, &mut maps, optim)?;
+    }
+    Ok(Some(HiddenTraining { maps, optim, layers: cfg.hidden.iter().map(|p| p.layer).collect(), dims }))
 }
 
 /// Train on a loader thread's shards: the loader reads one shard ahead of training (so at

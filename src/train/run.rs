@@ -13,10 +13,11 @@ use crate::cache::Manifest;
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::loss::HiddenMaps;
 use crate::rng::Rng;
 use crate::student::Student;
 
-use super::batch::batch_loss;
+use super::batch::{HiddenTerm, batch_loss};
 use super::checkpoint::{self, At};
 use super::examples::Example;
 use super::loader::Loaded;
@@ -30,6 +31,15 @@ pub(super) struct Stats {
     pub wait_seconds: f64,
     pub trained_positions: usize,
     pub last_loss: f64,
+}
+
+/// The hidden-state term's trained part: the maps with their own optimizer, the student
+/// layers they read and each pair's cached width.
+pub(super) struct HiddenTraining {
+    pub maps: HiddenMaps,
+    pub optim: ModuleOptimizer,
+    pub layers: Vec<usize>,
+    pub dims: Vec<usize>,
 }
 
 /// The state of a training run between steps.
@@ -49,6 +59,8 @@ pub(super) struct Trainer<'a> {
     pub skip: usize,
     pub started: Instant,
     pub stats: Stats,
+    /// `--hidden-layers`: `None` without hidden-state pairs.
+    pub hidden: Option<HiddenTraining>,
 }
 
 impl Trainer<'_> {
@@ -78,7 +90,7 @@ impl Trainer<'_> {
         self.skip = 0;
         self.at.step_in_epoch = 0;
         if !self.at.step.is_multiple_of(self.cfg.checkpoint_every) {
-            checkpoint::save(self.out, model, &self.optim, self.at, self.config_sha)?;
+            self.save_checkpoint(model)?;
         }
         Ok(())
     }
@@ -107,8 +119,9 @@ impl Trainer<'_> {
     /// One optimizer step on one batch, its metrics line and (when due) a checkpoint.
     fn train_step(&mut self, model: Student, batch: &[&Example]) -> Result<Student> {
         let (cfg, step) = (self.cfg, self.at.step);
-        let (parts, count) =
-            batch_loss(&model, batch, cfg.top_k.unwrap_or(self.m.top_k), self.m.vocab_size, cfg, self.train_t, self.device);
+        let term = self.hidden.as_ref().map(|h| HiddenTerm { maps: &h.maps, layers: &h.layers, dims: &h.dims });
+        let k = cfg.top_k.unwrap_or(self.m.top_k);
+        let (parts, hidden, count) = batch_loss(&model, batch, k, self.m.vocab_size, cfg, self.train_t, term, self.device);
         let lr = lr_at(cfg.lr, step, self.total);
         let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
         if !l.is_finite() {
@@ -119,20 +132,32 @@ impl Trainer<'_> {
                 cfg.lr, cfg.weight_decay
             )));
         }
-        let grads = GradientsParams::from_grads(parts.loss.backward(), &model);
-        let model = self.optim.step(lr, model, grads);
+        let mut grads = parts.loss.backward();
+        let student_grads = GradientsParams::from_module(&mut grads, &model);
+        let model = self.optim.step(lr, model, student_grads);
+        if let Some(mut h) = self.hidden.take() {
+            let map_grads = GradientsParams::from_module(&mut grads, &h.maps);
+            h.maps = h.optim.step(lr, h.maps, map_grads);
+            self.hidden = Some(h);
+        }
+        let hidden = hidden.as_ref().map(scalar);
         self.at.step += 1;
         self.at.step_in_epoch += 1;
         self.stats.trained_positions += count;
         self.stats.last_loss = l;
         let (step, epoch) = (self.at.step, self.at.epoch);
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.write(&StepLine { step, epoch, loss: l, kl, ce, lr, positions: count, seconds })?;
+        self.metrics.write(&StepLine { step, epoch, loss: l, kl, ce, lr, positions: count, seconds, hidden })?;
         self.progress.tick_to(step as u64, format!("epoch {epoch} loss {l:.4}"));
         if step.is_multiple_of(cfg.checkpoint_every) || step == self.total {
-            checkpoint::save(self.out, &model, &self.optim, self.at, self.config_sha)?;
+            self.save_checkpoint(&model)?;
         }
         Ok(model)
+    }
+
+    fn save_checkpoint(&self, model: &Student) -> Result<()> {
+        let hidden = self.hidden.as_ref().map(|h| (&h.maps, &h.optim));
+        checkpoint::save(self.out, model, &self.optim, hidden, self.at, self.config_sha)
     }
 }
 

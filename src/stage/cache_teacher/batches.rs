@@ -4,7 +4,7 @@
 use crate::config::CacheTeacherConfig;
 use crate::data::{Column, Field, Kind, Row};
 use crate::error::{Error, Result};
-use crate::teacher::{Teacher, TeacherBatch};
+use crate::teacher::{Teacher, TeacherBatch, hidden};
 
 use super::reader::Tokens;
 use super::sink::Pending;
@@ -64,12 +64,24 @@ pub(super) fn check_labels(cfg: &CacheTeacherConfig, batch: &[Row], hard: &[Opti
 pub(super) fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, batch: &[Row], hard: &[Option<i64>]) -> Result<Pending> {
     let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
-    teacher.run(input, |shape, logits| {
+    let outputs = teacher.hidden.clone();
+    teacher.run(input, |shape, logits, values| {
         if shape != [batch.len(), vocab] {
             return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
         }
+        // A `[batch, seq, dim]` output of a classifier: its first token, as BERT pools it.
+        let hidden = outputs
+            .iter()
+            .zip(values)
+            .map(|(o, v)| {
+                let seq = v.shape.get(1).copied().unwrap_or(1);
+                let first = (0..batch.len()).map(|r| if o.per_position { r * seq } else { r });
+                hidden::gather(&teacher_path, o, v, batch.len(), None, first)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Pending {
             logits: logits.to_f32_vec(),
+            hidden,
             meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
             rows: batch.iter().map(|r| r.index).collect(),
         })
@@ -84,7 +96,8 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
     let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
     let teacher_output = &teacher.output_name().to_string();
-    teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits| {
+    let outputs = teacher.hidden.clone();
+    teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits, values| {
         if shape.len() == 3 && shape[1] == 1 && t.seq > 1 {
             let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             return Err(Error::teacher(&teacher_path, crate::teacher::model::last_position_only(teacher_output, &dims)));
@@ -100,8 +113,14 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
         for w in &t.wanted {
             logits.extend_f32(w.0 * vocab..(w.0 + 1) * vocab, &mut buffer);
         }
+        let hidden = outputs
+            .iter()
+            .zip(values)
+            .map(|(o, v)| hidden::gather(&teacher_path, o, v, batch.len(), Some(t.seq), t.wanted.iter().map(|w| w.0)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Pending {
             logits: buffer,
+            hidden,
             meta: t.wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect(),
             rows: batch.iter().map(|r| r.index).collect(),
         })

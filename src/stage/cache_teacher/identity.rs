@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::cache::manifest::{self, DatasetInfo, EncodingInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
+use crate::cache::manifest::{self, DatasetInfo, EncodingInfo, HiddenStateInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
 use crate::cache::{LogprobEncoding, schema, writer};
 use crate::config::CacheTeacherConfig;
 use crate::data::Kind;
@@ -19,7 +19,8 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         return Err(Error::data(&cfg.data, "has no rows: there is nothing to cache"));
     }
     let encoding = encoding_of(cfg.encoding);
-    let identity = identity(cfg, inputs, &dataset, &encoding);
+    let hidden_states = hidden_states(cfg, inputs)?;
+    let identity = identity(cfg, inputs, &dataset, &encoding, &hidden_states);
     let fingerprint = manifest::sha256_canonical_json(&identity);
     let (teacher, tok) = (&inputs.teacher, inputs.tok.as_ref());
     Ok(Manifest {
@@ -48,6 +49,7 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         features: inputs.columns.iter().filter(|c| c.kind == Kind::Numbers).map(|c| c.name.clone()).collect(),
         label_column: inputs.label_column.clone(),
         sampled: cfg.sampled,
+        hidden_states,
         rows_per_shard: cfg.rows_per_shard,
         fingerprint,
         settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
@@ -56,6 +58,33 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         shards: Vec::new(),
         checksum: String::new(),
     })
+}
+
+/// The stored hidden states: each `--hidden-states` output, at its own width or through
+/// the `--hidden-dim` projection (seed 0).
+fn hidden_states(cfg: &CacheTeacherConfig, inputs: &Inputs) -> Result<Vec<HiddenStateInfo>> {
+    inputs
+        .teacher
+        .hidden
+        .iter()
+        .map(|h| {
+            if let Some(r) = cfg.hidden_dim
+                && r > h.dim
+            {
+                return Err(Error::Config(format!(
+                    "cache.hidden_dim = {r} is wider than the teacher output `{}` ({} values): a projection only narrows",
+                    h.name, h.dim
+                )));
+            }
+            Ok(HiddenStateInfo {
+                output: h.name.clone(),
+                column: schema::hidden_column(&h.name),
+                teacher_dim: h.dim,
+                dim: cfg.hidden_dim.unwrap_or(h.dim),
+                projection_seed: cfg.hidden_dim.map(|_| 0),
+            })
+        })
+        .collect()
 }
 
 /// How log-probs are stored: the quantisation step of `delta-u16` (0 for `f32`).
@@ -68,7 +97,13 @@ fn encoding_of(logprobs: LogprobEncoding) -> EncodingInfo {
 }
 
 /// Everything the cache's content depends on (its fingerprint is the hash of this).
-fn identity(cfg: &CacheTeacherConfig, inputs: &Inputs, dataset: &DatasetInfo, encoding: &EncodingInfo) -> serde_json::Value {
+fn identity(
+    cfg: &CacheTeacherConfig,
+    inputs: &Inputs,
+    dataset: &DatasetInfo,
+    encoding: &EncodingInfo,
+    hidden: &[HiddenStateInfo],
+) -> serde_json::Value {
     let teacher = &inputs.teacher;
     let mut identity = serde_json::json!({
         "schema_version": SCHEMA_VERSION,
@@ -95,6 +130,9 @@ fn identity(cfg: &CacheTeacherConfig, inputs: &Inputs, dataset: &DatasetInfo, en
     }
     if let Some(s) = cfg.sampled {
         identity["sampled"] = serde_json::json!(s);
+    }
+    if !hidden.is_empty() {
+        identity["hidden_states"] = serde_json::json!(hidden);
     }
     if let Some(sha) = inputs.text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
         identity["chat_template_sha256"] = serde_json::json!(sha);

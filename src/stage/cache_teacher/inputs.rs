@@ -115,7 +115,12 @@ impl Inputs {
             _ => false,
         };
         let tok = tokenizer(cfg, conversational)?;
-        let mapping = InputMapping { tokens: cfg.text.is_some(), columns: cfg.inputs.clone(), output: cfg.output.clone() };
+        let mapping = InputMapping {
+            tokens: cfg.text.is_some(),
+            columns: cfg.inputs.clone(),
+            output: cfg.output.clone(),
+            hidden: cfg.hidden_states.clone(),
+        };
         let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, cfg.spin, opts.ort_lib.as_deref(), cfg.device)?;
         let selectable = selectable_ids(cfg, &teacher, tok.as_ref())?;
         let top_k = top_k(cfg, &teacher, &selectable)?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::cache::ShardBuilder;
 use crate::cache::manifest::{self, Manifest, ShardInfo};
 use crate::error::{Error, Result};
+use crate::teacher::hidden::Projection;
 use crate::teacher::{SoftLabel, TopKScratch, topk};
 
 use super::ShardHook;
@@ -18,6 +19,8 @@ type Labelled = (u64, u32, Option<(i64, f32)>, SoftLabel);
 pub(super) struct Pending {
     /// `[n, vocab]`, one row per cached position.
     pub logits: Vec<f32>,
+    /// `[n, teacher_dim]` per `--hidden-states` output, the same positions.
+    pub hidden: Vec<Vec<f32>>,
     /// (dataset row, position, hard label) of each logits row.
     pub meta: Vec<(u64, u32, Option<i64>)>,
     /// Dataset rows of the batch (rows without any cached position are counted).
@@ -50,6 +53,8 @@ pub(super) struct Sink<'a> {
     pub on_shard: Option<ShardHook>,
     /// Sampled soft labels instead of the top-k.
     pub sampled: Option<manifest::SampledInfo>,
+    /// The stored hidden states, and the projection each goes through (if any).
+    pub hidden: Vec<(manifest::HiddenStateInfo, Option<Projection>)>,
     /// Where spent logits buffers go back to the main thread.
     pub recycle: std::sync::mpsc::Sender<Vec<f32>>,
 }
@@ -58,7 +63,8 @@ impl Sink<'_> {
     /// Returns the manifest with its shards and position counts, and the seconds spent on
     /// soft labels and on writing.
     pub fn run(self, jobs: std::sync::mpsc::Receiver<Job>, mut man: Manifest) -> Result<(Manifest, f64, f64)> {
-        let mut builder = ShardBuilder::new(self.encoding, self.step);
+        let infos: Vec<manifest::HiddenStateInfo> = self.hidden.iter().map(|h| h.0.clone()).collect();
+        let mut builder = ShardBuilder::with_hidden(self.encoding, self.step, &infos);
         let mut scratch: Vec<TopKScratch> = (0..self.threads).map(|_| TopKScratch::default()).collect();
         let (mut soft_s, mut write_s) = (0.0, 0.0);
         for job in jobs {
@@ -68,8 +74,10 @@ impl Sink<'_> {
                     let labels = self.label(&p, &mut scratch)?;
                     soft_s += t.elapsed().as_secs_f64();
                     let t = Instant::now();
-                    for (row, position, label, soft) in &labels {
-                        builder.push(*row, *position, *label, soft);
+                    let hidden = self.stored_hidden(&p);
+                    for (i, (row, position, label, soft)) in labels.iter().enumerate() {
+                        let at: Vec<&[f32]> = hidden.iter().zip(&infos).map(|(v, h)| &v[i * h.dim..(i + 1) * h.dim]).collect();
+                        builder.push_with_hidden(*row, *position, *label, soft, &at);
                     }
                     man.totals.positions += labels.len() as u64;
                     man.totals.rows += p.rows.len() as u64;
@@ -93,6 +101,27 @@ impl Sink<'_> {
             }
         }
         Ok((man, soft_s, write_s))
+    }
+
+    /// Each hidden state of the batch as stored: projected where asked.
+    ///
+    /// # Shapes
+    /// - returns `[n, dim]` per stored hidden state
+    fn stored_hidden(&self, p: &Pending) -> Vec<Vec<f32>> {
+        self.hidden
+            .iter()
+            .zip(&p.hidden)
+            .map(|((info, projection), values)| match projection {
+                None => values.clone(),
+                Some(proj) => {
+                    let mut out = Vec::with_capacity(p.meta.len() * proj.dim());
+                    for x in values.chunks_exact(info.teacher_dim) {
+                        proj.apply(x, &mut out);
+                    }
+                    out
+                }
+            })
+            .collect()
     }
 
     fn label(&self, p: &Pending, scratch: &mut [TopKScratch]) -> Result<Vec<Labelled>> {

@@ -11,6 +11,7 @@ use crate::config::CacheTeacherConfig;
 use crate::data::{self, Column};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::teacher::hidden::Projection;
 use crate::teacher::{Teacher, TeacherBatch};
 
 use super::batches::{lm_pending, numeric_batch, per_row_pending};
@@ -60,6 +61,11 @@ pub(super) fn stream(
         teacher_path: inputs.teacher.path().to_path_buf(),
         on_shard: opts.on_shard.clone(),
         sampled: cfg.sampled,
+        hidden: man
+            .hidden_states
+            .iter()
+            .map(|h| (h.clone(), h.projection_seed.map(|seed| Projection::new(seed, h.teacher_dim, h.dim))))
+            .collect(),
         recycle: recycle_tx,
     };
     let classify = inputs.teacher.task == Task::Classification;
