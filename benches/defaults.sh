@@ -2,7 +2,8 @@
 # Each pipeline in pipelines/ with its optimiser settings removed from [train] (lr, batch_size,
 # steps, epochs, weight_decay), so train-student's defaults apply; the data, student, alpha
 # and tail stay the pipeline's. Prints each pipeline's results table (distilled against hard
-# labels only, its [eval] seeds).
+# labels only, its [eval] seeds). DEFAULTS_TRY="lr = 0.001; steps = 1000" puts those keys
+# back into every [train] instead, to compare candidate defaults.
 #     bash benches/defaults.sh [pipeline.toml ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

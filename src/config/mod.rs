@@ -216,9 +216,7 @@ mod tests {
         }
         let train = [
             ("alpha", t::ALPHA.to_string()),
-            ("epochs", t::EPOCHS.to_string()),
             ("batch_size", t::BATCH_SIZE.to_string()),
-            ("lr", format!("{:e}", t::LR)),
             ("weight_decay", t::WEIGHT_DECAY.to_string()),
             ("seed", t::SEED.to_string()),
             ("checkpoint_every", t::CHECKPOINT_EVERY.to_string()),
@@ -229,6 +227,10 @@ mod tests {
             let h = help(Train::command(), id);
             assert!(h.contains(&format!("[default: {v}]")), "--{id}: {h}");
         }
+        // Defaults that depend on the student: the help says each one.
+        let (epochs, lr) = (help(Train::command(), "epochs"), help(Train::command(), "lr"));
+        assert!(epochs.contains(&format!("[default: {},", t::EPOCHS)) && epochs.contains(&format!("make {} steps", t::MIN_CLASSIFIER_STEPS)), "{epochs}");
+        assert!(lr.contains(&format!("[default: {:e} for a fresh", t::LR)) && lr.contains(&format!("{:e} for --student hf:", t::LR_PRETRAINED)), "{lr}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::cache::{Manifest, ShardInfo, Task};
 use crate::config::TrainConfig;
+use crate::config::defaults::train as defaults;
 use crate::data::{self, Column, Field, Kind};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -20,6 +21,8 @@ pub(super) struct ShardPlan<'a> {
     /// At alpha = 0, whether each row is labelled (unlabelled rows are skipped, see
     /// `examples::load_shard`); `None`: every row trains.
     labelled: Option<Vec<bool>>,
+    /// A classification cache (the default length has a floor of steps).
+    classifier: bool,
 }
 
 impl<'a> ShardPlan<'a> {
@@ -36,7 +39,15 @@ impl<'a> ShardPlan<'a> {
             }
             _ => None,
         };
-        let plan = ShardPlan { shards: &m.shards, seed: cfg.seed, window: cfg.shuffle_window, batch_size: cfg.batch_size, limit, labelled };
+        let plan = ShardPlan {
+            shards: &m.shards,
+            seed: cfg.seed,
+            window: cfg.shuffle_window,
+            batch_size: cfg.batch_size,
+            limit,
+            labelled,
+            classifier: m.task == Task::Classification,
+        };
         if m.shards.iter().map(|s| plan.shard_rows(s)).sum::<usize>() == 0 {
             return Err(Error::cache(
                 &cfg.cache,
@@ -79,9 +90,23 @@ impl<'a> ShardPlan<'a> {
             .sum()
     }
 
-    /// Steps of the run: `--steps`, or every epoch's.
+    /// Steps of the run: `--steps`, or every epoch's: `--epochs`, else the default 10, and
+    /// for a classifier as many more epochs as reach [`defaults::MIN_CLASSIFIER_STEPS`].
     pub fn total_steps(&self, cfg: &TrainConfig) -> usize {
-        cfg.steps.unwrap_or_else(|| (0..cfg.epochs).map(|e| self.epoch_steps(e)).sum()).max(1)
+        let steps = match (cfg.steps, cfg.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => (0..e).map(|e| self.epoch_steps(e)).sum(),
+            (None, None) => {
+                let mut steps: usize = (0..defaults::EPOCHS).map(|e| self.epoch_steps(e)).sum();
+                let mut epoch = defaults::EPOCHS;
+                while self.classifier && steps < defaults::MIN_CLASSIFIER_STEPS {
+                    steps += self.epoch_steps(epoch).max(1);
+                    epoch += 1;
+                }
+                steps
+            }
+        };
+        steps.max(1)
     }
 
     /// The shards a remote cache prefetches, in `epoch`'s order: (file, bytes).
