@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sampled soft labels against the top-k on the LM pipeline: the pipeline's cache settings
-# (T = 2) with --soft-labels sampled:N in place of --top-k 64, its student and training,
-# 3 seeds; the cache's bytes per position, held-out perplexity, NLL, ECE and agreement.
-#     bash benches/sampled.sh [N ...]
+# (T = 2) with --soft-labels sampled:N (an argument N) or topk+sampled:K,N (an argument
+# K,N) in place of --top-k 64, its student and training, 3 seeds; the cache's bytes per
+# position, held-out perplexity, NLL, ECE and agreement.
+#     bash benches/sampled.sh [N | K,N ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
@@ -17,16 +18,17 @@ echo "| soft labels | bytes / position | held-out perplexity | NLL | ECE | top-1
 echo "|---|---|---|---|---|---|"
 for n in topk "${ns[@]}"; do
     if [ "$n" = topk ]; then cache=target/pipelines/lm/cache; label="top-64 (the pipeline)"; else
-        cache="$out/cache-$n"; label="sampled:$n"
+        cache="$out/cache-${n/,/-}"
+        case "$n" in *,*) label="topk+sampled:$n" ;; *) label="sampled:$n" ;; esac
         # pipelines/lm.toml's [cache] without its top_k.
         [ -f "$cache/manifest.json" ] || $bin cache-teacher --teacher data/lm/teacher.onnx --tokenizer data/lm/tokenizer.json \
             --data data/lm/train.jsonl --prompt-column prompt --completion-column completion --temperature 2 --batch-size 16 \
-            --rows-per-shard 512 --max-seq-len 256 --soft-labels "sampled:$n" --out "$cache" --quiet >/dev/null
+            --rows-per-shard 512 --max-seq-len 256 --soft-labels "$label" --out "$cache" --quiet >/dev/null
     fi
     bytes=$(python3 -c "import json; m = json.load(open('$cache/manifest.json')); print(round(sum(s['bytes'] for s in m['shards']) / m['totals']['positions'], 1))")
     results=()
     for seed in 0 1 2; do
-        run="$out/run-$n-seed$seed"
+        run="$out/run-${n/,/-}-seed$seed"
         rm -rf "$run"
         $bin train-student --pipeline pipelines/lm.toml --cache "$cache" --seed "$seed" --out "$run" --quiet >/dev/null
         results+=("$($bin eval --student "$run" --data data/lm/valid.jsonl --cache target/pipelines/lm/cache-eval --json)")

@@ -404,6 +404,49 @@ fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
     fails_with(&cache(&t.path().join("d"), &["--top-k", "4"]), &["cache.top_k does not apply to sampled soft labels"]);
 }
 
+/// `--soft-labels topk+sampled:K,N`: each position holds the exact top K (the same ids and
+/// log-probs as a top-K cache, within the delta encoding's step) and N draws from the rest,
+/// whose shares of the rest's mass make the position sum to one; the manifest records K.
+#[test]
+fn topk_plus_sampled_keeps_the_exact_head() {
+    let t = temp();
+    let rows = first_rows(t.path(), 8);
+    let (top, mixed) = (t.path().join("top"), t.path().join("mixed"));
+    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &top, &[])); // top-8 at T = 2
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &s(&data("lm/teacher.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--data",
+        &s(&rows),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--out",
+        &s(&mixed),
+        "--soft-labels",
+        "topk+sampled:8,8",
+        "--temperature",
+        "2",
+        "--quiet",
+    ]));
+    let ((_, a), (m, b)) = (read_all(&top), read_all(&mixed));
+    assert_eq!((m.top_k, m.sampled.map(|s| (s.exact_top, s.draws))), (16, Some((8, 8))));
+    assert_eq!(a.tail_logmass.len(), b.tail_logmass.len());
+    for i in 0..a.tail_logmass.len() {
+        let (ids, lps) = (&b.ids[i * 16..(i + 1) * 16], &b.logprobs[i * 16..(i + 1) * 16]);
+        for j in 0..8 {
+            let at = ids.iter().position(|&id| id == a.ids[i * 8 + j]).expect("a top-8 id is among the entries");
+            assert!((lps[at] - a.logprobs[i * 8 + j]).abs() <= 0.004, "position {i}: {} vs the top-8's {}", lps[at], a.logprobs[i * 8 + j]);
+        }
+        let mass: f64 = lps.iter().map(|&l| (l as f64).exp()).sum::<f64>() + (b.tail_logmass[i] as f64).exp();
+        assert!((mass - 1.0).abs() < 0.02, "position {i}: the entries sum to {mass}");
+    }
+}
+
 /// `--train` and `--freeze`: the weights that do not train are exported bit for bit as they
 /// started, the others move, and the optimizer keeps no state for the frozen ones.
 #[test]

@@ -12,12 +12,21 @@ use crate::cache::schema::LogprobEncoding;
 use crate::error::{Error, Result};
 
 /// How a cache's sampled soft labels were drawn: `draws` tokens per position from the
-/// teacher's distribution at the cache's temperature, seeded by (`seed`, row, position).
+/// teacher's distribution at the cache's temperature (outside its `exact_top` most probable
+/// ids, which are kept exactly), seeded by (`seed`, row, position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampledInfo {
     pub draws: usize,
     pub seed: u64,
+    /// `topk+sampled:K,N`: the K most probable ids are kept exactly and the draws come from
+    /// the rest of the distribution (0: every entry is drawn).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exact_top: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A teacher output stored beside the soft labels (`cache-teacher --hidden-states`): one

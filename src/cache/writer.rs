@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float16Builder, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, Float16Builder, Float32Builder, Int64Builder, ListBuilder, RecordBatch, UInt16Builder, UInt32Builder, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -94,14 +96,7 @@ impl ShardBuilder {
 
     /// As [`ShardBuilder::push`], with the position's hidden states (one slice of the
     /// column's width per column, in the builder's order, rounded to f16 here).
-    pub fn push_with_hidden(
-        &mut self,
-        row: u64,
-        position: u32,
-        hard_label: Option<(i64, f32)>,
-        soft: &SoftLabel,
-        hidden: &[&[f32]],
-    ) {
+    pub fn push_with_hidden(&mut self, row: u64, position: u32, hard_label: Option<(i64, f32)>, soft: &SoftLabel, hidden: &[&[f32]]) {
         assert_eq!(hidden.len(), self.hidden.len(), "one slice per hidden-state column");
         for ((_, dim, column), values) in self.hidden.iter_mut().zip(hidden) {
             assert_eq!(values.len(), *dim, "a hidden state has the column's width");

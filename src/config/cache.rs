@@ -72,10 +72,11 @@ pub struct CacheSettings {
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// What each position stores: `topk` [default], the top-k of the teacher's distribution
-    /// with the exact tail mass; or `sampled:N`, N tokens drawn from it (the distinct ids
-    /// with their share of the draws), an unbiased estimate of the whole distribution
-    /// (Anshumann et al. 2025) that the default forward KL with the tail bucket learns from.
-    #[arg(long, value_name = "topk|sampled:N")]
+    /// with the exact tail mass; `sampled:N`, N tokens drawn from it (the distinct ids with
+    /// their share of the draws), an unbiased estimate of the whole distribution (Anshumann
+    /// et al. 2025) that the default forward KL with the tail bucket learns from; or
+    /// `topk+sampled:K,N`, the exact top K and N draws from the rest (exact head, unbiased tail).
+    #[arg(long, value_name = "topk|sampled:N|topk+sampled:K,N")]
     pub soft_labels: Option<String>,
     /// Seed of --soft-labels sampled:N: draws depend on it, the row and the position only
     /// [default: 0].
@@ -334,22 +335,29 @@ impl CacheSettings {
 
     /// `--soft-labels` and `--seed`: `None` for the top-k.
     fn sampling(&self) -> Result<Option<SampledInfo>> {
+        let bad = |s: &str| {
+            Error::Config(format!("cache.soft_labels must be `topk`, `sampled:N` or `topk+sampled:K,N` with K, N >= 1 (got `{s}`)"))
+        };
         let sampled = match self.soft_labels.as_deref() {
             None | Some("topk") => None,
             Some(s) => {
-                let draws = s.strip_prefix("sampled:").and_then(|n| n.parse::<usize>().ok()).filter(|&n| n >= 1);
-                let draws = draws
-                    .ok_or_else(|| Error::Config(format!("cache.soft_labels must be `topk` or `sampled:N` with N >= 1 (got `{s}`)")))?;
+                let count = |n: &str| n.trim().parse::<usize>().ok().filter(|&n| n >= 1);
+                let (exact_top, draws) = if let Some(kn) = s.strip_prefix("topk+sampled:") {
+                    let (k, n) = kn.split_once(',').ok_or_else(|| bad(s))?;
+                    (count(k).ok_or_else(|| bad(s))?, count(n).ok_or_else(|| bad(s))?)
+                } else {
+                    (0, s.strip_prefix("sampled:").and_then(count).ok_or_else(|| bad(s))?)
+                };
                 if self.top_k.is_some() {
                     return Err(Error::Config(
-                        "cache.top_k does not apply to sampled soft labels: each position holds the N drawn ids".into(),
+                        "cache.top_k does not apply to sampled soft labels: each position holds the exact top K and the N drawn ids".into(),
                     ));
                 }
-                Some(SampledInfo { draws, seed: self.seed.unwrap_or(0) })
+                Some(SampledInfo { draws, seed: self.seed.unwrap_or(0), exact_top })
             }
         };
         if sampled.is_none() && self.seed.is_some() {
-            return Err(Error::Config("cache.seed applies to --soft-labels sampled:N only".into()));
+            return Err(Error::Config("cache.seed applies to --soft-labels sampled:N and topk+sampled:K,N only".into()));
         }
         Ok(sampled)
     }

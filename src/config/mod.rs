@@ -229,8 +229,14 @@ mod tests {
         }
         // Defaults that depend on the student: the help says each one.
         let (epochs, lr) = (help(Train::command(), "epochs"), help(Train::command(), "lr"));
-        assert!(epochs.contains(&format!("[default: {},", t::EPOCHS)) && epochs.contains(&format!("make {} steps", t::MIN_CLASSIFIER_STEPS)), "{epochs}");
-        assert!(lr.contains(&format!("[default: {:e} for a fresh", t::LR)) && lr.contains(&format!("{:e} for --student hf:", t::LR_PRETRAINED)), "{lr}");
+        assert!(
+            epochs.contains(&format!("[default: {},", t::EPOCHS)) && epochs.contains(&format!("make {} steps", t::MIN_CLASSIFIER_STEPS)),
+            "{epochs}"
+        );
+        assert!(
+            lr.contains(&format!("[default: {:e} for a fresh", t::LR)) && lr.contains(&format!("{:e} for --student hf:", t::LR_PRETRAINED)),
+            "{lr}"
+        );
     }
 
     #[test]

@@ -183,17 +183,25 @@ fn sampled_soft_labels_give_an_unbiased_gradient() {
     let teacher64: Vec<f64> = teacher.iter().map(|&x| x as f64).collect();
     let (lp, ids) = soft_full(&teacher64, t as f64);
     let full = grad(targets(lp.clone(), ids, vec![f32::NEG_INFINITY], 1, v), 1);
-    let (mut s_ids, mut s_lp, mut s_tail) = (Vec::new(), Vec::new(), Vec::new());
-    for seed in 0..samples as u64 {
-        let mut out = crate::teacher::SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
-        crate::teacher::sample::sampled_soft_label(&teacher, v, t, draws, (seed, 0, 0), &mut out).unwrap();
-        s_ids.extend(out.ids.iter().map(|&i| i as i64));
-        s_lp.extend(out.logprobs);
-        s_tail.push(out.tail_logmass);
-    }
-    let sampled = grad(targets(s_lp, s_ids, s_tail, samples, draws), samples);
-    for j in 0..v {
-        assert!((sampled[j] - full[j]).abs() < 0.02, "d/dz[{j}]: sampled mean {} vs full {}", sampled[j], full[j]);
+    // Plain draws, and (topk+sampled:2,N) the exact top 2 with the draws over the rest.
+    for exact_top in [0, 2] {
+        let (mut s_ids, mut s_lp, mut s_tail) = (Vec::new(), Vec::new(), Vec::new());
+        for seed in 0..samples as u64 {
+            let mut out = crate::teacher::SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
+            crate::teacher::sample::sampled_soft_label(&teacher, v, t, exact_top, draws, (seed, 0, 0), &mut out).unwrap();
+            s_ids.extend(out.ids.iter().map(|&i| i as i64));
+            s_lp.extend(out.logprobs);
+            s_tail.push(out.tail_logmass);
+        }
+        let sampled = grad(targets(s_lp, s_ids, s_tail, samples, exact_top + draws), samples);
+        for j in 0..v {
+            assert!(
+                (sampled[j] - full[j]).abs() < 0.02,
+                "exact top {exact_top}, d/dz[{j}]: sampled mean {} vs full {}",
+                sampled[j],
+                full[j]
+            );
+        }
     }
     // Top-2 with the exact tail mass: the gradient inside the tail follows the student.
     let mut order: Vec<usize> = (0..v).collect();

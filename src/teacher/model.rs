@@ -405,9 +405,7 @@ impl Teacher {
             let bad = |e: ort::Error| Error::teacher(&path, format!("output `{name}`: {e}"));
             let (shape, values) = match value.dtype().tensor_type() {
                 Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
-                Some(TensorElementType::Bfloat16) => {
-                    value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?
-                }
+                Some(TensorElementType::Bfloat16) => value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?,
                 _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(bad)?,
             };
             Ok(HiddenValues { shape: shape.iter().map(|&d| d.max(0) as usize).collect(), values })

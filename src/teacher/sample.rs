@@ -6,6 +6,12 @@
 //! estimate of the full-vocabulary KL gradient, where a top-k cache is biased towards the
 //! head of the distribution.
 //!
+//! With `exact_top = K > 0` (`--soft-labels topk+sampled:K,N`) the K most probable ids are
+//! kept with their exact log-probs and the N draws come from the rest of the distribution
+//! (the teacher's, restricted to the ids outside the top-K): each drawn id `j` is stored with
+//! `log(tail_mass * count_j / N)`, an unbiased estimate of `p_j`, so the head is exact and
+//! the tail unbiased.
+//!
 //! Draws are seeded by (seed, row, position) alone, so a shard is the same whatever the
 //! batch size or the point a run resumed from.
 
@@ -33,17 +39,20 @@ fn rng_for((seed, row, position): (u64, u64, u32)) -> Rng {
 }
 
 /// `draws` tokens drawn from `softmax(logits / temperature)` (over every logit), as a soft
-/// label of exactly `draws` entries: the distinct ids among the first `selectable` with
-/// `log(count / draws)`, most drawn first (ties by id), padded with unused ids far below;
-/// draws on ids past `selectable` (padding of the vocabulary) are the tail mass. `entropy`
-/// is the full distribution's. Returns the index of the first non-finite logit as the error.
+/// label of exactly `exact_top + draws` entries: the `exact_top` most probable ids among the
+/// first `selectable` with their exact log-probs, then the distinct ids among the first
+/// `selectable` drawn from the rest of the distribution with `log(rest_mass * count /
+/// draws)`, all most probable first (ties by id), padded with unused ids far below; draws
+/// on ids past `selectable` (padding of the vocabulary) are the tail mass. `entropy` is the
+/// full distribution's. Returns the index of the first non-finite logit as the error.
 ///
 /// # Shapes
-/// - `logits`: `[vocab]`, `draws <= selectable <= vocab`
+/// - `logits`: `[vocab]`, `exact_top + draws <= selectable <= vocab`
 pub fn sampled_soft_label(
     logits: &[f32],
     selectable: usize,
     temperature: f32,
+    exact_top: usize,
     draws: usize,
     key: (u64, u64, u32),
     out: &mut SoftLabel,
@@ -62,15 +71,35 @@ pub fn sampled_soft_label(
             -lp.exp() * lp
         })
         .sum();
-    // N sorted uniforms, then one walk along the cumulative distribution.
+    // The exact head: the `exact_top` largest logits among the selectable ids (ties by id).
+    let mut head: Vec<u32> = if exact_top > 0 { (0..selectable as u32).collect() } else { Vec::new() };
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if exact_top > 0 && exact_top < head.len() {
+        head.select_nth_unstable_by(exact_top - 1, by_logit);
+    }
+    head.truncate(exact_top);
+    head.sort_unstable();
+    let in_head = |j: usize| exact_top > 0 && head.binary_search(&(j as u32)).is_ok();
+    // The mass the draws share: 1 without a head (exactly, so the draws are those of the
+    // plain sampled label), else that of the ids outside it.
+    let rest_mass = if exact_top == 0 {
+        1.0
+    } else {
+        logits.iter().enumerate().filter(|(j, _)| !in_head(*j)).map(|(_, &z)| (z as f64 / t - lse).exp()).sum::<f64>()
+    };
+    // N sorted uniforms over the rest's mass, then one walk along its cumulative distribution.
     let mut rng = rng_for(key);
-    let mut u: Vec<f64> = (0..draws).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64).collect();
+    let mut u: Vec<f64> = (0..draws).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * rest_mass).collect();
     u.sort_by(f64::total_cmp);
     let mut counts: Vec<(u32, u32)> = Vec::new(); // (id, count), ids ascending
     let (mut cdf, mut next, mut padding) = (0.0f64, 0usize, 0u32);
+    let last_rest = (0..logits.len()).rev().find(|&j| !in_head(j)).unwrap_or(0);
     for (j, &z) in logits.iter().enumerate() {
+        if in_head(j) {
+            continue;
+        }
         cdf += (z as f64 / t - lse).exp();
-        let last = j + 1 == logits.len();
+        let last = j == last_rest;
         let mut c = 0u32;
         while next < draws && (u[next] < cdf || last) {
             c += 1;
@@ -80,26 +109,28 @@ pub fn sampled_soft_label(
             if j < selectable { counts.push((j as u32, c)) } else { padding += c }
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let n = draws as f64;
+    let mut entries: Vec<(u32, f64)> = head.iter().map(|&id| (id, logits[id as usize] as f64 / t - lse)).collect();
+    entries.extend(counts.iter().map(|&(id, c)| (id, (rest_mass * c as f64 / n).ln())));
+    entries.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out.ids.clear();
     out.logprobs.clear();
-    let n = draws as f64;
-    for &(id, c) in &counts {
+    for &(id, lp) in &entries {
         out.ids.push(id);
-        out.logprobs.push((c as f64 / n).ln() as f32);
+        out.logprobs.push(lp as f32);
     }
     let floor = out.logprobs.first().copied().unwrap_or(0.0) - PAD_BELOW;
-    let mut used: Vec<u32> = counts.iter().map(|c| c.0).collect();
+    let mut used: Vec<u32> = entries.iter().map(|e| e.0).collect();
     used.sort_unstable();
     let mut candidate = 0u32;
-    while out.ids.len() < draws {
+    while out.ids.len() < exact_top + draws {
         if used.binary_search(&candidate).is_err() {
             out.ids.push(candidate);
             out.logprobs.push(floor);
         }
         candidate += 1;
     }
-    out.tail_logmass = if padding > 0 { (padding as f64 / n).ln() as f32 } else { f32::NEG_INFINITY };
+    out.tail_logmass = if padding > 0 { (rest_mass * padding as f64 / n).ln() as f32 } else { f32::NEG_INFINITY };
     out.entropy = entropy as f32;
     Ok(())
 }
@@ -110,7 +141,7 @@ mod tests {
 
     fn label(logits: &[f32], draws: usize, key: (u64, u64, u32)) -> SoftLabel {
         let mut out = SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
-        sampled_soft_label(logits, logits.len(), 1.0, draws, key, &mut out).unwrap();
+        sampled_soft_label(logits, logits.len(), 1.0, 0, draws, key, &mut out).unwrap();
         out
     }
 
@@ -138,5 +169,26 @@ mod tests {
         let mass: f64 = a.logprobs.iter().map(|&l| (l as f64).exp()).sum();
         assert!((mass - 1.0).abs() < 1e-5, "the draws' shares sum to one: {mass}");
         assert!(a.logprobs.windows(2).all(|w| w[0] >= w[1]), "most drawn first");
+    }
+
+    /// With an exact head: the K most probable ids carry their exact log-probs, the draws
+    /// fill the rest, and the label's probabilities sum to one (head exact + rest mass
+    /// shared by the draws).
+    #[test]
+    fn an_exact_head_keeps_the_top_ids_exactly() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.4 + i as f32 * 0.01).collect();
+        let mut out = SoftLabel { ids: vec![], logprobs: vec![], tail_logmass: 0.0, entropy: 0.0 };
+        sampled_soft_label(&logits, 50, 1.0, 3, 8, (0, 1, 2), &mut out).unwrap();
+        assert_eq!(out.ids.len(), 11);
+        let lse = logits.iter().map(|&z| (z as f64).exp()).sum::<f64>().ln();
+        let mut order: Vec<usize> = (0..50).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        for &id in &order[..3] {
+            let at = out.ids.iter().position(|&i| i as usize == id).expect("a top-3 id is kept");
+            assert!((out.logprobs[at] as f64 - (logits[id] as f64 - lse)).abs() < 1e-5, "id {id}");
+        }
+        let mass: f64 = out.logprobs.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-5, "head + drawn rest sum to one: {mass}");
+        assert!(out.logprobs.windows(2).all(|w| w[0] >= w[1]), "most probable first");
     }
 }

@@ -8,6 +8,13 @@ use crate::student::{Positions, RowInput, Student};
 
 use super::examples::Example;
 
+/// The soft labels' shape: `k` entries per position over a `vocab`-wide distribution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Support {
+    pub k: usize,
+    pub vocab: usize,
+}
+
 /// The hidden-state term's side of a run: the learned maps, the student layers they read
 /// and the width of each pair's cached teacher state.
 pub(super) struct HiddenTerm<'a> {
@@ -31,8 +38,7 @@ pub(super) struct HiddenTerm<'a> {
 pub(super) fn batch_loss(
     model: &Student,
     batch: &[&Example],
-    k: usize,
-    vocab: usize,
+    Support { k, vocab }: Support,
     cfg: &TrainConfig,
     train_t: f32,
     hidden: Option<HiddenTerm<'_>>,

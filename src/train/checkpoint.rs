@@ -89,7 +89,8 @@ pub(super) fn save(
     let name = format!("checkpoint-{:08}", at.step);
     let dir = out.join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let save_optim = |o: &ModuleOptimizer, f: &str| o.save(dir.join(f)).map_err(|e| Error::io(dir.join(f), std::io::Error::other(format!("{e:?}"))));
+    let save_optim =
+        |o: &ModuleOptimizer, f: &str| o.save(dir.join(f)).map_err(|e| Error::io(dir.join(f), std::io::Error::other(format!("{e:?}"))));
     student::save_burnpack(model, &dir.join("model.bpk"))?;
     save_optim(optim, "optim.bpk")?;
     let mut files = vec!["model.bpk", "optim.bpk"];

@@ -12,12 +12,12 @@ use burn::tensor::{Device, Tensor};
 use crate::cache::Manifest;
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::progress::Progress;
 use crate::loss::HiddenMaps;
+use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::student::Student;
 
-use super::batch::{HiddenTerm, batch_loss};
+use super::batch::{HiddenTerm, Support, batch_loss};
 use super::checkpoint::{self, At};
 use super::examples::Example;
 use super::loader::Loaded;
@@ -120,8 +120,8 @@ impl Trainer<'_> {
     fn train_step(&mut self, model: Student, batch: &[&Example]) -> Result<Student> {
         let (cfg, step) = (self.cfg, self.at.step);
         let term = self.hidden.as_ref().map(|h| HiddenTerm { maps: &h.maps, layers: &h.layers, dims: &h.dims });
-        let k = cfg.top_k.unwrap_or(self.m.top_k);
-        let (parts, hidden, count) = batch_loss(&model, batch, k, self.m.vocab_size, cfg, self.train_t, term, self.device);
+        let support = Support { k: cfg.top_k.unwrap_or(self.m.top_k), vocab: self.m.vocab_size };
+        let (parts, hidden, count) = batch_loss(&model, batch, support, cfg, self.train_t, term, self.device);
         let lr = lr_at(cfg.lr, step, self.total);
         let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
         if !l.is_finite() {

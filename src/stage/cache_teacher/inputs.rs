@@ -149,18 +149,19 @@ fn tokenizer(cfg: &CacheTeacherConfig, conversational: bool) -> Result<Option<To
 }
 
 /// `--top-k`, at most the logits' width and the selectable ids; by default 64 or fewer.
-/// Sampled soft labels hold `N` entries.
+/// Sampled soft labels hold `N` entries (`K + N` with an exact top K).
 fn top_k(cfg: &CacheTeacherConfig, teacher: &Teacher, selectable: &Selectable) -> Result<usize> {
     let vocab = teacher.vocab_size;
     if let Some(s) = cfg.sampled {
-        // Each position holds the N drawn ids, padded to N distinct ones.
-        if s.draws > selectable.ids {
+        // Each position holds the K exact and the N drawn ids, padded to K + N distinct ones.
+        let entries = s.exact_top + s.draws;
+        if entries > selectable.ids {
             return Err(Error::Config(format!(
-                "--soft-labels sampled:{} draws more than the {} ids a label may name",
-                s.draws, selectable.ids
+                "--soft-labels: {entries} entries per position ({} exact + {} drawn) are more than the {} ids a label may name",
+                s.exact_top, s.draws, selectable.ids
             )));
         }
-        return Ok(s.draws);
+        return Ok(entries);
     }
     match cfg.top_k {
         Some(k) if k > vocab => Err(Error::Config(format!(

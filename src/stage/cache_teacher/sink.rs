@@ -190,6 +190,7 @@ fn sampled_labels(
                 &logits[i * vocab..(i + 1) * vocab],
                 selectable,
                 temperature,
+                s.exact_top,
                 s.draws,
                 (s.seed, row, position),
                 &mut out,
