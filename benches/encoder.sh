@@ -89,7 +89,8 @@ print()
 for a, b in [("kd-fresh", "hard-fresh"), ("kd-init", "hard-init"), ("kd-init-cosine", "kd-init"), ("kd-init-mse", "kd-init"),
              ("kd-init", "hard-fresh")]:
     m, s, t, p = t_test(acc[a], acc[b])
-    print(f"{a} - {b}: {m:+.4f} (paired sd {s:.4f}, t = {t:.2f}, p = {p:.4f}, better on {sum(x > y for x, y in zip(acc[a], acc[b]))} of {seeds})")
+    pv = "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
+    print(f"{a} - {b}: {m:+.4f} (paired sd {s:.4f}, t = {t:.2f}, {pv}, better on {sum(x > y for x, y in zip(acc[a], acc[b]))} of {seeds})")
 print()
 for n in names:
     print(n, " ".join(f"{x:.4f}" for x in acc[n]))
