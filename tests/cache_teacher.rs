@@ -330,6 +330,32 @@ fn batch_size_does_not_change_the_cache() {
     }
 }
 
+/// Text rows are grouped by length and packed under `--max-batch-tokens`: whatever the
+/// packing (a budget of 300 padded tokens, every row alone, the defaults), the LM cache holds
+/// the same shards byte for byte, its positions in dataset order.
+#[test]
+fn token_budget_does_not_change_the_cache() {
+    let t = temp();
+    let rows = data("inputs/jsonl/lm-300.jsonl");
+    let run = |name: &str, extra: &[&str]| {
+        let out = t.path().join(name);
+        let mut a = lm_args(&out, &["--top-k", "8", "--rows-per-shard", "100"]);
+        a[6] = rows.display().to_string();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        ok(&distill(a));
+        let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        (m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>(), read_all(&out).1)
+    };
+    let (default_sha, default) = run("default", &[]);
+    let keys = |b: &SoftLabelBatch| b.rows.iter().zip(&b.positions).map(|(&r, &p)| (r, p)).collect::<Vec<_>>();
+    assert!(keys(&default).is_sorted() && keys(&default).len() > 1000, "positions in dataset order");
+    assert_eq!(default_sha.len(), 3);
+    for extra in [&["--max-batch-tokens", "300"][..], &["--batch-size", "1"]] {
+        let (sha, _) = run(extra[0].trim_start_matches('-'), extra);
+        assert_eq!(sha, default_sha, "shards made with {extra:?} differ");
+    }
+}
+
 mod bad_input {
     use super::*;
 

@@ -49,6 +49,9 @@ pub struct ShardBuilder {
     hidden: Vec<(String, usize, ListBuilder<Float16Builder>)>,
     scratch: Vec<u16>,
     positions: u64,
+    /// (row, position) of each pushed entry: pushes may come in any order (batches of rows
+    /// grouped by length); the shard is written in dataset order.
+    keys: Vec<(u64, u32)>,
 }
 
 fn item(dt: DataType) -> Arc<Field> {
@@ -81,6 +84,7 @@ impl ShardBuilder {
                 .collect(),
             scratch: Vec::new(),
             positions: 0,
+            keys: Vec::new(),
         }
     }
 
@@ -103,6 +107,7 @@ impl ShardBuilder {
             column.values().extend(values.iter().map(|&v| Some(half::f16::from_f32(v))));
             column.append(true);
         }
+        self.keys.push((row, position));
         self.row.append_value(row);
         self.position.append_value(position);
         self.hard_label.append_option(hard_label.map(|h| h.0));
@@ -145,6 +150,13 @@ impl ShardBuilder {
             columns.push(Arc::new(column.finish()));
         }
         self.positions = 0;
+        let keys = std::mem::take(&mut self.keys);
+        if !keys.is_sorted() {
+            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+            order.sort_by_key(|&i| keys[i as usize]);
+            let indices = arrow::array::UInt32Array::from(order);
+            columns = columns.iter().map(|c| arrow::compute::take(c, &indices, None).expect("indices within the columns")).collect();
+        }
         let names: Vec<String> = self.hidden.iter().map(|h| h.0.clone()).collect();
         RecordBatch::try_new(Arc::new(schema::shard_schema(self.encoding, &names)), columns).expect("columns match the shard schema")
     }

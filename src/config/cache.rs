@@ -22,6 +22,13 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 32;
     pub const ROWS_PER_SHARD: u64 = 1024;
     pub const MAX_SEQ_LEN: usize = 512;
+    /// Bytes of f32 logits one teacher batch may produce by default.
+    pub const LOGITS_BUDGET_BYTES: usize = 1 << 30;
+
+    /// The default `--max-batch-tokens` for a teacher of `vocab` logits per position.
+    pub fn logits_budget_tokens(vocab: usize) -> usize {
+        (LOGITS_BUDGET_BYTES / (4 * vocab.max(1))).max(1)
+    }
 }
 
 /// Stage one's settings, every one optional until validation (a flag overrides the pipeline
@@ -88,6 +95,12 @@ pub struct CacheSettings {
     /// Rows per teacher batch [default: 32].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Most padded tokens in one text batch (rows x its longest row) [default: as many as
+    /// keep the batch's f32 logits under 1 GiB, 2^28 / vocabulary, 1766 at 152k]. Rows are
+    /// grouped by length within each shard, so batches carry little padding; a longer row
+    /// runs alone. The cache does not depend on it.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_batch_tokens: Option<usize>,
     /// Dataset rows per Parquet shard [default: 1024]. Part of the cache's identity.
     #[arg(long, value_name = "N")]
     pub rows_per_shard: Option<u64>,
@@ -227,6 +240,8 @@ pub struct CacheTeacherConfig {
     pub top_k: Option<usize>,
     pub temperature: f32,
     pub batch_size: usize,
+    /// `None`: [`defaults::logits_budget_tokens`] of the teacher's vocabulary.
+    pub max_batch_tokens: Option<usize>,
     pub rows_per_shard: u64,
     pub inputs: Vec<(String, String)>,
     pub output: Option<String>,
@@ -304,6 +319,7 @@ impl CacheSettings {
             top_k: self.top_k,
             temperature,
             batch_size,
+            max_batch_tokens: self.max_batch_tokens.map(|n| at_least_one("cache.max_batch_tokens", n)).transpose()?,
             rows_per_shard,
             inputs: inputs.into_iter().collect(),
             output: self.output,

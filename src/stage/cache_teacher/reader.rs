@@ -1,5 +1,6 @@
 //! Stage one's reading side: rows of the planned shards in batches that never cross a shard
-//! boundary (so shards depend on rows only), tokenized and right-padded for token models.
+//! boundary (so shards depend on rows only), tokenized and right-padded for token models,
+//! grouped by length and bounded in padded tokens.
 
 use std::time::Instant;
 
@@ -53,6 +54,8 @@ pub(super) struct Reader<'a> {
     pub plan: &'a [usize],
     pub rows_per_shard: u64,
     pub total_rows: u64,
+    /// Padded tokens (rows x the longest row) a text batch may hold.
+    pub max_batch_tokens: usize,
 }
 
 impl Reader<'_> {
@@ -72,7 +75,7 @@ impl Reader<'_> {
         feed: &std::sync::mpsc::SyncSender<Result<Feed>>,
         seconds: &mut f64,
     ) -> Result<()> {
-        let (cfg, per) = (self.cfg, self.rows_per_shard);
+        let per = self.rows_per_shard;
         let mut cursor = 0u64; // next dataset row the reader would return
         for &j in self.plan {
             let shard_first_row = j as u64 * per;
@@ -82,97 +85,120 @@ impl Reader<'_> {
             for row in rows.by_ref().take((shard_first_row - cursor) as usize) {
                 row?;
             }
-            *seconds += t.elapsed().as_secs_f64();
             cursor = shard_first_row;
-            let mut shard_rows = 0u64;
-            while shard_rows < shard_len {
-                let t = Instant::now();
-                let room = (shard_len - shard_rows).min(cfg.batch_size as u64) as usize;
-                let batch = rows.by_ref().take(room).collect::<Result<Vec<Row>>>()?;
-                if batch.is_empty() {
-                    break;
-                }
-                cursor += batch.len() as u64;
-                let hard: Vec<Option<i64>> = batch
-                    .iter()
-                    .map(|r| match self.label_slot.map(|s| &r.fields[s]) {
-                        Some(Field::Label(l)) => Some(*l),
-                        _ => None,
-                    })
-                    .collect();
-                let tokens = match self.tokens {
-                    None => None,
-                    Some((ts, cols)) => {
-                        if self.classify {
-                            check_labels(cfg, &batch, &hard, self.vocab)?;
-                        }
-                        Some(tokenize_batch(cfg, ts, cols, &batch, self.vocab, self.classify)?)
-                    }
-                };
-                *seconds += t.elapsed().as_secs_f64();
-                shard_rows += batch.len() as u64;
-                if feed.send(Ok(Feed::Batch(Prepared { rows: batch, hard, tokens }))).is_err() {
+            let shard_rows = rows.by_ref().take(shard_len as usize).collect::<Result<Vec<Row>>>()?;
+            cursor += shard_rows.len() as u64;
+            let count = shard_rows.len() as u64;
+            let batches = self.batches(shard_rows)?;
+            *seconds += t.elapsed().as_secs_f64();
+            for batch in batches {
+                if feed.send(Ok(Feed::Batch(batch))).is_err() {
                     return Ok(()); // the main thread stopped; it reports why
                 }
             }
-            if shard_rows > 0 && feed.send(Ok(Feed::EndOfShard { index: j, first_row: shard_first_row, rows: shard_rows })).is_err() {
+            if count > 0 && feed.send(Ok(Feed::EndOfShard { index: j, first_row: shard_first_row, rows: count })).is_err() {
                 return Ok(());
             }
         }
         Ok(())
     }
+
+    /// One shard's rows as teacher batches. Numeric rows: `batch_size` at a time, in order.
+    /// Text rows: tokenized, then taken longest first and packed into batches of at most
+    /// `batch_size` rows and `max_batch_tokens` padded tokens (a longer row goes alone), so
+    /// rows of similar length share a batch; the shard builder puts the positions back in
+    /// dataset order, so the shard does not depend on the batching.
+    fn batches(&self, rows: Vec<Row>) -> Result<Vec<Prepared>> {
+        let cfg = self.cfg;
+        let hard_of = |r: &Row| match self.label_slot.map(|s| &r.fields[s]) {
+            Some(Field::Label(l)) => Some(*l),
+            _ => None,
+        };
+        let Some((ts, cols)) = self.tokens else {
+            let mut out = Vec::new();
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let batch: Vec<Row> = rows.by_ref().take(cfg.batch_size).collect();
+                let hard = batch.iter().map(hard_of).collect();
+                out.push(Prepared { rows: batch, hard, tokens: None });
+            }
+            return Ok(out);
+        };
+        if self.classify {
+            let hard: Vec<Option<i64>> = rows.iter().map(hard_of).collect();
+            check_labels(cfg, &rows, &hard, self.vocab)?;
+        }
+        let seqs = rows.iter().map(|r| tokenize_row(cfg, ts, cols, r, self.vocab, self.classify)).collect::<Result<Vec<_>>>()?;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| seqs[b].ids.len().cmp(&seqs[a].ids.len()).then(a.cmp(&b)));
+        let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+        let mut seqs: Vec<Option<Tokenized>> = seqs.into_iter().map(Some).collect();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            // Longest first: the batch's first row sets its padded length.
+            let longest = seqs[order[start]].as_ref().map_or(1, |t| t.ids.len().max(1));
+            let fit = (self.max_batch_tokens / longest).clamp(1, cfg.batch_size);
+            let end = (start + fit).min(order.len());
+            let batch: Vec<Row> = order[start..end].iter().map(|&i| rows[i].take().expect("each row once")).collect();
+            let tokenized: Vec<Tokenized> = order[start..end].iter().map(|&i| seqs[i].take().expect("each row once")).collect();
+            let hard = batch.iter().map(hard_of).collect();
+            let tokens = pad_batch(ts.pad_id, &batch, tokenized, self.classify);
+            out.push(Prepared { rows: batch, hard, tokens: Some(tokens) });
+            start = end;
+        }
+        Ok(out)
+    }
 }
 
-/// Tokenize and right-pad one batch (pad id, attention mask 0).
-fn tokenize_batch(
-    cfg: &CacheTeacherConfig,
-    ts: &Tokenizer,
-    cols: &TextColumns,
-    batch: &[Row],
-    vocab: usize,
-    classify: bool,
-) -> Result<Tokens> {
+/// One row's tokens and the positions of them that are cached.
+struct Tokenized {
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    truncated: bool,
+}
+
+/// Tokenize one row, checking it against `max_seq_len` and the teacher's vocabulary.
+fn tokenize_row(cfg: &CacheTeacherConfig, ts: &Tokenizer, cols: &TextColumns, r: &Row, vocab: usize, classify: bool) -> Result<Tokenized> {
     let text = cfg.text.as_ref().expect("token batch has text settings");
-    let mut truncated = 0u64;
-    let mut seqs: Vec<(Vec<u32>, Vec<usize>)> = Vec::with_capacity(batch.len()); // (ids, cached positions)
-    for r in batch {
-        let t = text::tokenize(ts, cols, &r.fields, r.index, &cfg.data)?;
-        if t.truncated {
-            if text.long == LongSequences::Refuse {
-                return Err(Error::data(
-                    &cfg.data,
-                    format!("row {}: longer than max_seq_len = {} tokens (long_sequences = \"refuse\")", r.index, text.max_seq_len),
-                ));
-            }
-            truncated += 1;
-        }
-        if !classify && let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::Tokenizer {
-                path: text.tokenizer.clone(),
-                message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {vocab}", r.index),
-            });
-        }
-        let positions = t.positions();
-        seqs.push((t.ids, positions));
+    let t = text::tokenize(ts, cols, &r.fields, r.index, &cfg.data)?;
+    if t.truncated && text.long == LongSequences::Refuse {
+        return Err(Error::data(
+            &cfg.data,
+            format!("row {}: longer than max_seq_len = {} tokens (long_sequences = \"refuse\")", r.index, text.max_seq_len),
+        ));
     }
-    let seq = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(1);
-    let mut ids = vec![ts.pad_id as i64; batch.len() * seq];
+    if !classify && let Some(&bad) = t.ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::Tokenizer {
+            path: text.tokenizer.clone(),
+            message: format!("row {}: token id {bad} is outside the teacher's vocabulary of {vocab}", r.index),
+        });
+    }
+    let positions = t.positions();
+    Ok(Tokenized { truncated: t.truncated, ids: t.ids, positions })
+}
+
+/// Right-pad one batch of tokenized rows (pad id, attention mask 0).
+fn pad_batch(pad_id: u32, batch: &[Row], seqs: Vec<Tokenized>, classify: bool) -> Tokens {
+    let seq = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id as i64; batch.len() * seq];
     let mut mask = vec![0i64; batch.len() * seq];
-    let mut count = 0u64;
-    for (b, (s, _)) in seqs.iter().enumerate() {
-        for (t, &id) in s.iter().enumerate() {
+    let (mut count, mut truncated) = (0u64, 0u64);
+    for (b, s) in seqs.iter().enumerate() {
+        for (t, &id) in s.ids.iter().enumerate() {
             ids[b * seq + t] = id as i64;
             mask[b * seq + t] = 1;
         }
-        count += s.len() as u64;
+        count += s.ids.len() as u64;
+        truncated += s.truncated as u64;
     }
     let mut wanted = Vec::new();
     if !classify {
-        for (b, (s, positions)) in seqs.iter().enumerate() {
-            for &p in positions {
-                wanted.push((b * seq + p, batch[b].index, p as u32, s[p + 1] as i64));
+        for (b, s) in seqs.iter().enumerate() {
+            for &p in &s.positions {
+                wanted.push((b * seq + p, batch[b].index, p as u32, s.ids[p + 1] as i64));
             }
         }
     }
-    Ok(Tokens { seq, ids, mask, wanted, count, truncated })
+    Tokens { seq, ids, mask, wanted, count, truncated }
 }

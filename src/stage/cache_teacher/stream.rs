@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::cache::Task;
 use crate::cache::manifest::Manifest;
 use crate::config::CacheTeacherConfig;
+use crate::config::defaults::cache as defaults;
 use crate::data::{self, Column};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -78,6 +79,7 @@ pub(super) fn stream(
         plan: &plan.todo,
         rows_per_shard: cfg.rows_per_shard,
         total_rows: man.dataset.rows,
+        max_batch_tokens: cfg.max_batch_tokens.unwrap_or_else(|| defaults::logits_budget_tokens(inputs.teacher.vocab_size)),
     };
     let labelled = classify && inputs.label_column.is_some();
     let mut teach =
