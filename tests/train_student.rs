@@ -301,28 +301,45 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     };
     lm(&small, &cache, &["--top-k", "16", "--temperature", "2"]);
     let run = t.path().join("run");
-    let o = distill([
-        "train-student",
-        "--cache",
-        &cache.display().to_string(),
-        "--data",
-        &small.display().to_string(),
-        "--out",
-        &run.display().to_string(),
-        "--student",
-        "decoder:d_model=32,layers=1,heads=2,d_ff=64",
-        "--steps",
-        "12",
-        "--batch-size",
-        "8",
-        "--lr",
-        "0.01",
-        "--quiet",
-    ]);
+    let o_args = |cache: &Path, small: &Path, run: &Path| -> Vec<String> {
+        [
+            "train-student",
+            "--cache",
+            &cache.display().to_string(),
+            "--data",
+            &small.display().to_string(),
+            "--out",
+            &run.display().to_string(),
+            "--student",
+            "decoder:d_model=32,layers=1,heads=2,d_ff=64",
+            "--steps",
+            "12",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.01",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = distill(o_args(&cache, &small, &run));
     ok(&o);
-    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let losses: Vec<f64> = metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
-    assert!(losses.last().unwrap() < losses.first().unwrap(), "loss decreases: {losses:?}");
+    let losses = |run: &Path| -> Vec<f64> {
+        let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect()
+    };
+    let whole = losses(&run);
+    assert!(whole.last().unwrap() < whole.first().unwrap(), "loss decreases: {whole:?}");
+    // The head and loss over chunks of 7 positions train the same run (float noise only).
+    let chunked = t.path().join("chunked");
+    let mut args: Vec<String> = o_args(&cache, &small, &chunked);
+    args.extend(["--loss-chunk".to_string(), "7".to_string()]);
+    ok(&distill(&args));
+    for (i, (a, b)) in whole.iter().zip(losses(&chunked)).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "step {}: loss {a} whole vs {b} in chunks", i + 1);
+    }
     let valid = data("lm/valid.jsonl");
     let eval_cache = t.path().join("eval-cache");
     lm(&valid, &eval_cache, &["--top-k", "1", "--temperature", "1"]);

@@ -34,6 +34,13 @@ pub mod defaults {
     pub const SHUFFLE_WINDOW: usize = 4;
     pub const PREPARED_ROWS_MB: usize = 64;
     pub const HIDDEN_WEIGHT: f32 = 1.0;
+    /// Bytes of a decoder's f32 logits one chunk of the loss may hold by default.
+    pub const LOSS_CHUNK_BYTES: usize = 256 << 20;
+
+    /// The default `--loss-chunk` for a `vocab`-wide LM head.
+    pub fn loss_chunk_positions(vocab: usize) -> usize {
+        (LOSS_CHUNK_BYTES / (4 * vocab.max(1))).max(1)
+    }
 }
 
 /// Stage two's settings, every one optional until validation (a flag overrides the pipeline
@@ -134,6 +141,11 @@ pub struct TrainSettings {
     /// [default: 1].
     #[arg(long, value_name = "W", value_parser = super::finite_f32)]
     pub hidden_weight: Option<f32>,
+    /// A decoder's LM head and loss are computed this many positions at a time, so a batch's
+    /// whole [positions, vocab] logits and their gradient never exist at once; the same loss
+    /// [default: as many as make 256 MiB of f32 logits, 2^26 / vocabulary: 441 at 152k].
+    #[arg(long, value_name = "POSITIONS")]
+    pub loss_chunk: Option<usize>,
     /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
     /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
     /// every epoch. Results are the same either way [default: 64].
@@ -201,6 +213,8 @@ pub struct TrainConfig {
     /// Which parameters train, and the globs of those frozen after that.
     pub trainable: Trainable,
     pub freeze: Vec<String>,
+    /// Positions per chunk of a decoder's head and loss (`None`: [`defaults::loss_chunk_positions`]).
+    pub loss_chunk: Option<usize>,
     /// Hidden-state pairs (empty: no hidden-state term), their loss and its weight.
     pub hidden: Vec<HiddenPair>,
     pub hidden_loss: HiddenLoss,
@@ -283,6 +297,10 @@ impl TrainSettings {
             export_dtype: self.export_dtype,
             trainable: self.train_params.as_deref().map(Trainable::parse).transpose()?.unwrap_or(Trainable::All),
             freeze: self.freeze.as_deref().map(globs).unwrap_or_default(),
+            loss_chunk: match self.loss_chunk {
+                Some(0) => return Err(Error::Config("train.loss_chunk must be >= 1 (positions)".into())),
+                c => c,
+            },
             hidden: self.hidden_layers.as_deref().map(HiddenPair::parse_list).transpose()?.unwrap_or_default(),
             hidden_loss: self.hidden_loss.unwrap_or(HiddenLoss::Cosine),
             hidden_weight,

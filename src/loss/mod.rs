@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels;
 
+mod chunked;
 mod divergence;
 pub mod hidden;
 
+pub use chunked::{HeadWeights, chunked_head_loss};
 use divergence::divergence_terms;
 pub use divergence::{Divergence, divergence_per_position};
 pub use hidden::{HiddenLoss, HiddenMaps, HiddenPair};
@@ -183,21 +185,79 @@ pub fn fused_distillation_loss(
     tail: TailMode,
     divergence: Divergence,
 ) -> LossParts {
-    let [_, vocab] = student_logits.dims();
-    let [_, k] = soft.ids.dims();
-    // Everything up to the last line runs on the backend without autodiff: no graph is
+    // Everything but the last line runs on the backend without autodiff: no graph is
     // recorded, and softmax is the backend's own kernel rather than autodiff's composition.
     let tracked = student_logits.is_autodiff();
     let z = student_logits.clone().inner(); // [n, V]
-    let soft = SoftTargets {
-        ids: soft.ids.clone().inner(),
-        logprobs: soft.logprobs.clone().inner(),
-        tail_logmass: soft.tail_logmass.clone().inner(),
-    };
+    let soft = soft.inner();
     let (hard, mask, labelled) = (hard.inner(), mask.inner(), labelled.inner());
+    let counts = Counts { masked: mask.clone().sum().clamp_min(1.0), labelled: labelled.clone().sum().clamp_min(1.0) };
+    let terms = fused_terms(z, &soft, hard, mask, labelled, &counts, LossWeights { alpha, temperature, tail, divergence });
+    let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
+    let loss = if tracked { kernels::with_gradient(student_logits, back(terms.value), terms.grad.autodiff()) } else { terms.value };
+    LossParts { loss, kl: back(terms.kl), ce: back(terms.ce) }
+}
+
+/// The denominators of the loss's means: the positions the divergence averages over (the
+/// mask's sum) and the labelled ones the cross-entropy averages over, each at least 1.
+/// # Shapes
+/// - `[1]` each
+pub(crate) struct Counts {
+    pub masked: Tensor<1>,
+    pub labelled: Tensor<1>,
+}
+
+/// The loss's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LossWeights {
+    pub alpha: f32,
+    pub temperature: f32,
+    pub tail: TailMode,
+    pub divergence: Divergence,
+}
+
+/// The loss of some positions as a share of a batch's (`counts` are the batch's): its value,
+/// divergence and cross-entropy terms (summed over these positions, divided by the batch's
+/// counts, so the shares of a batch's chunks add up to its loss) and the gradient with
+/// respect to the logits. Tensors without autodiff.
+pub(crate) struct Terms {
+    /// `[1]` each
+    pub value: Tensor<1>,
+    pub kl: Tensor<1>,
+    pub ce: Tensor<1>,
+    /// `[n, V]`
+    pub grad: Tensor<2>,
+}
+
+impl SoftTargets {
+    /// The same targets without autodiff.
+    pub(crate) fn inner(&self) -> SoftTargets {
+        SoftTargets {
+            ids: self.ids.clone().inner(),
+            logprobs: self.logprobs.clone().inner(),
+            tail_logmass: self.tail_logmass.clone().inner(),
+        }
+    }
+}
+
+/// [`fused_distillation_loss`]'s value and gradient over logits `z` (no autodiff).
+///
+/// # Shapes
+/// - `z`: `[n, V]`; `soft`, `hard`, `mask`, `labelled` as [`fused_distillation_loss`]
+pub(crate) fn fused_terms(
+    z: Tensor<2>,
+    soft: &SoftTargets,
+    hard: Tensor<1, Int>,
+    mask: Tensor<1>,
+    labelled: Tensor<1>,
+    counts: &Counts,
+    LossWeights { alpha, temperature, tail, divergence }: LossWeights,
+) -> Terms {
+    let [_, vocab] = z.dims();
+    let [_, k] = soft.ids.dims();
+    let soft = SoftTargets { ids: soft.ids.clone(), logprobs: soft.logprobs.clone(), tail_logmass: soft.tail_logmass.clone() };
     let zmax = z.clone().max_dim(1); // [n, 1]
-    let count = mask.clone().sum().clamp_min(1.0); // [1]
-    let labelled_count = labelled.clone().sum().clamp_min(1.0); // [1]
+    let (count, labelled_count) = (counts.masked.clone(), counts.labelled.clone());
 
     // The student's distribution at T over the whole vocabulary: only the tail bucket needs
     // it (the renormalised KL reads the cached ids alone).
@@ -278,9 +338,7 @@ pub fn fused_distillation_loss(
     let grad = grad.scatter(1, Tensor::cat(idx, 1), Tensor::cat(vals, 1), IndexingUpdateOp::Add);
     let t2 = temperature * temperature;
     let value = kl.clone().mul_scalar(alpha * t2) + ce.clone().mul_scalar(1.0 - alpha);
-    let back = |t: Tensor<1>| if tracked { t.autodiff() } else { t };
-    let loss = if tracked { kernels::with_gradient(student_logits, back(value), grad.autodiff()) } else { value };
-    LossParts { loss, kl: back(kl), ce: back(ce) }
+    Terms { value, kl, ce, grad }
 }
 
 /// `log(sum(exp(x)))` over dim 1, stable. `[n, k] -> [n]`

@@ -355,10 +355,23 @@ impl Decoder {
     /// # Shapes
     /// - `hidden`: `[m, d_model]`; returns `[m, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let h = rms(&self.norm, hidden);
+        let h = self.final_norm(hidden);
         match &self.head {
             Some(head) => kernels::linear(head, h),
             None => kernels::linear_with(self.embed.weight.val().transpose(), None, h),
+        }
+    }
+
+    /// The final norm, the LM head's input. # Shapes: `[m, d_model]` -> `[m, d_model]`
+    pub fn final_norm(&self, hidden: Tensor<2>) -> Tensor<2> {
+        rms(&self.norm, hidden)
+    }
+
+    /// The LM head's weight `[d_model, vocab]` (the embedding transposed when tied) and bias.
+    pub fn head_weights(&self) -> crate::loss::HeadWeights {
+        match &self.head {
+            Some(head) => crate::loss::HeadWeights { weight: head.weight.val(), bias: head.bias.as_ref().map(|b| b.val()) },
+            None => crate::loss::HeadWeights { weight: self.embed.weight.val().transpose(), bias: None },
         }
     }
 

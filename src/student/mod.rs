@@ -108,27 +108,28 @@ impl Student {
                 enc.forward_tapped(tokens, &lengths, taps)
             }
             Student::Decoder(dec) => {
-                let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
-                let (h, tapped) = dec.hidden_tapped(tokens, &lengths, taps);
-                let [b, s, d] = h.dims();
-                let index = match positions {
-                    Positions::All => None,
-                    Positions::At(at) => {
-                        let flat: Vec<i64> = at.iter().map(|&(r, p)| (r * s + p) as i64).collect();
-                        Some(Tensor::<1, Int>::from_data(TensorData::new(flat, [at.len()]), device))
-                    }
-                };
-                let at = |h: Tensor<3>| {
-                    let h = h.reshape([b * s, d]);
-                    match &index {
-                        None => h,
-                        Some(idx) => h.select(0, idx.clone()),
-                    }
-                };
-                let tapped = tapped.into_iter().map(at).collect();
-                (dec.logits(at(h)), tapped)
+                let (h, tapped) = dec_states(dec, rows, positions, taps, device);
+                (dec.logits(h), tapped)
             }
         }
+    }
+
+    /// A decoder's LM-head input (the final norm's output) at `positions`, its head, and
+    /// the `taps`' hidden states there, for a loss that computes the head itself
+    /// ([`crate::loss::chunked_head_loss`]); `None` for a classifier.
+    ///
+    /// # Shapes
+    /// - returns `[m, d_model]`, the head's `[d_model, vocab]` weight, one `[m, d_model]` per tap
+    pub fn head_input(
+        &self,
+        rows: &[RowInput<'_>],
+        positions: Positions<'_>,
+        taps: &[usize],
+        device: &Device,
+    ) -> Option<(Tensor<2>, crate::loss::HeadWeights, Vec<Tensor<2>>)> {
+        let Student::Decoder(dec) = self else { return None };
+        let (h, tapped) = dec_states(dec, rows, positions, taps, device);
+        Some((dec.final_norm(h), dec.head_weights(), tapped))
     }
 
     /// The layers a hidden-state loss may read (`--hidden-layers`), with their widths:
@@ -140,6 +141,38 @@ impl Student {
             Student::Decoder(dec) => (0..=dec.layers()).map(|l| (l, dec.embed.weight.dims()[1])).collect(),
         }
     }
+}
+
+/// A decoder's last hidden states (before the final norm) and the taps' at `positions`.
+///
+/// # Shapes
+/// - tokens `[b, s]` -> `[b * s, d_model]` ([`Positions::All`]) or `[m, d_model]` each
+fn dec_states(
+    dec: &decoder::Decoder,
+    rows: &[RowInput<'_>],
+    positions: Positions<'_>,
+    taps: &[usize],
+    device: &Device,
+) -> (Tensor<2>, Vec<Tensor<2>>) {
+    let (tokens, lengths) = token_tensor(rows.iter().map(|r| r.tokens), device);
+    let (h, tapped) = dec.hidden_tapped(tokens, &lengths, taps);
+    let [b, s, d] = h.dims();
+    let index = match positions {
+        Positions::All => None,
+        Positions::At(at) => {
+            let flat: Vec<i64> = at.iter().map(|&(r, p)| (r * s + p) as i64).collect();
+            Some(Tensor::<1, Int>::from_data(TensorData::new(flat, [at.len()]), device))
+        }
+    };
+    let at = |h: Tensor<3>| {
+        let h = h.reshape([b * s, d]);
+        match &index {
+            None => h,
+            Some(idx) => h.select(0, idx.clone()),
+        }
+    };
+    let tapped = tapped.into_iter().map(at).collect();
+    (at(h), tapped)
 }
 
 /// Rows of token ids, right-padded with id 0 (padding is masked by the lengths, so the pad

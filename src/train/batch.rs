@@ -3,6 +3,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::TrainConfig;
+use crate::config::defaults::train as defaults;
 use crate::loss::{self, HiddenMaps, SoftTargets};
 use crate::student::{Positions, RowInput, Student};
 
@@ -61,10 +62,6 @@ pub(super) fn batch_loss(
     let count = cached.len();
     let rows: Vec<RowInput<'_>> = batch.iter().map(|e| RowInput { features: &e.features, tokens: &e.tokens }).collect();
     let layers = hidden.as_ref().map(|h| h.layers).unwrap_or(&[]);
-    let (logits, student_states) = model.forward(&rows, Positions::At(&cached), layers, device);
-    // A student vocabulary padded past the cache's (checked in check_hf_fits): the padding
-    // columns are not part of the distribution.
-    let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
     let soft = SoftTargets {
         ids: Tensor::from_data(TensorData::new(ids, [count, k]), device),
         logprobs: Tensor::from_data(TensorData::new(lps, [count, k]), device),
@@ -73,7 +70,37 @@ pub(super) fn batch_loss(
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);
     let labelled: Tensor<1> = Tensor::from_data(TensorData::new(labelled, [count]), device);
-    let mut parts = loss::fused_distillation_loss(logits, &soft, hard, mask, labelled, cfg.alpha, train_t, cfg.tail, cfg.divergence);
+    let weights = loss::LossWeights { alpha: cfg.alpha, temperature: train_t, tail: cfg.tail, divergence: cfg.divergence };
+    // A decoder's head and loss over chunks of positions when one block of the batch's
+    // logits would pass the budget (the same loss; see loss::chunked_head_loss).
+    let chunk = cfg.loss_chunk.unwrap_or_else(|| defaults::loss_chunk_positions(vocab));
+    let fused = |logits: Tensor<2>| {
+        // A student vocabulary padded past the cache's (checked in check_hf_fits): the
+        // padding columns are not part of the distribution.
+        let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
+        let w = weights;
+        loss::fused_distillation_loss(
+            logits,
+            &soft,
+            hard.clone(),
+            mask.clone(),
+            labelled.clone(),
+            w.alpha,
+            w.temperature,
+            w.tail,
+            w.divergence,
+        )
+    };
+    let (mut parts, student_states) = match model.head_input(&rows, Positions::At(&cached), layers, device) {
+        Some((h, head, states)) if count > chunk => {
+            (loss::chunked_head_loss(h, &head, vocab, &soft, hard.clone(), mask.clone(), labelled.clone(), weights, chunk), states)
+        }
+        Some((h, head, states)) => (fused(crate::kernels::linear_with(head.weight, head.bias, h)), states),
+        None => {
+            let (logits, states) = model.forward(&rows, Positions::At(&cached), layers, device);
+            (fused(logits), states)
+        }
+    };
     let hidden_term = hidden.map(|h| {
         let width: usize = h.dims.iter().sum();
         let all: Tensor<2> = Tensor::from_data(TensorData::new(teacher_states, [count, width]), device);
