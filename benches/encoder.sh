@@ -6,8 +6,9 @@
 # Each ingredient is added in turn, over 10 seeds, paired by seed; the last lines are
 # paired t-tests. Held-out: data/textcls/test.parquet (441 rows, never trained on).
 #     bash benches/encoder.sh [seeds]
-# Needs .venv-torch (bash .ci/setup-hf) once, to rebuild the teacher as a Hugging Face
-# checkpoint (data/textcls/teacher_to_hf.py) for `init-student`.
+# The first run sets up .venv-torch (bash .ci/setup-hf, plus onnx and onnxruntime) to
+# rebuild the teacher as a Hugging Face checkpoint (data/textcls/teacher_to_hf.py) for
+# `init-student`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
@@ -35,7 +36,12 @@ data=$out/train-300-labels.parquet
     --tokenizer data/textcls/tokenizer.json --data data/textcls/test.parquet --text-column text --label-column label \
     --max-seq-len 64 --top-k 1 --out "$out/cache-eval" --quiet >/dev/null
 # A 2-layer student from the teacher's blocks 1 and 3 (embeddings, pooler and classifier too).
-[ -f "$out/teacher-hf/config.json" ] || .venv-torch/bin/python data/textcls/teacher_to_hf.py "$out/teacher-hf" >/dev/null
+if [ ! -f "$out/teacher-hf/config.json" ]; then
+    bash .ci/setup-hf
+    .venv-torch/bin/python3 -c "import onnx, onnxruntime" 2>/dev/null \
+        || .venv-torch/bin/python3 -m pip install --quiet --disable-pip-version-check onnx==1.23.2 onnxruntime==1.31.1 >&2
+    .venv-torch/bin/python3 data/textcls/teacher_to_hf.py "$out/teacher-hf" >/dev/null
+fi
 [ -f "$out/init-1-3/config.json" ] || $bin init-student --from "$out/teacher-hf" --layers 1,3 --out "$out/init-1-3" >/dev/null
 
 fresh=(--student encoder:d_model=64,layers=2,heads=2,d_ff=256 --lr 3e-3 --weight-decay 0.1)
