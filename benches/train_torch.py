@@ -32,6 +32,9 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--alpha", type=float, default=0.5)
 p.add_argument("--heads", type=int, default=2, help="LM student: query heads")
 p.add_argument("--kv-heads", type=int, default=None, help="LM student: K/V heads (grouped-query attention; as transformers' repeat_kv)")
+p.add_argument("--d-model", type=int, default=64, help="LM student: width")
+p.add_argument("--layers", type=int, default=2, help="LM student: blocks")
+p.add_argument("--d-ff", type=int, default=172, help="LM student: SwiGLU width")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -134,7 +137,10 @@ else:
     seqs = []
     for r in range(first, first + n_rows):
         d = data[r]
-        s = tok.encode(d[text["prompt"]]).ids + tok.encode(d[text["completion"]], add_special_tokens=False).ids
+        if text.get("text"):
+            s = tok.encode(d[text["text"]]).ids
+        else:
+            s = tok.encode(d[text["prompt"]]).ids + tok.encode(d[text["completion"]], add_special_tokens=False).ids
         seqs.append(s[: text["max_seq_len"]])
     by_row = {}
     for i, r in enumerate(rows):
@@ -186,7 +192,7 @@ else:
                 x = blk(x, mask, cos, sin)
             return x  # hidden states; the norm and head run on the cached positions only
 
-    model = Decoder(h=a.heads, kv=a.kv_heads)
+    model = Decoder(d=a.d_model, layers=a.layers, h=a.heads, ff=a.d_ff, kv=a.kv_heads)
 
     def batch(i):
         rs = [first + ((i * a.batch_size + j) % n_rows) for j in range(a.batch_size)]
