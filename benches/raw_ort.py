@@ -6,7 +6,7 @@ to the longest row of each batch, same batch size and intra-op threads) and time
 
     python benches/raw_ort.py lm --batch-size 16 --threads 2
     python benches/raw_ort.py digits --batch-size 128 --threads 2
-    python benches/raw_ort.py big --dir target/big --batch-size 32 --max-batch-tokens 5461 --threads 2
+    python benches/raw_ort.py big --dir target/big --batch-size 32 --max-batch-tokens 1365 --threads 2
 
 `big` is the real-size fixture (benches/make_big_teacher.py): `text` rows grouped by
 length and packed under --max-batch-tokens, as distill batches them.
@@ -57,7 +57,7 @@ elif a.model == "big":
     tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     rows = [json.loads(l) for l in open(os.path.join(folder, "train.jsonl"))]
     seqs = [tok.encode(r["text"]).ids[: a.max_seq_len] for r in rows]
-    budget = a.max_batch_tokens or (1 << 28) // (4 * sess.get_outputs()[0].shape[-1])
+    budget = a.max_batch_tokens or (256 << 20) // (4 * sess.get_outputs()[0].shape[-1])  # distill's default
     order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))  # longest first, as distill
     i = 0
     while i < len(order):

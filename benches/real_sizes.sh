@@ -45,6 +45,15 @@ ids_floor = k * math.ceil(math.log2(m["vocab_size"])) / 8
 print(f"k = {k}: {tps:.0f} tokens/s = {tps / raw['tokens_per_s']:.2f}x raw ONNX Runtime ({raw['tokens_per_s']:.0f}); "
       f"{b / (pos * k):.2f} bytes/entry, {b / pos:.1f} bytes/position (ids alone at ceil(log2 V) bits: {ids_floor:.0f}); "
       f"peak RSS {int(rss) / 1024:.0f} MB; {pos} positions")
+import collections, pyarrow.parquet as pq
+cols = collections.Counter()
+for s in m["shards"]:
+    md = pq.ParquetFile(f"{d}/{s['file']}").metadata
+    for g in range(md.num_row_groups):
+        for c in range(md.num_columns):
+            cc = md.row_group(g).column(c)
+            cols[cc.path_in_schema.split(".")[0]] += cc.total_compressed_size
+print("  bytes per position by column: " + ", ".join(f"{c} {n / pos:.1f}" for c, n in cols.most_common()))
 PY
 done
 cache "$out/cache-nobudget" 64 --batch-size 8 --max-batch-tokens 1000000

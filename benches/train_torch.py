@@ -33,6 +33,7 @@ p.add_argument("--alpha", type=float, default=0.5)
 p.add_argument("--heads", type=int, default=2, help="LM student: query heads")
 p.add_argument("--kv-heads", type=int, default=None, help="LM student: K/V heads (grouped-query attention; as transformers' repeat_kv)")
 p.add_argument("--d-model", type=int, default=64, help="LM student: width")
+p.add_argument("--device", default="cpu", help="LM student: torch device (cpu, cuda)")
 p.add_argument("--layers", type=int, default=2, help="LM student: blocks")
 p.add_argument("--d-ff", type=int, default=172, help="LM student: SwiGLU width")
 a = p.parse_args()
@@ -181,18 +182,19 @@ else:
         def forward(s, tokens, lengths):
             b, n = tokens.shape
             hd = s.emb.weight.shape[1] // s.h
-            inv = 10000.0 ** (-2 * (torch.arange(hd) % (hd // 2)).float() / hd)
-            ang = torch.arange(n).float()[:, None] * inv[None]
+            dev = tokens.device
+            inv = 10000.0 ** (-2 * (torch.arange(hd, device=dev) % (hd // 2)).float() / hd)
+            ang = torch.arange(n, device=dev).float()[:, None] * inv[None]
             cos, sin = ang.cos()[None, None], ang.sin()[None, None]
-            j = torch.arange(n)
-            keep = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < torch.tensor(lengths)[:, None, None])
+            j = torch.arange(n, device=dev)
+            keep = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < torch.tensor(lengths, device=dev)[:, None, None])
             mask = torch.where(keep, 0.0, -1e9)[:, None]
             x = s.emb(tokens)
             for blk in s.blocks:
                 x = blk(x, mask, cos, sin)
             return x  # hidden states; the norm and head run on the cached positions only
 
-    model = Decoder(d=a.d_model, layers=a.layers, h=a.heads, ff=a.d_ff, kv=a.kv_heads)
+    model = Decoder(d=a.d_model, layers=a.layers, h=a.heads, ff=a.d_ff, kv=a.kv_heads).to(a.device)
 
     def batch(i):
         rs = [first + ((i * a.batch_size + j) % n_rows) for j in range(a.batch_size)]
@@ -200,7 +202,7 @@ else:
         toks = torch.zeros(len(rs), n, dtype=torch.long)
         for j, r in enumerate(rs):
             toks[j, : len(seqs[r - first])] = torch.tensor(seqs[r - first])
-        hidden = model(toks, [len(seqs[r - first]) for r in rs])
+        hidden = model(toks.to(a.device), [len(seqs[r - first]) for r in rs])
         hidden = hidden.reshape(len(rs) * n, hidden.shape[-1])
         t_ids = torch.zeros(len(rs) * n, k, dtype=torch.long)
         t_lp = torch.full((len(rs) * n, k), -math.log(k))
@@ -215,8 +217,9 @@ else:
                 cnt += 1
         # Like distill: the final norm and the LM head only at the cached positions.
         keep = mask.nonzero()[:, 0]
-        logits = model.head(model.norm(hidden[keep]))
-        return logits, t_ids[keep], t_lp[keep], t_tail[keep], t_hard[keep], mask[keep], cnt
+        logits = model.head(model.norm(hidden[keep.to(a.device)]))
+        on = lambda t: t[keep].to(a.device)
+        return logits, on(t_ids), on(t_lp), on(t_tail), on(t_hard), on(mask), cnt
 
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 count, t0 = 0, None
