@@ -9,6 +9,7 @@ mod fuzz;
 mod hidden_states;
 mod inputs;
 mod object_store;
+mod python_package;
 mod sharding;
 mod silent;
 mod snapshots;

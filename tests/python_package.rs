@@ -1,0 +1,202 @@
+//! The Python package in python/ (distill_cache) against distill itself: its reader decodes
+//! what distill's does, its loss equals distill's fused loss on the same logits and
+//! targets, its Dataset shards rows as DistributedSampler does, and its CLI verifies.
+//! Runs with .venv-torch's Python (bash .ci/setup-hf, then pip install ./python).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use distill::cache::CacheReader;
+use distill::loss::{Divergence, SoftTargets, TailMode, fused_distillation_loss};
+
+use crate::cache_teacher::read_all;
+use crate::common::*;
+
+fn torch_python() -> PathBuf {
+    let py = repo().join(".venv-torch/bin/python3");
+    let ok = Command::new(&py).args(["-c", "import torch, distill_cache"]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        ok,
+        "{} cannot import torch and distill_cache: run `bash .ci/setup-hf` and `{} -m pip install ./python`",
+        py.display(),
+        py.display()
+    );
+    py
+}
+
+fn run_python(script: &str, args: &[&Path]) -> String {
+    let o = Command::new(torch_python()).arg("-c").arg(script).args(args).output().expect("python runs");
+    assert!(o.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The same cache read by distill and by distill_cache: ids, log-probs (to the f32 of
+/// distill's decoding), tails and hard labels equal; `python -m distill_cache verify` passes,
+/// and a shard changed by one byte is refused, naming it.
+#[test]
+fn python_reader_decodes_what_distill_decodes() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("train.parquet", &cache, &["--top-k", "5", "--temperature", "2"]);
+    let (_, all) = read_all(&cache);
+    let dump = t.path().join("rust.json");
+    let json = serde_json::json!({"ids": all.ids, "logprobs": all.logprobs, "tail": all.tail_logmass.iter().map(|&x| x as f64).collect::<Vec<_>>(), "rows": all.rows});
+    std::fs::write(&dump, json.to_string()).unwrap();
+    let out = run_python(
+        r#"
+import json, sys
+import numpy as np
+import distill_cache
+c = distill_cache.open_cache(sys.argv[1])
+r = json.load(open(sys.argv[2]))
+ids, lps, tails, rows = [], [], [], []
+for i in range(len(c.manifest["shards"])):
+    b = c.read_shard(i)
+    ids += b["ids"].ravel().tolist(); lps += b["logprobs"].ravel().tolist(); tails += b["tail_logmass"].tolist(); rows += b["row"].tolist()
+assert ids == r["ids"] and rows == r["rows"]
+assert np.abs(np.array(lps) - np.array(r["logprobs"])).max() <= 1e-6
+assert np.allclose(tails, r["tail"], atol=1e-7)
+print("decoded", len(rows))
+"#,
+        &[&cache, &dump],
+    );
+    assert!(out.contains("decoded 1197"), "{out}");
+    let cli = |dir: &Path| Command::new(torch_python()).args(["-m", "distill_cache", "verify"]).arg(dir).output().unwrap();
+    let m = CacheReader::open(&cache).unwrap().manifest().clone();
+    let o = cli(&cache);
+    let said = format!("{} shards match", m.shards.len());
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&said), "{o:?}");
+    let shard = cache.join(&m.shards[1].file);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let o = cli(&cache);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&m.shards[1].file) && err.contains("checksum mismatch"), "{err}");
+}
+
+/// distill_cache.torch.distillation_loss equals distill's fused loss (value, KL and CE
+/// within 1e-5) on the same logits and the cached targets of an LM cache (k = 16 of 4096,
+/// tail bucket and renormalised, T = 2) and a digits cache with k = 10 = every class (the
+/// full KL), with every third position unlabelled (masked out of the CE).
+#[test]
+fn python_loss_equals_the_rust_loss() {
+    let t = temp();
+    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
+    let small = t.path().join("train.jsonl");
+    std::fs::write(&small, text.lines().take(24).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let lm = t.path().join("lm");
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &data("lm/teacher.onnx").display().to_string(),
+        "--tokenizer",
+        &data("lm/tokenizer.json").display().to_string(),
+        "--data",
+        &small.display().to_string(),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--top-k",
+        "16",
+        "--temperature",
+        "2",
+        "--out",
+        &lm.display().to_string(),
+        "--quiet",
+    ]));
+    let digits = t.path().join("digits");
+    cache_digits("train.parquet", &digits, &["--top-k", "10", "--temperature", "4"]);
+    let device = Device::default();
+    let mut cases = Vec::new();
+    for (name, dir, temperature) in [("lm", &lm, 2.0f32), ("digits", &digits, 4.0)] {
+        let (m, all) = read_all(dir);
+        let (n, k, v) = (all.rows.len(), m.top_k, m.vocab_size);
+        let logits = distill_values(n * v, 3);
+        let labelled: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
+        let tail: Vec<f32> = all.tail_logmass.iter().map(|&x| if x.is_finite() { x } else { -1e4 }).collect();
+        let hard: Vec<i64> = all.hard_labels.iter().map(|h| h.unwrap_or(0)).collect();
+        for tail_mode in [TailMode::Bucket, TailMode::Renormalize] {
+            let soft = SoftTargets {
+                ids: Tensor::from_data(TensorData::new(all.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n, k]), &device),
+                logprobs: Tensor::from_data(TensorData::new(all.logprobs.clone(), [n, k]), &device),
+                tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [n]), &device),
+            };
+            let z: Tensor<2> = Tensor::from_data(TensorData::new(logits.clone(), [n, v]), &device);
+            let h: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard.clone(), [n]), &device);
+            let lab: Tensor<1> = Tensor::from_data(TensorData::new(labelled.clone(), [n]), &device);
+            let p =
+                fused_distillation_loss(z, &soft, h, Tensor::ones([n], &device), lab, 0.6, temperature, tail_mode, Divergence::ForwardKl);
+            let get = |x: Tensor<1>| x.into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+            let tail_name = if tail_mode == TailMode::Bucket { "bucket" } else { "renormalize" };
+            cases.push(serde_json::json!({
+                "name": name, "dir": dir, "temperature": temperature, "tail": tail_name, "vocab": v,
+                "loss": get(p.loss), "kl": get(p.kl), "ce": get(p.ce), "labelled": labelled,
+            }));
+        }
+        std::fs::write(t.path().join(format!("{name}.logits")), logits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    }
+    let spec = t.path().join("cases.json");
+    std::fs::write(&spec, serde_json::Value::Array(cases).to_string()).unwrap();
+    let out = run_python(
+        r#"
+import json, os, sys
+import numpy as np, torch
+import distill_cache
+from distill_cache.torch import CacheDataset, collate, distillation_loss
+for case in json.load(open(sys.argv[1])):
+    ds = CacheDataset(distill_cache.open_cache(case["dir"]))
+    batch = collate([ds[i] for i in range(len(ds))])
+    n = batch["ids"].shape[0]
+    logits = np.fromfile(os.path.join(os.path.dirname(sys.argv[1]), case["name"] + ".logits"), dtype="<f4").reshape(n, case["vocab"])
+    batch["labelled"] = torch.tensor(case["labelled"]) > 0
+    loss, kl, ce = distillation_loss(torch.from_numpy(logits), batch, case["temperature"], alpha=0.6, tail=case["tail"])
+    for what, got in [("loss", loss), ("kl", kl), ("ce", ce)]:
+        want = case[what]
+        assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want)), (case["name"], case["tail"], what, got.item(), want)
+    print(case["name"], case["tail"], round(loss.item(), 6), "ok")
+"#,
+        &[&spec],
+    );
+    assert_eq!(out.matches(" ok").count(), 4, "{out}");
+}
+
+/// CacheDataset(rank, world_size) takes the rows DistributedSampler(shuffle=False) gives
+/// each rank (padding by repetition included), in order.
+#[test]
+fn python_dataset_shards_rows_as_distributed_sampler_does() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("test.parquet", &cache, &["--top-k", "3", "--rows-per-shard", "250"]);
+    let out = run_python(
+        r#"
+import sys, torch
+import distill_cache
+from distill_cache.torch import CacheDataset
+c = distill_cache.open_cache(sys.argv[1])
+rows = [r["row"] for r in c.rows()]
+for world in (1, 2, 3, 7):
+    for rank in range(world):
+        mine = [it["row"] for it in CacheDataset(c, rank=rank, world_size=world)]
+        want = [rows[i] for i in torch.utils.data.DistributedSampler(range(len(rows)), num_replicas=world, rank=rank, shuffle=False)]
+        assert mine == want, (world, rank)
+print("sharded", len(rows))
+"#,
+        &[&cache],
+    );
+    assert!(out.contains("sharded 600"), "{out}");
+}
+
+/// Values in [-2, 2) from a fixed LCG (the same logits for distill and Python).
+fn distill_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            -2.0 + 4.0 * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
