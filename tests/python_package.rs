@@ -200,3 +200,54 @@ fn distill_values(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// python/examples/ddp_train.py under `torchrun --nproc_per_node 2` (gloo, CPU) trains a
+/// Hugging Face student from a distill cache with DDP, and its per-step losses equal one
+/// process's over the same global batches within float noise (1e-5 relative): from step 2
+/// on they compare the updates, not only the first forward pass.
+#[test]
+fn ddp_over_two_processes_equals_one_process() {
+    let t = temp();
+    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
+    let rows = t.path().join("train.jsonl");
+    std::fs::write(&rows, text.lines().take(48).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let cache = t.path().join("cache");
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &data("lm/teacher.onnx").display().to_string(),
+        "--tokenizer",
+        &data("lm/tokenizer.json").display().to_string(),
+        "--data",
+        &rows.display().to_string(),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--top-k",
+        "16",
+        "--temperature",
+        "2",
+        "--out",
+        &cache.display().to_string(),
+        "--quiet",
+    ]));
+    let script = repo().join("python/examples/ddp_train.py");
+    let args = ["--cache".as_ref(), cache.as_os_str(), "--data".as_ref(), rows.as_os_str(), "--steps".as_ref(), "4".as_ref()];
+    let losses = |o: std::process::Output| -> Vec<f64> {
+        assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let one = losses(Command::new(torch_python()).arg(&script).args(args).output().unwrap());
+    let torchrun = repo().join(".venv-torch/bin/torchrun");
+    let two = losses(Command::new(torchrun).args(["--nproc_per_node", "2", "--master_port", "29533"]).arg(&script).args(args).output().unwrap());
+    assert_eq!((one.len(), two.len()), (4, 4), "{one:?} {two:?}");
+    for (i, (a, b)) in one.iter().zip(&two).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {}: one process {a}, two {b}", i + 1);
+    }
+    assert!(one.windows(2).all(|w| w[0] != w[1]), "the steps train: {one:?}");
+}

@@ -73,7 +73,7 @@ def collate(items):
     }
 
 
-def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask=None, cache_temperature=None):
+def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask=None, cache_temperature=None, counts=None):
     """distill's loss at `logits` [n, vocab] (the cache's vocabulary; slice off padding):
     `alpha * T^2 * mean_mask KL + (1 - alpha) * mean_labelled CE`. The KL is forward KL over
     the cached ids, with the teacher's exact tail mass as one more outcome (`tail="bucket"`,
@@ -83,7 +83,12 @@ def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask
 
     `temperature` must be the cache's for the tail bucket (the tail at another temperature
     is unknown); with `"renormalize"` and a `cache_temperature` that differs, the cached
-    log-probs are re-tempered to it first, as distill does."""
+    log-probs are re-tempered to it first, as distill does.
+
+    `counts` = (positions, labelled positions) replaces the means' denominators: with the
+    global batch's counts (all-reduced), each rank's loss is its share of the global batch's
+    loss, which is what data-parallel training over several ranks needs to equal one
+    process on the same global batches (see python/examples/ddp_train.py)."""
     n, vocab = logits.shape
     k = batch["ids"].shape[1]
     ids, teacher = batch["ids"].to(logits.device), batch["logprobs"].to(logits.device, torch.float32)
@@ -111,7 +116,8 @@ def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask
         raise ValueError(f"tail must be 'bucket' or 'renormalize', got {tail!r}")
     hard = batch["hard_label"].to(logits.device).clamp_min(0)
     ce = -torch.log_softmax(logits.float(), -1).gather(1, hard[:, None])[:, 0]
-    kl_mean = (kl * mask).sum() / mask.sum().clamp_min(1)
-    ce_mean = (ce * labelled).sum() / labelled.sum().clamp_min(1)
+    n_kl, n_ce = (mask.sum(), labelled.sum()) if counts is None else (torch.as_tensor(c, dtype=torch.float32) for c in counts)
+    kl_mean = (kl * mask).sum() / n_kl.clamp_min(1)
+    ce_mean = (ce * labelled).sum() / n_ce.clamp_min(1)
     loss = alpha * t * t * kl_mean + (1 - alpha) * ce_mean
     return loss, kl_mean, ce_mean
