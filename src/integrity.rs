@@ -9,9 +9,13 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// Write `bytes` to `path` so that a reader sees either the old file or the whole new one.
+/// The temporary file is this process's own: workers of a sharded capture write the same
+/// tokenizer.json into a shared directory at once, and a shared temporary name would let
+/// one rename the other's file away mid-write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = temporary_name(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;

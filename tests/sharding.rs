@@ -101,3 +101,63 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
     a.clear();
     assert!(!t.path().join("m3/manifest.json").exists());
 }
+
+/// Workers started at the same moment into one shared directory (a Slurm job array's
+/// tasks) with a token model: each writes the tokenizer beside its shards; none may fail
+/// on another's temporary file, and the merged cache equals one run.
+#[test]
+fn concurrent_workers_with_a_tokenizer_share_a_directory() {
+    let t = temp();
+    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
+    let rows = t.path().join("rows.jsonl");
+    std::fs::write(&rows, text.lines().take(64).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "cache-teacher",
+            "--teacher",
+            &data("lm/teacher.onnx").display().to_string(),
+            "--tokenizer",
+            &data("lm/tokenizer.json").display().to_string(),
+            "--data",
+            &rows.display().to_string(),
+            "--prompt-column",
+            "prompt",
+            "--completion-column",
+            "completion",
+            "--top-k",
+            "8",
+            "--rows-per-shard",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            &out.display().to_string(),
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = t.path().join("one");
+    ok(&distill(args(&one)));
+    for round in 0..3 {
+        let shared = t.path().join(format!("shared-{round}"));
+        let children: Vec<_> = (0..8)
+            .map(|i| {
+                let mut a = args(&shared);
+                a.extend(["--shard".to_string(), format!("{i}/8")]);
+                std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+                    .args(a)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            ok(&c.wait_with_output().unwrap());
+        }
+        ok(&merge(&shared, &[&shared]));
+        assert_eq!(checksums(&shared), checksums(&one));
+    }
+}
