@@ -204,9 +204,9 @@ fn distill_values(n: usize, seed: u64) -> Vec<f32> {
 /// python/examples/ddp_train.py under `torchrun --nproc_per_node 2` (gloo, CPU) trains a
 /// Hugging Face student from a distill cache with DDP, and its per-step losses equal one
 /// process's over the same global batches within float noise (1e-5 relative): from step 2
-/// on they compare the updates, not only the first forward pass.
+/// on they compare the updates, not only the first forward pass. And the Trainer example.
 #[test]
-fn ddp_over_two_processes_equals_one_process() {
+fn ddp_over_two_processes_equals_one_process_and_the_trainer_example_runs() {
     let t = temp();
     let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
     let rows = t.path().join("train.jsonl");
@@ -243,8 +243,25 @@ fn ddp_over_two_processes_equals_one_process() {
             .collect()
     };
     let one = losses(Command::new(torch_python()).arg(&script).args(args).output().unwrap());
+    // The same cache in transformers' Trainer (python/examples/hf_trainer.py): its loss on
+    // the first batch is distill_cache's (checked inside), and it logs three steps from it.
+    let out = t.path().join("trainer");
+    let o = Command::new(torch_python())
+        .arg(repo().join("python/examples/hf_trainer.py"))
+        .args(["--cache".as_ref(), cache.as_os_str(), "--data".as_ref(), rows.as_os_str(), "--steps".as_ref(), "3".as_ref()])
+        .args(["--out".as_ref(), out.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("{\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first = lines[0]["first_batch_loss"].as_f64().unwrap();
+    let logged: Vec<f64> = lines[1..].iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    assert_eq!(logged.len(), 3, "{lines:?}");
+    assert!((logged[0] - first).abs() <= 1e-4, "the Trainer logged {} for the batch whose loss is {first}", logged[0]);
     let torchrun = repo().join(".venv-torch/bin/torchrun");
-    let two = losses(Command::new(torchrun).args(["--nproc_per_node", "2", "--master_port", "29533"]).arg(&script).args(args).output().unwrap());
+    let two =
+        losses(Command::new(torchrun).args(["--nproc_per_node", "2", "--master_port", "29533"]).arg(&script).args(args).output().unwrap());
     assert_eq!((one.len(), two.len()), (4, 4), "{one:?} {two:?}");
     for (i, (a, b)) in one.iter().zip(&two).enumerate() {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "step {}: one process {a}, two {b}", i + 1);
