@@ -57,6 +57,8 @@ for i in range(len(c.manifest["shards"])):
 assert ids == r["ids"] and rows == r["rows"]
 assert np.abs(np.array(lps) - np.array(r["logprobs"])).max() <= 1e-6
 assert np.allclose(tails, r["tail"], atol=1e-7)
+# The same cache through a pyarrow filesystem URI (what s3:// and gs:// go through).
+assert distill_cache.open_cache("file://" + sys.argv[1]).verify() == len(c.manifest["shards"])
 print("decoded", len(rows))
 "#,
         &[&cache, &dump],
