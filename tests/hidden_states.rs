@@ -184,20 +184,7 @@ fn hidden_term_trains_and_resumes_with_its_maps() {
 
     let cut = t.path().join("cut");
     let args = train_args(&cache, &cut, &settings);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(&args).spawn().unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(cut.join("checkpoint.json"))
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && v["step"].as_u64().unwrap_or(0) >= 200
-        {
-            break;
-        }
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_checkpoint(&args, &cut, 200);
     let o = distill([&args[..], &["--resume".to_string()]].concat());
     ok(&o);
     let out = stdout(&o);

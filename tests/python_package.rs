@@ -86,30 +86,9 @@ print("decoded", len(rows))
 #[test]
 fn python_loss_equals_the_rust_loss() {
     let t = temp();
-    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
-    let small = t.path().join("train.jsonl");
-    std::fs::write(&small, text.lines().take(24).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let small = lm_rows(t.path(), 24);
     let lm = t.path().join("lm");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &data("lm/teacher.onnx").display().to_string(),
-        "--tokenizer",
-        &data("lm/tokenizer.json").display().to_string(),
-        "--data",
-        &small.display().to_string(),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--top-k",
-        "16",
-        "--temperature",
-        "2",
-        "--out",
-        &lm.display().to_string(),
-        "--quiet",
-    ]));
+    ok(&distill(lm_cache_args(&small, &lm, &["--top-k", "16", "--temperature", "2"])));
     let digits = t.path().join("digits");
     cache_digits("train.parquet", &digits, &["--top-k", "10", "--temperature", "4"]);
     let device = Device::default();
@@ -210,30 +189,9 @@ fn distill_values(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn ddp_over_two_processes_equals_one_process_and_the_trainer_example_runs() {
     let t = temp();
-    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
-    let rows = t.path().join("train.jsonl");
-    std::fs::write(&rows, text.lines().take(48).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let rows = lm_rows(t.path(), 48);
     let cache = t.path().join("cache");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &data("lm/teacher.onnx").display().to_string(),
-        "--tokenizer",
-        &data("lm/tokenizer.json").display().to_string(),
-        "--data",
-        &rows.display().to_string(),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--top-k",
-        "16",
-        "--temperature",
-        "2",
-        "--out",
-        &cache.display().to_string(),
-        "--quiet",
-    ]));
+    ok(&distill(lm_cache_args(&rows, &cache, &["--top-k", "16", "--temperature", "2"])));
     let script = repo().join("python/examples/ddp_train.py");
     let args = ["--cache".as_ref(), cache.as_os_str(), "--data".as_ref(), rows.as_os_str(), "--steps".as_ref(), "4".as_ref()];
     let losses = |o: std::process::Output| -> Vec<f64> {

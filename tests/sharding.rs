@@ -108,36 +108,8 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
 #[test]
 fn concurrent_workers_with_a_tokenizer_share_a_directory() {
     let t = temp();
-    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
-    let rows = t.path().join("rows.jsonl");
-    std::fs::write(&rows, text.lines().take(64).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "cache-teacher",
-            "--teacher",
-            &data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer",
-            &data("lm/tokenizer.json").display().to_string(),
-            "--data",
-            &rows.display().to_string(),
-            "--prompt-column",
-            "prompt",
-            "--completion-column",
-            "completion",
-            "--top-k",
-            "8",
-            "--rows-per-shard",
-            "8",
-            "--threads",
-            "1",
-            "--out",
-            &out.display().to_string(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let rows = lm_rows(t.path(), 64);
+    let args = |out: &Path| lm_cache_args(&rows, out, &["--top-k", "8", "--rows-per-shard", "8", "--threads", "1"]);
     let one = t.path().join("one");
     ok(&distill(args(&one)));
     for round in 0..3 {

@@ -137,21 +137,7 @@ fn resume_after_kill_with(window: &[&str]) {
         "--quiet".into(),
     ];
     args.extend(settings.iter().map(|s| s.to_string()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(&args).spawn().unwrap();
-    let pointer = cut.join("checkpoint.json");
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&pointer)
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && v["step"].as_u64().unwrap_or(0) >= 300
-        {
-            break;
-        }
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_checkpoint(&args, &cut, 300);
     let o = distill([&args[..], &["--resume".to_string()]].concat());
     ok(&o);
     let out = stdout(&o);

@@ -73,3 +73,56 @@ pub fn python(script: &str, args: &[&Path]) -> Output {
 pub fn temp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("distill-test-").tempdir().expect("temp dir")
 }
+
+/// The first `n` rows of data/lm/train.jsonl, written to `dir/train.jsonl`.
+pub fn lm_rows(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
+    let p = dir.join("train.jsonl");
+    std::fs::write(&p, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    p
+}
+
+/// `cache-teacher` arguments for the LM teacher over prompt/completion rows `rows` into
+/// `out`, then `extra`.
+pub fn lm_cache_args(rows: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "cache-teacher",
+        "--teacher",
+        &data("lm/teacher.onnx").display().to_string(),
+        "--tokenizer",
+        &data("lm/tokenizer.json").display().to_string(),
+        "--data",
+        &rows.display().to_string(),
+        "--prompt-column",
+        "prompt",
+        "--completion-column",
+        "completion",
+        "--out",
+        &out.display().to_string(),
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Start `distill args`, wait until `out/checkpoint.json` points at step `step` or later,
+/// and kill the run (SIGKILL), as a crash would.
+pub fn kill_after_checkpoint(args: &[String], out: &Path, step: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill")).args(args).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(out.join("checkpoint.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["step"].as_u64().unwrap_or(0) >= step
+        {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
