@@ -265,26 +265,7 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     let small = t.path().join("train.jsonl");
     std::fs::write(&small, text.lines().take(48).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let cache = t.path().join("cache");
-    let lm = |data_file: &Path, out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer".into(),
-            data("lm/tokenizer.json").display().to_string(),
-            "--data".into(),
-            data_file.display().to_string(),
-            "--prompt-column".into(),
-            "prompt".into(),
-            "--completion-column".into(),
-            "completion".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--quiet".into(),
-        ];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        ok(&distill(a));
-    };
+    let lm = |data_file: &Path, out: &Path, extra: &[&str]| ok(&distill(lm_cache_args(data_file, out, extra)));
     lm(&small, &cache, &["--top-k", "16", "--temperature", "2"]);
     let run = t.path().join("run");
     let o_args = |cache: &Path, small: &Path, run: &Path| -> Vec<String> {
