@@ -148,6 +148,8 @@ fn hidden_loss_without_cached_states_is_refused_with_a_clear_message() {
     let cache = digits_hidden_cache(&t.path().join("cache"), &[]);
     let o = distill(train_args(&cache, &t.path().join("b"), &["--hidden-layers", "2:hidden", "--steps", "2"]));
     fails_with(&o, &["the student has no layer 2 (its layers: 1)"]);
+    // The refused run left no run behind: the corrected command needs no --resume.
+    ok(&distill(train_args(&cache, &t.path().join("b"), &["--hidden-layers", "1:hidden", "--steps", "2"])));
     let o = distill(train_args(&cache, &t.path().join("c"), &["--hidden-layers", "1:pooled", "--steps", "2"]));
     fails_with(&o, &["no such hidden state (it holds: hidden)"]);
     let o = distill([

@@ -98,6 +98,10 @@ def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask
     s = torch.log_softmax(logits.float() / t, -1)
     sk = s.gather(1, ids)  # [n, k] student log-probs at T over the cached ids
     if tail == "bucket" and k < vocab:
+        if cache_temperature is not None and abs(cache_temperature - t) > 1e-6:
+            raise ValueError(
+                f"temperature {t} differs from the cache's {cache_temperature}: the tail mass at {t} is not in the "
+                "cache, so the tail bucket cannot serve it (distill refuses the same); use tail='renormalize'")
         p = teacher.exp()
         inside = (p * (teacher - sk)).sum(1)
         rest = 1 - sk.exp().sum(1)

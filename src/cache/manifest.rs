@@ -259,7 +259,9 @@ pub struct Manifest {
     /// Hard-label column of classification data.
     pub label_column: Option<String>,
     /// Soft labels sampled from the teacher (`--soft-labels sampled:N`) rather than its top-k:
-    /// each position's `top_k` entries are the distinct drawn ids with `log(count / N)`.
+    /// each position's `top_k` entries are the distinct drawn ids with `log(count / N)`; with
+    /// `exact_top = K` (`topk+sampled:K,N`) the top K exactly, then the ids drawn from the
+    /// rest with `log(rest_mass * count / N)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<SampledInfo>,
     /// Teacher outputs stored beside the soft labels, in column order.

@@ -87,7 +87,7 @@ pub struct CacheSettings {
     /// `topk+sampled:K,N`, the exact top K and N draws from the rest (exact head, unbiased tail).
     #[arg(long, value_name = "topk|sampled:N|topk+sampled:K,N")]
     pub soft_labels: Option<String>,
-    /// Seed of --soft-labels sampled:N: draws depend on it, the row and the position only
+    /// Seed of --soft-labels sampled:N and topk+sampled:K,N: draws depend on it, the row and the position only
     /// [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,

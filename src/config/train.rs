@@ -308,6 +308,9 @@ impl TrainSettings {
     }
 
     fn hidden_weight_checked(&self) -> Result<f32> {
+        if let (Some(loss), None) = (self.hidden_loss, &self.hidden_layers) {
+            return Err(Error::Config(format!("train.hidden_loss = {loss:?} applies to --hidden-layers only")));
+        }
         match self.hidden_weight {
             Some(w) if self.hidden_layers.is_none() => {
                 Err(Error::Config(format!("train.hidden_weight = {w} applies to --hidden-layers only")))

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HiddenLoss {
-    /// `1 - cos(W h_s + b, h_t)`, mean over positions: the direction only.
+    /// `1 - cos(W h_s + b, h_t)`, mean over positions: the direction only (the norms'
+    /// product gets 1e-24 under its root).
     Cosine,
     /// `mean((W h_s + b - h_t)^2)` over positions and values.
     Mse,
@@ -79,7 +80,9 @@ pub fn distance(mapped: Tensor<2>, target: Tensor<2>, kind: HiddenLoss) -> Tenso
         HiddenLoss::Mse => (mapped - target).powi_scalar(2).mean(),
         HiddenLoss::Cosine => {
             let dot = (mapped.clone() * target.clone()).sum_dim(1); // [n, 1]
-            let norms = (mapped.powi_scalar(2).sum_dim(1) * target.powi_scalar(2).sum_dim(1)).sqrt().clamp_min(1e-12);
+            // + 1e-24 inside the root: a zero vector gives a finite gradient (clamping after
+            // the root would give 0 * inf).
+            let norms = (mapped.powi_scalar(2).sum_dim(1) * target.powi_scalar(2).sum_dim(1)).add_scalar(1e-24).sqrt();
             (dot / norms).neg().add_scalar(1.0).mean()
         }
     }

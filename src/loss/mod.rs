@@ -185,8 +185,8 @@ pub fn fused_distillation_loss(
     tail: TailMode,
     divergence: Divergence,
 ) -> LossParts {
-    // Everything but the last line runs on the backend without autodiff: no graph is
-    // recorded, and softmax is the backend's own kernel rather than autodiff's composition.
+    // The terms are computed on the backend without autodiff (no graph is recorded, and
+    // softmax is the backend's own kernel); only the loss node below is tracked.
     let tracked = student_logits.is_autodiff();
     let z = student_logits.clone().inner(); // [n, V]
     let soft = soft.inner();

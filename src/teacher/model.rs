@@ -483,7 +483,6 @@ impl Teacher {
     }
 }
 
-/// Why logits of the last position only cannot be cached (pruned LM-head exports).
 /// The outputs asked for beside the logits, checked against the model's outputs: each
 /// must exist, be floating point, and have a fixed last dimension; `[batch, dim]` only for
 /// a classifier.
@@ -519,6 +518,7 @@ fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &st
         .collect()
 }
 
+/// Why logits of the last position only cannot be cached (pruned LM-head exports).
 pub fn last_position_only(output: &str, shape: &[i64]) -> String {
     format!(
         "output `{output}` has shape {}: logits for the last position only (an export with a pruned LM head, \

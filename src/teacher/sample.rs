@@ -9,8 +9,8 @@
 //! With `exact_top = K > 0` (`--soft-labels topk+sampled:K,N`) the K most probable ids are
 //! kept with their exact log-probs and the N draws come from the rest of the distribution
 //! (the teacher's, restricted to the ids outside the top-K): each drawn id `j` is stored with
-//! `log(tail_mass * count_j / N)`, an unbiased estimate of `p_j`, so the head is exact and
-//! the tail unbiased.
+//! `log(rest_mass * count_j / N)`, `rest_mass` being the mass outside the top K, an unbiased
+//! estimate of `p_j`, so the head is exact and the rest unbiased.
 //!
 //! Draws are seeded by (seed, row, position) alone, so a shard is the same whatever the
 //! batch size or the point a run resumed from.
@@ -89,7 +89,9 @@ pub fn sampled_soft_label(
     };
     // N sorted uniforms over the rest's mass, then one walk along its cumulative distribution.
     let mut rng = rng_for(key);
-    let mut u: Vec<f64> = (0..draws).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * rest_mass).collect();
+    // With no mass outside the head (it underflowed), nothing is drawn: the head is exact.
+    let draws_made = if rest_mass > 0.0 { draws } else { 0 };
+    let mut u: Vec<f64> = (0..draws_made).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * rest_mass).collect();
     u.sort_by(f64::total_cmp);
     let mut counts: Vec<(u32, u32)> = Vec::new(); // (id, count), ids ascending
     let (mut cdf, mut next, mut padding) = (0.0f64, 0usize, 0u32);
@@ -101,7 +103,7 @@ pub fn sampled_soft_label(
         cdf += (z as f64 / t - lse).exp();
         let last = j == last_rest;
         let mut c = 0u32;
-        while next < draws && (u[next] < cdf || last) {
+        while next < draws_made && (u[next] < cdf || last) {
             c += 1;
             next += 1;
         }

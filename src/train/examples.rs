@@ -258,7 +258,10 @@ struct SoftLabelReader {
 pub(super) fn hidden_columns(cfg: &TrainConfig, m: &crate::cache::Manifest) -> Vec<(usize, usize)> {
     cfg.hidden
         .iter()
-        .filter_map(|p| m.hidden_states.iter().position(|h| h.output == p.output).map(|j| (j, m.hidden_states[j].dim)))
+        .map(|p| {
+            let j = m.hidden_states.iter().position(|h| h.output == p.output).expect("checked by checks::check_cache");
+            (j, m.hidden_states[j].dim)
+        })
         .collect()
 }
 

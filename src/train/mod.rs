@@ -108,12 +108,14 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let out = &cfg.out;
     let _lock = crate::lock::DirLock::acquire(out, "", "a training run")?;
     let resume = checkpoint::resume_state(out, opts.resume, &config_sha)?;
-    write_run_files(out, &config_json, tok.as_ref())?;
     let device = training_device(cfg)?;
     let (model, optim) = start_student(&arch, cfg.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
     let (model, selected) = student::select::select(model, &cfg.trainable, &cfg.freeze)?;
     notes.extend(selected);
     let hidden = start_hidden(cfg, &m, &model, cfg.weight_decay as f32, resume.as_ref(), out, &device)?;
+    // Written once the student and its hidden-state pairs are known to fit: a refused run
+    // leaves no run behind, and its corrected rerun needs no --resume.
+    write_run_files(out, &config_json, tok.as_ref())?;
     let resumed_from = resume.as_ref().map(|s| s.step);
     let metrics = metrics::Metrics::open(out, resumed_from, hidden.is_some())?;
 

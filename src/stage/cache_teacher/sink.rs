@@ -74,7 +74,7 @@ impl Sink<'_> {
                     let labels = self.label(&p, &mut scratch)?;
                     soft_s += t.elapsed().as_secs_f64();
                     let t = Instant::now();
-                    let hidden = self.stored_hidden(&p);
+                    let hidden = self.stored_hidden(&p)?;
                     for (i, (row, position, label, soft)) in labels.iter().enumerate() {
                         let at: Vec<&[f32]> = hidden.iter().zip(&infos).map(|(v, h)| &v[i * h.dim..(i + 1) * h.dim]).collect();
                         builder.push_with_hidden(*row, *position, *label, soft, &at);
@@ -103,23 +103,40 @@ impl Sink<'_> {
         Ok((man, soft_s, write_s))
     }
 
-    /// Each hidden state of the batch as stored: projected where asked.
+    /// Each hidden state of the batch as stored: projected where asked, and within f16's
+    /// range (a larger value would be stored as infinity).
     ///
     /// # Shapes
     /// - returns `[n, dim]` per stored hidden state
-    fn stored_hidden(&self, p: &Pending) -> Vec<Vec<f32>> {
+    fn stored_hidden(&self, p: &Pending) -> Result<Vec<Vec<f32>>> {
         self.hidden
             .iter()
             .zip(&p.hidden)
-            .map(|((info, projection), values)| match projection {
-                None => values.clone(),
-                Some(proj) => {
-                    let mut out = Vec::with_capacity(p.meta.len() * proj.dim());
-                    for x in values.chunks_exact(info.teacher_dim) {
-                        proj.apply(x, &mut out);
+            .map(|((info, projection), values)| {
+                let stored = match projection {
+                    None => values.clone(),
+                    Some(proj) => {
+                        let mut out = Vec::with_capacity(p.meta.len() * proj.dim());
+                        for x in values.chunks_exact(info.teacher_dim) {
+                            proj.apply(x, &mut out);
+                        }
+                        out
                     }
-                    out
+                };
+                if let Some(at) = stored.iter().position(|v| v.abs() > f32::from(half::f16::MAX)) {
+                    let (row, position, _) = p.meta[at / info.dim];
+                    return Err(Error::teacher(
+                        &self.teacher_path,
+                        format!(
+                            "row {row}, position {position}: output `{}` holds {} (value {}), outside f16's range (|v| <= 65504), \
+                             in which hidden states are stored",
+                            info.output,
+                            stored[at],
+                            at % info.dim
+                        ),
+                    ));
                 }
+                Ok(stored)
             })
             .collect()
     }
