@@ -99,7 +99,7 @@ fn projected_hidden_states_are_the_seeded_projection() {
     let full = digits_hidden_cache(&t.path().join("full"), &[]);
     let projected = digits_hidden_cache(&t.path().join("projected"), &["--hidden-dim", "64"]);
     let read = |dir: &Path| {
-        let reader = distill::cache::CacheReader::open(dir).unwrap();
+        let reader = distill::cache::CacheReader::open(dir).unwrap().with_hidden(&["hidden"]);
         let mut out = Vec::new();
         for shard in &reader.manifest().shards {
             for b in reader.read_shard(shard, 4096).unwrap() {

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// # Shapes
 /// - `rows`, `positions`, `hard_labels`, `hard_label_logprobs`, `tail_logmass`, `entropy`: `[n]`
 /// - `ids`, `logprobs`: `[n * k]`, row-major, most probable first within each position
-/// - `hidden[j]`: `[n * dim_j]`, the manifest's `hidden_states[j]` at each position
+/// - `hidden[j]`: `[n * dim_j]`, the manifest's `hidden_states[j]` at each position, for
+///   the states [`CacheReader::with_hidden`] asked for (empty for the others)
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SoftLabelBatch {
     pub k: usize,
@@ -46,6 +47,8 @@ impl SoftLabelBatch {
 pub struct CacheReader {
     dir: PathBuf,
     manifest: Manifest,
+    /// Which of the manifest's hidden states the shards' batches decode.
+    decode_hidden: Vec<bool>,
 }
 
 impl CacheReader {
@@ -53,7 +56,8 @@ impl CacheReader {
     /// there with the size the manifest records (checksums: [`CacheReader::verify`]).
     pub fn open(dir: &Path) -> Result<CacheReader> {
         let manifest = Manifest::read(dir)?;
-        let reader = CacheReader { dir: dir.to_path_buf(), manifest };
+        let decode_hidden = vec![false; manifest.hidden_states.len()];
+        let reader = CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden };
         for shard in &reader.manifest.shards {
             let path = reader.shard_path(shard);
             let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
@@ -73,11 +77,22 @@ impl CacheReader {
     /// Open `dir` by its manifest alone: shards may still be arriving (a remote cache being
     /// fetched, see [`crate::store::Prefetcher`]); each is checked when it is read.
     pub fn open_lazy(dir: &Path) -> Result<CacheReader> {
-        Ok(CacheReader { dir: dir.to_path_buf(), manifest: Manifest::read(dir)? })
+        let manifest = Manifest::read(dir)?;
+        let decode_hidden = vec![false; manifest.hidden_states.len()];
+        Ok(CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden })
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Decode the hidden states of these teacher outputs too (by default none is decoded;
+    /// every stored column is still checked against the schema). Unknown names are ignored.
+    pub fn with_hidden(mut self, outputs: &[&str]) -> CacheReader {
+        for (flag, h) in self.decode_hidden.iter_mut().zip(&self.manifest.hidden_states) {
+            *flag = outputs.contains(&h.output.as_str());
+        }
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -195,7 +210,13 @@ impl CacheReader {
             step: self.manifest.encoding.logprob_step,
             first_row: shard.first_row,
             end_row: shard.first_row + shard.rows,
-            hidden: self.manifest.hidden_states.iter().map(|h| (h.column.clone(), h.dim)).collect(),
+            hidden: self
+                .manifest
+                .hidden_states
+                .iter()
+                .zip(&self.decode_hidden)
+                .map(|(h, &decode)| decode.then(|| (h.column.clone(), h.dim)))
+                .collect(),
         })
     }
 }
@@ -210,8 +231,8 @@ pub struct ShardBatches {
     step: f64,
     first_row: u64,
     end_row: u64,
-    /// (column, width) of each stored hidden state.
-    hidden: Vec<(String, usize)>,
+    /// (column, width) of each stored hidden state that is decoded (`None`: not asked for).
+    hidden: Vec<Option<(String, usize)>>,
 }
 
 impl Iterator for ShardBatches {
@@ -313,7 +334,11 @@ impl ShardBatches {
         }
         out.tail_logmass = col(schema::TAIL_LOGMASS)?.as_primitive::<Float32Type>().values().to_vec();
         out.entropy = col(schema::ENTROPY)?.as_primitive::<Float32Type>().values().to_vec();
-        for (name, dim) in &self.hidden {
+        for wanted in &self.hidden {
+            let Some((name, dim)) = wanted else {
+                out.hidden.push(Vec::new());
+                continue;
+            };
             let list = col(name)?.as_list::<i32>();
             check_list_lengths(list, *dim, name).map_err(&bad)?;
             let start = list.value_offsets()[0] as usize;

@@ -56,7 +56,7 @@ pub(super) fn batch_loss(
             tail.push(t.tail);
             hard.push(t.hard.unwrap_or(0));
             labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
-            teacher_states.extend_from_slice(&t.hidden);
+            teacher_states.extend(t.hidden.iter().map(|v| v.to_f32()));
         }
     }
     let count = cached.len();

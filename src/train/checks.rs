@@ -52,6 +52,8 @@ pub(super) fn check_hidden_layers(cfg: &TrainConfig, model: &crate::student::Stu
 pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
     // A remote cache's shards are still arriving: they are checked as they are read.
     let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
+    let outputs: Vec<&str> = cfg.hidden.iter().map(|p| p.output.as_str()).collect();
+    let reader = reader.with_hidden(&outputs);
     let m = reader.manifest();
     if let Some(why) = DatasetInfo::of(&cfg.data)?.difference(&m.dataset) {
         return Err(Error::cache(&cfg.cache, format!("was made from another dataset than {}: {why}", cfg.data.display())));

@@ -29,8 +29,9 @@ pub(super) struct Target {
     /// `None`: an unlabelled classification row (soft label only).
     pub hard: Option<i64>,
     /// The cached teacher hidden states of `--hidden-layers`, one after the other in the
-    /// pairs' order (`[sum of their widths]`; empty without hidden-state pairs).
-    pub hidden: Vec<f32>,
+    /// pairs' order (`[sum of their widths]`; empty without hidden-state pairs), in f16 as
+    /// the cache stores them (half the memory of the shuffle window's f32).
+    pub hidden: Vec<half::f16>,
 }
 
 /// Columns to read for a data spec: features or text, then the label.
@@ -286,7 +287,11 @@ impl SoftLabelReader {
             logprobs,
             tail: if tail.is_finite() { tail as f32 } else { -1e4 },
             hard,
-            hidden: self.hidden.iter().flat_map(|&(j, d)| b.hidden[j][i * d..(i + 1) * d].iter().copied()).collect(),
+            hidden: self
+                .hidden
+                .iter()
+                .flat_map(|&(j, d)| b.hidden[j][i * d..(i + 1) * d].iter().map(|&v| half::f16::from_f32(v)))
+                .collect(),
         }
     }
 }
