@@ -79,6 +79,55 @@ print("decoded", len(rows))
     assert!(!o.status.success() && err.contains(&m.shards[1].file) && err.contains("checksum mismatch"), "{err}");
 }
 
+/// Hidden states: distill_cache decodes the `hidden_*` columns as distill's reader does, and
+/// CacheDataset + collate carry them, `[n, dim]` per output.
+#[test]
+fn python_reader_decodes_hidden_states() {
+    let t = temp();
+    let cache = t.path().join("cache");
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &data("digits/teacher-hidden.onnx").display().to_string(),
+        "--data",
+        &data("digits/test.parquet").display().to_string(),
+        "--out",
+        &cache.display().to_string(),
+        "--hidden-states",
+        "hidden",
+        "--hidden-dim",
+        "16",
+        "--quiet",
+    ]));
+    let reader = CacheReader::open(&cache).unwrap().with_hidden(&["hidden"]);
+    let mut values = Vec::new();
+    for shard in &reader.manifest().shards {
+        for b in reader.read_shard(shard, 1000).unwrap() {
+            values.extend(b.unwrap().hidden[0].iter().map(|&v| v as f64));
+        }
+    }
+    let dump = t.path().join("hidden.json");
+    std::fs::write(&dump, serde_json::json!(values).to_string()).unwrap();
+    let out = run_python(
+        r#"
+import json, sys
+import numpy as np
+import distill_cache
+from distill_cache.torch import CacheDataset, collate
+c = distill_cache.open_cache(sys.argv[1])
+want = np.array(json.load(open(sys.argv[2]))).reshape(-1, 16)
+ds = CacheDataset(c)
+batch = collate([ds[i] for i in range(len(ds))])
+got = batch["hidden"]["hidden"].numpy()
+assert got.shape == want.shape == (600, 16), (got.shape, want.shape)
+assert (got == want).all()
+print("hidden", got.shape)
+"#,
+        &[&cache, &dump],
+    );
+    assert!(out.contains("hidden (600, 16)"), "{out}");
+}
+
 /// distill_cache.torch.distillation_loss equals distill's fused loss (value, KL and CE
 /// within 1e-5) on the same logits and the cached targets of an LM cache (k = 16 of 4096,
 /// tail bucket and renormalised, T = 2) and a digits cache with k = 10 = every class (the

@@ -151,7 +151,11 @@ class Cache:
         }
         for h in self.manifest.get("hidden_states", []):
             col = t.column(h["column"]).combine_chunks()
-            out["hidden"][h["output"]] = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, h["dim"])
+            offsets = col.offsets.to_numpy()
+            if not (np.diff(offsets) == h["dim"]).all():
+                self._fail(f"{s['file']}: `{h['column']}` lists are not all {h['dim']} long")
+            values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[0] + n * h["dim"]]
+            out["hidden"][h["output"]] = values.astype(np.float32).reshape(n, h["dim"])
         if n and not ((out["row"] >= s["first_row"]) & (out["row"] < s["first_row"] + s["rows"])).all():
             self._fail(f"{s['file']}: a row lies outside the shard's rows")
         return out

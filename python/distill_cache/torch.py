@@ -54,6 +54,7 @@ class CacheDataset(torch.utils.data.Dataset):
             "tail_logmass": torch.from_numpy(tail),
             "hard_label": torch.from_numpy(np.ascontiguousarray(r["hard_label"])),
             "labelled": torch.from_numpy(np.ascontiguousarray(r["labelled"])),
+            "hidden": {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in r["hidden"].items()},
         }
 
 
@@ -70,6 +71,8 @@ def collate(items):
         "tail_logmass": cat("tail_logmass"),
         "hard_label": cat("hard_label"),
         "labelled": cat("labelled"),
+        # The cached teacher hidden states (cache-teacher --hidden-states): [n, dim] each.
+        "hidden": {name: torch.cat([it["hidden"][name] for it in items]) for name in items[0]["hidden"]},
     }
 
 
