@@ -91,9 +91,12 @@ fn run_directory_holds_the_student_in_burn_and_safetensors_form() {
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
         assert!(header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").count() == 4, "{header}");
     }
-    // A second run into the same directory without --resume is refused.
+    // A second run into the same directory without --resume is refused; with --resume and
+    // other settings, the message names what differs.
     let o = train(&cache, &run, &["--steps", "50"]);
     fails_with(&o, &["already holds a training run", "--resume"]);
+    let o = train(&cache, &run, &["--steps", "50", "--lr", "0.02", "--resume"]);
+    fails_with(&o, &["the checkpoint was made with other settings (", "train.lr: 0.003 -> 0.02"]);
 }
 
 /// Kill a run with SIGKILL after a checkpoint, resume it, and compare with an

@@ -32,14 +32,22 @@ pub(super) struct At {
 
 /// The checkpoint a run resumes from: `None` for a new run. A run directory that already
 /// holds a run is refused without `--resume`, and with it when the settings differ.
-pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str) -> Result<Option<CheckpointState>> {
+pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_json: &[u8]) -> Result<Option<CheckpointState>> {
     let pointer = out.join("checkpoint.json");
     if resume && pointer.exists() {
         let s: CheckpointState = serde_json::from_slice(&std::fs::read(&pointer).map_err(|e| Error::io(&pointer, e))?)
             .map_err(|e| Error::Config(format!("{}: not a checkpoint pointer: {e}", pointer.display())))?;
         if s.config_sha256 != config_sha {
+            let old = std::fs::read(out.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let new = serde_json::from_slice(config_json).ok();
+            let what = match (old, new) {
+                (Some(old), Some(new)) => settings_difference(&old, &new),
+                _ => Vec::new(),
+            };
+            let what = if what.is_empty() { "config.json differs".to_string() } else { what.join(", ") };
             return Err(Error::Config(format!(
-                "{}: the checkpoint was made with other settings (config.json differs); resume with the same settings",
+                "{}: the checkpoint was made with other settings ({what}); resume with the same settings \
+                 (a default that changed between versions counts: give the old value explicitly)",
                 out.display()
             )));
         }
@@ -52,6 +60,31 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str) -> Result
         )));
     }
     Ok(None)
+}
+
+/// The settings that differ between two run configs (`config.json`), as `path: old -> new`
+/// (the command line is left out: it carries --resume), at most six.
+fn settings_difference(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys.into_iter().filter(|k| !(path.is_empty() && *k == "command")) {
+                    let null = serde_json::Value::Null;
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out.truncate(6);
+    out
 }
 
 /// Load a checkpoint's model and optimizer state.

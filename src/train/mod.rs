@@ -107,7 +107,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     // Run directory: new, or resumed from a checkpoint made with the same config.
     let out = &cfg.out;
     let _lock = crate::lock::DirLock::acquire(out, "", "a training run")?;
-    let resume = checkpoint::resume_state(out, opts.resume, &config_sha)?;
+    let resume = checkpoint::resume_state(out, opts.resume, &config_sha, &config_json)?;
     let device = training_device(cfg)?;
     let (model, optim) = start_student(&arch, cfg.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
     let (model, selected) = student::select::select(model, &cfg.trainable, &cfg.freeze)?;
