@@ -42,6 +42,70 @@ enum Command {
     /// Rerunning the same command after an interruption resumes: finished shards are
     /// kept (after checking their checksums) and only the rest is computed.
     CacheTeacher(CacheTeacherArgs),
+    /// Sequence-level distillation data: the teacher completes the prompts (greedy, or
+    /// sampled with --temperature and --top-p, seeded per row, sample and step), and the soft
+    /// labels of the generated positions are cached from them.
+    ///
+    /// Writes OUT/generated.parquet (prompt, completion, completion_ids, stop_reason, row,
+    /// sample) and OUT/cache, the cache `cache-teacher` makes of that file's prompt and
+    /// completion columns: train with `train-student --cache OUT/cache --data
+    /// OUT/generated.parquet`. Each new token reruns the whole sequence (no KV cache).
+    Generate {
+        /// The teacher (ONNX; a with-past export is fed an empty past).
+        #[arg(long, value_name = "MODEL.onnx")]
+        teacher: PathBuf,
+        /// The teacher's tokenizer.json.
+        #[arg(long, value_name = "FILE")]
+        tokenizer: PathBuf,
+        /// The prompts (Parquet or JSONL).
+        #[arg(long, value_name = "DATA")]
+        data: PathBuf,
+        /// The prompt column.
+        #[arg(long, value_name = "COLUMN", default_value = "prompt")]
+        prompt_column: String,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Tokens generated at most per prompt.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 is greedy (the most probable token).
+        #[arg(long, value_name = "T", default_value_t = 0.0, value_parser = distill::config::finite_f32_pub)]
+        temperature: f32,
+        /// Nucleus: draw among the most probable tokens holding this much of the mass.
+        #[arg(long, value_name = "P", default_value_t = 1.0, value_parser = distill::config::finite_f32_pub)]
+        top_p: f32,
+        /// Completions per prompt.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        samples_per_prompt: usize,
+        /// Seed of the draws (they depend on it, the row, the sample and the step only).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
+        /// Sequences decoded together.
+        #[arg(long, value_name = "N", default_value_t = 16)]
+        batch_size: usize,
+        /// Longest prompt + completion, in tokens.
+        #[arg(long, value_name = "N", default_value_t = 512)]
+        max_seq_len: usize,
+        /// End-of-sequence id [default: the tokenizer's <|eos|>, </s>, <|endoftext|>, ...].
+        #[arg(long, value_name = "ID")]
+        eos_id: Option<u32>,
+        /// Entries per cached position [default: 64, or every class when fewer].
+        #[arg(long, value_name = "K")]
+        top_k: Option<usize>,
+        /// Temperature of the cached soft labels.
+        #[arg(long, value_name = "T", default_value_t = 1.0, value_parser = distill::config::finite_f32_pub)]
+        soft_temperature: f32,
+        /// Threads for ONNX Runtime and the top-k [default: all cores].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+        /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime).
+        #[arg(long, value_name = "PATH")]
+        ort_lib: Option<PathBuf>,
+    },
     /// Print a cache's manifest summary and statistics read from its shards.
     Inspect {
         /// The cache directory.
@@ -295,6 +359,64 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = RunOptions { quiet: args.quiet, overwrite: args.overwrite, ort_lib: args.ort_lib.clone(), command, on_shard: None };
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, args.quiet);
+        }
+        Command::Generate {
+            teacher,
+            tokenizer,
+            data,
+            prompt_column,
+            out,
+            max_new_tokens,
+            temperature,
+            top_p,
+            samples_per_prompt,
+            seed,
+            batch_size,
+            max_seq_len,
+            eos_id,
+            top_k,
+            soft_temperature,
+            threads,
+            quiet,
+            ort_lib,
+        } => {
+            if temperature < 0.0 || !(0.0..=1.0).contains(&top_p) || samples_per_prompt == 0 || batch_size == 0 || max_new_tokens == 0 {
+                return Err(distill::error::Error::Config(
+                    "generate: --temperature must be >= 0, --top-p in 0..=1, and --samples-per-prompt, --batch-size, \
+                     --max-new-tokens >= 1"
+                        .into(),
+                ));
+            }
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let cfg = stage::generate::GenerateConfig {
+                teacher,
+                tokenizer,
+                data,
+                prompt_column,
+                out,
+                max_new_tokens,
+                temperature,
+                top_p,
+                samples: samples_per_prompt,
+                seed,
+                batch_size,
+                max_seq_len,
+                eos: eos_id,
+                top_k,
+                soft_temperature,
+                threads: threads.unwrap_or(cores).max(1),
+            };
+            let opts = RunOptions { quiet, overwrite: false, ort_lib, command, on_shard: None };
+            let s = stage::generate::generate(&cfg, &opts)?;
+            println!(
+                "{}: {} sequences, {} tokens generated ({} ended at the end-of-sequence token) in {:.1}s",
+                s.dataset.display(),
+                s.sequences,
+                s.tokens,
+                s.stopped_at_eos,
+                s.seconds
+            );
+            print_cache_summary(&s.cache, quiet);
         }
         Command::Report { runs, cache, out } => {
             let stats = match &cache {

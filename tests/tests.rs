@@ -6,6 +6,7 @@ mod cache_teacher;
 mod docs;
 mod failures;
 mod fuzz;
+mod generate;
 mod hidden_states;
 mod inputs;
 mod object_store;

@@ -2,6 +2,7 @@
 
 pub mod cache_teacher;
 pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod report;
