@@ -72,26 +72,7 @@ print("ok", pq.read_table(dataset).num_rows)
     );
     assert!(o.status.success() && stdout(&o).contains("ok 7"), "{}\n{}", stdout(&o), stderr(&o));
     let again = t.path().join("again");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &data("lm/teacher.onnx").display().to_string(),
-        "--tokenizer",
-        &data("lm/tokenizer.json").display().to_string(),
-        "--data",
-        &dataset.display().to_string(),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--top-k",
-        "16",
-        "--max-seq-len",
-        "512",
-        "--out",
-        &again.display().to_string(),
-        "--quiet",
-    ]));
+    ok(&distill(lm_cache_args(&dataset, &again, &["--top-k", "16", "--max-seq-len", "512"])));
     let shards = |d: &Path| {
         let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
         m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>()
