@@ -356,6 +356,19 @@ fn token_budget_does_not_change_the_cache() {
     }
 }
 
+/// A run killed between writing and removing its writability probe leaves the probe; the
+/// rerun accepts the directory (the probe is distill's own) and makes the cache.
+#[test]
+fn a_leftover_write_probe_does_not_block_the_rerun() {
+    let t = temp();
+    let out = t.path().join("cache");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(".distill-write-probe.12345"), b"").unwrap();
+    std::fs::write(out.join(".distill-write-probe"), b"").unwrap();
+    ok(&distill(digits_args(&out, &["--rows-per-shard", "600"])));
+    assert!(out.join("manifest.json").is_file());
+}
+
 mod bad_input {
     use super::*;
 

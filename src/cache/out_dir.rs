@@ -138,6 +138,7 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
                             || n == manifest::TOKENIZER_FILE
                             || n == crate::chat::CHAT_TEMPLATE_FILE
                             || crate::lock::is_lock_file(n)
+                            || n.starts_with(WRITE_PROBE)
                             || (part.count > 1 && n.starts_with("manifest.part-")))
                     })
                     .collect();
@@ -154,14 +155,19 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
             } else {
                 std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             }
-            // Probe writability before any work is done.
-            let probe = out.join(".distill-write-probe");
+            // Probe writability before any work is done (under this process's own name: the
+            // workers of a sharded capture probe one directory at once).
+            let probe = out.join(format!("{WRITE_PROBE}.{}", std::process::id()));
             std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
             std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
             Ok(OutState::Fresh)
         }
     }
 }
+
+/// The file a run writes and removes to check that `--out` is writable; a run killed in
+/// between leaves it, and the rerun accepts it.
+const WRITE_PROBE: &str = ".distill-write-probe";
 
 /// Delete this part's shard files and temporaries that the manifest does not list (shards
 /// of other parts in a shared directory are left alone).
