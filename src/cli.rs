@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use distill::config::{CacheSettings, PipelineFile, TrainSettings, merge};
+use distill::config::{CacheSettings, GenerateSettings, PipelineFile, TrainSettings, merge};
 use distill::stage::{self, RunOptions};
 use distill::student::StudentSpec;
 use distill::train::TrainOptions;
@@ -43,69 +43,16 @@ enum Command {
     /// kept (after checking their checksums) and only the rest is computed.
     CacheTeacher(CacheTeacherArgs),
     /// Sequence-level distillation data: the teacher completes the prompts (greedy, or
-    /// sampled with --temperature and --top-p, seeded per row, sample and step), and the soft
-    /// labels of the generated positions are cached from them.
+    /// sampled with --temperature and --top-p, seeded per row, sample and step), and the
+    /// logits that chose each token are cached as its soft label (one pass, no second run).
     ///
-    /// Writes OUT/generated.parquet (prompt, completion, completion_ids, stop_reason, row,
-    /// sample) and OUT/cache, the cache `cache-teacher` makes of that file's prompt and
-    /// completion columns: train with `train-student --cache OUT/cache --data
-    /// OUT/generated.parquet`. Each new token reruns the whole sequence (no KV cache).
-    Generate {
-        /// The teacher (ONNX; a with-past export is fed an empty past).
-        #[arg(long, value_name = "MODEL.onnx")]
-        teacher: PathBuf,
-        /// The teacher's tokenizer.json.
-        #[arg(long, value_name = "FILE")]
-        tokenizer: PathBuf,
-        /// The prompts (Parquet or JSONL).
-        #[arg(long, value_name = "DATA")]
-        data: PathBuf,
-        /// The prompt column.
-        #[arg(long, value_name = "COLUMN", default_value = "prompt")]
-        prompt_column: String,
-        /// Output directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Tokens generated at most per prompt.
-        #[arg(long, value_name = "N", default_value_t = 64)]
-        max_new_tokens: usize,
-        /// Sampling temperature; 0 is greedy (the most probable token).
-        #[arg(long, value_name = "T", default_value_t = 0.0, value_parser = distill::config::finite_f32_pub)]
-        temperature: f32,
-        /// Nucleus: draw among the most probable tokens holding this much of the mass.
-        #[arg(long, value_name = "P", default_value_t = 1.0, value_parser = distill::config::finite_f32_pub)]
-        top_p: f32,
-        /// Completions per prompt.
-        #[arg(long, value_name = "S", default_value_t = 1)]
-        samples_per_prompt: usize,
-        /// Seed of the draws (they depend on it, the row, the sample and the step only).
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        seed: u64,
-        /// Sequences decoded together.
-        #[arg(long, value_name = "N", default_value_t = 16)]
-        batch_size: usize,
-        /// Longest prompt + completion, in tokens.
-        #[arg(long, value_name = "N", default_value_t = 512)]
-        max_seq_len: usize,
-        /// End-of-sequence id [default: the tokenizer's <|eos|>, </s>, <|endoftext|>, ...].
-        #[arg(long, value_name = "ID")]
-        eos_id: Option<u32>,
-        /// Entries per cached position [default: 64, or every class when fewer].
-        #[arg(long, value_name = "K")]
-        top_k: Option<usize>,
-        /// Temperature of the cached soft labels.
-        #[arg(long, value_name = "T", default_value_t = 1.0, value_parser = distill::config::finite_f32_pub)]
-        soft_temperature: f32,
-        /// Threads for ONNX Runtime and the top-k [default: all cores].
-        #[arg(long, value_name = "N")]
-        threads: Option<usize>,
-        /// No progress bars.
-        #[arg(long)]
-        quiet: bool,
-        /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime).
-        #[arg(long, value_name = "PATH")]
-        ort_lib: Option<PathBuf>,
-    },
+    /// Writes OUT/generated.parquet (prompt, completion, prompt_ids, completion_ids,
+    /// stop_reason, row, sample) and OUT/cache, a cache of the generated positions over the
+    /// token ids: train with `train-student --cache OUT/cache --data OUT/generated.parquet`.
+    /// A with-past export decodes with its KV cache; any other causal-LM export reruns each
+    /// sequence per new token (slower). Rerunning the same command after an interruption
+    /// resumes after the last finished shard.
+    Generate(GenerateArgs),
     /// Print a cache's manifest summary and statistics read from its shards.
     Inspect {
         /// The cache directory.
@@ -275,9 +222,15 @@ impl TrainArgs {
 }
 
 /// A pipeline's [train], with cache/data defaulting to [cache]'s out/data.
+/// A pipeline's `[train]`, training on what stage one made unless it names a cache and data:
+/// `[cache]`'s, or `[generate]`'s cache and generated dataset.
 fn pipeline_train_defaults(file: &PipelineFile) -> TrainSettings {
     let t = file.train.clone().unwrap_or_default();
-    TrainSettings { cache: t.cache.clone().or(file.cache.out.clone()), data: t.data.clone().or(file.cache.data.clone()), ..t }
+    let (cache, data) = match file.generate.as_ref().and_then(|g| g.out.as_ref()) {
+        Some(out) => (Some(out.join(stage::generate::CACHE_DIR)), Some(out.join(stage::generate::GENERATED_FILE))),
+        None => (file.cache.out.clone(), file.cache.data.clone()),
+    };
+    TrainSettings { cache: t.cache.clone().or(cache), data: t.data.clone().or(data), ..t }
 }
 
 #[derive(Args, Debug)]
@@ -306,6 +259,58 @@ impl CacheTeacherArgs {
             Some(p) => merge(flags, PipelineFile::load(p)?.cache),
             None => flags,
         })
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// Read settings from a pipeline file's [generate] table; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    settings: GenerateSettings,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else python3's onnxruntime package).
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// Replace an existing output in --out made with other settings.
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bar or notes on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl GenerateArgs {
+    fn settings(&self) -> Result<GenerateSettings> {
+        let flags = self.settings.clone();
+        Ok(match &self.pipeline {
+            Some(p) => match PipelineFile::load(p)?.generate {
+                Some(file) => merge(flags, file),
+                None => return Err(distill::Error::Config(format!("{}: has no [generate] table", p.display()))),
+            },
+            None => flags,
+        })
+    }
+}
+
+fn print_generate_summary(s: &stage::generate::GenerateSummary, quiet: bool) {
+    let how = if s.kv_cache { "with the KV cache" } else { "rerunning each sequence" };
+    let rate = if s.decode_seconds > 0.0 { format!(", {:.1} tokens/s", s.tokens_this_run as f64 / s.decode_seconds) } else { String::new() };
+    println!(
+        "{}: {} sequences, {} tokens generated ({} ended at the end-of-sequence token), decoded {how}{rate}; {:.1}s",
+        s.dataset.display(),
+        s.sequences,
+        s.tokens,
+        s.stopped_at_eos,
+        s.seconds
+    );
+    let c = &s.cache;
+    let resumed = if c.resumed_shards > 0 { format!(" (resumed after {} finished shards)", c.resumed_shards) } else { String::new() };
+    println!("{}: {} positions in {} shards ({} bytes){resumed}", c.dir.display(), c.positions, c.shards, c.bytes);
+    if !quiet {
+        for w in &c.warnings {
+            eprintln!("warning: {w}");
+        }
     }
 }
 
@@ -360,63 +365,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let summary = stage::cache_teacher(&cfg, &opts)?;
             print_cache_summary(&summary, args.quiet);
         }
-        Command::Generate {
-            teacher,
-            tokenizer,
-            data,
-            prompt_column,
-            out,
-            max_new_tokens,
-            temperature,
-            top_p,
-            samples_per_prompt,
-            seed,
-            batch_size,
-            max_seq_len,
-            eos_id,
-            top_k,
-            soft_temperature,
-            threads,
-            quiet,
-            ort_lib,
-        } => {
-            if temperature < 0.0 || !(0.0..=1.0).contains(&top_p) || samples_per_prompt == 0 || batch_size == 0 || max_new_tokens == 0 {
-                return Err(distill::error::Error::Config(
-                    "generate: --temperature must be >= 0, --top-p in 0..=1, and --samples-per-prompt, --batch-size, \
-                     --max-new-tokens >= 1"
-                        .into(),
-                ));
-            }
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            let cfg = stage::generate::GenerateConfig {
-                teacher,
-                tokenizer,
-                data,
-                prompt_column,
-                out,
-                max_new_tokens,
-                temperature,
-                top_p,
-                samples: samples_per_prompt,
-                seed,
-                batch_size,
-                max_seq_len,
-                eos: eos_id,
-                top_k,
-                soft_temperature,
-                threads: threads.unwrap_or(cores).max(1),
-            };
-            let opts = RunOptions { quiet, overwrite: false, ort_lib, command, on_shard: None };
+        Command::Generate(args) => {
+            let cfg = args.settings()?.validate()?;
+            let opts = RunOptions { quiet: args.quiet, overwrite: args.overwrite, ort_lib: args.ort_lib.clone(), command, on_shard: None };
             let s = stage::generate::generate(&cfg, &opts)?;
-            println!(
-                "{}: {} sequences, {} tokens generated ({} ended at the end-of-sequence token) in {:.1}s",
-                s.dataset.display(),
-                s.sequences,
-                s.tokens,
-                s.stopped_at_eos,
-                s.seconds
-            );
-            print_cache_summary(&s.cache, quiet);
+            print_generate_summary(&s, args.quiet);
         }
         Command::Report { runs, cache, out } => {
             let stats = match &cache {
@@ -487,23 +440,49 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
-            let cfg = file.cache.clone().validate()?;
+            let cfg = pipeline_cache_settings(&file).validate()?;
+            let generate = file.generate.clone().map(|g| g.validate()).transpose()?;
             // Every setting is checked before any work: [train] and [student] too.
             if let (Some(student), Some(eval)) = (&file.student, &file.eval) {
                 pipeline_seeds(&file, student, eval)?;
             }
             let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone(), on_shard: None };
-            eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
-            let summary = stage::cache_teacher(&cfg, &opts)?;
-            print_cache_summary(&summary, quiet);
-            let (manifest, stats) = stage::inspect(&summary.dir)?;
-            print!("{}", stage::inspect::render(&summary.dir, &manifest, &stats));
+            let train_cache = match &generate {
+                Some(g) => {
+                    eprintln!("== stage one: generate ({})", g.teacher.display());
+                    let s = stage::generate::generate(g, &opts)?;
+                    print_generate_summary(&s, quiet);
+                    s.cache.dir
+                }
+                None => {
+                    eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
+                    let summary = stage::cache_teacher(&cfg, &opts)?;
+                    print_cache_summary(&summary, quiet);
+                    summary.dir
+                }
+            };
+            let (manifest, stats) = stage::inspect(&train_cache)?;
+            print!("{}", stage::inspect::render(&train_cache, &manifest, &stats));
             if let (Some(student), Some(eval)) = (file.student.clone(), file.eval.clone()) {
-                run_students(&file, student, &eval, &cfg, &opts, quiet)?;
+                run_students(&file, student, &eval, &cfg, &train_cache, &opts, quiet)?;
             }
         }
     }
     Ok(())
+}
+
+/// A pipeline's `[cache]`: with `[generate]` it describes how the held-out data is read for
+/// the teacher's metrics, its teacher, tokenizer and directory taken from `[generate]` when unset.
+fn pipeline_cache_settings(file: &PipelineFile) -> CacheSettings {
+    let c = file.cache.clone();
+    let Some(g) = &file.generate else { return c };
+    CacheSettings {
+        teacher: c.teacher.or(g.teacher.clone()),
+        tokenizer: c.tokenizer.or(g.tokenizer.clone()),
+        data: c.data.or(g.data.clone()),
+        out: c.out.or(g.out.as_ref().map(|o| o.join(stage::generate::CACHE_DIR))),
+        ..c
+    }
 }
 
 fn print_train_summary(s: &distill::train::TrainSummary) {
@@ -576,6 +555,7 @@ fn run_students(
     student: StudentSpec,
     eval: &distill::config::EvalSettings,
     cache_cfg: &distill::config::CacheTeacherConfig,
+    train_cache: &std::path::Path,
     opts: &RunOptions,
     quiet: bool,
 ) -> Result<()> {
@@ -628,7 +608,7 @@ fn run_students(
     // The training curves of the runs just trained and the cache's histograms, beside the
     // table; the results stand without the picture, so a drawing failure is a warning.
     let picture = out.join("report.svg");
-    match stage::inspect(&cache_cfg.out).and_then(|(_, stats)| stage::report::report(&trained, Some(&stats), &picture)) {
+    match stage::inspect(train_cache).and_then(|(_, stats)| stage::report::report(&trained, Some(&stats), &picture)) {
         Ok(()) => println!("{}", picture.display()),
         Err(e) => eprintln!("warning: {}: no report drawn: {e}", picture.display()),
     }

@@ -68,7 +68,8 @@ impl Tokenized {
 /// Tokenize one row: `fields` holds the values of [`TextColumns::columns`], in order.
 /// Text is encoded with the tokenizer's special tokens; a completion is encoded without them
 /// and appended to its prompt; a conversation is rendered with the chat template and encoded
-/// without them (the template writes its own, as `apply_chat_template` does).
+/// without them (the template writes its own, as `apply_chat_template` does). Token-id
+/// columns ([`TextColumns::token_ids`]) are taken as they are.
 pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64, data: &Path) -> Result<Tokenized> {
     let names = cols.column_names();
     let missing = |i: usize| Error::data(data, format!("row {row}, column `{}`: value is missing (null)", names[i]));
@@ -87,7 +88,32 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
     let render = |messages: &serde_json::Value, generation_prompt: bool| {
         chat()?.render(messages, generation_prompt).map_err(|m| Error::data(data, format!("row {row}, column `{}`: {m}", names[0])))
     };
-    let (mut ids, first, mut targets) = if cols.messages.is_some() {
+    let token_ids = |i: usize| match fields.get(i) {
+        Some(Field::Numbers(v)) => v
+            .iter()
+            .map(|&x| {
+                let id = x as u32;
+                if x >= 0.0 && id as f32 == x && (id as usize) < tok.vocab_size() {
+                    Ok(id)
+                } else {
+                    Err(Error::data(
+                        data,
+                        format!("row {row}, column `{}`: {x} is not a token id of the tokenizer (0..{})", names[i], tok.vocab_size()),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<u32>>>(),
+        _ => Err(missing(i)),
+    };
+    let (mut ids, first, mut targets) = if cols.token_ids && cols.text.is_some() {
+        (token_ids(0)?, 0, None)
+    } else if cols.token_ids {
+        let mut ids = token_ids(0)?;
+        let m = ids.len();
+        ids.extend(token_ids(1)?);
+        let first = if cols.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
+        (ids, first, None)
+    } else if cols.messages.is_some() {
         let rendered = render(turns(0)?, false)?;
         let e = enc(&rendered.text, false)?;
         let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));

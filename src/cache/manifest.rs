@@ -96,6 +96,11 @@ pub struct TextColumns {
     /// prompt/completion): both are rendered with the chat template.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub conversational: bool,
+    /// The text (or prompt and completion) columns hold token ids, lists of integers,
+    /// used as they are (no tokenization): pre-tokenized data, and `distill generate`'s
+    /// output, whose ids are the generated ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_ids: bool,
     /// Chat data: SHA-256 of the saved chat template (`chat_template.json` in the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_sha256: Option<String>,
@@ -114,14 +119,45 @@ impl TextColumns {
     pub fn columns(&self) -> Vec<crate::data::Column> {
         match (&self.messages, &self.text, &self.prompt, &self.completion) {
             (Some(m), ..) => vec![crate::data::Column::new(m, crate::data::Kind::Messages)],
+            (None, Some(t), _, _) if self.token_ids => vec![crate::data::Column::new(t, crate::data::Kind::Numbers)],
             (None, Some(t), _, _) => vec![crate::data::Column::new(t, crate::data::Kind::Text)],
             (None, None, Some(p), Some(c)) => {
-                let kind = if self.conversational { crate::data::Kind::Messages } else { crate::data::Kind::Text };
+                let kind = match (self.conversational, self.token_ids) {
+                    (true, _) => crate::data::Kind::Messages,
+                    (false, true) => crate::data::Kind::Numbers,
+                    (false, false) => crate::data::Kind::Text,
+                };
                 vec![crate::data::Column::new(p, kind), crate::data::Column::new(c, kind)]
             }
             _ => Vec::new(),
         }
     }
+}
+
+/// How `distill generate` made a cache's dataset and soft labels (both from the same
+/// forward passes of the teacher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationInfo {
+    /// The prompts' dataset.
+    pub prompts: DatasetInfo,
+    /// The column the prompts came from, and whether it holds conversations (rendered
+    /// with the chat template and its generation prompt).
+    pub prompt_column: String,
+    pub chat: bool,
+    /// The generated dataset, relative to the cache directory.
+    pub dataset_file: String,
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub samples_per_prompt: usize,
+    pub seed: u64,
+    pub eos_id: Option<u32>,
+    /// Decoded with the export's KV cache (`past_key_values.*`), or by rerunning each sequence.
+    pub kv_cache: bool,
+    /// Sequences that ended at the end-of-sequence token (the rest at the length limit).
+    pub stopped_at_eos: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +303,10 @@ pub struct Manifest {
     /// Teacher outputs stored beside the soft labels, in column order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden_states: Vec<HiddenStateInfo>,
+    /// A cache `distill generate` made: the generation settings and the prompts; `dataset`
+    /// is the generated dataset, whose rows are the sequences in (prompt row, sample) order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationInfo>,
     pub rows_per_shard: u64,
     /// SHA-256 over everything that decides the cache's content; a rerun resumes only
     /// into a cache with the same fingerprint.
@@ -463,6 +503,7 @@ impl Manifest {
             label_column: None,
             sampled: None,
             hidden_states: Vec::new(),
+            generation: None,
             rows_per_shard: shard.rows,
             fingerprint: String::new(),
             settings: serde_json::Value::Null,

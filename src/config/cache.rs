@@ -61,6 +61,12 @@ pub struct CacheSettings {
     /// Column of completions (appended to the prompt).
     #[arg(long, value_name = "COLUMN", requires = "prompt_column")]
     pub completion_column: Option<String>,
+    /// The text column (or the prompt and completion columns) holds token ids, lists of
+    /// integers below the tokenizer's size, used as they are: no tokenization, no special
+    /// tokens added (pre-tokenized data; `distill generate` writes prompt_ids and
+    /// completion_ids).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub token_ids: Option<bool>,
     /// Column of conversations, lists of {role, content} turns (TRL/Hugging Face chat data),
     /// rendered with the tokenizer's chat template; only assistant tokens are cached unless
     /// --positions all.
@@ -226,6 +232,8 @@ pub struct TextConfig {
     pub positions: Positions,
     pub max_seq_len: usize,
     pub long: LongSequences,
+    /// The text columns hold token ids (`--token-ids`).
+    pub token_ids: bool,
     /// An explicit chat template (conversations); else the one beside the tokenizer.
     pub chat_template: Option<PathBuf>,
 }
@@ -414,7 +422,19 @@ impl CacheSettings {
             return Err(Error::Config("cache.max_seq_len must be >= 2".into()));
         }
         let long = self.long_sequences.unwrap_or(LongSequences::Truncate);
-        Ok(Some(TextConfig { tokenizer: tok.clone(), source, positions, max_seq_len, long, chat_template: self.chat_template.clone() }))
+        let token_ids = self.token_ids.unwrap_or(false);
+        if token_ids && matches!(source, TextSource::Messages(_)) {
+            return Err(Error::Config("cache.token_ids applies to text or prompt/completion columns, not conversations".into()));
+        }
+        Ok(Some(TextConfig {
+            tokenizer: tok.clone(),
+            source,
+            positions,
+            max_seq_len,
+            long,
+            token_ids,
+            chat_template: self.chat_template.clone(),
+        }))
     }
 
     /// Which columns hold the text: one of text, prompt + completion, or messages.

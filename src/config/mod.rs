@@ -3,6 +3,7 @@
 //! (`cache.top_k must be >= 1`); unknown keys are errors, not silent defaults.
 
 mod cache;
+mod generate;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -14,11 +15,13 @@ use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 
 pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource};
+pub use generate::{GenerateConfig, GenerateSettings, KvCache, PromptSource};
 pub use train::{TrainConfig, TrainDevice, TrainSettings};
 
 /// The defaults of every setting, in one place.
 pub mod defaults {
     pub use super::cache::defaults as cache;
+    pub use super::generate::defaults as generate;
     pub use super::train::defaults as train;
 }
 
@@ -94,8 +97,12 @@ pub struct EvalSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
-    /// Stage one.
+    /// Stage one over the dataset as it is (the held-out data's columns, with `[generate]`).
+    #[serde(default)]
     pub cache: CacheSettings,
+    /// Stage one over completions the teacher writes (`distill generate`), in place of
+    /// caching the dataset's own.
+    pub generate: Option<GenerateSettings>,
     /// The student's architecture.
     pub student: Option<StudentSpec>,
     /// Stage two.
@@ -112,6 +119,7 @@ impl PipelineFile {
             toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         file.cache = file.cache.relative_to(base);
+        file.generate = file.generate.map(|g| g.relative_to(base));
         file.train = file.train.map(|t| t.relative_to(base));
         if let Some(StudentSpec::Hf { path: p }) = &mut file.student
             && p.is_relative()

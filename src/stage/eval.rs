@@ -81,7 +81,7 @@ type Teacher = (HashMap<(u64, u32), TeacherLabel>, f32);
 pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &PredictOptions) -> Result<EvalReport> {
     let device = Device::flex();
     let cache_dir = cache.map(crate::store::local_copy).transpose()?;
-    let st = match (&cache_dir, run_dir.join("student.json").is_file()) {
+    let mut st = match (&cache_dir, run_dir.join("student.json").is_file()) {
         (Some(c), false) if hf::is_checkpoint(run_dir) => load_checkpoint_for_cache(run_dir, c, &device)?,
         (None, false) if hf::is_checkpoint(run_dir) => {
             let mut st = load_checkpoint(run_dir, opts, &device)?;
@@ -92,6 +92,9 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &Pr
         }
         _ => open_student(run_dir, opts, &device)?,
     };
+    if let Some(c) = &cache_dir {
+        read_text_as_the_cache(&mut st, c)?;
+    }
     let teacher = cache.map(|c| teacher_labels(c, data)).transpose()?;
     let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, u64::MAX, None)?;
     if rows.is_empty() {
@@ -311,6 +314,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         completion: None,
         messages: None,
         conversational: false,
+        token_ids: false,
         chat_template_sha256: None,
         positions,
         max_seq_len: opts.max_seq_len,
@@ -355,6 +359,20 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
 }
 
 /// A run directory or a checkpoint directory.
+/// A student trained on token ids (`distill generate`'s data) reads text data as the
+/// teacher's cache of it does: that cache's text columns, with its chat template.
+fn read_text_as_the_cache(st: &mut Ready, cache: &Path) -> Result<()> {
+    let (Some(text), Some(tok)) = (&st.spec.text, &mut st.tok) else { return Ok(()) };
+    if !text.token_ids {
+        return Ok(());
+    }
+    if let Some(cached) = CacheReader::open(cache)?.manifest().text.clone() {
+        crate::text::attach_chat_template(tok, &cached, cache)?;
+        st.spec.text = Some(cached);
+    }
+    Ok(())
+}
+
 fn open_student(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
     if dir.join("student.json").is_file() {
         load_run(dir, device)

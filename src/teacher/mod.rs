@@ -9,5 +9,5 @@ pub mod runtime;
 pub mod sample;
 pub mod topk;
 
-pub use model::{HiddenOutput, HiddenValues, InputMapping, Logits, Teacher, TeacherBatch, TeacherDevice};
+pub use model::{HiddenOutput, HiddenValues, InputMapping, Logits, Past, Step, Teacher, TeacherBatch, TeacherDevice};
 pub use topk::{SoftLabel, TopKScratch, soft_top_k};

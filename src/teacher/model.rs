@@ -152,7 +152,28 @@ pub struct Teacher {
     io_outputs: Vec<IoInfo>,
     /// Why a requested CUDA device is not used (the teacher then runs on the CPU).
     pub device_note: Option<String>,
+    /// The `present.*` output continuing each past input, in input order; empty when the
+    /// model has no past inputs or lacks one of their outputs (no KV-cache decoding).
+    presents: Vec<String>,
 }
+
+/// One decoding step of a with-past export: `new` tokens per row after `past` cached
+/// positions.
+///
+/// # Shapes
+/// - `ids`, `positions`: `[batch * new]`
+/// - `mask`: `[batch * (past + new)]`, over the cached positions and the new ones
+pub struct Step<'a> {
+    pub batch: usize,
+    pub new: usize,
+    pub ids: &'a [i64],
+    pub mask: &'a [i64],
+    pub positions: &'a [i64],
+}
+
+/// The key/value cache a with-past export returned (`present.*`), fed back as its past
+/// (`past_key_values.*`) on the next [`Teacher::run_step`].
+pub struct Past(Vec<ort::value::DynValue>);
 
 /// Where the teacher runs (`--device cpu | cuda | cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -338,6 +359,7 @@ impl Teacher {
             }
         }
 
+        let presents = present_outputs(&inputs, &io_outputs);
         Ok(Teacher {
             path: path.to_path_buf(),
             session,
@@ -352,7 +374,81 @@ impl Teacher {
             io_inputs,
             io_outputs,
             device_note,
+            presents,
         })
+    }
+
+    /// Whether the model can decode with a KV cache ([`Teacher::run_step`]): it has past
+    /// inputs and a `present.*` output for each.
+    pub fn has_kv_cache(&self) -> bool {
+        !self.presents.is_empty()
+    }
+
+    /// Run one decoding step with a KV cache: `past` from the previous step, `None` for the
+    /// first (the prompt, fed an empty past). `f` sees the logits of the new positions
+    /// borrowed from ONNX Runtime; the returned [`Past`] holds every position so far.
+    ///
+    /// # Shapes
+    /// - logits: `[batch, new, vocab]`
+    pub fn run_step<R>(
+        &mut self,
+        step: &Step<'_>,
+        past: Option<Past>,
+        f: impl FnOnce(&[usize], Logits<'_>) -> Result<R>,
+    ) -> Result<(R, Past)> {
+        let bad = |m: String| Error::teacher(&self.path, m);
+        if !self.has_kv_cache() {
+            return Err(bad("the model has no past_key_values inputs with present outputs: it cannot decode with a KV cache".into()));
+        }
+        let cached = past.is_some();
+        let mut past_values = past.map(|p| p.0.into_iter());
+        let (b, new) = (step.batch as i64, step.new as i64);
+        let total = step.mask.len() as i64 / b.max(1);
+        let mut feeds: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
+        for plan in &self.inputs {
+            let value = match &plan.feed {
+                Feed::InputIds => int_tensor(plan, vec![b, new], step.ids.to_vec()).map_err(bad)?,
+                Feed::AttentionMask => int_tensor(plan, vec![b, total], step.mask.to_vec()).map_err(bad)?,
+                Feed::PositionIds => int_tensor(plan, vec![b, new], step.positions.to_vec()).map_err(bad)?,
+                Feed::TokenTypeIds => int_tensor(plan, vec![b, new], vec![0; step.ids.len()]).map_err(bad)?,
+                Feed::EmptyPast => match &mut past_values {
+                    Some(values) => values.next().ok_or_else(|| bad(format!("no past value for input `{}`", plan.name)))?.into(),
+                    None => {
+                        let first = TeacherBatch::Tokens { batch: step.batch, seq: step.new, ids: step.ids, mask: step.mask };
+                        self.input_value(plan, &first)?
+                    }
+                },
+                Feed::NoCacheBranch => {
+                    let s: Vec<i64> = if plan.shape.is_empty() { vec![] } else { vec![1] };
+                    Tensor::<bool>::from_array((s, vec![cached]))
+                        .map(|t| t.into_dyn().into())
+                        .map_err(|e| bad(format!("input `{}`: {e}", plan.name)))?
+                }
+                Feed::Column(c) => return Err(bad(format!("input `{}` is fed from column `{c}`, which decoding does not carry", plan.name))),
+            };
+            feeds.push((Cow::Owned(plan.name.clone()), value));
+        }
+        let path = self.path.clone();
+        let mut outputs = self.session.run(feeds).map_err(|e| Error::teacher(&path, format!("inference failed: {e}")))?;
+        let result = {
+            let value = outputs
+                .get(&self.output)
+                .ok_or_else(|| Error::teacher(&path, format!("output `{}` missing from the run's results", self.output)))?;
+            let bad = |e: ort::Error| Error::teacher(&path, format!("output `{}`: {e}", self.output));
+            let (shape, values) = match value.dtype().tensor_type() {
+                Some(TensorElementType::Float16) => value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(bad)?,
+                Some(TensorElementType::Bfloat16) => value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(bad)?,
+                _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(bad)?,
+            };
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            f(&shape, values)?
+        };
+        let presents = self
+            .presents
+            .iter()
+            .map(|name| outputs.remove(name).ok_or_else(|| Error::teacher(&path, format!("output `{name}` missing from the run's results"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((result, Past(presents)))
     }
 
     pub fn path(&self) -> &Path {
@@ -516,6 +612,21 @@ fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &st
             }
         })
         .collect()
+}
+
+/// The output continuing each past input (`past_key_values.0.key` -> `present.0.key`,
+/// `past.0.key` -> `present.0.key`), in input order; empty if any is missing.
+fn present_outputs(inputs: &[InputPlan], outputs: &[IoInfo]) -> Vec<String> {
+    let past: Vec<&InputPlan> = inputs.iter().filter(|p| p.feed == Feed::EmptyPast).collect();
+    let presents: Vec<String> = past
+        .iter()
+        .filter_map(|p| {
+            let rest = p.name.strip_prefix("past_key_values").or_else(|| p.name.strip_prefix("past"))?;
+            let name = format!("present{rest}");
+            outputs.iter().any(|o| o.name == name).then_some(name)
+        })
+        .collect();
+    if presents.len() == past.len() { presents } else { Vec::new() }
 }
 
 /// Why logits of the last position only cannot be cached (pruned LM-head exports).

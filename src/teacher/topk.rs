@@ -227,6 +227,14 @@ fn soft_top_k_body(
     Ok(())
 }
 
+/// `log p_T(label)` from a row's logits and its soft label: every log-prob is
+/// `logit / T - log Z`, so the top entry's gives `log Z`.
+pub fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32) -> Option<f32> {
+    let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
+    let top = soft.ids[0] as usize;
+    Some(soft.logprobs[0] + (logits[l] - logits[top]) / temperature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,7 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         label_column: inputs.label_column.clone(),
         sampled: cfg.sampled,
         hidden_states,
+        generation: None,
         rows_per_shard: cfg.rows_per_shard,
         fingerprint,
         settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
@@ -88,7 +89,7 @@ fn hidden_states(cfg: &CacheTeacherConfig, inputs: &Inputs) -> Result<Vec<Hidden
 }
 
 /// How log-probs are stored: the quantisation step of `delta-u16` (0 for `f32`).
-fn encoding_of(logprobs: LogprobEncoding) -> EncodingInfo {
+pub(crate) fn encoding_of(logprobs: LogprobEncoding) -> EncodingInfo {
     let step = match logprobs {
         LogprobEncoding::DeltaU16 => schema::DEFAULT_LOGPROB_STEP,
         LogprobEncoding::F32 => 0.0,

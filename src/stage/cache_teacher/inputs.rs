@@ -28,6 +28,7 @@ fn text_columns_of(t: &crate::config::TextConfig, conversational: bool, chat: Op
         completion,
         messages,
         conversational,
+        token_ids: t.token_ids,
         chat_template_sha256: chat.map(|c| c.sha256.clone()),
         positions,
         max_seq_len: t.max_seq_len,
@@ -110,8 +111,10 @@ impl Inputs {
             return Err(Error::io(&cfg.teacher, std::io::Error::new(std::io::ErrorKind::NotFound, "teacher model not found")));
         }
         // Prompt and completion columns of conversations (TRL's conversational format).
-        let conversational = match cfg.text.as_ref().map(|t| &t.source) {
-            Some(TextSource::PromptCompletion { prompt, .. }) => data::column_holds_lists(&cfg.data, prompt)?,
+        let conversational = match cfg.text.as_ref() {
+            Some(t @ crate::config::TextConfig { source: TextSource::PromptCompletion { prompt, .. }, .. }) if !t.token_ids => {
+                data::column_holds_lists(&cfg.data, prompt)?
+            }
             _ => false,
         };
         let tok = tokenizer(cfg, conversational)?;

@@ -26,6 +26,7 @@ use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::config::CacheTeacherConfig;
 use crate::error::{Error, Result};
 
+pub(crate) use identity::encoding_of;
 use inputs::Inputs;
 use plan::ShardPlan;
 use stream::Counts;

@@ -8,6 +8,7 @@ use crate::cache::ShardBuilder;
 use crate::cache::manifest::{self, Manifest, ShardInfo};
 use crate::error::{Error, Result};
 use crate::teacher::hidden::Projection;
+use crate::teacher::topk::label_logprob;
 use crate::teacher::{SoftLabel, TopKScratch, topk};
 
 use super::ShardHook;
@@ -169,13 +170,6 @@ impl Sink<'_> {
             })
             .collect())
     }
-}
-
-/// `log p_T(label)` from a row's soft label: every log-prob is `logit / T - log Z`.
-fn label_logprob(logits: &[f32], soft: &SoftLabel, label: i64, temperature: f32) -> Option<f32> {
-    let l = usize::try_from(label).ok().filter(|&l| l < logits.len())?;
-    let top = soft.ids[0] as usize;
-    Some(soft.logprobs[0] + (logits[l] - logits[top]) / temperature)
 }
 
 /// `log p_T(label)` from a row's logits (f64 log-sum-exp over the whole row).

@@ -1,0 +1,242 @@
+//! `distill generate`'s settings (flags, or a pipeline file's `[generate]`), validated.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The defaults of `generate`.
+pub mod defaults {
+    pub const PROMPT_COLUMN: &str = "prompt";
+    pub const MAX_NEW_TOKENS: usize = 64;
+    pub const BATCH_SIZE: usize = 16;
+    pub const MAX_SEQ_LEN: usize = 512;
+    pub const SOFT_TEMPERATURE: f32 = 1.0;
+    pub const ROWS_PER_SHARD: u64 = 1024;
+}
+
+/// How `generate` decodes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCache {
+    /// With the export's KV cache where it has one (`past_key_values.*` inputs).
+    Auto,
+    /// Rerun each whole sequence for every new token (any causal-LM export).
+    Off,
+}
+
+/// Settings of `generate`, each optional until validation (a flag overrides the pipeline
+/// file's key of the same name).
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSettings {
+    /// The teacher, a causal-LM ONNX export; a with-past export (`optimum-cli export onnx
+    /// --task text-generation-with-past`) decodes with its KV cache.
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub teacher: Option<PathBuf>,
+    /// The teacher's tokenizer.json.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// The prompts (Parquet or JSONL; a file, a directory or a quoted glob).
+    #[arg(long, value_name = "DATA")]
+    pub data: Option<PathBuf>,
+    /// Output directory: OUT/generated.parquet and OUT/cache.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The column of text prompts [default: prompt].
+    #[arg(long, value_name = "COLUMN")]
+    pub prompt_column: Option<String>,
+    /// A column of conversations (lists of {role, content} turns) to complete instead:
+    /// each is rendered with the chat template and its generation prompt.
+    #[arg(long, value_name = "COLUMN", conflicts_with = "prompt_column")]
+    pub messages_column: Option<String>,
+    /// The chat template for --messages-column: a .jinja file or a tokenizer_config.json
+    /// [default: chat_template.jinja or tokenizer_config.json beside the tokenizer].
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Tokens generated at most per prompt [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy, the most probable token [default: 0].
+    #[arg(long, value_name = "T", value_parser = super::finite_f32)]
+    pub temperature: Option<f32>,
+    /// Nucleus: draw among the most probable tokens holding this much of the mass [default: 1].
+    #[arg(long, value_name = "P", value_parser = super::finite_f32)]
+    pub top_p: Option<f32>,
+    /// Completions per prompt [default: 1].
+    #[arg(long, value_name = "S")]
+    pub samples_per_prompt: Option<usize>,
+    /// Seed of the draws: they depend on it, the row, the sample and the step only [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Sequences decoded together [default: 16].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Longest prompt + completion, in tokens [default: 512].
+    #[arg(long, value_name = "N")]
+    pub max_seq_len: Option<usize>,
+    /// End-of-sequence id [default: the tokenizer's <|eos|>, </s>, <|endoftext|>, <|im_end|>, ...].
+    #[arg(long, value_name = "ID")]
+    pub eos_id: Option<u32>,
+    /// Entries per cached position [default: 64].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Temperature of the cached soft labels [default: 1].
+    #[arg(long, value_name = "T", value_parser = super::finite_f32)]
+    pub soft_temperature: Option<f32>,
+    /// Sequences per cache shard [default: 1024]; a rerun resumes after the last finished shard.
+    #[arg(long, value_name = "N")]
+    pub rows_per_shard: Option<u64>,
+    /// `auto` [default]: decode with the export's KV cache when it has one; `off`: rerun each
+    /// sequence for every new token.
+    #[arg(long, value_name = "auto|off")]
+    pub kv_cache: Option<KvCache>,
+    /// Threads for ONNX Runtime [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Where the prompts come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptSource {
+    /// A text column, encoded with the tokenizer's special tokens.
+    Text(String),
+    /// A column of conversations, rendered with the chat template and the generation prompt.
+    Messages { column: String, chat_template: Option<PathBuf> },
+}
+
+impl PromptSource {
+    pub fn column(&self) -> &str {
+        match self {
+            PromptSource::Text(c) | PromptSource::Messages { column: c, .. } => c,
+        }
+    }
+}
+
+/// Validated settings of `generate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateConfig {
+    pub teacher: PathBuf,
+    pub tokenizer: PathBuf,
+    pub data: PathBuf,
+    pub prompts: PromptSource,
+    pub out: PathBuf,
+    pub max_new_tokens: usize,
+    /// 0: greedy (the most probable token, the lowest id on ties).
+    pub temperature: f32,
+    pub top_p: f32,
+    pub samples: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub max_seq_len: usize,
+    /// End of sequence; `None`: the tokenizer's.
+    pub eos: Option<u32>,
+    /// The cache's top-k [default 64, at most the tokenizer's size] and temperature.
+    pub top_k: Option<usize>,
+    pub soft_temperature: f32,
+    pub rows_per_shard: u64,
+    pub kv_cache: KvCache,
+    pub threads: usize,
+}
+
+impl GenerateSettings {
+    /// Paths of a pipeline file made relative to the working directory.
+    pub fn relative_to(self, base: &Path) -> GenerateSettings {
+        let r = super::relative_to(base);
+        GenerateSettings {
+            teacher: r(self.teacher),
+            tokenizer: r(self.tokenizer),
+            data: r(self.data),
+            out: r(self.out),
+            chat_template: r(self.chat_template),
+            ..self
+        }
+    }
+
+    pub fn validate(self) -> Result<GenerateConfig> {
+        let need = |v: Option<PathBuf>, key: &str, flag: &str| {
+            v.ok_or_else(|| Error::Config(format!("generate.{key} is required (--{flag})")))
+        };
+        let at_least_one = |key: &str, v: usize| {
+            if v == 0 { Err(Error::Config(format!("generate.{key} must be >= 1"))) } else { Ok(v) }
+        };
+        let temperature = self.temperature.unwrap_or(0.0);
+        if temperature != 0.0 {
+            super::check_temperature("generate.temperature (0 for greedy)", temperature)?;
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::Config(format!("generate.top_p must be in (0, 1] (got {top_p})")));
+        }
+        let soft_temperature = self.soft_temperature.unwrap_or(defaults::SOFT_TEMPERATURE);
+        super::check_temperature("generate.soft_temperature", soft_temperature)?;
+        let max_seq_len = self.max_seq_len.unwrap_or(defaults::MAX_SEQ_LEN);
+        if max_seq_len < 2 {
+            return Err(Error::Config("generate.max_seq_len must be >= 2 (a prompt token and a new one)".into()));
+        }
+        if self.chat_template.is_some() && self.messages_column.is_none() {
+            return Err(Error::Config("generate.chat_template applies to conversations only (--messages-column)".into()));
+        }
+        let prompts = match (self.messages_column, self.prompt_column) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config("generate.messages_column and generate.prompt_column cannot be combined".into()));
+            }
+            (Some(column), None) => PromptSource::Messages { column, chat_template: self.chat_template },
+            (None, p) => PromptSource::Text(p.unwrap_or_else(|| defaults::PROMPT_COLUMN.into())),
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(GenerateConfig {
+            teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
+            tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
+            data: need(self.data, "data", "data PROMPTS")?,
+            out: need(self.out, "out", "out DIR")?,
+            prompts,
+            max_new_tokens: at_least_one("max_new_tokens", self.max_new_tokens.unwrap_or(defaults::MAX_NEW_TOKENS))?,
+            temperature,
+            top_p,
+            samples: at_least_one("samples_per_prompt", self.samples_per_prompt.unwrap_or(1))?,
+            seed: self.seed.unwrap_or(0),
+            batch_size: at_least_one("batch_size", self.batch_size.unwrap_or(defaults::BATCH_SIZE))?,
+            max_seq_len,
+            eos: self.eos_id,
+            top_k: self.top_k.map(|k| at_least_one("top_k", k)).transpose()?,
+            soft_temperature,
+            rows_per_shard: at_least_one("rows_per_shard", self.rows_per_shard.unwrap_or(defaults::ROWS_PER_SHARD) as usize)? as u64,
+            kv_cache: self.kv_cache.unwrap_or(KvCache::Auto),
+            threads: self.threads.unwrap_or(cores).max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> GenerateSettings {
+        GenerateSettings {
+            teacher: Some("t.onnx".into()),
+            tokenizer: Some("tok.json".into()),
+            data: Some("p.jsonl".into()),
+            out: Some("o".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Defaults fill what is unset; errors name the key.
+    #[test]
+    fn validates_and_names_the_key() {
+        let c = base().validate().unwrap();
+        assert_eq!((c.max_new_tokens, c.temperature, c.top_p, c.samples, c.kv_cache), (64, 0.0, 1.0, 1, KvCache::Auto));
+        assert_eq!(c.prompts, PromptSource::Text("prompt".into()));
+        let err = |s: GenerateSettings| s.validate().unwrap_err().to_string();
+        assert!(err(GenerateSettings { top_p: Some(0.0), ..base() }).contains("generate.top_p"));
+        assert!(err(GenerateSettings { temperature: Some(0.001), ..base() }).contains("generate.temperature"));
+        assert!(err(GenerateSettings { samples_per_prompt: Some(0), ..base() }).contains("generate.samples_per_prompt"));
+        assert!(err(GenerateSettings { teacher: None, ..base() }).contains("generate.teacher is required"));
+        assert!(err(GenerateSettings { chat_template: Some("t.jinja".into()), ..base() }).contains("conversations only"));
+        let m = GenerateSettings { messages_column: Some("messages".into()), ..base() }.validate().unwrap();
+        assert_eq!(m.prompts, PromptSource::Messages { column: "messages".into(), chat_template: None });
+    }
+}

@@ -1,0 +1,424 @@
+//! `distill generate`: sequence-level distillation data. The teacher writes completions of
+//! the prompts (greedy, or sampled at a temperature with top-p, seeded per row, sample and
+//! step, so the tokens do not depend on the batching), and the logits that chose each token
+//! are cached as its soft label, from the same forward passes.
+//!
+//! Out: `OUT/generated.parquet` (prompt, completion, prompt_ids, completion_ids,
+//! stop_reason, row, sample) and `OUT/cache`, whose text columns are the token ids, so
+//! `train-student` trains on exactly the generated tokens. The work goes shard by shard:
+//! each shard's sequences are written as a part of the dataset and a cache shard, and the
+//! partial manifest records them, so a rerun of the same command resumes after the last
+//! finished shard; the parts become one file when the last shard is done.
+//!
+//! The steps: load the tokenizer and the teacher, read the prompts, make the cache's
+//! identity, decide what the output directory holds, then decode and write the shards left.
+
+mod decode;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::cache::manifest::{self, DatasetInfo, GenerationInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
+use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
+use crate::cache::{LogprobEncoding, Positions, Task};
+use crate::chat::ChatTemplate;
+use crate::config::{GenerateConfig, KvCache, PromptSource};
+use crate::data::{self, Column, Field, Kind};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::teacher::{InputMapping, Teacher, TeacherDevice, TopKScratch};
+use crate::text::{TextColumns, Tokenizer};
+
+use super::cache_teacher::{CacheSummary, RunOptions, Timings};
+use decode::{Decoder, Sequence};
+
+/// The generated dataset's file in `--out`.
+pub const GENERATED_FILE: &str = "generated.parquet";
+/// The cache of the generated positions in `--out`.
+pub const CACHE_DIR: &str = "cache";
+/// The dataset's parts while a run goes, one per cache shard.
+pub const PARTS_DIR: &str = "generated.parts";
+
+/// What a run made.
+#[derive(Debug)]
+pub struct GenerateSummary {
+    pub dataset: PathBuf,
+    pub sequences: u64,
+    /// Tokens generated, in all (= the cache's positions).
+    pub tokens: u64,
+    pub stopped_at_eos: u64,
+    /// Decoded with the export's KV cache.
+    pub kv_cache: bool,
+    /// This run's tokens and the seconds spent decoding them (0 when resumed complete).
+    pub tokens_this_run: u64,
+    pub decode_seconds: f64,
+    pub seconds: f64,
+    pub cache: CacheSummary,
+}
+
+/// Generate, cache the soft labels, write the dataset.
+pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSummary> {
+    let started = Instant::now();
+    let tok = load_tokenizer(cfg)?;
+    let eos = eos_id(cfg, &tok)?;
+    let mut teacher = load_teacher(cfg, opts)?;
+    let kv_cache = use_kv_cache(cfg, &teacher, opts.quiet);
+    let selectable = tok.vocab_size().min(teacher.vocab_size);
+    let top_k = top_k(cfg, selectable)?;
+    let mut seqs = prompts(cfg, &tok)?;
+    let cache_dir = cfg.out.join(CACHE_DIR);
+    let _lock = crate::lock::DirLock::acquire(&cfg.out, ".generate", "a generate run")?;
+    let mut man = new_manifest(cfg, opts, &teacher, &tok, (eos, kv_cache, top_k, selectable), seqs.len() as u64)?;
+    let names = ManifestNames::of(None);
+    let resumed = match prepare_out_dir(&cache_dir, &man, opts.overwrite, &names, manifest::PartInfo { index: 0, count: 1 })? {
+        OutState::Complete(existing) => return already_complete(cfg, &cache_dir, existing, started),
+        OutState::Partial(existing, _) => keep_shards_with_parts(cfg, &mut man, existing),
+        OutState::Fresh => 0,
+    };
+    manifest::write_atomic(&cache_dir.join(manifest::TOKENIZER_FILE), &std::fs::read(&tok.path).map_err(|e| Error::io(&tok.path, e))?)?;
+    let parts = cfg.out.join(PARTS_DIR);
+    std::fs::create_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
+
+    let mut decoder = Decoder {
+        cfg,
+        eos,
+        pad: tok.pad_id,
+        selectable,
+        top_k,
+        scratch: TopKScratch::default(),
+        row: Vec::with_capacity(teacher.vocab_size),
+    };
+    let per = cfg.rows_per_shard as usize;
+    let shards = seqs.len().div_ceil(per);
+    let progress = Progress::new(seqs.len() as u64, "generating", opts.quiet);
+    progress.set_position((resumed * per) as u64);
+    let (mut tokens_this_run, mut rows_this_run, mut decode_seconds) = (0u64, 0u64, 0.0);
+    for index in resumed..shards {
+        let first = index * per;
+        let end = (first + per).min(seqs.len());
+        let shard = &mut seqs[first..end];
+        for batch in shard.chunks_mut(cfg.batch_size) {
+            let t = Instant::now();
+            if kv_cache { decoder.with_past(&mut teacher, batch)? } else { decoder.rerun(&mut teacher, batch)? }
+            decode_seconds += t.elapsed().as_secs_f64();
+            tokens_this_run += batch.iter().map(|s| s.generated.len() as u64).sum::<u64>();
+            rows_this_run += batch.len() as u64;
+            progress.inc(batch.len() as u64, tokens_this_run, decode_seconds, rows_this_run);
+        }
+        output::write_part(&output::part_path(&parts, index), shard, &tok)?;
+        let info = output::write_shard(&cache_dir, &man, index, first as u64, shard)?;
+        man.totals.rows += shard.len() as u64;
+        man.totals.positions += info.positions;
+        man.shards.push(info);
+        man.write_atomic(&cache_dir, &names.partial)?;
+        if let Some(hook) = &opts.on_shard {
+            (hook.0)()?;
+        }
+        for s in shard.iter_mut() {
+            s.labels = Vec::new(); // written: not needed again
+        }
+    }
+    progress.finish();
+    let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
+    Ok(GenerateSummary {
+        dataset: cfg.out.join(GENERATED_FILE),
+        sequences: man.totals.rows,
+        tokens: man.totals.positions,
+        stopped_at_eos: man.generation.as_ref().map_or(0, |g| g.stopped_at_eos),
+        kv_cache,
+        tokens_this_run,
+        decode_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        cache,
+    })
+}
+
+/// The tokenizer, with the chat template when the prompts are conversations.
+fn load_tokenizer(cfg: &GenerateConfig) -> Result<Tokenizer> {
+    let mut tok = Tokenizer::load(&cfg.tokenizer)?;
+    if let PromptSource::Messages { chat_template, .. } = &cfg.prompts {
+        tok.chat = Some(ChatTemplate::find(chat_template.as_deref(), &cfg.tokenizer)?);
+    }
+    Ok(tok)
+}
+
+/// The teacher, which must be a causal LM.
+fn load_teacher(cfg: &GenerateConfig, opts: &RunOptions) -> Result<Teacher> {
+    let mapping = InputMapping { tokens: true, ..InputMapping::default() };
+    let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, false, opts.ort_lib.as_deref(), TeacherDevice::Cpu)?;
+    if teacher.task != Task::CausalLm {
+        return Err(Error::teacher(&cfg.teacher, "outputs [batch, classes] logits: generate needs a causal LM ([batch, seq, vocab])"));
+    }
+    Ok(teacher)
+}
+
+/// Decode with the KV cache when the export has one and it is not turned off; say so on
+/// stderr when each token reruns the whole sequence.
+fn use_kv_cache(cfg: &GenerateConfig, teacher: &Teacher, quiet: bool) -> bool {
+    let kv = cfg.kv_cache == KvCache::Auto && teacher.has_kv_cache();
+    if !kv && !quiet {
+        let why = if cfg.kv_cache == KvCache::Off {
+            "--kv-cache off"
+        } else {
+            "the export has no past_key_values inputs (export with `optimum-cli export onnx --task text-generation-with-past` for one)"
+        };
+        eprintln!("generate: each new token reruns the whole sequence through the teacher ({why}): slower than decoding with a KV cache");
+    }
+    kv
+}
+
+/// `--top-k`, at most the ids a soft label may name; by default 64 or fewer.
+fn top_k(cfg: &GenerateConfig, selectable: usize) -> Result<usize> {
+    match cfg.top_k {
+        Some(k) if k > selectable => {
+            Err(Error::Config(format!("generate.top_k = {k} is larger than the {selectable} ids the tokenizer and the teacher share")))
+        }
+        Some(k) => Ok(k),
+        None => Ok(selectable.min(64)),
+    }
+}
+
+/// `--eos-id`, else the tokenizer's end-of-sequence token by its usual names.
+fn eos_id(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Option<u32>> {
+    if let Some(id) = cfg.eos {
+        if id as usize >= tok.vocab_size() {
+            return Err(Error::Config(format!("generate.eos_id = {id} is outside the tokenizer's {} tokens", tok.vocab_size())));
+        }
+        return Ok(Some(id));
+    }
+    Ok(["<|eos|>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<|end_of_text|>", "<|eot_id|>"]
+        .iter()
+        .find_map(|t| tok.inner.token_to_id(t)))
+}
+
+/// The prompts, each `samples` times: text encoded with the tokenizer's special tokens, or
+/// a conversation rendered with the chat template and its generation prompt (encoded
+/// without them: the template writes its own); cut to leave room for one new token.
+fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
+    let column = cfg.prompts.column();
+    let kind = if matches!(cfg.prompts, PromptSource::Messages { .. }) { Kind::Messages } else { Kind::Text };
+    let mut seqs = Vec::new();
+    for row in data::read_rows(&cfg.data, &[Column::new(column, kind)])? {
+        let row = row?;
+        let text = match (&row.fields[0], tok.chat.as_ref()) {
+            (Field::Text(text), _) => text.clone(),
+            (Field::Json(messages), Some(chat)) => chat
+                .render(messages, true)
+                .map_err(|m| Error::data(&cfg.data, format!("row {}, column `{column}`: {m}", row.index)))?
+                .text,
+            _ => return Err(Error::data(&cfg.data, format!("row {}: column `{column}` is null or not a {}", row.index, if kind == Kind::Text { "string" } else { "conversation" }))),
+        };
+        let special = kind == Kind::Text;
+        let enc = tok
+            .inner
+            .encode(text.as_str(), special)
+            .map_err(|e| Error::Tokenizer { path: cfg.tokenizer.clone(), message: format!("row {}: {e}", row.index) })?;
+        let mut prompt = enc.get_ids().to_vec();
+        if prompt.is_empty() {
+            return Err(Error::data(&cfg.data, format!("row {}: the prompt has no tokens: there is nothing to continue", row.index)));
+        }
+        prompt.truncate(cfg.max_seq_len - 1);
+        for sample in 0..cfg.samples as u32 {
+            let labels = Vec::new();
+            seqs.push(Sequence { row: row.index, sample, prompt_text: text.clone(), prompt: prompt.clone(), generated: Vec::new(), labels, done: None });
+        }
+    }
+    if seqs.is_empty() {
+        return Err(Error::data(&cfg.data, "has no rows: there is nothing to generate from"));
+    }
+    Ok(seqs)
+}
+
+/// The cache's manifest before any shard: its identity is the generation's (the teacher,
+/// tokenizer, prompts and every setting), since they decide the generated dataset; its
+/// `dataset` is filled in when that dataset is complete.
+fn new_manifest(
+    cfg: &GenerateConfig,
+    opts: &RunOptions,
+    teacher: &Teacher,
+    tok: &Tokenizer,
+    (eos, kv_cache, top_k, selectable): (Option<u32>, bool, usize, usize),
+    sequences: u64,
+) -> Result<Manifest> {
+    let prompts = DatasetInfo::of(&cfg.data)?;
+    let encoding = super::cache_teacher::encoding_of(LogprobEncoding::DeltaU16);
+    let generation = GenerationInfo {
+        prompts: prompts.clone(),
+        prompt_column: cfg.prompts.column().to_string(),
+        chat: matches!(cfg.prompts, PromptSource::Messages { .. }),
+        dataset_file: format!("../{GENERATED_FILE}"),
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        samples_per_prompt: cfg.samples,
+        seed: cfg.seed,
+        eos_id: eos,
+        kv_cache,
+        stopped_at_eos: 0,
+    };
+    let identity = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "generated": true,
+        "teacher_sha256": teacher.sha256,
+        "teacher_external_data": teacher.external_data,
+        "logits_output": teacher.output_name(),
+        "inputs": teacher.inputs_info(),
+        "tokenizer_sha256": tok.sha256,
+        "chat_template_sha256": tok.chat.as_ref().map(|c| c.sha256.clone()),
+        "prompts_sha256": prompts.sha256,
+        "prompt_column": generation.prompt_column,
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "samples_per_prompt": cfg.samples,
+        "seed": cfg.seed,
+        "eos_id": eos,
+        "kv_cache": kv_cache,
+        "max_seq_len": cfg.max_seq_len,
+        "top_k": top_k,
+        "soft_temperature": cfg.soft_temperature,
+        "selectable_ids": selectable,
+        "encoding": encoding,
+        "rows_per_shard": cfg.rows_per_shard,
+    });
+    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Manifest {
+        schema_version: SCHEMA_VERSION,
+        complete: false,
+        part: None,
+        tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
+        task: Task::CausalLm,
+        teacher: manifest::TeacherInfo {
+            file: file_name(&cfg.teacher),
+            sha256: teacher.sha256.clone(),
+            bytes: teacher.bytes,
+            external_data: teacher.external_data.clone(),
+            inputs: teacher.inputs_info().to_vec(),
+            outputs: teacher.outputs_info().to_vec(),
+            logits_output: teacher.output_name().to_string(),
+        },
+        tokenizer: Some(TokenizerInfo { file: file_name(&tok.path), sha256: tok.sha256.clone(), vocab_size: tok.vocab_size() }),
+        vocab_size: teacher.vocab_size,
+        top_k,
+        temperature: cfg.soft_temperature,
+        positions: Positions::Completion,
+        encoding,
+        // The generated dataset, known once it is complete.
+        dataset: DatasetInfo { file: GENERATED_FILE.into(), format: "parquet".into(), sha256: String::new(), rows: sequences, files: vec![] },
+        text: Some(TextColumns {
+            text: None,
+            prompt: Some("prompt_ids".into()),
+            completion: Some("completion_ids".into()),
+            messages: None,
+            conversational: false,
+            token_ids: true,
+            chat_template_sha256: None,
+            positions: Positions::Completion,
+            max_seq_len: cfg.max_seq_len,
+        }),
+        features: Vec::new(),
+        label_column: None,
+        sampled: None,
+        hidden_states: Vec::new(),
+        generation: Some(generation),
+        rows_per_shard: cfg.rows_per_shard,
+        fingerprint: manifest::sha256_canonical_json(&identity),
+        settings: serde_json::json!({ "identity": identity }),
+        command: opts.command.clone(),
+        totals: Totals::default(),
+        shards: Vec::new(),
+        checksum: String::new(),
+    })
+}
+
+/// Resume after the finished shards whose dataset part is on disk too (a shard is written
+/// after its part, so only a part removed by hand is missing); returns the first shard to do.
+fn keep_shards_with_parts(cfg: &GenerateConfig, man: &mut Manifest, existing: Manifest) -> usize {
+    let parts = cfg.out.join(PARTS_DIR);
+    for (index, shard) in existing.shards.into_iter().enumerate() {
+        if !output::part_path(&parts, index).is_file() {
+            break;
+        }
+        man.totals.rows += shard.rows;
+        man.totals.positions += shard.positions;
+        man.shards.push(shard);
+    }
+    man.shards.len()
+}
+
+/// The last step: the parts as one dataset file, the manifest complete and pointing at it,
+/// the parts removed.
+fn finish(
+    cfg: &GenerateConfig,
+    cache_dir: &Path,
+    names: &ManifestNames,
+    man: &mut Manifest,
+    shards: usize,
+    resumed: usize,
+    started: Instant,
+) -> Result<CacheSummary> {
+    let parts_dir = cfg.out.join(PARTS_DIR);
+    let parts: Vec<PathBuf> = (0..shards).map(|i| output::part_path(&parts_dir, i)).collect();
+    let dataset = cfg.out.join(GENERATED_FILE);
+    let eos = output::assemble(&parts, &dataset)?;
+    man.dataset = DatasetInfo::of(&dataset)?;
+    if let Some(g) = &mut man.generation {
+        g.stopped_at_eos = eos;
+    }
+    man.complete = true;
+    man.validate(&cache_dir.join(&names.complete))?;
+    man.write_atomic(cache_dir, &names.complete)?;
+    let partial = cache_dir.join(&names.partial);
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    std::fs::remove_dir_all(&parts_dir).map_err(|e| Error::io(&parts_dir, e))?;
+    Ok(cache_summary(cache_dir, man, resumed, started.elapsed().as_secs_f64(), false))
+}
+
+/// A run whose cache was complete before it: the dataset must be the one the cache records.
+fn already_complete(cfg: &GenerateConfig, cache_dir: &Path, man: Manifest, started: Instant) -> Result<GenerateSummary> {
+    let dataset = cfg.out.join(GENERATED_FILE);
+    let found = if dataset.is_file() { DatasetInfo::of(&dataset)?.difference(&man.dataset) } else { Some("it is missing".into()) };
+    if let Some(why) = found {
+        return Err(Error::data(
+            &dataset,
+            format!("is not the dataset the complete cache in {} was generated with ({why}); rerun with --overwrite", cache_dir.display()),
+        ));
+    }
+    let parts = cfg.out.join(PARTS_DIR);
+    if parts.exists() {
+        std::fs::remove_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
+    }
+    Ok(GenerateSummary {
+        dataset,
+        sequences: man.totals.rows,
+        tokens: man.totals.positions,
+        stopped_at_eos: man.generation.as_ref().map_or(0, |g| g.stopped_at_eos),
+        kv_cache: man.generation.as_ref().is_some_and(|g| g.kv_cache),
+        tokens_this_run: 0,
+        decode_seconds: 0.0,
+        seconds: started.elapsed().as_secs_f64(),
+        cache: cache_summary(cache_dir, &man, man.shards.len(), 0.0, true),
+    })
+}
+
+fn cache_summary(dir: &Path, man: &Manifest, resumed: usize, seconds: f64, already_complete: bool) -> CacheSummary {
+    let computed = &man.shards[resumed.min(man.shards.len())..];
+    CacheSummary {
+        dir: dir.to_path_buf(),
+        rows: man.totals.rows,
+        positions: man.totals.positions,
+        shards: man.shards.len(),
+        bytes: man.shards.iter().map(|s| s.bytes).sum(),
+        resumed_shards: resumed,
+        rows_computed: computed.iter().map(|s| s.rows).sum(),
+        tokens_computed: computed.iter().map(|s| s.positions).sum(),
+        seconds,
+        already_complete,
+        warnings: Vec::new(),
+        timings: Timings::default(),
+    }
+}
