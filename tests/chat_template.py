@@ -210,12 +210,33 @@ def main():
                 raise Mismatch(f"prompt_completion row {r}: cached (position, next token) {got4.get(r, [])[:4]}... "
                                f"vs transformers {want_pc[r][:4]}...")
 
+        # ---- generate from conversations: the prompt is the conversation rendered with the
+        # generation prompt, tokenized as transformers does (add_generation_prompt=True)
+        convs = os.path.join(work, "conversations.jsonl")
+        with open(convs, "w", encoding="utf-8") as f:
+            for row in pc_rows:
+                f.write(json.dumps({"messages": row["prompt"]}) + "\n")
+        gen = os.path.join(work, "generated")
+        args = ["generate", "--teacher", TEACHER, "--tokenizer", TOKENIZER, "--chat-template", CONFIG, "--data", convs,
+                "--messages-column", "messages", "--max-new-tokens", "4", "--top-k", "4", "--max-seq-len", "2048",
+                "--out", gen, "--quiet"]
+        p = subprocess.run([DISTILL, *args], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise Mismatch(f"distill {' '.join(args)} failed:\n{p.stderr}")
+        generated = pq.read_table(os.path.join(gen, "generated.parquet")).to_pylist()
+        for r, row in enumerate(pc_rows):
+            want = list(tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True))
+            if generated[r]["prompt_ids"] != want:
+                raise Mismatch(f"generate row {r}: prompt ids {generated[r]['prompt_ids'][:8]}... vs transformers' "
+                               f"{want[:8]}... (add_generation_prompt=True)")
+
         n_all = sum(map(len, want_all))
         n_assistant = sum(map(len, want_assistant))
         print(f"chat template: {len(rows)} rows, {n_all} positions (--positions all) and {n_assistant} "
               f"(--positions assistant, {n_assistant / n_all:.1%}) equal to transformers' tokens and assistant "
               f"mask; Parquet input gives the same cache; {len(pc_rows)} conversational prompt/completion rows "
-              f"({sum(map(len, want_pc))} completion positions) as TRL masks them; a 'tool' turn fails with {message!r}")
+              f"({sum(map(len, want_pc))} completion positions) as TRL masks them; generate's prompts from "
+              f"{len(pc_rows)} conversations tokenized as add_generation_prompt=True; a 'tool' turn fails with {message!r}")
     except Mismatch as e:
         print(f"FAIL: {e}", file=sys.stderr)
         sys.exit(1)

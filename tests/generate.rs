@@ -1,54 +1,133 @@
 //! `distill generate`: teacher-written completions (sequence-level distillation data) and
-//! the cache of their positions.
+//! the cache of their positions, from the same forward passes.
 
 use std::path::{Path, PathBuf};
 
+use crate::cache_teacher::read_all;
 use crate::common::*;
 
-fn generate(out: &Path, prompts: &Path, extra: &[&str]) -> PathBuf {
+/// The LM fixture teacher (no KV cache: each token reruns the sequence).
+const LM: (&str, &str) = ("lm/teacher.onnx", "lm/tokenizer.json");
+/// `optimum-cli export onnx --task text-generation-with-past` of a GQA Llama (KV cache).
+const WITH_PAST: (&str, &str) = ("exports/gqa-with-past/model.onnx", "exports/gqa-with-past/tokenizer.json");
+
+fn generate_args(teacher: (&str, &str), prompts: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "generate",
         "--teacher",
-        &data("lm/teacher.onnx").display().to_string(),
+        &s(&data(teacher.0)),
         "--tokenizer",
-        &data("lm/tokenizer.json").display().to_string(),
+        &s(&data(teacher.1)),
         "--data",
-        &prompts.display().to_string(),
+        &s(prompts),
         "--out",
-        &out.display().to_string(),
-        "--max-new-tokens",
-        "10",
+        &s(out),
         "--top-k",
         "16",
         "--quiet",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(|x| x.to_string())
     .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    ok(&distill(a));
+    if !extra.contains(&"--max-new-tokens") {
+        a.extend(["--max-new-tokens".to_string(), "10".to_string()]);
+    }
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+fn generate(teacher: (&str, &str), prompts: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    ok(&distill(generate_args(teacher, prompts, out, extra)));
     out.join("generated.parquet")
 }
 
-fn prompts(dir: &Path) -> PathBuf {
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn prompts(dir: &Path, n: usize) -> PathBuf {
     let text = std::fs::read_to_string(data("lm/valid.jsonl")).unwrap();
     let p = dir.join("prompts.jsonl");
-    std::fs::write(&p, text.lines().take(7).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    std::fs::write(&p, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     p
 }
 
-/// Greedy generation, 4 prompts to a batch (so rows are padded), equals onnxruntime + numpy
-/// greedy decoding of each prompt alone, token for token; the completion column decodes
-/// the ids; the run's cache equals `cache-teacher` over the generated dataset, byte for byte.
+/// `cache-teacher` over the generated dataset's token ids (teacher-forced), as a user
+/// would check a generated cache.
+fn teacher_forced(teacher: (&str, &str), dataset: &Path, out: &Path) {
+    ok(&distill([
+        "cache-teacher",
+        "--teacher",
+        &s(&data(teacher.0)),
+        "--tokenizer",
+        &s(&data(teacher.1)),
+        "--data",
+        &s(dataset),
+        "--token-ids",
+        "--prompt-column",
+        "prompt_ids",
+        "--completion-column",
+        "completion_ids",
+        "--top-k",
+        "16",
+        "--max-seq-len",
+        "512",
+        "--out",
+        &s(out),
+        "--quiet",
+    ]));
+}
+
+/// Two caches of the same sequences: the same positions and hard labels, and the soft
+/// labels equal within the encoding error. Log-probs are stored as the top one plus
+/// multiples of 1/256 (each within half a step), so two encodings of logits that differ
+/// by float rounding differ by at most a step; near-ties may swap ids, on at most 1 % of
+/// the positions (then the ids they share still agree). Tail masses and entropies are
+/// stored as f32: within 1e-4 nats.
+fn assert_same_soft_labels(a: &Path, b: &Path) {
+    let ((_, x), (_, y)) = (read_all(a), read_all(b));
+    assert!(!x.is_empty());
+    assert_eq!((&x.rows, &x.positions, &x.hard_labels), (&y.rows, &y.positions, &y.hard_labels), "positions or labels differ");
+    let (k, step) = (x.k, 1.0 / 256.0 + 1e-4);
+    let mut swapped = 0;
+    for i in 0..x.len() {
+        let (ia, ib) = (&x.ids[i * k..(i + 1) * k], &y.ids[i * k..(i + 1) * k]);
+        swapped += (ia != ib) as usize;
+        for (j, id) in ia.iter().enumerate() {
+            if let Some(jb) = ib.iter().position(|v| v == id) {
+                let (la, lb) = (x.logprobs[i * k + j], y.logprobs[i * k + jb]);
+                assert!((la - lb).abs() <= step, "position {i}, id {id}: log-prob {la} vs {lb}");
+            }
+        }
+        let (ta, tb) = (x.tail_logmass[i], y.tail_logmass[i]);
+        assert!((ta - tb).abs() <= 1e-4 || ta == tb, "position {i}: tail {ta} vs {tb}");
+        assert!((x.entropy[i] - y.entropy[i]).abs() <= 1e-4, "position {i}: entropy {} vs {}", x.entropy[i], y.entropy[i]);
+    }
+    assert!(swapped * 100 <= x.len(), "{swapped} of {} positions hold other ids", x.len());
+}
+
+fn column(dataset: &Path, name: &str) -> String {
+    let o = python(
+        "import sys, pyarrow.parquet as pq; print(pq.read_table(sys.argv[1]).column(sys.argv[2]).to_pylist())",
+        &[dataset, Path::new(name)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+/// Greedy generation without a KV cache, 4 prompts to a batch (so rows are padded), equals
+/// onnxruntime + numpy greedy decoding of each prompt alone, token for token; the
+/// completion column decodes the ids; the soft labels cached from the generation's own
+/// passes equal `cache-teacher` over the generated token ids within the encoding error.
 #[test]
 fn greedy_generation_equals_onnxruntime_greedy_decoding() {
     let t = temp();
-    let p = prompts(t.path());
+    let p = prompts(t.path(), 7);
     let out = t.path().join("gen");
-    let dataset = generate(&out, &p, &["--batch-size", "4"]);
+    let dataset = generate(LM, &p, &out, &["--batch-size", "4"]);
     let o = python(
         r#"
-import json, sys
+import sys
 import numpy as np, onnxruntime as ort, pyarrow.parquet as pq
 from tokenizers import Tokenizer
 teacher, tokenizer, dataset = sys.argv[1:]
@@ -56,6 +135,7 @@ s = ort.InferenceSession(teacher)
 tok = Tokenizer.from_file(tokenizer)
 for r in pq.read_table(dataset).to_pylist():
     ids = tok.encode(r["prompt"]).ids
+    assert ids == r["prompt_ids"], (r["row"], ids, r["prompt_ids"])
     out = []
     for _ in range(10):
         x = np.array([ids + out])
@@ -68,51 +148,242 @@ for r in pq.read_table(dataset).to_pylist():
     assert tok.decode(body) == r["completion"], (tok.decode(body), r["completion"])
 print("ok", pq.read_table(dataset).num_rows)
 "#,
-        &[&data("lm/teacher.onnx"), &data("lm/tokenizer.json"), &dataset],
+        &[&data(LM.0), &data(LM.1), &dataset],
     );
     assert!(o.status.success() && stdout(&o).contains("ok 7"), "{}\n{}", stdout(&o), stderr(&o));
-    let again = t.path().join("again");
-    ok(&distill(lm_cache_args(&dataset, &again, &["--top-k", "16", "--max-seq-len", "512"])));
-    let shards = |d: &Path| {
-        let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
-        m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>()
-    };
-    assert_eq!(shards(&out.join("cache")), shards(&again));
+    let forced = t.path().join("forced");
+    teacher_forced(LM, &dataset, &forced);
+    assert_same_soft_labels(&out.join("cache"), &forced);
+    let m = distill::cache::Manifest::read(&out.join("cache")).unwrap();
+    let g = m.generation.expect("the manifest records the generation");
+    assert!(!g.kv_cache && g.max_new_tokens == 10 && g.temperature == 0.0);
+    assert_eq!(m.totals.positions, read_all(&forced).1.len() as u64);
 }
 
-/// Sampled generation (T = 1, top-p 0.9, 2 samples per prompt) gives the same tokens
-/// whatever the batch size, other tokens with another seed; a student trains on the pair.
+/// Decoding a with-past export with its KV cache (prefill, then one token per step with
+/// `past_key_values.*` fed from `present.*`; 2 of 4 query heads' width in the KV heads)
+/// gives onnxruntime + numpy's KV-cache greedy decoding of each prompt alone, token for
+/// token; the same tokens as rerunning each sequence (`--kv-cache off`); and soft labels
+/// equal, within the encoding error, to the rerun's and to `cache-teacher`'s over the
+/// generated ids.
+#[test]
+fn kv_cache_decoding_equals_onnxruntime_and_the_rerun() {
+    let t = temp();
+    let p = prompts(t.path(), 9);
+    let (kv, rerun) = (t.path().join("kv"), t.path().join("rerun"));
+    let dataset = generate(WITH_PAST, &p, &kv, &["--batch-size", "4"]);
+    generate(WITH_PAST, &p, &rerun, &["--batch-size", "3", "--kv-cache", "off"]);
+    let o = python(
+        r#"
+import sys
+import numpy as np, onnxruntime as ort, pyarrow.parquet as pq
+teacher, dataset = sys.argv[1:]
+s = ort.InferenceSession(teacher)
+past_names = [i.name for i in s.get_inputs() if i.name.startswith("past_key_values")]
+heads, dim = s.get_inputs()[3].shape[1], s.get_inputs()[3].shape[3]
+for r in pq.read_table(dataset).to_pylist():
+    ids = np.array([r["prompt_ids"]])
+    n = ids.shape[1]
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(n)[None]}
+    feed.update({k: np.zeros((1, heads, 0, dim), np.float32) for k in past_names})
+    out = []
+    for step in range(10):
+        res = s.run(None, feed)
+        out.append(int(res[0][0, -1].argmax()))
+        if out[-1] == 2 or len(out) == 10:
+            break
+        presents = dict(zip([o.name for o in s.get_outputs()], res))
+        feed = {"input_ids": np.array([[out[-1]]]), "attention_mask": np.ones((1, n + len(out)), np.int64),
+                "position_ids": np.array([[n + len(out) - 1]])}
+        feed.update({k: presents[k.replace("past_key_values", "present")] for k in past_names})
+    assert out == r["completion_ids"], (r["row"], out, r["completion_ids"])
+print("ok", pq.read_table(dataset).num_rows)
+"#,
+        &[&data(WITH_PAST.0), &dataset],
+    );
+    assert!(o.status.success() && stdout(&o).contains("ok 9"), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(column(&dataset, "completion_ids"), column(&rerun.join("generated.parquet"), "completion_ids"));
+    assert_same_soft_labels(&kv.join("cache"), &rerun.join("cache"));
+    let forced = t.path().join("forced");
+    teacher_forced(WITH_PAST, &dataset, &forced);
+    assert_same_soft_labels(&kv.join("cache"), &forced);
+    let kv_of = |d: &Path| distill::cache::Manifest::read(&d.join("cache")).unwrap().generation.unwrap().kv_cache;
+    assert!(kv_of(&kv) && !kv_of(&rerun));
+}
+
+/// Sampled generation (T = 1, top-p 0.9, 2 samples per prompt) through the KV cache gives
+/// the same tokens whatever the batch size, other tokens with another seed; a student
+/// trains on the pair.
 #[test]
 fn sampled_generation_is_fixed_by_seed_whatever_the_batching() {
     let t = temp();
-    let p = prompts(t.path());
+    let p = prompts(t.path(), 7);
     let sampled = ["--temperature", "1", "--top-p", "0.9", "--samples-per-prompt", "2"];
-    let ids = |dataset: &Path| {
-        let o = python(
-            "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); print(t.column('completion_ids').to_pylist(), t.column('sample').to_pylist())",
-            &[dataset],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o)
-    };
-    let a = ids(&generate(&t.path().join("a"), &p, &[&sampled[..], &["--batch-size", "1"]].concat()));
-    let b = ids(&generate(&t.path().join("b"), &p, &[&sampled[..], &["--batch-size", "5"]].concat()));
-    let c = ids(&generate(&t.path().join("c"), &p, &[&sampled[..], &["--seed", "1"]].concat()));
+    let ids = |dataset: &Path| format!("{} {}", column(dataset, "completion_ids"), column(dataset, "sample"));
+    let a = ids(&generate(WITH_PAST, &p, &t.path().join("a"), &[&sampled[..], &["--batch-size", "1"]].concat()));
+    let b = ids(&generate(WITH_PAST, &p, &t.path().join("b"), &[&sampled[..], &["--batch-size", "5"]].concat()));
+    let c = ids(&generate(WITH_PAST, &p, &t.path().join("c"), &[&sampled[..], &["--seed", "1"]].concat()));
     assert_eq!(a, b, "the batch size changed the draws");
     assert_ne!(a, c, "another seed drew the same");
     let run = t.path().join("run");
     ok(&distill([
         "train-student",
         "--cache",
-        &t.path().join("a/cache").display().to_string(),
+        &s(&t.path().join("a/cache")),
         "--data",
-        &t.path().join("a/generated.parquet").display().to_string(),
+        &s(&t.path().join("a/generated.parquet")),
         "--student",
         "decoder:d_model=16,layers=1,heads=2,d_ff=24",
         "--steps",
         "3",
         "--out",
-        &run.display().to_string(),
+        &s(&run),
         "--quiet",
     ]));
+}
+
+/// A generate killed after its second finished shard resumes after it: the dataset and
+/// every cache shard equal an uninterrupted run's byte for byte; a rerun with another seed
+/// is refused, naming the difference; a rerun of a complete run does nothing.
+#[test]
+fn killed_generate_resumes_to_the_same_output() {
+    let t = temp();
+    let p = prompts(t.path(), 7);
+    let extra = ["--temperature", "1", "--samples-per-prompt", "2", "--rows-per-shard", "2", "--batch-size", "1", "--max-new-tokens", "24"];
+    let full = t.path().join("full");
+    generate(LM, &p, &full, &extra);
+    let out = t.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(generate_args(LM, &p, &out, &extra)).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let done = std::fs::read_to_string(out.join("cache/manifest.partial.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<distill::cache::Manifest>(&t).ok())
+            .map_or(0, |m| m.shards.len());
+        if done >= 2 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "generate finished before it could be killed");
+        assert!(started.elapsed().as_secs() < 120);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.join("generated.parquet").exists(), "the dataset appeared before the last shard");
+    let o = distill(generate_args(LM, &p, &out, &extra).into_iter().filter(|a| a != "--quiet"));
+    ok(&o);
+    assert!(stdout(&o).contains("resumed after"), "{}", stdout(&o));
+    let sums = |d: &Path| {
+        let m = distill::cache::Manifest::read(&d.join("cache")).unwrap();
+        (m.dataset.sha256.clone(), m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(sums(&out), sums(&full));
+    assert_eq!(
+        distill::cache::manifest::sha256_file(&out.join("generated.parquet")).unwrap(),
+        distill::cache::manifest::sha256_file(&full.join("generated.parquet")).unwrap()
+    );
+    assert!(!out.join("generated.parts").exists());
+    fails_with(&distill(generate_args(LM, &p, &out, &[&extra[..], &["--seed", "5"]].concat())), &["made with other settings"]);
+    let again = distill(generate_args(LM, &p, &out, &extra));
+    ok(&again);
+    assert!(stdout(&again).contains("0 tokens") || stdout(&again).contains("positions in"), "{}", stdout(&again));
+}
+
+/// A pipeline file with `[generate]`: `distill run` generates, trains the distilled and the
+/// hard-label-only students on the generated cache and dataset, and scores them on held-out
+/// text against the teacher's cache of it.
+#[test]
+fn pipeline_generate_table_trains_on_the_generated_data() {
+    let t = temp();
+    let p = prompts(t.path(), 24);
+    let held_out = t.path().join("held-out.jsonl");
+    let text = std::fs::read_to_string(data("lm/valid.jsonl")).unwrap();
+    std::fs::write(&held_out, text.lines().skip(100).take(12).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let pipeline = t.path().join("gen.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+[generate]
+teacher = "{teacher}"
+tokenizer = "{tokenizer}"
+data = "prompts.jsonl"
+out = "gen"
+max_new_tokens = 8
+top_k = 16
+soft_temperature = 2.0
+
+[cache]
+prompt_column = "prompt"
+completion_column = "completion"
+top_k = 16
+
+[student]
+kind = "decoder"
+d_model = 16
+layers = 1
+heads = 2
+d_ff = 24
+
+[train]
+out = "students"
+steps = 4
+batch_size = 8
+
+[eval]
+data = "held-out.jsonl"
+seeds = [0]
+"#,
+            teacher = s(&data(LM.0)),
+            tokenizer = s(&data(LM.1)),
+        ),
+    )
+    .unwrap();
+    let o = distill(["run", &s(&pipeline), "--quiet"]);
+    ok(&o);
+    let results = std::fs::read_to_string(t.path().join("students/results.md")).unwrap();
+    assert!(results.contains("student, hard labels only") && results.contains("student, distilled"), "{results}");
+    let m = distill::cache::Manifest::read(&t.path().join("gen/cache")).unwrap();
+    assert_eq!(m.totals.rows, 24);
+    assert!(t.path().join("gen/cache-eval/manifest.json").is_file());
+    let _ = p;
+}
+
+/// `cache-teacher --token-ids` takes token-id columns as they are (the same cache as the
+/// text they encode, with the special tokens the text encoding adds) and refuses an id
+/// outside the tokenizer, naming the row, column and value.
+#[test]
+fn token_id_columns_are_used_as_they_are() {
+    let t = temp();
+    let o = python(
+        r#"
+import json, sys
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+with open(sys.argv[2]) as f, open(sys.argv[3], "w") as ids, open(sys.argv[4], "w") as bad:
+    for i, line in enumerate(f):
+        if i == 5:
+            break
+        r = json.loads(line)
+        p, c = tok.encode(r["prompt"]).ids, tok.encode(r["completion"], add_special_tokens=False).ids
+        ids.write(json.dumps({"p": p, "c": c}) + "\n")
+        bad.write(json.dumps({"p": p, "c": c if i != 3 else c + [4096]}) + "\n")
+"#,
+        &[&data(LM.1), &data("lm/valid.jsonl"), &t.path().join("ids.jsonl"), &t.path().join("bad.jsonl")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = prompts(t.path(), 5);
+    let ids_args = |data_file: &Path, out: &Path| {
+        let mut a = lm_cache_args(data_file, out, &["--top-k", "16", "--max-seq-len", "512", "--token-ids"]);
+        for (flag, col) in [("--prompt-column", "p"), ("--completion-column", "c")] {
+            let at = a.iter().position(|x| x == flag).unwrap();
+            a[at + 1] = col.into();
+        }
+        a
+    };
+    let (from_text, from_ids) = (t.path().join("text"), t.path().join("ids"));
+    ok(&distill(lm_cache_args(&text, &from_text, &["--top-k", "16", "--max-seq-len", "512"])));
+    ok(&distill(ids_args(&t.path().join("ids.jsonl"), &from_ids)));
+    assert_eq!(read_all(&from_text).1, read_all(&from_ids).1);
+    fails_with(&distill(ids_args(&t.path().join("bad.jsonl"), &t.path().join("bad"))), &["row 3, column `c`", "4096", "not a token id"]);
 }

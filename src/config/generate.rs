@@ -156,9 +156,8 @@ impl GenerateSettings {
     }
 
     pub fn validate(self) -> Result<GenerateConfig> {
-        let need = |v: Option<PathBuf>, key: &str, flag: &str| {
-            v.ok_or_else(|| Error::Config(format!("generate.{key} is required (--{flag})")))
-        };
+        let need =
+            |v: Option<PathBuf>, key: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("generate.{key} is required (--{flag})")));
         let at_least_one = |key: &str, v: usize| {
             if v == 0 { Err(Error::Config(format!("generate.{key} must be >= 1"))) } else { Ok(v) }
         };

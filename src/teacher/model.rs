@@ -424,7 +424,9 @@ impl Teacher {
                         .map(|t| t.into_dyn().into())
                         .map_err(|e| bad(format!("input `{}`: {e}", plan.name)))?
                 }
-                Feed::Column(c) => return Err(bad(format!("input `{}` is fed from column `{c}`, which decoding does not carry", plan.name))),
+                Feed::Column(c) => {
+                    return Err(bad(format!("input `{}` is fed from column `{c}`, which decoding does not carry", plan.name)));
+                }
             };
             feeds.push((Cow::Owned(plan.name.clone()), value));
         }
@@ -446,7 +448,9 @@ impl Teacher {
         let presents = self
             .presents
             .iter()
-            .map(|name| outputs.remove(name).ok_or_else(|| Error::teacher(&path, format!("output `{name}` missing from the run's results"))))
+            .map(|name| {
+                outputs.remove(name).ok_or_else(|| Error::teacher(&path, format!("output `{name}` missing from the run's results")))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((result, Past(presents)))
     }

@@ -3,10 +3,10 @@
 //! `present.*`) or by rerunning each whole sequence. The logits that choose each new token
 //! are also its soft label, so the cache costs no second pass.
 
-use crate::teacher::SoftLabel;
 use crate::config::GenerateConfig;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::teacher::SoftLabel;
 use crate::teacher::topk::{self, TopKScratch, label_logprob};
 use crate::teacher::{Logits, Step, Teacher, TeacherBatch};
 

@@ -100,7 +100,11 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         let shard = &mut seqs[first..end];
         for batch in shard.chunks_mut(cfg.batch_size) {
             let t = Instant::now();
-            if kv_cache { decoder.with_past(&mut teacher, batch)? } else { decoder.rerun(&mut teacher, batch)? }
+            if kv_cache {
+                decoder.with_past(&mut teacher, batch)?
+            } else {
+                decoder.rerun(&mut teacher, batch)?
+            }
             decode_seconds += t.elapsed().as_secs_f64();
             tokens_this_run += batch.iter().map(|s| s.generated.len() as u64).sum::<u64>();
             rows_this_run += batch.len() as u64;
@@ -203,11 +207,19 @@ fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
         let row = row?;
         let text = match (&row.fields[0], tok.chat.as_ref()) {
             (Field::Text(text), _) => text.clone(),
-            (Field::Json(messages), Some(chat)) => chat
-                .render(messages, true)
-                .map_err(|m| Error::data(&cfg.data, format!("row {}, column `{column}`: {m}", row.index)))?
-                .text,
-            _ => return Err(Error::data(&cfg.data, format!("row {}: column `{column}` is null or not a {}", row.index, if kind == Kind::Text { "string" } else { "conversation" }))),
+            (Field::Json(messages), Some(chat)) => {
+                chat.render(messages, true).map_err(|m| Error::data(&cfg.data, format!("row {}, column `{column}`: {m}", row.index)))?.text
+            }
+            _ => {
+                return Err(Error::data(
+                    &cfg.data,
+                    format!(
+                        "row {}: column `{column}` is null or not a {}",
+                        row.index,
+                        if kind == Kind::Text { "string" } else { "conversation" }
+                    ),
+                ));
+            }
         };
         let special = kind == Kind::Text;
         let enc = tok
@@ -221,7 +233,15 @@ fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
         prompt.truncate(cfg.max_seq_len - 1);
         for sample in 0..cfg.samples as u32 {
             let labels = Vec::new();
-            seqs.push(Sequence { row: row.index, sample, prompt_text: text.clone(), prompt: prompt.clone(), generated: Vec::new(), labels, done: None });
+            seqs.push(Sequence {
+                row: row.index,
+                sample,
+                prompt_text: text.clone(),
+                prompt: prompt.clone(),
+                generated: Vec::new(),
+                labels,
+                done: None,
+            });
         }
     }
     if seqs.is_empty() {
@@ -306,7 +326,13 @@ fn new_manifest(
         positions: Positions::Completion,
         encoding,
         // The generated dataset, known once it is complete.
-        dataset: DatasetInfo { file: GENERATED_FILE.into(), format: "parquet".into(), sha256: String::new(), rows: sequences, files: vec![] },
+        dataset: DatasetInfo {
+            file: GENERATED_FILE.into(),
+            format: "parquet".into(),
+            sha256: String::new(),
+            rows: sequences,
+            files: vec![],
+        },
         text: Some(TextColumns {
             text: None,
             prompt: Some("prompt_ids".into()),

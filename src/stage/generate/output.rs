@@ -81,7 +81,8 @@ pub(super) fn write_part(path: &Path, seqs: &[Sequence], tok: &Tokenizer) -> Res
 
 fn write_batches(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     let mut bytes = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, Arc::new(schema()), Some(properties())).map_err(|e| Error::parquet(path, e))?;
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, Arc::new(schema()), Some(properties())).map_err(|e| Error::parquet(path, e))?;
     for b in batches {
         w.write(b).map_err(|e| Error::parquet(path, e))?;
     }
