@@ -205,7 +205,7 @@ impl TrainArgs {
         let (settings, file_student) = match &self.pipeline {
             Some(p) => {
                 let file = PipelineFile::load(p)?;
-                let defaults = pipeline_train_defaults(&file);
+                let defaults = file.train_settings();
                 (merge(flags, defaults), file.student)
             }
             None => (flags, None),
@@ -219,18 +219,6 @@ impl TrainArgs {
         };
         settings.validate(student)
     }
-}
-
-/// A pipeline's [train], with cache/data defaulting to [cache]'s out/data.
-/// A pipeline's `[train]`, training on what stage one made unless it names a cache and data:
-/// `[cache]`'s, or `[generate]`'s cache and generated dataset.
-fn pipeline_train_defaults(file: &PipelineFile) -> TrainSettings {
-    let t = file.train.clone().unwrap_or_default();
-    let (cache, data) = match file.generate.as_ref().and_then(|g| g.out.as_ref()) {
-        Some(out) => (Some(out.join(stage::generate::CACHE_DIR)), Some(out.join(stage::generate::GENERATED_FILE))),
-        None => (file.cache.out.clone(), file.cache.data.clone()),
-    };
-    TrainSettings { cache: t.cache.clone().or(cache), data: t.data.clone().or(data), ..t }
 }
 
 #[derive(Args, Debug)]
@@ -441,7 +429,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
-            let cfg = pipeline_cache_settings(&file).validate()?;
+            let cfg = file.cache_settings().validate()?;
             let generate = file.generate.clone().map(|g| g.validate()).transpose()?;
             // Every setting is checked before any work: [train] and [student] too.
             if let (Some(student), Some(eval)) = (&file.student, &file.eval) {
@@ -470,20 +458,6 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A pipeline's `[cache]`: with `[generate]` it describes how the held-out data is read for
-/// the teacher's metrics, its teacher, tokenizer and directory taken from `[generate]` when unset.
-fn pipeline_cache_settings(file: &PipelineFile) -> CacheSettings {
-    let c = file.cache.clone();
-    let Some(g) = &file.generate else { return c };
-    CacheSettings {
-        teacher: c.teacher.or(g.teacher.clone()),
-        tokenizer: c.tokenizer.or(g.tokenizer.clone()),
-        data: c.data.or(g.data.clone()),
-        out: c.out.or(g.out.as_ref().map(|o| o.join(stage::generate::CACHE_DIR))),
-        ..c
-    }
 }
 
 fn print_train_summary(s: &distill::train::TrainSummary) {
@@ -532,7 +506,7 @@ fn render_report(r: &stage::eval::EvalReport) -> String {
 /// The seeds a pipeline trains with (`[eval] seeds`, default `[train] seed`), each distinct,
 /// after checking that `[train]` and `[student]` validate for every run it will make.
 fn pipeline_seeds(file: &PipelineFile, student: &StudentSpec, eval: &distill::config::EvalSettings) -> Result<Vec<u64>> {
-    let base = pipeline_train_defaults(file);
+    let base = file.train_settings();
     let seeds = match &eval.seeds {
         None => vec![base.seed.unwrap_or(0)],
         Some(s) if s.is_empty() => {
@@ -574,7 +548,7 @@ fn run_students(
     print_cache_summary(&s, quiet);
     let teacher = stage::eval::teacher_metrics(&eval_cache.out)?;
 
-    let base = pipeline_train_defaults(file);
+    let base = file.train_settings();
     let seeds = pipeline_seeds(file, &student, eval)?;
     let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
     let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();

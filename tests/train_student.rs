@@ -472,10 +472,12 @@ fn every_pipeline_file_parses_and_validates() {
             continue;
         }
         let file = distill::config::PipelineFile::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        file.cache.clone().validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if let (Some(student), Some(train)) = (file.student.clone(), file.train.clone()) {
-            let train = distill::config::TrainSettings { cache: file.cache.out.clone(), data: file.cache.data.clone(), ..train };
-            train.validate(student).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        file.cache_settings().validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Some(g) = file.generate.clone() {
+            g.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        if let Some(student) = file.student.clone() {
+            file.train_settings().validate(student).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
         assert!(file.eval.as_ref().is_some_and(|e| e.data.is_file()), "{}: [eval].data exists", path.display());
         n += 1;

@@ -133,6 +133,32 @@ impl PipelineFile {
         }
         Ok(file)
     }
+
+    /// Stage one's `[cache]`: with `[generate]` it describes how the held-out data is read
+    /// for the teacher's metrics, its teacher, tokenizer and directory taken from
+    /// `[generate]` where unset.
+    pub fn cache_settings(&self) -> CacheSettings {
+        let c = self.cache.clone();
+        let Some(g) = &self.generate else { return c };
+        CacheSettings {
+            teacher: c.teacher.or(g.teacher.clone()),
+            tokenizer: c.tokenizer.or(g.tokenizer.clone()),
+            data: c.data.or(g.data.clone()),
+            out: c.out.or(g.out.as_ref().map(|o| o.join(crate::stage::generate::CACHE_DIR))),
+            ..c
+        }
+    }
+
+    /// `[train]`, training on what stage one made unless it names a cache and data:
+    /// `[cache]`'s, or `[generate]`'s cache and generated dataset.
+    pub fn train_settings(&self) -> TrainSettings {
+        let t = self.train.clone().unwrap_or_default();
+        let (cache, data) = match self.generate.as_ref().and_then(|g| g.out.as_ref()) {
+            Some(out) => (Some(out.join(crate::stage::generate::CACHE_DIR)), Some(out.join(crate::stage::generate::GENERATED_FILE))),
+            None => (self.cache.out.clone(), self.cache.data.clone()),
+        };
+        TrainSettings { cache: t.cache.clone().or(cache), data: t.data.clone().or(data), ..t }
+    }
 }
 
 #[cfg(test)]
