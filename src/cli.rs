@@ -283,8 +283,15 @@ impl GenerateArgs {
 
 fn print_generate_summary(s: &stage::generate::GenerateSummary, quiet: bool) {
     let how = if s.kv_cache { "with the KV cache" } else { "rerunning each sequence" };
-    let rate =
-        if s.decode_seconds > 0.0 { format!(", {:.1} tokens/s", s.tokens_this_run as f64 / s.decode_seconds) } else { String::new() };
+    let rate = if s.decode_seconds > 0.0 {
+        format!(
+            ", {:.1} tokens/s ({:.0} % of the time on soft labels and picks)",
+            s.tokens_this_run as f64 / s.decode_seconds,
+            100.0 * s.label_seconds / s.decode_seconds
+        )
+    } else {
+        String::new()
+    };
     println!(
         "{}: {} sequences, {} tokens generated ({} ended at the end-of-sequence token), decoded {how}{rate}; {:.1}s",
         s.dataset.display(),

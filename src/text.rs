@@ -88,18 +88,17 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
     let render = |messages: &serde_json::Value, generation_prompt: bool| {
         chat()?.render(messages, generation_prompt).map_err(|m| Error::data(data, format!("row {row}, column `{}`: {m}", names[0])))
     };
+    // Not per id: the tokenizer counts its vocabulary by building it.
+    let vocab = if cols.token_ids { tok.vocab_size() } else { 0 };
     let token_ids = |i: usize| match fields.get(i) {
         Some(Field::Numbers(v)) => v
             .iter()
             .map(|&x| {
                 let id = x as u32;
-                if x >= 0.0 && id as f32 == x && (id as usize) < tok.vocab_size() {
+                if x >= 0.0 && id as f32 == x && (id as usize) < vocab {
                     Ok(id)
                 } else {
-                    Err(Error::data(
-                        data,
-                        format!("row {row}, column `{}`: {x} is not a token id of the tokenizer (0..{})", names[i], tok.vocab_size()),
-                    ))
+                    Err(Error::data(data, format!("row {row}, column `{}`: {x} is not a token id of the tokenizer (0..{vocab})", names[i])))
                 }
             })
             .collect::<Result<Vec<u32>>>(),

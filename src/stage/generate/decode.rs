@@ -38,6 +38,8 @@ pub(super) struct Decoder<'a> {
     pub top_k: usize,
     pub scratch: TopKScratch,
     pub row: Vec<f32>,
+    /// Seconds spent on soft labels and picking tokens (the rest of decoding is the teacher).
+    pub label_seconds: f64,
 }
 
 impl Decoder<'_> {
@@ -125,6 +127,7 @@ impl Decoder<'_> {
     /// One new token for `seq` from the logits row at `at`: its soft label at the cache's
     /// temperature, then the token drawn (or the arg-max), then whether the sequence ends.
     fn advance(&mut self, path: &std::path::Path, seq: &mut Sequence, logits: Logits<'_>, at: usize, vocab: usize) -> Result<()> {
+        let started = std::time::Instant::now();
         self.row.clear();
         logits.extend_f32(at..at + vocab, &mut self.row);
         let step = seq.generated.len() as u32;
@@ -145,6 +148,7 @@ impl Decoder<'_> {
         } else if seq.generated.len() >= self.cfg.max_new_tokens || seq.len() >= self.cfg.max_seq_len {
             seq.done = Some("length");
         }
+        self.label_seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 }
