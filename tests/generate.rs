@@ -165,7 +165,7 @@ print("ok", pq.read_table(dataset).num_rows)
 /// gives onnxruntime + numpy's KV-cache greedy decoding of each prompt alone, token for
 /// token; the same tokens as rerunning each sequence (`--kv-cache off`); and soft labels
 /// equal, within the encoding error, to the rerun's and to `cache-teacher`'s over the
-/// generated ids.
+/// generated ids. The merged decoder's KV cache gives its rerun's tokens too.
 #[test]
 fn kv_cache_decoding_equals_onnxruntime_and_the_rerun() {
     let t = temp();
@@ -209,6 +209,14 @@ print("ok", pq.read_table(dataset).num_rows)
     assert_same_soft_labels(&kv.join("cache"), &forced);
     let kv_of = |d: &Path| distill::cache::Manifest::read(&d.join("cache")).unwrap().generation.unwrap().kv_cache;
     assert!(kv_of(&kv) && !kv_of(&rerun));
+    // The legacy merged decoder (one If node on `use_cache_branch`): with its KV cache
+    // (the branch true once there is a past) the same tokens as rerunning it.
+    let merged = ("exports/merged/decoder_model_merged.onnx", WITH_PAST.1);
+    let (mkv, mrerun) = (t.path().join("merged-kv"), t.path().join("merged-rerun"));
+    let a = generate(merged, &p, &mkv, &["--batch-size", "4"]);
+    let b = generate(merged, &p, &mrerun, &["--batch-size", "4", "--kv-cache", "off"]);
+    assert!(kv_of(&mkv) && !kv_of(&mrerun));
+    assert_eq!(column(&a, "completion_ids"), column(&b, "completion_ids"));
 }
 
 /// Sampled generation (T = 1, top-p 0.9, 2 samples per prompt) through the KV cache gives
