@@ -3,7 +3,8 @@
 # real-size fixture (benches/make_big_teacher.py; made here if missing, ~10 minutes on 2
 # cores, less on 16): stage one on the CPU at 16 threads and with ONNX Runtime's CUDA
 # execution provider (needs the onnxruntime-gpu wheel: ORT_DYLIB_PATH to its
-# libonnxruntime.so), and stage two on libtorch CUDA (a `--features tch` build with a
+# libonnxruntime.so), each with the soft labels computed in Rust (the default) and inside
+# ONNX Runtime (--topk-in onnxruntime: only [positions, k] leave the device), and stage two on libtorch CUDA (a `--features tch` build with a
 # CUDA libtorch) beside PyTorch eager on the same GPU. Under 10 minutes; prints one line per
 # measurement. Not run by CI.
 #     bash benches/gpu.sh [path/to/distill]
@@ -15,7 +16,7 @@ out=target/gpu
 mkdir -p "$out"
 [ -f "$fix/teacher.onnx" ] || .venv-torch/bin/python3 benches/make_big_teacher.py "$fix" >&2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-for dev in "cpu --threads 16" "cuda"; do
+for dev in "cpu --threads 16" "cpu --threads 16 --topk-in onnxruntime" "cuda" "cuda --topk-in onnxruntime"; do
     rm -rf "$out/cache"
     start=$(date +%s.%N)
     # shellcheck disable=SC2086

@@ -78,34 +78,6 @@ fn teacher_forced(teacher: (&str, &str), dataset: &Path, out: &Path) {
     ]));
 }
 
-/// Two caches of the same sequences: the same positions and hard labels, and the soft
-/// labels equal within the encoding error. Log-probs are stored as the top one plus
-/// multiples of 1/256 (each within half a step), so two encodings of logits that differ
-/// by float rounding differ by at most a step; near-ties may swap ids, on at most 1 % of
-/// the positions (then the ids they share still agree). Tail masses and entropies are
-/// stored as f32: within 1e-4 nats.
-fn assert_same_soft_labels(a: &Path, b: &Path) {
-    let ((_, x), (_, y)) = (read_all(a), read_all(b));
-    assert!(!x.is_empty());
-    assert_eq!((&x.rows, &x.positions, &x.hard_labels), (&y.rows, &y.positions, &y.hard_labels), "positions or labels differ");
-    let (k, step) = (x.k, 1.0 / 256.0 + 1e-4);
-    let mut swapped = 0;
-    for i in 0..x.len() {
-        let (ia, ib) = (&x.ids[i * k..(i + 1) * k], &y.ids[i * k..(i + 1) * k]);
-        swapped += (ia != ib) as usize;
-        for (j, id) in ia.iter().enumerate() {
-            if let Some(jb) = ib.iter().position(|v| v == id) {
-                let (la, lb) = (x.logprobs[i * k + j], y.logprobs[i * k + jb]);
-                assert!((la - lb).abs() <= step, "position {i}, id {id}: log-prob {la} vs {lb}");
-            }
-        }
-        let (ta, tb) = (x.tail_logmass[i], y.tail_logmass[i]);
-        assert!((ta - tb).abs() <= 1e-4 || ta == tb, "position {i}: tail {ta} vs {tb}");
-        assert!((x.entropy[i] - y.entropy[i]).abs() <= 1e-4, "position {i}: entropy {} vs {}", x.entropy[i], y.entropy[i]);
-    }
-    assert!(swapped * 100 <= x.len(), "{swapped} of {} positions hold other ids", x.len());
-}
-
 fn column(dataset: &Path, name: &str) -> String {
     let o = python(
         "import sys, pyarrow.parquet as pq; print(pq.read_table(sys.argv[1]).column(sys.argv[2]).to_pylist())",

@@ -8,6 +8,7 @@ mod failures;
 mod fuzz;
 mod generate;
 mod hidden_states;
+mod ingraph;
 mod inputs;
 mod object_store;
 mod python_package;

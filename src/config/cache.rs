@@ -153,6 +153,12 @@ pub struct CacheSettings {
     /// usable CUDA execution provider the run says why and continues on the CPU).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
+    /// Where the soft labels are computed: `rust` [default], from the logits copied out of
+    /// ONNX Runtime (measured faster on the CPU); `onnxruntime`, by nodes appended to the
+    /// teacher's graph in memory (log-softmax, top-k, tail, entropy), so only [positions, k]
+    /// values leave the session: for a teacher on a GPU. Needs opset >= 13.
+    #[arg(long, value_name = "rust|onnxruntime")]
+    pub topk_in: Option<TopkIn>,
     /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
     /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
     /// parts with `distill merge`.
@@ -178,6 +184,15 @@ pub enum TextPositions {
 pub enum LongSequences {
     Truncate,
     Refuse,
+}
+
+/// `--topk-in`: where the soft labels are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TopkIn {
+    #[default]
+    Rust,
+    Onnxruntime,
 }
 
 /// `--spin`: whether ONNX Runtime's intra-op threads spin-wait between operators.
@@ -261,6 +276,8 @@ pub struct CacheTeacherConfig {
     pub spin: bool,
     /// Where the teacher runs.
     pub device: TeacherDevice,
+    /// Where the soft labels are computed.
+    pub topk_in: TopkIn,
     /// This worker's slice of a sharded capture.
     pub part: Option<PartInfo>,
     /// Soft labels sampled from the teacher instead of its top-k.
@@ -315,6 +332,10 @@ impl CacheSettings {
         let text = self.text_config()?;
         let part = self.shard.as_deref().map(parse_part).transpose()?;
         let sampled = self.sampling()?;
+        let topk_in = self.topk_in.unwrap_or_default();
+        if topk_in == TopkIn::Onnxruntime && sampled.is_some() {
+            return Err(Error::Config("cache.topk_in = \"onnxruntime\" computes the top-k; sampled soft labels are drawn in Rust".into()));
+        }
         let (hidden_states, hidden_dim) = self.hidden()?;
         let mut given = self.clone();
         given.shard = None; // every worker of a sharded capture records the same settings
@@ -337,6 +358,7 @@ impl CacheSettings {
             threads,
             spin,
             device,
+            topk_in,
             part,
             sampled,
             hidden_states,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 
-pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource};
+pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource, TopkIn};
 pub use generate::{GenerateConfig, GenerateSettings, KvCache, PromptSource};
 pub use train::{TrainConfig, TrainDevice, TrainSettings};
 

@@ -3,11 +3,12 @@
 //! kernels (the top-k, or tokens sampled from the teacher).
 
 pub mod hidden;
+pub mod ingraph;
 pub mod model;
 pub mod onnx_file;
 pub mod runtime;
 pub mod sample;
 pub mod topk;
 
-pub use model::{HiddenOutput, HiddenValues, InputMapping, Logits, Past, Step, Teacher, TeacherBatch, TeacherDevice};
+pub use model::{GraphSoftLabels, HiddenOutput, HiddenValues, InputMapping, Logits, Past, Step, Teacher, TeacherBatch, TeacherDevice};
 pub use topk::{SoftLabel, TopKScratch, soft_top_k};

@@ -35,6 +35,8 @@ pub enum Feed {
     EmptyPast,
     /// The merged decoder's `use_cache_branch`: `[false]` (no past yet).
     NoCacheBranch,
+    /// The hard labels of the in-graph soft-label nodes.
+    HardLabels,
 }
 
 impl Feed {
@@ -47,6 +49,7 @@ impl Feed {
             Feed::TokenTypeIds => "token_type_ids (zeros)".into(),
             Feed::EmptyPast => "empty past (length 0)".into(),
             Feed::NoCacheBranch => "false (no past)".into(),
+            Feed::HardLabels => "hard labels".into(),
         }
     }
 }
@@ -65,6 +68,25 @@ pub enum TeacherBatch<'a> {
     Numeric { batch: usize, columns: &'a [(String, Vec<f32>, usize)] },
     /// Right-padded tokens. # Shapes: `ids`, `mask`: `[batch * seq]`
     Tokens { batch: usize, seq: usize, ids: &'a [i64], mask: &'a [i64] },
+}
+
+/// The hard labels fed to a teacher that computes its soft labels in the graph
+/// ([`Teacher::compute_soft_labels_in_graph`]): `[batch]` or `[batch * seq]`, 0 where there
+/// is none (its log-prob is then not used).
+pub type HardLabels<'a> = &'a [i64];
+
+/// One batch's soft labels as the in-graph nodes computed them, borrowed from ONNX Runtime.
+///
+/// # Shapes
+/// - `logprobs`, `ids`: `[positions, k]` (`positions` = batch, or batch * seq)
+/// - `tail_logmass`, `entropy`, `label_logprob`: `[positions]`
+pub struct GraphSoftLabels<'a> {
+    pub k: usize,
+    pub logprobs: &'a [f32],
+    pub ids: &'a [i64],
+    pub tail_logmass: &'a [f32],
+    pub entropy: &'a [f32],
+    pub label_logprob: &'a [f32],
 }
 
 /// A batch of logits as ONNX Runtime returns them, borrowed (no copy), in the export's
@@ -155,6 +177,11 @@ pub struct Teacher {
     /// The `present.*` output continuing each past input, in input order; empty when the
     /// model has no past inputs or lacks one of their outputs (no KV-cache decoding).
     presents: Vec<String>,
+    /// How the session was built (threads, spin, library), to build it again with the
+    /// soft-label nodes.
+    build: (usize, bool, Option<PathBuf>, TeacherDevice),
+    /// The soft-label nodes the session computes, if any.
+    soft_nodes: Option<super::ingraph::SoftLabelNodes>,
 }
 
 /// One decoding step of a with-past export: `new` tokens per row after `past` cached
@@ -375,7 +402,160 @@ impl Teacher {
             io_outputs,
             device_note,
             presents,
+            build: (threads, spin, ort_lib.map(Path::to_path_buf), device),
+            soft_nodes: None,
         })
+    }
+
+    /// Rebuild the session with nodes that compute the soft labels (top `k` of
+    /// `LogSoftmax(logits / temperature)` among ids `0..selectable`, tail, entropy, the hard
+    /// label's log-prob) inside ONNX Runtime: see [`super::ingraph`]. Then use
+    /// [`Teacher::run_soft_labels`]. The model needs opset >= 13.
+    pub fn compute_soft_labels_in_graph(&mut self, k: usize, temperature: f32, selectable: usize) -> Result<()> {
+        use super::ingraph;
+        let path = self.path.clone();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        match ingraph::default_opset(&bytes) {
+            Some(v) if v >= ingraph::MIN_OPSET => {}
+            found => {
+                return Err(Error::teacher(
+                    &path,
+                    format!(
+                        "--topk-in onnxruntime needs opset >= {} (the model's default-domain opset is {}); use --topk-in rust",
+                        ingraph::MIN_OPSET,
+                        found.map_or("not found".into(), |v| v.to_string())
+                    ),
+                ));
+            }
+        }
+        let out = self.io_outputs.iter().find(|o| o.name == self.output).expect("the logits output exists");
+        let logits_type = match out.dtype.as_str() {
+            "f16" => 10,
+            "bf16" => 16,
+            _ => 1,
+        };
+        let nodes = ingraph::SoftLabelNodes {
+            logits: self.output.clone(),
+            logits_type,
+            rank: out.shape.len(),
+            vocab: self.vocab_size,
+            selectable,
+            k,
+            temperature,
+        };
+        let model = ingraph::append(&bytes, &nodes);
+        let (threads, spin, ort_lib, device) = self.build.clone();
+        let env = super::runtime::environment(ort_lib.as_deref())?;
+        let configure = |e: String| Error::teacher(&path, format!("cannot configure a session: {e}"));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // An in-memory model finds its external-data files through this folder.
+        let folder = dir.to_string_lossy().into_owned();
+        let session = Session::builder(env)
+            .map_err(|e| configure(e.to_string()))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| configure(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| configure(e.to_string()))?
+            .with_intra_op_spinning(spin)
+            .map_err(|e| configure(e.to_string()))?
+            .with_config_entry("session.model_external_initializers_file_folder_path", &folder)
+            .map_err(|e| configure(e.to_string()))?;
+        // On the device the first session ran on (the CPU if CUDA did not start).
+        let mut builder = session;
+        if let (TeacherDevice::Cuda(id), None) = (device, &self.device_note) {
+            let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| configure(e.to_string()))?;
+        }
+        let session = builder
+            .commit_from_memory(&model)
+            .map_err(|e| Error::teacher(&path, format!("the model with the soft-label nodes appended does not load: {e}")))?;
+        self.session = session;
+        self.inputs.push(InputPlan {
+            name: ingraph::LABELS_INPUT.into(),
+            dtype: TensorElementType::Int64,
+            shape: vec![-1; nodes.rank - 1],
+            feed: Feed::HardLabels,
+        });
+        self.soft_nodes = Some(nodes);
+        Ok(())
+    }
+
+    /// Whether the session computes the soft labels ([`Teacher::compute_soft_labels_in_graph`]).
+    pub fn soft_labels_in_graph(&self) -> bool {
+        self.soft_nodes.is_some()
+    }
+
+    /// Run one batch through a session that computes the soft labels: only the soft labels
+    /// and the [`Teacher::hidden`] outputs leave ONNX Runtime, not the logits. `f` sees the
+    /// leading shape (`[batch]` or `[batch, seq]`), the soft labels and the hidden states.
+    pub fn run_soft_labels<R>(
+        &mut self,
+        batch: &TeacherBatch<'_>,
+        labels: HardLabels<'_>,
+        f: impl FnOnce(&[usize], GraphSoftLabels<'_>, &[HiddenValues<'_>]) -> Result<R>,
+    ) -> Result<R> {
+        use super::ingraph;
+        let Some(nodes) = self.soft_nodes.clone() else {
+            return Err(Error::teacher(&self.path, "the session does not compute the soft labels"));
+        };
+        let mut feeds: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(self.inputs.len());
+        for plan in &self.inputs {
+            let value = if plan.feed == Feed::HardLabels {
+                let shape: Vec<i64> = match batch {
+                    TeacherBatch::Tokens { batch, seq, .. } if nodes.rank == 3 => vec![*batch as i64, *seq as i64],
+                    TeacherBatch::Tokens { batch, .. } | TeacherBatch::Numeric { batch, .. } => vec![*batch as i64],
+                };
+                Tensor::<i64>::from_array((shape, labels.to_vec()))
+                    .map(|t| t.into_dyn().into())
+                    .map_err(|e| Error::teacher(&self.path, format!("input `{}`: {e}", plan.name)))?
+            } else {
+                self.input_value(plan, batch)?
+            };
+            feeds.push((Cow::Owned(plan.name.clone()), value));
+        }
+        let names = [ingraph::TOP_LOGPROBS, ingraph::TOP_IDS, ingraph::TAIL_LOGMASS, ingraph::ENTROPY, ingraph::LABEL_LOGPROB];
+        let mut selector = ort::session::OutputSelector::no_default();
+        for n in names.iter().copied().chain(self.hidden.iter().map(|h| h.name.as_str())) {
+            selector = selector.with(n);
+        }
+        let path = self.path.clone();
+        let options =
+            ort::session::RunOptions::new().map_err(|e| Error::teacher(&path, format!("run options: {e}")))?.with_outputs(selector);
+        let outputs =
+            self.session.run_with_options(feeds, &options).map_err(|e| Error::teacher(&path, format!("inference failed: {e}")))?;
+        let get =
+            |name: &str| outputs.get(name).ok_or_else(|| Error::teacher(&path, format!("output `{name}` missing from the run's results")));
+        let bad = |name: &str, e: ort::Error| Error::teacher(&path, format!("output `{name}`: {e}"));
+        let f32s = |name: &str| get(name)?.try_extract_tensor::<f32>().map_err(|e| bad(name, e));
+        let (shape, logprobs) = f32s(ingraph::TOP_LOGPROBS)?;
+        let (_, ids) = get(ingraph::TOP_IDS)?.try_extract_tensor::<i64>().map_err(|e| bad(ingraph::TOP_IDS, e))?;
+        let lead: Vec<usize> = shape[..shape.len() - 1].iter().map(|&d| d.max(0) as usize).collect();
+        let soft = GraphSoftLabels {
+            k: nodes.k,
+            logprobs,
+            ids,
+            tail_logmass: f32s(ingraph::TAIL_LOGMASS)?.1,
+            entropy: f32s(ingraph::ENTROPY)?.1,
+            label_logprob: f32s(ingraph::LABEL_LOGPROB)?.1,
+        };
+        let hidden = self
+            .hidden
+            .iter()
+            .map(|h| {
+                let value = get(&h.name)?;
+                let (shape, values) = match value.dtype().tensor_type() {
+                    Some(TensorElementType::Float16) => {
+                        value.try_extract_tensor::<f16>().map(|(s, v)| (s, Logits::F16(v))).map_err(|e| bad(&h.name, e))?
+                    }
+                    Some(TensorElementType::Bfloat16) => {
+                        value.try_extract_tensor::<bf16>().map(|(s, v)| (s, Logits::Bf16(v))).map_err(|e| bad(&h.name, e))?
+                    }
+                    _ => value.try_extract_tensor::<f32>().map(|(s, v)| (s, Logits::F32(v))).map_err(|e| bad(&h.name, e))?,
+                };
+                Ok(HiddenValues { shape: shape.iter().map(|&d| d.max(0) as usize).collect(), values })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        f(&lead, soft, &hidden)
     }
 
     /// Whether the model can decode with a KV cache ([`Teacher::run_step`]): it has past
@@ -427,6 +607,7 @@ impl Teacher {
                 Feed::Column(c) => {
                     return Err(bad(format!("input `{}` is fed from column `{c}`, which decoding does not carry", plan.name)));
                 }
+                Feed::HardLabels => return Err(bad(format!("input `{}` is fed by run_soft_labels", plan.name))),
             };
             feeds.push((Cow::Owned(plan.name.clone()), value));
         }
@@ -573,6 +754,7 @@ impl Teacher {
                             .map_err(|e| bad(format!("input `{}`: {e}", plan.name)));
                     }
                     Feed::Column(_) => unreachable!("handled above"),
+                    Feed::HardLabels => return Err(bad(format!("input `{}` is fed by run_soft_labels", plan.name))),
                 };
                 int_tensor(plan, shape, values).map_err(bad)
             }

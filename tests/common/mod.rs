@@ -126,3 +126,45 @@ pub fn kill_after_checkpoint(args: &[String], out: &Path, step: u64) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Two caches of the same rows: the same positions and hard labels, and the soft labels
+/// (and hard-label log-probs, within 1e-4) equal within the encoding error. Log-probs are stored as the top one plus
+/// multiples of 1/256 (each within half a step), so two encodings of logits that differ
+/// by float rounding differ by at most a step; near-ties may swap ids, on at most 1 % of
+/// the positions (then the ids they share still agree). Tail masses and entropies are
+/// stored as f32: within 1e-4 nats.
+pub fn assert_same_soft_labels(a: &Path, b: &Path) {
+    assert_soft_labels_within(a, b, 1.0 / 256.0 + 1e-4, 1e-4, 1);
+}
+
+/// [`assert_same_soft_labels`] with its tolerances given: log-probs within `lp_tol`, tail
+/// masses, entropies and hard-label log-probs within `stat_tol`, other ids at no more than
+/// `swapped_percent` % of the positions.
+pub fn assert_soft_labels_within(a: &Path, b: &Path, lp_tol: f32, stat_tol: f32, swapped_percent: usize) {
+    let ((_, x), (_, y)) = (crate::cache_teacher::read_all(a), crate::cache_teacher::read_all(b));
+    assert!(!x.is_empty());
+    assert_eq!((&x.rows, &x.positions, &x.hard_labels), (&y.rows, &y.positions, &y.hard_labels), "positions or labels differ");
+    let (k, step) = (x.k, lp_tol);
+    let mut swapped = 0;
+    for i in 0..x.len() {
+        let (ia, ib) = (&x.ids[i * k..(i + 1) * k], &y.ids[i * k..(i + 1) * k]);
+        swapped += (ia != ib) as usize;
+        for (j, id) in ia.iter().enumerate() {
+            if let Some(jb) = ib.iter().position(|v| v == id) {
+                let (la, lb) = (x.logprobs[i * k + j], y.logprobs[i * k + jb]);
+                assert!((la - lb).abs() <= step, "position {i}, id {id}: log-prob {la} vs {lb}");
+            }
+        }
+        let (ta, tb) = (x.tail_logmass[i], y.tail_logmass[i]);
+        assert!((ta - tb).abs() <= stat_tol || ta == tb, "position {i}: tail {ta} vs {tb}");
+        assert!((x.entropy[i] - y.entropy[i]).abs() <= stat_tol, "position {i}: entropy {} vs {}", x.entropy[i], y.entropy[i]);
+    }
+    for (i, (la, lb)) in x.hard_label_logprobs.iter().zip(&y.hard_label_logprobs).enumerate() {
+        let close = match (la, lb) {
+            (Some(a), Some(b)) => (a - b).abs() <= stat_tol || (a.is_nan() && b.is_nan()),
+            (a, b) => a == b,
+        };
+        assert!(close, "position {i}: hard-label log-prob {la:?} vs {lb:?}");
+    }
+    assert!(swapped * 100 <= x.len() * swapped_percent, "{swapped} of {} positions hold other ids", x.len());
+}

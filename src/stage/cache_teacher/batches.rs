@@ -4,7 +4,7 @@
 use crate::config::CacheTeacherConfig;
 use crate::data::{Column, Field, Kind, Row};
 use crate::error::{Error, Result};
-use crate::teacher::{Teacher, TeacherBatch, hidden};
+use crate::teacher::{GraphSoftLabels, SoftLabel, Teacher, TeacherBatch, hidden};
 
 use super::reader::Tokens;
 use super::sink::Pending;
@@ -65,12 +65,9 @@ pub(super) fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, b
     let vocab = teacher.vocab_size;
     let teacher_path = teacher.path().to_path_buf();
     let outputs = teacher.hidden.clone();
-    teacher.run(input, |shape, logits, values| {
-        if shape != [batch.len(), vocab] {
-            return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
-        }
+    let first_tokens = |values: &[crate::teacher::HiddenValues<'_>]| {
         // A `[batch, seq, dim]` output of a classifier: its first token, as BERT pools it.
-        let hidden = outputs
+        outputs
             .iter()
             .zip(values)
             .map(|(o, v)| {
@@ -78,14 +75,54 @@ pub(super) fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, b
                 let first = (0..batch.len()).map(|r| if o.per_position { r * seq } else { r });
                 hidden::gather(&teacher_path, o, v, batch.len(), None, first)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+    };
+    let meta: Vec<(u64, u32, Option<i64>)> = batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect();
+    if teacher.soft_labels_in_graph() {
+        let labels: Vec<i64> = hard.iter().map(|h| h.filter(|l| (0..vocab as i64).contains(l)).unwrap_or(0)).collect();
+        return teacher.run_soft_labels(input, &labels, |lead, soft, values| {
+            if lead != [batch.len()] {
+                return Err(Error::teacher(&teacher_path, format!("soft labels have shape {lead:?}, expected [{}]", batch.len())));
+            }
+            let at: Vec<usize> = (0..batch.len()).collect();
+            Ok(Pending {
+                logits: Vec::new(),
+                soft: Some(graph_labels(&soft, &at)),
+                hidden: first_tokens(values)?,
+                meta,
+                rows: batch.iter().map(|r| r.index).collect(),
+            })
+        });
+    }
+    teacher.run(input, |shape, logits, values| {
+        if shape != [batch.len(), vocab] {
+            return Err(Error::teacher(&teacher_path, format!("logits have shape {shape:?}, expected [{}, {vocab}]", batch.len())));
+        }
         Ok(Pending {
             logits: logits.to_f32_vec(),
-            hidden,
-            meta: batch.iter().zip(hard).map(|(r, h)| (r.index, 0u32, *h)).collect(),
+            soft: None,
+            hidden: first_tokens(values)?,
+            meta,
             rows: batch.iter().map(|r| r.index).collect(),
         })
     })
+}
+
+/// The soft labels at flat positions `at` of a batch's in-graph soft labels, each with the
+/// log-prob of its hard label.
+fn graph_labels(soft: &GraphSoftLabels<'_>, at: &[usize]) -> Vec<(SoftLabel, f32)> {
+    let k = soft.k;
+    at.iter()
+        .map(|&i| {
+            let label = SoftLabel {
+                ids: soft.ids[i * k..(i + 1) * k].iter().map(|&id| id as u32).collect(),
+                logprobs: soft.logprobs[i * k..(i + 1) * k].to_vec(),
+                tail_logmass: soft.tail_logmass[i],
+                entropy: soft.entropy[i],
+            };
+            (label, soft.label_logprob[i])
+        })
+        .collect()
 }
 
 /// Run a causal-LM teacher and copy the logits of the cached positions into `buffer`.
@@ -97,6 +134,35 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
     let teacher_path = teacher.path().to_path_buf();
     let teacher_output = &teacher.output_name().to_string();
     let outputs = teacher.hidden.clone();
+    let meta: Vec<(u64, u32, Option<i64>)> = t.wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect();
+    if teacher.soft_labels_in_graph() {
+        let mut labels = vec![0i64; batch.len() * t.seq];
+        for w in &t.wanted {
+            labels[w.0] = if (0..vocab as i64).contains(&w.3) { w.3 } else { 0 };
+        }
+        let input = TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask };
+        return teacher.run_soft_labels(&input, &labels, |lead, soft, values| {
+            if lead != [batch.len(), t.seq] {
+                return Err(Error::teacher(
+                    &teacher_path,
+                    format!("soft labels have shape {lead:?}, expected [{}, {}]", batch.len(), t.seq),
+                ));
+            }
+            let at: Vec<usize> = t.wanted.iter().map(|w| w.0).collect();
+            let hidden = outputs
+                .iter()
+                .zip(values)
+                .map(|(o, v)| hidden::gather(&teacher_path, o, v, batch.len(), Some(t.seq), at.iter().copied()))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Pending {
+                logits: buffer,
+                soft: Some(graph_labels(&soft, &at)),
+                hidden,
+                meta,
+                rows: batch.iter().map(|r| r.index).collect(),
+            })
+        });
+    }
     teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits, values| {
         if shape.len() == 3 && shape[1] == 1 && t.seq > 1 {
             let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -118,11 +184,6 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
             .zip(values)
             .map(|(o, v)| hidden::gather(&teacher_path, o, v, batch.len(), Some(t.seq), t.wanted.iter().map(|w| w.0)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Pending {
-            logits: buffer,
-            hidden,
-            meta: t.wanted.iter().map(|w| (w.1, w.2, Some(w.3))).collect(),
-            rows: batch.iter().map(|r| r.index).collect(),
-        })
+        Ok(Pending { logits: buffer, soft: None, hidden, meta, rows: batch.iter().map(|r| r.index).collect() })
     })
 }

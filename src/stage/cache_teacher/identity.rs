@@ -135,6 +135,9 @@ fn identity(
     if !hidden.is_empty() {
         identity["hidden_states"] = serde_json::json!(hidden);
     }
+    if cfg.topk_in != crate::config::TopkIn::Rust {
+        identity["topk_in"] = serde_json::json!(cfg.topk_in);
+    }
     if let Some(sha) = inputs.text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
         identity["chat_template_sha256"] = serde_json::json!(sha);
     }

@@ -127,6 +127,10 @@ impl Inputs {
         let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, cfg.spin, opts.ort_lib.as_deref(), cfg.device)?;
         let selectable = selectable_ids(cfg, &teacher, tok.as_ref())?;
         let top_k = top_k(cfg, &teacher, &selectable)?;
+        let mut teacher = teacher;
+        if cfg.topk_in == crate::config::TopkIn::Onnxruntime {
+            teacher.compute_soft_labels_in_graph(top_k, cfg.temperature, selectable.ids)?;
+        }
         let positions = positions_mode(cfg, &teacher)?;
         let chat = tok.as_ref().and_then(|ts| ts.chat.as_ref());
         let text_columns = cfg.text.as_ref().map(|t| text_columns_of(t, conversational, chat, positions));

@@ -18,8 +18,10 @@ type Labelled = (u64, u32, Option<(i64, f32)>, SoftLabel);
 
 /// The logits of one batch's cached positions, copied out of ONNX Runtime for the worker.
 pub(super) struct Pending {
-    /// `[n, vocab]`, one row per cached position.
+    /// `[n, vocab]`, one row per cached position (empty when `soft` holds the labels).
     pub logits: Vec<f32>,
+    /// The soft labels and hard-label log-probs, computed in ONNX Runtime (`--topk-in onnxruntime`).
+    pub soft: Option<Vec<(SoftLabel, f32)>>,
     /// `[n, teacher_dim]` per `--hidden-states` output, the same positions.
     pub hidden: Vec<Vec<f32>>,
     /// (dataset row, position, hard label) of each logits row.
@@ -143,6 +145,9 @@ impl Sink<'_> {
     }
 
     fn label(&self, p: &Pending, scratch: &mut [TopKScratch]) -> Result<Vec<Labelled>> {
+        if let Some(soft) = &p.soft {
+            return self.graph_labelled(p, soft);
+        }
         let vocab = self.vocab;
         let starts: Vec<usize> = (0..p.meta.len()).collect();
         let soft = match self.sampled {
@@ -169,6 +174,29 @@ impl Sink<'_> {
                 (row, position, h, s)
             })
             .collect())
+    }
+}
+
+impl Sink<'_> {
+    /// Soft labels ONNX Runtime computed, checked finite (non-finite logits give NaN there).
+    fn graph_labelled(&self, p: &Pending, soft: &[(SoftLabel, f32)]) -> Result<Vec<Labelled>> {
+        p.meta
+            .iter()
+            .zip(soft)
+            .map(|(&(row, position, hard), (s, lp))| {
+                let finite = s.logprobs.iter().all(|v| v.is_finite()) && !s.tail_logmass.is_nan() && s.entropy.is_finite();
+                if !finite {
+                    return Err(Error::teacher(
+                        &self.teacher_path,
+                        format!(
+                            "row {row}, position {position}: the soft label computed in ONNX Runtime is not finite (the logits \
+                             hold NaN or infinity; --topk-in rust names the logit)"
+                        ),
+                    ));
+                }
+                Ok((row, position, hard.map(|h| (h, *lp)), s.clone()))
+            })
+            .collect()
     }
 }
 
