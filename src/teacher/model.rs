@@ -240,17 +240,7 @@ impl Teacher {
     ) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let env = super::runtime::environment(ort_lib)?;
-        let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
-        let builder = || {
-            Session::builder(env)
-                .map_err(|e| configure(e.to_string()))?
-                .with_intra_threads(threads.max(1))
-                .map_err(|e| configure(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| configure(e.to_string()))?
-                .with_intra_op_spinning(spin)
-                .map_err(|e| configure(e.to_string()))
-        };
+        let builder = || session_builder(env, path, threads, spin);
         let mut device_note = None;
         let mut session_builder = builder()?;
         if let TeacherDevice::Cuda(id) = device {
@@ -450,18 +440,10 @@ impl Teacher {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         // An in-memory model finds its external-data files through this folder.
         let folder = dir.to_string_lossy().into_owned();
-        let session = Session::builder(env)
-            .map_err(|e| configure(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| configure(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| configure(e.to_string()))?
-            .with_intra_op_spinning(spin)
-            .map_err(|e| configure(e.to_string()))?
+        let mut builder = session_builder(env, &path, threads, spin)?
             .with_config_entry("session.model_external_initializers_file_folder_path", &folder)
             .map_err(|e| configure(e.to_string()))?;
         // On the device the first session ran on (the CPU if CUDA did not start).
-        let mut builder = session;
         if let (TeacherDevice::Cuda(id), None) = (device, &self.device_note) {
             let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| configure(e.to_string()))?;
@@ -639,6 +621,18 @@ impl Teacher {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The teacher as a manifest records it, under the file name `file`.
+    pub fn manifest_info(&self, file: String) -> crate::cache::manifest::TeacherInfo {
+        crate::cache::manifest::TeacherInfo {
+            file,
+            sha256: self.sha256.clone(),
+            bytes: self.bytes,
+            external_data: self.external_data.clone(),
+            inputs: self.io_inputs.clone(),
+            outputs: self.io_outputs.clone(),
+            logits_output: self.output.clone(),
+        }
+    }
     pub fn output_name(&self) -> &str {
         &self.output
     }
@@ -798,6 +792,25 @@ fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &st
             }
         })
         .collect()
+}
+
+/// A session builder with `threads` intra-op threads (spinning between operators if
+/// `spin`) and one inter-op thread.
+fn session_builder(
+    env: &ort::environment::Environment,
+    path: &Path,
+    threads: usize,
+    spin: bool,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let configure = |e: String| Error::teacher(path, format!("cannot configure a session: {e}"));
+    Session::builder(env)
+        .map_err(|e| configure(e.to_string()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| configure(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| configure(e.to_string()))?
+        .with_intra_op_spinning(spin)
+        .map_err(|e| configure(e.to_string()))
 }
 
 /// The output continuing each past input (`past_key_values.0.key` -> `present.0.key`,
