@@ -25,6 +25,13 @@ for dev in "cpu --threads 16" "cpu --threads 16 --topk-in onnxruntime" "cuda" "c
         | grep -o '[0-9.]* tokens/s' | sed "s/^/stage one, --device $dev: /"
     echo "  $(echo "$(date +%s.%N) - $start" | bc) s"
 done
+for dev in cpu cuda; do
+    rm -rf "$out/generate-$dev"
+    head -64 data/lm/valid.jsonl >"$out/prompts.jsonl"
+    $bin generate --teacher data/exports/gqa-with-past/model.onnx --tokenizer data/exports/gqa-with-past/tokenizer.json \
+        --data "$out/prompts.jsonl" --out "$out/generate-$dev" --batch-size 16 --max-new-tokens 64 --device "$dev" --quiet \
+        | head -1 | grep -o '[0-9.]* tokens/s' | sed "s/^/generate (KV cache, the with-past fixture), --device $dev: /"
+done
 student=decoder:d_model=256,layers=2,heads=4,kv_heads=2,d_ff=688
 for device in tch-cuda flex; do
     rm -rf "$out/run-$device"

@@ -96,6 +96,10 @@ pub struct GenerateSettings {
     /// Threads for ONNX Runtime [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
+    /// usable CUDA execution provider the run says why and continues on the CPU).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 /// Where the prompts come from.
@@ -139,6 +143,7 @@ pub struct GenerateConfig {
     pub rows_per_shard: u64,
     pub kv_cache: KvCache,
     pub threads: usize,
+    pub device: crate::teacher::TeacherDevice,
 }
 
 impl GenerateSettings {
@@ -186,6 +191,11 @@ impl GenerateSettings {
             (None, p) => PromptSource::Text(p.unwrap_or_else(|| defaults::PROMPT_COLUMN.into())),
         };
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let device = match self.device.as_deref() {
+            None => crate::teacher::TeacherDevice::Cpu,
+            Some(d) => crate::teacher::TeacherDevice::parse(d)
+                .ok_or_else(|| Error::Config(format!("generate.device must be `cpu`, `cuda` or `cuda:N` (got `{d}`)")))?,
+        };
         Ok(GenerateConfig {
             teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
             tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
@@ -205,6 +215,7 @@ impl GenerateSettings {
             rows_per_shard: at_least_one("rows_per_shard", self.rows_per_shard.unwrap_or(defaults::ROWS_PER_SHARD) as usize)? as u64,
             kv_cache: self.kv_cache.unwrap_or(KvCache::Auto),
             threads: self.threads.unwrap_or(cores).max(1),
+            device,
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::config::{GenerateConfig, KvCache, PromptSource};
 use crate::data::{self, Column, Field, Kind};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::teacher::{InputMapping, Teacher, TeacherDevice, TopKScratch};
+use crate::teacher::{InputMapping, Teacher, TopKScratch};
 use crate::text::{TextColumns, Tokenizer};
 
 use super::cache_teacher::{CacheSummary, RunOptions, Timings};
@@ -156,7 +156,10 @@ fn load_teacher(cfg: &GenerateConfig, opts: &RunOptions) -> Result<Teacher> {
     let mapping = InputMapping { tokens: true, ..InputMapping::default() };
     // Spinning intra-op threads: decoding steps are many short runs (measured at 2 threads
     // on the with-past fixture: the rerun path 0.77-0.96x raw ONNX Runtime without, 1.05x with).
-    let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, true, opts.ort_lib.as_deref(), TeacherDevice::Cpu)?;
+    let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, true, opts.ort_lib.as_deref(), cfg.device)?;
+    if let (Some(note), false) = (&teacher.device_note, opts.quiet) {
+        eprintln!("warning: {note}");
+    }
     if teacher.task != Task::CausalLm {
         return Err(Error::teacher(&cfg.teacher, "outputs [batch, classes] logits: generate needs a causal LM ([batch, seq, vocab])"));
     }
