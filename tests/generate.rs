@@ -367,3 +367,43 @@ with open(sys.argv[2]) as f, open(sys.argv[3], "w") as ids, open(sys.argv[4], "w
     assert_eq!(read_all(&from_text).1, read_all(&from_ids).1);
     fails_with(&distill(ids_args(&t.path().join("bad.jsonl"), &t.path().join("bad"))), &["row 3, column `c`", "4096", "not a token id"]);
 }
+
+/// The ids that end a sequence come from the `generation_config.json` beside the teacher
+/// (a list, as Qwen's), and are recorded; a prompt longer than `max_seq_len - 1` tokens keeps
+/// its last tokens (where a chat prompt's generation prompt is) and is counted.
+#[test]
+fn end_ids_from_the_generation_config_and_long_prompts_keep_their_end() {
+    let t = temp();
+    let p = prompts(t.path(), 6);
+    let dir = t.path().join("teacher");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(data(LM.0), dir.join("teacher.onnx")).unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [17, 42]}"#).unwrap();
+    let teacher = (dir.join("teacher.onnx"), data(LM.1));
+    let out = t.path().join("gen");
+    let mut a = generate_args(LM, &p, &out, &["--max-seq-len", "8", "--temperature", "1"]);
+    a[2] = s(&teacher.0);
+    ok(&distill(a));
+    let m = distill::cache::Manifest::read(&out.join("cache")).unwrap();
+    assert_eq!(m.generation.as_ref().unwrap().eos_ids, [17, 42]);
+    let o = python(
+        r#"
+import sys, pyarrow.parquet as pq
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+long = 0
+for r in pq.read_table(sys.argv[2]).to_pylist():
+    ids = tok.encode(r["prompt"]).ids
+    long += len(ids) > 7
+    assert r["prompt_ids"] == ids[-7:], r["row"]
+    assert len(r["completion_ids"]) == 8 - len(r["prompt_ids"]) or r["stop_reason"] == "eos"
+    if r["stop_reason"] == "eos":
+        assert r["completion_ids"][-1] in (17, 42)
+print("ok", long)
+"#,
+        &[&data(LM.1), &out.join("generated.parquet")],
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let long: u64 = stdout(&o).trim().strip_prefix("ok ").unwrap().parse().unwrap();
+    assert!(long > 0 && m.totals.truncated_rows == long, "{long} long prompts, {} counted", m.totals.truncated_rows);
+}

@@ -153,7 +153,8 @@ pub struct GenerationInfo {
     pub top_p: f32,
     pub samples_per_prompt: usize,
     pub seed: u64,
-    pub eos_id: Option<u32>,
+    /// The ids that end a sequence.
+    pub eos_ids: Vec<u32>,
     /// Decoded with the export's KV cache (`past_key_values.*`), or by rerunning each sequence.
     pub kv_cache: bool,
     /// Sequences that ended at the end-of-sequence token (the rest at the length limit).

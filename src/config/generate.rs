@@ -77,7 +77,9 @@ pub struct GenerateSettings {
     /// Longest prompt + completion, in tokens [default: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
-    /// End-of-sequence id [default: the tokenizer's <|eos|>, </s>, <|endoftext|>, <|im_end|>, ...].
+    /// End-of-sequence id [default: eos_token_id of the generation_config.json beside the
+    /// teacher (one or several), else eos_token of the tokenizer_config.json beside the
+    /// tokenizer, else the tokenizer's <|eos|>, </s>, <|endoftext|>, <|im_end|>, ...].
     #[arg(long, value_name = "ID")]
     pub eos_id: Option<u32>,
     /// Entries per cached position [default: 64].

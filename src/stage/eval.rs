@@ -358,7 +358,6 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
     Ok(Ready { model, spec: DataSpec::of(&m), tok, arch: Some(arch), output_vocab })
 }
 
-/// A run directory or a checkpoint directory.
 /// A student trained on token ids (`distill generate`'s data) reads text data as the
 /// teacher's cache of it does: that cache's text columns, with its chat template.
 fn read_text_as_the_cache(st: &mut Ready, cache: &Path) -> Result<()> {
@@ -373,6 +372,7 @@ fn read_text_as_the_cache(st: &mut Ready, cache: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A run directory or a checkpoint directory.
 fn open_student(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
     if dir.join("student.json").is_file() {
         load_run(dir, device)

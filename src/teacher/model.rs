@@ -540,10 +540,13 @@ impl Teacher {
         f(&lead, soft, &hidden)
     }
 
-    /// Whether the model can decode with a KV cache ([`Teacher::run_step`]): it has past
-    /// inputs and a `present.*` output for each.
+    /// Whether the model can decode padded batches with a KV cache ([`Teacher::run_step`]):
+    /// it has past inputs, a `present.*` output for each, and `attention_mask` and
+    /// `position_ids` inputs (without them the padding inside the cache would be attended
+    /// to, or the positions after it miscounted).
     pub fn has_kv_cache(&self) -> bool {
-        !self.presents.is_empty()
+        let has = |feed: Feed| self.inputs.iter().any(|i| i.feed == feed);
+        !self.presents.is_empty() && has(Feed::AttentionMask) && has(Feed::PositionIds)
     }
 
     /// Run one decoding step with a KV cache: `past` from the previous step, `None` for the
@@ -560,7 +563,7 @@ impl Teacher {
     ) -> Result<(R, Past)> {
         let bad = |m: String| Error::teacher(&self.path, m);
         if !self.has_kv_cache() {
-            return Err(bad("the model has no past_key_values inputs with present outputs: it cannot decode with a KV cache".into()));
+            return Err(bad("the model lacks past_key_values inputs with present outputs, attention_mask or position_ids: it cannot decode with a KV cache".into()));
         }
         let cached = past.is_some();
         let mut past_values = past.map(|p| p.0.into_iter());

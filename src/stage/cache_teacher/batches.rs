@@ -85,9 +85,10 @@ pub(super) fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, b
                 return Err(Error::teacher(&teacher_path, format!("soft labels have shape {lead:?}, expected [{}]", batch.len())));
             }
             let at: Vec<usize> = (0..batch.len()).collect();
+            let fed: Vec<bool> = hard.iter().map(|h| h.is_some_and(|l| (0..vocab as i64).contains(&l))).collect();
             Ok(Pending {
                 logits: Vec::new(),
-                soft: Some(graph_labels(&soft, &at)),
+                soft: Some(graph_labels(&soft, &at, &fed)),
                 hidden: first_tokens(values)?,
                 meta,
                 rows: batch.iter().map(|r| r.index).collect(),
@@ -109,18 +110,20 @@ pub(super) fn per_row_pending(teacher: &mut Teacher, input: &TeacherBatch<'_>, b
 }
 
 /// The soft labels at flat positions `at` of a batch's in-graph soft labels, each with the
-/// log-prob of its hard label.
-fn graph_labels(soft: &GraphSoftLabels<'_>, at: &[usize]) -> Vec<(SoftLabel, f32)> {
+/// log-prob of its hard label (NaN where `fed` says the label was not one of the logits'
+/// ids and 0 was fed in its place, as the Rust kernel records it).
+fn graph_labels(soft: &GraphSoftLabels<'_>, at: &[usize], fed: &[bool]) -> Vec<(SoftLabel, f32)> {
     let k = soft.k;
     at.iter()
-        .map(|&i| {
+        .zip(fed)
+        .map(|(&i, &fed)| {
             let label = SoftLabel {
                 ids: soft.ids[i * k..(i + 1) * k].iter().map(|&id| id as u32).collect(),
                 logprobs: soft.logprobs[i * k..(i + 1) * k].to_vec(),
                 tail_logmass: soft.tail_logmass[i],
                 entropy: soft.entropy[i],
             };
-            (label, soft.label_logprob[i])
+            (label, if fed { soft.label_logprob[i] } else { f32::NAN })
         })
         .collect()
 }
@@ -142,6 +145,9 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
         }
         let input = TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask };
         return teacher.run_soft_labels(&input, &labels, |lead, soft, values| {
+            if lead.len() == 2 && lead[1] == 1 && t.seq > 1 {
+                return Err(Error::teacher(&teacher_path, crate::teacher::model::last_position_only(teacher_output, &[-1, 1, -1])));
+            }
             if lead != [batch.len(), t.seq] {
                 return Err(Error::teacher(
                     &teacher_path,
@@ -149,6 +155,7 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
                 ));
             }
             let at: Vec<usize> = t.wanted.iter().map(|w| w.0).collect();
+            let fed: Vec<bool> = t.wanted.iter().map(|w| (0..vocab as i64).contains(&w.3)).collect();
             let hidden = outputs
                 .iter()
                 .zip(values)
@@ -156,7 +163,7 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
                 .collect::<Result<Vec<_>>>()?;
             Ok(Pending {
                 logits: buffer,
-                soft: Some(graph_labels(&soft, &at)),
+                soft: Some(graph_labels(&soft, &at, &fed)),
                 hidden,
                 meta,
                 rows: batch.iter().map(|r| r.index).collect(),

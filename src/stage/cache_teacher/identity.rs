@@ -127,6 +127,9 @@ fn identity(
     if !hidden.is_empty() {
         identity["hidden_states"] = serde_json::json!(hidden);
     }
+    if inputs.text_columns.as_ref().is_some_and(|t| t.token_ids) {
+        identity["token_ids"] = serde_json::json!(true);
+    }
     if cfg.topk_in != crate::config::TopkIn::Rust {
         identity["topk_in"] = serde_json::json!(cfg.topk_in);
     }

@@ -31,7 +31,8 @@ impl Sequence {
 /// What every step of a decoding needs besides the teacher.
 pub(super) struct Decoder<'a> {
     pub cfg: &'a GenerateConfig,
-    pub eos: Option<u32>,
+    /// Ids that end a sequence.
+    pub eos: Vec<u32>,
     pub pad: u32,
     /// Ids a token or a soft label may be (the tokenizer's; ids past it pad the logits).
     pub selectable: usize,
@@ -143,7 +144,7 @@ impl Decoder<'_> {
         let logprob = label_logprob(&self.row, &soft, token as i64, t).unwrap_or(f32::NAN);
         seq.generated.push(token);
         seq.labels.push((soft, logprob));
-        if Some(token) == self.eos {
+        if self.eos.contains(&token) {
             seq.done = Some("eos");
         } else if seq.generated.len() >= self.cfg.max_new_tokens || seq.len() >= self.cfg.max_seq_len {
             seq.done = Some("length");

@@ -1,6 +1,6 @@
 //! `distill generate`: sequence-level distillation data. The teacher writes completions of
-//! the prompts (greedy, or sampled at a temperature with top-p, seeded per row, sample and
-//! step, so the tokens do not depend on the batching), and the logits that chose each token
+//! the prompts (greedy, or sampled at a temperature with top-p, each draw seeded by the
+//! row, sample and step, not by the batching), and the logits that chose each token
 //! are cached as its soft label, from the same forward passes.
 //!
 //! Out: `OUT/generated.parquet` (prompt, completion, prompt_ids, completion_ids,
@@ -63,15 +63,22 @@ pub struct GenerateSummary {
 pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSummary> {
     let started = Instant::now();
     let tok = load_tokenizer(cfg)?;
-    let eos = eos_id(cfg, &tok)?;
+    let eos = end_ids(cfg, &tok)?;
     let mut teacher = load_teacher(cfg, opts)?;
     let kv_cache = use_kv_cache(cfg, &teacher, opts.quiet);
     let selectable = tok.vocab_size().min(teacher.vocab_size);
     let top_k = top_k(cfg, selectable)?;
-    let mut seqs = prompts(cfg, &tok)?;
+    let (mut seqs, cut) = prompts(cfg, &tok)?;
+    if cut > 0 && !opts.quiet {
+        eprintln!(
+            "warning: {cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
+             (prompt_ids holds what the teacher saw; the prompt column the whole text)",
+            cfg.max_seq_len - 1
+        );
+    }
     let cache_dir = cfg.out.join(CACHE_DIR);
     let _lock = crate::lock::DirLock::acquire(&cfg.out, ".generate", "a generate run")?;
-    let mut man = new_manifest(cfg, opts, &teacher, &tok, (eos, kv_cache, top_k, selectable), seqs.len() as u64)?;
+    let mut man = new_manifest(cfg, opts, &teacher, &tok, (&eos, kv_cache, top_k, selectable), seqs.len() as u64)?;
     let names = ManifestNames::of(None);
     let resumed = match prepare_out_dir(&cache_dir, &man, opts.overwrite, &names, manifest::PartInfo { index: 0, count: 1 })? {
         OutState::Complete(existing) => return already_complete(cfg, &cache_dir, existing, started),
@@ -127,6 +134,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         }
     }
     progress.finish();
+    man.totals.truncated_rows = cut * cfg.samples as u64;
     let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
     Ok(GenerateSummary {
         dataset: cfg.out.join(GENERATED_FILE),
@@ -174,7 +182,8 @@ fn use_kv_cache(cfg: &GenerateConfig, teacher: &Teacher, quiet: bool) -> bool {
         let why = if cfg.kv_cache == KvCache::Off {
             "--kv-cache off"
         } else {
-            "the export has no past_key_values inputs (export with `optimum-cli export onnx --task text-generation-with-past` for one)"
+            "the export has no past_key_values inputs with present outputs, attention_mask and position_ids (export with \
+             `optimum-cli export onnx --task text-generation-with-past` for them)"
         };
         eprintln!("generate: each new token reruns the whole sequence through the teacher ({why}): slower than decoding with a KV cache");
     }
@@ -192,23 +201,50 @@ fn top_k(cfg: &GenerateConfig, selectable: usize) -> Result<usize> {
     }
 }
 
-/// `--eos-id`, else the tokenizer's end-of-sequence token by its usual names.
-fn eos_id(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Option<u32>> {
+/// The ids that end a sequence: `--eos-id`; else `eos_token_id` (one or a list) of the
+/// `generation_config.json` beside the teacher (as Optimum exports it: Qwen's lists
+/// `<|im_end|>` and `<|endoftext|>`); else `eos_token` of the `tokenizer_config.json` beside
+/// the tokenizer; else the first of the usual names the tokenizer has.
+fn end_ids(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<u32>> {
+    let vocab = tok.vocab_size();
     if let Some(id) = cfg.eos {
-        if id as usize >= tok.vocab_size() {
-            return Err(Error::Config(format!("generate.eos_id = {id} is outside the tokenizer's {} tokens", tok.vocab_size())));
+        if id as usize >= vocab {
+            return Err(Error::Config(format!("generate.eos_id = {id} is outside the tokenizer's {vocab} tokens")));
         }
-        return Ok(Some(id));
+        return Ok(vec![id]);
+    }
+    let json = |p: PathBuf| std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let beside = |file: &Path, name: &str| file.parent().unwrap_or(Path::new(".")).join(name);
+    if let Some(g) = json(beside(&cfg.teacher, "generation_config.json")) {
+        let ids: Vec<u32> = match &g["eos_token_id"] {
+            serde_json::Value::Number(n) => n.as_u64().into_iter().map(|v| v as u32).collect(),
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            _ => Vec::new(),
+        };
+        let ids: Vec<u32> = ids.into_iter().filter(|&id| (id as usize) < vocab).collect();
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+    }
+    if let Some(c) = json(beside(&cfg.tokenizer, "tokenizer_config.json")) {
+        let name = c["eos_token"].as_str().or_else(|| c["eos_token"]["content"].as_str()).map(str::to_string);
+        if let Some(id) = name.and_then(|n| tok.inner.token_to_id(&n)) {
+            return Ok(vec![id]);
+        }
     }
     Ok(["<|eos|>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<|end_of_text|>", "<|eot_id|>"]
         .iter()
-        .find_map(|t| tok.inner.token_to_id(t)))
+        .find_map(|t| tok.inner.token_to_id(t))
+        .into_iter()
+        .collect())
 }
 
 /// The prompts, each `samples` times: text encoded with the tokenizer's special tokens, or
 /// a conversation rendered with the chat template and its generation prompt (encoded
-/// without them: the template writes its own); cut to leave room for one new token.
-fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
+/// without them: the template writes its own). A prompt longer than `max_seq_len - 1`
+/// tokens keeps its last ones (where the generation prompt is); returns how many were cut.
+fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<(Vec<Sequence>, u64)> {
+    let mut cut = 0u64;
     let column = cfg.prompts.column();
     let kind = if matches!(cfg.prompts, PromptSource::Messages { .. }) { Kind::Messages } else { Kind::Text };
     let mut seqs = Vec::new();
@@ -239,7 +275,10 @@ fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
         if prompt.is_empty() {
             return Err(Error::data(&cfg.data, format!("row {}: the prompt has no tokens: there is nothing to continue", row.index)));
         }
-        prompt.truncate(cfg.max_seq_len - 1);
+        if prompt.len() > cfg.max_seq_len - 1 {
+            prompt.drain(..prompt.len() - (cfg.max_seq_len - 1));
+            cut += 1;
+        }
         for sample in 0..cfg.samples as u32 {
             let labels = Vec::new();
             seqs.push(Sequence {
@@ -256,7 +295,7 @@ fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<Sequence>> {
     if seqs.is_empty() {
         return Err(Error::data(&cfg.data, "has no rows: there is nothing to generate from"));
     }
-    Ok(seqs)
+    Ok((seqs, cut))
 }
 
 /// The cache's manifest before any shard: its identity is the generation's (the teacher,
@@ -267,7 +306,7 @@ fn new_manifest(
     opts: &RunOptions,
     teacher: &Teacher,
     tok: &Tokenizer,
-    (eos, kv_cache, top_k, selectable): (Option<u32>, bool, usize, usize),
+    (eos, kv_cache, top_k, selectable): (&[u32], bool, usize, usize),
     sequences: u64,
 ) -> Result<Manifest> {
     let prompts = DatasetInfo::of(&cfg.data)?;
@@ -282,7 +321,7 @@ fn new_manifest(
         top_p: cfg.top_p,
         samples_per_prompt: cfg.samples,
         seed: cfg.seed,
-        eos_id: eos,
+        eos_ids: eos.to_vec(),
         kv_cache,
         stopped_at_eos: 0,
     };
@@ -303,7 +342,7 @@ fn new_manifest(
         "top_p": cfg.top_p,
         "samples_per_prompt": cfg.samples,
         "seed": cfg.seed,
-        "eos_id": eos,
+        "eos_ids": eos,
         "kv_cache": kv_cache,
         "max_seq_len": cfg.max_seq_len,
         "top_k": top_k,
@@ -415,9 +454,14 @@ fn already_complete(cfg: &GenerateConfig, cache_dir: &Path, man: Manifest, start
             format!("is not the dataset the complete cache in {} was generated with ({why}); rerun with --overwrite", cache_dir.display()),
         ));
     }
+    // Left by a run stopped between the complete manifest and its cleanup.
     let parts = cfg.out.join(PARTS_DIR);
     if parts.exists() {
         std::fs::remove_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
+    }
+    let partial = cache_dir.join(manifest::PARTIAL_MANIFEST_FILE);
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
     }
     Ok(GenerateSummary {
         dataset,
