@@ -53,11 +53,6 @@ fn finite_f32(s: &str) -> std::result::Result<f32, String> {
     finite(s)
 }
 
-/// [`finite_f32`] for the flags declared in cli.rs.
-pub fn finite_f32_pub(s: &str) -> std::result::Result<f32, String> {
-    finite(s)
-}
-
 fn finite_f64(s: &str) -> std::result::Result<f64, String> {
     finite(s)
 }
