@@ -91,7 +91,7 @@ impl ChatTemplate {
                 Error::Config(format!("{}: has no `chat_template` (a string, or a list with a `default` entry)", path.display()))
             })?
         } else {
-            std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?
+            crate::untrusted::read_to_string(&path, crate::untrusted::Cap::Settings)?
         };
         let tokens = config_json.as_ref().map(special_tokens).unwrap_or_default();
         ChatTemplate::new(SavedTemplate { template, tokens }, path)
@@ -99,7 +99,7 @@ impl ChatTemplate {
 
     /// Load a template saved in a cache or run directory.
     pub fn load_saved(path: &Path) -> Result<ChatTemplate> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::untrusted::read(path, crate::untrusted::Cap::Settings)?;
         let saved: SavedTemplate =
             serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: not a saved chat template: {e}", path.display())))?;
         ChatTemplate::new(saved, path.to_path_buf())
@@ -114,6 +114,8 @@ impl ChatTemplate {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
         env.add_filter("tojson", tojson);
+        // A template from someone else may loop without end: every render gets a budget.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template_owned("chat", mark_generation_blocks(&saved.template))
             .map_err(|e| Error::Config(format!("{}: the chat template does not parse: {e:#}", path.display())))?;
         let sha256 = crate::integrity::sha256_bytes(&serde_json::to_vec(&saved).expect("template serialises"));
@@ -147,11 +149,43 @@ impl ChatTemplate {
         ctx.insert("documents".into(), minijinja::Value::from(()));
         ctx.insert("add_generation_prompt".into(), minijinja::Value::from(add_generation_prompt));
         let template = self.env.get_template("chat").expect("added in new");
-        let out = template.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| match e.kind() {
+        let mut out = BoundedText(Vec::new());
+        template.render_captured_to(minijinja::Value::from_serialize(&ctx), &mut out).map(drop).map_err(|e| match e.kind() {
             minijinja::ErrorKind::InvalidOperation => format!("the chat template refused the conversation: {}", e.detail().unwrap_or("")),
+            minijinja::ErrorKind::OutOfFuel => {
+                format!("the chat template ran past its limit of {TEMPLATE_FUEL} instructions for one conversation (a loop without end?)")
+            }
+            minijinja::ErrorKind::WriteFailure => {
+                format!("the chat template wrote more than its limit of {TEMPLATE_OUTPUT_BYTES} bytes for one conversation")
+            }
             _ => format!("the chat template failed: {e:#}"),
         })?;
+        let out = String::from_utf8(out.0).map_err(|_| "the chat template wrote text that is not UTF-8".to_string())?;
         split_spans(&out)
+    }
+}
+
+/// The instructions one render may run: real templates render a long conversation in tens
+/// of thousands; a template from someone else that loops without end stops here.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The most text one render may write.
+pub const TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
+
+/// A render's output, refused once it passes [`TEMPLATE_OUTPUT_BYTES`].
+struct BoundedText(Vec<u8>);
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_OUTPUT_BYTES {
+            return Err(std::io::Error::other("chat template output over its limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -243,7 +277,7 @@ pub fn assistant_mask(offsets: &[(usize, usize)], spans: &[Range<usize>]) -> Vec
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::untrusted::read(path, crate::untrusted::Cap::Settings)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))
 }
 
@@ -385,6 +419,21 @@ mod tests {
         let t = template("{% generation %}{{ messages[0].content }}");
         assert!(t.render(&serde_json::json!([{"role": "user", "content": "x"}]), false).unwrap_err().contains("not closed"));
         assert!(t.render(&serde_json::json!("text"), false).unwrap_err().contains("a list"));
+    }
+
+    /// A template that loops without end is stopped by its instruction budget, one that
+    /// writes without end by its output limit, each with a message that names the limit.
+    #[test]
+    fn runaway_templates_stop_at_their_limits() {
+        let msgs = serde_json::json!([{"role": "user", "content": "x"}]);
+        let t = template("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}");
+        let started = std::time::Instant::now();
+        let err = t.render(&msgs, false).unwrap_err();
+        assert!(err.contains(&format!("limit of {TEMPLATE_FUEL} instructions")), "{err}");
+        eprintln!("fuel ran out after {:?}", started.elapsed());
+        let t = template("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
+        let err = t.render(&msgs, false).unwrap_err();
+        assert!(err.contains(&format!("more than its limit of {TEMPLATE_OUTPUT_BYTES} bytes")), "{err}");
     }
 
     /// By hand: tokens at bytes [0,3) [3,5) [5,9) [9,10); a span over bytes 4..9 starts in

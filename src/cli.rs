@@ -106,9 +106,12 @@ enum Command {
         /// The blocks to keep, ascending, e.g. 0,2,4,6.
         #[arg(long, value_name = "I,J,...", value_delimiter = ',', required = true)]
         layers: Vec<usize>,
-        /// The new checkpoint's directory.
+        /// The new checkpoint's directory (new or empty; never --from or inside it).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Replace a checkpoint already in --out (its weight files are removed first).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Run a student over data and write its raw logits as JSONL (one line per row).
     ///
@@ -372,7 +375,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(c) => Some(stage::inspect(c)?.1),
                 None => None,
             };
-            stage::report::report(&runs, stats.as_ref(), &out)?;
+            let skipped = stage::report::report(&runs, stats.as_ref(), &out)?;
+            if skipped > 0 {
+                eprintln!("note: {skipped} values of metrics.csv were not drawn (not finite, or beyond what an axis can span)");
+            }
             println!("{}: {} runs{}", out.display(), runs.len(), if cache.is_some() { " and the cache's histograms" } else { "" });
         }
         Command::Inspect { cache, json } => {
@@ -400,8 +406,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let s = distill::train::train_student(&cfg, &opts)?;
             print_train_summary(&s);
         }
-        Command::InitStudent { from, layers, out } => {
-            let s = distill::student::hf::init::init_student(&from, &layers, &out)?;
+        Command::InitStudent { from, layers, out, overwrite } => {
+            let s = distill::student::hf::init::init_student(&from, &layers, &out, overwrite)?;
             println!(
                 "{}: {} of the {} blocks ({:?}), {} tensors, {} bytes",
                 s.out.display(),
@@ -414,12 +420,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Predict { student, data, out, text_column, max_seq_len, max_rows } => {
             let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows };
-            let n = stage::eval::predict(&student, &data, &out, &opts)?;
+            let (n, notes) = stage::eval::predict(&student, &data, &out, &opts)?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
             println!("{}: logits of {n} rows", out.display());
         }
         Command::Eval { student, data, cache, text_column, max_seq_len, json } => {
             let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows: None };
             let r = stage::eval::eval_student(&student, &data, cache.as_deref(), &opts)?;
+            for note in &r.notes {
+                eprintln!("note: {note}");
+            }
             let teacher = cache.as_deref().map(stage::eval::teacher_metrics).transpose()?;
             if json {
                 let mut v = serde_json::to_value(&r).expect("serialises");
@@ -524,6 +536,8 @@ fn pipeline_seeds(file: &PipelineFile, student: &StudentSpec, eval: &distill::co
     if let Some(&dup) = seeds.iter().enumerate().find_map(|(i, s)| seeds[..i].contains(s).then_some(s)) {
         return Err(distill::Error::Config(format!("eval.seeds repeats seed {dup}: each seed must be distinct")));
     }
+    distill::data::count_rows(&eval.data)
+        .map_err(|e| distill::Error::Config(format!("eval.data: {e} (every setting is checked before any work)")))?;
     let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
     for alpha in [0.0, base.alpha.unwrap_or(0.5)] {
         TrainSettings { alpha: Some(alpha), seed: Some(seeds[0]), out: Some(out.clone()), ..base.clone() }.validate(student.clone())?;
@@ -591,7 +605,7 @@ fn run_students(
     // table; the results stand without the picture, so a drawing failure is a warning.
     let picture = out.join("report.svg");
     match stage::inspect(train_cache).and_then(|(_, stats)| stage::report::report(&trained, Some(&stats), &picture)) {
-        Ok(()) => println!("{}", picture.display()),
+        Ok(_) => println!("{}", picture.display()),
         Err(e) => eprintln!("warning: {}: no report drawn: {e}", picture.display()),
     }
     Ok(())

@@ -16,11 +16,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let written = crate::untrusted::create_fresh(&tmp).and_then(|mut f| {
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if let Err(e) = written {
+        // A full disk or a failed rename leaves nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(parent_dir(path))
 }
 
@@ -44,7 +50,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// SHA-256 of a file, hex, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut f, _) = crate::untrusted::open(path, crate::untrusted::Cap::Weights)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

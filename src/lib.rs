@@ -72,5 +72,6 @@ pub mod student;
 pub mod teacher;
 pub mod text;
 pub mod train;
+pub mod untrusted;
 
 pub use error::{Error, Result};

@@ -36,17 +36,42 @@ impl DirLock {
     fn take(dir: &Path, name: &str, what: &str, shared: bool) -> Result<DirLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(format!("{LOCK_PREFIX}{name}.lock"));
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::untrusted::open_lock(&path)?;
         match if shared { file.try_lock_shared() } else { file.try_lock() } {
             Ok(()) => Ok(DirLock { _file: file, path }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
-                "{}: another distill process is writing {what} in this directory (it holds {}); \
+                "{}: another distill process is writing {what} in this directory, or reading it (it holds {}); \
                  wait for it to finish or choose another --out",
                 dir.display(),
                 path.display()
             ))),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
+    }
+}
+
+/// A reader's hold on a cache directory: a shared lock on the cache's own lock file, so a
+/// writer (`cache-teacher --overwrite`, `merge`) cannot replace the shards while they are
+/// read. `None` where the cache has no lock file (made elsewhere, or copied without it) or
+/// it is not a regular file; nothing is created, so a read-only cache can be read.
+pub fn read_hold(dir: &Path) -> Result<Option<DirLock>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("{LOCK_PREFIX}.lock"));
+    let Ok(file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(&path)
+    else {
+        return Ok(None);
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(DirLock { _file: file, path })),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "{}: a distill process is writing this cache (it holds {}); wait for it to finish",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
 }
 
@@ -73,7 +98,14 @@ mod tests {
         let (s1, s2) = (DirLock::acquire_shared(dir.path(), "a part").unwrap(), DirLock::acquire_shared(dir.path(), "a part").unwrap());
         assert!(DirLock::acquire(dir.path(), "", "a cache").is_err(), "running parts exclude a whole run or a merge");
         drop((s1, s2));
-        DirLock::acquire(dir.path(), "", "a cache").unwrap();
+        let writer = DirLock::acquire(dir.path(), "", "a cache").unwrap();
+        // A reader waits for a writer, and a writer for readers.
+        assert!(read_hold(dir.path()).unwrap_err().to_string().contains("a distill process is writing this cache"));
+        drop(writer);
+        let reader = read_hold(dir.path()).unwrap().expect("the lock file is there");
+        assert!(DirLock::acquire(dir.path(), "", "a cache").unwrap_err().to_string().contains("or reading it"));
+        drop(reader);
+        assert!(read_hold(tempfile::tempdir().unwrap().path()).unwrap().is_none(), "no lock file: nothing to hold");
         assert!(is_lock_file(".distill.lock") && is_lock_file(".distill.part-0-of-2.lock") && !is_lock_file("shard-00000.parquet"));
     }
 }

@@ -63,7 +63,20 @@ pub struct Remote {
 }
 
 fn store_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store { url: url.to_string(), message: format!("{what}: {e}") }
+    Error::Store { url: url.to_string(), message: format!("{what}: {}", credentials_hint(&e.to_string())) }
+}
+
+/// An error of the cloud's instance-metadata endpoint means no credentials were found in the
+/// environment (the client falls back to it last); say that instead of quoting the endpoint.
+fn credentials_hint(message: &str) -> String {
+    if message.contains("169.254.169.254") || message.contains("metadata.google.internal") {
+        return "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (s3://), \
+                GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS (gs://), or AZURE_STORAGE_ACCOUNT_NAME and \
+                AZURE_STORAGE_ACCOUNT_KEY (az://); without them the client asks the cloud's instance-metadata \
+                endpoint, which is not reachable here"
+            .into();
+    }
+    message.to_string()
 }
 
 impl Remote {
@@ -417,4 +430,20 @@ pub fn local_copy(cache: &Path) -> Result<PathBuf> {
         }
     }
     Ok(opened.dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// object_store's error when no AWS credentials are set (its last resort is the instance
+    /// metadata endpoint) becomes a message about credentials; other errors pass unchanged.
+    #[test]
+    fn a_missing_credential_is_named() {
+        let imds = "Generic S3 error: Error performing token request: Error after 0 retries in 2.1s, max_retries:10, \
+                    retry_timeout:180s, source:error sending request for url (http://169.254.169.254/latest/api/token)";
+        let said = credentials_hint(imds);
+        assert!(said.starts_with("no credentials found: set AWS_ACCESS_KEY_ID") && !said.contains("api/token"), "{said}");
+        assert_eq!(credentials_hint("Object at location x not found"), "Object at location x not found");
+    }
 }

@@ -24,7 +24,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn load(path: &Path) -> Result<Tokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::untrusted::read(path, crate::untrusted::Cap::Tokenizer)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: format!("not a valid tokenizer.json: {e}") })?;
         let pad_id = inner
@@ -32,6 +32,14 @@ impl Tokenizer {
             .map(|p| p.pad_id)
             .or_else(|| ["<|pad|>", "<pad>", "[PAD]", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
+        // As transformers applies a tokenizer.json: its `padding` and `truncation` keys
+        // (all-MiniLM-L6-v2 ships `Fixed: 128` and `max_length: 128`) act only when a call
+        // asks for them, and distill never does: `--max-seq-len` and the batching decide.
+        let mut inner = inner;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: format!("cannot turn truncation off: {e}") })?;
         Ok(Tokenizer { inner, path: path.to_path_buf(), sha256: crate::integrity::sha256_bytes(&bytes), pad_id, chat: None })
     }
 
@@ -104,6 +112,7 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
             .collect::<Result<Vec<u32>>>(),
         _ => Err(missing(i)),
     };
+    let mut cut_before_specials = false;
     let (mut ids, first, mut targets) = if cols.token_ids && cols.text.is_some() {
         (token_ids(0)?, 0, None)
     } else if cols.token_ids {
@@ -140,7 +149,10 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
         let targets = (cols.positions == Positions::Assistant).then(|| assistant_mask(e.get_offsets(), &rendered.assistant));
         (e.get_ids().to_vec(), first, targets)
     } else if cols.text.is_some() {
-        (enc(get(0)?, true)?.get_ids().to_vec(), 0, None)
+        let (ids, cut) = encode_within(tok, get(0)?, cols.max_seq_len)
+            .map_err(|message| Error::Tokenizer { path: tok.path.clone(), message: format!("row {row}: {message}") })?;
+        cut_before_specials = cut;
+        (ids, 0, None)
     } else {
         let mut ids = enc(get(0)?, true)?.get_ids().to_vec();
         let m = ids.len();
@@ -148,12 +160,26 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
         let first = if cols.positions == Positions::Completion { m.saturating_sub(1) } else { 0 };
         (ids, first, None)
     };
-    let truncated = ids.len() > cols.max_seq_len;
+    let truncated = cut_before_specials || ids.len() > cols.max_seq_len;
     ids.truncate(cols.max_seq_len);
     if let Some(t) = &mut targets {
         t.truncate(cols.max_seq_len);
     }
     Ok(Tokenized { ids, first_position: first, targets, truncated })
+}
+
+/// Encode `text` with the tokenizer's special tokens in at most `max_len` tokens, as
+/// transformers does with `truncation=True, max_length=max_len`: the text's own tokens are
+/// cut first, then the special tokens are added, so BERT's `[SEP]` survives a long row.
+/// Returns the ids and whether the text was cut.
+fn encode_within(tok: &Tokenizer, text: &str, max_len: usize) -> std::result::Result<(Vec<u32>, bool), String> {
+    let mut e = tok.inner.encode(text, false).map_err(|e| e.to_string())?;
+    let added = tok.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+    let keep = max_len.saturating_sub(added);
+    let cut = e.len() > keep;
+    e.truncate(keep, 0, tokenizers::TruncationDirection::Right);
+    let e = tok.inner.post_process(e, None, true).map_err(|e| e.to_string())?;
+    Ok((e.get_ids().to_vec(), cut))
 }
 
 /// For conversations, attach the chat template saved in `dir` (a cache or a run

@@ -113,3 +113,96 @@ proptest! {
         let _ = read_everything(t.path());
     }
 }
+
+/// A stamp as the seed cache's first shard carries it.
+fn seed_stamp() -> distill::cache::manifest::ShardStamp {
+    let (_, manifest, _) = seed_cache();
+    let m: Manifest = serde_json::from_slice(manifest).unwrap();
+    distill::cache::manifest::ShardStamp::of(&m, 0, m.shards[0].first_row, m.shards[0].rows)
+}
+
+/// A small Hugging Face decoder checkpoint directory: `config` and one f32 tensor of `n`
+/// values (the weights a forged config is held to).
+fn checkpoint_with(config: &serde_json::Value, n: usize) -> tempfile::TempDir {
+    let t = temp();
+    std::fs::write(t.path().join("config.json"), config.to_string()).unwrap();
+    let data: Vec<u8> = vec![0u8; n * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], &data).unwrap();
+    let bytes = safetensors::tensor::serialize([("model.embed_tokens.weight", view)], None).unwrap();
+    std::fs::write(t.path().join("model.safetensors"), bytes).unwrap();
+    t
+}
+
+/// Pieces a chat template is made of, loops and string growth among them.
+fn template_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..200_000).prop_map(|n| format!("{{% for i in range({n}) %}}")),
+        Just("{% endfor %}".to_string()),
+        Just("{{ i }}".to_string()),
+        (0u32..2_000_000).prop_map(|n| format!("{{{{ 'ab' * {n} }}}}")),
+        Just("{% for m in messages %}{{ m.content }}{% endfor %}".to_string()),
+        Just("{% generation %}".to_string()),
+        Just("{% endgeneration %}".to_string()),
+        "[a-z <>|]{0,12}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A shard's stamp as any bytes near a real one: parsing never panics, and a stamp is
+    /// taken as this shard's exactly when it equals the one the manifest implies.
+    #[test]
+    fn shard_stamps_are_compared_exactly(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)) {
+        let expected = seed_stamp();
+        let mut text = serde_json::to_vec(&expected).unwrap();
+        for (i, b) in flips {
+            let at = i.index(text.len());
+            text[at] = b;
+        }
+        if let Ok(stamp) = serde_json::from_slice::<distill::cache::manifest::ShardStamp>(&text) {
+            prop_assert_eq!(stamp.difference(&expected).is_none(), stamp == expected);
+        }
+    }
+
+    /// A Hugging Face `config.json` with any sizes (up to 10^12), beside weights of a few
+    /// values: reading and building the student ends in `Ok` or an error, never an abort
+    /// on an allocation the weights cannot back.
+    #[test]
+    fn config_json_sizes_are_held_to_the_weights(
+        model_type in prop_oneof![Just("llama"), Just("qwen2"), Just("qwen3"), Just("mistral"), Just("bert"), Just("distilbert")],
+        sizes in proptest::collection::vec(prop_oneof![1u64..64, 1u64..1_000_000_000_000], 6),
+    ) {
+        let config = serde_json::json!({
+            "model_type": model_type,
+            "vocab_size": sizes[0], "hidden_size": sizes[1], "dim": sizes[1],
+            "num_hidden_layers": sizes[2], "n_layers": sizes[2],
+            "num_attention_heads": sizes[3], "n_heads": sizes[3], "num_key_value_heads": sizes[3],
+            "intermediate_size": sizes[4], "hidden_dim": sizes[4],
+            "max_position_embeddings": sizes[5],
+        });
+        let dir = checkpoint_with(&config, 64);
+        let device = burn::tensor::Device::flex();
+        let _ = distill::student::hf::read_checkpoint(dir.path()).and_then(|ck| distill::student::hf::load_student(ck, &device));
+    }
+
+}
+
+proptest! {
+    // A runaway template spends its whole budget (~0.2 s) before it is refused: a tenth of
+    // the cases of the other properties.
+    #![proptest_config(ProptestConfig { cases: (cases() / 10).max(10), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Any template made of loops, repetitions and text renders or is refused; what it
+    /// renders stays within the output limit.
+    #[test]
+    fn chat_templates_stay_within_their_limits(pieces in proptest::collection::vec(template_piece(), 0..8)) {
+        let saved = distill::chat::SavedTemplate { template: pieces.concat(), tokens: Default::default() };
+        if let Ok(t) = distill::chat::ChatTemplate::new(saved, "fuzz.jinja".into()) {
+            let msgs = serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]);
+            if let Ok(r) = t.render(&msgs, false) {
+                prop_assert!(r.text.len() <= distill::chat::TEMPLATE_OUTPUT_BYTES);
+            }
+        }
+    }
+}

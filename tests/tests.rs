@@ -16,3 +16,4 @@ mod sharding;
 mod silent;
 mod snapshots;
 mod train_student;
+mod trust;

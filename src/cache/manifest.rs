@@ -51,6 +51,12 @@ pub struct HiddenStateInfo {
 /// Version of the shard schema and manifest layout. Readers refuse other versions.
 pub const SCHEMA_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The most shards one cache may have: bounds what a dataset's row count (its Parquet
+/// footer's claim) can make a run plan, and what a manifest may list.
+pub const MAX_SHARDS: u64 = 1_000_000;
+/// The largest vocabulary (or class count) a manifest may declare: students are sized from
+/// it, so a forged one must not become an allocation.
+pub const MAX_VOCAB: usize = 1 << 24;
 /// Every manifest file name (complete, partial, part) starts with this.
 pub const MANIFEST_STEM: &str = "manifest";
 pub const PARTIAL_MANIFEST_FILE: &str = "manifest.partial.json";
@@ -151,7 +157,7 @@ pub struct GenerationInfo {
     /// 0: greedy.
     pub temperature: f32,
     pub top_p: f32,
-    pub samples_per_prompt: usize,
+    pub samples_per_prompt: u32,
     pub seed: u64,
     /// The ids that end a sequence.
     pub eos_ids: Vec<u32>,
@@ -353,7 +359,7 @@ impl Manifest {
 
     /// Read and validate one manifest file (complete or partial).
     pub fn read_file(path: &Path) -> Result<Manifest> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::untrusted::read(path, crate::untrusted::Cap::Manifest)?;
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::cache(path, format!("manifest is not valid: {e}")))?;
         let want = manifest.compute_checksum();
         if manifest.checksum != want {
@@ -377,11 +383,22 @@ impl Manifest {
         if self.schema_version != SCHEMA_VERSION {
             return bad(format!("schema_version {} is not supported (this distill reads {SCHEMA_VERSION})", self.schema_version));
         }
+        if self.vocab_size > MAX_VOCAB {
+            return bad(format!(
+                "vocab_size {} is over the limit of {MAX_VOCAB} (the largest real vocabularies are ~262k): a damaged or forged manifest",
+                self.vocab_size
+            ));
+        }
         if self.top_k == 0 || self.top_k > self.vocab_size {
             return bad(format!("top_k {} must be in 1..={} (vocab_size)", self.top_k, self.vocab_size));
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad(format!("temperature {} must be > 0", self.temperature));
+        }
+        if let Some(s) = &self.sampled
+            && s.exact_top.checked_add(s.draws) != Some(self.top_k)
+        {
+            return bad(format!("sampled soft labels of {} exact + {} drawn entries, but top_k is {}", s.exact_top, s.draws, self.top_k));
         }
         if let Some(part) = self.part {
             return self.validate_part(path, part);

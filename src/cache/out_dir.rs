@@ -158,7 +158,7 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
             // Probe writability before any work is done (under this process's own name: the
             // workers of a sharded capture probe one directory at once).
             let probe = out.join(format!("{WRITE_PROBE}.{}", std::process::id()));
-            std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
+            drop(crate::untrusted::create_fresh(&probe)?);
             std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
             Ok(OutState::Fresh)
         }

@@ -11,6 +11,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use crate::cache::manifest::{Manifest, ShardInfo, ShardStamp, sha256_bytes, sha256_file, shard_index};
 use crate::cache::schema::{self, LogprobEncoding};
 use crate::error::{Error, Result};
+use crate::untrusted::{self, Cap};
 
 /// Decoded soft labels of a run of cached positions.
 ///
@@ -49,21 +50,28 @@ pub struct CacheReader {
     manifest: Manifest,
     /// Which of the manifest's hidden states the shards' batches decode.
     decode_hidden: Vec<bool>,
+    /// A shared hold on the cache's lock while this reader (or a clone) lives.
+    _hold: Option<std::sync::Arc<crate::lock::DirLock>>,
 }
 
 impl CacheReader {
     /// Open `dir`: read and validate its manifest and check that every shard file is
     /// there with the size the manifest records (checksums: [`CacheReader::verify`]).
     pub fn open(dir: &Path) -> Result<CacheReader> {
+        let hold = crate::lock::read_hold(dir)?.map(std::sync::Arc::new);
         let manifest = Manifest::read(dir)?;
         let decode_hidden = vec![false; manifest.hidden_states.len()];
-        let reader = CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden };
+        let reader = CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden, _hold: hold };
         for shard in &reader.manifest.shards {
             let path = reader.shard_path(shard);
             let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::cache(&path, "shard listed in manifest.json is missing"),
                 _ => Error::io(&path, e),
             })?;
+            untrusted::inside(&reader.dir, &shard.file, "manifest.json")?;
+            if !meta.is_file() {
+                return Err(Error::cache(&path, "shard listed in manifest.json is not a regular file"));
+            }
             if meta.len() != shard.bytes {
                 return Err(Error::cache(
                     &path,
@@ -77,9 +85,10 @@ impl CacheReader {
     /// Open `dir` by its manifest alone: shards may still be arriving (a remote cache being
     /// fetched, see [`crate::store::Prefetcher`]); each is checked when it is read.
     pub fn open_lazy(dir: &Path) -> Result<CacheReader> {
+        let hold = crate::lock::read_hold(dir)?.map(std::sync::Arc::new);
         let manifest = Manifest::read(dir)?;
         let decode_hidden = vec![false; manifest.hidden_states.len()];
-        Ok(CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden })
+        Ok(CacheReader { dir: dir.to_path_buf(), manifest, decode_hidden, _hold: hold })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -107,7 +116,7 @@ impl CacheReader {
     /// Check every shard's SHA-256 against the manifest; the error names the first bad file.
     pub fn verify(&self, mut on_shard: impl FnMut(&ShardInfo)) -> Result<()> {
         for shard in &self.manifest.shards {
-            let path = self.shard_path(shard);
+            let path = untrusted::inside(&self.dir, &shard.file, "manifest.json")?;
             let sha = sha256_file(&path)?;
             if sha != shard.sha256 {
                 return Err(Error::cache(
@@ -115,7 +124,7 @@ impl CacheReader {
                     format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256),
                 ));
             }
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let (file, _) = untrusted::open(&path, Cap::Weights)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
             self.check_stamp(&path, shard, builder.metadata().file_metadata().key_value_metadata())?;
             on_shard(shard);
@@ -150,14 +159,15 @@ impl CacheReader {
     /// The shard is read into memory once and its SHA-256 checked against the manifest
     /// before anything is decoded, so a corrupted shard is refused by name, never half-used.
     pub fn read_shard(&self, shard: &ShardInfo, batch_positions: usize) -> Result<ShardBatches> {
-        let path = self.shard_path(shard);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        if bytes.len() as u64 != shard.bytes {
+        let path = untrusted::inside(&self.dir, &shard.file, "manifest.json")?;
+        let (_, len) = untrusted::open(&path, Cap::Weights)?;
+        if len != shard.bytes {
             return Err(Error::cache(
                 &path,
-                format!("shard is {} bytes but manifest.json records {} (truncated or replaced)", bytes.len(), shard.bytes),
+                format!("shard is {len} bytes but manifest.json records {} (truncated or replaced)", shard.bytes),
             ));
         }
+        let bytes = untrusted::read(&path, Cap::Weights)?;
         let sha = sha256_bytes(&bytes);
         if sha != shard.sha256 {
             return Err(Error::cache(&path, format!("checksum mismatch: file has sha256 {sha}, manifest.json records {}", shard.sha256)));

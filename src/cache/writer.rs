@@ -170,7 +170,7 @@ impl ShardBuilder {
         let file = shard_file_name(index);
         let path = dir.join(&file);
         let tmp = temporary_name(&path);
-        let out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let out = crate::untrusted::create_fresh(&tmp)?;
         let sink = HashingWriter { inner: std::io::BufWriter::with_capacity(1 << 20, out), hasher: Sha256::new(), bytes: 0 };
         let mut props = writer_properties(self.encoding, self.step);
         let stamp_json = serde_json::to_string(stamp).expect("a stamp serialises");

@@ -396,6 +396,12 @@ impl CacheSettings {
                 } else {
                     (0, s.strip_prefix("sampled:").and_then(count).ok_or_else(|| bad(s))?)
                 };
+                if exact_top.checked_add(draws).is_none_or(|n| n > crate::cache::manifest::MAX_VOCAB) {
+                    return Err(Error::Config(format!(
+                        "cache.soft_labels `{s}`: K + N must be at most {} (entries per position)",
+                        crate::cache::manifest::MAX_VOCAB
+                    )));
+                }
                 if self.top_k.is_some() {
                     return Err(Error::Config(
                         "cache.top_k does not apply to sampled soft labels: each position holds the exact top K and the N drawn ids".into(),

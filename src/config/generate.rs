@@ -67,7 +67,7 @@ pub struct GenerateSettings {
     pub top_p: Option<f32>,
     /// Completions per prompt [default: 1].
     #[arg(long, value_name = "S")]
-    pub samples_per_prompt: Option<usize>,
+    pub samples_per_prompt: Option<u32>,
     /// Seed of the draws: they depend on it, the row, the sample and the step only [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -133,7 +133,7 @@ pub struct GenerateConfig {
     /// 0: greedy (the most probable token, the lowest id on ties).
     pub temperature: f32,
     pub top_p: f32,
-    pub samples: usize,
+    pub samples: u32,
     pub seed: u64,
     pub batch_size: usize,
     pub max_seq_len: usize,
@@ -207,7 +207,7 @@ impl GenerateSettings {
             max_new_tokens: at_least_one("max_new_tokens", self.max_new_tokens.unwrap_or(defaults::MAX_NEW_TOKENS))?,
             temperature,
             top_p,
-            samples: at_least_one("samples_per_prompt", self.samples_per_prompt.unwrap_or(1))?,
+            samples: at_least_one("samples_per_prompt", self.samples_per_prompt.unwrap_or(1) as usize)? as u32,
             seed: self.seed.unwrap_or(0),
             batch_size: at_least_one("batch_size", self.batch_size.unwrap_or(defaults::BATCH_SIZE))?,
             max_seq_len,

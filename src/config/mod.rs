@@ -109,7 +109,10 @@ pub struct PipelineFile {
 impl PipelineFile {
     /// Parse a pipeline file; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> Result<PipelineFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::untrusted::read_to_string(path, crate::untrusted::Cap::Settings)?;
+        let raw: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
+        check_values(&raw, "").map_err(|message| Error::PipelineFile { path: path.to_path_buf(), message })?;
         let mut file: PipelineFile =
             toml::from_str(&text).map_err(|e| Error::PipelineFile { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -156,9 +159,54 @@ impl PipelineFile {
     }
 }
 
+/// The keys of a pipeline file that name files or directories.
+const PATH_KEYS: [&str; 6] = ["teacher", "tokenizer", "data", "out", "cache", "chat_template"];
+
+/// Values the typed settings cannot tell from a real choice, refused as written: a number
+/// that is NaN or infinite (settings pass through JSON, where it would become "unset" and
+/// so the default), and an empty path (it would resolve to the pipeline's own directory).
+fn check_values(table: &toml::Table, at: &str) -> std::result::Result<(), String> {
+    for (key, value) in table {
+        let name = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+        match value {
+            toml::Value::Float(x) if !x.is_finite() => return Err(format!("`{name} = {x}` is not a finite number")),
+            toml::Value::String(s) if s.trim().is_empty() && PATH_KEYS.contains(&key.as_str()) => {
+                return Err(format!("`{name}` is empty: give a file or directory"));
+            }
+            toml::Value::Table(t) => check_values(t, &name)?,
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(t) = item {
+                        check_values(t, &name)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NaN and infinite numbers and empty paths in a pipeline file are refused by name.
+    #[test]
+    fn pipeline_values_that_would_become_defaults_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p.toml");
+        for (body, want) in [
+            ("[cache]\ntemperature = nan\n", "`cache.temperature = NaN` is not a finite number"),
+            ("[train]\nlr = inf\n", "`train.lr = inf` is not a finite number"),
+            ("[train]\nalpha = -inf\n", "`train.alpha = -inf` is not a finite number"),
+            ("[train]\nout = \"\"\n", "`train.out` is empty"),
+        ] {
+            std::fs::write(&p, body).unwrap();
+            let e = PipelineFile::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+    }
 
     fn base() -> CacheSettings {
         CacheSettings { teacher: Some("t.onnx".into()), data: Some("d.jsonl".into()), out: Some("o".into()), ..Default::default() }

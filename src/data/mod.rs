@@ -298,7 +298,7 @@ fn count_file_rows(path: &Path) -> Result<u64> {
 }
 
 fn open(path: &Path) -> Result<std::fs::File> {
-    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+    Ok(crate::untrusted::open(path, crate::untrusted::Cap::Weights)?.0)
 }
 
 /// Stream the rows of a dataset (a file, a directory or a glob; see [`resolve`]), one

@@ -26,9 +26,22 @@ pub(super) fn holds_lists(path: &Path, name: &str) -> Result<bool> {
     Ok(builder(path)?.schema().field_with_name(name).is_ok_and(|f| matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_))))
 }
 
-/// Rows, from the footer.
+/// Rows, from the footer; its row count must be the sum of its row groups'.
 pub(super) fn count(path: &Path) -> Result<u64> {
-    Ok(builder(path)?.metadata().file_metadata().num_rows().max(0) as u64)
+    let b = builder(path)?;
+    let meta = b.metadata();
+    let claimed = meta.file_metadata().num_rows();
+    let groups = meta.row_groups().iter().try_fold(0u64, |sum, g| u64::try_from(g.num_rows()).ok().and_then(|n| sum.checked_add(n)));
+    match (u64::try_from(claimed), groups) {
+        (Ok(n), Some(sum)) if n == sum => Ok(n),
+        _ => Err(Error::data(
+            path,
+            format!(
+                "the Parquet footer says {claimed} rows but its row groups hold {} (a damaged or forged footer)",
+                groups.map_or("a count that does not add up".into(), |s| s.to_string())
+            ),
+        )),
+    }
 }
 
 /// The rows of `columns` from row `first` on (rows keep their index in the file).

@@ -38,6 +38,10 @@ pub struct EvalReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_to_teacher: Option<f64>,
     pub positions: u64,
+    /// What the user should know about the student that was scored (e.g. a classification
+    /// head the checkpoint did not have, so it is untrained).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The teacher's soft label at one (row, position) of a cache.
@@ -126,7 +130,18 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &Pr
             }
         }
     }
-    Ok(tally.report(st.spec.task))
+    if tally.n == 0 {
+        return Err(Error::data(
+            data,
+            format!(
+                "{} rows but no position to score (every row too short after --max-seq-len {}, or none labelled): \
+                 a score over nothing would read as perfect",
+                rows.len(),
+                opts.max_seq_len
+            ),
+        ));
+    }
+    Ok(EvalReport { notes: st.notes, ..tally.report(st.spec.task) })
 }
 
 /// The student inputs of some prepared rows.
@@ -274,15 +289,21 @@ struct Ready {
     /// A run directory's architecture (a checkpoint's rows are not checked against it).
     arch: Option<StudentArch>,
     output_vocab: Option<usize>,
+    /// Notes from loading a Hugging Face checkpoint (weights it lacked, ties).
+    notes: Vec<String>,
 }
 
 /// A train-student run directory: `student.json`, `student.bpk` and the tokenizer.
 fn load_run(dir: &Path, device: &Device) -> Result<Ready> {
     let sf_path = dir.join("student.json");
-    let sf: StudentFile = serde_json::from_slice(&std::fs::read(&sf_path).map_err(|e| Error::io(&sf_path, e))?)
+    let sf: StudentFile = serde_json::from_slice(&crate::untrusted::read(&sf_path, crate::untrusted::Cap::Settings)?)
         .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
+    let weights = dir.join("student.bpk");
+    let (_, bytes) = crate::untrusted::open(&weights, crate::untrusted::Cap::Weights)?;
+    // Weights are stored as f32 (2 bytes per value would be the least any precision takes).
+    sf.arch.check_against_weights(u128::from(bytes / 2), &sf_path)?;
     let mut model = sf.arch.init(device);
-    student::load_burnpack(&mut model, &dir.join("student.bpk"))?;
+    student::load_burnpack(&mut model, &weights)?;
     let tok = match &sf.data.text {
         Some(text) => {
             let mut tok = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
@@ -291,7 +312,7 @@ fn load_run(dir: &Path, device: &Device) -> Result<Ready> {
         }
         None => None,
     };
-    Ok(Ready { model, spec: sf.data, tok, arch: Some(sf.arch), output_vocab: sf.output_vocab })
+    Ok(Ready { model, spec: sf.data, tok, arch: Some(sf.arch), output_vocab: sf.output_vocab, notes: Vec::new() })
 }
 
 /// A Hugging Face checkpoint directory, reading `opts.text_column` with its tokenizer.
@@ -307,7 +328,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         _ => (Task::Classification, CachedPositions::Example),
     };
     let arch = ck.arch.clone();
-    let (model, _) = hf::load_student(ck, device)?;
+    let (model, notes) = hf::load_student(ck, device)?;
     let text = TextColumns {
         text: Some(opts.text_column.clone()),
         prompt: None,
@@ -320,7 +341,7 @@ fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result
         max_seq_len: opts.max_seq_len,
     };
     let spec = DataSpec { task, features: Vec::new(), label_column: None, text: Some(text), tokenizer_sha256: None };
-    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: Some(arch), output_vocab: None })
+    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: Some(arch), output_vocab: None, notes })
 }
 
 /// A Hugging Face checkpoint read as a cache of the evaluation data reads its rows: the
@@ -354,8 +375,8 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
     }
     let output_vocab = (ck.arch.vocab() > m.vocab_size && m.task == Task::CausalLm).then_some(m.vocab_size);
     let arch = ck.arch.clone();
-    let (model, _) = hf::load_student(ck, device)?;
-    Ok(Ready { model, spec: DataSpec::of(&m), tok, arch: Some(arch), output_vocab })
+    let (model, notes) = hf::load_student(ck, device)?;
+    Ok(Ready { model, spec: DataSpec::of(&m), tok, arch: Some(arch), output_vocab, notes })
 }
 
 /// A student trained on token ids (`distill generate`'s data) reads text data as the
@@ -432,6 +453,9 @@ pub fn teacher_metrics(cache: &Path) -> Result<EvalReport> {
             }
         }
     }
+    if n == 0 {
+        return Err(Error::cache(reader.dir(), "no cached position has a hard label to score the teacher on"));
+    }
     let sampled = m.sampled.is_some(); // entries are draws: ids[0] is not the teacher's top-1
     let mut r =
         EvalReport { positions: n, top1_agreement: (!sampled).then_some(1.0), nll: Some(nll / n.max(1) as f64), ..Default::default() };
@@ -464,7 +488,9 @@ impl Default for PredictOptions {
 /// over `data` and write its raw logits as JSONL to `out`: per row
 /// `{"row", "tokens", "logits"}` with logits `[classes]` (classifier) or
 /// `[len, vocab]` (LM, every position). Returns the number of rows written.
-pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<u64> {
+/// Returns the rows written and the notes from loading the student.
+pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<(u64, Vec<String>)> {
+    crate::untrusted::refuse_overlap(("--out", out), &[("--data", data), ("--student", student_dir)])?;
     let device = Device::flex();
     let st = open_student(student_dir, opts, &device)?;
     let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
@@ -494,7 +520,7 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
         }
     }
     crate::cache::manifest::write_atomic(out, text.as_bytes())?;
-    Ok(rows.len() as u64)
+    Ok((rows.len() as u64, st.notes))
 }
 
 /// `[n, m]` tensor -> n rows.

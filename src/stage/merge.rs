@@ -178,7 +178,7 @@ fn copy_shards(out: &Path, shards: &[(PathBuf, manifest::ShardInfo)]) -> Result<
         }
         let dst = out.join(&s.file);
         if !same_file(&src, &dst) {
-            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            let bytes = crate::untrusted::read(&src, crate::untrusted::Cap::Weights)?;
             manifest::write_atomic(&dst, &bytes)?;
         }
     }
@@ -191,7 +191,7 @@ fn copy_side_files(out: &Path, parts: &[(PathBuf, Manifest)]) -> Result<()> {
         if let Some((dir, _)) = parts.iter().find(|(d, _)| d.join(file).exists()) {
             let src = dir.join(file);
             if !same_file(&src, &out.join(file)) {
-                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                let bytes = crate::untrusted::read(&src, crate::untrusted::Cap::Tokenizer)?;
                 manifest::write_atomic(&out.join(file), &bytes)?;
             }
         }

@@ -21,12 +21,14 @@ pub struct RunMetrics {
     pub kl: Vec<f64>,
     pub ce: Vec<f64>,
     pub lr: Vec<f64>,
+    /// Values not drawn: not finite, or beyond what an axis can span.
+    pub skipped: usize,
 }
 
 /// Read `run/metrics.csv` (the header names the columns).
 pub fn read_metrics(run: &Path) -> Result<RunMetrics> {
     let path = run.join("metrics.csv");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::untrusted::read_to_string(&path, crate::untrusted::Cap::Log)?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
     let col = |name: &str| {
@@ -46,11 +48,18 @@ pub fn read_metrics(run: &Path) -> Result<RunMetrics> {
                 .and_then(|f| f.trim().parse::<f64>().ok())
                 .ok_or_else(|| Error::data(&path, format!("line {}: column `{}` is not a number", i + 2, header[c])))
         };
-        m.step.push(num(step)?);
-        m.loss.push(num(loss)?);
-        m.kl.push(num(kl)?);
-        m.ce.push(num(ce)?);
-        m.lr.push(num(lr)?);
+        let at = num(step)?;
+        if !(0.0..=MAX_STEP).contains(&at) {
+            m.skipped += 5;
+            continue;
+        }
+        m.step.push(at);
+        for (c, column) in [(loss, &mut m.loss), (kl, &mut m.kl), (ce, &mut m.ce), (lr, &mut m.lr)] {
+            let v = num(c)?;
+            let drawable = v.is_finite() && v.abs() <= MAX_VALUE;
+            m.skipped += usize::from(!drawable);
+            column.push(if drawable { v } else { f64::NAN });
+        }
     }
     if m.step.is_empty() {
         return Err(Error::data(&path, "holds no steps"));
@@ -58,14 +67,24 @@ pub fn read_metrics(run: &Path) -> Result<RunMetrics> {
     Ok(m)
 }
 
-/// Draw the report for `runs` (and the cache statistics, if given) into `out` (SVG).
-pub fn report(runs: &[PathBuf], cache: Option<&CacheStats>, out: &Path) -> Result<()> {
+/// The largest step drawn (a step past it, or not a number, drops its line).
+const MAX_STEP: f64 = 1e15;
+/// The largest magnitude drawn: an axis over values beyond it would overflow its range.
+const MAX_VALUE: f64 = 1e100;
+
+/// Draw the report for `runs` (and the cache statistics, if given) into `out` (SVG);
+/// returns how many values were not drawn (not finite, or beyond what an axis can span).
+pub fn report(runs: &[PathBuf], cache: Option<&CacheStats>, out: &Path) -> Result<usize> {
+    let inputs: Vec<PathBuf> = runs.iter().map(|r| r.join("metrics.csv")).collect();
+    let named: Vec<(&str, &Path)> = inputs.iter().map(|p| ("the run's", p.as_path())).collect();
+    crate::untrusted::refuse_overlap(("--out", out), &named)?;
     let metrics = runs.iter().map(|r| read_metrics(r)).collect::<Result<Vec<_>>>()?;
     let draw_err = |e: String| Error::io(out, std::io::Error::other(format!("cannot draw the report: {e}")));
     let rows = if cache.is_some() { 3 } else { 2 };
     let mut svg = String::new();
     draw(&mut svg, &metrics, cache, rows).map_err(draw_err)?;
-    crate::integrity::write_atomic(out, svg.as_bytes())
+    crate::integrity::write_atomic(out, svg.as_bytes())?;
+    Ok(metrics.iter().map(|m| m.skipped).sum())
 }
 
 /// Draw the panels into `svg`.

@@ -414,6 +414,65 @@ impl StudentArch {
         }
     }
 
+    /// A lower bound on the parameters [`StudentArch::init`] allocates, counting only
+    /// tensors every checkpoint of the architecture holds (embeddings, the feed-forward and
+    /// query projections); `None` if it overflows. What a config from someone else claims
+    /// is compared with the weights that came with it before anything is allocated.
+    pub fn min_params(&self) -> Option<u128> {
+        let m = |a: usize, b: usize| (a as u128).checked_mul(b as u128);
+        match self {
+            StudentArch::Mlp(c) => {
+                let widths = std::iter::once(c.input).chain(c.hidden.iter().copied()).chain([c.classes]);
+                widths.clone().zip(widths.skip(1)).try_fold(0u128, |sum, (a, b)| sum.checked_add(m(a, b)?))
+            }
+            StudentArch::Encoder(c) => {
+                let per_layer = m(c.d_model, c.d_ff)?.checked_mul(2)?.checked_add(m(c.d_model, c.d_model)?)?;
+                m(c.vocab_size, c.d_model)?
+                    .checked_add(m(c.max_positions, c.d_model)?)?
+                    .checked_add(per_layer.checked_mul(c.layers as u128)?)
+            }
+            StudentArch::Decoder(c) => {
+                let head_dim = c.head_dim.unwrap_or(c.d_model / c.heads.max(1));
+                let query = m(c.heads, head_dim)?.checked_mul(c.d_model as u128)?;
+                let per_layer = m(c.d_model, c.d_ff)?.checked_mul(3)?.checked_add(query)?;
+                m(c.vocab_size, c.d_model)?.checked_add(per_layer.checked_mul(c.layers as u128)?)
+            }
+        }
+    }
+
+    /// Refuse an architecture whose parameters could not come from `held` stored values
+    /// (the element count of the weights `source` holds): a `config.json` or `student.json`
+    /// that claims a vocabulary of 10^12 or a billion layers is refused here, naming the
+    /// claim, instead of aborting on the allocation.
+    pub fn check_against_weights(&self, held: u128, source: &Path) -> Result<()> {
+        match self.min_params() {
+            Some(n) if n <= held => Ok(()),
+            claimed => Err(Error::Config(format!(
+                "{}: the {} architecture it describes has at least {} parameters, but its weights hold {held} values:                  the config does not describe these weights ({})",
+                source.display(),
+                self.kind_name(),
+                claimed.map_or("more than 2^128".into(), |n| n.to_string()),
+                self.describe_size()
+            ))),
+        }
+    }
+
+    fn describe_size(&self) -> String {
+        match self {
+            StudentArch::Mlp(c) => format!("input {}, hidden {:?}, classes {}", c.input, c.hidden, c.classes),
+            StudentArch::Encoder(c) => format!(
+                "vocab_size {}, hidden {}, layers {}, intermediate {}, max_positions {}",
+                c.vocab_size, c.d_model, c.layers, c.d_ff, c.max_positions
+            ),
+            StudentArch::Decoder(c) => {
+                format!(
+                    "vocab_size {}, hidden {}, layers {}, heads {}, intermediate {}",
+                    c.vocab_size, c.d_model, c.layers, c.heads, c.d_ff
+                )
+            }
+        }
+    }
+
     pub fn init(&self, device: &Device) -> Student {
         match self {
             StudentArch::Mlp(c) => Student::Mlp(c.init(device)),
@@ -426,7 +485,7 @@ impl StudentArch {
 /// Save weights in Burn's format (`.bpk`), keeping parameter ids for resuming.
 pub fn save_burnpack<M: ModuleSnapshot>(student: &M, path: &Path) -> Result<()> {
     let mut store = BurnpackStore::from_file(path).overwrite(true).auto_extension(false);
-    student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
+    student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }
 
 /// Load weights saved by [`save_burnpack`] into `student` (shapes are checked).
@@ -435,13 +494,35 @@ pub fn load_burnpack<M: ModuleSnapshot>(student: &mut M, path: &Path) -> Result<
     student
         .load_from(&mut store)
         .map(|_| ())
-        .map_err(|e| Error::io(path, std::io::Error::other(format!("cannot load student weights: {e:?}"))))
+        .map_err(|e| Error::io(path, std::io::Error::other(format!("cannot load student weights: {e}"))))
 }
 
-/// Save weights as safetensors.
+/// Save weights as safetensors: the same weights give the same bytes (the header's metadata
+/// in key order), written atomically with the usual file mode.
 pub fn save_safetensors(student: &Student, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path).overwrite(true);
-    student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
+    let mut store = SafetensorsStore::from_bytes(None);
+    student.save_into(&mut store).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+    let bytes = store.get_bytes().map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+    crate::integrity::write_atomic(path, &metadata_in_key_order(bytes))
+}
+
+/// A safetensors file with its header's `__metadata__` keys sorted (writers fill it from a
+/// hash map, so its order changes from run to run). The header keeps its length; a header
+/// that would not is left as it is.
+fn metadata_in_key_order(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return bytes };
+    let Some(header) = bytes.get(8..8usize.saturating_add(n)) else { return bytes };
+    let Ok(serde_json::Value::Object(mut top)) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    if let Some(serde_json::Value::Object(meta)) = top.get_mut("__metadata__") {
+        let mut entries: Vec<(String, serde_json::Value)> = std::mem::take(meta).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        meta.extend(entries);
+    }
+    let text = serde_json::Value::Object(top).to_string();
+    if text.len() == header.trim_ascii_end().len() {
+        bytes[8..8 + text.len()].copy_from_slice(text.as_bytes());
+    }
+    bytes
 }
 
 #[cfg(test)]

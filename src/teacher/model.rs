@@ -263,10 +263,11 @@ impl Teacher {
                 }
             }
         }
-        let session =
-            session_builder.commit_from_file(path).map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
+        // The graph and its external data are checked and hashed before ONNX Runtime reads them.
         let sha256 = sha256_file(path)?;
         let external_data = hash_external_data(path)?;
+        let session =
+            session_builder.commit_from_file(path).map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
 
         let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
         let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
@@ -404,7 +405,7 @@ impl Teacher {
     pub fn compute_soft_labels_in_graph(&mut self, k: usize, temperature: f32, selectable: usize) -> Result<()> {
         use super::ingraph;
         let path = self.path.clone();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Weights)?;
         match ingraph::default_opset(&bytes) {
             Some(v) if v >= ingraph::MIN_OPSET => {}
             found => {
@@ -841,14 +842,19 @@ pub fn last_position_only(output: &str, shape: &[i64]) -> String {
     )
 }
 
-/// Hash every external-data file the graph at `path` names (relative to its directory).
+/// Hash every external-data file the graph at `path` names. Each must follow ONNX Runtime's
+/// rules (a relative path inside the model's directory, a regular file), whether the graph
+/// uses the tensor or not: an unused tensor pointing at `/dev/zero` or at a file outside
+/// would otherwise hang the hash or publish that file's hash in the manifest.
 fn hash_external_data(path: &Path) -> Result<Vec<ExternalDataInfo>> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = crate::integrity::parent_dir(path);
     let mut out = Vec::new();
-    for location in super::onnx_file::external_data_locations(path)? {
-        let file = dir.join(&location);
-        let bytes = std::fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();
-        out.push(ExternalDataInfo { file: location, bytes, sha256: sha256_file(&file)? });
+    for ext in super::onnx_file::external_data_locations(path)? {
+        let what = format!("the external data of tensor `{}`", ext.tensor);
+        let file = crate::untrusted::inside(dir, &ext.location, &what).map_err(|e| Error::teacher(path, e.to_string()))?;
+        let (_, bytes) =
+            crate::untrusted::open(&file, crate::untrusted::Cap::Weights).map_err(|e| Error::teacher(path, format!("{what}: {e}")))?;
+        out.push(ExternalDataInfo { file: ext.location, bytes, sha256: sha256_file(&file)? });
     }
     Ok(out)
 }

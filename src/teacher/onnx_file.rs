@@ -52,11 +52,21 @@ impl Message {
     }
 }
 
+/// A tensor's weights kept in another file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalData {
+    /// The tensor's name (empty where the file gives none).
+    pub tensor: String,
+    /// The file, as written in the model (ONNX Runtime reads it relative to the model's
+    /// directory).
+    pub location: String,
+}
+
 /// The external-data locations the tensors of the model at `path` name, each once, in the
-/// order first seen (paths relative to the model's directory, as written in the file).
-pub fn external_data_locations(path: &Path) -> Result<Vec<String>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+/// order first seen, with the first tensor that names each. Every tensor counts, used by the
+/// graph or not.
+pub fn external_data_locations(path: &Path) -> Result<Vec<ExternalData>> {
+    let (file, len) = crate::untrusted::open(path, crate::untrusted::Cap::Weights)?;
     let mut walker = Walker { input: BufReader::with_capacity(1 << 16, file), at: 0, locations: Vec::new() };
     walker.message(Message::Model, len, 0).map_err(|m| Error::teacher(path, format!("not a readable ONNX protobuf ({m})")))?;
     Ok(walker.locations)
@@ -66,7 +76,7 @@ struct Walker<R> {
     input: BufReader<R>,
     /// Byte offset of the next byte `input` returns.
     at: u64,
-    locations: Vec<String>,
+    locations: Vec<ExternalData>,
 }
 
 /// Protobuf nesting deeper than this is refused (subgraphs nest a few levels in practice).
@@ -106,12 +116,14 @@ impl<R: Read + Seek> Walker<R> {
         Ok(buf)
     }
 
-    /// Walk the fields of one `kind` message up to byte `end`.
-    fn message(&mut self, kind: Message, end: u64, depth: usize) -> std::result::Result<(), String> {
+    /// Walk the fields of one `kind` message up to byte `end`; an `Entry` returns its
+    /// location, if it is one.
+    fn message(&mut self, kind: Message, end: u64, depth: usize) -> std::result::Result<Option<String>, String> {
         if depth > MAX_DEPTH {
             return Err(format!("messages nest deeper than {MAX_DEPTH} levels"));
         }
         let (mut key, mut value) = (None::<Vec<u8>>, None::<Vec<u8>>);
+        let (mut name, mut locations) = (None::<Vec<u8>>, Vec::new());
         while self.at < end {
             let tag = self.varint()?;
             let (number, wire) = (tag >> 3, tag & 7);
@@ -131,7 +143,8 @@ impl<R: Read + Seek> Walker<R> {
                     match (kind, number, kind.child(number)) {
                         (Message::Entry, 1, _) => key = Some(self.bytes(len)?),
                         (Message::Entry, 2, _) => value = Some(self.bytes(len)?),
-                        (_, _, Some(child)) => self.message(child, field_end, depth + 1)?,
+                        (Message::Tensor, 8, _) => name = Some(self.bytes(len)?),
+                        (_, _, Some(child)) => locations.extend(self.message(child, field_end, depth + 1)?),
                         _ => self.skip(len)?,
                     }
                 }
@@ -144,12 +157,17 @@ impl<R: Read + Seek> Walker<R> {
         if let (Message::Entry, Some(k), Some(v)) = (kind, key, value)
             && k == b"location"
         {
-            let location = String::from_utf8(v).map_err(|_| "an external-data location is not UTF-8".to_string())?;
-            if !self.locations.contains(&location) {
-                self.locations.push(location);
+            return String::from_utf8(v).map(Some).map_err(|_| "an external-data location is not UTF-8".to_string());
+        }
+        if let Message::Tensor = kind {
+            let tensor = String::from_utf8_lossy(&name.unwrap_or_default()).into_owned();
+            for location in locations {
+                if !self.locations.iter().any(|e| e.location == location) {
+                    self.locations.push(ExternalData { tensor: tensor.clone(), location });
+                }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -197,7 +215,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.onnx");
         std::fs::write(&p, &model).unwrap();
-        assert_eq!(external_data_locations(&p).unwrap(), vec!["sub.bin".to_string(), "model.onnx_data".to_string()]);
+        let found: Vec<(String, String)> = external_data_locations(&p).unwrap().into_iter().map(|e| (e.tensor, e.location)).collect();
+        assert_eq!(found, [("w".to_string(), "sub.bin".to_string()), ("w".to_string(), "model.onnx_data".to_string())]);
         // A model without external data names none; a cut file is an error, not a silence.
         std::fs::write(&p, [vec![1 << 3, 8], field(7, &field(5, &embedded))].concat()).unwrap();
         assert!(external_data_locations(&p).unwrap().is_empty());

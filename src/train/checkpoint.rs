@@ -35,16 +35,10 @@ pub(super) struct At {
 pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_json: &[u8]) -> Result<Option<CheckpointState>> {
     let pointer = out.join("checkpoint.json");
     if resume && pointer.exists() {
-        let s: CheckpointState = serde_json::from_slice(&std::fs::read(&pointer).map_err(|e| Error::io(&pointer, e))?)
+        let s: CheckpointState = serde_json::from_slice(&crate::untrusted::read(&pointer, crate::untrusted::Cap::Settings)?)
             .map_err(|e| Error::Config(format!("{}: not a checkpoint pointer: {e}", pointer.display())))?;
         if s.config_sha256 != config_sha {
-            let old = std::fs::read(out.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let new = serde_json::from_slice(config_json).ok();
-            let what = match (old, new) {
-                (Some(old), Some(new)) => settings_difference(&old, &new),
-                _ => Vec::new(),
-            };
-            let what = if what.is_empty() { "config.json differs".to_string() } else { what.join(", ") };
+            let what = difference_from_run(out, config_json).unwrap_or_else(|| "config.json differs".into());
             return Err(Error::Config(format!(
                 "{}: the checkpoint was made with other settings ({what}); resume with the same settings \
                  (a default that changed between versions counts: give the old value explicitly)",
@@ -53,6 +47,18 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_js
         }
         return Ok(Some(s));
     }
+    if resume
+        && out.join("config.json").exists()
+        && let Some(what) = difference_from_run(out, config_json)
+    {
+        // Killed before its first checkpoint: nothing to resume, but --resume still means
+        // "the run that is there", so other settings are refused as they would be later.
+        return Err(Error::Config(format!(
+            "{}: the run there stopped before its first checkpoint and was started with other settings ({what}); \
+             rerun with its settings, or choose another --out",
+            out.display()
+        )));
+    }
     if !resume && out.join("config.json").exists() {
         return Err(Error::Config(format!(
             "{} already holds a training run; pass --resume to continue it or choose another --out",
@@ -60,6 +66,22 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_js
         )));
     }
     Ok(None)
+}
+
+/// How the run config `config_json` differs from the `config.json` in `out`; `None` when
+/// they agree (the command line aside). A config.json that cannot be read counts as differing.
+fn difference_from_run(out: &Path, config_json: &[u8]) -> Option<String> {
+    let old: Option<serde_json::Value> = crate::untrusted::read(&out.join("config.json"), crate::untrusted::Cap::Settings)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let new: Option<serde_json::Value> = serde_json::from_slice(config_json).ok();
+    match (old, new) {
+        (Some(old), Some(new)) => {
+            let what = settings_difference(&old, &new);
+            (!what.is_empty()).then(|| what.join(", "))
+        }
+        _ => Some("config.json cannot be read".into()),
+    }
 }
 
 /// The settings that differ between two run configs (`config.json`), as `path: old -> new`
@@ -102,7 +124,7 @@ pub(super) fn load_hidden(out: &Path, s: &CheckpointState, maps: &mut HiddenMaps
 }
 
 fn load_optim(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
-    optim.load(path).map_err(|e| Error::io(path, std::io::Error::other(format!("{e:?}"))))
+    optim.load(path).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }
 
 /// The files of a checkpoint's hidden-state maps and their optimizer state.
@@ -123,7 +145,7 @@ pub(super) fn save(
     let dir = out.join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let save_optim =
-        |o: &ModuleOptimizer, f: &str| o.save(dir.join(f)).map_err(|e| Error::io(dir.join(f), std::io::Error::other(format!("{e:?}"))));
+        |o: &ModuleOptimizer, f: &str| o.save(dir.join(f)).map_err(|e| Error::io(dir.join(f), std::io::Error::other(e.to_string())));
     student::save_burnpack(model, &dir.join("model.bpk"))?;
     save_optim(optim, "optim.bpk")?;
     let mut files = vec!["model.bpk", "optim.bpk"];

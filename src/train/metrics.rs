@@ -33,7 +33,7 @@ impl Metrics {
     /// With `hidden`, a last column holds the hidden-state term.
     pub fn open(out: &Path, resumed_at: Option<usize>, hidden: bool) -> Result<Metrics> {
         let path = out.join("metrics.csv");
-        let kept = match (std::fs::read_to_string(&path), resumed_at) {
+        let kept = match (crate::untrusted::read_to_string(&path, crate::untrusted::Cap::Log), resumed_at) {
             (Ok(text), Some(step)) => text
                 .lines()
                 .filter(|l| l.starts_with("step") || l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= step))

@@ -75,11 +75,28 @@ pub struct TrainSummary {
     pub notes: Vec<String>,
 }
 
+/// The run directory must not be, hold or lie inside the cache, the data, the tokenizer or
+/// a Hugging Face student it reads.
+fn refuse_out_over_inputs(cfg: &TrainConfig) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data", cfg.data.as_path())];
+    if !crate::store::is_url(&cfg.cache) {
+        inputs.push(("--cache", cfg.cache.as_path()));
+    }
+    if let Some(t) = &cfg.tokenizer {
+        inputs.push(("--tokenizer", t.as_path()));
+    }
+    if let crate::student::StudentSpec::Hf { path } = &cfg.student {
+        inputs.push(("--student", path.as_path()));
+    }
+    crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)
+}
+
 /// Where a trained encoder or decoder student is also written as a Hugging Face checkpoint.
 pub const HF_DIR: &str = "hf";
 
 /// Run stage two.
 pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    refuse_out_over_inputs(cfg)?;
     let opened = crate::store::open_for_reading(&cfg.cache)?;
     let (reader, train_t) = checks::check_cache(cfg, &opened.dir)?;
     // Every shard's checksum before the first step: a damaged cache is refused up front,
@@ -241,7 +258,7 @@ fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts:
 fn write_run_files(out: &Path, config_json: &[u8], tok: Option<&Tokenizer>) -> Result<()> {
     write_atomic(&out.join("config.json"), config_json)?;
     if let Some(t) = tok {
-        let bytes = std::fs::read(&t.path).map_err(|e| Error::io(&t.path, e))?;
+        let bytes = crate::untrusted::read(&t.path, crate::untrusted::Cap::Tokenizer)?;
         write_atomic(&out.join(TOKENIZER_FILE), &bytes)?;
         if let Some(chat) = &t.chat {
             chat.save(out)?;

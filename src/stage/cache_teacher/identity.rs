@@ -18,6 +18,18 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
     if dataset.rows == 0 {
         return Err(Error::data(&cfg.data, "has no rows: there is nothing to cache"));
     }
+    let shards = dataset.rows.div_ceil(cfg.rows_per_shard);
+    if shards > manifest::MAX_SHARDS {
+        return Err(Error::data(
+            &cfg.data,
+            format!(
+                "has {} rows: {shards} shards of --rows-per-shard {}, over the limit of {} shards per cache; raise --rows-per-shard",
+                dataset.rows,
+                cfg.rows_per_shard,
+                manifest::MAX_SHARDS
+            ),
+        ));
+    }
     let encoding = encoding_of(cfg.encoding);
     let hidden_states = hidden_states(cfg, inputs)?;
     let identity = identity(cfg, inputs, &dataset, &encoding, &hidden_states);

@@ -129,6 +129,9 @@ fn lock_out(out: &Path, part: Option<PartInfo>) -> Result<Vec<crate::lock::DirLo
 
 /// Stage one into a local directory; `held`: the caller holds its locks already.
 fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) -> Result<CacheSummary> {
+    let mut inputs = vec![("--data", cfg.data.as_path()), ("--teacher", cfg.teacher.as_path())];
+    inputs.extend(cfg.text.as_ref().map(|t| ("--tokenizer", t.tokenizer.as_path())));
+    crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)?;
     // Inputs first: nothing is created before the inputs are known to be usable.
     let mut inputs = Inputs::open(cfg, opts)?;
     let mut man = identity::new_manifest(cfg, opts, &inputs)?;
@@ -198,7 +201,7 @@ fn already_complete(out: &Path, existing: &Manifest, warnings: Vec<String>) -> C
 /// The tokenizer (and chat template) the cache was made with, beside its shards.
 fn copy_tokenizer(inputs: &Inputs, out: &Path) -> Result<()> {
     let Some(ts) = &inputs.tok else { return Ok(()) };
-    let bytes = std::fs::read(&ts.path).map_err(|e| Error::io(&ts.path, e))?;
+    let bytes = crate::untrusted::read(&ts.path, crate::untrusted::Cap::Tokenizer)?;
     manifest::write_atomic(&out.join(manifest::TOKENIZER_FILE), &bytes)?;
     if let Some(chat) = &ts.chat {
         chat.save(out)?;

@@ -61,6 +61,8 @@ pub struct GenerateSummary {
 
 /// Generate, cache the soft labels, write the dataset.
 pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSummary> {
+    let inputs = [("--data", cfg.data.as_path()), ("--teacher", cfg.teacher.as_path()), ("--tokenizer", cfg.tokenizer.as_path())];
+    crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)?;
     let started = Instant::now();
     let tok = load_tokenizer(cfg)?;
     let eos = end_ids(cfg, &tok)?;
@@ -85,7 +87,10 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         OutState::Partial(existing, _) => keep_shards_with_parts(cfg, &mut man, existing),
         OutState::Fresh => 0,
     };
-    manifest::write_atomic(&cache_dir.join(manifest::TOKENIZER_FILE), &std::fs::read(&tok.path).map_err(|e| Error::io(&tok.path, e))?)?;
+    manifest::write_atomic(
+        &cache_dir.join(manifest::TOKENIZER_FILE),
+        &crate::untrusted::read(&tok.path, crate::untrusted::Cap::Tokenizer)?,
+    )?;
     let parts = cfg.out.join(PARTS_DIR);
     std::fs::create_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
 
@@ -134,7 +139,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         }
     }
     progress.finish();
-    man.totals.truncated_rows = cut * cfg.samples as u64;
+    man.totals.truncated_rows = cut * u64::from(cfg.samples);
     let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
     Ok(GenerateSummary {
         dataset: cfg.out.join(GENERATED_FILE),
@@ -213,20 +218,15 @@ fn end_ids(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<u32>> {
         }
         return Ok(vec![id]);
     }
-    let json = |p: PathBuf| std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let beside = |file: &Path, name: &str| file.parent().unwrap_or(Path::new(".")).join(name);
-    if let Some(g) = json(beside(&cfg.teacher, "generation_config.json")) {
-        let ids: Vec<u32> = match &g["eos_token_id"] {
-            serde_json::Value::Number(n) => n.as_u64().into_iter().map(|v| v as u32).collect(),
-            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
-            _ => Vec::new(),
-        };
-        let ids: Vec<u32> = ids.into_iter().filter(|&id| (id as usize) < vocab).collect();
+    let beside = |file: &Path, name: &str| crate::integrity::parent_dir(file).join(name);
+    let generation_config = beside(&cfg.teacher, "generation_config.json");
+    if let Some(g) = optional_json(&generation_config)? {
+        let ids = eos_ids_of(&g["eos_token_id"], vocab).map_err(|m| Error::Config(format!("{}: {m}", generation_config.display())))?;
         if !ids.is_empty() {
             return Ok(ids);
         }
     }
-    if let Some(c) = json(beside(&cfg.tokenizer, "tokenizer_config.json")) {
+    if let Some(c) = optional_json(&beside(&cfg.tokenizer, "tokenizer_config.json"))? {
         let name = c["eos_token"].as_str().or_else(|| c["eos_token"]["content"].as_str()).map(str::to_string);
         if let Some(id) = name.and_then(|n| tok.inner.token_to_id(&n)) {
             return Ok(vec![id]);
@@ -237,6 +237,33 @@ fn end_ids(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<u32>> {
         .find_map(|t| tok.inner.token_to_id(t))
         .into_iter()
         .collect())
+}
+
+/// A JSON file beside the teacher or tokenizer, if there is one; one that is there but is not
+/// a readable JSON file is an error, not a silence.
+fn optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let bytes = crate::untrusted::read(path, crate::untrusted::Cap::Settings)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))
+}
+
+/// `eos_token_id` of a `generation_config.json`: absent (`null`), one id or a list, each a
+/// token of the `vocab` the tokenizer has.
+fn eos_ids_of(v: &serde_json::Value, vocab: usize) -> std::result::Result<Vec<u32>, String> {
+    let items: Vec<&serde_json::Value> = match v {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Array(a) => a.iter().collect(),
+        one => vec![one],
+    };
+    items
+        .into_iter()
+        .map(|x| match x.as_u64().and_then(|id| u32::try_from(id).ok()) {
+            Some(id) if (id as usize) < vocab => Ok(id),
+            _ => Err(format!("eos_token_id {x} is not a token id of the tokenizer's {vocab} tokens; pass --eos-id to choose one")),
+        })
+        .collect()
 }
 
 /// The prompts, each `samples` times: text encoded with the tokenizer's special tokens, or
@@ -279,7 +306,7 @@ fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<(Vec<Sequence>, u64)
             prompt.drain(..prompt.len() - (cfg.max_seq_len - 1));
             cut += 1;
         }
-        for sample in 0..cfg.samples as u32 {
+        for sample in 0..cfg.samples {
             let labels = Vec::new();
             seqs.push(Sequence {
                 row: row.index,

@@ -137,7 +137,11 @@ pub(super) fn load(ck: &mut HfCheckpoint, enc: &mut Encoder, device: &Device, no
     if has_classifier {
         t.linear(&mut enc.classifier, "classifier")?;
     } else {
-        notes.push("the checkpoint has no classification head: it starts from random weights".into());
+        notes.push(
+            "the checkpoint has no classification head (a bare encoder): the head starts from random weights, \
+             untrained, so its outputs mean nothing until the student is trained"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -39,9 +39,11 @@ fn block_of(name: &str) -> Option<(&str, usize, &str)> {
 
 /// Copy `layers` (ascending block indices) of the checkpoint `from` into a checkpoint at
 /// `out` with `layers.len()` blocks.
-pub fn init_student(from: &Path, layers: &[usize], out: &Path) -> Result<InitSummary> {
+pub fn init_student(from: &Path, layers: &[usize], out: &Path, overwrite: bool) -> Result<InitSummary> {
+    crate::untrusted::refuse_overlap(("--out", out), &[("--from", from)])?;
+    prepare_out(out, overwrite)?;
     let path = from.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Settings)?;
     let mut config: Value = serde_json::from_slice(&bytes).map_err(|e| cfg_err(from, format!("not valid JSON: {e}")))?;
     super::read_arch(from)?; // a family the students implement
     let key = if config.get("n_layers").is_some() { "n_layers" } else { "num_hidden_layers" };
@@ -54,7 +56,7 @@ pub fn init_student(from: &Path, layers: &[usize], out: &Path) -> Result<InitSum
     }
     let new_index: BTreeMap<usize, usize> = layers.iter().enumerate().map(|(new, &old)| (old, new)).collect();
     let files = weight_files(from)?;
-    let buffers = files.iter().map(|f| std::fs::read(f).map_err(|e| Error::io(f, e))).collect::<Result<Vec<_>>>()?;
+    let buffers = files.iter().map(|f| crate::untrusted::read(f, crate::untrusted::Cap::Weights)).collect::<Result<Vec<_>>>()?;
     let tensors = kept_tensors(&files, &buffers, &new_index)?;
     let names = tensors.len();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -73,7 +75,7 @@ pub fn init_student(from: &Path, layers: &[usize], out: &Path) -> Result<InitSum
     for name in SIDE_FILES.iter().chain(&["tokenizer.json"]) {
         let src = from.join(name);
         if src.is_file() {
-            let b = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            let b = crate::untrusted::read(&src, crate::untrusted::Cap::Tokenizer)?;
             write_atomic(&out.join(name), &b)?;
         }
     }
@@ -121,4 +123,28 @@ mod tests {
         assert_eq!(block_of("model.embed_tokens.weight"), None);
         assert_eq!(block_of("bert.embeddings.LayerNorm.weight"), None);
     }
+}
+
+/// `out` must be new or empty; with `overwrite`, the weights of a checkpoint there are
+/// removed first: a sharded checkpoint's `model.safetensors.index.json` left beside the new
+/// `model.safetensors` would be what every loader reads.
+fn prepare_out(out: &Path, overwrite: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else { return Ok(()) };
+    let mut found: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "--out {} is not empty (holds {}); pass --overwrite to replace the checkpoint there, or choose another --out",
+            out.display(),
+            found.join(", ")
+        )));
+    }
+    for name in found.iter().filter(|n| n.ends_with(".safetensors") || n.as_str() == "model.safetensors.index.json") {
+        let p = out.join(name);
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
 }

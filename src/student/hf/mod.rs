@@ -49,7 +49,7 @@ impl HfCheckpoint {
 
 /// Does `dir` look like a Hugging Face checkpoint (a `config.json` with a `model_type`)?
 pub fn is_checkpoint(dir: &Path) -> bool {
-    std::fs::read(dir.join("config.json"))
+    crate::untrusted::read(&dir.join("config.json"), crate::untrusted::Cap::Settings)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|v| v.get("model_type").is_some())
@@ -63,7 +63,7 @@ fn cfg_err(dir: &Path, message: String) -> Error {
 /// not implement.
 pub fn read_arch(dir: &Path) -> Result<StudentArch> {
     let path = dir.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Settings)?;
     let c: Value = serde_json::from_slice(&bytes).map_err(|e| cfg_err(dir, format!("not valid JSON: {e}")))?;
     let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
     match model_type {
@@ -83,7 +83,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !index.is_file() {
         return Ok(vec![dir.join(WEIGHTS_FILE)]);
     }
-    let v: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| Error::io(&index, e))?)
+    let v: Value = serde_json::from_slice(&crate::untrusted::read(&index, crate::untrusted::Cap::Settings)?)
         .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", index.display())))?;
     let map =
         v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config(format!("{}: no `weight_map`", index.display())))?;
@@ -104,7 +104,7 @@ pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
     for f in &files {
-        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        let bytes = crate::untrusted::read(f, crate::untrusted::Cap::Weights)?;
         let st =
             SafeTensors::deserialize(&bytes).map_err(|e| Error::io(f, std::io::Error::other(format!("not a safetensors file: {e}"))))?;
         for (name, view) in st.tensors() {
@@ -120,6 +120,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
             tensors.insert(name, (view.shape().to_vec(), values));
         }
     }
+    let held: u128 = tensors.values().map(|(_, v)| v.len() as u128).sum();
+    arch.check_against_weights(held, &dir.join("config.json"))?;
     let mut arch = arch;
     if let StudentArch::Decoder(c) = &mut arch
         && !tensors.contains_key("lm_head.weight")
@@ -295,7 +297,7 @@ pub fn write_checkpoint(
     let source_config: Option<Value> = match source {
         Some(src) => {
             let path = src.join("config.json");
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Settings)?;
             Some(serde_json::from_slice(&bytes).map_err(|e| cfg_err(src, format!("not valid JSON: {e}")))?)
         }
         None => None,
@@ -328,13 +330,13 @@ pub fn write_checkpoint(
     write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
     write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config).expect("serialises"))?;
     if let Some(tok) = tokenizer {
-        let b = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
+        let b = crate::untrusted::read(tok, crate::untrusted::Cap::Tokenizer)?;
         write_atomic(&dir.join("tokenizer.json"), &b)?;
     }
     for name in SIDE_FILES.iter().filter(|_| source.is_some()) {
         let from = source.expect("filtered").join(name);
         if from.is_file() {
-            let b = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+            let b = crate::untrusted::read(&from, crate::untrusted::Cap::Tokenizer)?;
             write_atomic(&dir.join(name), &b)?;
         }
     }
