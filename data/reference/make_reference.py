@@ -12,8 +12,9 @@ special tokens) + tokenizer(completion, without), positions m-1 .. n-2 where m i
 prompt's token count (position p predicts token p+1), i.e. distill's default
 `positions = completion`.
 
-Text-classification rows are encoded with the special tokens ([CLS] ... [SEP]), cut to
-64 tokens, with token_type_ids all 0.
+Text-classification rows are encoded as transformers' tok(text, truncation=True,
+max_length=64) encodes them: the text cut to 62 tokens, then [CLS] ... [SEP] added (so a
+long row keeps its [SEP]), with token_type_ids all 0.
 
 Writes digits_k5_T2.json, lm_k8_T2.json and textcls_k3_T2.json here. Run from the repo root:
     python data/reference/make_reference.py
@@ -82,10 +83,12 @@ def lm(n=6, T=2.0, k=8):
 def textcls(n=12, T=2.0, k=3, max_len=64):
     sess = ort.InferenceSession(os.path.join(data, "textcls", "teacher.onnx"))
     tok = Tokenizer.from_file(os.path.join(data, "textcls", "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_len)  # what transformers sets for truncation=True, max_length=max_len
     table = pq.read_table(os.path.join(data, "textcls", "train.parquet")).slice(0, n).to_pylist()
     out = []
     for r, row in enumerate(table):
-        ids = np.array([tok.encode(row["text"], add_special_tokens=True).ids[:max_len]], dtype=np.int64)
+        ids = np.array([tok.encode(row["text"], add_special_tokens=True).ids], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         logits = sess.run(["logits"], feed)[0][0]
         out.append({"row": r, "position": 0, "hard_label": row["label"], **soft(logits, T, k, row["label"])})

@@ -68,7 +68,9 @@ pub struct ExternalData {
 pub fn external_data_locations(path: &Path) -> Result<Vec<ExternalData>> {
     let (file, len) = crate::untrusted::open(path, crate::untrusted::Cap::Weights)?;
     let mut walker = Walker { input: BufReader::with_capacity(1 << 16, file), at: 0, locations: Vec::new() };
-    walker.message(Message::Model, len, 0).map_err(|m| Error::teacher(path, format!("not a readable ONNX protobuf ({m})")))?;
+    walker
+        .message(Message::Model, len, 0)
+        .map_err(|m| Error::teacher(path, format!("not a loadable ONNX model (not a readable protobuf: {m})")))?;
     Ok(walker.locations)
 }
 
