@@ -16,19 +16,21 @@ fn s(p: &Path) -> String {
 
 /// `distill args`, killed if it runs past `limit` (then the test fails, naming the hang).
 fn distill_within(limit: Duration, args: &[String]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "2")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("distill starts");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distill"));
+    cmd.args(args).env("OMP_NUM_THREADS", "2");
+    run_within(limit, cmd)
+}
+
+/// Run `cmd`, killed if it runs past `limit` (then the test fails, naming the hang).
+fn run_within(limit: Duration, mut cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
     let started = Instant::now();
     while child.try_wait().expect("wait").is_none() {
         if started.elapsed() > limit {
             child.kill().ok();
             let o = child.wait_with_output().expect("output");
-            panic!("distill {args:?} still ran after {limit:?} (a hang):\n{}", stderr(&o));
+            panic!("{what} still ran after {limit:?} (a hang):\n{}", stderr(&o));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -156,7 +158,7 @@ fn special_files_in_a_cache_are_refused_at_once() {
     let shard = copy("shard-fifo");
     std::fs::remove_file(shard.join("shard-00000.parquet")).unwrap();
     mkfifo(&shard.join("shard-00000.parquet"));
-    for (dir, why) in [(&zero, "character device"), (&fifo, "FIFO"), (&shard, "not a regular file")] {
+    for (dir, why) in [(&zero, "a link that leads out of"), (&fifo, "FIFO"), (&shard, "not a regular file")] {
         for cmd in ["verify", "inspect"] {
             let o = distill_within(Duration::from_secs(30), &args(&[cmd, &s(dir)]));
             fails_with(&o, &[why]);
@@ -167,6 +169,42 @@ fn special_files_in_a_cache_are_refused_at_once() {
     let f = std::fs::OpenOptions::new().append(true).open(big.join("manifest.json")).unwrap();
     f.set_len(distill::untrusted::Cap::Manifest.bytes() + 1).unwrap();
     fails_with(&distill_within(Duration::from_secs(30), &args(&["verify", &s(&big)])), &["over the 67108864-byte limit"]);
+}
+
+/// Root causes 2 and 11: both readers, `distill verify` and `python -m distill_cache
+/// verify`, over one list of hostile caches (tests/hostile_caches.py makes them from a good
+/// cache): both accept the untouched copy and refuse every other case, in one `error:` line
+/// (no traceback), without hanging. The Python reader used to accept a blank checksum, an
+/// edited temperature with a recomputed checksum and a shard from another cache, and to hang
+/// or exhaust memory on a FIFO or `/dev/zero`.
+#[test]
+fn both_readers_refuse_the_same_hostile_caches() {
+    let t = temp();
+    let (good, other) = (t.path().join("good"), t.path().join("other"));
+    cache_digits("train.parquet", &good, &["--top-k", "5", "--rows-per-shard", "500", "--temperature", "2"]);
+    cache_digits("train.parquet", &other, &["--top-k", "5", "--rows-per-shard", "500", "--temperature", "4"]);
+    let out = t.path().join("cases");
+    let made = Command::new("python3").arg(repo().join("tests/hostile_caches.py")).args([&good, &out, &other]).output().expect("python3 runs");
+    assert!(made.status.success(), "tests/hostile_caches.py failed:\n{}", stderr(&made));
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(out.join("cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 20, "{} cases", cases.len());
+    let limit = Duration::from_secs(30);
+    for case in &cases {
+        let (name, dir) = (case["name"].as_str().unwrap(), PathBuf::from(case["dir"].as_str().unwrap()));
+        let rust = distill_within(limit, &args(&["verify", &s(&dir)]));
+        let mut py = Command::new("python3");
+        py.args(["-m", "distill_cache", "verify"]).arg(&dir).env("PYTHONPATH", repo().join("python"));
+        let py = run_within(limit, py);
+        for (reader, o) in [("distill verify", &rust), ("python -m distill_cache verify", &py)] {
+            if name == "control" {
+                assert!(o.status.success(), "{reader} refused the untouched cache:\n{}", stderr(o));
+                continue;
+            }
+            let err = stderr(o);
+            assert!(!o.status.success(), "{reader} accepted case {name} ({}):\n{}", case["why"], stdout(o));
+            assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{reader}, case {name}: not one error line:\n{err}");
+        }
+    }
 }
 
 /// Root cause 3: a `.distill-write-probe.<pid>` link planted in `--out` made cache-teacher

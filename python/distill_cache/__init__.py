@@ -3,7 +3,7 @@ distill verifies it, the shards decoded exactly as the format says, per dataset 
 
     import distill_cache
     cache = distill_cache.open_cache("cache/lm")          # or "s3://bucket/cache/lm"
-    cache.verify()                                         # every shard's size and SHA-256
+    cache.verify()                                         # every shard's size, SHA-256 and stamp
     for row in cache.rows():                               # one dict per dataset row
         row["row"], row["positions"], row["ids"], row["logprobs"], row["tail_logmass"]
 

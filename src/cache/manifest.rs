@@ -354,7 +354,12 @@ impl Manifest {
             }
             return Err(Error::cache(dir, "no manifest.json: not a distill cache directory"));
         }
-        Self::read_file(&path)
+        let path = crate::untrusted::inside(dir, MANIFEST_FILE, "the cache")?;
+        let manifest = Self::read_file(&path)?;
+        if !manifest.complete {
+            return Err(Error::cache(&path, "manifest.json says complete: false; a cache being written has only manifest.partial.json"));
+        }
+        Ok(manifest)
     }
 
     /// Read and validate one manifest file (complete or partial).
