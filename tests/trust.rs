@@ -184,7 +184,8 @@ fn both_readers_refuse_the_same_hostile_caches() {
     cache_digits("train.parquet", &good, &["--top-k", "5", "--rows-per-shard", "500", "--temperature", "2"]);
     cache_digits("train.parquet", &other, &["--top-k", "5", "--rows-per-shard", "500", "--temperature", "4"]);
     let out = t.path().join("cases");
-    let made = Command::new("python3").arg(repo().join("tests/hostile_caches.py")).args([&good, &out, &other]).output().expect("python3 runs");
+    let made =
+        Command::new("python3").arg(repo().join("tests/hostile_caches.py")).args([&good, &out, &other]).output().expect("python3 runs");
     assert!(made.status.success(), "tests/hostile_caches.py failed:\n{}", stderr(&made));
     let cases: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(out.join("cases.json")).unwrap()).unwrap();
     assert!(cases.len() >= 20, "{} cases", cases.len());

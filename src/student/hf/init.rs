@@ -108,23 +108,6 @@ fn kept_tensors<'a>(
     Ok(kept)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn block_indices_are_found_in_every_family_s_names() {
-        assert_eq!(block_of("model.layers.12.mlp.up_proj.weight"), Some(("model.layers.", 12, ".mlp.up_proj.weight")));
-        assert_eq!(block_of("bert.encoder.layer.3.output.dense.bias"), Some(("bert.encoder.layer.", 3, ".output.dense.bias")));
-        assert_eq!(
-            block_of("distilbert.transformer.layer.0.ffn.lin1.weight"),
-            Some(("distilbert.transformer.layer.", 0, ".ffn.lin1.weight"))
-        );
-        assert_eq!(block_of("model.embed_tokens.weight"), None);
-        assert_eq!(block_of("bert.embeddings.LayerNorm.weight"), None);
-    }
-}
-
 /// `out` must be new or empty; with `overwrite`, the weights of a checkpoint there are
 /// removed first: a sharded checkpoint's `model.safetensors.index.json` left beside the new
 /// `model.safetensors` would be what every loader reads.
@@ -147,4 +130,21 @@ fn prepare_out(out: &Path, overwrite: bool) -> Result<()> {
         std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_indices_are_found_in_every_family_s_names() {
+        assert_eq!(block_of("model.layers.12.mlp.up_proj.weight"), Some(("model.layers.", 12, ".mlp.up_proj.weight")));
+        assert_eq!(block_of("bert.encoder.layer.3.output.dense.bias"), Some(("bert.encoder.layer.", 3, ".output.dense.bias")));
+        assert_eq!(
+            block_of("distilbert.transformer.layer.0.ffn.lin1.weight"),
+            Some(("distilbert.transformer.layer.", 0, ".ffn.lin1.weight"))
+        );
+        assert_eq!(block_of("model.embed_tokens.weight"), None);
+        assert_eq!(block_of("bert.embeddings.LayerNorm.weight"), None);
+    }
 }
