@@ -489,6 +489,25 @@ fn settings_that_overflow_are_refused_by_the_parser() {
         "4294967297",
     ]));
     fails_with(&o, &["--samples-per-prompt", "4294967297"]);
+    // The largest count that fits is planned from the row count, not built in memory: the
+    // plan's size is refused before anything is read or decoded.
+    let o = distill_within(
+        LIMIT,
+        &args(&[
+            "generate",
+            "--teacher",
+            &s(&data("lm/teacher.onnx")),
+            "--tokenizer",
+            &s(&data("lm/tokenizer.json")),
+            "--data",
+            &s(&data("lm/valid.jsonl")),
+            "--out",
+            &s(&t.path().join("g")),
+            "--samples-per-prompt",
+            "4294967295",
+        ]),
+    );
+    fails_with(&o, &["prompts x 4294967295 samples", "more than 1000000 shards"]);
 }
 
 /// Root causes 7 and 8 in a pipeline file: `out = ""` pointed at the pipeline's own

@@ -10,11 +10,13 @@
 //! partial manifest records them, so a rerun of the same command resumes after the last
 //! finished shard; the parts become one file when the last shard is done.
 //!
-//! The steps: load the tokenizer and the teacher, read the prompts, make the cache's
-//! identity, decide what the output directory holds, then decode and write the shards left.
+//! The steps: load the tokenizer and the teacher, count the prompts, make the cache's
+//! identity, decide what the output directory holds, then decode and write the shards left,
+//! reading the prompts as each shard needs them (only one shard's sequences are held).
 
 mod decode;
 mod output;
+mod prompts;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,14 +26,13 @@ use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::cache::{LogprobEncoding, Positions, Task};
 use crate::chat::ChatTemplate;
 use crate::config::{GenerateConfig, KvCache, PromptSource};
-use crate::data::{self, Column, Field, Kind};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::teacher::{InputMapping, Teacher, TopKScratch};
 use crate::text::{TextColumns, Tokenizer};
 
 use super::cache_teacher::{CacheSummary, RunOptions, Timings};
-use decode::{Decoder, Sequence};
+use decode::Decoder;
 
 /// The generated dataset's file in `--out`.
 pub const GENERATED_FILE: &str = "generated.parquet";
@@ -70,17 +71,10 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     let kv_cache = use_kv_cache(cfg, &teacher, opts.quiet);
     let selectable = tok.vocab_size().min(teacher.vocab_size);
     let top_k = top_k(cfg, selectable)?;
-    let (mut seqs, cut) = prompts(cfg, &tok)?;
-    if cut > 0 && !opts.quiet {
-        eprintln!(
-            "warning: {cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
-             (prompt_ids holds what the teacher saw; the prompt column the whole text)",
-            cfg.max_seq_len - 1
-        );
-    }
+    let sequences = prompts::count(cfg)?;
     let cache_dir = cfg.out.join(CACHE_DIR);
     let _lock = crate::lock::DirLock::acquire(&cfg.out, ".generate", "a generate run")?;
-    let mut man = new_manifest(cfg, opts, &teacher, &tok, (&eos, kv_cache, top_k, selectable), seqs.len() as u64)?;
+    let mut man = new_manifest(cfg, opts, &teacher, &tok, (&eos, kv_cache, top_k, selectable), sequences)?;
     let names = ManifestNames::of(None);
     let resumed = match prepare_out_dir(&cache_dir, &man, opts.overwrite, &names, manifest::PartInfo { index: 0, count: 1 })? {
         OutState::Complete(existing) => return already_complete(cfg, &cache_dir, existing, started),
@@ -105,14 +99,15 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         label_seconds: 0.0,
     };
     let per = cfg.rows_per_shard as usize;
-    let shards = seqs.len().div_ceil(per);
-    let progress = Progress::new(seqs.len() as u64, "generating", opts.quiet);
+    let shards = sequences.div_ceil(cfg.rows_per_shard) as usize;
+    let progress = Progress::new(sequences, "generating", opts.quiet);
     progress.set_position((resumed * per) as u64);
+    let mut prompts = prompts::Prompts::open(cfg, &tok)?;
+    prompts.skip(resumed * per)?;
     let (mut tokens_this_run, mut rows_this_run, mut decode_seconds) = (0u64, 0u64, 0.0);
     for index in resumed..shards {
         let first = index * per;
-        let end = (first + per).min(seqs.len());
-        let shard = &mut seqs[first..end];
+        let mut shard = prompts.take(per)?;
         for batch in shard.chunks_mut(cfg.batch_size) {
             let t = Instant::now();
             if kv_cache {
@@ -125,8 +120,8 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
             rows_this_run += batch.len() as u64;
             progress.inc(batch.len() as u64, tokens_this_run, decode_seconds, rows_this_run);
         }
-        output::write_part(&output::part_path(&parts, index), shard, &tok)?;
-        let info = output::write_shard(&cache_dir, &man, index, first as u64, shard)?;
+        output::write_part(&output::part_path(&parts, index), &shard, &tok)?;
+        let info = output::write_shard(&cache_dir, &man, index, first as u64, &shard)?;
         man.totals.rows += shard.len() as u64;
         man.totals.positions += info.positions;
         man.shards.push(info);
@@ -134,11 +129,16 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         if let Some(hook) = &opts.on_shard {
             (hook.0)()?;
         }
-        for s in shard.iter_mut() {
-            s.labels = Vec::new(); // written: not needed again
-        }
     }
     progress.finish();
+    let cut = prompts.finish(sequences)?;
+    if cut > 0 && !opts.quiet {
+        eprintln!(
+            "warning: {cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
+             (prompt_ids holds what the teacher saw; the prompt column the whole text)",
+            cfg.max_seq_len - 1
+        );
+    }
     man.totals.truncated_rows = cut * u64::from(cfg.samples);
     let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
     Ok(GenerateSummary {
@@ -264,65 +264,6 @@ fn eos_ids_of(v: &serde_json::Value, vocab: usize) -> std::result::Result<Vec<u3
             _ => Err(format!("eos_token_id {x} is not a token id of the tokenizer's {vocab} tokens; pass --eos-id to choose one")),
         })
         .collect()
-}
-
-/// The prompts, each `samples` times: text encoded with the tokenizer's special tokens, or
-/// a conversation rendered with the chat template and its generation prompt (encoded
-/// without them: the template writes its own). A prompt longer than `max_seq_len - 1`
-/// tokens keeps its last ones (where the generation prompt is); returns how many were cut.
-fn prompts(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<(Vec<Sequence>, u64)> {
-    let mut cut = 0u64;
-    let column = cfg.prompts.column();
-    let kind = if matches!(cfg.prompts, PromptSource::Messages { .. }) { Kind::Messages } else { Kind::Text };
-    let mut seqs = Vec::new();
-    for row in data::read_rows(&cfg.data, &[Column::new(column, kind)])? {
-        let row = row?;
-        let text = match (&row.fields[0], tok.chat.as_ref()) {
-            (Field::Text(text), _) => text.clone(),
-            (Field::Json(messages), Some(chat)) => {
-                chat.render(messages, true).map_err(|m| Error::data(&cfg.data, format!("row {}, column `{column}`: {m}", row.index)))?.text
-            }
-            _ => {
-                return Err(Error::data(
-                    &cfg.data,
-                    format!(
-                        "row {}: column `{column}` is null or not a {}",
-                        row.index,
-                        if kind == Kind::Text { "string" } else { "conversation" }
-                    ),
-                ));
-            }
-        };
-        let special = kind == Kind::Text;
-        let enc = tok
-            .inner
-            .encode(text.as_str(), special)
-            .map_err(|e| Error::Tokenizer { path: cfg.tokenizer.clone(), message: format!("row {}: {e}", row.index) })?;
-        let mut prompt = enc.get_ids().to_vec();
-        if prompt.is_empty() {
-            return Err(Error::data(&cfg.data, format!("row {}: the prompt has no tokens: there is nothing to continue", row.index)));
-        }
-        if prompt.len() > cfg.max_seq_len - 1 {
-            prompt.drain(..prompt.len() - (cfg.max_seq_len - 1));
-            cut += 1;
-        }
-        for sample in 0..cfg.samples {
-            let labels = Vec::new();
-            seqs.push(Sequence {
-                row: row.index,
-                sample,
-                prompt_text: text.clone(),
-                prompt: prompt.clone(),
-                generated: Vec::new(),
-                labels,
-                done: None,
-            });
-        }
-    }
-    if seqs.is_empty() {
-        return Err(Error::data(&cfg.data, "has no rows: there is nothing to generate from"));
-    }
-    Ok((seqs, cut))
 }
 
 /// The cache's manifest before any shard: its identity is the generation's (the teacher,
