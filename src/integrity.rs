@@ -105,4 +105,16 @@ mod tests {
         assert_eq!(parent_dir(Path::new("out/logits.jsonl")), Path::new("out"));
         assert_eq!(parent_dir(Path::new("/logits.jsonl")), Path::new("/"));
     }
+
+    /// A write that fails (here the rename: the target is a directory) leaves no temporary
+    /// file behind, as a full disk must not.
+    #[test]
+    fn a_failed_atomic_write_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("tokenizer.json");
+        std::fs::create_dir(&target).unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("tokenizer.json")]);
+    }
 }

@@ -620,3 +620,82 @@ print(json.dumps([whole, cut]))
     assert_eq!(*ours[1][2].last().unwrap(), sep, "a long row keeps its [SEP]");
     assert!(ours[0][0].len() < 128, "no padding to 128");
 }
+
+/// The awkward results of the probe: `--resume` into a run killed before its first
+/// checkpoint with other settings started afresh; a malformed `generation_config.json` was
+/// ignored; `[eval] data` that does not exist was found only after stage one; identical
+/// runs wrote `student.safetensors` with different bytes, mode 0600.
+#[test]
+fn awkward_results_are_clear_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = temp();
+    let cache = t.path().join("cache");
+    cache_digits("test.parquet", &cache, &["--top-k", "3"]);
+    let train = |out: &Path, extra: &[&str]| {
+        let mut a = args(&["train-student", "--cache", &s(&cache), "--data", &s(&data("digits/test.parquet")), "--student", "mlp"]);
+        a.extend(args(&["--out", &s(out), "--steps", "3", "--quiet"]));
+        a.extend(args(extra));
+        distill(a)
+    };
+    // Killed before the first checkpoint: config.json is there, no checkpoint yet.
+    let run = t.path().join("run");
+    ok(&train(&run, &[]));
+    std::fs::remove_file(run.join("checkpoint.json")).unwrap();
+    for e in std::fs::read_dir(&run).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")) {
+        std::fs::remove_dir_all(e.path()).unwrap();
+    }
+    fails_with(&train(&run, &["--resume", "--lr", "0.02"]), &["stopped before its first checkpoint", "other settings", "lr"]);
+    ok(&train(&run, &["--resume"]));
+
+    // The same run twice: the same student.safetensors, byte for byte, with the usual mode.
+    let again = t.path().join("again");
+    ok(&train(&again, &[]));
+    let (a, b) = (run.join("student.safetensors"), again.join("student.safetensors"));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "identical runs wrote different bytes");
+    assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o044, 0o044, "not readable by group and others");
+
+    // A generation_config.json beside the teacher that is not JSON is an error, not a silence.
+    let teacher = t.path().join("teacher");
+    std::fs::create_dir(&teacher).unwrap();
+    for f in ["model.onnx", "config.json"] {
+        std::fs::copy(data("exports/text-generation").join(f), teacher.join(f)).unwrap();
+    }
+    std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": [2, ").unwrap();
+    let o = distill(args(&[
+        "generate",
+        "--teacher",
+        &s(&teacher.join("model.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--data",
+        &s(&data("lm/valid.jsonl")),
+        "--out",
+        &s(&t.path().join("g")),
+    ]));
+    fails_with(&o, &["generation_config.json: not valid JSON"]);
+    std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": 999999}").unwrap();
+    let o = distill(args(&[
+        "generate",
+        "--teacher",
+        &s(&teacher.join("model.onnx")),
+        "--tokenizer",
+        &s(&data("lm/tokenizer.json")),
+        "--data",
+        &s(&data("lm/valid.jsonl")),
+        "--out",
+        &s(&t.path().join("g")),
+    ]));
+    fails_with(&o, &["eos_token_id 999999 is not a token id", "--eos-id"]);
+
+    // `[eval] data` that does not exist is refused before stage one makes anything.
+    let pipeline = t.path().join("p.toml");
+    let text = std::fs::read_to_string(repo().join("pipelines/digits.toml"))
+        .unwrap()
+        .replace("\"../data/", &format!("\"{}/", s(&repo().join("data"))))
+        .replace("\"../target/pipelines/digits/", &format!("\"{}/", s(t.path())))
+        .replace("test.parquet\"\nseeds", "missing.parquet\"\nseeds");
+    std::fs::write(&pipeline, text).unwrap();
+    let o = distill(args(&["run", &s(&pipeline), "--quiet"]));
+    fails_with(&o, &["eval.data", "missing.parquet", "checked before any work"]);
+    assert!(!t.path().join("cache").join("manifest.partial.json").exists() && !t.path().join("students").exists());
+}

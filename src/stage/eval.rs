@@ -300,7 +300,7 @@ fn load_run(dir: &Path, device: &Device) -> Result<Ready> {
         .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
     let weights = dir.join("student.bpk");
     let (_, bytes) = crate::untrusted::open(&weights, crate::untrusted::Cap::Weights)?;
-    // Weights are stored as f32 (2 bytes per value would be the least any precision takes).
+    // At least 2 bytes per stored value (f16); Burn stores f32, so this bound is generous.
     sf.arch.check_against_weights(u128::from(bytes / 2), &sf_path)?;
     let mut model = sf.arch.init(device);
     student::load_burnpack(&mut model, &weights)?;
@@ -487,8 +487,8 @@ impl Default for PredictOptions {
 /// Run a student (a train-student run directory or a Hugging Face checkpoint directory)
 /// over `data` and write its raw logits as JSONL to `out`: per row
 /// `{"row", "tokens", "logits"}` with logits `[classes]` (classifier) or
-/// `[len, vocab]` (LM, every position). Returns the number of rows written.
-/// Returns the rows written and the notes from loading the student.
+/// `[len, vocab]` (LM, every position). Returns the number of rows written and the notes
+/// from loading the student.
 pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<(u64, Vec<String>)> {
     crate::untrusted::refuse_overlap(("--out", out), &[("--data", data), ("--student", student_dir)])?;
     let device = Device::flex();

@@ -41,7 +41,6 @@ fn block_of(name: &str) -> Option<(&str, usize, &str)> {
 /// `out` with `layers.len()` blocks.
 pub fn init_student(from: &Path, layers: &[usize], out: &Path, overwrite: bool) -> Result<InitSummary> {
     crate::untrusted::refuse_overlap(("--out", out), &[("--from", from)])?;
-    prepare_out(out, overwrite)?;
     let path = from.join("config.json");
     let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Settings)?;
     let mut config: Value = serde_json::from_slice(&bytes).map_err(|e| cfg_err(from, format!("not valid JSON: {e}")))?;
@@ -54,6 +53,7 @@ pub fn init_student(from: &Path, layers: &[usize], out: &Path, overwrite: bool) 
             path.display()
         )));
     }
+    prepare_out(out, overwrite)?;
     let new_index: BTreeMap<usize, usize> = layers.iter().enumerate().map(|(new, &old)| (old, new)).collect();
     let files = weight_files(from)?;
     let buffers = files.iter().map(|f| crate::untrusted::read(f, crate::untrusted::Cap::Weights)).collect::<Result<Vec<_>>>()?;
