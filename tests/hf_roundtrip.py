@@ -130,9 +130,9 @@ try:
             r = json.loads(line)
             out.write(json.dumps({"text": r["prompt"] + r["completion"]}) + "\n")
     got = as_json(distill("eval", "--student", hf_in, "--data", text_rows, "--max-seq-len", 128, "--json"))
-    distill("predict", "--student", hf_in, "--data", text_rows, "--out", f"{work}/text.jsonl", "--max-seq-len", 128)
+    distill("predict", "--student", hf_in, "--data", text_rows, "--out", f"{work}/text-logits.jsonl", "--max-seq-len", 128)
     nll, n = 0.0, 0
-    for r in predicted(f"{work}/text.jsonl"):
+    for r in predicted(f"{work}/text-logits.jsonl"):
         logp = torch.log_softmax(torch.tensor(torch_logits(llama, r["tokens"], "lm"))[:, :vocab + 64], -1)
         t = r["tokens"]
         nll -= sum(float(logp[p, t[p + 1]]) for p in range(len(t) - 1))
