@@ -427,10 +427,8 @@ mod tests {
     fn runaway_templates_stop_at_their_limits() {
         let msgs = serde_json::json!([{"role": "user", "content": "x"}]);
         let t = template("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}");
-        let started = std::time::Instant::now();
         let err = t.render(&msgs, false).unwrap_err();
         assert!(err.contains(&format!("limit of {TEMPLATE_FUEL} instructions")), "{err}");
-        eprintln!("fuel ran out after {:?}", started.elapsed());
         let t = template("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
         let err = t.render(&msgs, false).unwrap_err();
         assert!(err.contains(&format!("more than its limit of {TEMPLATE_OUTPUT_BYTES} bytes")), "{err}");

@@ -285,6 +285,11 @@ impl GenerateArgs {
 }
 
 fn print_generate_summary(s: &stage::generate::GenerateSummary, quiet: bool) {
+    if !quiet {
+        for w in &s.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     let how = if s.kv_cache { "with the KV cache" } else { "rerunning each sequence" };
     let rate = if s.decode_seconds > 0.0 {
         format!(
@@ -448,35 +453,30 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
-            let cfg = file.cache_settings().validate()?;
-            let generate = file.generate.clone().map(|g| g.validate()).transpose()?;
-            // Every setting is checked before any work: [train] and [student] too.
-            if let (Some(student), Some(eval)) = (&file.student, &file.eval) {
-                pipeline_seeds(&file, student, eval)?;
-            }
-            let opts = RunOptions { quiet, overwrite, ort_lib: ort_lib.clone(), command: command.clone(), on_shard: None };
-            let train_cache = match &generate {
-                Some(g) => {
-                    eprintln!("== stage one: generate ({})", g.teacher.display());
-                    let s = stage::generate::generate(g, &opts)?;
-                    print_generate_summary(&s, quiet);
-                    s.cache.dir
-                }
-                None => {
-                    eprintln!("== stage one: cache-teacher ({})", cfg.teacher.display());
-                    let summary = stage::cache_teacher(&cfg, &opts)?;
-                    print_cache_summary(&summary, quiet);
-                    summary.dir
-                }
-            };
-            let (manifest, stats) = stage::inspect(&train_cache)?;
-            print!("{}", stage::inspect::render(&train_cache, &manifest, &stats));
-            if let (Some(student), Some(eval)) = (file.student.clone(), file.eval.clone()) {
-                run_students(&file, student, &eval, &cfg, &train_cache, &opts, quiet)?;
-            }
+            let opts = RunOptions { quiet, overwrite, ort_lib, command, on_shard: None };
+            stage::pipeline::run(&file, &opts, &mut |step| print_step(step, quiet))?;
         }
     }
     Ok(())
+}
+
+/// One step of `distill run`, as the separate commands print it: what starts on stderr,
+/// summaries, the cache's description, reports and the table on stdout.
+fn print_step(step: stage::pipeline::Step<'_>, quiet: bool) {
+    use stage::pipeline::Step;
+    match step {
+        Step::StageOne { command, teacher } => eprintln!("== stage one: {command} ({})", teacher.display()),
+        Step::Generated(s) => print_generate_summary(s, quiet),
+        Step::Cached(s) => print_cache_summary(s, quiet),
+        Step::Inspected(text) => print!("{text}"),
+        Step::TeacherCache(out) => eprintln!("== teacher on the held-out data: cache-teacher T = 1, k = 1 -> {}", out.display()),
+        Step::Training { label, seed, run } => eprintln!("== stage two: {label}, seed {seed} -> {}", run.display()),
+        Step::Trained(s) => print_train_summary(s),
+        Step::Evaluated(r) => println!("  {}", render_report(r)),
+        Step::Table(table) => println!("\n{table}"),
+        Step::Drawn(picture) => println!("{}", picture.display()),
+        Step::Warning(w) => eprintln!("warning: {w}"),
+    }
 }
 
 fn print_train_summary(s: &distill::train::TrainSummary) {
@@ -520,124 +520,6 @@ fn render_report(r: &stage::eval::EvalReport) -> String {
     }
     parts.push(format!("over {} positions", r.positions));
     parts.join(", ")
-}
-
-/// The seeds a pipeline trains with (`[eval] seeds`, default `[train] seed`), each distinct,
-/// after checking that `[train]` and `[student]` validate for every run it will make.
-fn pipeline_seeds(file: &PipelineFile, student: &StudentSpec, eval: &distill::config::EvalSettings) -> Result<Vec<u64>> {
-    let base = file.train_settings();
-    let seeds = match &eval.seeds {
-        None => vec![base.seed.unwrap_or(0)],
-        Some(s) if s.is_empty() => {
-            return Err(distill::Error::Config("eval.seeds is empty: give at least one seed, or leave it out to use train.seed".into()));
-        }
-        Some(s) => s.clone(),
-    };
-    if let Some(&dup) = seeds.iter().enumerate().find_map(|(i, s)| seeds[..i].contains(s).then_some(s)) {
-        return Err(distill::Error::Config(format!("eval.seeds repeats seed {dup}: each seed must be distinct")));
-    }
-    distill::data::count_rows(&eval.data)
-        .map_err(|e| distill::Error::Config(format!("eval.data: {e} (every setting is checked before any work)")))?;
-    let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
-    for alpha in [0.0, base.alpha.unwrap_or(0.5)] {
-        TrainSettings { alpha: Some(alpha), seed: Some(seeds[0]), out: Some(out.clone()), ..base.clone() }.validate(student.clone())?;
-    }
-    Ok(seeds)
-}
-
-/// The comparison a pipeline asks for: teacher vs distilled vs hard-label-only students.
-fn run_students(
-    file: &PipelineFile,
-    student: StudentSpec,
-    eval: &distill::config::EvalSettings,
-    cache_cfg: &distill::config::CacheTeacherConfig,
-    train_cache: &std::path::Path,
-    opts: &RunOptions,
-    quiet: bool,
-) -> Result<()> {
-    // The teacher on the held-out data, at T = 1 (exact perplexity/accuracy; top-1 for agreement).
-    let mut eval_cache = cache_cfg.clone();
-    eval_cache.data = eval.data.clone();
-    eval_cache.out = cache_cfg.out.with_file_name(format!(
-        "{}-eval",
-        cache_cfg.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cache".into())
-    ));
-    eval_cache.temperature = 1.0;
-    eval_cache.top_k = Some(1);
-    eprintln!("== teacher on the held-out data: cache-teacher T = 1, k = 1 -> {}", eval_cache.out.display());
-    let s = stage::cache_teacher(&eval_cache, opts)?;
-    print_cache_summary(&s, quiet);
-    let teacher = stage::eval::teacher_metrics(&eval_cache.out)?;
-
-    let base = file.train_settings();
-    let seeds = pipeline_seeds(file, &student, eval)?;
-    let out = base.out.clone().ok_or_else(|| distill::Error::Config("train.out is required in the pipeline's [train]".into()))?;
-    let mut rows: Vec<(String, Vec<stage::eval::EvalReport>)> = Vec::new();
-    // One pipeline at a time in `[train] out`: its run directories are replaced below.
-    let _lock = distill::lock::DirLock::acquire(&out, ".pipeline", "a pipeline's students")?;
-    let mut trained = Vec::new();
-    for (label, alpha) in [("hard labels only", 0.0f32), ("distilled", base.alpha.unwrap_or(0.5))] {
-        let mut reports = Vec::new();
-        for &seed in &seeds {
-            let name = if alpha == 0.0 { format!("hard-seed{seed}") } else { format!("distilled-seed{seed}") };
-            let run_dir = out.join(&name);
-            trained.push(run_dir.clone());
-            if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir).map_err(|e| distill::Error::Io { path: run_dir.clone(), source: e })?;
-            }
-            let settings = TrainSettings { alpha: Some(alpha), seed: Some(seed), out: Some(run_dir.clone()), ..base.clone() };
-            let cfg = settings.validate(student.clone())?;
-            eprintln!("== stage two: {label}, seed {seed} -> {}", run_dir.display());
-            let s = distill::train::train_student(&cfg, &TrainOptions { quiet, resume: false, command: opts.command.clone() })?;
-            print_train_summary(&s);
-            let r = stage::eval::eval_student(&run_dir, &eval.data, Some(&eval_cache.out), &stage::eval::PredictOptions::default())?;
-            println!("  {}", render_report(&r));
-            reports.push(r);
-        }
-        rows.push((format!("{label} (alpha = {alpha})"), reports));
-    }
-    let table = results_table(&teacher, &rows, seeds.len());
-    println!("\n{table}");
-    let path = out.join("results.md");
-    std::fs::create_dir_all(&out).map_err(|e| distill::Error::Io { path: out.clone(), source: e })?;
-    std::fs::write(&path, &table).map_err(|e| distill::Error::Io { path, source: e })?;
-    // The training curves of the runs just trained and the cache's histograms, beside the
-    // table; the results stand without the picture, so a drawing failure is a warning.
-    let picture = out.join("report.svg");
-    match stage::inspect(train_cache).and_then(|(_, stats)| stage::report::report(&trained, Some(&stats), &picture)) {
-        Ok(_) => println!("{}", picture.display()),
-        Err(e) => eprintln!("warning: {}: no report drawn: {e}", picture.display()),
-    }
-    Ok(())
-}
-
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
-    (m, var.sqrt())
-}
-
-fn results_table(teacher: &stage::eval::EvalReport, rows: &[(String, Vec<stage::eval::EvalReport>)], seeds: usize) -> String {
-    let lm = teacher.perplexity.is_some();
-    let metric = if lm { "held-out perplexity" } else { "held-out accuracy" };
-    let mut t = format!("| model | {metric} | top-1 agreement with teacher |\n|---|---|---|\n");
-    let tv = if lm { teacher.perplexity.unwrap_or(f64::NAN) } else { teacher.accuracy.unwrap_or(f64::NAN) };
-    t.push_str(&format!("| teacher | {tv:.4} | 1 |\n"));
-    for (name, reports) in rows {
-        let vals: Vec<f64> = reports.iter().map(|r| if lm { r.perplexity } else { r.accuracy }.unwrap_or(f64::NAN)).collect();
-        let agr: Vec<f64> = reports.iter().map(|r| r.top1_agreement.unwrap_or(f64::NAN)).collect();
-        let (m, s) = mean_std(&vals);
-        let (am, as_) = mean_std(&agr);
-        if reports.len() > 1 {
-            t.push_str(&format!("| student, {name} | {m:.4} ± {s:.4} | {am:.4} ± {as_:.4} |\n"));
-        } else {
-            t.push_str(&format!("| student, {name} | {m:.4} | {am:.4} |\n"));
-        }
-    }
-    if seeds > 1 {
-        t.push_str(&format!("\nmean ± standard deviation over {seeds} seeds\n"));
-    }
-    t
 }
 
 /// Print the error and its chain of causes.

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The generated dataset's file in a generate run's `--out`.
+pub const GENERATED_FILE: &str = "generated.parquet";
+/// The cache of the generated positions in a generate run's `--out`.
+pub const CACHE_DIR: &str = "cache";
+
 /// The defaults of `generate`.
 pub mod defaults {
     pub const PROMPT_COLUMN: &str = "prompt";

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 
 pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource, TopkIn};
-pub use generate::{GenerateConfig, GenerateSettings, KvCache, PromptSource};
+pub use generate::{CACHE_DIR, GENERATED_FILE, GenerateConfig, GenerateSettings, KvCache, PromptSource};
 pub use train::{TrainConfig, TrainDevice, TrainSettings};
 
 /// The defaults of every setting, in one place.
@@ -142,7 +142,7 @@ impl PipelineFile {
             teacher: c.teacher.or(g.teacher.clone()),
             tokenizer: c.tokenizer.or(g.tokenizer.clone()),
             data: c.data.or(g.data.clone()),
-            out: c.out.or(g.out.as_ref().map(|o| o.join(crate::stage::generate::CACHE_DIR))),
+            out: c.out.or(g.out.as_ref().map(|o| o.join(CACHE_DIR))),
             ..c
         }
     }
@@ -152,7 +152,7 @@ impl PipelineFile {
     pub fn train_settings(&self) -> TrainSettings {
         let t = self.train.clone().unwrap_or_default();
         let (cache, data) = match self.generate.as_ref().and_then(|g| g.out.as_ref()) {
-            Some(out) => (Some(out.join(crate::stage::generate::CACHE_DIR)), Some(out.join(crate::stage::generate::GENERATED_FILE))),
+            Some(out) => (Some(out.join(CACHE_DIR)), Some(out.join(GENERATED_FILE))),
             None => (self.cache.out.clone(), self.cache.data.clone()),
         };
         TrainSettings { cache: t.cache.clone().or(cache), data: t.data.clone().or(data), ..t }

@@ -34,10 +34,7 @@ use crate::text::{TextColumns, Tokenizer};
 use super::cache_teacher::{CacheSummary, RunOptions, Timings};
 use decode::Decoder;
 
-/// The generated dataset's file in `--out`.
-pub const GENERATED_FILE: &str = "generated.parquet";
-/// The cache of the generated positions in `--out`.
-pub const CACHE_DIR: &str = "cache";
+pub use crate::config::{CACHE_DIR, GENERATED_FILE};
 /// The dataset's parts while a run goes, one per cache shard.
 pub const PARTS_DIR: &str = "generated.parts";
 
@@ -58,6 +55,8 @@ pub struct GenerateSummary {
     pub label_seconds: f64,
     pub seconds: f64,
     pub cache: CacheSummary,
+    /// What the user should know (the teacher fell back to the CPU, no KV cache, prompts cut).
+    pub warnings: Vec<String>,
 }
 
 /// Generate, cache the soft labels, write the dataset.
@@ -68,7 +67,9 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     let tok = load_tokenizer(cfg)?;
     let eos = end_ids(cfg, &tok)?;
     let mut teacher = load_teacher(cfg, opts)?;
-    let kv_cache = use_kv_cache(cfg, &teacher, opts.quiet);
+    let mut warnings: Vec<String> = teacher.device_note.iter().cloned().collect();
+    let (kv_cache, rerun_note) = use_kv_cache(cfg, &teacher);
+    warnings.extend(rerun_note);
     let selectable = tok.vocab_size().min(teacher.vocab_size);
     let top_k = top_k(cfg, selectable)?;
     let sequences = prompts::count(cfg)?;
@@ -132,12 +133,12 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     }
     progress.finish();
     let cut = prompts.finish(sequences)?;
-    if cut > 0 && !opts.quiet {
-        eprintln!(
-            "warning: {cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
+    if cut > 0 {
+        warnings.push(format!(
+            "{cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
              (prompt_ids holds what the teacher saw; the prompt column the whole text)",
             cfg.max_seq_len - 1
-        );
+        ));
     }
     man.totals.truncated_rows = cut * u64::from(cfg.samples);
     let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
@@ -152,6 +153,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         label_seconds: decoder.label_seconds,
         seconds: started.elapsed().as_secs_f64(),
         cache,
+        warnings,
     })
 }
 
@@ -170,29 +172,26 @@ fn load_teacher(cfg: &GenerateConfig, opts: &RunOptions) -> Result<Teacher> {
     // Spinning intra-op threads: decoding steps are many short runs (measured at 2 threads
     // on the with-past fixture: the rerun path 0.77-0.96x raw ONNX Runtime without, 1.05x with).
     let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, true, opts.ort_lib.as_deref(), cfg.device)?;
-    if let (Some(note), false) = (&teacher.device_note, opts.quiet) {
-        eprintln!("warning: {note}");
-    }
     if teacher.task != Task::CausalLm {
         return Err(Error::teacher(&cfg.teacher, "outputs [batch, classes] logits: generate needs a causal LM ([batch, seq, vocab])"));
     }
     Ok(teacher)
 }
 
-/// Decode with the KV cache when the export has one and it is not turned off; say so on
-/// stderr when each token reruns the whole sequence.
-fn use_kv_cache(cfg: &GenerateConfig, teacher: &Teacher, quiet: bool) -> bool {
+/// Decode with the KV cache when the export has one and it is not turned off; otherwise a
+/// note that each token reruns the whole sequence.
+fn use_kv_cache(cfg: &GenerateConfig, teacher: &Teacher) -> (bool, Option<String>) {
     let kv = cfg.kv_cache == KvCache::Auto && teacher.has_kv_cache();
-    if !kv && !quiet {
-        let why = if cfg.kv_cache == KvCache::Off {
-            "--kv-cache off"
-        } else {
-            "the export has no past_key_values inputs with present outputs, attention_mask and position_ids (export with \
-             `optimum-cli export onnx --task text-generation-with-past` for them)"
-        };
-        eprintln!("generate: each new token reruns the whole sequence through the teacher ({why}): slower than decoding with a KV cache");
+    if kv {
+        return (true, None);
     }
-    kv
+    let why = if cfg.kv_cache == KvCache::Off {
+        "--kv-cache off"
+    } else {
+        "the export has no past_key_values inputs with present outputs, attention_mask and position_ids (export with \
+         `optimum-cli export onnx --task text-generation-with-past` for them)"
+    };
+    (false, Some(format!("each new token reruns the whole sequence through the teacher ({why}): slower than decoding with a KV cache")))
 }
 
 /// `--top-k`, at most the ids a soft label may name; by default 64 or fewer.
@@ -442,6 +441,7 @@ fn already_complete(cfg: &GenerateConfig, cache_dir: &Path, man: Manifest, start
         label_seconds: 0.0,
         seconds: started.elapsed().as_secs_f64(),
         cache: cache_summary(cache_dir, &man, man.shards.len(), 0.0, true),
+        warnings: Vec::new(),
     })
 }
 
