@@ -22,7 +22,10 @@ use super::{CacheSummary, RunOptions};
 /// What a pipeline is doing or has done, in order: the binary prints each.
 pub enum Step<'a> {
     /// Stage one starts: `generate` or `cache-teacher`, with the teacher's path.
-    StageOne { command: &'static str, teacher: &'a Path },
+    StageOne {
+        command: &'static str,
+        teacher: &'a Path,
+    },
     Generated(&'a GenerateSummary),
     Cached(&'a CacheSummary),
     /// The training cache, as `distill inspect` describes it.
@@ -30,7 +33,11 @@ pub enum Step<'a> {
     /// The teacher's T = 1 cache of the held-out data is made in this directory.
     TeacherCache(&'a Path),
     /// One student starts training: the run's label, seed and directory.
-    Training { label: &'static str, seed: u64, run: &'a Path },
+    Training {
+        label: &'static str,
+        seed: u64,
+        run: &'a Path,
+    },
     Trained(&'a TrainSummary),
     Evaluated(&'a EvalReport),
     /// The comparison table, also written to `results.md`.
@@ -124,7 +131,12 @@ fn stage_one(checked: &Checked, opts: &RunOptions, on_step: &mut dyn FnMut(Step<
 
 /// The teacher on the held-out data: a cache at T = 1 with k = 1 (exact perplexity or
 /// accuracy; its top-1 for agreement), beside the training cache as `<name>-eval`.
-fn teacher_on_held_out(cache: &CacheTeacherConfig, eval: &EvalSettings, opts: &RunOptions, on_step: &mut dyn FnMut(Step<'_>)) -> Result<PathBuf> {
+fn teacher_on_held_out(
+    cache: &CacheTeacherConfig,
+    eval: &EvalSettings,
+    opts: &RunOptions,
+    on_step: &mut dyn FnMut(Step<'_>),
+) -> Result<PathBuf> {
     let name = cache.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cache".into());
     let held_out = CacheTeacherConfig {
         data: eval.data.clone(),
@@ -162,7 +174,8 @@ fn train_students(
             if run.exists() {
                 std::fs::remove_dir_all(&run).map_err(|e| Error::io(&run, e))?;
             }
-            let cfg = TrainSettings { alpha: Some(alpha), seed: Some(seed), out: Some(run.clone()), ..base.clone() }.validate(student.clone())?;
+            let cfg =
+                TrainSettings { alpha: Some(alpha), seed: Some(seed), out: Some(run.clone()), ..base.clone() }.validate(student.clone())?;
             on_step(Step::Training { label, seed, run: &run });
             let s = crate::train::train_student(&cfg, &train_opts)?;
             on_step(Step::Trained(&s));
