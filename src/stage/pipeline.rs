@@ -48,6 +48,9 @@ pub enum Step<'a> {
     Warning(String),
 }
 
+/// A row of the results table: its label and each seed's report.
+pub type TableRow = (String, Vec<EvalReport>);
+
 /// The settings a pipeline runs with, every one checked.
 struct Checked {
     cache: CacheTeacherConfig,
@@ -162,7 +165,7 @@ fn train_students(
     teacher_cache: &Path,
     opts: &RunOptions,
     on_step: &mut dyn FnMut(Step<'_>),
-) -> Result<(Vec<(String, Vec<EvalReport>)>, Vec<PathBuf>)> {
+) -> Result<(Vec<TableRow>, Vec<PathBuf>)> {
     let base = file.train_settings();
     let out = base.out.clone().ok_or_else(|| Error::Config("train.out is required in the pipeline's [train]".into()))?;
     let train_opts = TrainOptions { quiet: opts.quiet, resume: false, command: opts.command.clone() };
@@ -207,7 +210,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// The comparison as Markdown: the teacher, then each row's students (mean ± standard
 /// deviation over the seeds): held-out perplexity (LM) or accuracy, and top-1 agreement.
-pub fn results_table(teacher: &EvalReport, rows: &[(String, Vec<EvalReport>)], seeds: usize) -> String {
+pub fn results_table(teacher: &EvalReport, rows: &[TableRow], seeds: usize) -> String {
     let lm = teacher.perplexity.is_some();
     let metric = if lm { "held-out perplexity" } else { "held-out accuracy" };
     let mut t = format!("| model | {metric} | top-1 agreement with teacher |\n|---|---|---|\n");
