@@ -517,3 +517,65 @@ fn cuda_device_without_a_cuda_runtime_falls_back_to_the_cpu_and_says_why() {
         &["cache.device must be `cpu`, `cuda` or `cuda:N`", "`gpu`"],
     );
 }
+
+/// Fingerprints must not change: a cache keeps resuming and serving the runs made from it
+/// only while the same settings give the same fingerprint. The expected values are what
+/// distill 0.1.0 wrote for each of these caches (the same from the release before the
+/// trust-boundary checks and after them); a change here is a change of every user's
+/// cache identity and needs a schema note, not a new expected value.
+#[test]
+fn fingerprints_do_not_change() {
+    let t = temp();
+    let rows = lm_rows(t.path(), 6);
+    let digits = |out: &str, extra: &[&str]| {
+        let dir = t.path().join(out);
+        cache_digits("test.parquet", &dir, extra);
+        dir
+    };
+    let lm = |teacher: &str, out: &str, extra: &[&str]| {
+        let dir = t.path().join(out);
+        let mut a = lm_cache_args(&rows, &dir, extra);
+        a[2] = data(teacher).display().to_string();
+        ok(&distill(a));
+        dir
+    };
+    let generated = t.path().join("g");
+    ok(&distill([
+        "generate",
+        "--teacher",
+        &data("lm/teacher.onnx").display().to_string(),
+        "--tokenizer",
+        &data("lm/tokenizer.json").display().to_string(),
+        "--data",
+        &rows.display().to_string(),
+        "--max-new-tokens",
+        "4",
+        "--samples-per-prompt",
+        "2",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+        "--out",
+        &generated.display().to_string(),
+        "--quiet",
+    ]));
+    let cases = [
+        (digits("a", &[]), "858301d65931e752066d03c812fb31a8e29be407d927ce8bea89dfaab9ac9875"),
+        (
+            digits("b", &["--top-k", "3", "--temperature", "2", "--rows-per-shard", "100"]),
+            "6c83a869c3b5de3b40817c28de3f9f0dd46908db79a6f450d80fb70ebd35336d",
+        ),
+        (
+            digits("c", &["--soft-labels", "topk+sampled:2,3", "--seed", "7"]),
+            "d74a972f8084427859324a2e90a7ba94b85668cbf0e41f079b302f4ac902efab",
+        ),
+        (lm("lm/teacher.onnx", "d", &["--top-k", "8"]), "3f7c86c9f308b582a48d85168518a69afedb650735c8b39c600a9423352e7482"),
+        (lm("exports/external-data/model.onnx", "e", &[]), "723707dc71dedcbed124a255f259483e428664b0a97b4ebecfe2b4e85bc063cf"),
+        (generated.join("cache"), "4e11eee9eaf1ef25365a8dab7aa4af629ca5f11cb9f13bb6c739a7230b784274"),
+    ];
+    for (dir, want) in cases {
+        let m = distill::cache::Manifest::read(&dir).unwrap();
+        assert_eq!(m.fingerprint, want, "{}: the fingerprint changed", dir.display());
+    }
+}

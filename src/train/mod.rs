@@ -30,7 +30,7 @@ use burn::tensor::Device;
 use crate::cache::Manifest;
 use crate::cache::manifest::{TOKENIZER_FILE, sha256_canonical_json, write_atomic};
 use crate::config::{TrainConfig, TrainDevice};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loss::HiddenMaps;
 use crate::progress::Progress;
 use crate::student::adamw::FusedAdamW;
@@ -397,7 +397,7 @@ pub fn device_for(choice: TrainDevice) -> Result<Device> {
         #[cfg(feature = "tch")]
         TrainDevice::TchCuda(n) => Ok(Device::libtorch_cuda(n)),
         #[cfg(not(feature = "tch"))]
-        TrainDevice::Tch | TrainDevice::TchCuda(_) => Err(Error::Config(
+        TrainDevice::Tch | TrainDevice::TchCuda(_) => Err(crate::error::Error::Config(
             "train.device = tch needs a build with the `tch` cargo feature (cargo build --release --features tch; see README)".into(),
         )),
     }
