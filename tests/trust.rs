@@ -105,6 +105,15 @@ fn lm_cache(teacher: &Path, rows: &Path, out: &Path) -> Vec<String> {
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// `generate` with `teacher` and the LM tokenizer over the LM's held-out prompts into `out`,
+/// then `extra`.
+fn generate_args(teacher: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = args(&["generate", "--teacher", &s(teacher), "--tokenizer", &s(&data("lm/tokenizer.json"))]);
+    a.extend(args(&["--data", &s(&data("lm/valid.jsonl")), "--out", &s(out)]));
+    a.extend(args(extra));
+    a
+}
+
 /// Root cause 1: an unused initializer's external data at `/dev/zero`, at a FIFO, or
 /// outside the model's directory hung stage one or published the outside file's SHA-256 in
 /// the manifest. ONNX Runtime's rules now apply to every reference, naming the tensor.
@@ -475,38 +484,12 @@ fn settings_that_overflow_are_refused_by_the_parser() {
         "topk+sampled:18446744073709551615,2",
     ]));
     fails_with(&o, &["K + N must be at most"]);
-    let o = distill(args(&[
-        "generate",
-        "--teacher",
-        &s(&data("lm/teacher.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--data",
-        &s(&data("lm/valid.jsonl")),
-        "--out",
-        &s(&t.path().join("g")),
-        "--samples-per-prompt",
-        "4294967297",
-    ]));
+    let (teacher, out) = (data("lm/teacher.onnx"), t.path().join("g"));
+    let o = distill(generate_args(&teacher, &out, &["--samples-per-prompt", "4294967297"]));
     fails_with(&o, &["--samples-per-prompt", "4294967297"]);
     // The largest count that fits is planned from the row count, not built in memory: the
     // plan's size is refused before anything is read or decoded.
-    let o = distill_within(
-        LIMIT,
-        &args(&[
-            "generate",
-            "--teacher",
-            &s(&data("lm/teacher.onnx")),
-            "--tokenizer",
-            &s(&data("lm/tokenizer.json")),
-            "--data",
-            &s(&data("lm/valid.jsonl")),
-            "--out",
-            &s(&t.path().join("g")),
-            "--samples-per-prompt",
-            "4294967295",
-        ]),
-    );
+    let o = distill_within(LIMIT, &generate_args(&teacher, &out, &["--samples-per-prompt", "4294967295"]));
     fails_with(&o, &["prompts x 4294967295 samples", "more than 1000000 shards"]);
 }
 
@@ -660,32 +643,11 @@ fn awkward_results_are_clear_ones() {
     for f in ["model.onnx", "config.json"] {
         std::fs::copy(data("exports/text-generation").join(f), teacher.join(f)).unwrap();
     }
+    let generate = || distill(generate_args(&teacher.join("model.onnx"), &t.path().join("g"), &[]));
     std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": [2, ").unwrap();
-    let o = distill(args(&[
-        "generate",
-        "--teacher",
-        &s(&teacher.join("model.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--data",
-        &s(&data("lm/valid.jsonl")),
-        "--out",
-        &s(&t.path().join("g")),
-    ]));
-    fails_with(&o, &["generation_config.json: not valid JSON"]);
+    fails_with(&generate(), &["generation_config.json: not valid JSON"]);
     std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": 999999}").unwrap();
-    let o = distill(args(&[
-        "generate",
-        "--teacher",
-        &s(&teacher.join("model.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--data",
-        &s(&data("lm/valid.jsonl")),
-        "--out",
-        &s(&t.path().join("g")),
-    ]));
-    fails_with(&o, &["eos_token_id 999999 is not a token id", "--eos-id"]);
+    fails_with(&generate(), &["eos_token_id 999999 is not a token id", "--eos-id"]);
 
     // `[eval] data` that does not exist is refused before stage one makes anything.
     let pipeline = t.path().join("p.toml");
