@@ -239,144 +239,18 @@ impl Teacher {
         device: TeacherDevice,
     ) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let env = super::runtime::environment(ort_lib)?;
-        let builder = || session_builder(env, path, threads, spin);
-        let mut device_note = None;
-        let mut session_builder = builder()?;
-        if let TeacherDevice::Cuda(id) = device {
-            use ort::ep::ExecutionProvider;
-            if !ort::ep::CUDA::is_available().unwrap_or(false) {
-                device_note = Some(format!(
-                    "--device cuda:{id}: this ONNX Runtime has no CUDA execution provider (the `onnxruntime` wheel is \
-                     CPU-only; install `onnxruntime-gpu`, which needs the CUDA 13 libraries); the teacher runs on the CPU"
-                ));
-            } else {
-                let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
-                match session_builder.with_execution_providers([cuda]) {
-                    Ok(b) => session_builder = b,
-                    Err(e) => {
-                        device_note = Some(format!(
-                            "--device cuda:{id}: the CUDA execution provider did not start ({e}); the teacher runs on the CPU"
-                        ));
-                        session_builder = builder()?;
-                    }
-                }
-            }
-        }
+        let (session_builder, device_note) = start_session(path, threads, spin, ort_lib, device)?;
         // The graph and its external data are checked and hashed before ONNX Runtime reads them.
         let sha256 = sha256_file(path)?;
         let external_data = hash_external_data(path)?;
         let session =
             session_builder.commit_from_file(path).map_err(|e| Error::teacher(path, format!("not a loadable ONNX model: {e}")))?;
-
         let mut io_inputs: Vec<IoInfo> = session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
         let io_outputs: Vec<IoInfo> = session.outputs().iter().map(|o| io_info(o.name(), o.dtype())).collect();
-        let listing =
-            |ios: &[IoInfo]| ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ");
-
-        // The logits output.
-        let output = match &mapping.output {
-            Some(o) => o.clone(),
-            None if io_outputs.iter().any(|o| o.name == "logits") => "logits".to_string(),
-            None => io_outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
-        };
-        let Some(out_info) = io_outputs.iter().find(|o| o.name == output) else {
-            return Err(Error::teacher(
-                path,
-                format!("output `{output}` does not exist; the model's outputs are: {}", listing(&io_outputs)),
-            ));
-        };
-        if !["f32", "f16", "bf16"].contains(&out_info.dtype.as_str()) {
-            return Err(Error::teacher(path, format!("output `{output}` is {}, expected f32, f16 or bf16 logits", out_info.dtype)));
-        }
-        if out_info.shape.len() == 3 && out_info.shape[1] == 1 {
-            return Err(Error::teacher(path, last_position_only(&output, &out_info.shape)));
-        }
-        let task = match out_info.shape.len() {
-            2 => Task::Classification,
-            3 => Task::CausalLm,
-            _ => {
-                return Err(Error::teacher(
-                    path,
-                    format!("output `{output}` has shape {}, expected [batch, classes] or [batch, seq, vocab]", dims(&out_info.shape)),
-                ));
-            }
-        };
-        let vocab = *out_info.shape.last().expect("rank >= 2");
-        if vocab <= 0 {
-            return Err(Error::teacher(
-                path,
-                format!(
-                    "output `{output}` has a dynamic last dimension {}; the class/vocabulary count must be fixed",
-                    dims(&out_info.shape)
-                ),
-            ));
-        }
-
+        let (output, task, vocab) = logits_output(path, mapping, &io_outputs)?;
         let hidden = hidden_outputs(path, &mapping.hidden, &io_outputs, &output, task)?;
-
-        // Plan each input.
-        let mut inputs = Vec::new();
-        for (outlet, io) in session.inputs().iter().zip(io_inputs.iter_mut()) {
-            let name = outlet.name().to_string();
-            let Some(dtype) = outlet.dtype().tensor_type() else {
-                return Err(Error::teacher(path, format!("input `{name}` is not a tensor")));
-            };
-            let mapped = mapping.columns.iter().find(|(i, _)| *i == name).map(|(_, c)| c.clone());
-            let feed = if let Some(col) = mapped {
-                Feed::Column(col)
-            } else if mapping.tokens {
-                match name.as_str() {
-                    "input_ids" => Feed::InputIds,
-                    "attention_mask" => Feed::AttentionMask,
-                    "position_ids" => Feed::PositionIds,
-                    "token_type_ids" => Feed::TokenTypeIds,
-                    "use_cache_branch" => Feed::NoCacheBranch,
-                    n if n.starts_with("past_key_values") || n.starts_with("past.") => {
-                        if io.shape.len() != 4 || io.shape[1] <= 0 || io.shape[3] <= 0 {
-                            return Err(Error::teacher(
-                                path,
-                                format!(
-                                    "past input `{n}` has shape {}, expected [batch, heads, past_seq, head_dim] with fixed heads and head_dim",
-                                    dims(&io.shape)
-                                ),
-                            ));
-                        }
-                        Feed::EmptyPast
-                    }
-                    _ => {
-                        return Err(Error::teacher(
-                            path,
-                            format!(
-                                "cannot fill input `{name}` of a token model (known: input_ids, attention_mask, \
-                                 position_ids, token_type_ids, past_key_values.*, use_cache_branch); the model's inputs are: {}",
-                                listing(&session.inputs().iter().map(|o| io_info(o.name(), o.dtype())).collect::<Vec<_>>())
-                            ),
-                        ));
-                    }
-                }
-            } else {
-                // Numeric model: an input is fed from the dataset column of the same name.
-                Feed::Column(name.clone())
-            };
-            io.filled_from = Some(feed.describe());
-            inputs.push(InputPlan { name, dtype, shape: io.shape.clone(), feed });
-        }
-        if mapping.tokens && !inputs.iter().any(|i| i.feed == Feed::InputIds) {
-            return Err(Error::teacher(
-                path,
-                format!("a tokenizer was given but the model has no `input_ids` input; its inputs are: {}", listing(&io_inputs)),
-            ));
-        }
-        for (input, _) in &mapping.columns {
-            if !inputs.iter().any(|i| &i.name == input) {
-                return Err(Error::teacher(
-                    path,
-                    format!("--input names `{input}`, which the model does not have; its inputs are: {}", listing(&io_inputs)),
-                ));
-            }
-        }
-
+        let types: Vec<Option<TensorElementType>> = session.inputs().iter().map(|o| o.dtype().tensor_type()).collect();
+        let inputs = plan_inputs(path, mapping, &types, &mut io_inputs)?;
         let presents = present_outputs(&inputs, &io_outputs);
         Ok(Teacher {
             path: path.to_path_buf(),
@@ -385,7 +259,7 @@ impl Teacher {
             output,
             hidden,
             task,
-            vocab_size: vocab as usize,
+            vocab_size: vocab,
             sha256,
             bytes: meta.len(),
             external_data,
@@ -766,6 +640,146 @@ impl Teacher {
 /// The outputs asked for beside the logits, checked against the model's outputs: each
 /// must exist, be floating point, and have a fixed last dimension; `[batch, dim]` only for
 /// a classifier.
+/// The inputs and outputs of a model, each as `name dtype [shape]`, for error messages.
+fn listing(ios: &[IoInfo]) -> String {
+    ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ")
+}
+
+/// A session builder for `path` on `device`; a CUDA device that this ONNX Runtime cannot use
+/// gives a CPU builder and the reason.
+fn start_session(
+    path: &Path,
+    threads: usize,
+    spin: bool,
+    ort_lib: Option<&Path>,
+    device: TeacherDevice,
+) -> Result<(ort::session::builder::SessionBuilder, Option<String>)> {
+    let env = super::runtime::environment(ort_lib)?;
+    let builder = || session_builder(env, path, threads, spin);
+    let TeacherDevice::Cuda(id) = device else { return Ok((builder()?, None)) };
+    use ort::ep::ExecutionProvider;
+    if !ort::ep::CUDA::is_available().unwrap_or(false) {
+        let note = format!(
+            "--device cuda:{id}: this ONNX Runtime has no CUDA execution provider (the `onnxruntime` wheel is \
+             CPU-only; install `onnxruntime-gpu`, which needs the CUDA 13 libraries); the teacher runs on the CPU"
+        );
+        return Ok((builder()?, Some(note)));
+    }
+    let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+    match builder()?.with_execution_providers([cuda]) {
+        Ok(b) => Ok((b, None)),
+        Err(e) => Ok((
+            builder()?,
+            Some(format!("--device cuda:{id}: the CUDA execution provider did not start ({e}); the teacher runs on the CPU")),
+        )),
+    }
+}
+
+/// The logits output (`--output`, else `logits`, else the first), its task from its rank and
+/// its class or vocabulary count; refused if it is not f32/f16/bf16 logits at every position.
+fn logits_output(path: &Path, mapping: &InputMapping, io_outputs: &[IoInfo]) -> Result<(String, Task, usize)> {
+    let output = match &mapping.output {
+        Some(o) => o.clone(),
+        None if io_outputs.iter().any(|o| o.name == "logits") => "logits".to_string(),
+        None => io_outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+    };
+    let Some(out_info) = io_outputs.iter().find(|o| o.name == output) else {
+        return Err(Error::teacher(path, format!("output `{output}` does not exist; the model's outputs are: {}", listing(io_outputs))));
+    };
+    if !["f32", "f16", "bf16"].contains(&out_info.dtype.as_str()) {
+        return Err(Error::teacher(path, format!("output `{output}` is {}, expected f32, f16 or bf16 logits", out_info.dtype)));
+    }
+    if out_info.shape.len() == 3 && out_info.shape[1] == 1 {
+        return Err(Error::teacher(path, last_position_only(&output, &out_info.shape)));
+    }
+    let task = match out_info.shape.len() {
+        2 => Task::Classification,
+        3 => Task::CausalLm,
+        _ => {
+            return Err(Error::teacher(
+                path,
+                format!("output `{output}` has shape {}, expected [batch, classes] or [batch, seq, vocab]", dims(&out_info.shape)),
+            ));
+        }
+    };
+    let vocab = *out_info.shape.last().expect("rank >= 2");
+    if vocab <= 0 {
+        return Err(Error::teacher(
+            path,
+            format!("output `{output}` has a dynamic last dimension {}; the class/vocabulary count must be fixed", dims(&out_info.shape)),
+        ));
+    }
+    Ok((output, task, vocab as usize))
+}
+
+/// How each input of the model is fed: a dataset column (numeric models, or `--input`), or
+/// for a token model its ids, mask, positions, token types, an empty past or the merged
+/// decoder's branch flag. Records each input's source in `io_inputs`; `types` are the
+/// inputs' element types (`None`: not a tensor).
+fn plan_inputs(path: &Path, mapping: &InputMapping, types: &[Option<TensorElementType>], io_inputs: &mut [IoInfo]) -> Result<Vec<InputPlan>> {
+    let known = listing(io_inputs);
+    let mut inputs = Vec::new();
+    for (io, &dtype) in io_inputs.iter_mut().zip(types) {
+        let name = io.name.clone();
+        let Some(dtype) = dtype else {
+            return Err(Error::teacher(path, format!("input `{name}` is not a tensor")));
+        };
+        let mapped = mapping.columns.iter().find(|(i, _)| *i == name).map(|(_, c)| c.clone());
+        let feed = match mapped {
+            Some(col) => Feed::Column(col),
+            None if mapping.tokens => token_feed(path, &name, &io.shape, &known)?,
+            // Numeric model: an input is fed from the dataset column of the same name.
+            None => Feed::Column(name.clone()),
+        };
+        io.filled_from = Some(feed.describe());
+        inputs.push(InputPlan { name, dtype, shape: io.shape.clone(), feed });
+    }
+    if mapping.tokens && !inputs.iter().any(|i| i.feed == Feed::InputIds) {
+        return Err(Error::teacher(
+            path,
+            format!("a tokenizer was given but the model has no `input_ids` input; its inputs are: {known}"),
+        ));
+    }
+    for (input, _) in &mapping.columns {
+        if !inputs.iter().any(|i| &i.name == input) {
+            return Err(Error::teacher(path, format!("--input names `{input}`, which the model does not have; its inputs are: {known}")));
+        }
+    }
+    Ok(inputs)
+}
+
+/// What feeds the input `name` of a token model.
+fn token_feed(path: &Path, name: &str, shape: &[i64], known: &str) -> Result<Feed> {
+    Ok(match name {
+        "input_ids" => Feed::InputIds,
+        "attention_mask" => Feed::AttentionMask,
+        "position_ids" => Feed::PositionIds,
+        "token_type_ids" => Feed::TokenTypeIds,
+        "use_cache_branch" => Feed::NoCacheBranch,
+        n if n.starts_with("past_key_values") || n.starts_with("past.") => {
+            if shape.len() != 4 || shape[1] <= 0 || shape[3] <= 0 {
+                return Err(Error::teacher(
+                    path,
+                    format!(
+                        "past input `{n}` has shape {}, expected [batch, heads, past_seq, head_dim] with fixed heads and head_dim",
+                        dims(shape)
+                    ),
+                ));
+            }
+            Feed::EmptyPast
+        }
+        _ => {
+            return Err(Error::teacher(
+                path,
+                format!(
+                    "cannot fill input `{name}` of a token model (known: input_ids, attention_mask, \
+                     position_ids, token_type_ids, past_key_values.*, use_cache_branch); the model's inputs are: {known}"
+                ),
+            ));
+        }
+    })
+}
+
 fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &str, task: Task) -> Result<Vec<HiddenOutput>> {
     let listing = || outputs.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ");
     names
