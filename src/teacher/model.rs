@@ -239,7 +239,7 @@ impl Teacher {
         device: TeacherDevice,
     ) -> Result<Teacher> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let (session_builder, device_note) = start_session(path, threads, spin, ort_lib, device)?;
+        let (mut session_builder, device_note) = start_session(path, threads, spin, ort_lib, device)?;
         // The graph and its external data are checked and hashed before ONNX Runtime reads them.
         let sha256 = sha256_file(path)?;
         let external_data = hash_external_data(path)?;
@@ -716,7 +716,12 @@ fn logits_output(path: &Path, mapping: &InputMapping, io_outputs: &[IoInfo]) -> 
 /// for a token model its ids, mask, positions, token types, an empty past or the merged
 /// decoder's branch flag. Records each input's source in `io_inputs`; `types` are the
 /// inputs' element types (`None`: not a tensor).
-fn plan_inputs(path: &Path, mapping: &InputMapping, types: &[Option<TensorElementType>], io_inputs: &mut [IoInfo]) -> Result<Vec<InputPlan>> {
+fn plan_inputs(
+    path: &Path,
+    mapping: &InputMapping,
+    types: &[Option<TensorElementType>],
+    io_inputs: &mut [IoInfo],
+) -> Result<Vec<InputPlan>> {
     let known = listing(io_inputs);
     let mut inputs = Vec::new();
     for (io, &dtype) in io_inputs.iter_mut().zip(types) {
@@ -735,10 +740,7 @@ fn plan_inputs(path: &Path, mapping: &InputMapping, types: &[Option<TensorElemen
         inputs.push(InputPlan { name, dtype, shape: io.shape.clone(), feed });
     }
     if mapping.tokens && !inputs.iter().any(|i| i.feed == Feed::InputIds) {
-        return Err(Error::teacher(
-            path,
-            format!("a tokenizer was given but the model has no `input_ids` input; its inputs are: {known}"),
-        ));
+        return Err(Error::teacher(path, format!("a tokenizer was given but the model has no `input_ids` input; its inputs are: {known}")));
     }
     for (input, _) in &mapping.columns {
         if !inputs.iter().any(|i| &i.name == input) {
