@@ -70,6 +70,18 @@ pub fn python(script: &str, args: &[&Path]) -> Output {
     Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 runs")
 }
 
+/// Whether a test that needs a tool beyond the project's `.venv` (torch in `.venv-torch`)
+/// can run: `true` if `available`. Otherwise the test is skipped with the reason printed,
+/// unless `DISTILL_REQUIRE_ALL=1` (`.ci/test` sets it) makes the missing tool a failure.
+pub fn have_tool(available: bool, what: &str, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(std::env::var("DISTILL_REQUIRE_ALL").as_deref() != Ok("1"), "{what} is missing: {how}");
+    eprintln!("SKIPPED: {what} is missing ({how})");
+    false
+}
+
 pub fn temp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("distill-test-").tempdir().expect("temp dir")
 }
