@@ -3,7 +3,7 @@
 //! once, in `config` (clap and serde on one struct), and flattened in here. It calls the
 //! library and prints results to stdout (progress and warnings go to stderr).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use distill::config::{CacheSettings, GenerateSettings, PipelineFile, TrainSettings, merge};
@@ -375,17 +375,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let s = stage::generate::generate(&cfg, &opts)?;
             print_generate_summary(&s, args.quiet);
         }
-        Command::Report { runs, cache, out } => {
-            let stats = match &cache {
-                Some(c) => Some(stage::inspect(c)?.1),
-                None => None,
-            };
-            let skipped = stage::report::report(&runs, stats.as_ref(), &out)?;
-            if skipped > 0 {
-                eprintln!("note: {skipped} values of metrics.csv were not drawn (not finite, or beyond what an axis can span)");
-            }
-            println!("{}: {} runs{}", out.display(), runs.len(), if cache.is_some() { " and the cache's histograms" } else { "" });
-        }
+        Command::Report { runs, cache, out } => draw_report(&runs, cache.as_deref(), &out)?,
         Command::Inspect { cache, json } => {
             let (manifest, stats) = stage::inspect(&cache)?;
             if json {
@@ -413,15 +403,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::InitStudent { from, layers, out, overwrite } => {
             let s = distill::student::hf::init::init_student(&from, &layers, &out, overwrite)?;
-            println!(
-                "{}: {} of the {} blocks ({:?}), {} tensors, {} bytes",
-                s.out.display(),
-                s.layers.len(),
-                s.layers_from,
-                s.layers,
-                s.tensors,
-                s.bytes
-            );
+            let (n, of) = (s.layers.len(), s.layers_from);
+            println!("{}: {n} of the {of} blocks ({:?}), {} tensors, {} bytes", s.out.display(), s.layers, s.tensors, s.bytes);
         }
         Command::Predict { student, data, out, text_column, max_seq_len, max_rows } => {
             let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows };
@@ -433,29 +416,46 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval { student, data, cache, text_column, max_seq_len, json } => {
             let opts = stage::eval::PredictOptions { text_column, max_seq_len, max_rows: None };
-            let r = stage::eval::eval_student(&student, &data, cache.as_deref(), &opts)?;
-            for note in &r.notes {
-                eprintln!("note: {note}");
-            }
-            let teacher = cache.as_deref().map(stage::eval::teacher_metrics).transpose()?;
-            if json {
-                let mut v = serde_json::to_value(&r).expect("serialises");
-                if let Some(t) = &teacher {
-                    v["teacher"] = serde_json::to_value(t).expect("serialises");
-                }
-                println!("{v}");
-            } else {
-                println!("{}", render_report(&r));
-                if let Some(t) = &teacher {
-                    println!("teacher (from the cache, at its temperature): {}", render_report(t));
-                }
-            }
+            evaluate(&student, &data, cache.as_deref(), &opts, json)?;
         }
         Command::Run { pipeline, quiet, overwrite, ort_lib } => {
             let file = PipelineFile::load(&pipeline)?;
             let opts = RunOptions { quiet, overwrite, ort_lib, command, on_shard: None };
             stage::pipeline::run(&file, &opts, &mut |step| print_step(step, quiet))?;
         }
+    }
+    Ok(())
+}
+
+/// `distill report`: the runs' curves (and the cache's histograms) drawn into `out`.
+fn draw_report(runs: &[PathBuf], cache: Option<&Path>, out: &Path) -> Result<()> {
+    let stats = cache.map(|c| stage::inspect(c).map(|(_, stats)| stats)).transpose()?;
+    let skipped = stage::report::report(runs, stats.as_ref(), out)?;
+    if skipped > 0 {
+        eprintln!("note: {skipped} values of metrics.csv were not drawn (not finite, or beyond what an axis can span)");
+    }
+    println!("{}: {} runs{}", out.display(), runs.len(), if cache.is_some() { " and the cache's histograms" } else { "" });
+    Ok(())
+}
+
+/// `distill eval`: the student's figures, and the teacher's from the cache, as text or JSON.
+fn evaluate(student: &Path, data: &Path, cache: Option<&Path>, opts: &stage::eval::PredictOptions, json: bool) -> Result<()> {
+    let r = stage::eval::eval_student(student, data, cache, opts)?;
+    for note in &r.notes {
+        eprintln!("note: {note}");
+    }
+    let teacher = cache.map(stage::eval::teacher_metrics).transpose()?;
+    if json {
+        let mut v = serde_json::to_value(&r).expect("serialises");
+        if let Some(t) = &teacher {
+            v["teacher"] = serde_json::to_value(t).expect("serialises");
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{}", render_report(&r));
+    if let Some(t) = &teacher {
+        println!("teacher (from the cache, at its temperature): {}", render_report(t));
     }
     Ok(())
 }
