@@ -38,32 +38,7 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let complete_path = out.join(&names.complete);
-    let partial = out.join(&names.partial);
-    let mut note = None;
-    let read = |p: &Path| match Manifest::read_file(p) {
-        Ok(m) => Ok(Some(m)),
-        // An unreadable manifest (another schema, hand-edited) may be replaced on request.
-        Err(_) if overwrite => Ok(None),
-        Err(e) => {
-            Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it")))
-        }
-    };
-    let existing = if complete_path.exists() {
-        Some((read(&complete_path)?, true))
-    } else if partial.exists() {
-        Some((read(&partial)?, false))
-    } else {
-        None
-    };
-    let existing = match existing {
-        // Unreadable, which `read` allows only with --overwrite: every arm below that keeps or
-        // resumes a cache requires !overwrite, so it is replaced like any other.
-        Some((None, c)) => Some((man.clone(), c)),
-        Some((Some(m), c)) => Some((m, c)),
-        None => None,
-    };
-    match existing {
+    match existing_manifest(out, man, overwrite, names)? {
         Some((old, _)) if old.fingerprint != man.fingerprint && !overwrite => Err(Error::cache(
             out,
             format!(
@@ -71,98 +46,126 @@ pub fn prepare_out_dir(out: &Path, man: &Manifest, overwrite: bool, names: &Mani
                 describe_difference(&old, man)
             ),
         )),
-        Some((old, complete)) if old.fingerprint == man.fingerprint && !overwrite => {
-            // Keep the finished shards whose files are intact; recompute from the first that is
-            // not. A complete cache with every shard intact is reported as it is.
-            let mut kept = old.clone();
-            kept.shards.clear();
-            kept.totals = Totals::default();
-            let mut damaged = None;
-            for s in &old.shards {
-                let p = out.join(&s.file);
-                let intact = std::fs::metadata(&p).map(|m| m.len() == s.bytes).unwrap_or(false)
-                    && manifest::sha256_file(&p).map(|h| h == s.sha256).unwrap_or(false);
-                if !intact {
-                    damaged = Some(s.file.clone());
-                    break;
-                }
-                kept.totals.rows += s.rows;
-                kept.totals.positions += s.positions;
-                kept.shards.push(s.clone());
-            }
-            match (complete, damaged) {
-                (true, None) => return Ok(OutState::Complete(old)),
-                (true, Some(file)) => {
-                    // No longer complete: the partial manifest takes over until the rerun ends.
-                    kept.complete = false;
-                    kept.write_atomic(out, &names.partial)?;
-                    std::fs::remove_file(&complete_path).map_err(|e| Error::io(&complete_path, e))?;
-                    note = Some(format!(
-                        "{}: the complete cache's {file} is missing or damaged; recomputing from it ({} intact shards kept)",
-                        out.display(),
-                        kept.shards.len()
-                    ));
-                }
-                (false, _) => {}
-            }
-            remove_unlisted(out, &kept.shards, part)?;
-            Ok(OutState::Partial(kept, note))
-        }
-        Some(_) => {
-            // --overwrite: remove what the old cache wrote, and every manifest that would
-            // list the shards removed (a whole run's, or the part manifests of a capture).
-            for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
-                let entry = entry.map_err(|e| Error::io(out, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let whole = name == MANIFEST_FILE || name == PARTIAL_MANIFEST_FILE;
-                let stale = name == names.complete
-                    || name == names.partial
-                    || (part.count == 1 && name.starts_with("manifest.part-"))
-                    || (part.count > 1 && whole);
-                if stale {
-                    std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-                }
-            }
-            remove_unlisted(out, &[], part)?;
-            Ok(OutState::Fresh)
-        }
-        None => {
-            if out.exists() {
-                let stray: Vec<String> = std::fs::read_dir(out)
-                    .map_err(|e| Error::io(out, e))?
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        !(manifest::is_shard_file_name(n)
-                            || n.ends_with(".partial")
-                            || n == manifest::TOKENIZER_FILE
-                            || n == crate::chat::CHAT_TEMPLATE_FILE
-                            || crate::lock::is_lock_file(n)
-                            || n.starts_with(WRITE_PROBE)
-                            || (part.count > 1 && n.starts_with("manifest.part-")))
-                    })
-                    .collect();
-                if !stray.is_empty() {
-                    return Err(Error::cache(
-                        out,
-                        format!(
-                            "--out is not empty and is not a distill cache (found {}); choose an empty or new directory",
-                            stray.join(", ")
-                        ),
-                    ));
-                }
-                remove_unlisted(out, &[], part)?;
-            } else {
-                std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-            }
-            // Probe writability before any work is done (under this process's own name: the
-            // workers of a sharded capture probe one directory at once).
-            let probe = out.join(format!("{WRITE_PROBE}.{}", std::process::id()));
-            drop(crate::untrusted::create_fresh(&probe)?);
-            std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
-            Ok(OutState::Fresh)
+        Some((old, complete)) if !overwrite => resume(out, old, complete, names, part),
+        Some(_) => replace(out, names, part),
+        None => start_fresh(out, part),
+    }
+}
+
+/// The manifest already in `out` (the complete one, else the partial one) and whether it is
+/// complete. One that cannot be read is refused, or with `overwrite` stands in as this run's
+/// own (`man`), so that it is replaced like any other.
+fn existing_manifest(out: &Path, man: &Manifest, overwrite: bool, names: &ManifestNames) -> Result<Option<(Manifest, bool)>> {
+    let (complete, partial) = (out.join(&names.complete), out.join(&names.partial));
+    let (path, is_complete) = match (complete.exists(), partial.exists()) {
+        (true, _) => (complete, true),
+        (false, true) => (partial, false),
+        (false, false) => return Ok(None),
+    };
+    match Manifest::read_file(&path) {
+        Ok(m) => Ok(Some((m, is_complete))),
+        // An unreadable manifest (another schema, hand-edited) may be replaced on request.
+        Err(_) if overwrite => Ok(Some((man.clone(), is_complete))),
+        Err(e) => {
+            Err(Error::cache(out, format!("holds a cache this run cannot resume ({e}); use another --out or --overwrite to replace it")))
         }
     }
+}
+
+/// A cache made with the same settings: keep the finished shards whose files are intact and
+/// recompute from the first that is not. A complete cache with every shard intact is
+/// reported as it is; one with a damaged shard becomes partial again, with a note.
+fn resume(out: &Path, old: Manifest, complete: bool, names: &ManifestNames, part: PartInfo) -> Result<OutState> {
+    let mut kept = old.clone();
+    kept.shards.clear();
+    kept.totals = Totals::default();
+    let mut damaged = None;
+    for s in &old.shards {
+        let p = out.join(&s.file);
+        let intact = std::fs::metadata(&p).map(|m| m.len() == s.bytes).unwrap_or(false)
+            && manifest::sha256_file(&p).map(|h| h == s.sha256).unwrap_or(false);
+        if !intact {
+            damaged = Some(s.file.clone());
+            break;
+        }
+        kept.totals.rows += s.rows;
+        kept.totals.positions += s.positions;
+        kept.shards.push(s.clone());
+    }
+    let mut note = None;
+    match (complete, damaged) {
+        (true, None) => return Ok(OutState::Complete(old)),
+        (true, Some(file)) => {
+            // No longer complete: the partial manifest takes over until the rerun ends.
+            kept.complete = false;
+            kept.write_atomic(out, &names.partial)?;
+            let complete_path = out.join(&names.complete);
+            std::fs::remove_file(&complete_path).map_err(|e| Error::io(&complete_path, e))?;
+            note = Some(format!(
+                "{}: the complete cache's {file} is missing or damaged; recomputing from it ({} intact shards kept)",
+                out.display(),
+                kept.shards.len()
+            ));
+        }
+        (false, _) => {}
+    }
+    remove_unlisted(out, &kept.shards, part)?;
+    Ok(OutState::Partial(kept, note))
+}
+
+/// `--overwrite`: remove what the old cache wrote, and every manifest that would list the
+/// shards removed (a whole run's, or the part manifests of a capture).
+fn replace(out: &Path, names: &ManifestNames, part: PartInfo) -> Result<OutState> {
+    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
+        let entry = entry.map_err(|e| Error::io(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let whole = name == MANIFEST_FILE || name == PARTIAL_MANIFEST_FILE;
+        let stale = name == names.complete
+            || name == names.partial
+            || (part.count == 1 && name.starts_with("manifest.part-"))
+            || (part.count > 1 && whole);
+        if stale {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    remove_unlisted(out, &[], part)?;
+    Ok(OutState::Fresh)
+}
+
+/// No cache in `out`: it must be new, or hold nothing but what a killed run of distill
+/// leaves; then it is probed for writing before any work is done.
+fn start_fresh(out: &Path, part: PartInfo) -> Result<OutState> {
+    if out.exists() {
+        let stray: Vec<String> = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                !(manifest::is_shard_file_name(n)
+                    || n.ends_with(".partial")
+                    || n == manifest::TOKENIZER_FILE
+                    || n == crate::chat::CHAT_TEMPLATE_FILE
+                    || crate::lock::is_lock_file(n)
+                    || n.starts_with(WRITE_PROBE)
+                    || (part.count > 1 && n.starts_with("manifest.part-")))
+            })
+            .collect();
+        if !stray.is_empty() {
+            return Err(Error::cache(
+                out,
+                format!("--out is not empty and is not a distill cache (found {}); choose an empty or new directory", stray.join(", ")),
+            ));
+        }
+        remove_unlisted(out, &[], part)?;
+    } else {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    // Under this process's own name: the workers of a sharded capture probe one directory
+    // at once.
+    let probe = out.join(format!("{WRITE_PROBE}.{}", std::process::id()));
+    drop(crate::untrusted::create_fresh(&probe)?);
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
+    Ok(OutState::Fresh)
 }
 
 /// The file a run writes and removes to check that `--out` is writable; a run killed in
