@@ -105,28 +105,14 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     progress.set_position((resumed * per) as u64);
     let mut prompts = prompts::Prompts::open(cfg, &tok)?;
     prompts.skip(resumed * per)?;
-    let (mut tokens_this_run, mut rows_this_run, mut decode_seconds) = (0u64, 0u64, 0.0);
+    let mut tally = Tally::default();
     for index in resumed..shards {
-        let first = index * per;
         let mut shard = prompts.take(per)?;
         for batch in shard.chunks_mut(cfg.batch_size) {
-            let t = Instant::now();
-            if kv_cache {
-                decoder.with_past(&mut teacher, batch)?
-            } else {
-                decoder.rerun(&mut teacher, batch)?
-            }
-            decode_seconds += t.elapsed().as_secs_f64();
-            tokens_this_run += batch.iter().map(|s| s.generated.len() as u64).sum::<u64>();
-            rows_this_run += batch.len() as u64;
-            progress.inc(batch.len() as u64, tokens_this_run, decode_seconds, rows_this_run);
+            decode_batch(&mut decoder, &mut teacher, batch, kv_cache, &mut tally)?;
+            progress.inc(batch.len() as u64, tally.tokens, tally.seconds, tally.rows);
         }
-        output::write_part(&output::part_path(&parts, index), &shard, &tok)?;
-        let info = output::write_shard(&cache_dir, &man, index, first as u64, &shard)?;
-        man.totals.rows += shard.len() as u64;
-        man.totals.positions += info.positions;
-        man.shards.push(info);
-        man.write_atomic(&cache_dir, &names.partial)?;
+        record_shard(&cache_dir, &parts, &names, &mut man, index, &shard, &tok)?;
         if let Some(hook) = &opts.on_shard {
             (hook.0)()?;
         }
@@ -148,13 +134,60 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         tokens: man.totals.positions,
         stopped_at_eos: man.generation.as_ref().map_or(0, |g| g.stopped_at_eos),
         kv_cache,
-        tokens_this_run,
-        decode_seconds,
+        tokens_this_run: tally.tokens,
+        decode_seconds: tally.seconds,
         label_seconds: decoder.label_seconds,
         seconds: started.elapsed().as_secs_f64(),
         cache,
         warnings,
     })
+}
+
+/// What this run decoded: tokens, sequences and the seconds it took.
+#[derive(Default)]
+struct Tally {
+    tokens: u64,
+    rows: u64,
+    seconds: f64,
+}
+
+/// Decode one batch of sequences to their ends, with the KV cache or by rerunning.
+fn decode_batch(
+    decoder: &mut Decoder<'_>,
+    teacher: &mut Teacher,
+    batch: &mut [decode::Sequence],
+    kv_cache: bool,
+    tally: &mut Tally,
+) -> Result<()> {
+    let t = Instant::now();
+    if kv_cache {
+        decoder.with_past(teacher, batch)?
+    } else {
+        decoder.rerun(teacher, batch)?
+    }
+    tally.seconds += t.elapsed().as_secs_f64();
+    tally.tokens += batch.iter().map(|s| s.generated.len() as u64).sum::<u64>();
+    tally.rows += batch.len() as u64;
+    Ok(())
+}
+
+/// Shard `index`'s sequences as a part of the dataset and a cache shard, recorded in the
+/// partial manifest: once this returns, a rerun resumes after them.
+fn record_shard(
+    cache_dir: &Path,
+    parts: &Path,
+    names: &ManifestNames,
+    man: &mut Manifest,
+    index: usize,
+    shard: &[decode::Sequence],
+    tok: &Tokenizer,
+) -> Result<()> {
+    output::write_part(&output::part_path(parts, index), shard, tok)?;
+    let info = output::write_shard(cache_dir, man, index, index as u64 * man.rows_per_shard, shard)?;
+    man.totals.rows += shard.len() as u64;
+    man.totals.positions += info.positions;
+    man.shards.push(info);
+    man.write_atomic(cache_dir, &names.partial)
 }
 
 /// The tokenizer, with the chat template when the prompts are conversations.
