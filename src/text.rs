@@ -99,17 +99,9 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
     // Not per id: the tokenizer counts its vocabulary by building it.
     let vocab = if cols.token_ids { tok.vocab_size() } else { 0 };
     let token_ids = |i: usize| match fields.get(i) {
-        Some(Field::Numbers(v)) => v
-            .iter()
-            .map(|&x| {
-                let id = x as u32;
-                if x >= 0.0 && id as f32 == x && (id as usize) < vocab {
-                    Ok(id)
-                } else {
-                    Err(Error::data(data, format!("row {row}, column `{}`: {x} is not a token id of the tokenizer (0..{vocab})", names[i])))
-                }
-            })
-            .collect::<Result<Vec<u32>>>(),
+        Some(Field::Numbers(v)) => ids_of(v, vocab).map_err(|x| {
+            Error::data(data, format!("row {row}, column `{}`: {x} is not a token id of the tokenizer (0..{vocab})", names[i]))
+        }),
         _ => Err(missing(i)),
     };
     let mut cut_before_specials = false;
@@ -166,6 +158,18 @@ pub fn tokenize(tok: &Tokenizer, cols: &TextColumns, fields: &[Field], row: u64,
         t.truncate(cols.max_seq_len);
     }
     Ok(Tokenized { ids, first_position: first, targets, truncated })
+}
+
+/// A token-id column's values as ids below `vocab`; the first value that is not one is the
+/// error.
+fn ids_of(values: &[f32], vocab: usize) -> std::result::Result<Vec<u32>, f32> {
+    values
+        .iter()
+        .map(|&x| {
+            let id = x as u32;
+            if x >= 0.0 && id as f32 == x && (id as usize) < vocab { Ok(id) } else { Err(x) }
+        })
+        .collect()
 }
 
 /// Encode `text` with the tokenizer's special tokens in at most `max_len` tokens, as
