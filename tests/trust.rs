@@ -241,16 +241,7 @@ fn a_planted_probe_link_does_not_truncate_its_target() {
     let other = t.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::os::unix::fs::symlink(&target, other.join(".distill.lock")).unwrap();
-    let o = distill(args(&[
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&data("digits/test.parquet")),
-        "--out",
-        &s(&other),
-        "--quiet",
-    ]));
+    let o = distill(digits_cache_args("test.parquet", &other, &[]));
     fails_with(&o, &[".distill.lock", "symbolic link"]);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
 }
@@ -472,17 +463,7 @@ fn a_forged_parquet_footer_is_not_believed() {
 #[test]
 fn settings_that_overflow_are_refused_by_the_parser() {
     let t = temp();
-    let o = distill(args(&[
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&data("digits/test.parquet")),
-        "--out",
-        &s(&t.path().join("c")),
-        "--soft-labels",
-        "topk+sampled:18446744073709551615,2",
-    ]));
+    let o = distill(digits_cache_args("test.parquet", &t.path().join("c"), &["--soft-labels", "topk+sampled:18446744073709551615,2"]));
     fails_with(&o, &["K + N must be at most"]);
     let (teacher, out) = (data("lm/teacher.onnx"), t.path().join("g"));
     let o = distill(generate_args(&teacher, &out, &["--samples-per-prompt", "4294967297"]));

@@ -48,9 +48,9 @@ pub fn fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
-/// `distill cache-teacher` on the digits teacher over `data/digits/<split>` into `out`, with
-/// `extra` flags; asserts success.
-pub fn cache_digits(split: &str, out: &Path, extra: &[&str]) {
+/// `cache-teacher` arguments for the digits teacher over `data/digits/<split>` into `out`,
+/// then `extra`.
+pub fn digits_cache_args(split: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a = vec![
         "cache-teacher".to_string(),
         "--teacher".into(),
@@ -62,7 +62,13 @@ pub fn cache_digits(split: &str, out: &Path, extra: &[&str]) {
         "--quiet".into(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
-    ok(&distill(a));
+    a
+}
+
+/// `distill cache-teacher` on the digits teacher over `data/digits/<split>` into `out`, with
+/// `extra` flags; asserts success.
+pub fn cache_digits(split: &str, out: &Path, extra: &[&str]) {
+    ok(&distill(digits_cache_args(split, out, extra)));
 }
 
 /// Python with onnxruntime/pyarrow/duckdb: `python3` on PATH (the .venv when run through .ci/test).
