@@ -182,6 +182,14 @@ enum Command {
     },
 }
 
+/// `--student SPEC`, refused where it is read.
+fn parse_student(s: &str) -> std::result::Result<StudentSpec, String> {
+    StudentSpec::parse(s).map_err(|e| match e {
+        distill::Error::Config(m) => m,
+        e => e.to_string(),
+    })
+}
+
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 struct TrainArgs {
@@ -190,8 +198,8 @@ struct TrainArgs {
     pipeline: Option<PathBuf>,
     /// Student: `mlp:hidden=64,64`, `encoder:d_model=64,layers=2`,
     /// `decoder:d_model=64,layers=2,heads=2,d_ff=172` or `hf:DIR` (a Hugging Face checkpoint).
-    #[arg(long, value_name = "SPEC")]
-    student: Option<String>,
+    #[arg(long, value_name = "SPEC", value_parser = parse_student)]
+    student: Option<StudentSpec>,
     #[command(flatten)]
     settings: TrainSettings,
     /// Continue the run in --out from its last checkpoint.
@@ -214,7 +222,7 @@ impl TrainArgs {
             None => (flags, None),
         };
         let student = match (&self.student, file_student) {
-            (Some(s), _) => StudentSpec::parse(s)?,
+            (Some(s), _) => s.clone(),
             (None, Some(s)) => s,
             (None, None) => {
                 return Err(distill::Error::Config("train.student is required (--student SPEC or [student] in the pipeline)".into()));

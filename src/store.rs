@@ -381,6 +381,68 @@ impl Drop for Prefetcher {
     }
 }
 
+/// Where a command that writes a cache (cache-teacher, merge) works: the output directory
+/// itself, or for an object-storage URL its staging directory, which starts from what the
+/// bucket holds and is uploaded as the work goes (shards before manifests).
+pub struct Staging {
+    /// The local directory the command writes.
+    pub dir: PathBuf,
+    remote: Option<Remote>,
+    uploader: Option<Arc<Uploader>>,
+}
+
+/// What a staging directory brings from the bucket once it is locked.
+pub enum Pull<'a> {
+    /// These manifests, the shards they list and the tokenizer (resuming a capture).
+    Manifests(&'a [&'a str]),
+    /// Every object (a merge needs every part).
+    All,
+}
+
+impl Staging {
+    /// The directory `out` names; nothing is created or downloaded yet.
+    pub fn of(out: &Path) -> Result<Staging> {
+        Ok(match Location::parse(out)? {
+            Location::Local(dir) => Staging { dir, remote: None, uploader: None },
+            Location::Remote(remote) => Staging { dir: remote.staging_dir(), remote: Some(remote), uploader: None },
+        })
+    }
+
+    /// Take the directory: the locks `lock` acquires on it, then for a URL what `pull`
+    /// names from the bucket, so the locks are held from the first download to the last
+    /// upload. Returns the locks, held until dropped.
+    pub fn take<L>(&mut self, lock: impl FnOnce(&Path) -> Result<L>, pull: Pull<'_>) -> Result<L> {
+        let held = lock(&self.dir)?;
+        if let Some(remote) = self.remote.take() {
+            match pull {
+                Pull::Manifests(names) => remote.pull_manifests(&self.dir, names)?,
+                Pull::All => {
+                    remote.pull_all(&self.dir)?;
+                }
+            }
+            self.uploader = Some(Arc::new(Uploader::new(remote, self.dir.clone())?));
+        }
+        Ok(held)
+    }
+
+    /// Uploads what changed (after each finished shard); `None` for a local directory.
+    pub fn sync_fn(&self) -> Option<impl Fn() -> Result<()> + Send + Sync + 'static> {
+        self.uploader.clone().map(|up| move || up.sync(false))
+    }
+
+    /// The last upload (with `prune`, objects this run removed locally are deleted from the
+    /// bucket); returns where the cache is: the URL, or the directory.
+    pub fn finish(self, prune: bool) -> Result<PathBuf> {
+        match self.uploader {
+            Some(up) => {
+                up.sync(prune)?;
+                Ok(PathBuf::from(up.url()))
+            }
+            None => Ok(self.dir),
+        }
+    }
+}
+
 /// A cache ready to read: a local directory, and for a remote cache the prefetcher that
 /// fills it.
 pub struct OpenedCache {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::identity::CacheIdentity;
 use crate::cache::schema::LogprobEncoding;
 use crate::error::{Error, Result};
 
@@ -269,6 +270,25 @@ pub struct PartInfo {
     pub count: usize,
 }
 
+/// `I/N` with `0 <= I < N` (`--part`).
+impl std::str::FromStr for PartInfo {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<PartInfo, String> {
+        let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+        match parsed {
+            Some((index, count)) if index < count => Ok(PartInfo { index, count }),
+            _ => Err(format!("must be I/N with 0 <= I < N (got `{s}`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PartInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 impl PartInfo {
     /// `manifest.part-I-of-N.json`, and with `.partial` while the part runs.
     pub fn file_name(&self, partial: bool) -> String {
@@ -328,6 +348,103 @@ pub struct Manifest {
     /// recompute it is detected.
     #[serde(default)]
     pub checksum: String,
+}
+
+/// What a cache holds and how it was made, beside its identity: the part of a manifest
+/// the command that makes the cache decides ([`Manifest::new`] adds the rest).
+#[derive(Debug, Clone)]
+pub struct CacheContents {
+    pub part: Option<PartInfo>,
+    pub task: Task,
+    pub teacher: TeacherInfo,
+    pub tokenizer: Option<TokenizerInfo>,
+    pub vocab_size: usize,
+    pub top_k: usize,
+    pub temperature: f32,
+    pub positions: Positions,
+    pub encoding: EncodingInfo,
+    pub dataset: DatasetInfo,
+    pub text: Option<TextColumns>,
+    pub features: Vec<String>,
+    pub label_column: Option<String>,
+    pub sampled: Option<SampledInfo>,
+    pub hidden_states: Vec<HiddenStateInfo>,
+    pub generation: Option<GenerationInfo>,
+    pub rows_per_shard: u64,
+}
+
+impl Manifest {
+    /// The manifest of a cache before its first shard (the one place a manifest is made):
+    /// its contents, the fingerprint of its identity, the settings as given (recorded beside
+    /// the identity) and the command line.
+    pub fn new(contents: CacheContents, identity: &CacheIdentity, given: Option<&serde_json::Value>, command: Vec<String>) -> Manifest {
+        let CacheContents {
+            part,
+            task,
+            teacher,
+            tokenizer,
+            vocab_size,
+            top_k,
+            temperature,
+            positions,
+            encoding,
+            dataset,
+            text,
+            features,
+            label_column,
+            sampled,
+            hidden_states,
+            generation,
+            rows_per_shard,
+        } = contents;
+        let identity_json = identity.to_json();
+        let settings = match given {
+            Some(given) => serde_json::json!({ "given": given, "identity": identity_json }),
+            None => serde_json::json!({ "identity": identity_json }),
+        };
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            complete: false,
+            part,
+            tool: ToolInfo { name: "distill".into(), version: super::identity::tool_version() },
+            task,
+            teacher,
+            tokenizer,
+            vocab_size,
+            top_k,
+            temperature,
+            positions,
+            encoding,
+            dataset,
+            text,
+            features,
+            label_column,
+            sampled,
+            hidden_states,
+            generation,
+            rows_per_shard,
+            fingerprint: sha256_canonical_json(&identity_json),
+            settings,
+            command,
+            totals: Totals::default(),
+            shards: Vec::new(),
+            checksum: String::new(),
+        }
+    }
+
+    /// Publish the complete manifest, checked, under `complete` in `dir`, and remove the
+    /// partial one (`partial`) the run resumed from: the last step of every command that
+    /// makes or merges a cache. Shards must all be on disk before.
+    pub fn publish(&mut self, dir: &Path, complete: &str, partial: &str) -> Result<()> {
+        self.complete = true;
+        self.validate(&dir.join(complete))?;
+        self.write_atomic(dir, complete)?;
+        let partial = dir.join(partial);
+        if partial.exists() {
+            std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Manifest {
@@ -493,11 +610,32 @@ impl Manifest {
     /// A minimal complete manifest around one shard, for benchmarks and tests of the reader.
     #[doc(hidden)]
     pub fn synthetic_for_bench(top_k: usize, vocab_size: usize, encoding: LogprobEncoding, step: f64, shard: ShardInfo) -> Manifest {
-        Manifest {
+        let encoding = EncodingInfo { logprobs: encoding, logprob_step: step, max_abs_error: step / 2.0, compression: "zstd".into() };
+        let identity = CacheIdentity::Captured(super::identity::CapturedIdentity {
             schema_version: SCHEMA_VERSION,
-            complete: true,
+            tool_version: super::identity::tool_version(),
+            teacher_sha256: String::new(),
+            logits_output: "logits".into(),
+            inputs: vec![],
+            tokenizer_sha256: None,
+            dataset_sha256: String::new(),
+            columns: vec![],
+            top_k,
+            temperature: 1.0,
+            positions: Positions::All,
+            max_seq_len: None,
+            encoding: encoding.clone(),
+            rows_per_shard: shard.rows,
+            teacher_external_data: vec![],
+            selectable_ids: None,
+            sampled: None,
+            hidden_states: vec![],
+            token_ids: false,
+            topk_in: super::identity::TopkIn::Rust,
+            chat_template_sha256: None,
+        });
+        let contents = CacheContents {
             part: None,
-            tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
             task: Task::CausalLm,
             teacher: TeacherInfo {
                 file: "synthetic".into(),
@@ -513,7 +651,7 @@ impl Manifest {
             top_k,
             temperature: 1.0,
             positions: Positions::All,
-            encoding: EncodingInfo { logprobs: encoding, logprob_step: step, max_abs_error: step / 2.0, compression: "zstd".into() },
+            encoding,
             dataset: DatasetInfo {
                 file: "synthetic".into(),
                 format: "none".into(),
@@ -528,13 +666,12 @@ impl Manifest {
             hidden_states: Vec::new(),
             generation: None,
             rows_per_shard: shard.rows,
-            fingerprint: String::new(),
-            settings: serde_json::Value::Null,
-            command: vec![],
-            totals: Totals { rows: shard.rows, positions: shard.positions, ..Default::default() },
-            shards: vec![shard],
-            checksum: String::new(),
-        }
+        };
+        let mut m = Manifest::new(contents, &identity, None, vec![]);
+        m.complete = true;
+        m.totals = Totals { rows: shard.rows, positions: shard.positions, ..Default::default() };
+        m.shards = vec![shard];
+        m
     }
 }
 

@@ -3,6 +3,7 @@
 //! manifest; the schema is documented in [`schema`] and in docs/cache-format.md.
 
 mod dataset_info;
+pub mod identity;
 pub mod manifest;
 pub mod out_dir;
 pub mod reader;
@@ -10,6 +11,7 @@ pub mod schema;
 mod stamp;
 pub mod writer;
 
+pub use identity::CacheIdentity;
 pub use manifest::{Manifest, Positions, ShardInfo, Task};
 pub use reader::{CacheReader, SoftLabelBatch};
 pub use schema::LogprobEncoding;

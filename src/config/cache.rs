@@ -2,11 +2,13 @@
 //! (clap and serde derives on the same struct), validated into [`CacheTeacherConfig`].
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::cache::identity::TopkIn;
 use crate::cache::manifest::{PartInfo, SampledInfo};
 use crate::cache::{LogprobEncoding, Positions};
 use crate::error::{Error, Result};
@@ -19,6 +21,10 @@ use super::check_temperature;
 pub mod defaults {
     pub const TOP_K: usize = 64;
     pub const TEMPERATURE: f32 = 1.0;
+    /// `--spin auto` spins with at least this many threads (and twice as many cores).
+    pub const SPIN_MIN_THREADS: usize = 4;
+    /// Seed of sampled soft labels.
+    pub const SEED: u64 = 0;
     pub const BATCH_SIZE: usize = 32;
     pub const ROWS_PER_SHARD: u64 = 1024;
     pub const MAX_SEQ_LEN: usize = 512;
@@ -85,14 +91,15 @@ pub struct CacheSettings {
     pub positions: Option<TextPositions>,
     /// Entries kept per position [default: 64, or every class when fewer].
     #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
+    pub top_k: Option<NonZeroUsize>,
     /// What each position stores: `topk` [default], the top-k of the teacher's distribution
     /// with the exact tail mass; `sampled:N`, N tokens drawn from it (the distinct ids with
     /// their share of the draws), an unbiased estimate of the whole distribution (Anshumann
     /// et al. 2025) that the default forward KL with the tail bucket learns from; or
     /// `topk+sampled:K,N`, the exact top K and N draws from the rest (exact head, unbiased tail).
     #[arg(long, value_name = "topk|sampled:N|topk+sampled:K,N")]
-    pub soft_labels: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub soft_labels: Option<SoftLabels>,
     /// Seed of --soft-labels sampled:N and topk+sampled:K,N: draws depend on it, the row and the position only
     /// [default: 0].
     #[arg(long, value_name = "N")]
@@ -102,16 +109,16 @@ pub struct CacheSettings {
     pub temperature: Option<f32>,
     /// Rows per teacher batch [default: 32].
     #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<NonZeroUsize>,
     /// Most padded tokens in one text batch (rows x its longest row) [default: as many as
     /// keep the batch's f32 logits under 256 MiB, 2^26 / vocabulary, 441 at 152k]. Rows are
     /// grouped by length within each shard, so batches carry little padding; a longer row
     /// runs alone. The cache does not depend on it.
     #[arg(long, value_name = "TOKENS")]
-    pub max_batch_tokens: Option<usize>,
+    pub max_batch_tokens: Option<NonZeroUsize>,
     /// Dataset rows per Parquet shard [default: 1024]. Part of the cache's identity.
     #[arg(long, value_name = "N")]
-    pub rows_per_shard: Option<u64>,
+    pub rows_per_shard: Option<NonZeroU64>,
     /// Longest token sequence fed to the teacher [default: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
@@ -132,18 +139,19 @@ pub struct CacheSettings {
     /// cached position; a classifier's first token), stored as f16. The outputs must exist
     /// in the ONNX file (docs/cache-format.md shows how to add one to an export).
     #[arg(long, value_name = "NAME,...")]
-    pub hidden_states: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub hidden_states: Option<Names>,
     /// Store each --hidden-states output through a fixed random projection to R values
     /// per position (seeded; distances and angles are kept to within about 1/sqrt(R)),
     /// bounding the bytes per position [default: the output's own width].
     #[arg(long, value_name = "R")]
-    pub hidden_dim: Option<usize>,
+    pub hidden_dim: Option<NonZeroUsize>,
     /// Storage of log-probs: `delta_u16` (compact, error <= 1/512 nat; default) or `f32` (lossless).
     #[arg(long, value_name = "ENCODING")]
     pub logprob_encoding: Option<LogprobEncoding>,
     /// Threads for ONNX Runtime and the top-k [default: all cores].
     #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     /// ONNX Runtime's worker threads spin-wait between operators: `on` is faster when the
     /// teacher has cores of its own, `off` when they share cores with the top-k. `auto`
     /// [default]: on with 4 or more --threads on a machine with at least twice that many cores.
@@ -152,7 +160,8 @@ pub struct CacheSettings {
     /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
     /// usable CUDA execution provider the run says why and continues on the CPU).
     #[arg(long, value_name = "DEVICE")]
-    pub device: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub device: Option<TeacherDevice>,
     /// Where the soft labels are computed: `rust` [default], from the logits copied out of
     /// ONNX Runtime (measured faster on the CPU); `onnxruntime`, by nodes appended to the
     /// teacher's graph in memory (log-softmax, top-k, tail, entropy), so only [positions, k]
@@ -163,7 +172,78 @@ pub struct CacheSettings {
     /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
     /// parts with `distill merge`.
     #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub shard: Option<PartInfo>,
+}
+
+/// `--soft-labels`: what each cached position stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftLabels {
+    /// The top-k of the teacher's distribution, with the exact tail mass.
+    TopK,
+    /// `draws` ids drawn from the distribution outside its `exact_top` most probable ones,
+    /// which are kept exactly (`sampled:N` has none).
+    Sampled { exact_top: usize, draws: usize },
+}
+
+impl std::str::FromStr for SoftLabels {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<SoftLabels, String> {
+        let bad = || format!("must be `topk`, `sampled:N` or `topk+sampled:K,N` with K, N >= 1 (got `{s}`)");
+        if s == "topk" {
+            return Ok(SoftLabels::TopK);
+        }
+        let count = |n: &str| n.trim().parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(bad);
+        let (exact_top, draws) = match (s.strip_prefix("topk+sampled:"), s.strip_prefix("sampled:")) {
+            (Some(kn), _) => {
+                let (k, n) = kn.split_once(',').ok_or_else(bad)?;
+                (count(k)?, count(n)?)
+            }
+            (None, Some(n)) => (0, count(n)?),
+            (None, None) => return Err(bad()),
+        };
+        let max = crate::cache::manifest::MAX_VOCAB;
+        if exact_top.checked_add(draws).is_none_or(|n| n > max) {
+            return Err(format!("`{s}`: K + N must be at most {max} (entries per position)"));
+        }
+        Ok(SoftLabels::Sampled { exact_top, draws })
+    }
+}
+
+impl std::fmt::Display for SoftLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SoftLabels::TopK => f.write_str("topk"),
+            SoftLabels::Sampled { exact_top: 0, draws } => write!(f, "sampled:{draws}"),
+            SoftLabels::Sampled { exact_top, draws } => write!(f, "topk+sampled:{exact_top},{draws}"),
+        }
+    }
+}
+
+/// Comma-separated names, each once (`--hidden-states pooled,hidden`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names(pub Vec<String>);
+
+impl std::str::FromStr for Names {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Names, String> {
+        let names: Vec<String> = s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+            return Err(format!("names `{dup}` twice"));
+        }
+        if names.is_empty() {
+            return Err(format!("`{s}` names nothing: give comma-separated output names"));
+        }
+        Ok(Names(names))
+    }
+}
+
+impl std::fmt::Display for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 /// `--positions`: which positions of a text row are cached.
@@ -184,15 +264,6 @@ pub enum TextPositions {
 pub enum LongSequences {
     Truncate,
     Refuse,
-}
-
-/// `--topk-in`: where the soft labels are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum TopkIn {
-    #[default]
-    Rust,
-    Onnxruntime,
 }
 
 /// `--spin`: whether ONNX Runtime's intra-op threads spin-wait between operators.
@@ -309,28 +380,21 @@ impl CacheSettings {
         };
         let temperature = self.temperature.unwrap_or(defaults::TEMPERATURE);
         check_temperature("cache.temperature", temperature)?;
-        if self.top_k == Some(0) {
-            return Err(Error::Config("cache.top_k must be >= 1".into()));
-        }
-        let batch_size = at_least_one("cache.batch_size", self.batch_size.unwrap_or(defaults::BATCH_SIZE))?;
-        let rows_per_shard = at_least_one("cache.rows_per_shard", self.rows_per_shard.unwrap_or(defaults::ROWS_PER_SHARD))?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let threads = at_least_one("cache.threads", self.threads.unwrap_or(cores))?;
+        let batch_size = self.batch_size.map_or(defaults::BATCH_SIZE, NonZeroUsize::get);
+        let rows_per_shard = self.rows_per_shard.map_or(defaults::ROWS_PER_SHARD, NonZeroU64::get);
+        let cores = super::cores();
+        let threads = self.threads.map_or(cores, NonZeroUsize::get);
         // The top-k runs on `threads` threads of its own while the teacher computes the next
         // batch: spinning ORT workers would take those cores from it unless there are enough.
         // Measured on 16 cores: spinning gained 5-10 % at 4 and 8 threads, lost ~7 % at 2.
         let spin = match self.spin.unwrap_or(Spin::Auto) {
-            Spin::Auto => threads >= 4 && cores >= 2 * threads,
+            Spin::Auto => threads >= defaults::SPIN_MIN_THREADS && cores >= 2 * threads,
             Spin::On => true,
             Spin::Off => false,
         };
-        let device = match self.device.as_deref() {
-            None => TeacherDevice::Cpu,
-            Some(d) => TeacherDevice::parse(d)
-                .ok_or_else(|| Error::Config(format!("cache.device must be `cpu`, `cuda` or `cuda:N` (got `{d}`)")))?,
-        };
+        let device = self.device.unwrap_or_default();
         let text = self.text_config()?;
-        let part = self.shard.as_deref().map(parse_part).transpose()?;
+        let part = self.shard;
         let sampled = self.sampling()?;
         let topk_in = self.topk_in.unwrap_or_default();
         if topk_in == TopkIn::Onnxruntime && sampled.is_some() {
@@ -347,10 +411,10 @@ impl CacheSettings {
             out: need(self.out, "out", "out")?,
             text,
             label_column: self.label_column,
-            top_k: self.top_k,
+            top_k: self.top_k.map(NonZeroUsize::get),
             temperature,
             batch_size,
-            max_batch_tokens: self.max_batch_tokens.map(|n| at_least_one("cache.max_batch_tokens", n)).transpose()?,
+            max_batch_tokens: self.max_batch_tokens.map(NonZeroUsize::get),
             rows_per_shard,
             inputs: inputs.into_iter().collect(),
             output: self.output,
@@ -369,45 +433,24 @@ impl CacheSettings {
 
     /// `--hidden-states` and `--hidden-dim`.
     fn hidden(&self) -> Result<(Vec<String>, Option<usize>)> {
-        let names: Vec<String> =
-            self.hidden_states.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
-        if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
-            return Err(Error::Config(format!("cache.hidden_states names `{dup}` twice")));
-        }
+        let names = self.hidden_states.as_ref().map(|n| n.0.clone()).unwrap_or_default();
         match self.hidden_dim {
             Some(_) if names.is_empty() => Err(Error::Config("cache.hidden_dim applies to --hidden-states only".into())),
-            Some(0) => Err(Error::Config("cache.hidden_dim must be >= 1".into())),
-            r => Ok((names, r)),
+            r => Ok((names, r.map(NonZeroUsize::get))),
         }
     }
 
     /// `--soft-labels` and `--seed`: `None` for the top-k.
     fn sampling(&self) -> Result<Option<SampledInfo>> {
-        let bad = |s: &str| {
-            Error::Config(format!("cache.soft_labels must be `topk`, `sampled:N` or `topk+sampled:K,N` with K, N >= 1 (got `{s}`)"))
-        };
-        let sampled = match self.soft_labels.as_deref() {
-            None | Some("topk") => None,
-            Some(s) => {
-                let count = |n: &str| n.trim().parse::<usize>().ok().filter(|&n| n >= 1);
-                let (exact_top, draws) = if let Some(kn) = s.strip_prefix("topk+sampled:") {
-                    let (k, n) = kn.split_once(',').ok_or_else(|| bad(s))?;
-                    (count(k).ok_or_else(|| bad(s))?, count(n).ok_or_else(|| bad(s))?)
-                } else {
-                    (0, s.strip_prefix("sampled:").and_then(count).ok_or_else(|| bad(s))?)
-                };
-                if exact_top.checked_add(draws).is_none_or(|n| n > crate::cache::manifest::MAX_VOCAB) {
-                    return Err(Error::Config(format!(
-                        "cache.soft_labels `{s}`: K + N must be at most {} (entries per position)",
-                        crate::cache::manifest::MAX_VOCAB
-                    )));
-                }
+        let sampled = match self.soft_labels {
+            None | Some(SoftLabels::TopK) => None,
+            Some(SoftLabels::Sampled { exact_top, draws }) => {
                 if self.top_k.is_some() {
                     return Err(Error::Config(
                         "cache.top_k does not apply to sampled soft labels: each position holds the exact top K and the N drawn ids".into(),
                     ));
                 }
-                Some(SampledInfo { draws, seed: self.seed.unwrap_or(0), exact_top })
+                Some(SampledInfo { draws, seed: self.seed.unwrap_or(defaults::SEED), exact_top })
             }
         };
         if sampled.is_none() && self.seed.is_some() {
@@ -446,8 +489,8 @@ impl CacheSettings {
             (None, TextSource::Text(_)) | (Some(TextPositions::All), _) => Positions::All,
         };
         let max_seq_len = self.max_seq_len.unwrap_or(defaults::MAX_SEQ_LEN);
-        if max_seq_len < 2 {
-            return Err(Error::Config("cache.max_seq_len must be >= 2".into()));
+        if max_seq_len < super::MIN_SEQ_LEN {
+            return Err(Error::Config(format!("cache.max_seq_len must be >= {}", super::MIN_SEQ_LEN)));
         }
         let long = self.long_sequences.unwrap_or(LongSequences::Truncate);
         let token_ids = self.token_ids.unwrap_or(false);
@@ -482,21 +525,5 @@ impl CacheSettings {
             }
             _ => return Err(Error::Config("cache.prompt_column and cache.completion_column go together".into())),
         })
-    }
-}
-
-fn at_least_one<T: PartialEq + From<u8>>(key: &str, v: T) -> Result<T> {
-    if v == T::from(0) {
-        return Err(Error::Config(format!("{key} must be >= 1")));
-    }
-    Ok(v)
-}
-
-/// `I/N` with `0 <= I < N`.
-fn parse_part(s: &str) -> Result<PartInfo> {
-    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
-    match parsed {
-        Some((index, count)) if count >= 1 && index < count => Ok(PartInfo { index, count }),
-        _ => Err(Error::Config(format!("cache.shard must be I/N with 0 <= I < N (got `{s}`)"))),
     }
 }

@@ -1,5 +1,6 @@
 //! `distill generate`'s settings (flags, or a pipeline file's `[generate]`), validated.
 
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -19,6 +20,11 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 16;
     pub const MAX_SEQ_LEN: usize = 512;
     pub const SOFT_TEMPERATURE: f32 = 1.0;
+    /// Greedy decoding.
+    pub const TEMPERATURE: f32 = 0.0;
+    pub const TOP_P: f32 = 1.0;
+    pub const SAMPLES_PER_PROMPT: u32 = 1;
+    pub const SEED: u64 = 0;
     pub const ROWS_PER_SHARD: u64 = 1024;
 }
 
@@ -63,7 +69,7 @@ pub struct GenerateSettings {
     pub chat_template: Option<PathBuf>,
     /// Tokens generated at most per prompt [default: 64].
     #[arg(long, value_name = "N")]
-    pub max_new_tokens: Option<usize>,
+    pub max_new_tokens: Option<NonZeroUsize>,
     /// Sampling temperature; 0 is greedy, the most probable token [default: 0].
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
@@ -72,13 +78,13 @@ pub struct GenerateSettings {
     pub top_p: Option<f32>,
     /// Completions per prompt [default: 1].
     #[arg(long, value_name = "S")]
-    pub samples_per_prompt: Option<u32>,
+    pub samples_per_prompt: Option<NonZeroU32>,
     /// Seed of the draws: they depend on it, the row, the sample and the step only [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Sequences decoded together [default: 16].
     #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<NonZeroUsize>,
     /// Longest prompt + completion, in tokens [default: 512].
     #[arg(long, value_name = "N")]
     pub max_seq_len: Option<usize>,
@@ -89,24 +95,25 @@ pub struct GenerateSettings {
     pub eos_id: Option<u32>,
     /// Entries per cached position [default: 64].
     #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
+    pub top_k: Option<NonZeroUsize>,
     /// Temperature of the cached soft labels [default: 1].
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub soft_temperature: Option<f32>,
     /// Sequences per cache shard [default: 1024]; a rerun resumes after the last finished shard.
     #[arg(long, value_name = "N")]
-    pub rows_per_shard: Option<u64>,
+    pub rows_per_shard: Option<NonZeroU64>,
     /// `auto` [default]: decode with the export's KV cache when it has one; `off`: rerun each
     /// sequence for every new token.
     #[arg(long, value_name = "auto|off")]
     pub kv_cache: Option<KvCache>,
     /// Threads for ONNX Runtime [default: all cores].
     #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     /// Where the teacher runs: cpu, cuda or cuda:N (CUDA needs onnxruntime-gpu; without a
     /// usable CUDA execution provider the run says why and continues on the CPU).
     #[arg(long, value_name = "DEVICE")]
-    pub device: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub device: Option<crate::teacher::TeacherDevice>,
 }
 
 /// Where the prompts come from.
@@ -153,6 +160,9 @@ pub struct GenerateConfig {
     pub device: crate::teacher::TeacherDevice,
 }
 
+/// `--temperature 0`: the most probable token.
+pub const GREEDY: f32 = 0.0;
+
 impl GenerateSettings {
     /// Paths of a pipeline file made relative to the working directory.
     pub fn relative_to(self, base: &Path) -> GenerateSettings {
@@ -170,22 +180,19 @@ impl GenerateSettings {
     pub fn validate(self) -> Result<GenerateConfig> {
         let need =
             |v: Option<PathBuf>, key: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("generate.{key} is required (--{flag})")));
-        let at_least_one = |key: &str, v: usize| {
-            if v == 0 { Err(Error::Config(format!("generate.{key} must be >= 1"))) } else { Ok(v) }
-        };
-        let temperature = self.temperature.unwrap_or(0.0);
-        if temperature != 0.0 {
+        let temperature = self.temperature.unwrap_or(defaults::TEMPERATURE);
+        if temperature != GREEDY {
             super::check_temperature("generate.temperature (0 for greedy)", temperature)?;
         }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
+        let top_p = self.top_p.unwrap_or(defaults::TOP_P);
+        if !(top_p > 0.0 && top_p <= defaults::TOP_P) {
             return Err(Error::Config(format!("generate.top_p must be in (0, 1] (got {top_p})")));
         }
         let soft_temperature = self.soft_temperature.unwrap_or(defaults::SOFT_TEMPERATURE);
         super::check_temperature("generate.soft_temperature", soft_temperature)?;
         let max_seq_len = self.max_seq_len.unwrap_or(defaults::MAX_SEQ_LEN);
-        if max_seq_len < 2 {
-            return Err(Error::Config("generate.max_seq_len must be >= 2 (a prompt token and a new one)".into()));
+        if max_seq_len < super::MIN_SEQ_LEN {
+            return Err(Error::Config(format!("generate.max_seq_len must be >= {} (a prompt token and a new one)", super::MIN_SEQ_LEN)));
         }
         if self.chat_template.is_some() && self.messages_column.is_none() {
             return Err(Error::Config("generate.chat_template applies to conversations only (--messages-column)".into()));
@@ -197,31 +204,26 @@ impl GenerateSettings {
             (Some(column), None) => PromptSource::Messages { column, chat_template: self.chat_template },
             (None, p) => PromptSource::Text(p.unwrap_or_else(|| defaults::PROMPT_COLUMN.into())),
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let device = match self.device.as_deref() {
-            None => crate::teacher::TeacherDevice::Cpu,
-            Some(d) => crate::teacher::TeacherDevice::parse(d)
-                .ok_or_else(|| Error::Config(format!("generate.device must be `cpu`, `cuda` or `cuda:N` (got `{d}`)")))?,
-        };
+        let device = self.device.unwrap_or_default();
         Ok(GenerateConfig {
             teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
             tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
             data: need(self.data, "data", "data PROMPTS")?,
             out: need(self.out, "out", "out DIR")?,
             prompts,
-            max_new_tokens: at_least_one("max_new_tokens", self.max_new_tokens.unwrap_or(defaults::MAX_NEW_TOKENS))?,
+            max_new_tokens: self.max_new_tokens.map_or(defaults::MAX_NEW_TOKENS, NonZeroUsize::get),
             temperature,
             top_p,
-            samples: at_least_one("samples_per_prompt", self.samples_per_prompt.unwrap_or(1) as usize)? as u32,
-            seed: self.seed.unwrap_or(0),
-            batch_size: at_least_one("batch_size", self.batch_size.unwrap_or(defaults::BATCH_SIZE))?,
+            samples: self.samples_per_prompt.map_or(defaults::SAMPLES_PER_PROMPT, NonZeroU32::get),
+            seed: self.seed.unwrap_or(defaults::SEED),
+            batch_size: self.batch_size.map_or(defaults::BATCH_SIZE, NonZeroUsize::get),
             max_seq_len,
             eos: self.eos_id,
-            top_k: self.top_k.map(|k| at_least_one("top_k", k)).transpose()?,
+            top_k: self.top_k.map(NonZeroUsize::get),
             soft_temperature,
-            rows_per_shard: at_least_one("rows_per_shard", self.rows_per_shard.unwrap_or(defaults::ROWS_PER_SHARD) as usize)? as u64,
+            rows_per_shard: self.rows_per_shard.map_or(defaults::ROWS_PER_SHARD, NonZeroU64::get),
             kv_cache: self.kv_cache.unwrap_or(KvCache::Auto),
-            threads: self.threads.unwrap_or(cores).max(1),
+            threads: self.threads.map_or(super::cores(), NonZeroUsize::get),
             device,
         })
     }
@@ -250,7 +252,6 @@ mod tests {
         let err = |s: GenerateSettings| s.validate().unwrap_err().to_string();
         assert!(err(GenerateSettings { top_p: Some(0.0), ..base() }).contains("generate.top_p"));
         assert!(err(GenerateSettings { temperature: Some(0.001), ..base() }).contains("generate.temperature"));
-        assert!(err(GenerateSettings { samples_per_prompt: Some(0), ..base() }).contains("generate.samples_per_prompt"));
         assert!(err(GenerateSettings { teacher: None, ..base() }).contains("generate.teacher is required"));
         assert!(err(GenerateSettings { chat_template: Some("t.jinja".into()), ..base() }).contains("conversations only"));
         let m = GenerateSettings { messages_column: Some("messages".into()), ..base() }.validate().unwrap();

@@ -2,6 +2,7 @@
 //! validated into typed configs that the stages take. Errors name the key
 //! (`cache.top_k must be >= 1`); unknown keys are errors, not silent defaults.
 
+mod as_text;
 mod cache;
 mod generate;
 mod train;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 
-pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Spin, TextConfig, TextPositions, TextSource, TopkIn};
+pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Names, SoftLabels, Spin, TextConfig, TextPositions, TextSource, TopkIn};
 pub use generate::{CACHE_DIR, GENERATED_FILE, GenerateConfig, GenerateSettings, KvCache, PromptSource};
 pub use train::{TrainConfig, TrainDevice, TrainSettings};
 
@@ -61,6 +62,14 @@ fn finite_f64(s: &str) -> std::result::Result<f64, String> {
 /// working directory; absolute paths and URLs are kept.
 fn relative_to(base: &Path) -> impl Fn(Option<PathBuf>) -> Option<PathBuf> + '_ {
     move |p| p.map(|p| if p.is_relative() && !crate::store::is_url(&p) { base.join(p) } else { p })
+}
+
+/// The shortest token sequence a text setting may allow: one token and the next.
+pub const MIN_SEQ_LEN: usize = 2;
+
+/// The cores this process may use: the default thread count.
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Temperatures below this make `1 / T` times a logit overflow f32 (and the softmax NaN)
@@ -189,6 +198,8 @@ fn check_values(table: &toml::Table, at: &str) -> std::result::Result<(), String
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use super::*;
 
     /// NaN and infinite numbers and empty paths in a pipeline file are refused by name.
@@ -208,6 +219,34 @@ mod tests {
         }
     }
 
+    /// Settings written as text and counts are refused when the file is read, with the key,
+    /// the value and what it should be.
+    #[test]
+    fn malformed_settings_are_refused_where_the_file_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p.toml");
+        for (body, want) in [
+            ("[cache]\ntop_k = 0\n", &["top_k", "nonzero"][..]),
+            (
+                "[cache]\nsoft_labels = \"sampled:0\"\n",
+                &["soft_labels", "must be `topk`, `sampled:N` or `topk+sampled:K,N`", "`sampled:0`"],
+            ),
+            ("[cache]\ndevice = \"gpu\"\n", &["device", "must be `cpu`, `cuda` or `cuda:N` (got `gpu`)"]),
+            ("[cache]\nshard = \"2/2\"\n", &["shard", "must be I/N with 0 <= I < N (got `2/2`)"]),
+            ("[cache]\nhidden_states = \"a,a\"\n", &["hidden_states", "names `a` twice"]),
+            ("[train]\ndevice = \"gpu\"\n", &["device", "must be `flex`, `tch` or `tch-cuda[:N]`"]),
+            ("[train]\ndivergence = \"jsd:2\"\n", &["divergence", "strictly between 0 and 1"]),
+            ("[train]\ntrain = \"last:0\"\n", &["train", "expected last:N with N >= 1"]),
+            ("[train]\nhidden_layers = \"x:pooled\"\n", &["hidden_layers", "`x:pooled` is not LAYER:OUTPUT"]),
+            ("[train]\ncheckpoint_every = 0\n", &["checkpoint_every", "nonzero"]),
+            ("[generate]\nsamples_per_prompt = 0\n", &["samples_per_prompt", "nonzero"]),
+        ] {
+            std::fs::write(&p, body).unwrap();
+            let e = PipelineFile::load(&p).unwrap_err().to_string();
+            assert!(want.iter().all(|w| e.contains(w)), "{body}: {e}");
+        }
+    }
+
     fn base() -> CacheSettings {
         CacheSettings { teacher: Some("t.onnx".into()), data: Some("d.jsonl".into()), out: Some("o".into()), ..Default::default() }
     }
@@ -216,8 +255,6 @@ mod tests {
     fn errors_name_the_key() {
         let e = CacheSettings { temperature: Some(0.0), ..base() }.validate().unwrap_err().to_string();
         assert!(e.contains("cache.temperature must be >= 0.01"), "{e}");
-        let e = CacheSettings { top_k: Some(0), ..base() }.validate().unwrap_err().to_string();
-        assert!(e.contains("cache.top_k must be >= 1"), "{e}");
         let e = CacheSettings { teacher: None, ..base() }.validate().unwrap_err().to_string();
         assert!(e.contains("cache.teacher is required"), "{e}");
         let e = CacheSettings { text_column: Some("t".into()), ..base() }.validate().unwrap_err().to_string();
@@ -239,7 +276,9 @@ mod tests {
 
     #[test]
     fn spin_is_on_only_with_cores_to_spare_unless_given() {
-        let spin = |spin: Option<Spin>, threads: usize| CacheSettings { spin, threads: Some(threads), ..base() }.validate().map(|c| c.spin);
+        let spin = |spin: Option<Spin>, threads: usize| {
+            CacheSettings { spin, threads: NonZeroUsize::new(threads), ..base() }.validate().map(|c| c.spin)
+        };
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         assert!(!spin(None, 1).unwrap(), "one thread has no workers to spin");
         assert!(!spin(None, 2).unwrap(), "too few workers for spinning to pay");
@@ -255,10 +294,13 @@ mod tests {
     /// `--input` list) come from the file.
     #[test]
     fn flags_override_the_file_key_by_key() {
-        let file = CacheSettings { top_k: Some(8), temperature: Some(2.0), inputs: vec![("x".into(), "pixels".into())], ..base() };
-        let flags = CacheSettings { top_k: Some(16), ..Default::default() };
+        let file =
+            CacheSettings { top_k: NonZeroUsize::new(8), temperature: Some(2.0), inputs: vec![("x".into(), "pixels".into())], ..base() };
+        let flags =
+            CacheSettings { top_k: NonZeroUsize::new(16), soft_labels: Some("topk+sampled:2,6".parse().unwrap()), ..Default::default() };
         let m = merge(flags, file.clone());
-        assert_eq!((m.top_k, m.temperature, m.teacher.clone()), (Some(16), Some(2.0), file.teacher.clone()));
+        assert_eq!((m.top_k, m.temperature, m.teacher.clone()), (NonZeroUsize::new(16), Some(2.0), file.teacher.clone()));
+        assert_eq!(m.soft_labels, Some(SoftLabels::Sampled { exact_top: 2, draws: 6 }));
         assert_eq!(m.inputs, file.inputs);
         let t = merge(
             TrainSettings { tail: Some(crate::loss::TailMode::Renormalize), ..Default::default() },

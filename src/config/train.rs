@@ -1,16 +1,17 @@
 //! `[train]` of a pipeline file and the flags of `train-student`: one declaration for both,
 //! validated into [`TrainConfig`].
 
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::loss::{Divergence, HiddenLoss, HiddenPair, TailMode};
+use crate::loss::{Divergence, HiddenLoss, HiddenPair, HiddenPairs, TailMode};
 use crate::student::StudentSpec;
 use crate::student::hf::ExportDtype;
-use crate::student::select::{Trainable, globs};
+use crate::student::select::{Globs, Trainable};
 
 use super::check_temperature;
 
@@ -34,6 +35,8 @@ pub mod defaults {
     pub const SHUFFLE_WINDOW: usize = 4;
     pub const PREPARED_ROWS_MB: usize = 64;
     pub const HIDDEN_WEIGHT: f32 = 1.0;
+    pub const DEVICE: super::TrainDevice = super::TrainDevice::Flex;
+    pub const DIVERGENCE: crate::loss::Divergence = crate::loss::Divergence::ForwardKl;
     /// Bytes of a decoder's f32 logits one chunk of the loss may hold by default.
     pub const LOSS_CHUNK_BYTES: usize = 256 << 20;
 
@@ -73,17 +76,18 @@ pub struct TrainSettings {
     /// The divergence to the teacher over the cached support: `forward-kl` [default],
     /// `reverse-kl`, `jsd:BETA`, `tvd`, `skew-kl:LAMBDA` or `skew-rkl:LAMBDA` (docs/students.md).
     #[arg(long, value_name = "DIVERGENCE")]
-    pub divergence: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub divergence: Option<Divergence>,
     /// Passes over the data [default: 10, and for a classifier (mlp, encoder) as many more
     /// as make 1000 steps: a small labelled set is only a few batches per epoch].
     #[arg(long, value_name = "N")]
-    pub epochs: Option<usize>,
+    pub epochs: Option<NonZeroUsize>,
     /// Stop after N optimizer steps (overrides --epochs).
     #[arg(long, value_name = "N")]
-    pub steps: Option<usize>,
+    pub steps: Option<NonZeroUsize>,
     /// Rows per batch [default: 32].
     #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<NonZeroUsize>,
     /// Peak learning rate of AdamW (5% warm-up, cosine to 10%) [default: 3e-3 for a fresh
     /// student, 1e-3 for --student hf:].
     #[arg(long, value_name = "LR", value_parser = super::finite_f64)]
@@ -96,32 +100,34 @@ pub struct TrainSettings {
     pub seed: Option<u64>,
     /// `flex` (pure-Rust CPU, default), `tch` or `tch-cuda[:N]` (builds with --features tch).
     #[arg(long, value_name = "DEVICE")]
-    pub device: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub device: Option<TrainDevice>,
     /// Checkpoint every N steps [default: 200].
     #[arg(long, value_name = "N")]
-    pub checkpoint_every: Option<usize>,
+    pub checkpoint_every: Option<NonZeroUsize>,
     /// Train on the first N rows only.
     #[arg(long, value_name = "N")]
-    pub max_rows: Option<u64>,
+    pub max_rows: Option<NonZeroU64>,
     /// Use the first K cached entries per position (K <= the cache's k; the rest joins the tail).
     #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
+    pub top_k: Option<NonZeroUsize>,
     /// Shards whose rows are shuffled together [default: 4]: a larger window mixes rows from
     /// farther apart in the data (a file sorted by class or source needs one); memory holds
     /// this many shards.
     #[arg(long, value_name = "SHARDS")]
-    pub shuffle_window: Option<usize>,
+    pub shuffle_window: Option<NonZeroUsize>,
     /// Which weights train: `all` [default], `head` (the LM head, or pooler + classifier),
     /// `last:N` (the last N blocks, the final norm and the head) or comma-separated globs
     /// over parameter names (`blocks.*.q.weight`; the names are in docs/students.md). The
     /// others stay as they started and the optimizer keeps no state for them.
     #[arg(long = "train", value_name = "all|head|last:N|GLOB")]
-    #[serde(rename = "train")]
-    pub train_params: Option<String>,
+    #[serde(rename = "train", default, with = "super::as_text")]
+    pub train_params: Option<Trainable>,
     /// Weights that do not train (after --train): comma-separated globs over parameter names,
     /// e.g. `embed.*,blocks.0.*`.
     #[arg(long, value_name = "GLOB")]
-    pub freeze: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub freeze: Option<Globs>,
     /// Weights of the exported Hugging Face checkpoint (RUN/hf): `f32`, `bf16` or `f16`
     /// [default: the dtype the --student hf: checkpoint came in; f32 for a fresh student].
     #[arg(long, value_name = "DTYPE")]
@@ -132,7 +138,8 @@ pub struct TrainSettings {
     /// teacher output (cache-teacher --hidden-states), at the first token (classifiers) or
     /// the cached positions (LMs); --hidden-loss between them joins the loss.
     #[arg(long, value_name = "LAYER:OUTPUT,...")]
-    pub hidden_layers: Option<String>,
+    #[serde(default, with = "super::as_text")]
+    pub hidden_layers: Option<HiddenPairs>,
     /// The hidden-state term: `cosine` [default] (1 - cosine similarity, DistilBERT's) or
     /// `mse` (mean squared error per value, TinyBERT's and TextBrewer's).
     #[arg(long, value_name = "cosine|mse")]
@@ -145,7 +152,7 @@ pub struct TrainSettings {
     /// whole [positions, vocab] logits and their gradient never exist at once; the same loss
     /// [default: as many as make 256 MiB of f32 logits, 2^26 / vocabulary: 441 at 152k].
     #[arg(long, value_name = "POSITIONS")]
-    pub loss_chunk: Option<usize>,
+    pub loss_chunk: Option<NonZeroUsize>,
     /// Keep up to MB of prepared rows (token ids, or feature vectors) between epochs, so a
     /// cache larger than the shuffle window is tokenized once, not every epoch; 0 tokenizes
     /// every epoch. Results are the same either way [default: 64].
@@ -165,8 +172,10 @@ pub enum TrainDevice {
     TchCuda(usize),
 }
 
-impl TrainDevice {
-    pub fn parse(s: &str) -> Result<TrainDevice> {
+impl std::str::FromStr for TrainDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<TrainDevice, String> {
         match s {
             "flex" | "cpu" => Ok(TrainDevice::Flex),
             "tch" => Ok(TrainDevice::Tch),
@@ -175,8 +184,18 @@ impl TrainDevice {
                 .split_once(':')
                 .and_then(|(_, n)| n.parse().ok())
                 .map(TrainDevice::TchCuda)
-                .ok_or_else(|| Error::Config(format!("train.device `{s}`: expected tch-cuda:N"))),
-            other => Err(Error::Config(format!("train.device must be `flex`, `tch` or `tch-cuda[:N]` (got `{other}`)"))),
+                .ok_or_else(|| format!("`{s}`: expected tch-cuda:N")),
+            other => Err(format!("must be `flex`, `tch` or `tch-cuda[:N]` (got `{other}`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for TrainDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainDevice::Flex => f.write_str("flex"),
+            TrainDevice::Tch => f.write_str("tch"),
+            TrainDevice::TchCuda(n) => write!(f, "tch-cuda:{n}"),
         }
     }
 }
@@ -221,6 +240,9 @@ pub struct TrainConfig {
     pub hidden_weight: f32,
 }
 
+/// The range of `alpha` and `weight_decay`.
+const UNIT: std::ops::RangeInclusive<f64> = 0.0..=1.0;
+
 impl TrainSettings {
     pub fn relative_to(mut self, base: &std::path::Path) -> TrainSettings {
         let fix = super::relative_to(base);
@@ -236,7 +258,7 @@ impl TrainSettings {
             v.ok_or_else(|| Error::Config(format!("train.{key} is required (--{key} or `{key}` in the pipeline's [train])")))
         };
         let alpha = self.alpha.unwrap_or(defaults::ALPHA);
-        if !(0.0..=1.0).contains(&alpha) {
+        if !UNIT.contains(&f64::from(alpha)) {
             return Err(Error::Config(format!("train.alpha must be in 0..=1 (got {alpha})")));
         }
         if let Some(t) = self.temperature {
@@ -248,25 +270,13 @@ impl TrainSettings {
             return Err(Error::Config(format!("train.lr must be > 0 (got {lr})")));
         }
         let weight_decay = self.weight_decay.unwrap_or(defaults::WEIGHT_DECAY);
-        if !(0.0..=1.0).contains(&weight_decay) {
+        if !UNIT.contains(&weight_decay) {
             return Err(Error::Config(format!("train.weight_decay must be in 0..=1 (got {weight_decay})")));
         }
-        let epochs = self.epochs;
-        if epochs == Some(0) || self.steps == Some(0) {
-            return Err(Error::Config("train.epochs and train.steps must be >= 1".into()));
-        }
-        let positive = |key: &str, v: Option<usize>, what: &str| match v {
-            Some(0) => Err(Error::Config(format!("train.{key} must be >= 1{what}"))),
-            v => Ok(v),
-        };
-        let batch_size = positive("batch_size", self.batch_size, "")?.unwrap_or(defaults::BATCH_SIZE);
-        let checkpoint_every = positive("checkpoint_every", self.checkpoint_every, " (steps)")?.unwrap_or(defaults::CHECKPOINT_EVERY);
-        if self.max_rows == Some(0) {
-            return Err(Error::Config("train.max_rows must be >= 1 (rows of the cache to train on)".into()));
-        }
-        let top_k = positive("top_k", self.top_k, "")?;
-        let shuffle_window = positive("shuffle_window", self.shuffle_window, " (shards)")?.unwrap_or(defaults::SHUFFLE_WINDOW);
-        let device = TrainDevice::parse(self.device.as_deref().unwrap_or("flex"))?;
+        let batch_size = self.batch_size.map_or(defaults::BATCH_SIZE, NonZeroUsize::get);
+        let checkpoint_every = self.checkpoint_every.map_or(defaults::CHECKPOINT_EVERY, NonZeroUsize::get);
+        let shuffle_window = self.shuffle_window.map_or(defaults::SHUFFLE_WINDOW, NonZeroUsize::get);
+        let device = self.device.unwrap_or(defaults::DEVICE);
         student.validate()?;
         let hidden_weight = self.hidden_weight_checked()?;
         Ok(TrainConfig {
@@ -278,30 +288,24 @@ impl TrainSettings {
             alpha,
             temperature: self.temperature,
             tail: self.tail.unwrap_or(TailMode::Bucket),
-            divergence: match self.divergence.as_deref() {
-                None => Divergence::ForwardKl,
-                Some(d) => Divergence::parse(d).map_err(|e| Error::Config(format!("train.divergence: {e}")))?,
-            },
-            epochs,
-            steps: self.steps,
+            divergence: self.divergence.unwrap_or(defaults::DIVERGENCE),
+            epochs: self.epochs.map(NonZeroUsize::get),
+            steps: self.steps.map(NonZeroUsize::get),
             batch_size,
             lr,
             weight_decay,
             seed: self.seed.unwrap_or(defaults::SEED),
             device,
             checkpoint_every,
-            max_rows: self.max_rows,
-            top_k,
+            max_rows: self.max_rows.map(NonZeroU64::get),
+            top_k: self.top_k.map(NonZeroUsize::get),
             shuffle_window,
             prepared_rows_mb: self.prepared_rows_mb.unwrap_or(defaults::PREPARED_ROWS_MB),
             export_dtype: self.export_dtype,
-            trainable: self.train_params.as_deref().map(Trainable::parse).transpose()?.unwrap_or(Trainable::All),
-            freeze: self.freeze.as_deref().map(globs).unwrap_or_default(),
-            loss_chunk: match self.loss_chunk {
-                Some(0) => return Err(Error::Config("train.loss_chunk must be >= 1 (positions)".into())),
-                c => c,
-            },
-            hidden: self.hidden_layers.as_deref().map(HiddenPair::parse_list).transpose()?.unwrap_or_default(),
+            trainable: self.train_params.unwrap_or(Trainable::All),
+            freeze: self.freeze.map(|g| g.0).unwrap_or_default(),
+            loss_chunk: self.loss_chunk.map(NonZeroUsize::get),
+            hidden: self.hidden_layers.map(|h| h.0).unwrap_or_default(),
             hidden_loss: self.hidden_loss.unwrap_or(HiddenLoss::Cosine),
             hidden_weight,
         })

@@ -97,6 +97,14 @@ impl Divergence {
     }
 }
 
+impl std::str::FromStr for Divergence {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Divergence, String> {
+        Divergence::parse(s)
+    }
+}
+
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

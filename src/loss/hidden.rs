@@ -8,8 +8,6 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
 /// `--hidden-loss`: the distance between the mapped student state and the teacher's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -31,12 +29,12 @@ pub struct HiddenPair {
 
 impl HiddenPair {
     /// `LAYER:OUTPUT[,LAYER:OUTPUT...]`.
-    pub fn parse_list(s: &str) -> Result<Vec<HiddenPair>> {
+    pub fn parse_list(s: &str) -> std::result::Result<Vec<HiddenPair>, String> {
         s.split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(|p| {
-                let bad = || Error::Config(format!("train.hidden_layers: `{p}` is not LAYER:OUTPUT (e.g. `2:pooled`)"));
+                let bad = || format!("`{p}` is not LAYER:OUTPUT (e.g. `2:pooled`)");
                 let (layer, output) = p.split_once(':').ok_or_else(bad)?;
                 let layer = layer.trim().parse::<usize>().map_err(|_| bad())?;
                 let output = output.trim();
@@ -46,6 +44,25 @@ impl HiddenPair {
                 Ok(HiddenPair { layer, output: output.to_string() })
             })
             .collect()
+    }
+}
+
+/// `--hidden-layers`: the pairs, `LAYER:OUTPUT,...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenPairs(pub Vec<HiddenPair>);
+
+impl std::str::FromStr for HiddenPairs {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<HiddenPairs, String> {
+        HiddenPair::parse_list(s).map(HiddenPairs)
+    }
+}
+
+impl std::fmt::Display for HiddenPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self.0.iter().map(|p| format!("{}:{}", p.layer, p.output)).collect();
+        f.write_str(&pairs.join(","))
     }
 }
 

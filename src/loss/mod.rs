@@ -25,7 +25,7 @@ pub mod hidden;
 pub use chunked::{HeadWeights, chunked_head_loss};
 use divergence::divergence_terms;
 pub use divergence::{Divergence, divergence_per_position};
-pub use hidden::{HiddenLoss, HiddenMaps, HiddenPair};
+pub use hidden::{HiddenLoss, HiddenMaps, HiddenPair, HiddenPairs};
 
 /// How the mass outside the cached top-k is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

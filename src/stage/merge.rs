@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::Manifest;
 use crate::cache::manifest::{self, MANIFEST_FILE, TOKENIZER_FILE, sha256_file};
 use crate::error::{Error, Result};
+use crate::store::{Location, Pull, Staging};
 
 #[derive(Debug, Clone)]
 pub struct MergeSummary {
@@ -22,10 +23,6 @@ pub struct MergeSummary {
 /// of them) into `out`. Remote parts are pulled into their staging directories, merged
 /// there, and the merged cache is uploaded (shards first, `manifest.json` last).
 pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
-    use crate::store::{Location, Uploader, is_url};
-    if !is_url(out) && !inputs.iter().any(|p| is_url(p)) {
-        return merge_local(out, inputs, command, false);
-    }
     let mut local_inputs = Vec::new();
     for p in inputs {
         local_inputs.push(match Location::parse(p)? {
@@ -37,36 +34,25 @@ pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<Mer
             }
         });
     }
-    match Location::parse(out)? {
-        Location::Local(d) => merge_local(&d, &local_inputs, command, false),
-        Location::Remote(r) => {
-            let d = r.staging_dir();
-            // Held from the first pull to the last upload.
-            let _lock = crate::lock::DirLock::acquire(&d, "", "a cache")?;
-            r.pull_all(&d)?;
-            let url = r.url.clone();
-            let uploader = Uploader::new(r, d.clone())?;
-            let mut summary = merge_local(&d, &local_inputs, command, true)?;
-            uploader.sync(false)?;
-            summary.out = PathBuf::from(url);
-            Ok(summary)
-        }
-    }
+    let mut staging = Staging::of(out)?;
+    let mut summary = merge_local(&mut staging, &local_inputs, command)?;
+    summary.out = staging.finish(false)?;
+    Ok(summary)
 }
 
-/// Merge into a local directory; `held`: the caller holds its lock already.
-fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool) -> Result<MergeSummary> {
+/// Merge into `staging`'s directory.
+fn merge_local(staging: &mut Staging, inputs: &[PathBuf], command: Vec<String>) -> Result<MergeSummary> {
     let parts = find_parts(inputs)?;
     let first = check_parts(&parts)?;
     let shards = tiled_shards(&parts, &first)?;
-    let _lock = if held { None } else { Some(crate::lock::DirLock::acquire(out, "", "a cache")?) };
+    let out = &staging.dir.clone();
+    let _lock = staging.take(|dir| crate::lock::DirLock::acquire(dir, "", "a cache"), Pull::All)?;
     refuse_other_cache(out, &first)?;
     // Bring the shards (checked) into `out`, then publish the manifest last.
     copy_shards(out, &shards)?;
     copy_side_files(out, &parts)?;
     let mut merged = first.clone();
     merged.part = None;
-    merged.complete = true;
     merged.shards = shards.into_iter().map(|(_, s)| s).collect();
     merged.totals = Default::default();
     for (_, m) in &parts {
@@ -76,8 +62,8 @@ fn merge_local(out: &Path, inputs: &[PathBuf], command: Vec<String>, held: bool)
         merged.totals.rows_without_positions += m.totals.rows_without_positions;
     }
     merged.command = command;
-    merged.validate(&out.join(MANIFEST_FILE))?;
-    merged.write_atomic(out, MANIFEST_FILE)?;
+    // A merged cache has no partial manifest of its own.
+    merged.publish(out, MANIFEST_FILE, manifest::PARTIAL_MANIFEST_FILE)?;
     Ok(MergeSummary {
         out: out.to_path_buf(),
         parts: parts.len(),

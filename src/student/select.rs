@@ -29,20 +29,62 @@ pub enum Trainable {
 
 impl Trainable {
     /// `all`, `head`, `last:N` or comma-separated globs.
-    pub fn parse(s: &str) -> Result<Trainable> {
+    pub fn parse(s: &str) -> std::result::Result<Trainable, String> {
         Ok(match s {
             "all" => Trainable::All,
             "head" => Trainable::Head,
             _ => match s.strip_prefix("last:") {
-                Some(n) => Trainable::Last(
-                    n.parse()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| Error::Config(format!("train.train `{s}`: expected last:N with N >= 1")))?,
-                ),
-                None => Trainable::Globs(globs(s)),
+                Some(n) => Trainable::Last(n.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("`{s}`: expected last:N with N >= 1"))?),
+                None => Trainable::Globs(Globs::parse(s)?.0),
             },
         })
+    }
+}
+
+impl std::str::FromStr for Trainable {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Trainable, String> {
+        Trainable::parse(s)
+    }
+}
+
+impl std::fmt::Display for Trainable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trainable::All => f.write_str("all"),
+            Trainable::Head => f.write_str("head"),
+            Trainable::Last(n) => write!(f, "last:{n}"),
+            Trainable::Globs(g) => f.write_str(&g.join(",")),
+        }
+    }
+}
+
+/// Comma-separated globs over parameter names (`--freeze`), at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Globs(pub Vec<String>);
+
+impl Globs {
+    fn parse(s: &str) -> std::result::Result<Globs, String> {
+        let globs = globs(s);
+        if globs.is_empty() {
+            return Err(format!("`{s}` names no parameter: give comma-separated globs such as `embed.*,blocks.0.*`"));
+        }
+        Ok(Globs(globs))
+    }
+}
+
+impl std::str::FromStr for Globs {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Globs, String> {
+        Globs::parse(s)
+    }
+}
+
+impl std::fmt::Display for Globs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
     }
 }
 

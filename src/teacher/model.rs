@@ -203,19 +203,35 @@ pub struct Step<'a> {
 pub struct Past(Vec<ort::value::DynValue>);
 
 /// Where the teacher runs (`--device cpu | cuda | cuda:N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TeacherDevice {
     #[default]
     Cpu,
     Cuda(i32),
 }
 
-impl TeacherDevice {
-    pub fn parse(s: &str) -> Option<TeacherDevice> {
+impl std::str::FromStr for TeacherDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<TeacherDevice, String> {
         match s {
-            "cpu" => Some(TeacherDevice::Cpu),
-            "cuda" => Some(TeacherDevice::Cuda(0)),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).filter(|n: &i32| *n >= 0).map(TeacherDevice::Cuda),
+            "cpu" => Ok(TeacherDevice::Cpu),
+            "cuda" => Ok(TeacherDevice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .filter(|n: &i32| *n >= 0)
+                .map(TeacherDevice::Cuda)
+                .ok_or_else(|| format!("must be `cpu`, `cuda` or `cuda:N` (got `{s}`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for TeacherDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TeacherDevice::Cpu => f.write_str("cpu"),
+            TeacherDevice::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }

@@ -12,6 +12,7 @@ mod batch;
 mod checkpoint;
 mod checks;
 mod examples;
+mod identity;
 mod loader;
 mod metrics;
 mod plan;
@@ -221,34 +222,10 @@ fn student_arch(
     Ok((StudentArch::resolve(&cfg.student, &dims), None))
 }
 
-/// `config.json` of the run, and the settings' identity (a resumed run must match it); the
-/// command line is recorded beside it but may differ (it carries --resume).
+/// `config.json` of the run, and the SHA-256 of its identity (a resumed run must match
+/// it); the command line is recorded beside it but may differ (it carries --resume).
 fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts: &TrainOptions) -> (Vec<u8>, String) {
-    let mut config = serde_json::json!({
-        "student": student_file,
-        "train": {
-            "alpha": cfg.alpha, "temperature": train_t, "tail": cfg.tail, "epochs": cfg.epochs, "steps": cfg.steps,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
-            "device": cfg.device, "checkpoint_every": cfg.checkpoint_every, "max_rows": cfg.max_rows, "top_k": cfg.top_k,
-            "shuffle_window": cfg.shuffle_window,
-            "cache": cfg.cache, "data": cfg.data,
-        },
-    });
-    // Keys of non-default settings only: the identity of runs that do not use them is as it was.
-    if cfg.trainable != student::select::Trainable::All {
-        config["train"]["train"] = serde_json::json!(format!("{:?}", cfg.trainable));
-    }
-    if cfg.divergence != crate::loss::Divergence::ForwardKl {
-        config["train"]["divergence"] = serde_json::json!(cfg.divergence.to_string());
-    }
-    if !cfg.freeze.is_empty() {
-        config["train"]["freeze"] = serde_json::json!(cfg.freeze);
-    }
-    if !cfg.hidden.is_empty() {
-        config["train"]["hidden_layers"] = serde_json::json!(cfg.hidden);
-        config["train"]["hidden_loss"] = serde_json::json!(cfg.hidden_loss);
-        config["train"]["hidden_weight"] = serde_json::json!(cfg.hidden_weight);
-    }
+    let mut config = identity::TrainIdentity::of(cfg, student_file, train_t).to_json();
     let sha = sha256_canonical_json(&config);
     config["command"] = serde_json::json!(opts.command);
     (serde_json::to_vec_pretty(&config).expect("serialises"), sha)

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::cache::manifest::{self, DatasetInfo, EncodingInfo, HiddenStateInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
+use crate::cache::identity::{CacheIdentity, CapturedIdentity, tool_version};
+use crate::cache::manifest::{self, CacheContents, DatasetInfo, EncodingInfo, HiddenStateInfo, Manifest, SCHEMA_VERSION, TokenizerInfo};
 use crate::cache::{LogprobEncoding, schema, writer};
 use crate::config::CacheTeacherConfig;
 use crate::data::Kind;
@@ -33,13 +34,9 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
     let encoding = encoding_of(cfg.encoding);
     let hidden_states = hidden_states(cfg, inputs)?;
     let identity = identity(cfg, inputs, &dataset, &encoding, &hidden_states);
-    let fingerprint = manifest::sha256_canonical_json(&identity);
     let (teacher, tok) = (&inputs.teacher, inputs.tok.as_ref());
-    Ok(Manifest {
-        schema_version: SCHEMA_VERSION,
-        complete: false,
+    let contents = CacheContents {
         part: cfg.part,
-        tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
         task: teacher.task,
         teacher: teacher.manifest_info(file_name(&cfg.teacher)),
         tokenizer: tok.map(|t| TokenizerInfo { file: file_name(&t.path), sha256: t.sha256.clone(), vocab_size: t.vocab_size() }),
@@ -56,13 +53,8 @@ pub(super) fn new_manifest(cfg: &CacheTeacherConfig, opts: &RunOptions, inputs: 
         hidden_states,
         generation: None,
         rows_per_shard: cfg.rows_per_shard,
-        fingerprint,
-        settings: serde_json::json!({ "given": cfg.settings, "identity": identity }),
-        command: opts.command.clone(),
-        totals: Totals::default(),
-        shards: Vec::new(),
-        checksum: String::new(),
-    })
+    };
+    Ok(Manifest::new(contents, &identity, Some(&cfg.settings), opts.command.clone()))
 }
 
 /// The stored hidden states: each `--hidden-states` output, at its own width or through
@@ -101,54 +93,65 @@ pub(crate) fn encoding_of(logprobs: LogprobEncoding) -> EncodingInfo {
     EncodingInfo { logprobs, logprob_step: step, max_abs_error: step / 2.0, compression: format!("zstd({})", writer::ZSTD_LEVEL) }
 }
 
-/// Everything the cache's content depends on (its fingerprint is the hash of this).
+/// Everything the cache's content depends on (its fingerprint is the hash of this). Every
+/// setting is named here: a new one does not compile until it is placed in the identity or
+/// said to leave the content as it is.
 fn identity(
     cfg: &CacheTeacherConfig,
     inputs: &Inputs,
     dataset: &DatasetInfo,
     encoding: &EncodingInfo,
     hidden: &[HiddenStateInfo],
-) -> serde_json::Value {
+) -> CacheIdentity {
+    let CacheTeacherConfig {
+        teacher: _,          // its hash and its external data's, below
+        data: _,             // the dataset's hash
+        out: _,              // where the cache goes
+        text,                // max_seq_len and token_ids here; the tokenizer's and template's hashes, the columns, the positions below
+        label_column: _,     // one of the columns read
+        top_k: _,            // resolved in `inputs.top_k`
+        temperature,         //
+        batch_size: _,       // batching does not change a row's soft labels
+        max_batch_tokens: _, // nor does the padding budget
+        rows_per_shard,      //
+        inputs: _,           // how each teacher input is filled, in `inputs`
+        output: _,           // the logits output's name
+        encoding: _,         // the encoding info
+        threads: _,          // scheduling only
+        spin: _,             // scheduling only
+        device: _,           // where the teacher runs
+        topk_in,             //
+        part: _,             // every part of a sharded capture shares one identity
+        sampled,             //
+        hidden_states: _,    // resolved in `hidden`
+        hidden_dim: _,       // resolved in `hidden`
+        settings: _,         // recorded as given, beside the identity
+    } = cfg;
     let teacher = &inputs.teacher;
-    let mut identity = serde_json::json!({
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "teacher_sha256": teacher.sha256,
-        "logits_output": teacher.output_name(),
-        "inputs": teacher.inputs_info(),
-        "tokenizer_sha256": inputs.tok.as_ref().map(|t| t.sha256.clone()),
-        "dataset_sha256": dataset.sha256,
-        "columns": inputs.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-        "top_k": inputs.top_k,
-        "temperature": cfg.temperature,
-        "positions": inputs.positions,
-        "max_seq_len": cfg.text.as_ref().map(|t| t.max_seq_len),
-        "encoding": encoding,
-        "rows_per_shard": cfg.rows_per_shard,
-    });
-    // Keys that only some caches have (older fingerprints stay as they were without them).
-    if !teacher.external_data.is_empty() {
-        identity["teacher_external_data"] = serde_json::json!(teacher.external_data);
-    }
-    if inputs.selectable.ids < teacher.vocab_size {
-        identity["selectable_ids"] = serde_json::json!(inputs.selectable.ids);
-    }
-    if let Some(s) = cfg.sampled {
-        identity["sampled"] = serde_json::json!(s);
-    }
-    if !hidden.is_empty() {
-        identity["hidden_states"] = serde_json::json!(hidden);
-    }
-    if inputs.text_columns.as_ref().is_some_and(|t| t.token_ids) {
-        identity["token_ids"] = serde_json::json!(true);
-    }
-    if cfg.topk_in != crate::config::TopkIn::Rust {
-        identity["topk_in"] = serde_json::json!(cfg.topk_in);
-    }
-    if let Some(sha) = inputs.text_columns.as_ref().and_then(|t| t.chat_template_sha256.clone()) {
-        identity["chat_template_sha256"] = serde_json::json!(sha);
-    }
-    identity
+    let text_columns = inputs.text_columns.as_ref();
+    CacheIdentity::Captured(CapturedIdentity {
+        schema_version: SCHEMA_VERSION,
+        tool_version: tool_version(),
+        teacher_sha256: teacher.sha256.clone(),
+        logits_output: teacher.output_name().to_string(),
+        inputs: teacher.inputs_info().to_vec(),
+        tokenizer_sha256: inputs.tok.as_ref().map(|t| t.sha256.clone()),
+        dataset_sha256: dataset.sha256.clone(),
+        columns: inputs.columns.iter().map(|c| c.name.clone()).collect(),
+        top_k: inputs.top_k,
+        temperature: *temperature,
+        positions: inputs.positions,
+        max_seq_len: text.as_ref().map(|t| t.max_seq_len),
+        encoding: encoding.clone(),
+        rows_per_shard: *rows_per_shard,
+        teacher_external_data: teacher.external_data.clone(),
+        selectable_ids: (inputs.selectable.ids < teacher.vocab_size).then_some(inputs.selectable.ids),
+        sampled: *sampled,
+        hidden_states: hidden.to_vec(),
+        token_ids: text_columns.is_some_and(|t| t.token_ids),
+        topk_in: *topk_in,
+        chat_template_sha256: text_columns.and_then(|t| t.chat_template_sha256.clone()),
+    })
 }
 
 fn file_name(p: &Path) -> String {

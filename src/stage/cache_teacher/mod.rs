@@ -25,6 +25,7 @@ use crate::cache::manifest::{self, Manifest, PartInfo};
 use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::config::CacheTeacherConfig;
 use crate::error::{Error, Result};
+use crate::store::{Pull, Staging};
 
 pub(crate) use identity::encoding_of;
 use inputs::Inputs;
@@ -88,30 +89,15 @@ impl std::fmt::Debug for ShardHook {
 }
 
 /// Run stage one. `cfg.out` may be a directory or an object-storage URL (`s3://`, `gs://`,
-/// `az://`, `file://`; see [`crate::store`]).
+/// `az://`, `file://`; see [`crate::store`]): then the work is done in its staging
+/// directory, starting from whatever reached the bucket, and each finished shard is
+/// uploaded before the next one starts to count.
 pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
-    match crate::store::Location::parse(&cfg.out)? {
-        crate::store::Location::Local(dir) if dir == cfg.out => cache_teacher_local(cfg, opts, false),
-        crate::store::Location::Local(dir) => cache_teacher_local(&CacheTeacherConfig { out: dir, ..cfg.clone() }, opts, false),
-        crate::store::Location::Remote(remote) => {
-            // Work in the staging directory, starting from whatever reached the bucket;
-            // each finished shard is uploaded before the next one starts to count.
-            let url = remote.url.clone();
-            let dir = remote.staging_dir();
-            // Held from the first pull to the last upload.
-            let _lock = lock_out(&dir, cfg.part)?;
-            let names = ManifestNames::of(cfg.part);
-            remote.pull_manifests(&dir, &[names.complete.as_str(), names.partial.as_str()])?;
-            let uploader = std::sync::Arc::new(crate::store::Uploader::new(remote, dir.clone())?);
-            let up = uploader.clone();
-            let hook = ShardHook(std::sync::Arc::new(move || up.sync(false)));
-            let local = CacheTeacherConfig { out: dir, ..cfg.clone() };
-            let mut summary = cache_teacher_local(&local, &RunOptions { on_shard: Some(hook), ..opts.clone() }, true)?;
-            uploader.sync(true)?;
-            summary.dir = PathBuf::from(url);
-            Ok(summary)
-        }
-    }
+    let mut staging = Staging::of(&cfg.out)?;
+    let local = CacheTeacherConfig { out: staging.dir.clone(), ..cfg.clone() };
+    let mut summary = cache_teacher_local(&local, opts, &mut staging)?;
+    summary.dir = staging.finish(true)?;
+    Ok(summary)
 }
 
 /// The locks a run holds on its output directory: the main lock, exclusively for a whole
@@ -127,8 +113,8 @@ fn lock_out(out: &Path, part: Option<PartInfo>) -> Result<Vec<crate::lock::DirLo
     })
 }
 
-/// Stage one into a local directory; `held`: the caller holds its locks already.
-fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) -> Result<CacheSummary> {
+/// Stage one into `staging`'s directory (`cfg.out`).
+fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, staging: &mut Staging) -> Result<CacheSummary> {
     let mut inputs = vec![("--data", cfg.data.as_path()), ("--teacher", cfg.teacher.as_path())];
     inputs.extend(cfg.text.as_ref().map(|t| ("--tokenizer", t.tokenizer.as_path())));
     crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)?;
@@ -143,7 +129,9 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) 
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let _lock = if held { Vec::new() } else { lock_out(out, cfg.part)? };
+    let _lock = staging.take(|dir| lock_out(dir, cfg.part), Pull::Manifests(&[names.complete.as_str(), names.partial.as_str()]))?;
+    let uploads = staging.sync_fn().map(|f| ShardHook(std::sync::Arc::new(f)));
+    let opts = &RunOptions { on_shard: uploads.or_else(|| opts.on_shard.clone()), ..opts.clone() };
     let mut warnings: Vec<String> = inputs.teacher.device_note.iter().chain(&inputs.selectable.warning).cloned().collect();
     match prepare_out_dir(out, &man, opts.overwrite, &names, part)? {
         OutState::Complete(existing) => return Ok(already_complete(out, &existing, warnings)),
@@ -163,7 +151,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, held: bool) 
     man.totals.truncated_rows += counts.truncated_rows;
     stream::check_rows_read(cfg, &man, &plan)?;
     warnings.extend(run_warnings(cfg, &man, &counts, inputs.label_column.as_deref()));
-    finish(&mut man, out, &names)?;
+    man.publish(out, &names.complete, &names.partial)?;
     Ok(CacheSummary {
         dir: out.clone(),
         rows: man.totals.rows,
@@ -229,16 +217,4 @@ fn run_warnings(cfg: &CacheTeacherConfig, man: &Manifest, counts: &Counts, label
         warnings.push(format!("{} rows produced no cached position (empty text or completion)", man.totals.rows_without_positions));
     }
     warnings
-}
-
-/// The complete manifest, checked, in place of the partial one.
-fn finish(man: &mut Manifest, out: &Path, names: &ManifestNames) -> Result<()> {
-    man.complete = true;
-    man.validate(&out.join(&names.complete))?;
-    man.write_atomic(out, &names.complete)?;
-    let partial = out.join(&names.partial);
-    if partial.exists() {
-        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
-    }
-    Ok(())
 }

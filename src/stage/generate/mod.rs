@@ -21,7 +21,8 @@ mod prompts;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::cache::manifest::{self, DatasetInfo, GenerationInfo, Manifest, SCHEMA_VERSION, TokenizerInfo, ToolInfo, Totals};
+use crate::cache::identity::{CacheIdentity, GeneratedIdentity, tool_version};
+use crate::cache::manifest::{self, CacheContents, DatasetInfo, EncodingInfo, GenerationInfo, Manifest, SCHEMA_VERSION, TokenizerInfo};
 use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::cache::{LogprobEncoding, Positions, Task};
 use crate::chat::ChatTemplate;
@@ -75,7 +76,8 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     let sequences = prompts::count(cfg)?;
     let cache_dir = cfg.out.join(CACHE_DIR);
     let _lock = crate::lock::DirLock::acquire(&cfg.out, ".generate", "a generate run")?;
-    let mut man = new_manifest(cfg, opts, &teacher, &tok, (&eos, kv_cache, top_k, selectable), sequences)?;
+    let resolved = Resolved { eos: &eos, kv_cache, top_k, selectable };
+    let mut man = new_manifest(cfg, opts, &teacher, &tok, &resolved, sequences)?;
     let names = ManifestNames::of(None);
     let resumed = match prepare_out_dir(&cache_dir, &man, opts.overwrite, &names, manifest::PartInfo { index: 0, count: 1 })? {
         OutState::Complete(existing) => return already_complete(cfg, &cache_dir, existing, started),
@@ -298,6 +300,15 @@ fn eos_ids_of(v: &serde_json::Value, vocab: usize) -> std::result::Result<Vec<u3
         .collect()
 }
 
+/// What `new_manifest` needs beyond the config: the end-of-sequence ids, whether the KV
+/// cache decodes, the cache's top-k and the ids it may choose from.
+struct Resolved<'a> {
+    eos: &'a [u32],
+    kv_cache: bool,
+    top_k: usize,
+    selectable: usize,
+}
+
 /// The cache's manifest before any shard: its identity is the generation's (the teacher,
 /// tokenizer, prompts and every setting), since they decide the generated dataset; its
 /// `dataset` is filled in when that dataset is complete.
@@ -306,13 +317,14 @@ fn new_manifest(
     opts: &RunOptions,
     teacher: &Teacher,
     tok: &Tokenizer,
-    (eos, kv_cache, top_k, selectable): (&[u32], bool, usize, usize),
+    r: &Resolved<'_>,
     sequences: u64,
 ) -> Result<Manifest> {
     let prompts = DatasetInfo::of(&cfg.data)?;
     let encoding = super::cache_teacher::encoding_of(LogprobEncoding::DeltaU16);
+    let identity = identity(cfg, teacher, tok, r, &prompts, &encoding);
     let generation = GenerationInfo {
-        prompts: prompts.clone(),
+        prompts,
         prompt_column: cfg.prompts.column().to_string(),
         chat: matches!(cfg.prompts, PromptSource::Messages { .. }),
         dataset_file: format!("../{GENERATED_FILE}"),
@@ -321,47 +333,18 @@ fn new_manifest(
         top_p: cfg.top_p,
         samples_per_prompt: cfg.samples,
         seed: cfg.seed,
-        eos_ids: eos.to_vec(),
-        kv_cache,
+        eos_ids: r.eos.to_vec(),
+        kv_cache: r.kv_cache,
         stopped_at_eos: 0,
     };
-    let identity = serde_json::json!({
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "generated": true,
-        "teacher_sha256": teacher.sha256,
-        "teacher_external_data": teacher.external_data,
-        "logits_output": teacher.output_name(),
-        "inputs": teacher.inputs_info(),
-        "tokenizer_sha256": tok.sha256,
-        "chat_template_sha256": tok.chat.as_ref().map(|c| c.sha256.clone()),
-        "prompts_sha256": prompts.sha256,
-        "prompt_column": generation.prompt_column,
-        "max_new_tokens": cfg.max_new_tokens,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "samples_per_prompt": cfg.samples,
-        "seed": cfg.seed,
-        "eos_ids": eos,
-        "kv_cache": kv_cache,
-        "max_seq_len": cfg.max_seq_len,
-        "top_k": top_k,
-        "soft_temperature": cfg.soft_temperature,
-        "selectable_ids": selectable,
-        "encoding": encoding,
-        "rows_per_shard": cfg.rows_per_shard,
-    });
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Manifest {
-        schema_version: SCHEMA_VERSION,
-        complete: false,
+    let contents = CacheContents {
         part: None,
-        tool: ToolInfo { name: "distill".into(), version: env!("CARGO_PKG_VERSION").into() },
         task: Task::CausalLm,
         teacher: teacher.manifest_info(file_name(&cfg.teacher)),
         tokenizer: Some(TokenizerInfo { file: file_name(&tok.path), sha256: tok.sha256.clone(), vocab_size: tok.vocab_size() }),
         vocab_size: teacher.vocab_size,
-        top_k,
+        top_k: r.top_k,
         temperature: cfg.soft_temperature,
         positions: Positions::Completion,
         encoding,
@@ -390,12 +373,67 @@ fn new_manifest(
         hidden_states: Vec::new(),
         generation: Some(generation),
         rows_per_shard: cfg.rows_per_shard,
-        fingerprint: manifest::sha256_canonical_json(&identity),
-        settings: serde_json::json!({ "identity": identity }),
-        command: opts.command.clone(),
-        totals: Totals::default(),
-        shards: Vec::new(),
-        checksum: String::new(),
+    };
+    Ok(Manifest::new(contents, &identity, None, opts.command.clone()))
+}
+
+/// Everything the generated dataset and its soft labels depend on. Every setting is named
+/// here: a new one does not compile until it is placed in the identity or said to leave
+/// the content as it is.
+fn identity(
+    cfg: &GenerateConfig,
+    teacher: &Teacher,
+    tok: &Tokenizer,
+    r: &Resolved<'_>,
+    prompts: &DatasetInfo,
+    encoding: &EncodingInfo,
+) -> CacheIdentity {
+    let GenerateConfig {
+        teacher: _,   // its hash and its external data's
+        tokenizer: _, // its hash, and its chat template's
+        data: _,      // the prompts' hash
+        prompts: source,
+        out: _, // where it goes
+        max_new_tokens,
+        temperature,
+        top_p,
+        samples,
+        seed,
+        batch_size: _, // each draw is seeded by row, sample and step, not by the batching
+        max_seq_len,
+        eos: _,   // resolved in `r.eos`
+        top_k: _, // resolved in `r.top_k`
+        soft_temperature,
+        rows_per_shard,
+        kv_cache: _, // resolved in `r.kv_cache`
+        threads: _,  // scheduling only
+        device: _,   // where the teacher runs
+    } = cfg;
+    CacheIdentity::Generated(GeneratedIdentity {
+        schema_version: SCHEMA_VERSION,
+        tool_version: tool_version(),
+        generated: true,
+        teacher_sha256: teacher.sha256.clone(),
+        teacher_external_data: teacher.external_data.clone(),
+        logits_output: teacher.output_name().to_string(),
+        inputs: teacher.inputs_info().to_vec(),
+        tokenizer_sha256: tok.sha256.clone(),
+        chat_template_sha256: tok.chat.as_ref().map(|c| c.sha256.clone()),
+        prompts_sha256: prompts.sha256.clone(),
+        prompt_column: source.column().to_string(),
+        max_new_tokens: *max_new_tokens,
+        temperature: *temperature,
+        top_p: *top_p,
+        samples_per_prompt: *samples,
+        seed: *seed,
+        eos_ids: r.eos.to_vec(),
+        kv_cache: r.kv_cache,
+        max_seq_len: *max_seq_len,
+        top_k: r.top_k,
+        soft_temperature: *soft_temperature,
+        selectable_ids: r.selectable,
+        encoding: encoding.clone(),
+        rows_per_shard: *rows_per_shard,
     })
 }
 
@@ -433,13 +471,7 @@ fn finish(
     if let Some(g) = &mut man.generation {
         g.stopped_at_eos = eos;
     }
-    man.complete = true;
-    man.validate(&cache_dir.join(&names.complete))?;
-    man.write_atomic(cache_dir, &names.complete)?;
-    let partial = cache_dir.join(&names.partial);
-    if partial.exists() {
-        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
-    }
+    man.publish(cache_dir, &names.complete, &names.partial)?;
     std::fs::remove_dir_all(&parts_dir).map_err(|e| Error::io(&parts_dir, e))?;
     Ok(cache_summary(cache_dir, man, resumed, started.elapsed().as_secs_f64(), false))
 }
