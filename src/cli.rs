@@ -55,13 +55,13 @@ enum Command {
     Generate(GenerateArgs),
     /// Print a cache's manifest summary and statistics read from its shards.
     Inspect {
-        /// The cache directory.
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
         /// Print JSON instead of the report.
         #[arg(long)]
         json: bool,
     },
-    /// Combine the parts of a sharded capture (cache-teacher --shard I/N) into one cache:
+    /// Combine the parts of a sharded capture (cache-teacher --part I/N) into one cache:
     /// refuses gaps, overlaps, missing or unfinished parts, and parts made with other settings.
     Merge {
         /// Directory of the merged cache (may be the directory the parts wrote into).
@@ -86,8 +86,8 @@ enum Command {
     },
     /// Check every shard of a cache against the checksums in its manifest.
     Verify {
-        /// The cache directory.
-        cache: PathBuf,
+        #[command(flatten)]
+        cache: CacheArg,
     },
     /// Stage two: train a Burn student from a cache and the hard labels (the teacher is never loaded).
     ///
@@ -180,6 +180,24 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         ort_lib: Option<PathBuf>,
     },
+}
+
+/// The cache a command reads, given as `CACHE_DIR` or as `--cache CACHE_DIR` (the form
+/// eval and report take).
+#[derive(Args, Debug)]
+struct CacheArg {
+    /// The cache directory (or object-storage URL).
+    #[arg(value_name = "CACHE_DIR", required_unless_present = "cache_flag", conflicts_with = "cache_flag")]
+    cache: Option<PathBuf>,
+    /// The same, as a flag.
+    #[arg(long = "cache", id = "cache_flag", value_name = "CACHE_DIR")]
+    cache_flag: Option<PathBuf>,
+}
+
+impl CacheArg {
+    fn path(self) -> PathBuf {
+        self.cache.or(self.cache_flag).expect("clap requires CACHE_DIR or --cache")
+    }
 }
 
 /// `--student SPEC`, refused where it is read.
@@ -385,6 +403,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Report { runs, cache, out } => draw_report(&runs, cache.as_deref(), &out)?,
         Command::Inspect { cache, json } => {
+            let cache = cache.path();
             let (manifest, stats) = stage::inspect(&cache)?;
             if json {
                 let v = serde_json::json!({ "manifest": manifest, "statistics": stats });
@@ -398,6 +417,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}: merged {} parts, {} shards, {} rows, {} positions", s.out.display(), s.parts, s.shards, s.rows, s.positions);
         }
         Command::Verify { cache } => {
+            let cache = cache.path();
             let reader = distill::cache::CacheReader::open(&distill::store::local_copy(&cache)?)?;
             let mut n = 0;
             reader.verify(|_| n += 1)?;

@@ -211,6 +211,11 @@ fn lm_cache_end_to_end_manifest_and_inspect() {
     let o = distill(["verify".as_ref(), out.as_os_str()]);
     ok(&o);
     assert!(stdout(&o).contains(&format!("{} shards match", m.shards.len())), "{}", stdout(&o));
+    // The cache may be given as --cache too, as eval and report take it; not both ways.
+    let flag = distill(["verify".as_ref(), "--cache".as_ref(), out.as_os_str()]);
+    assert_eq!(stdout(&flag), stdout(&o));
+    ok(&distill(["inspect".as_ref(), "--cache".as_ref(), out.as_os_str()]));
+    fails_with(&distill(["verify".as_ref(), out.as_os_str(), "--cache".as_ref(), out.as_os_str()]), &["cannot be used with"]);
 }
 
 #[test]
@@ -514,7 +519,7 @@ fn cuda_device_without_a_cuda_runtime_falls_back_to_the_cpu_and_says_why() {
     assert_eq!(sums(&cpu), sums(&cuda));
     fails_with(
         &distill(digits_args(&t.path().join("x"), &["--device", "gpu"])),
-        &["cache.device must be `cpu`, `cuda` or `cuda:N`", "`gpu`"],
+        &["invalid value 'gpu' for '--device <DEVICE>': must be `cpu`, `cuda` or `cuda:N`"],
     );
 }
 

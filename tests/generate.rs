@@ -22,7 +22,7 @@ fn generate_args(teacher: (&str, &str), prompts: &Path, out: &Path, extra: &[&st
         &s(prompts),
         "--out",
         &s(out),
-        "--top-k",
+        "--cache-top-k",
         "16",
         "--quiet",
     ]
@@ -290,7 +290,7 @@ tokenizer = "{tokenizer}"
 data = "prompts.jsonl"
 out = "gen"
 max_new_tokens = 8
-top_k = 16
+top_k = 16 # the old name of cache_top_k, still read
 soft_temperature = 2.0
 
 [cache]

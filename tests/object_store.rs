@@ -213,7 +213,7 @@ fn missing_remote_caches_and_unknown_schemes_are_named() {
     fails_with(&o, &["object storage s3://no-such-bucket/x"]);
 }
 
-/// Three workers (`--shard I/3`, each with its own staging directory, like three pods)
+/// Three workers (`--part I/3`, each with its own staging directory, like three pods)
 /// write into one bucket prefix; `merge` in the bucket gives the cache one local run gives.
 #[test]
 fn sharded_capture_into_one_bucket_then_merge_equals_one_run() {
@@ -242,7 +242,7 @@ fn sharded_capture_into_one_bucket_then_merge_equals_one_run() {
         a
     };
     for i in 0..3 {
-        ok(&distill_s3(&s3, &t.path().join(format!("pod-{i}")), &args(&url, &["--shard", &format!("{i}/3")])));
+        ok(&distill_s3(&s3, &t.path().join(format!("pod-{i}")), &args(&url, &["--part", &format!("{i}/3")])));
     }
     let keys = list(&s3, "sharded/");
     for i in 0..3 {

@@ -1,4 +1,4 @@
-//! Sharded capture: N workers (`cache-teacher --shard I/N`) and `distill merge`, into a
+//! Sharded capture: N workers (`cache-teacher --part I/N`) and `distill merge`, into a
 //! shared directory or separate ones, give the same cache as one run.
 
 use std::path::Path;
@@ -42,6 +42,7 @@ fn workers_in_a_shared_directory_then_merge_equal_one_run() {
     ok(&worker(&one, &[]));
     let shared = t.path().join("shared");
     for i in 0..3 {
+        // `--shard` is the flag's other name.
         ok(&worker(&shared, &["--shard", &format!("{i}/3")]));
     }
     // Before the merge, readers point at the way out.
@@ -58,7 +59,7 @@ fn workers_in_separate_directories_then_merge_equal_one_run() {
     ok(&worker(&one, &[]));
     let parts: Vec<_> = (0..4).map(|i| t.path().join(format!("p{i}"))).collect();
     for (i, p) in parts.iter().enumerate() {
-        ok(&worker(p, &["--shard", &format!("{i}/4"), "--batch-size", &format!("{}", 7 + i)]));
+        ok(&worker(p, &["--part", &format!("{i}/4"), "--batch-size", &format!("{}", 7 + i)]));
     }
     let merged = t.path().join("merged");
     let refs: Vec<&Path> = parts.iter().map(|p| p.as_path()).collect();
@@ -71,7 +72,7 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
     let t = temp();
     let p: Vec<_> = (0..3).map(|i| t.path().join(format!("p{i}"))).collect();
     for (i, d) in p.iter().enumerate() {
-        ok(&worker(d, &["--shard", &format!("{i}/3")]));
+        ok(&worker(d, &["--part", &format!("{i}/3")]));
     }
     fails_with(&merge(&t.path().join("m1"), &[&p[0], &p[2]]), &["part 1/3 is missing"]);
     // A part made at another temperature.
@@ -89,7 +90,7 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
         "--rows-per-shard".into(),
         "100".into(),
         "--quiet".into(),
-        "--shard".into(),
+        "--part".into(),
         "1/3".into(),
     ];
     ok(&distill(&a));
@@ -117,7 +118,7 @@ fn concurrent_workers_with_a_tokenizer_share_a_directory() {
         let children: Vec<_> = (0..8)
             .map(|i| {
                 let mut a = args(&shared);
-                a.extend(["--shard".to_string(), format!("{i}/8")]);
+                a.extend(["--part".to_string(), format!("{i}/8")]);
                 std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
                     .args(a)
                     .stdout(std::process::Stdio::piped())

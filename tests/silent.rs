@@ -84,7 +84,7 @@ fn merge_does_not_replace_another_complete_cache() {
     let before = std::fs::read(other.join("manifest.json")).unwrap();
     let parts = t.path().join("parts");
     for i in 0..2 {
-        cache_digits("train.parquet", &parts, &["--temperature", "3", "--rows-per-shard", "300", "--shard", &format!("{i}/2")]);
+        cache_digits("train.parquet", &parts, &["--temperature", "3", "--rows-per-shard", "300", "--part", &format!("{i}/2")]);
     }
     let o = distill(["merge".to_string(), "--out".into(), s(&other), s(&parts)]);
     fails_with(&o, &["--out already holds a complete cache made with other settings"]);
@@ -93,7 +93,7 @@ fn merge_does_not_replace_another_complete_cache() {
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
     // Parts of two captures: the message names the part by its number (it said `Some(0)`).
     let others = t.path().join("others");
-    cache_digits("train.parquet", &others, &["--temperature", "4", "--rows-per-shard", "300", "--shard", "1/2"]);
+    cache_digits("train.parquet", &others, &["--temperature", "4", "--rows-per-shard", "300", "--part", "1/2"]);
     let o = distill(["merge".to_string(), "--out".into(), s(&t.path().join("m2")), s(&parts), s(&others)]);
     fails_with(&o, &["than part 0 (fingerprint"]);
     ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
@@ -166,8 +166,8 @@ fn out_of_range_settings_are_refused_before_any_work() {
         ("--weight-decay", "-1", "train.weight_decay must be in 0..=1"),
         ("--weight-decay", "NaN", "`NaN` is not a finite number"),
         ("--weight-decay", "1e39", "train.weight_decay must be in 0..=1"),
-        ("--checkpoint-every", "0", "train.checkpoint_every must be >= 1"),
-        ("--max-rows", "0", "train.max_rows must be >= 1"),
+        ("--checkpoint-every", "0", "invalid value '0' for '--checkpoint-every <N>': number would be zero"),
+        ("--max-rows", "0", "invalid value '0' for '--max-rows <N>': number would be zero"),
         ("--temperature", "1e-39", "train.temperature must be >= 0.01"),
     ] {
         let o = distill([

@@ -610,7 +610,7 @@ fn batches_mix_rows_across_the_shuffle_window() {
     assert_eq!(per_shard.iter().filter(|&&p| p == 36).count(), 3, "{per_shard:?}");
     assert_eq!(positions("100"), vec![64, 64, 64, 64, 44]);
     let refused = train(&cache, &t.path().join("w0"), &["--shuffle-window", "0"]);
-    assert!(!refused.status.success() && stderr(&refused).contains("shuffle_window"), "{}", stderr(&refused));
+    assert!(!refused.status.success() && stderr(&refused).contains("--shuffle-window"), "{}", stderr(&refused));
 }
 
 /// `distill report` draws what the runs logged: each run's loss curve is the step/loss

@@ -132,7 +132,7 @@ class Cache:
         except (OSError, pa.ArrowException):
             names = []
         if any(n.startswith("manifest.part-") for n in names):
-            self._fail(self.path, "holds part manifests of a sharded capture (cache-teacher --shard I/N) but no manifest.json; "
+            self._fail(self.path, "holds part manifests of a sharded capture (cache-teacher --part I/N) but no manifest.json; "
                                   "combine the parts with `distill merge --out DIR PART_DIR...`")
         if PARTIAL_MANIFEST in names:
             self._fail(self.path, "incomplete cache: cache-teacher did not finish (manifest.partial.json but no manifest.json); "

@@ -261,7 +261,7 @@ pub struct Totals {
     pub rows_without_positions: u64,
 }
 
-/// Which slice of a sharded capture (`cache-teacher --shard I/N`) a part manifest covers:
+/// Which slice of a sharded capture (`cache-teacher --part I/N`) a part manifest covers:
 /// the shards whose index `j` has `j % count == index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,7 +458,7 @@ impl Manifest {
             if has_parts {
                 return Err(Error::cache(
                     dir,
-                    "holds part manifests of a sharded capture (cache-teacher --shard I/N) but no manifest.json; \
+                    "holds part manifests of a sharded capture (cache-teacher --part I/N) but no manifest.json; \
                      combine the parts with `distill merge --out DIR PART_DIR...`",
                 ));
             }

@@ -104,7 +104,9 @@ pub struct CacheSettings {
     /// [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Softening temperature T >= 0.01 applied before the log-softmax [default: 1].
+    /// Softening temperature T >= 0.01 of the cached soft labels, applied to the teacher's
+    /// logits before the log-softmax [default: 1]. (train-student's --temperature is the
+    /// training one; generate's is for sampling.)
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
     /// Rows per teacher batch [default: 32].
@@ -171,9 +173,9 @@ pub struct CacheSettings {
     /// Compute only part I of N (shards j with j % N == I), e.g. one task of a Slurm job
     /// array or a Kubernetes Indexed Job; writes manifest.part-I-of-N.json. Combine the
     /// parts with `distill merge`.
-    #[arg(long, value_name = "I/N")]
-    #[serde(default, with = "super::as_text")]
-    pub shard: Option<PartInfo>,
+    #[arg(long, visible_alias = "shard", value_name = "I/N")]
+    #[serde(default, alias = "shard", with = "super::as_text")]
+    pub part: Option<PartInfo>,
 }
 
 /// `--soft-labels`: what each cached position stores.
@@ -394,7 +396,7 @@ impl CacheSettings {
         };
         let device = self.device.unwrap_or_default();
         let text = self.text_config()?;
-        let part = self.shard;
+        let part = self.part;
         let sampled = self.sampling()?;
         let topk_in = self.topk_in.unwrap_or_default();
         if topk_in == TopkIn::Onnxruntime && sampled.is_some() {
@@ -402,7 +404,7 @@ impl CacheSettings {
         }
         let (hidden_states, hidden_dim) = self.hidden()?;
         let mut given = self.clone();
-        given.shard = None; // every worker of a sharded capture records the same settings
+        given.part = None; // every worker of a sharded capture records the same settings
         let settings = serde_json::to_value(&given).expect("settings serialise");
         let inputs: BTreeMap<String, String> = self.inputs.into_iter().collect();
         Ok(CacheTeacherConfig {

@@ -70,7 +70,8 @@ pub struct GenerateSettings {
     /// Tokens generated at most per prompt [default: 64].
     #[arg(long, value_name = "N")]
     pub max_new_tokens: Option<NonZeroUsize>,
-    /// Sampling temperature; 0 is greedy, the most probable token [default: 0].
+    /// Sampling temperature of the generation; 0 is greedy, the most probable token
+    /// [default: 0]. (The cached soft labels' temperature is --soft-temperature.)
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
     /// Nucleus: draw among the most probable tokens holding this much of the mass [default: 1].
@@ -93,9 +94,11 @@ pub struct GenerateSettings {
     /// tokenizer, else the tokenizer's <|eos|>, </s>, <|endoftext|>, <|im_end|>, ...].
     #[arg(long, value_name = "ID")]
     pub eos_id: Option<u32>,
-    /// Entries per cached position [default: 64].
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<NonZeroUsize>,
+    /// Entries kept per cached position, the cache's top-k (not a sampling top-k: sampling
+    /// is --temperature and --top-p) [default: 64].
+    #[arg(long, visible_alias = "top-k", value_name = "K")]
+    #[serde(alias = "top_k")]
+    pub cache_top_k: Option<NonZeroUsize>,
     /// Temperature of the cached soft labels [default: 1].
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub soft_temperature: Option<f32>,
@@ -219,7 +222,7 @@ impl GenerateSettings {
             batch_size: self.batch_size.map_or(defaults::BATCH_SIZE, NonZeroUsize::get),
             max_seq_len,
             eos: self.eos_id,
-            top_k: self.top_k.map(NonZeroUsize::get),
+            top_k: self.cache_top_k.map(NonZeroUsize::get),
             soft_temperature,
             rows_per_shard: self.rows_per_shard.map_or(defaults::ROWS_PER_SHARD, NonZeroU64::get),
             kv_cache: self.kv_cache.unwrap_or(KvCache::Auto),

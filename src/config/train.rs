@@ -67,7 +67,8 @@ pub struct TrainSettings {
     /// Weight of the distillation term (0 = hard labels only) [default: 0.5].
     #[arg(long, value_name = "A", value_parser = super::finite_f32)]
     pub alpha: Option<f32>,
-    /// Training temperature [default: the cache's]; another value needs --tail renormalize.
+    /// Temperature of the distillation term in training [default: the cache's softening
+    /// temperature]; another value needs --tail renormalize.
     #[arg(long, value_name = "T", value_parser = super::finite_f32)]
     pub temperature: Option<f32>,
     /// Mass outside the top-k: `bucket` (exact tail from the cache; default) or `renormalize`.

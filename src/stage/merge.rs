@@ -1,5 +1,5 @@
 //! `distill merge`: combine the part manifests of a sharded capture
-//! (`cache-teacher --shard I/N`, one worker per part, e.g. a Slurm job array) into one
+//! (`cache-teacher --part I/N`, one worker per part, e.g. a Slurm job array) into one
 //! cache. Refuses gaps, overlaps, missing or unfinished parts, and parts made with other
 //! settings or teachers. Reads and writes only through the cache module's types.
 
@@ -83,7 +83,7 @@ fn find_parts(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Manifest)>> {
             if name.starts_with("manifest.part-") && !name.ends_with(".partial.json") && name.ends_with(".json") {
                 parts.push((dir.clone(), Manifest::read_file(&e.path())?));
             } else if name.starts_with("manifest.part-") && name.ends_with(".partial.json") {
-                return Err(Error::cache(e.path(), "this part is not finished (rerun its cache-teacher --shard command)"));
+                return Err(Error::cache(e.path(), "this part is not finished (rerun its cache-teacher --part command)"));
             }
         }
     }

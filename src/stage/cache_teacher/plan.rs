@@ -10,7 +10,7 @@ pub(super) fn shard_len(j: usize, per: u64, total: u64) -> u64 {
     per.min(total - j as u64 * per)
 }
 
-/// The shards a run writes: indices `j` of its part (all of them without `--shard`), after
+/// The shards a run writes: indices `j` of its part (all of them without `--part`), after
 /// the finished ones. Shard `j` always holds rows `j * R .. (j + 1) * R`.
 pub(super) struct ShardPlan {
     /// Shards still to write, in order.
