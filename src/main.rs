@@ -1,4 +1,4 @@
-//! The `distill` binary: a shim over the library (see `cli.rs`).
+//! The `distill` binary: a shim over the library (see `cli/`).
 
 mod cli;
 
