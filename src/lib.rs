@@ -63,6 +63,7 @@ pub mod integrity;
 pub mod kernels;
 pub mod lock;
 pub mod loss;
+pub mod pipeline;
 mod process;
 pub mod progress;
 mod rng;

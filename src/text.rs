@@ -207,3 +207,29 @@ pub fn attach_chat_template(tok: &mut Tokenizer, cols: &TextColumns, dir: &Path)
     tok.chat = Some(chat);
     Ok(())
 }
+
+/// The checkpoint's tokenizer must give every token of the cache's the same id.
+pub fn same_tokenizer(theirs: &Path, ours: &Tokenizer) -> Result<()> {
+    let theirs_tok = Tokenizer::load(theirs)?;
+    if theirs_tok.sha256 != ours.sha256 {
+        let (a, b) = (theirs_tok.inner.get_vocab(true), ours.inner.get_vocab(true));
+        let mut diff: Vec<String> = b
+            .iter()
+            .filter(|(t, id)| a.get(*t) != Some(id))
+            .map(|(t, id)| format!("`{t}` is {id} in the cache's tokenizer but {:?} in the checkpoint's", a.get(t)))
+            .collect();
+        diff.sort();
+        if !diff.is_empty() || a.len() != b.len() {
+            return Err(Error::Tokenizer {
+                path: theirs.to_path_buf(),
+                message: format!(
+                    "the checkpoint's tokenizer ({} tokens) is not the cache's ({} tokens): {}",
+                    a.len(),
+                    b.len(),
+                    diff.first().cloned().unwrap_or_else(|| "the checkpoint's has extra tokens".into())
+                ),
+            });
+        }
+    }
+    Ok(())
+}

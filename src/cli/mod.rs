@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use distill::config::PipelineFile;
 use distill::stage;
+use distill::student::load::Reading;
 use distill::train::TrainOptions;
 use distill::{Error, Result};
 
@@ -131,10 +132,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Text column (Hugging Face checkpoints; a run directory knows its columns).
-        #[arg(long, default_value = "text")]
+        #[arg(long, default_value = Reading::TEXT_COLUMN)]
         text_column: String,
         /// Longest sequence fed to a Hugging Face checkpoint (longer rows are cut).
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = Reading::MAX_SEQ_LEN)]
         max_seq_len: usize,
         /// Only the first N rows.
         #[arg(long, value_name = "N")]
@@ -159,10 +160,10 @@ enum Command {
         #[arg(long, value_name = "CACHE_DIR")]
         cache: Option<PathBuf>,
         /// Text column (Hugging Face checkpoints without --cache).
-        #[arg(long, default_value = "text")]
+        #[arg(long, default_value = Reading::TEXT_COLUMN)]
         text_column: String,
         /// Longest sequence fed to a Hugging Face checkpoint without --cache (longer rows are cut).
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = Reading::MAX_SEQ_LEN)]
         max_seq_len: usize,
         /// Print JSON (with a `teacher` object when --cache is given).
         #[arg(long)]
@@ -239,7 +240,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { pipeline, flags } => {
             let file = PipelineFile::load(&pipeline)?;
-            stage::pipeline::run(&file, &flags.options(command), &mut |step| print::step(step, flags.quiet))?;
+            distill::pipeline::run(&file, &flags.options(command), &mut |step| print::step(step, flags.quiet))?;
         }
     }
     Ok(())

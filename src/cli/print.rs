@@ -118,8 +118,8 @@ pub fn evaluate(student: &Path, data: &Path, cache: Option<&Path>, opts: &stage:
 
 /// One step of `distill run`, as the separate commands print it: what starts on stderr,
 /// summaries, the cache's description, reports and the table on stdout.
-pub fn step(step: stage::pipeline::Step<'_>, quiet: bool) {
-    use stage::pipeline::Step;
+pub fn step(step: distill::pipeline::Step<'_>, quiet: bool) {
+    use distill::pipeline::Step;
     match step {
         Step::StageOne { command, teacher } => eprintln!("== stage one: {command} ({})", teacher.display()),
         Step::Generated(s) => generate_summary(s, quiet),

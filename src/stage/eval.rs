@@ -10,12 +10,12 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
-use crate::cache::manifest::{DatasetInfo, TOKENIZER_FILE};
+use crate::cache::manifest::DatasetInfo;
 use crate::cache::{CacheReader, Task};
 use crate::error::{Error, Result};
-use crate::student::{self, Positions, RowInput, Student, StudentArch, hf};
-use crate::text::{TextColumns, Tokenizer};
-use crate::train::{DataSpec, PreparedRow, StudentFile, prepare_rows};
+use crate::student::load::{LoadedStudent, Reading};
+use crate::student::{Positions, RowInput, Student, StudentArch};
+use crate::student::{PreparedRow, prepare_rows};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct EvalReport {
@@ -85,20 +85,7 @@ type Teacher = (HashMap<(u64, u32), TeacherLabel>, f32);
 pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &PredictOptions) -> Result<EvalReport> {
     let device = Device::flex();
     let cache_dir = cache.map(crate::store::local_copy).transpose()?;
-    let mut st = match (&cache_dir, run_dir.join("student.json").is_file()) {
-        (Some(c), false) if hf::is_checkpoint(run_dir) => load_checkpoint_for_cache(run_dir, c, &device)?,
-        (None, false) if hf::is_checkpoint(run_dir) => {
-            let mut st = load_checkpoint(run_dir, opts, &device)?;
-            if st.spec.task == Task::Classification {
-                st.spec.label_column = Some("label".into());
-            }
-            st
-        }
-        _ => open_student(run_dir, opts, &device)?,
-    };
-    if let Some(c) = &cache_dir {
-        read_text_as_the_cache(&mut st, c)?;
-    }
+    let st = LoadedStudent::for_eval(run_dir, cache_dir.as_deref(), &opts.reading(), &device)?;
     let teacher = cache.map(|c| teacher_labels(c, data)).transpose()?;
     let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, u64::MAX, None)?;
     if rows.is_empty() {
@@ -281,132 +268,6 @@ fn kl_on_support(logp: &[f32], teacher: &TeacherLabel, t: f32) -> f64 {
     kl
 }
 
-/// A student ready to run, and how it reads data.
-struct Ready {
-    model: Student,
-    spec: DataSpec,
-    tok: Option<Tokenizer>,
-    /// A run directory's architecture (a checkpoint's rows are not checked against it).
-    arch: Option<StudentArch>,
-    output_vocab: Option<usize>,
-    /// Notes from loading a Hugging Face checkpoint (weights it lacked, ties).
-    notes: Vec<String>,
-}
-
-/// A train-student run directory: `student.json`, `student.bpk` and the tokenizer.
-fn load_run(dir: &Path, device: &Device) -> Result<Ready> {
-    let sf_path = dir.join("student.json");
-    let sf: StudentFile = serde_json::from_slice(&crate::untrusted::read(&sf_path, crate::untrusted::Cap::Settings)?)
-        .map_err(|e| Error::Config(format!("{}: not a student description: {e}", sf_path.display())))?;
-    let weights = dir.join("student.bpk");
-    let (_, bytes) = crate::untrusted::open(&weights, crate::untrusted::Cap::Weights)?;
-    // At least 2 bytes per stored value (f16); Burn stores f32, so this bound is generous.
-    sf.arch.check_against_weights(u128::from(bytes / 2), &sf_path)?;
-    let mut model = sf.arch.init(device);
-    student::load_burnpack(&mut model, &weights)?;
-    let tok = match &sf.data.text {
-        Some(text) => {
-            let mut tok = Tokenizer::load(&dir.join(TOKENIZER_FILE))?;
-            crate::text::attach_chat_template(&mut tok, text, dir)?;
-            Some(tok)
-        }
-        None => None,
-    };
-    Ok(Ready { model, spec: sf.data, tok, arch: Some(sf.arch), output_vocab: sf.output_vocab, notes: Vec::new() })
-}
-
-/// A Hugging Face checkpoint directory, reading `opts.text_column` with its tokenizer.
-fn load_checkpoint(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
-    use crate::cache::Positions as CachedPositions;
-    let ck = hf::read_checkpoint(dir)?;
-    let tok_path = ck
-        .tokenizer
-        .clone()
-        .ok_or_else(|| Error::Config(format!("{}: the checkpoint has no tokenizer.json to tokenize the data with", dir.display())))?;
-    let (task, positions) = match ck.arch {
-        StudentArch::Decoder(_) => (Task::CausalLm, CachedPositions::All),
-        _ => (Task::Classification, CachedPositions::Example),
-    };
-    let arch = ck.arch.clone();
-    let (model, notes) = hf::load_student(ck, device)?;
-    let text = TextColumns {
-        text: Some(opts.text_column.clone()),
-        prompt: None,
-        completion: None,
-        messages: None,
-        conversational: false,
-        token_ids: false,
-        chat_template_sha256: None,
-        positions,
-        max_seq_len: opts.max_seq_len,
-    };
-    let spec = DataSpec { task, features: Vec::new(), label_column: None, text: Some(text), tokenizer_sha256: None };
-    Ok(Ready { model, spec, tok: Some(Tokenizer::load(&tok_path)?), arch: Some(arch), output_vocab: None, notes })
-}
-
-/// A Hugging Face checkpoint read as a cache of the evaluation data reads its rows: the
-/// cache's columns, positions and tokenizer (which must be the checkpoint's).
-fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Result<Ready> {
-    let m = CacheReader::open(cache)?.manifest().clone();
-    let ck = hf::read_checkpoint(dir)?;
-    let fits = matches!((&ck.arch, m.task), (StudentArch::Decoder(_), Task::CausalLm) | (StudentArch::Encoder(_), Task::Classification));
-    let ids = m.tokenizer.as_ref().map_or(m.vocab_size, |t| t.vocab_size.min(m.vocab_size));
-    if !fits || ck.arch.vocab() < ids {
-        return Err(Error::Config(format!(
-            "{}: a {} with {} outputs cannot be scored on {} ({:?} over {} outputs)",
-            dir.display(),
-            ck.arch.kind_name(),
-            ck.arch.vocab(),
-            cache.display(),
-            m.task,
-            ids
-        )));
-    }
-    let tok = match &m.text {
-        Some(text) => {
-            let mut tok = Tokenizer::load(&cache.join(TOKENIZER_FILE))?;
-            crate::text::attach_chat_template(&mut tok, text, cache)?;
-            Some(tok)
-        }
-        None => None,
-    };
-    if let (Some(theirs), Some(ours)) = (&ck.tokenizer, &tok) {
-        crate::train::same_tokenizer(theirs, ours)?;
-    }
-    let output_vocab = (ck.arch.vocab() > m.vocab_size && m.task == Task::CausalLm).then_some(m.vocab_size);
-    let arch = ck.arch.clone();
-    let (model, notes) = hf::load_student(ck, device)?;
-    Ok(Ready { model, spec: DataSpec::of(&m), tok, arch: Some(arch), output_vocab, notes })
-}
-
-/// A student trained on token ids (`distill generate`'s data) reads text data as the
-/// teacher's cache of it does: that cache's text columns, with its chat template.
-fn read_text_as_the_cache(st: &mut Ready, cache: &Path) -> Result<()> {
-    let (Some(text), Some(tok)) = (&st.spec.text, &mut st.tok) else { return Ok(()) };
-    if !text.token_ids {
-        return Ok(());
-    }
-    if let Some(cached) = CacheReader::open(cache)?.manifest().text.clone() {
-        crate::text::attach_chat_template(tok, &cached, cache)?;
-        st.spec.text = Some(cached);
-    }
-    Ok(())
-}
-
-/// A run directory or a checkpoint directory.
-fn open_student(dir: &Path, opts: &PredictOptions, device: &Device) -> Result<Ready> {
-    if dir.join("student.json").is_file() {
-        load_run(dir, device)
-    } else if hf::is_checkpoint(dir) {
-        load_checkpoint(dir, opts, device)
-    } else {
-        Err(Error::Config(format!(
-            "{}: neither a train-student run directory (student.json) nor a Hugging Face checkpoint (config.json)",
-            dir.display()
-        )))
-    }
-}
-
 /// Index of the largest logit of each row. `[b, classes] -> b`
 fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
     logits.argmax(1).into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default()
@@ -480,7 +341,13 @@ pub struct PredictOptions {
 
 impl Default for PredictOptions {
     fn default() -> PredictOptions {
-        PredictOptions { text_column: "text".into(), max_seq_len: 512, max_rows: None }
+        PredictOptions { text_column: Reading::TEXT_COLUMN.into(), max_seq_len: Reading::MAX_SEQ_LEN, max_rows: None }
+    }
+}
+
+impl PredictOptions {
+    fn reading(&self) -> Reading {
+        Reading { text_column: self.text_column.clone(), max_seq_len: self.max_seq_len }
     }
 }
 
@@ -492,7 +359,7 @@ impl Default for PredictOptions {
 pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOptions) -> Result<(u64, Vec<String>)> {
     crate::untrusted::refuse_overlap(("--out", out), &[("--data", data), ("--student", student_dir)])?;
     let device = Device::flex();
-    let st = open_student(student_dir, opts, &device)?;
+    let st = LoadedStudent::open(student_dir, &opts.reading(), &device)?;
     let rows = prepare_rows(data, &st.spec, st.tok.as_ref(), 0, opts.max_rows.unwrap_or(u64::MAX), None)?;
     if let Some(arch) = &st.arch {
         check_rows(&rows, arch, data, false)?;

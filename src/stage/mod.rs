@@ -5,7 +5,6 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
-pub mod pipeline;
 pub mod report;
 
 pub use cache_teacher::{CacheSummary, RunOptions, cache_teacher};

@@ -6,7 +6,9 @@
 pub mod adamw;
 pub mod decoder;
 pub mod encoder;
+mod file;
 pub mod hf;
+pub mod load;
 pub mod mlp;
 pub mod select;
 
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::{Encoder, EncoderConfig};
+pub use file::{DataSpec, PreparedRow, StudentFile, prepare_rows};
 pub use mlp::{Mlp, MlpConfig};
 
 use crate::error::{Error, Result};

@@ -114,7 +114,7 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
 pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option<&Tokenizer>, notes: &mut Vec<String>) -> Result<()> {
     let dir = ck.dir.display().to_string();
     if let (Some(theirs), Some(ours)) = (&ck.tokenizer, tok) {
-        same_tokenizer(theirs, ours)?;
+        crate::text::same_tokenizer(theirs, ours)?;
     }
     let tokens = tok.map(|t| t.vocab_size()).unwrap_or(0);
     let has_classifier = ck.has("classifier.weight");
@@ -177,32 +177,6 @@ pub(super) fn check_hf_fits(ck: &mut hf::HfCheckpoint, m: &Manifest, tok: Option
 /// the teacher's logits are wider (padding ids are never kept), else the logits' width.
 pub(super) fn cached_id_bound(m: &Manifest) -> usize {
     m.tokenizer.as_ref().map_or(m.vocab_size, |t| t.vocab_size.min(m.vocab_size))
-}
-
-/// The checkpoint's tokenizer must give every token of the cache's the same id.
-pub(crate) fn same_tokenizer(theirs: &Path, ours: &Tokenizer) -> Result<()> {
-    let theirs_tok = Tokenizer::load(theirs)?;
-    if theirs_tok.sha256 != ours.sha256 {
-        let (a, b) = (theirs_tok.inner.get_vocab(true), ours.inner.get_vocab(true));
-        let mut diff: Vec<String> = b
-            .iter()
-            .filter(|(t, id)| a.get(*t) != Some(id))
-            .map(|(t, id)| format!("`{t}` is {id} in the cache's tokenizer but {:?} in the checkpoint's", a.get(t)))
-            .collect();
-        diff.sort();
-        if !diff.is_empty() || a.len() != b.len() {
-            return Err(Error::Tokenizer {
-                path: theirs.to_path_buf(),
-                message: format!(
-                    "the checkpoint's tokenizer ({} tokens) is not the cache's ({} tokens): {}",
-                    a.len(),
-                    b.len(),
-                    diff.first().cloned().unwrap_or_else(|| "the checkpoint's has extra tokens".into())
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The cache's tokenizer (a text cache), with its chat template: `--tokenizer` or the copy

@@ -2,17 +2,16 @@
 //! features), kept between epochs up to a budget, and joined with their cached soft labels.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use crate::cache::{CacheReader, ShardInfo, SoftLabelBatch, Task};
 use crate::config::TrainConfig;
-use crate::data::{self, Column, Field, Kind};
+use crate::data;
 use crate::error::{Error, Result};
 use crate::loss;
-use crate::text::{self, Tokenizer};
+use crate::text::Tokenizer;
 
-use super::DataSpec;
+use crate::student::{DataSpec, PreparedRow, prepare_rows};
 
 /// One dataset row joined with its cached positions.
 pub(super) struct Example {
@@ -32,81 +31,6 @@ pub(super) struct Target {
     /// pairs' order (`[sum of their widths]`; empty without hidden-state pairs), in f16 as
     /// the cache stores them (half the memory of the shuffle window's f32).
     pub hidden: Vec<half::f16>,
-}
-
-/// Columns to read for a data spec: features or text, then the label.
-fn columns_of(spec: &DataSpec) -> Vec<Column> {
-    let mut cols: Vec<Column> = match &spec.text {
-        Some(t) => t.columns(),
-        None => spec.features.iter().map(|c| Column::new(c, Kind::Numbers)).collect(),
-    };
-    if let Some(l) = &spec.label_column {
-        cols.push(Column::new(l, Kind::Label));
-    }
-    cols
-}
-
-/// Dataset rows `first..first + count` turned into student inputs.
-#[derive(Clone)]
-pub(crate) struct PreparedRow {
-    pub index: u64,
-    pub features: Vec<f32>,
-    pub tokens: Vec<u32>,
-    pub positions: Vec<usize>,
-    pub label: Option<i64>,
-}
-
-pub(crate) fn prepare_rows(
-    path: &Path,
-    spec: &DataSpec,
-    tok: Option<&Tokenizer>,
-    first: u64,
-    count: u64,
-    start: Option<data::RowStart>,
-) -> Result<Vec<PreparedRow>> {
-    let cols = columns_of(spec);
-    let label_slot = spec.label_column.as_ref().map(|_| cols.len() - 1);
-    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
-    let rows = match start {
-        Some(at) if at.row == first => data::read_jsonl_at(path, &cols, at)?,
-        _ => data::read_rows_from(path, &cols, first)?,
-    };
-    for row in rows.take(count as usize) {
-        let row = row?;
-        let label = match label_slot.map(|s| &row.fields[s]) {
-            Some(Field::Label(l)) => Some(*l),
-            _ => None,
-        };
-        match (&spec.text, tok) {
-            (Some(t), Some(tok)) => {
-                let tk = text::tokenize(tok, t, &row.fields, row.index, path)?;
-                out.push(PreparedRow { index: row.index, features: vec![], positions: tk.positions(), tokens: tk.ids, label });
-            }
-            _ => {
-                let mut features = Vec::new();
-                for (slot, name) in spec.features.iter().enumerate() {
-                    match &row.fields[slot] {
-                        Field::Numbers(v) => {
-                            if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
-                                return Err(Error::data(path, format!("row {}, column `{name}`: value {bad} is {}", row.index, v[bad])));
-                            }
-                            features.extend_from_slice(v)
-                        }
-                        _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
-                    }
-                }
-                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label });
-            }
-        }
-    }
-    Ok(out)
-}
-
-impl PreparedRow {
-    /// Bytes this row holds.
-    fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len())
-    }
 }
 
 /// The prepared rows of shards, kept between epochs up to a byte budget (first come, first

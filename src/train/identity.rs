@@ -15,7 +15,7 @@ use crate::config::{TrainConfig, TrainDevice};
 use crate::loss::{HiddenLoss, HiddenPair, TailMode};
 use crate::student::select::Trainable;
 
-use super::student_file::StudentFile;
+use crate::student::StudentFile;
 
 /// The identity: the student that is built, and the settings that train it.
 #[derive(Debug, Serialize)]
@@ -136,8 +136,8 @@ impl<'a> TrainIdentity<'a> {
 mod tests {
     use super::*;
     use crate::config::TrainSettings;
+    use crate::student::DataSpec;
     use crate::student::{CacheDims, StudentArch, StudentSpec};
-    use crate::train::student_file::DataSpec;
 
     /// Runs of each kind: defaults, and every key only some runs have.
     fn configs() -> Vec<TrainConfig> {

@@ -18,7 +18,6 @@ mod metrics;
 mod plan;
 mod run;
 mod schedule;
-mod student_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -38,9 +37,8 @@ use crate::student::adamw::FusedAdamW;
 use crate::student::{self, Student, StudentArch, StudentSpec, hf};
 use crate::text::Tokenizer;
 
-pub(crate) use checks::same_tokenizer;
-pub(crate) use examples::{PreparedRow, prepare_rows};
-pub use student_file::{DataSpec, StudentFile};
+use crate::student::prepare_rows;
+pub use crate::student::{DataSpec, StudentFile};
 
 use checkpoint::{At, CheckpointState};
 use loader::{Loader, StopOnDrop};

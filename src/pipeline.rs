@@ -15,9 +15,9 @@ use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 use crate::train::{TrainOptions, TrainSummary};
 
-use super::eval::{EvalReport, PredictOptions};
-use super::generate::GenerateSummary;
-use super::{CacheSummary, RunOptions};
+use crate::stage::eval::{EvalReport, PredictOptions};
+use crate::stage::generate::GenerateSummary;
+use crate::stage::{self, CacheSummary, RunOptions};
 
 /// What a pipeline is doing or has done, in order: the binary prints each.
 pub enum Step<'a> {
@@ -63,11 +63,11 @@ struct Checked {
 pub fn run(file: &PipelineFile, opts: &RunOptions, on_step: &mut dyn FnMut(Step<'_>)) -> Result<Option<String>> {
     let checked = check(file)?;
     let train_cache = stage_one(&checked, opts, on_step)?;
-    let (manifest, stats) = super::inspect(&train_cache)?;
-    on_step(Step::Inspected(super::inspect::render(&train_cache, &manifest, &stats)));
+    let (manifest, stats) = stage::inspect(&train_cache)?;
+    on_step(Step::Inspected(stage::inspect::render(&train_cache, &manifest, &stats)));
     let Some((student, eval, seeds)) = &checked.students else { return Ok(None) };
     let teacher_cache = teacher_on_held_out(&checked.cache, eval, opts, on_step)?;
-    let teacher = super::eval::teacher_metrics(&teacher_cache)?;
+    let teacher = stage::eval::teacher_metrics(&teacher_cache)?;
     let out = file.train_settings().out.ok_or_else(|| Error::Config("train.out is required in the pipeline's [train]".into()))?;
     // One pipeline at a time in `[train] out`: its run directories are replaced below.
     let _lock = crate::lock::DirLock::acquire(&out, ".pipeline", "a pipeline's students")?;
@@ -119,13 +119,13 @@ fn stage_one(checked: &Checked, opts: &RunOptions, on_step: &mut dyn FnMut(Step<
     match &checked.generate {
         Some(g) => {
             on_step(Step::StageOne { command: "generate", teacher: &g.teacher });
-            let s = super::generate::generate(g, opts)?;
+            let s = stage::generate::generate(g, opts)?;
             on_step(Step::Generated(&s));
             Ok(s.cache.dir)
         }
         None => {
             on_step(Step::StageOne { command: "cache-teacher", teacher: &checked.cache.teacher });
-            let s = super::cache_teacher(&checked.cache, opts)?;
+            let s = stage::cache_teacher(&checked.cache, opts)?;
             on_step(Step::Cached(&s));
             Ok(s.dir)
         }
@@ -149,7 +149,7 @@ fn teacher_on_held_out(
         ..cache.clone()
     };
     on_step(Step::TeacherCache(&held_out.out));
-    let s = super::cache_teacher(&held_out, opts)?;
+    let s = stage::cache_teacher(&held_out, opts)?;
     on_step(Step::Cached(&s));
     Ok(held_out.out)
 }
@@ -182,7 +182,7 @@ fn train_students(
             on_step(Step::Training { label, seed, run: &run });
             let s = crate::train::train_student(&cfg, &train_opts)?;
             on_step(Step::Trained(&s));
-            let r = super::eval::eval_student(&run, &eval.data, Some(teacher_cache), &PredictOptions::default())?;
+            let r = stage::eval::eval_student(&run, &eval.data, Some(teacher_cache), &PredictOptions::default())?;
             on_step(Step::Evaluated(&r));
             reports.push(r);
             trained.push(run);
@@ -195,7 +195,7 @@ fn train_students(
 /// The training curves of the runs and the cache's histograms, beside the table; the
 /// results stand without the picture, so a drawing failure is a warning.
 fn draw_report(train_cache: &Path, trained: &[PathBuf], picture: &Path, on_step: &mut dyn FnMut(Step<'_>)) {
-    match super::inspect(train_cache).and_then(|(_, stats)| super::report::report(trained, Some(&stats), picture)) {
+    match stage::inspect(train_cache).and_then(|(_, stats)| stage::report::report(trained, Some(&stats), picture)) {
         Ok(_) => on_step(Step::Drawn(picture)),
         Err(e) => on_step(Step::Warning(format!("{}: no report drawn: {e}", picture.display()))),
     }

@@ -1,0 +1,129 @@
+//! What a training run leaves beside its weights for `eval` and `predict`: `student.json`
+//! (the architecture, how it reads data, what it was trained from); and the dataset rows a
+//! student reads, prepared as its inputs the way the cache read them.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{Manifest, Task};
+use crate::data::{self, Column, Field, Kind};
+use crate::error::{Error, Result};
+use crate::loss::TailMode;
+use crate::student::StudentArch;
+use crate::text::{self, TextColumns, Tokenizer};
+
+/// What the student reads from a dataset: saved beside it so `eval` reads data the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub task: Task,
+    pub features: Vec<String>,
+    pub label_column: Option<String>,
+    pub text: Option<TextColumns>,
+    /// SHA-256 of the tokenizer (copied into the run directory as tokenizer.json).
+    pub tokenizer_sha256: Option<String>,
+}
+
+impl DataSpec {
+    /// The data as the cache read it.
+    pub fn of(m: &Manifest) -> DataSpec {
+        DataSpec {
+            task: m.task,
+            features: m.features.clone(),
+            label_column: m.label_column.clone(),
+            text: m.text.clone(),
+            tokenizer_sha256: m.tokenizer.as_ref().map(|t| t.sha256.clone()),
+        }
+    }
+}
+
+/// `student.json`: everything needed to rebuild and use the trained student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudentFile {
+    pub arch: StudentArch,
+    pub data: DataSpec,
+    /// Fingerprint of the cache it was trained from.
+    pub cache_fingerprint: String,
+    pub alpha: f32,
+    pub temperature: f32,
+    pub tail: TailMode,
+    /// The cache's class count / vocabulary when the student's is larger (a padded
+    /// embedding): logits are sliced to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_vocab: Option<usize>,
+}
+
+/// Columns to read for a data spec: features or text, then the label.
+fn columns_of(spec: &DataSpec) -> Vec<Column> {
+    let mut cols: Vec<Column> = match &spec.text {
+        Some(t) => t.columns(),
+        None => spec.features.iter().map(|c| Column::new(c, Kind::Numbers)).collect(),
+    };
+    if let Some(l) = &spec.label_column {
+        cols.push(Column::new(l, Kind::Label));
+    }
+    cols
+}
+
+/// Dataset rows `first..first + count` turned into student inputs.
+#[derive(Clone)]
+pub struct PreparedRow {
+    pub index: u64,
+    pub features: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub positions: Vec<usize>,
+    pub label: Option<i64>,
+}
+
+pub fn prepare_rows(
+    path: &Path,
+    spec: &DataSpec,
+    tok: Option<&Tokenizer>,
+    first: u64,
+    count: u64,
+    start: Option<data::RowStart>,
+) -> Result<Vec<PreparedRow>> {
+    let cols = columns_of(spec);
+    let label_slot = spec.label_column.as_ref().map(|_| cols.len() - 1);
+    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
+    let rows = match start {
+        Some(at) if at.row == first => data::read_jsonl_at(path, &cols, at)?,
+        _ => data::read_rows_from(path, &cols, first)?,
+    };
+    for row in rows.take(count as usize) {
+        let row = row?;
+        let label = match label_slot.map(|s| &row.fields[s]) {
+            Some(Field::Label(l)) => Some(*l),
+            _ => None,
+        };
+        match (&spec.text, tok) {
+            (Some(t), Some(tok)) => {
+                let tk = text::tokenize(tok, t, &row.fields, row.index, path)?;
+                out.push(PreparedRow { index: row.index, features: vec![], positions: tk.positions(), tokens: tk.ids, label });
+            }
+            _ => {
+                let mut features = Vec::new();
+                for (slot, name) in spec.features.iter().enumerate() {
+                    match &row.fields[slot] {
+                        Field::Numbers(v) => {
+                            if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+                                return Err(Error::data(path, format!("row {}, column `{name}`: value {bad} is {}", row.index, v[bad])));
+                            }
+                            features.extend_from_slice(v)
+                        }
+                        _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
+                    }
+                }
+                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl PreparedRow {
+    /// Bytes this row holds.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len())
+    }
+}
