@@ -53,6 +53,15 @@ pub struct StudentFile {
     pub output_vocab: Option<usize>,
 }
 
+impl StudentFile {
+    /// The description of `arch` trained from the cache `m` describes, with the loss's
+    /// `alpha`, temperature and tail.
+    pub fn of(arch: StudentArch, m: &Manifest, alpha: f32, temperature: f32, tail: TailMode) -> StudentFile {
+        let output_vocab = (arch.vocab() > m.vocab_size).then_some(m.vocab_size);
+        StudentFile { arch, data: DataSpec::of(m), cache_fingerprint: m.fingerprint.clone(), alpha, temperature, tail, output_vocab }
+    }
+}
+
 /// Columns to read for a data spec: features or text, then the label.
 fn columns_of(spec: &DataSpec) -> Vec<Column> {
     let mut cols: Vec<Column> = match &spec.text {

@@ -61,6 +61,37 @@ pub fn sampled_soft_label(
         return Err(bad);
     }
     let t = temperature as f64;
+    let (lse, entropy) = log_normalizer(logits, t);
+    let head = exact_head(logits, selectable, exact_top);
+    let in_head = |j: usize| exact_top > 0 && head.binary_search(&(j as u32)).is_ok();
+    // The mass the draws share: 1 without a head (exactly, so the draws are those of the
+    // plain sampled label), else that of the ids outside it.
+    let rest_mass = if exact_top == 0 {
+        1.0
+    } else {
+        logits.iter().enumerate().filter(|(j, _)| !in_head(*j)).map(|(_, &z)| (z as f64 / t - lse).exp()).sum::<f64>()
+    };
+    let dist = Tempered { logits, t, lse };
+    let (counts, padding) = draw_counts(&dist, selectable, &in_head, rest_mass, draws, key);
+    let n = draws as f64;
+    let mut entries: Vec<(u32, f64)> = head.iter().map(|&id| (id, logits[id as usize] as f64 / t - lse)).collect();
+    entries.extend(counts.iter().map(|&(id, c)| (id, (rest_mass * c as f64 / n).ln())));
+    write_entries(&entries, exact_top + draws, out);
+    out.tail_logmass = if padding > 0 { (rest_mass * padding as f64 / n).ln() as f32 } else { f32::NEG_INFINITY };
+    out.entropy = entropy as f32;
+    Ok(())
+}
+
+/// Logits at temperature `t`, with the log of their softmax's normalizer.
+#[derive(Clone, Copy)]
+struct Tempered<'a> {
+    logits: &'a [f32],
+    t: f64,
+    lse: f64,
+}
+
+/// The log of the softmax's normalizer at temperature `t`, and the distribution's entropy.
+fn log_normalizer(logits: &[f32], t: f64) -> (f64, f64) {
     let max = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z as f64 / t));
     let total: f64 = logits.iter().map(|&z| (z as f64 / t - max).exp()).sum();
     let lse = max + total.ln();
@@ -71,7 +102,12 @@ pub fn sampled_soft_label(
             -lp.exp() * lp
         })
         .sum();
-    // The exact head: the `exact_top` largest logits among the selectable ids (ties by id).
+    (lse, entropy)
+}
+
+/// The exact head: the `exact_top` largest logits among the selectable ids (ties by id),
+/// ids ascending.
+fn exact_head(logits: &[f32], selectable: usize, exact_top: usize) -> Vec<u32> {
     let mut head: Vec<u32> = if exact_top > 0 { (0..selectable as u32).collect() } else { Vec::new() };
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     if exact_top > 0 && exact_top < head.len() {
@@ -79,21 +115,28 @@ pub fn sampled_soft_label(
     }
     head.truncate(exact_top);
     head.sort_unstable();
-    let in_head = |j: usize| exact_top > 0 && head.binary_search(&(j as u32)).is_ok();
-    // The mass the draws share: 1 without a head (exactly, so the draws are those of the
-    // plain sampled label), else that of the ids outside it.
-    let rest_mass = if exact_top == 0 {
-        1.0
-    } else {
-        logits.iter().enumerate().filter(|(j, _)| !in_head(*j)).map(|(_, &z)| (z as f64 / t - lse).exp()).sum::<f64>()
-    };
-    // N sorted uniforms over the rest's mass, then one walk along its cumulative distribution.
+    head
+}
+
+/// `draws` ids drawn from the distribution outside the head (its mass `rest_mass`), seeded
+/// by `key`: N sorted uniforms over that mass, then one walk along its cumulative
+/// distribution. Returns (id, count) of the selectable ids drawn, ids ascending, and the
+/// draws that fell on padding ids (past `selectable`).
+fn draw_counts(
+    dist: &Tempered<'_>,
+    selectable: usize,
+    in_head: &dyn Fn(usize) -> bool,
+    rest_mass: f64,
+    draws: usize,
+    key: (u64, u64, u32),
+) -> (Vec<(u32, u32)>, u32) {
+    let Tempered { logits, t, lse } = *dist;
     let mut rng = rng_for(key);
     // With no mass outside the head (it underflowed), nothing is drawn: the head is exact.
     let draws_made = if rest_mass > 0.0 { draws } else { 0 };
     let mut u: Vec<f64> = (0..draws_made).map(|_| (rng.next() >> 11) as f64 / (1u64 << 53) as f64 * rest_mass).collect();
     u.sort_by(f64::total_cmp);
-    let mut counts: Vec<(u32, u32)> = Vec::new(); // (id, count), ids ascending
+    let mut counts: Vec<(u32, u32)> = Vec::new();
     let (mut cdf, mut next, mut padding) = (0.0f64, 0usize, 0u32);
     let last_rest = (0..logits.len()).rev().find(|&j| !in_head(j)).unwrap_or(0);
     for (j, &z) in logits.iter().enumerate() {
@@ -111,9 +154,13 @@ pub fn sampled_soft_label(
             if j < selectable { counts.push((j as u32, c)) } else { padding += c }
         }
     }
-    let n = draws as f64;
-    let mut entries: Vec<(u32, f64)> = head.iter().map(|&id| (id, logits[id as usize] as f64 / t - lse)).collect();
-    entries.extend(counts.iter().map(|&(id, c)| (id, (rest_mass * c as f64 / n).ln())));
+    (counts, padding)
+}
+
+/// The entries, most probable first (ties by id), padded to `len` distinct ids with ids
+/// not drawn at a log-prob `PAD_BELOW` under the largest.
+fn write_entries(entries: &[(u32, f64)], len: usize, out: &mut SoftLabel) {
+    let mut entries = entries.to_vec();
     entries.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out.ids.clear();
     out.logprobs.clear();
@@ -125,16 +172,13 @@ pub fn sampled_soft_label(
     let mut used: Vec<u32> = entries.iter().map(|e| e.0).collect();
     used.sort_unstable();
     let mut candidate = 0u32;
-    while out.ids.len() < exact_top + draws {
+    while out.ids.len() < len {
         if used.binary_search(&candidate).is_err() {
             out.ids.push(candidate);
             out.logprobs.push(floor);
         }
         candidate += 1;
     }
-    out.tail_logmass = if padding > 0 { (rest_mass * padding as f64 / n).ln() as f32 } else { f32::NEG_INFINITY };
-    out.entropy = entropy as f32;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -90,34 +90,43 @@ fn refuse_out_over_inputs(cfg: &TrainConfig) -> Result<()> {
     crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)
 }
 
-/// Where a trained encoder or decoder student is also written as a Hugging Face checkpoint.
-pub const HF_DIR: &str = "hf";
+/// The cache a run trains from, checked, and how its data is read.
+struct Source {
+    opened: crate::store::OpenedCache,
+    reader: crate::cache::CacheReader,
+    m: Manifest,
+    /// The training temperature (the cache's unless given).
+    train_t: f32,
+    tok: Option<Tokenizer>,
+    spec: DataSpec,
+}
 
-/// Run stage two.
-pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    refuse_out_over_inputs(cfg)?;
+/// Open and check the cache: its settings against the run's, every shard's checksum before
+/// the first step (a damaged cache is refused up front, not after hours of training; shards
+/// are checked again as they are read, and a remote cache shard by shard as the prefetcher
+/// brings it in), and its tokenizer.
+fn open_source(cfg: &TrainConfig) -> Result<Source> {
     let opened = crate::store::open_for_reading(&cfg.cache)?;
     let (reader, train_t) = checks::check_cache(cfg, &opened.dir)?;
-    // Every shard's checksum before the first step: a damaged cache is refused up front,
-    // not after hours of training (shards are checked again as they are read). A remote
-    // cache is checked shard by shard as the prefetcher brings it in.
     if opened.remote.is_none() {
         reader.verify(|_| {})?;
     }
     let m: Manifest = reader.manifest().clone();
     let tok = checks::tokenizer_for(cfg, &m, &opened.dir)?;
     let spec = DataSpec::of(&m);
+    Ok(Source { opened, reader, m, train_t, tok, spec })
+}
+
+/// Where a trained encoder or decoder student is also written as a Hugging Face checkpoint.
+pub const HF_DIR: &str = "hf";
+
+/// Run stage two.
+pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    refuse_out_over_inputs(cfg)?;
+    let Source { opened, reader, m, train_t, tok, spec } = open_source(cfg)?;
     let mut notes = Vec::new();
     let (arch, pretrained) = student_arch(cfg, &m, &spec, tok.as_ref(), &mut notes)?;
-    let student_file = StudentFile {
-        arch: arch.clone(),
-        data: spec.clone(),
-        cache_fingerprint: m.fingerprint.clone(),
-        alpha: cfg.alpha,
-        temperature: train_t,
-        tail: cfg.tail,
-        output_vocab: (arch.vocab() > m.vocab_size).then_some(m.vocab_size),
-    };
+    let student_file = StudentFile::of(arch.clone(), &m, cfg.alpha, train_t, cfg.tail);
     let (config_json, config_sha) = run_config(cfg, &student_file, train_t, opts);
 
     // Run directory: new, or resumed from a checkpoint made with the same config.
@@ -137,9 +146,11 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
 
     let plan = ShardPlan::new(cfg, &m)?;
     let total = plan.total_steps(cfg);
-    if resumed_from.is_some_and(|r| r >= total) {
-        notes.push(format!("{}: the run had finished (step {total} of {total}); its student is exported again", out.display()));
-    }
+    notes.extend(
+        resumed_from
+            .filter(|&r| r >= total)
+            .map(|_| format!("{}: the run had finished (step {total} of {total}); its student is exported again", out.display())),
+    );
     let start_epoch = resume.as_ref().map_or(0, |s| s.epoch);
     // A remote cache: fetch shards in the first epoch's order, two ahead of training.
     let prefetch =
@@ -160,9 +171,8 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         start_epoch,
         stop: &stop,
     };
-    let step = resumed_from.unwrap_or(0);
     let progress = Progress::new(total as u64, "training", opts.quiet);
-    progress.set_position(step as u64);
+    progress.set_position(resumed_from.unwrap_or(0) as u64);
     let mut trainer = Trainer {
         cfg,
         m: &m,
@@ -174,21 +184,17 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
         metrics,
         progress,
         total,
-        at: At { step, epoch: start_epoch, step_in_epoch: 0 },
+        at: At { step: resumed_from.unwrap_or(0), epoch: start_epoch, step_in_epoch: 0 },
         skip: resume.as_ref().map_or(0, |s| s.step_in_epoch),
         started: Instant::now(),
-        stats: Stats { read_seconds: 0.0, wait_seconds: 0.0, trained_positions: 0, last_loss: f64::NAN },
+        stats: Stats::default(),
         hidden,
     };
     let model = train_with_loader(&mut trainer, model, &loader)?;
     trainer.progress.finish();
     trainer.metrics.flush()?;
 
-    let source = match &cfg.student {
-        StudentSpec::Hf { path } => Some(path.as_path()),
-        _ => None,
-    };
-    export_student(&model.valid(), &arch, &student_file, out, tok.as_ref(), source, cfg.export_dtype)?;
+    export_student(cfg, &model.valid(), &student_file, tok.as_ref())?;
     Ok(summary(&trainer, resumed_from, notes))
 }
 
@@ -316,17 +322,14 @@ fn train_with_loader(trainer: &mut Trainer<'_>, model: Student, loader: &Loader<
 /// The trained student, in Burn's format and as safetensors, with its description (and as
 /// a Hugging Face checkpoint for an encoder or decoder). Each file is written under a
 /// temporary name and renamed, so a kill leaves the old file or the new one, and a resumed
-/// (or finished) run exports again over what is there. A student trained from the checkpoint
-/// `source` is written in that checkpoint's own `model_type` and keeps its config.
-fn export_student(
-    valid: &Student,
-    arch: &StudentArch,
-    student_file: &StudentFile,
-    out: &Path,
-    tok: Option<&Tokenizer>,
-    source: Option<&Path>,
-    dtype: Option<hf::ExportDtype>,
-) -> Result<()> {
+/// (or finished) run exports again over what is there. A student trained from a `--student
+/// hf:` checkpoint is written in that checkpoint's own `model_type` and keeps its config.
+fn export_student(cfg: &TrainConfig, valid: &Student, student_file: &StudentFile, tok: Option<&Tokenizer>) -> Result<()> {
+    let (out, arch, dtype) = (&cfg.out, &student_file.arch, cfg.export_dtype);
+    let source = match &cfg.student {
+        StudentSpec::Hf { path } => Some(path.as_path()),
+        _ => None,
+    };
     checkpoint::export_atomic(&out.join("student.bpk"), |p| student::save_burnpack(&Student::clone(valid), p))?;
     checkpoint::export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(valid, p))?;
     if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {

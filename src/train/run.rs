@@ -33,6 +33,13 @@ pub(super) struct Stats {
     pub last_loss: f64,
 }
 
+impl Default for Stats {
+    /// Nothing read or trained yet; no loss yet (NaN).
+    fn default() -> Stats {
+        Stats { read_seconds: 0.0, wait_seconds: 0.0, trained_positions: 0, last_loss: f64::NAN }
+    }
+}
+
 /// The hidden-state term's trained part: the maps with their own optimizer, the student
 /// layers they read and each pair's cached width.
 pub(super) struct HiddenTraining {

@@ -84,12 +84,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         OutState::Partial(existing, _) => keep_shards_with_parts(cfg, &mut man, existing),
         OutState::Fresh => 0,
     };
-    manifest::write_atomic(
-        &cache_dir.join(manifest::TOKENIZER_FILE),
-        &crate::untrusted::read(&tok.path, crate::untrusted::Cap::Tokenizer)?,
-    )?;
-    let parts = cfg.out.join(PARTS_DIR);
-    std::fs::create_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
+    let parts = start_outputs(cfg, &cache_dir, &tok)?;
 
     let mut decoder = Decoder {
         cfg,
@@ -121,13 +116,13 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     }
     progress.finish();
     let cut = prompts.finish(sequences)?;
-    if cut > 0 {
-        warnings.push(format!(
+    warnings.extend((cut > 0).then(|| {
+        format!(
             "{cut} prompts were longer than max_seq_len - 1 = {} tokens: their first tokens were cut \
              (prompt_ids holds what the teacher saw; the prompt column the whole text)",
             cfg.max_seq_len - 1
-        ));
-    }
+        )
+    }));
     man.totals.truncated_rows = cut * u64::from(cfg.samples);
     let cache = finish(cfg, &cache_dir, &names, &mut man, shards, resumed, started)?;
     Ok(GenerateSummary {
@@ -143,6 +138,15 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         cache,
         warnings,
     })
+}
+
+/// The cache's tokenizer, and the directory of the dataset's parts (returned).
+fn start_outputs(cfg: &GenerateConfig, cache_dir: &Path, tok: &Tokenizer) -> Result<PathBuf> {
+    let bytes = crate::untrusted::read(&tok.path, crate::untrusted::Cap::Tokenizer)?;
+    manifest::write_atomic(&cache_dir.join(manifest::TOKENIZER_FILE), &bytes)?;
+    let parts = cfg.out.join(PARTS_DIR);
+    std::fs::create_dir_all(&parts).map_err(|e| Error::io(&parts, e))?;
+    Ok(parts)
 }
 
 /// What this run decoded: tokens, sequences and the seconds it took.
