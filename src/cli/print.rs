@@ -81,8 +81,6 @@ pub fn cache_summary(s: &stage::CacheSummary, quiet: bool) {
     );
 }
 
-/// Parse the command line and run it.
-
 /// `distill report`: the runs' curves (and the cache's histograms) drawn into `out`.
 pub fn draw_report(runs: &[PathBuf], cache: Option<&Path>, out: &Path) -> Result<()> {
     let stats = cache.map(|c| stage::inspect(c).map(|(_, stats)| stats)).transpose()?;

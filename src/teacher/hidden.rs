@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-use super::model::{HiddenOutput, HiddenValues};
+use super::{HiddenOutput, HiddenValues};
 
 /// A fixed Gaussian random projection `R^d -> R^r`: entries `N(0, 1/r)` drawn from
 /// [`Rng`] stream 0 of `seed`, row by row, so the same `(seed, d, r)` gives the same

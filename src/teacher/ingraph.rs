@@ -10,6 +10,15 @@
 //! merged, its repeated fields concatenated, so the serialized `ModelProto { graph: {nodes,
 //! initializers, inputs, outputs} }` appended to the model's bytes extends its graph.
 
+use std::path::Path;
+
+use ort::value::TensorElementType;
+
+use crate::error::{Error, Result};
+
+use super::inputs::{Feed, InputPlan};
+use super::session::{TeacherDevice, session_builder};
+
 /// Names of the inputs and outputs the appended nodes add.
 pub const LABELS_INPUT: &str = "distill_hard_labels";
 pub const TOP_LOGPROBS: &str = "distill_top_logprobs";
@@ -262,6 +271,78 @@ impl Graph {
         let tensor = [int_field(1, elem_type as i64), message(2, &dims)].concat();
         let info = [string(1, name), message(2, &message(1, &tensor))].concat();
         self.bytes.extend(message(field, &info));
+    }
+}
+
+impl super::Teacher {
+    /// Rebuild the session with nodes that compute the soft labels (top `k` of
+    /// `LogSoftmax(logits / temperature)` among ids `0..selectable`, tail, entropy, the hard
+    /// label's log-prob) inside ONNX Runtime: see [`super::ingraph`]. Then use
+    /// [`Teacher::run_soft_labels`]. The model needs opset >= 13.
+    pub fn compute_soft_labels_in_graph(&mut self, k: usize, temperature: f32, selectable: usize) -> Result<()> {
+        use super::ingraph;
+        let path = self.path.clone();
+        let bytes = crate::untrusted::read(&path, crate::untrusted::Cap::Weights)?;
+        match ingraph::default_opset(&bytes) {
+            Some(v) if v >= ingraph::MIN_OPSET => {}
+            found => {
+                return Err(Error::teacher(
+                    &path,
+                    format!(
+                        "--topk-in onnxruntime needs opset >= {} (the model's default-domain opset is {}); use --topk-in rust",
+                        ingraph::MIN_OPSET,
+                        found.map_or("not found".into(), |v| v.to_string())
+                    ),
+                ));
+            }
+        }
+        let out = self.io_outputs.iter().find(|o| o.name == self.output).expect("the logits output exists");
+        let logits_type = match out.dtype.as_str() {
+            "f16" => 10,
+            "bf16" => 16,
+            _ => 1,
+        };
+        let nodes = ingraph::SoftLabelNodes {
+            logits: self.output.clone(),
+            logits_type,
+            rank: out.shape.len(),
+            vocab: self.vocab_size,
+            selectable,
+            k,
+            temperature,
+        };
+        let model = ingraph::append(&bytes, &nodes);
+        let (threads, spin, ort_lib, device) = self.build.clone();
+        let env = super::runtime::environment(ort_lib.as_deref())?;
+        let configure = |e: String| Error::teacher(&path, format!("cannot configure a session: {e}"));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // An in-memory model finds its external-data files through this folder.
+        let folder = dir.to_string_lossy().into_owned();
+        let mut builder = session_builder(env, &path, threads, spin)?
+            .with_config_entry("session.model_external_initializers_file_folder_path", &folder)
+            .map_err(|e| configure(e.to_string()))?;
+        // On the device the first session ran on (the CPU if CUDA did not start).
+        if let (TeacherDevice::Cuda(id), None) = (device, &self.device_note) {
+            let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| configure(e.to_string()))?;
+        }
+        let session = builder
+            .commit_from_memory(&model)
+            .map_err(|e| Error::teacher(&path, format!("the model with the soft-label nodes appended does not load: {e}")))?;
+        self.session = session;
+        self.inputs.push(InputPlan {
+            name: ingraph::LABELS_INPUT.into(),
+            dtype: TensorElementType::Int64,
+            shape: vec![-1; nodes.rank - 1],
+            feed: Feed::HardLabels,
+        });
+        self.soft_nodes = Some(nodes);
+        Ok(())
+    }
+
+    /// Whether the session computes the soft labels ([`Teacher::compute_soft_labels_in_graph`]).
+    pub fn soft_labels_in_graph(&self) -> bool {
+        self.soft_nodes.is_some()
     }
 }
 

@@ -4,11 +4,17 @@
 
 pub mod hidden;
 pub mod ingraph;
+mod inputs;
 pub mod model;
 pub mod onnx_file;
+mod run;
 pub mod runtime;
 pub mod sample;
+mod session;
 pub mod topk;
 
-pub use model::{GraphSoftLabels, HiddenOutput, HiddenValues, InputMapping, Logits, Past, Step, Teacher, TeacherBatch, TeacherDevice};
+pub use inputs::InputMapping;
+pub use model::{HiddenOutput, Teacher};
+pub use run::{GraphSoftLabels, HardLabels, HiddenValues, Logits, Past, Step, TeacherBatch, last_position_only};
+pub use session::TeacherDevice;
 pub use topk::{SoftLabel, TopKScratch, soft_top_k};

@@ -146,7 +146,7 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
         let input = TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask };
         return teacher.run_soft_labels(&input, &labels, |lead, soft, values| {
             if lead.len() == 2 && lead[1] == 1 && t.seq > 1 {
-                return Err(Error::teacher(&teacher_path, crate::teacher::model::last_position_only(teacher_output, &[-1, 1, -1])));
+                return Err(Error::teacher(&teacher_path, crate::teacher::last_position_only(teacher_output, &[-1, 1, -1])));
             }
             if lead != [batch.len(), t.seq] {
                 return Err(Error::teacher(
@@ -173,7 +173,7 @@ pub(super) fn lm_pending(teacher: &mut Teacher, batch: &[Row], t: &Tokens, mut b
     teacher.run(&TeacherBatch::Tokens { batch: batch.len(), seq: t.seq, ids: &t.ids, mask: &t.mask }, |shape, logits, values| {
         if shape.len() == 3 && shape[1] == 1 && t.seq > 1 {
             let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            return Err(Error::teacher(&teacher_path, crate::teacher::model::last_position_only(teacher_output, &dims)));
+            return Err(Error::teacher(&teacher_path, crate::teacher::last_position_only(teacher_output, &dims)));
         }
         if shape != [batch.len(), t.seq, vocab] {
             return Err(Error::teacher(
