@@ -26,40 +26,14 @@ pub(crate) fn read_all(dir: &Path) -> (distill::cache::Manifest, SoftLabelBatch)
     (reader.manifest().clone(), all)
 }
 
-fn digits_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "cache-teacher".into(),
-        "--teacher".into(),
-        data("digits/teacher.onnx").display().to_string(),
-        "--data".into(),
-        data("digits/train.parquet").display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+/// `cache-teacher` of the digits teacher over the training split into `out`, then `extra`.
+fn digits_args(out: &Path, extra: &[&str]) -> Distill {
+    Distill::digits_cache("train.parquet", out).args(extra)
 }
 
-fn lm_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "cache-teacher".into(),
-        "--teacher".into(),
-        data("lm/teacher.onnx").display().to_string(),
-        "--tokenizer".into(),
-        data("lm/tokenizer.json").display().to_string(),
-        "--data".into(),
-        data("lm/train.jsonl").display().to_string(),
-        "--prompt-column".into(),
-        "prompt".into(),
-        "--completion-column".into(),
-        "completion".into(),
-        "--out".into(),
-        out.display().to_string(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+/// `cache-teacher` of the LM teacher over data/lm/train.jsonl into `out`, then `extra`.
+fn lm_args(out: &Path, extra: &[&str]) -> Distill {
+    lm_cache_args(&data("lm/train.jsonl"), out, extra)
 }
 
 /// Compare a cache with the numpy/onnxruntime reference (data/reference/make_reference.py).
@@ -116,33 +90,17 @@ fn digits_soft_labels_match_numpy_reference_before_and_after_encoding() {
     // f32 encoding stores the computed values unchanged: the 1e-4 bound is the issue's.
     let t = temp();
     let exact = t.path().join("exact");
-    ok(&distill(digits_args(&exact, &["--top-k", "5", "--temperature", "2", "--logprob-encoding", "f32"])));
+    digits_args(&exact, &["--top-k", "5", "--temperature", "2", "--logprob-encoding", "f32"]).ok();
     compare_with_reference(&exact, "reference/digits_k5_T2.json", 1e-4);
     // delta_u16 adds at most step/2 = 1/512 nat.
     let packed = t.path().join("packed");
-    ok(&distill(digits_args(&packed, &["--top-k", "5", "--temperature", "2"])));
+    digits_args(&packed, &["--top-k", "5", "--temperature", "2"]).ok();
     compare_with_reference(&packed, "reference/digits_k5_T2.json", 1.0 / 512.0 + 1e-4);
 }
 
-fn textcls_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "cache-teacher".into(),
-        "--teacher".into(),
-        data("textcls/teacher.onnx").display().to_string(),
-        "--tokenizer".into(),
-        data("textcls/tokenizer.json").display().to_string(),
-        "--data".into(),
-        data("textcls/train.parquet").display().to_string(),
-        "--text-column".into(),
-        "text".into(),
-        "--max-seq-len".into(),
-        "64".into(),
-        "--out".into(),
-        out.display().to_string(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+/// `cache-teacher` of the text classifier over its training split into `out`, then `extra`.
+fn textcls_args(out: &Path, extra: &[&str]) -> Distill {
+    Distill::textcls_cache(&data("textcls/train.parquet"), out).args(extra)
 }
 
 /// A BERT-style classifier over tokens: one soft label per row from `[batch, classes]`
@@ -151,7 +109,7 @@ fn textcls_args(out: &Path, extra: &[&str]) -> Vec<String> {
 fn text_classifier_soft_labels_match_numpy_reference_before_and_after_encoding() {
     let t = temp();
     let exact = t.path().join("exact");
-    ok(&distill(textcls_args(&exact, &["--top-k", "3", "--temperature", "2", "--logprob-encoding", "f32", "--batch-size", "5"])));
+    textcls_args(&exact, &["--top-k", "3", "--temperature", "2", "--logprob-encoding", "f32", "--batch-size", "5"]).ok();
     compare_with_reference(&exact, "reference/textcls_k3_T2.json", 1e-4);
     let (m, all) = read_all(&exact);
     assert_eq!(m.task, distill::cache::Task::Classification);
@@ -160,7 +118,7 @@ fn text_classifier_soft_labels_match_numpy_reference_before_and_after_encoding()
     assert_eq!(all.len() as u64, m.dataset.rows, "one position per row");
     assert!(all.positions.iter().all(|&p| p == 0));
     let packed = t.path().join("packed");
-    ok(&distill(textcls_args(&packed, &["--top-k", "3", "--temperature", "2", "--batch-size", "64"])));
+    textcls_args(&packed, &["--top-k", "3", "--temperature", "2", "--batch-size", "64"]).ok();
     compare_with_reference(&packed, "reference/textcls_k3_T2.json", 1.0 / 512.0 + 1e-4);
 }
 
@@ -169,10 +127,10 @@ fn lm_soft_labels_match_numpy_reference_before_and_after_encoding() {
     let t = temp();
     let exact = t.path().join("exact");
     // Batches of 4 pad rows to a common length: padding must not change a real position.
-    ok(&distill(lm_args(&exact, &["--top-k", "8", "--temperature", "2", "--logprob-encoding", "f32", "--batch-size", "4"])));
+    lm_args(&exact, &["--top-k", "8", "--temperature", "2", "--logprob-encoding", "f32", "--batch-size", "4"]).ok();
     compare_with_reference(&exact, "reference/lm_k8_T2.json", 1e-4);
     let packed = t.path().join("packed");
-    ok(&distill(lm_args(&packed, &["--top-k", "8", "--temperature", "2", "--batch-size", "3"])));
+    lm_args(&packed, &["--top-k", "8", "--temperature", "2", "--batch-size", "3"]).ok();
     compare_with_reference(&packed, "reference/lm_k8_T2.json", 1.0 / 512.0 + 1e-4);
 }
 
@@ -180,8 +138,7 @@ fn lm_soft_labels_match_numpy_reference_before_and_after_encoding() {
 fn lm_cache_end_to_end_manifest_and_inspect() {
     let t = temp();
     let out = t.path().join("lm");
-    let o = distill(lm_args(&out, &["--top-k", "64", "--temperature", "2", "--rows-per-shard", "500"]));
-    ok(&o);
+    lm_args(&out, &["--top-k", "64", "--temperature", "2", "--rows-per-shard", "500"]).ok();
     let (m, all) = read_all(&out);
     assert_eq!(m.task, distill::cache::Task::CausalLm);
     assert_eq!(m.vocab_size, 4096);
@@ -202,20 +159,18 @@ fn lm_cache_end_to_end_manifest_and_inspect() {
     {
         assert!(text.contains(key), "manifest lacks {key}");
     }
-    let o = distill(["inspect".as_ref(), out.as_os_str()]);
-    ok(&o);
+    let o = Distill::new("inspect").arg(&out).ok();
     let s = stdout(&o);
     for needle in ["bytes per entry", "per entry", "mass kept in the top-64", "mean teacher entropy", "positions Completion"] {
         assert!(s.contains(needle), "inspect lacks {needle:?}:\n{s}");
     }
-    let o = distill(["verify".as_ref(), out.as_os_str()]);
-    ok(&o);
+    let o = Distill::new("verify").arg(&out).ok();
     assert!(stdout(&o).contains(&format!("{} shards match", m.shards.len())), "{}", stdout(&o));
     // The cache may be given as --cache too, as eval and report take it; not both ways.
-    let flag = distill(["verify".as_ref(), "--cache".as_ref(), out.as_os_str()]);
+    let flag = Distill::new("verify").path("--cache", &out).run();
     assert_eq!(stdout(&flag), stdout(&o));
-    ok(&distill(["inspect".as_ref(), "--cache".as_ref(), out.as_os_str()]));
-    fails_with(&distill(["verify".as_ref(), out.as_os_str(), "--cache".as_ref(), out.as_os_str()]), &["cannot be used with"]);
+    Distill::new("inspect").path("--cache", &out).ok();
+    Distill::new("verify").arg(&out).path("--cache", &out).fails_with(&["cannot be used with"]);
 }
 
 #[test]
@@ -223,9 +178,8 @@ fn lm_cache_meets_the_size_target_at_k64() {
     // Issue target: <= 2.5 bytes per cached (id, log-prob) entry at k = 64 on the LM teacher.
     let t = temp();
     let out = t.path().join("lm");
-    ok(&distill(lm_args(&out, &["--top-k", "64", "--temperature", "2", "--positions", "all"])));
-    let o = distill(["inspect".as_ref(), "--json".as_ref(), out.as_os_str()]);
-    ok(&o);
+    lm_args(&out, &["--top-k", "64", "--temperature", "2", "--positions", "all"]).ok();
+    let o = Distill::new("inspect").arg("--json").arg(&out).ok();
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let bpe = v["statistics"]["bytes_per_entry"].as_f64().unwrap();
     assert!(bpe <= 2.5, "bytes per entry {bpe}");
@@ -235,7 +189,7 @@ fn lm_cache_meets_the_size_target_at_k64() {
 fn shards_are_read_by_pyarrow_and_duckdb() {
     let t = temp();
     let out = t.path().join("digits");
-    ok(&distill(digits_args(&out, &["--top-k", "4", "--temperature", "2", "--rows-per-shard", "400"])));
+    digits_args(&out, &["--top-k", "4", "--temperature", "2", "--rows-per-shard", "400"]).ok();
     let (m, all) = read_all(&out);
     assert_eq!(m.shards.len(), 3);
     // pyarrow: decode the documented schema with numpy alone and compare row 0 and the sums.
@@ -282,7 +236,7 @@ print(rows, k)
 fn rerun_resumes_from_finished_shards_and_gives_the_same_cache() {
     let t = temp();
     let full = t.path().join("full");
-    ok(&distill(digits_args(&full, &["--rows-per-shard", "200", "--temperature", "3"])));
+    digits_args(&full, &["--rows-per-shard", "200", "--temperature", "3"]).ok();
     let want: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(full.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(want.shards.len(), 6);
 
@@ -302,8 +256,7 @@ fn rerun_resumes_from_finished_shards_and_gives_the_same_cache() {
     partial.checksum = partial.compute_checksum();
     std::fs::write(cut.join("manifest.partial.json"), serde_json::to_vec_pretty(&partial).unwrap()).unwrap();
 
-    let o = distill(digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "3"]));
-    ok(&o);
+    let o = digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "3"]).ok();
     assert!(stdout(&o).contains("resumed after 3 finished shards"), "{}", stdout(&o));
     let got: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(cut.join("manifest.json")).unwrap()).unwrap();
     let sums = |m: &distill::cache::Manifest| m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
@@ -312,12 +265,10 @@ fn rerun_resumes_from_finished_shards_and_gives_the_same_cache() {
     assert!(!cut.join(".shard-00003.parquet.partial").exists());
 
     // A third run finds the cache complete and does nothing.
-    let o = distill(digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "3"]));
-    ok(&o);
+    let o = digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "3"]).ok();
     assert!(stdout(&o).contains("already complete"));
     // Other settings into the same directory are refused, naming what differs.
-    let o = distill(digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "5"]));
-    fails_with(&o, &["other settings", "temperature"]);
+    digits_args(&cut, &["--rows-per-shard", "200", "--temperature", "5"]).fails_with(&["other settings", "temperature"]);
 }
 
 #[test]
@@ -325,8 +276,8 @@ fn batch_size_does_not_change_the_cache() {
     let t = temp();
     let a = t.path().join("a");
     let b = t.path().join("b");
-    ok(&distill(digits_args(&a, &["--batch-size", "7", "--rows-per-shard", "300"])));
-    ok(&distill(digits_args(&b, &["--batch-size", "64", "--rows-per-shard", "300"])));
+    digits_args(&a, &["--batch-size", "7", "--rows-per-shard", "300"]).ok();
+    digits_args(&b, &["--batch-size", "64", "--rows-per-shard", "300"]).ok();
     let (_, x) = read_all(&a);
     let (_, y) = read_all(&b);
     assert_eq!(x.ids, y.ids);
@@ -344,10 +295,7 @@ fn token_budget_does_not_change_the_cache() {
     let rows = data("inputs/jsonl/lm-300.jsonl");
     let run = |name: &str, extra: &[&str]| {
         let out = t.path().join(name);
-        let mut a = lm_args(&out, &["--top-k", "8", "--rows-per-shard", "100"]);
-        a[6] = rows.display().to_string();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        ok(&distill(a));
+        lm_args(&out, &["--top-k", "8", "--rows-per-shard", "100"]).set("--data", &rows).args(extra).ok();
         let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
         (m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>(), read_all(&out).1)
     };
@@ -370,7 +318,7 @@ fn a_leftover_write_probe_does_not_block_the_rerun() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join(".distill-write-probe.12345"), b"").unwrap();
     std::fs::write(out.join(".distill-write-probe"), b"").unwrap();
-    ok(&distill(digits_args(&out, &["--rows-per-shard", "600"])));
+    digits_args(&out, &["--rows-per-shard", "600"]).ok();
     assert!(out.join("manifest.json").is_file());
 }
 
@@ -380,46 +328,39 @@ mod bad_input {
     #[test]
     fn missing_teacher_file() {
         let t = temp();
-        let mut a = digits_args(&t.path().join("o"), &[]);
-        a[2] = "/nonexistent/teacher.onnx".into();
-        fails_with(&distill(a), &["/nonexistent/teacher.onnx", "not found"]);
+        digits_args(&t.path().join("o"), &[])
+            .set("--teacher", "/nonexistent/teacher.onnx")
+            .fails_with(&["/nonexistent/teacher.onnx", "not found"]);
     }
 
     #[test]
     fn missing_data_file() {
         let t = temp();
-        let mut a = digits_args(&t.path().join("o"), &[]);
-        a[4] = "/nonexistent/train.parquet".into();
-        fails_with(&distill(a), &["/nonexistent/train.parquet"]);
+        digits_args(&t.path().join("o"), &[]).set("--data", "/nonexistent/train.parquet").fails_with(&["/nonexistent/train.parquet"]);
     }
 
     #[test]
     fn wrong_column_names_the_columns_that_exist() {
         let t = temp();
-        let o = distill(
-            lm_args(&t.path().join("o"), &[]).into_iter().map(|s| if s == "prompt" { "question".into() } else { s }).collect::<Vec<_>>(),
-        );
-        fails_with(&o, &["column `question` not found", "prompt", "completion", "text"]);
+        lm_args(&t.path().join("o"), &[]).set("--prompt-column", "question").fails_with(&[
+            "column `question` not found",
+            "prompt",
+            "completion",
+            "text",
+        ]);
     }
 
     #[test]
     fn wrong_dtype_names_the_column_and_type() {
         let t = temp();
         // `label` is an integer column, not text.
-        let a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer".into(),
-            data("lm/tokenizer.json").display().to_string(),
-            "--data".into(),
-            data("digits/train.parquet").display().to_string(),
-            "--text-column".into(),
-            "label".into(),
-            "--out".into(),
-            t.path().join("o").display().to_string(),
-        ];
-        fails_with(&distill(a), &["column `label` has type Int64, expected a string"]);
+        Distill::new("cache-teacher")
+            .path("--teacher", data("lm/teacher.onnx"))
+            .path("--tokenizer", data("lm/tokenizer.json"))
+            .path("--data", data("digits/train.parquet"))
+            .opt("--text-column", "label")
+            .path("--out", t.path().join("o"))
+            .fails_with(&["column `label` has type Int64, expected a string"]);
     }
 
     #[test]
@@ -427,49 +368,45 @@ mod bad_input {
         let t = temp();
         let f = t.path().join("bad.jsonl");
         std::fs::write(&f, "{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": 3, \"completion\": \" c\"}\n").unwrap();
-        let mut a = lm_args(&t.path().join("o"), &[]);
-        a[6] = f.display().to_string();
-        fails_with(&distill(a), &["bad.jsonl", "row 1 (line 2)", "column `prompt`", "found a number, expected a string"]);
+        lm_args(&t.path().join("o"), &[]).set("--data", &f).fails_with(&[
+            "bad.jsonl",
+            "row 1 (line 2)",
+            "column `prompt`",
+            "found a number, expected a string",
+        ]);
     }
 
     #[test]
     fn k_larger_than_the_vocabulary() {
         let t = temp();
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--top-k", "11"])), &["top_k = 11", "class count of 10"]);
+        digits_args(&t.path().join("o"), &["--top-k", "11"]).fails_with(&["top_k = 11", "class count of 10"]);
         assert!(!t.path().join("o").exists(), "nothing is created on a refused run");
     }
 
     #[test]
     fn temperature_must_be_positive() {
         let t = temp();
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature", "0"])), &["cache.temperature must be >= 0.01"]);
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--temperature=-1"])), &["cache.temperature must be >= 0.01"]);
+        digits_args(&t.path().join("o"), &["--temperature", "0"]).fails_with(&["cache.temperature must be >= 0.01"]);
+        digits_args(&t.path().join("o"), &["--temperature=-1"]).fails_with(&["cache.temperature must be >= 0.01"]);
     }
 
     #[test]
     fn model_input_that_cannot_be_filled_lists_the_inputs() {
         // A numeric model given a tokenizer: `features` is not a token input.
         let t = temp();
-        let a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            data("digits/teacher.onnx").display().to_string(),
-            "--tokenizer".into(),
-            data("lm/tokenizer.json").display().to_string(),
-            "--data".into(),
-            data("lm/train.jsonl").display().to_string(),
-            "--text-column".into(),
-            "text".into(),
-            "--out".into(),
-            t.path().join("o").display().to_string(),
-        ];
-        fails_with(&distill(a), &["cannot fill input `features`", "features f32 [?, 64]"]);
+        Distill::new("cache-teacher")
+            .path("--teacher", data("digits/teacher.onnx"))
+            .path("--tokenizer", data("lm/tokenizer.json"))
+            .path("--data", data("lm/train.jsonl"))
+            .opt("--text-column", "text")
+            .path("--out", t.path().join("o"))
+            .fails_with(&["cannot fill input `features`", "features f32 [?, 64]"]);
     }
 
     #[test]
     fn output_that_does_not_exist() {
         let t = temp();
-        fails_with(&distill(digits_args(&t.path().join("o"), &["--output", "probs"])), &["output `probs` does not exist", "logits f32"]);
+        digits_args(&t.path().join("o"), &["--output", "probs"]).fails_with(&["output `probs` does not exist", "logits f32"]);
     }
 
     #[test]
@@ -477,24 +414,21 @@ mod bad_input {
         let t = temp();
         let f = t.path().join("teacher.onnx");
         std::fs::write(&f, b"this is not a protobuf").unwrap();
-        let mut a = digits_args(&t.path().join("o"), &[]);
-        a[2] = f.display().to_string();
-        fails_with(&distill(a), &["teacher.onnx", "not a loadable ONNX model"]);
+        digits_args(&t.path().join("o"), &[]).set("--teacher", &f).fails_with(&["teacher.onnx", "not a loadable ONNX model"]);
     }
 
     #[test]
     fn out_dir_with_other_files_is_refused() {
         let t = temp();
         std::fs::write(t.path().join("notes.txt"), b"mine").unwrap();
-        fails_with(&distill(digits_args(t.path(), &[])), &["not a distill cache", "notes.txt"]);
+        digits_args(t.path(), &[]).fails_with(&["not a distill cache", "notes.txt"]);
         assert_eq!(std::fs::read(t.path().join("notes.txt")).unwrap(), b"mine");
     }
 }
 
 #[test]
 fn help_teaches_the_command() {
-    let o = distill(["cache-teacher", "--help"]);
-    ok(&o);
+    let o = Distill::new("cache-teacher").arg("--help").ok();
     let s = stdout(&o);
     for needle in ["--teacher", "--top-k", "--temperature", "--prompt-column", "resumes", "ORT_DYLIB_PATH"] {
         assert!(s.contains(needle), "--help lacks {needle}:\n{s}");
@@ -507,20 +441,15 @@ fn help_teaches_the_command() {
 fn cuda_device_without_a_cuda_runtime_falls_back_to_the_cpu_and_says_why() {
     let t = temp();
     let cpu = t.path().join("cpu");
-    ok(&distill(digits_args(&cpu, &["--top-k", "5"])));
+    digits_args(&cpu, &["--top-k", "5"]).ok();
     let cuda = t.path().join("cuda");
-    let mut args = digits_args(&cuda, &["--top-k", "5", "--device", "cuda:0"]);
-    args.retain(|a| a != "--quiet");
-    let o = distill(args);
-    ok(&o);
+    let o = digits_args(&cuda, &["--top-k", "5", "--device", "cuda:0"]).without("--quiet").ok();
     let err = stderr(&o);
     assert!(err.contains("--device cuda:0") && err.contains("no CUDA execution provider") && err.contains("runs on the CPU"), "{err}");
     let sums = |d: &Path| read_all(d).0.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
     assert_eq!(sums(&cpu), sums(&cuda));
-    fails_with(
-        &distill(digits_args(&t.path().join("x"), &["--device", "gpu"])),
-        &["invalid value 'gpu' for '--device <DEVICE>': must be `cpu`, `cuda` or `cuda:N`"],
-    );
+    digits_args(&t.path().join("x"), &["--device", "gpu"])
+        .fails_with(&["invalid value 'gpu' for '--device <DEVICE>': must be `cpu`, `cuda` or `cuda:N`"]);
 }
 
 /// Fingerprints must not change: a cache keeps resuming and serving the runs made from it
@@ -539,32 +468,18 @@ fn fingerprints_do_not_change() {
     };
     let lm = |teacher: &str, out: &str, extra: &[&str]| {
         let dir = t.path().join(out);
-        let mut a = lm_cache_args(&rows, &dir, extra);
-        a[2] = data(teacher).display().to_string();
-        ok(&distill(a));
+        lm_cache_args(&rows, &dir, extra).set("--teacher", data(teacher)).ok();
         dir
     };
     let generated = t.path().join("g");
-    ok(&distill([
-        "generate",
-        "--teacher",
-        &data("lm/teacher.onnx").display().to_string(),
-        "--tokenizer",
-        &data("lm/tokenizer.json").display().to_string(),
-        "--data",
-        &rows.display().to_string(),
-        "--max-new-tokens",
-        "4",
-        "--samples-per-prompt",
-        "2",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-        "--out",
-        &generated.display().to_string(),
-        "--quiet",
-    ]));
+    Distill::new("generate")
+        .path("--teacher", data("lm/teacher.onnx"))
+        .path("--tokenizer", data("lm/tokenizer.json"))
+        .path("--data", &rows)
+        .args(["--max-new-tokens", "4", "--samples-per-prompt", "2", "--temperature", "0.7", "--seed", "3"])
+        .path("--out", &generated)
+        .arg("--quiet")
+        .ok();
     let cases = [
         (digits("a", &[]), "858301d65931e752066d03c812fb31a8e29be407d927ce8bea89dfaab9ac9875"),
         (

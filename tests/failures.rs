@@ -10,34 +10,26 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn digits_cache(dir: &Path, rows_per_shard: &str) -> PathBuf {
-    let out = dir.join("cache");
-    cache_digits("train.parquet", &out, &["--temperature", "4", "--rows-per-shard", rows_per_shard]);
-    out
+/// A copy, at `dir/cache`, of the digits cache at T = 4 in shards of 400 rows, for a test to
+/// damage.
+fn digits_cache(dir: &Path) -> PathBuf {
+    private_copy(digits_t4_cache(), &dir.join("cache"))
 }
 
 /// verify, inspect and train-student on a damaged cache: all refuse, naming `file`.
 fn all_readers_refuse(cache: &Path, file: &str, why: &str) {
-    for args in [
-        vec!["verify".to_string(), s(cache)],
-        vec!["inspect".to_string(), s(cache)],
-        vec![
-            "train-student".to_string(),
-            "--cache".into(),
-            s(cache),
-            "--data".into(),
-            s(&data("digits/train.parquet")),
-            "--out".into(),
-            s(&cache.with_file_name("run")),
-            "--student".into(),
-            "mlp".into(),
-            "--steps".into(),
-            "5".into(),
-            "--quiet".into(),
-        ],
+    for reader in [
+        Distill::new("verify").arg(cache),
+        Distill::new("inspect").arg(cache),
+        Distill::train(cache, data("digits/train.parquet"), cache.with_file_name("run")).args([
+            "--student",
+            "mlp",
+            "--steps",
+            "5",
+            "--quiet",
+        ]),
     ] {
-        let o = distill(&args);
-        fails_with(&o, &[file, why]);
+        reader.fails_with(&[file, why]);
     }
 }
 
@@ -47,7 +39,7 @@ mod corruption {
     #[test]
     fn flipped_bytes_in_a_shard() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         let shard = cache.join("shard-00001.parquet");
         let mut bytes = std::fs::read(&shard).unwrap();
         let mid = bytes.len() / 2;
@@ -60,7 +52,7 @@ mod corruption {
     #[test]
     fn truncated_shard() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         let shard = cache.join("shard-00002.parquet");
         let bytes = std::fs::read(&shard).unwrap();
         std::fs::write(&shard, &bytes[..bytes.len() - 100]).unwrap();
@@ -70,7 +62,7 @@ mod corruption {
     #[test]
     fn missing_shard() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         std::fs::remove_file(cache.join("shard-00000.parquet")).unwrap();
         all_readers_refuse(&cache, "shard-00000.parquet", "missing");
     }
@@ -78,7 +70,7 @@ mod corruption {
     #[test]
     fn manifest_edited_by_hand() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         let path = cache.join("manifest.json");
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"temperature\": 4.0", "\"temperature\": 2.0", 1)).unwrap();
@@ -88,7 +80,7 @@ mod corruption {
     #[test]
     fn manifest_paths_cannot_leave_the_cache_directory() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         let path = cache.join("manifest.json");
         let mut m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         std::fs::write(t.path().join("evil.parquet"), b"x").unwrap();
@@ -101,7 +93,7 @@ mod corruption {
     #[test]
     fn incomplete_cache_is_refused_with_the_way_out() {
         let t = temp();
-        let cache = digits_cache(t.path(), "400");
+        let cache = digits_cache(t.path());
         std::fs::rename(cache.join("manifest.json"), cache.join("manifest.partial.json")).unwrap();
         all_readers_refuse(&cache, "cache", "rerun the same cache-teacher command to resume");
     }
@@ -113,19 +105,12 @@ mod bad_input {
     #[test]
     fn non_finite_teacher_logits_name_the_row() {
         let t = temp();
-        let o = distill([
-            "cache-teacher",
-            "--teacher",
-            &s(&data("bad/nan_teacher.onnx")),
-            "--data",
-            &s(&data("bad/rows.jsonl")),
-            "--out",
-            &s(&t.path().join("c")),
-            "--batch-size",
-            "2",
-            "--quiet",
-        ]);
-        fails_with(&o, &["nan_teacher.onnx", "row 3: logit 1 is not finite (NaN)"]);
+        Distill::new("cache-teacher")
+            .path("--teacher", data("bad/nan_teacher.onnx"))
+            .path("--data", data("bad/rows.jsonl"))
+            .path("--out", t.path().join("c"))
+            .args(["--batch-size", "2", "--quiet"])
+            .fails_with(&["nan_teacher.onnx", "row 3: logit 1 is not finite (NaN)"]);
         // Nothing was published as a cache.
         assert!(!t.path().join("c/manifest.json").exists());
     }
@@ -135,45 +120,14 @@ mod bad_input {
         let t = temp();
         let f = t.path().join("null.jsonl");
         std::fs::write(&f, "{\"prompt\": \"a b\", \"completion\": \" c\"}\n{\"prompt\": null, \"completion\": \" d\"}\n").unwrap();
-        let o = distill([
-            "cache-teacher",
-            "--teacher",
-            &s(&data("lm/teacher.onnx")),
-            "--tokenizer",
-            &s(&data("lm/tokenizer.json")),
-            "--data",
-            &s(&f),
-            "--prompt-column",
-            "prompt",
-            "--completion-column",
-            "completion",
-            "--out",
-            &s(&t.path().join("c")),
-            "--quiet",
-        ]);
-        fails_with(&o, &["null.jsonl", "row 1, column `prompt`: value is missing (null)"]);
+        Distill::lm_cache(&f, &t.path().join("c")).fails_with(&["null.jsonl", "row 1, column `prompt`: value is missing (null)"]);
     }
 
     fn lm(t: &Path, rows: &str, extra: &[&str]) -> std::process::Output {
         let f = t.join("rows.jsonl");
         std::fs::write(&f, rows).unwrap();
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            s(&data("lm/teacher.onnx")),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--data".into(),
-            s(&f),
-            "--prompt-column".into(),
-            "prompt".into(),
-            "--completion-column".into(),
-            "completion".into(),
-            "--out".into(),
-            s(&t.join("c")),
-        ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
+        // Without --quiet, which hides the warnings some of these tests look for.
+        Distill::lm_cache(&f, &t.join("c")).without("--quiet").args(extra).run()
     }
 
     #[test]
@@ -210,17 +164,7 @@ mod bad_input {
         let t = temp();
         let file = t.path().join("a-file");
         std::fs::write(&file, b"keep").unwrap();
-        let o = distill([
-            "cache-teacher",
-            "--teacher",
-            &s(&data("digits/teacher.onnx")),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(&file.join("cache")),
-            "--quiet",
-        ]);
-        fails_with(&o, &["a-file/cache"]);
+        Distill::digits_cache("train.parquet", &file.join("cache")).fails_with(&["a-file/cache"]);
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     }
 
@@ -261,7 +205,7 @@ mod bad_input {
             std::process::Command::new("bash").arg("-c").arg(format!("exec '{}' {args}", env!("CARGO_BIN_EXE_distill"))).output().unwrap();
         ok(&o);
         assert!(stdout(&o).contains("resumed after 1 finished shards"), "{}", stdout(&o));
-        ok(&distill(["verify".to_string(), s(&out)]));
+        Distill::new("verify").arg(&out).ok();
     }
 }
 
@@ -271,34 +215,15 @@ mod bad_input {
 #[test]
 fn killed_cache_teacher_resumes_to_the_same_cache() {
     let t = temp();
-    let args = |out: &Path| -> Vec<String> {
-        vec![
-            "cache-teacher".into(),
-            "--teacher".into(),
-            s(&data("lm/teacher.onnx")),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--data".into(),
-            s(&data("lm/train.jsonl")),
-            "--prompt-column".into(),
-            "prompt".into(),
-            "--completion-column".into(),
-            "completion".into(),
-            "--top-k".into(),
-            "16".into(),
-            "--temperature".into(),
-            "2".into(),
-            "--rows-per-shard".into(),
-            "150".into(),
-            "--batch-size".into(),
-            "10".into(),
-            "--out".into(),
-            s(out),
-            "--quiet".into(),
-        ]
+    let args = |out: &Path| {
+        lm_cache_args(
+            &data("lm/train.jsonl"),
+            out,
+            &["--top-k", "16", "--temperature", "2", "--rows-per-shard", "150", "--batch-size", "10"],
+        )
     };
     let full = t.path().join("full");
-    ok(&distill(args(&full)));
+    args(&full).ok();
     let sums = |dir: &Path| -> Vec<String> {
         let m: distill::cache::Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
         m.shards.iter().map(|s| s.sha256.clone()).collect()
@@ -307,7 +232,7 @@ fn killed_cache_teacher_resumes_to_the_same_cache() {
     // Kill points: after the first, third and sixth finished shard (as the partial manifest shows).
     for (trial, kill_after) in [1usize, 3, 6].into_iter().enumerate() {
         let out = t.path().join(format!("trial{trial}"));
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(args(&out)).spawn().unwrap();
+        let mut child = args(&out).spawn();
         let started = std::time::Instant::now();
         loop {
             let done = std::fs::read_to_string(out.join("manifest.partial.json"))
@@ -324,11 +249,9 @@ fn killed_cache_teacher_resumes_to_the_same_cache() {
         let _ = child.kill();
         child.wait().unwrap();
         assert!(!out.join("manifest.json").exists() || sums(&out) == want, "trial {trial}: a manifest appeared before the end");
-        let o = distill(args(&out));
-        ok(&o);
-        let text = stdout(&o);
+        let text = stdout(&args(&out).ok());
         assert!(text.contains("resumed after") || text.contains("already complete"), "trial {trial}: {text}");
         assert_eq!(sums(&out), want, "trial {trial}: resumed cache differs");
-        ok(&distill(["verify".to_string(), s(&out)]));
+        Distill::new("verify").arg(&out).ok();
     }
 }

@@ -354,18 +354,15 @@ with open(sys.argv[2]) as f, open(sys.argv[3], "w") as ids, open(sys.argv[4], "w
     assert!(o.status.success(), "{}", stderr(&o));
     let text = prompts(t.path(), 5);
     let ids_args = |data_file: &Path, out: &Path| {
-        let mut a = lm_cache_args(data_file, out, &["--top-k", "16", "--max-seq-len", "512", "--token-ids"]);
-        for (flag, col) in [("--prompt-column", "p"), ("--completion-column", "c")] {
-            let at = a.iter().position(|x| x == flag).unwrap();
-            a[at + 1] = col.into();
-        }
-        a
+        lm_cache_args(data_file, out, &["--top-k", "16", "--max-seq-len", "512", "--token-ids"])
+            .set("--prompt-column", "p")
+            .set("--completion-column", "c")
     };
     let (from_text, from_ids) = (t.path().join("text"), t.path().join("ids"));
-    ok(&distill(lm_cache_args(&text, &from_text, &["--top-k", "16", "--max-seq-len", "512"])));
-    ok(&distill(ids_args(&t.path().join("ids.jsonl"), &from_ids)));
+    lm_cache_args(&text, &from_text, &["--top-k", "16", "--max-seq-len", "512"]).ok();
+    ids_args(&t.path().join("ids.jsonl"), &from_ids).ok();
     assert_eq!(read_all(&from_text).1, read_all(&from_ids).1);
-    fails_with(&distill(ids_args(&t.path().join("bad.jsonl"), &t.path().join("bad"))), &["row 3, column `c`", "4096", "not a token id"]);
+    ids_args(&t.path().join("bad.jsonl"), &t.path().join("bad")).fails_with(&["row 3, column `c`", "4096", "not a token id"]);
 }
 
 /// The ids that end a sequence come from the `generation_config.json` beside the teacher

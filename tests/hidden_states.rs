@@ -7,55 +7,23 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// The digits teacher with its 512-wide second hidden layer as output `hidden`, over the
 /// training split, with `extra` flags.
 fn digits_hidden_cache(out: &Path, extra: &[&str]) -> PathBuf {
-    let mut a: Vec<String> = [
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher-hidden.onnx")),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(out),
-        "--temperature",
-        "4",
-        "--rows-per-shard",
-        "512",
-        "--hidden-states",
-        "hidden",
-        "--quiet",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    a.extend(extra.iter().map(|x| x.to_string()));
-    ok(&distill(a));
+    Distill::new("cache-teacher")
+        .path("--teacher", data("digits/teacher-hidden.onnx"))
+        .path("--data", data("digits/train.parquet"))
+        .path("--out", out)
+        .args(["--temperature", "4", "--rows-per-shard", "512", "--hidden-states", "hidden", "--quiet"])
+        .args(extra)
+        .ok();
     out.to_path_buf()
 }
 
-fn train_args(cache: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "train-student",
-        "--cache",
-        &s(cache),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(out),
-        "--student",
-        "mlp:hidden=32",
-        "--quiet",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    a.extend(extra.iter().map(|x| x.to_string()));
-    a
+/// `train-student` of the 32-wide MLP on the digits training rows of `cache` into `out`,
+/// then `extra`.
+fn train_args(cache: &Path, out: &Path, extra: &[&str]) -> Distill {
+    Distill::train(cache, data("digits/train.parquet"), out).opt("--student", "mlp:hidden=32").arg("--quiet").args(extra)
 }
 
 /// Every cached row's `hidden_hidden` column is the teacher's `hidden` output for that row
@@ -120,20 +88,12 @@ fn projected_hidden_states_are_the_seeded_projection() {
         assert!(err <= 0.01 * norm + 1e-3, "row {i}: projection error {err} against norm {norm}");
     }
     // Wider than the output: refused, naming both widths.
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher-hidden.onnx")),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&t.path().join("wide")),
-        "--hidden-states",
-        "hidden",
-        "--hidden-dim",
-        "600",
-    ]);
-    fails_with(&o, &["hidden_dim = 600", "`hidden` (512 values)"]);
+    Distill::new("cache-teacher")
+        .path("--teacher", data("digits/teacher-hidden.onnx"))
+        .path("--data", data("digits/train.parquet"))
+        .path("--out", t.path().join("wide"))
+        .args(["--hidden-states", "hidden", "--hidden-dim", "600"])
+        .fails_with(&["hidden_dim = 600", "`hidden` (512 values)"]);
 }
 
 /// The refusals name what was wrong: a hidden-state loss on a cache without hidden states,
@@ -141,29 +101,20 @@ fn projected_hidden_states_are_the_seeded_projection() {
 #[test]
 fn hidden_loss_without_cached_states_is_refused_with_a_clear_message() {
     let t = temp();
-    let plain = t.path().join("plain");
-    cache_digits("train.parquet", &plain, &[]);
-    let o = distill(train_args(&plain, &t.path().join("a"), &["--hidden-layers", "1:hidden", "--steps", "2"]));
-    fails_with(&o, &["no such hidden state (it holds none)", "--hidden-states hidden"]);
+    let plain = digits_default_cache();
+    train_args(plain, &t.path().join("a"), &["--hidden-layers", "1:hidden", "--steps", "2"])
+        .fails_with(&["no such hidden state (it holds none)", "--hidden-states hidden"]);
     let cache = digits_hidden_cache(&t.path().join("cache"), &[]);
-    let o = distill(train_args(&cache, &t.path().join("b"), &["--hidden-layers", "2:hidden", "--steps", "2"]));
-    fails_with(&o, &["the student has no layer 2 (its layers: 1)"]);
+    train_args(&cache, &t.path().join("b"), &["--hidden-layers", "2:hidden", "--steps", "2"])
+        .fails_with(&["the student has no layer 2 (its layers: 1)"]);
     // The refused run left no run behind: the corrected command needs no --resume.
-    ok(&distill(train_args(&cache, &t.path().join("b"), &["--hidden-layers", "1:hidden", "--steps", "2"])));
-    let o = distill(train_args(&cache, &t.path().join("c"), &["--hidden-layers", "1:pooled", "--steps", "2"]));
-    fails_with(&o, &["no such hidden state (it holds: hidden)"]);
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&t.path().join("d")),
-        "--hidden-states",
-        "hidden",
-    ]);
-    fails_with(&o, &["--hidden-states `hidden`: the model has no such output", "its outputs are: logits"]);
+    train_args(&cache, &t.path().join("b"), &["--hidden-layers", "1:hidden", "--steps", "2"]).ok();
+    train_args(&cache, &t.path().join("c"), &["--hidden-layers", "1:pooled", "--steps", "2"])
+        .fails_with(&["no such hidden state (it holds: hidden)"]);
+    Distill::digits_cache("train.parquet", &t.path().join("d"))
+        .without("--quiet")
+        .opt("--hidden-states", "hidden")
+        .fails_with(&["--hidden-states `hidden`: the model has no such output", "its outputs are: logits"]);
 }
 
 /// With a hidden-state pair, metrics.csv gains a `hidden` column, the term falls as the map
@@ -176,7 +127,7 @@ fn hidden_term_trains_and_resumes_with_its_maps() {
     let cache = digits_hidden_cache(&t.path().join("cache"), &["--hidden-dim", "64"]);
     let settings = ["--steps", "6000", "--checkpoint-every", "100", "--lr", "0.003", "--hidden-layers", "1:hidden", "--hidden-loss", "mse"];
     let full = t.path().join("full");
-    ok(&distill(train_args(&cache, &full, &settings)));
+    train_args(&cache, &full, &settings).ok();
     let text = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
     assert!(text.starts_with("step,epoch,loss,kl,ce,lr,positions,seconds,hidden\n"), "{}", &text[..80]);
     let hidden: Vec<f64> = text.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
@@ -185,10 +136,9 @@ fn hidden_term_trains_and_resumes_with_its_maps() {
     assert!(last < 0.8 * first, "the hidden-state term did not fall: {first} -> {last}");
 
     let cut = t.path().join("cut");
-    let args = train_args(&cache, &cut, &settings);
-    kill_after_checkpoint(&args, &cut, 200);
-    let o = distill([&args[..], &["--resume".to_string()]].concat());
-    ok(&o);
+    let run = train_args(&cache, &cut, &settings);
+    kill_after_checkpoint(&run, &cut, 200);
+    let o = run.arg("--resume").ok();
     let out = stdout(&o);
     eprintln!("resume test: {}", out.trim());
     // A very fast machine may finish before the kill lands: then there is nothing to compare.

@@ -1,13 +1,7 @@
 //! `cache-teacher --topk-in onnxruntime`: the soft labels computed by nodes appended to the
 //! teacher's graph equal the Rust kernel's.
 
-use std::path::Path;
-
 use crate::common::*;
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// For each teacher, a cache made with the soft labels computed in ONNX Runtime equals the
 /// one the Rust kernel makes (the default), within the encoding error: an LM (completion
@@ -21,62 +15,34 @@ fn in_graph_soft_labels_equal_the_rust_kernels() {
     let t = temp();
     let rows = lm_rows(t.path(), 40);
     let lm = |teacher: &str| {
-        vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            s(&data(teacher)),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--data".into(),
-            s(&rows),
-            "--prompt-column".into(),
-            "prompt".into(),
-            "--completion-column".into(),
-            "completion".into(),
-            "--top-k".into(),
-            "16".into(),
-            "--temperature".into(),
-            "2".into(),
-        ]
+        Distill::new("cache-teacher")
+            .path("--teacher", data(teacher))
+            .path("--tokenizer", data("lm/tokenizer.json"))
+            .path("--data", &rows)
+            .args(["--prompt-column", "prompt", "--completion-column", "completion", "--top-k", "16", "--temperature", "2"])
     };
-    let cases: Vec<(&str, Vec<String>)> = vec![
+    let cases = [
         ("lm", lm("lm/teacher.onnx")),
         ("padded-vocab", lm("exports/padded-vocab/model.onnx")),
         ("fp16", lm("exports/fp16/model.onnx")),
         ("external-data", lm("exports/external-data/model.onnx")),
         (
             "digits",
-            ["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&data("digits/test.parquet"))]
-                .map(String::from)
-                .to_vec(),
+            Distill::new("cache-teacher").path("--teacher", data("digits/teacher.onnx")).path("--data", data("digits/test.parquet")),
         ),
         (
             "textcls",
-            [
-                "cache-teacher",
-                "--teacher",
-                &s(&data("textcls/teacher.onnx")),
-                "--tokenizer",
-                &s(&data("textcls/tokenizer.json")),
-                "--data",
-                &s(&data("textcls/test.parquet")),
-                "--text-column",
-                "text",
-                "--top-k",
-                "3",
-                "--max-seq-len",
-                "64",
-            ]
-            .map(String::from)
-            .to_vec(),
+            Distill::new("cache-teacher")
+                .path("--teacher", data("textcls/teacher.onnx"))
+                .path("--tokenizer", data("textcls/tokenizer.json"))
+                .path("--data", data("textcls/test.parquet"))
+                .args(["--text-column", "text", "--top-k", "3", "--max-seq-len", "64"]),
         ),
     ];
-    for (name, args) in cases {
+    for (name, command) in cases {
         let (rust, graph) = (t.path().join(format!("{name}-rust")), t.path().join(format!("{name}-graph")));
         for (out, how) in [(&rust, "rust"), (&graph, "onnxruntime")] {
-            let mut a = args.clone();
-            a.extend(["--topk-in".into(), how.into(), "--out".into(), s(out), "--quiet".into()]);
-            ok(&distill(a));
+            command.clone().opt("--topk-in", how).path("--out", out).arg("--quiet").ok();
         }
         if name == "fp16" {
             // ONNX Runtime's CPU provider runs this export's f16 LM head in f32 (it casts
@@ -107,6 +73,6 @@ fn in_graph_soft_labels_equal_the_rust_kernels() {
 fn in_graph_top_k_refuses_sampled_soft_labels() {
     let t = temp();
     let rows = lm_rows(t.path(), 4);
-    let o = distill(lm_cache_args(&rows, &t.path().join("c"), &["--topk-in", "onnxruntime", "--soft-labels", "sampled:8"]));
-    fails_with(&o, &["cache.topk_in = \"onnxruntime\" computes the top-k"]);
+    lm_cache_args(&rows, &t.path().join("c"), &["--topk-in", "onnxruntime", "--soft-labels", "sampled:8"])
+        .fails_with(&["cache.topk_in = \"onnxruntime\" computes the top-k"]);
 }

@@ -5,23 +5,15 @@ use std::path::Path;
 
 use crate::common::*;
 
-fn worker(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "cache-teacher".to_string(),
-        "--teacher".into(),
-        data("digits/teacher.onnx").display().to_string(),
-        "--data".into(),
-        data("digits/train.parquet").display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--temperature".into(),
-        "3".into(),
-        "--rows-per-shard".into(),
-        "100".into(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    distill(a)
+/// `cache-teacher` of the digits training split at T = 3 in shards of 100 rows into `out`,
+/// then `extra` (the settings of [`digits_t3_one_run_cache`]).
+fn worker(out: &Path, extra: &[&str]) -> Distill {
+    Distill::new("cache-teacher")
+        .path("--teacher", data("digits/teacher.onnx"))
+        .path("--data", data("digits/train.parquet"))
+        .path("--out", out)
+        .args(["--temperature", "3", "--rows-per-shard", "100", "--quiet"])
+        .args(extra)
 }
 
 fn checksums(dir: &Path) -> Vec<String> {
@@ -29,42 +21,38 @@ fn checksums(dir: &Path) -> Vec<String> {
     m.shards.iter().map(|s| s.sha256.clone()).collect()
 }
 
-fn merge(out: &Path, parts: &[&Path]) -> std::process::Output {
-    let mut a = vec!["merge".to_string(), "--out".into(), out.display().to_string()];
-    a.extend(parts.iter().map(|p| p.display().to_string()));
-    distill(a)
+fn merge(out: &Path, parts: &[&Path]) -> Distill {
+    Distill::new("merge").path("--out", out).args(parts.iter().copied())
 }
 
 #[test]
 fn workers_in_a_shared_directory_then_merge_equal_one_run() {
     let t = temp();
-    let one = t.path().join("one");
-    ok(&worker(&one, &[]));
+    let one = digits_t3_one_run_cache();
     let shared = t.path().join("shared");
     for i in 0..3 {
         // `--shard` is the flag's other name.
-        ok(&worker(&shared, &["--shard", &format!("{i}/3")]));
+        worker(&shared, &["--shard", &format!("{i}/3")]).ok();
     }
     // Before the merge, readers point at the way out.
-    fails_with(&distill(["verify".to_string(), shared.display().to_string()]), &["combine the parts with `distill merge"]);
-    ok(&merge(&shared, &[&shared]));
-    assert_eq!(checksums(&shared), checksums(&one));
-    ok(&distill(["verify".to_string(), shared.display().to_string()]));
+    Distill::new("verify").arg(&shared).fails_with(&["combine the parts with `distill merge"]);
+    merge(&shared, &[&shared]).ok();
+    assert_eq!(checksums(&shared), checksums(one));
+    Distill::new("verify").arg(&shared).ok();
 }
 
 #[test]
 fn workers_in_separate_directories_then_merge_equal_one_run() {
     let t = temp();
-    let one = t.path().join("one");
-    ok(&worker(&one, &[]));
+    let one = digits_t3_one_run_cache();
     let parts: Vec<_> = (0..4).map(|i| t.path().join(format!("p{i}"))).collect();
     for (i, p) in parts.iter().enumerate() {
-        ok(&worker(p, &["--part", &format!("{i}/4"), "--batch-size", &format!("{}", 7 + i)]));
+        worker(p, &["--part", &format!("{i}/4"), "--batch-size", &format!("{}", 7 + i)]).ok();
     }
     let merged = t.path().join("merged");
     let refs: Vec<&Path> = parts.iter().map(|p| p.as_path()).collect();
-    ok(&merge(&merged, &refs));
-    assert_eq!(checksums(&merged), checksums(&one));
+    merge(&merged, &refs).ok();
+    assert_eq!(checksums(&merged), checksums(one));
 }
 
 #[test]
@@ -72,34 +60,17 @@ fn merge_refuses_missing_unfinished_and_foreign_parts() {
     let t = temp();
     let p: Vec<_> = (0..3).map(|i| t.path().join(format!("p{i}"))).collect();
     for (i, d) in p.iter().enumerate() {
-        ok(&worker(d, &["--part", &format!("{i}/3")]));
+        worker(d, &["--part", &format!("{i}/3")]).ok();
     }
-    fails_with(&merge(&t.path().join("m1"), &[&p[0], &p[2]]), &["part 1/3 is missing"]);
+    merge(&t.path().join("m1"), &[&p[0], &p[2]]).fails_with(&["part 1/3 is missing"]);
     // A part made at another temperature.
     let other = t.path().join("other");
-    let mut a = vec![
-        "cache-teacher".to_string(),
-        "--teacher".into(),
-        data("digits/teacher.onnx").display().to_string(),
-        "--data".into(),
-        data("digits/train.parquet").display().to_string(),
-        "--out".into(),
-        other.display().to_string(),
-        "--temperature".into(),
-        "5".into(),
-        "--rows-per-shard".into(),
-        "100".into(),
-        "--quiet".into(),
-        "--part".into(),
-        "1/3".into(),
-    ];
-    ok(&distill(&a));
-    fails_with(&merge(&t.path().join("m2"), &[&p[0], &other, &p[2]]), &["other settings"]);
+    worker(&other, &["--part", "1/3"]).set("--temperature", "5").ok();
+    merge(&t.path().join("m2"), &[&p[0], &other, &p[2]]).fails_with(&["other settings"]);
     // An unfinished part.
     let name = "manifest.part-1-of-3.json";
     std::fs::rename(p[1].join(name), p[1].join("manifest.part-1-of-3.partial.json")).unwrap();
-    fails_with(&merge(&t.path().join("m3"), &[&p[0], &p[1], &p[2]]), &["not finished"]);
-    a.clear();
+    merge(&t.path().join("m3"), &[&p[0], &p[1], &p[2]]).fails_with(&["not finished"]);
     assert!(!t.path().join("m3/manifest.json").exists());
 }
 
@@ -112,15 +83,14 @@ fn concurrent_workers_with_a_tokenizer_share_a_directory() {
     let rows = lm_rows(t.path(), 64);
     let args = |out: &Path| lm_cache_args(&rows, out, &["--top-k", "8", "--rows-per-shard", "8", "--threads", "1"]);
     let one = t.path().join("one");
-    ok(&distill(args(&one)));
+    args(&one).ok();
     for round in 0..3 {
         let shared = t.path().join(format!("shared-{round}"));
         let children: Vec<_> = (0..8)
             .map(|i| {
-                let mut a = args(&shared);
-                a.extend(["--part".to_string(), format!("{i}/8")]);
-                std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-                    .args(a)
+                args(&shared)
+                    .opt("--part", format!("{i}/8"))
+                    .command()
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -130,7 +100,7 @@ fn concurrent_workers_with_a_tokenizer_share_a_directory() {
         for c in children {
             ok(&c.wait_with_output().unwrap());
         }
-        ok(&merge(&shared, &[&shared]));
+        merge(&shared, &[&shared]).ok();
         assert_eq!(checksums(&shared), checksums(&one));
     }
 }

@@ -9,6 +9,12 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// `train-student --cache CACHE` on the digits training rows into `out` (the student and
+/// the rest are the caller's).
+fn train_digits(cache: &Path, out: &Path) -> Distill {
+    Distill::train(cache, data("digits/train.parquet"), out)
+}
+
 /// Ordinary temperatures such as 1.95 wrote a manifest whose checksum failed on reading
 /// (the f32 setting stored as the f64 1.9500000476837158 did not parse back exactly).
 #[test]
@@ -17,8 +23,8 @@ fn a_cache_at_temperature_1_95_reads_back() {
     for temp in ["1.95", "0.975", "3.65", "9.025"] {
         let out = t.path().join(temp);
         cache_digits("train.parquet", &out, &["--temperature", temp, "--rows-per-shard", "600"]);
-        ok(&distill(["verify".to_string(), s(&out)]));
-        ok(&distill(["inspect".to_string(), s(&out)]));
+        Distill::new("verify").arg(&out).ok();
+        Distill::new("inspect").arg(&out).ok();
     }
 }
 
@@ -37,27 +43,13 @@ fn a_rerun_recomputes_a_missing_or_damaged_shard_of_a_complete_cache() {
     };
     let want = shas(&out);
     // Without --quiet, which hides warnings (stderr is not a terminal: no progress bar).
-    let rerun = || {
-        distill([
-            "cache-teacher",
-            "--teacher",
-            &s(&data("digits/teacher.onnx")),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(&out),
-            args[0],
-            args[1],
-            args[2],
-            args[3],
-        ])
-    };
+    let rerun = || digits_cache_args("train.parquet", &out, &args).without("--quiet").run();
     std::fs::remove_file(out.join("shard-00002.parquet")).unwrap();
     let o = rerun();
     ok(&o);
     assert!(stderr(&o).contains("shard-00002.parquet is missing or damaged; recomputing from it (2 intact shards kept)"), "{}", stderr(&o));
     assert_eq!(shas(&out), want);
-    ok(&distill(["verify".to_string(), s(&out)]));
+    Distill::new("verify").arg(&out).ok();
 
     let shard = out.join("shard-00000.parquet");
     let mut bytes = std::fs::read(&shard).unwrap();
@@ -86,17 +78,15 @@ fn merge_does_not_replace_another_complete_cache() {
     for i in 0..2 {
         cache_digits("train.parquet", &parts, &["--temperature", "3", "--rows-per-shard", "300", "--part", &format!("{i}/2")]);
     }
-    let o = distill(["merge".to_string(), "--out".into(), s(&other), s(&parts)]);
-    fails_with(&o, &["--out already holds a complete cache made with other settings"]);
+    Distill::new("merge").path("--out", &other).arg(&parts).fails_with(&["--out already holds a complete cache made with other settings"]);
     assert_eq!(std::fs::read(other.join("manifest.json")).unwrap(), before, "the other cache was changed");
     let merged = t.path().join("merged");
-    ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
+    Distill::new("merge").path("--out", &merged).arg(&parts).ok();
     // Parts of two captures: the message names the part by its number (it said `Some(0)`).
     let others = t.path().join("others");
     cache_digits("train.parquet", &others, &["--temperature", "4", "--rows-per-shard", "300", "--part", "1/2"]);
-    let o = distill(["merge".to_string(), "--out".into(), s(&t.path().join("m2")), s(&parts), s(&others)]);
-    fails_with(&o, &["than part 0 (fingerprint"]);
-    ok(&distill(["merge".to_string(), "--out".into(), s(&merged), s(&parts)]));
+    Distill::new("merge").path("--out", t.path().join("m2")).arg(&parts).arg(&others).fails_with(&["than part 0 (fingerprint"]);
+    Distill::new("merge").path("--out", &merged).arg(&parts).ok();
 }
 
 /// Two writers into one directory interleaved their files (a run whose config said seed 0
@@ -106,36 +96,15 @@ fn a_second_writer_of_a_directory_is_refused() {
     let t = temp();
     let out = t.path().join("cache");
     let held = distill::lock::DirLock::acquire(&out, "", "a cache").unwrap();
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&out),
-        "--quiet",
-    ]);
-    fails_with(&o, &["another distill process is writing a cache in this directory", ".distill.lock"]);
+    Distill::digits_cache("train.parquet", &out)
+        .fails_with(&["another distill process is writing a cache in this directory", ".distill.lock"]);
     drop(held);
     cache_digits("train.parquet", &out, &[]);
     let run = t.path().join("run");
     let held = distill::lock::DirLock::acquire(&run, "", "a training run").unwrap();
-    let o = distill([
-        "train-student",
-        "--cache",
-        &s(&out),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&run),
-        "--student",
-        "mlp",
-        "--steps",
-        "2",
-        "--quiet",
-    ]);
-    fails_with(&o, &["another distill process is writing a training run"]);
+    train_digits(&out, &run)
+        .args(["--student", "mlp", "--steps", "2", "--quiet"])
+        .fails_with(&["another distill process is writing a training run"]);
     drop(held);
 }
 
@@ -146,22 +115,12 @@ fn out_of_range_settings_are_refused_before_any_work() {
     let t = temp();
     let out = t.path().join("c");
     for temp in ["1e-39", "0.001"] {
-        let o = distill([
-            "cache-teacher",
-            "--teacher",
-            &s(&data("digits/teacher.onnx")),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(&out),
-            "--temperature",
-            temp,
-            "--quiet",
-        ]);
-        fails_with(&o, &["cache.temperature must be >= 0.01", "overflow the softmax"]);
+        Distill::digits_cache("train.parquet", &out)
+            .opt("--temperature", temp)
+            .fails_with(&["cache.temperature must be >= 0.01", "overflow the softmax"]);
         assert!(!out.exists(), "nothing is created before the settings are checked");
     }
-    cache_digits("train.parquet", &out, &[]);
+    let cache = digits_default_cache();
     for (flag, value, why) in [
         ("--weight-decay", "-1", "train.weight_decay must be in 0..=1"),
         ("--weight-decay", "NaN", "`NaN` is not a finite number"),
@@ -170,22 +129,9 @@ fn out_of_range_settings_are_refused_before_any_work() {
         ("--max-rows", "0", "invalid value '0' for '--max-rows <N>': number would be zero"),
         ("--temperature", "1e-39", "train.temperature must be >= 0.01"),
     ] {
-        let o = distill([
-            "train-student",
-            "--cache",
-            &s(&out),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(&t.path().join("r")),
-            "--student",
-            "mlp",
-            "--steps",
-            "2",
-            "--quiet",
-            &format!("{flag}={value}"),
-        ]);
-        fails_with(&o, &[why]);
+        train_digits(cache, &t.path().join("r"))
+            .args(["--student", "mlp", "--steps", "2", "--quiet", &format!("{flag}={value}")])
+            .fails_with(&[why]);
         assert!(!t.path().join("r").exists(), "{flag}={value}: the run directory was created before the settings were checked");
     }
 }
@@ -212,8 +158,7 @@ fn pipeline_settings_are_checked_before_stage_one() {
             .replace("../data/", &format!("{}/", s(&repo().join("data"))));
         let p = t.path().join("pipeline.toml");
         std::fs::write(&p, &text).unwrap();
-        let o = distill(["run".to_string(), s(&p), "--quiet".into()]);
-        fails_with(&o, &[if why.is_empty() { "train.lr must be > 0" } else { why }]);
+        Distill::new("run").arg(&p).arg("--quiet").fails_with(&[if why.is_empty() { "train.lr must be > 0" } else { why }]);
         assert!(!t.path().join("out").join("cache").exists(), "stage one ran before the settings were checked");
     }
 }
@@ -224,19 +169,13 @@ fn an_empty_dataset_is_refused() {
     let t = temp();
     let empty = t.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("lm/teacher.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--data",
-        &s(&empty),
-        "--out",
-        &s(&t.path().join("c")),
-        "--quiet",
-    ]);
-    fails_with(&o, &["empty.jsonl", "has no rows"]);
+    Distill::new("cache-teacher")
+        .path("--teacher", data("lm/teacher.onnx"))
+        .path("--tokenizer", data("lm/tokenizer.json"))
+        .path("--data", &empty)
+        .path("--out", t.path().join("c"))
+        .arg("--quiet")
+        .fails_with(&["empty.jsonl", "has no rows"]);
 }
 
 /// eval and predict scored rows that cache-teacher refuses (NaN features, labels outside
@@ -244,23 +183,8 @@ fn an_empty_dataset_is_refused() {
 #[test]
 fn eval_and_predict_check_rows_as_cache_teacher_does() {
     let t = temp();
-    let cache = t.path().join("cache");
-    cache_digits("train.parquet", &cache, &[]);
     let run = t.path().join("run");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&cache),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&run),
-        "--student",
-        "mlp:hidden=8",
-        "--steps",
-        "2",
-        "--quiet",
-    ]));
+    train_digits(digits_default_cache(), &run).args(["--student", "mlp:hidden=8", "--steps", "2", "--quiet"]).ok();
     let write = |name: &str, features: &str, label: i64| {
         let p = t.path().join(name);
         std::fs::write(&p, format!("{{\"features\": [{features}], \"label\": 1}}\n{{\"features\": [{features}], \"label\": {label}}}\n"))
@@ -273,13 +197,13 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
         (write("label.jsonl", &ones, 10), vec!["row 1", "label 10 is outside the student's 10 classes"]),
         (write("negative.jsonl", &ones, -1), vec!["row 1", "label -1 is outside"]),
     ];
+    let eval = |rows: &Path| Distill::new("eval").path("--student", &run).path("--data", rows);
+    let predict =
+        |rows: &Path| Distill::new("predict").path("--student", &run).path("--data", rows).path("--out", t.path().join("p.jsonl"));
     for (file, why) in &cases {
-        fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(file)]), why);
+        eval(file).fails_with(why);
     }
-    fails_with(
-        &distill(["predict", "--student", &s(&run), "--data", &s(&cases[0].0), "--out", &s(&t.path().join("p.jsonl"))]),
-        &["63 feature values"],
-    );
+    predict(&cases[0].0).fails_with(&["63 feature values"]);
     // NaN is not JSON; Parquet holds it. Through pyarrow, as users write such files.
     let pq = t.path().join("nan.parquet");
     let o = python(
@@ -287,11 +211,8 @@ fn eval_and_predict_check_rows_as_cache_teacher_does() {
         &[&pq],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fails_with(&distill(["eval", "--student", &s(&run), "--data", &s(&pq)]), &["row 0, column `features`: value 5 is NaN"]);
-    fails_with(
-        &distill(["predict", "--student", &s(&run), "--data", &s(&pq), "--out", &s(&t.path().join("p.jsonl"))]),
-        &["value 5 is NaN"],
-    );
+    eval(&pq).fails_with(&["row 0, column `features`: value 5 is NaN"]);
+    predict(&pq).fails_with(&["value 5 is NaN"]);
 }
 
 /// The tensors of a safetensors file: after its 8-byte header length and the JSON header
@@ -308,30 +229,18 @@ fn tensors(p: &Path) -> Vec<u8> {
 #[test]
 fn resume_of_a_finished_or_half_exported_run_completes() {
     let t = temp();
-    let cache = t.path().join("cache");
-    cache_digits("train.parquet", &cache, &[]);
     let run = t.path().join("run");
     let train = |resume: bool| {
-        let mut a = vec![
-            "train-student".to_string(),
-            "--cache".into(),
-            s(&cache),
-            "--data".into(),
-            s(&data("digits/train.parquet")),
-            "--out".into(),
-            s(&run),
-            "--student".into(),
-            "mlp:hidden=8".into(),
-            "--steps".into(),
-            "4".into(),
-            "--checkpoint-every".into(),
-            "2".into(),
-            "--quiet".into(),
-        ];
-        if resume {
-            a.push("--resume".into());
-        }
-        distill(a)
+        let a = train_digits(digits_default_cache(), &run).args([
+            "--student",
+            "mlp:hidden=8",
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--quiet",
+        ]);
+        if resume { a.arg("--resume") } else { a }.run()
     };
     ok(&train(false));
     let weights = tensors(&run.join("student.safetensors"));
@@ -353,20 +262,14 @@ fn resume_of_a_finished_or_half_exported_run_completes() {
 fn small_input_faults_get_clear_messages() {
     let t = temp();
     let lm = |data_file: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            s(&data("lm/teacher.onnx")),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--data".into(),
-            s(data_file),
-            "--out".into(),
-            s(&t.path().join(format!("c{}", data_file.display().to_string().len()))),
-            "--quiet".into(),
-        ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
+        Distill::new("cache-teacher")
+            .path("--teacher", data("lm/teacher.onnx"))
+            .path("--tokenizer", data("lm/tokenizer.json"))
+            .path("--data", data_file)
+            .path("--out", t.path().join(format!("c{}", data_file.display().to_string().len())))
+            .arg("--quiet")
+            .args(extra)
+            .run()
     };
     let bom = t.path().join("bom.jsonl");
     std::fs::write(&bom, "\u{feff}{\"text\": \"a byte order mark first\"}\n{\"text\": \"then a row\"}\n").unwrap();
@@ -379,13 +282,14 @@ fn small_input_faults_get_clear_messages() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     fails_with(&lm(&empty, &[]), &["empty.parquet"]);
     fails_with(&lm(&bom, &["--top-k", "-1"]), &["invalid value '-1' for '--top-k <K>'"]);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(["cache-teacher", "--teacher", &s(&data("lm/teacher.onnx")), "--tokenizer", &s(&data("lm/tokenizer.json"))])
-        .args(["--data", &s(&bom), "--out", &s(&t.path().join("o")), "--ort-lib", "/nonexistent/libonnxruntime.so"])
+    Distill::new("cache-teacher")
+        .path("--teacher", data("lm/teacher.onnx"))
+        .path("--tokenizer", data("lm/tokenizer.json"))
+        .path("--data", &bom)
+        .path("--out", t.path().join("o"))
+        .opt("--ort-lib", "/nonexistent/libonnxruntime.so")
         .env("ORT_DYLIB_PATH", "/also/not/here.so")
-        .output()
-        .unwrap();
-    fails_with(&o, &["--ort-lib /nonexistent/libonnxruntime.so: no such file"]);
+        .fails_with(&["--ort-lib /nonexistent/libonnxruntime.so: no such file"]);
 
     // Rows with a null label: cached as soft labels only, and inspect counts them.
     let rows = t.path().join("unlabelled.parquet");
@@ -398,16 +302,17 @@ fn small_input_faults_get_clear_messages() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Without --quiet, which hides warnings.
-    let o =
-        distill(["cache-teacher", "--teacher", &s(&data("digits/teacher.onnx")), "--data", &s(&rows), "--out", &s(&t.path().join("u2"))]);
-    ok(&o);
+    let o = Distill::new("cache-teacher")
+        .path("--teacher", data("digits/teacher.onnx"))
+        .path("--data", &rows)
+        .path("--out", t.path().join("u2"))
+        .ok();
     assert!(
         stderr(&o).contains("5 of the 20 rows cached in this run have no label (their label is null): they are cached as soft labels only"),
         "{}",
         stderr(&o)
     );
-    let o = distill(["inspect".to_string(), s(&t.path().join("u2"))]);
-    ok(&o);
+    let o = Distill::new("inspect").arg(t.path().join("u2")).ok();
     assert!(stdout(&o).contains("positions without a hard label (soft label only) 5"), "{}", stdout(&o));
 }
 
@@ -416,38 +321,21 @@ fn small_input_faults_get_clear_messages() {
 #[test]
 fn another_tokenizer_than_the_one_beside_the_teacher_is_refused() {
     let t = temp();
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("lm/teacher.onnx")),
-        "--tokenizer",
-        &s(&data("textcls/tokenizer.json")),
-        "--data",
-        &s(&data("inputs/jsonl/lm-300.jsonl")),
-        "--out",
-        &s(&t.path().join("c")),
-        "--quiet",
-    ]);
-    fails_with(&o, &["textcls/tokenizer.json", "is not the tokenizer beside the teacher", "lm/tokenizer.json"]);
+    Distill::new("cache-teacher")
+        .path("--teacher", data("lm/teacher.onnx"))
+        .path("--tokenizer", data("textcls/tokenizer.json"))
+        .path("--data", data("inputs/jsonl/lm-300.jsonl"))
+        .path("--out", t.path().join("c"))
+        .arg("--quiet")
+        .fails_with(&["textcls/tokenizer.json", "is not the tokenizer beside the teacher", "lm/tokenizer.json"]);
     // Without a tokenizer beside the teacher, a much smaller one draws a warning.
     let teacher = t.path().join("teacher.onnx");
     std::fs::copy(data("lm/teacher.onnx"), &teacher).unwrap();
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&teacher),
-        "--tokenizer",
-        &s(&data("textcls/tokenizer.json")),
-        "--data",
-        &s(&data("inputs/jsonl/lm-300.jsonl")),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--out",
-        &s(&t.path().join("d")),
-    ]);
-    ok(&o);
+    let o = Distill::lm_cache(&data("inputs/jsonl/lm-300.jsonl"), &t.path().join("d"))
+        .without("--quiet")
+        .set("--teacher", &teacher)
+        .set("--tokenizer", data("textcls/tokenizer.json"))
+        .ok();
     assert!(
         stderr(&o).contains("ids are taken as padding (more than padding usually is); check that this is the teacher's own tokenizer"),
         "{}",
@@ -475,8 +363,8 @@ fn shards_of_another_cache_and_edited_manifests_are_refused() {
     m.totals.positions = m.totals.positions - m.shards[1].positions + theirs.positions;
     m.shards[1].positions = theirs.positions;
     m.write_atomic(&a, "manifest.json").unwrap();
-    for cmd in [vec!["verify".to_string(), s(&a)], vec!["inspect".to_string(), s(&a)]] {
-        fails_with(&distill(&cmd), &["shard-00001.parquet", "does not belong to this cache", "fingerprint"]);
+    for cmd in ["verify", "inspect"] {
+        Distill::new(cmd).arg(&a).fails_with(&["shard-00001.parquet", "does not belong to this cache", "fingerprint"]);
     }
     // An edited temperature (checksum recomputed) is caught by the stamp too.
     let c = t.path().join("c");
@@ -484,21 +372,9 @@ fn shards_of_another_cache_and_edited_manifests_are_refused() {
     let mut m = Manifest::read(&c).unwrap();
     m.temperature = 5.0;
     m.write_atomic(&c, "manifest.json").unwrap();
-    let o = distill([
-        "train-student",
-        "--cache",
-        &s(&c),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&t.path().join("r")),
-        "--student",
-        "mlp",
-        "--steps",
-        "2",
-        "--quiet",
-    ]);
-    fails_with(&o, &["shard-00000.parquet", "temperature: the shard says 2.0, the manifest 5.0"]);
+    train_digits(&c, &t.path().join("r"))
+        .args(["--student", "mlp", "--steps", "2", "--quiet"])
+        .fails_with(&["shard-00000.parquet", "temperature: the shard says 2.0, the manifest 5.0"]);
 }
 
 /// A small deterministic generator (SplitMix64) for kill times.
@@ -513,15 +389,9 @@ impl Rng {
     }
 }
 
-/// Run `args` and SIGKILL it after `ms` milliseconds (if it is still running).
-fn kill_after(args: &[String], ms: u64) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "2")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+/// Run `cmd` and SIGKILL it after `ms` milliseconds (if it is still running).
+fn kill_after(cmd: &Distill, ms: u64) {
+    let mut child = cmd.command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
     while std::time::Instant::now() < until && child.try_wait().unwrap().is_none() {
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -543,29 +413,12 @@ fn ms_of(o: impl FnOnce()) -> u64 {
 #[test]
 fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
     let t = temp();
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "cache-teacher",
-            "--teacher",
-            &s(&data("digits/teacher.onnx")),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(out),
-            "--temperature",
-            "2",
-            "--rows-per-shard",
-            "100",
-            "--batch-size",
-            "16",
-            "--quiet",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
+    let args =
+        |out: &Path| digits_cache_args("train.parquet", out, &["--temperature", "2", "--rows-per-shard", "100", "--batch-size", "16"]);
     let full = t.path().join("full");
-    let full_ms = ms_of(|| ok(&distill(args(&full))));
+    let full_ms = ms_of(|| {
+        args(&full).ok();
+    });
     let shards = |dir: &Path| -> Vec<Vec<u8>> {
         let m = distill::cache::Manifest::read(dir).unwrap();
         m.shards.iter().map(|s| std::fs::read(dir.join(&s.file)).unwrap()).collect()
@@ -575,24 +428,11 @@ fn stage_one_killed_anywhere_resumes_to_the_same_cache() {
     for trial in 0..24 {
         let out = t.path().join(format!("k{trial}"));
         kill_after(&args(&out), rng.below(full_ms * 6 / 5 + 1));
-        let verified = distill(["verify".to_string(), s(&out)]).status.success();
+        let verified = Distill::new("verify").arg(&out).run().status.success();
         if verified {
-            ok(&distill([
-                "train-student",
-                "--cache",
-                &s(&out),
-                "--data",
-                &s(&data("digits/train.parquet")),
-                "--out",
-                &s(&t.path().join(format!("r{trial}"))),
-                "--student",
-                "mlp:hidden=4",
-                "--steps",
-                "1",
-                "--quiet",
-            ]));
+            train_digits(&out, &t.path().join(format!("r{trial}"))).args(["--student", "mlp:hidden=4", "--steps", "1", "--quiet"]).ok();
         }
-        ok(&distill(args(&out)));
+        args(&out).ok();
         assert!(shards(&out) == want, "trial {trial}: the resumed cache differs from the uninterrupted one");
     }
 }
@@ -604,15 +444,8 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
     let t = temp();
     let cache = t.path().join("cache");
     cache_digits("train.parquet", &cache, &["--rows-per-shard", "300"]);
-    let args = |out: &Path, resume: bool| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train-student",
-            "--cache",
-            &s(&cache),
-            "--data",
-            &s(&data("digits/train.parquet")),
-            "--out",
-            &s(out),
+    let args = |out: &Path, resume: bool| {
+        let a = train_digits(&cache, out).args([
             "--student",
             "mlp:hidden=16",
             "--steps",
@@ -622,24 +455,20 @@ fn stage_two_killed_anywhere_resumes_to_the_same_weights() {
             "--checkpoint-every",
             "10",
             "--quiet",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        if resume {
-            a.push("--resume".into());
-        }
-        a
+        ]);
+        if resume { a.arg("--resume") } else { a }
     };
     let full = t.path().join("full");
-    let full_ms = ms_of(|| ok(&distill(args(&full, false))));
+    let full_ms = ms_of(|| {
+        args(&full, false).ok();
+    });
     let want = tensors(&full.join("student.safetensors"));
     let mut rng = Rng(22);
     for trial in 0..20 {
         // A run of its own each time: killed once, then resumed to the end.
         let out = t.path().join(format!("k{trial}"));
         kill_after(&args(&out, false), rng.below(full_ms + 1));
-        ok(&distill(args(&out, true)));
+        args(&out, true).ok();
         assert!(
             tensors(&out.join("student.safetensors")) == want,
             "trial {trial}: the resumed run's weights differ from the uninterrupted run's"
@@ -666,18 +495,7 @@ fn cached_labels_that_are_not_the_datas_are_refused() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = t.path().join("b");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("digits/teacher.onnx")),
-        "--data",
-        &s(&permuted),
-        "--out",
-        &s(&b),
-        "--rows-per-shard",
-        "600",
-        "--quiet",
-    ]));
+    Distill::digits_cache("train.parquet", &b).set("--data", &permuted).opt("--rows-per-shard", "600").ok();
     let shard = a.join("shard-00000.parquet");
     let o = python(
         "import sys, pyarrow.parquet as pq\n\
@@ -692,20 +510,10 @@ fn cached_labels_that_are_not_the_datas_are_refused() {
     m.shards[0].bytes = bytes.len() as u64;
     m.shards[0].sha256 = distill::cache::manifest::sha256_bytes(&bytes);
     m.write_atomic(&a, "manifest.json").unwrap();
-    ok(&distill(["verify".to_string(), s(&a)]));
-    let o = distill([
-        "train-student",
-        "--cache",
-        &s(&a),
-        "--data",
-        &s(&data("digits/train.parquet")),
-        "--out",
-        &s(&t.path().join("r")),
-        "--student",
-        "mlp",
-        "--steps",
-        "2",
-        "--quiet",
+    Distill::new("verify").arg(&a).ok();
+    train_digits(&a, &t.path().join("r")).args(["--student", "mlp", "--steps", "2", "--quiet"]).fails_with(&[
+        "shard-00000.parquet",
+        "row 0: the cache's hard label is",
+        "but the data's `label` is",
     ]);
-    fails_with(&o, &["shard-00000.parquet", "row 0: the cache's hard label is", "but the data's `label` is"]);
 }

@@ -5,40 +5,17 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-/// A digits cache (T = 4, every class) made once per test.
-fn digits_cache(dir: &Path) -> PathBuf {
-    let out = dir.join("cache");
-    cache_digits("train.parquet", &out, &["--temperature", "4", "--rows-per-shard", "400"]);
-    out
+/// `train-student` of the 32-wide MLP on the digits training rows of `cache` into `out`.
+fn train_cmd(cache: &Path, out: &Path) -> Distill {
+    Distill::train(cache, data("digits/train.parquet"), out).opt("--student", "mlp:hidden=32").arg("--quiet")
 }
 
 fn train(cache: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut a: Vec<String> = vec![
-        "train-student".into(),
-        "--cache".into(),
-        cache.display().to_string(),
-        "--data".into(),
-        data("digits/train.parquet").display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--student".into(),
-        "mlp:hidden=32".into(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    distill(a)
+    train_cmd(cache, out).args(extra).run()
 }
 
 fn accuracy(run: &Path) -> f64 {
-    let o = distill([
-        "eval".as_ref(),
-        "--student".as_ref(),
-        run.as_os_str(),
-        "--data".as_ref(),
-        data("digits/test.parquet").as_os_str(),
-        "--json".as_ref(),
-    ]);
-    ok(&o);
+    let o = Distill::new("eval").path("--student", run).path("--data", data("digits/test.parquet")).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
     v["accuracy"].as_f64().expect("accuracy")
 }
@@ -49,7 +26,7 @@ fn accuracy(run: &Path) -> f64 {
 #[test]
 fn distilled_student_beats_hard_label_student_on_held_out_digits() {
     let t = temp();
-    let cache = digits_cache(t.path());
+    let cache = digits_t4_cache().to_path_buf();
     let common = ["--steps", "600", "--batch-size", "32", "--lr", "0.005", "--max-rows", "300"];
     let (mut hard, mut kd) = (0.0, 0.0);
     for seed in ["0", "1"] {
@@ -68,7 +45,7 @@ fn distilled_student_beats_hard_label_student_on_held_out_digits() {
 #[test]
 fn run_directory_holds_the_student_in_burn_and_safetensors_form() {
     let t = temp();
-    let cache = digits_cache(t.path());
+    let cache = digits_t4_cache().to_path_buf();
     let run = t.path().join("run");
     ok(&train(&cache, &run, &["--steps", "50", "--checkpoint-every", "20"]));
     for f in ["student.bpk", "student.safetensors", "student.json", "config.json", "metrics.csv", "checkpoint.json"] {
@@ -117,7 +94,7 @@ fn resume_after_kill_reaches_the_same_result_one_shard_windows() {
 
 fn resume_after_kill_with(window: &[&str]) {
     let t = temp();
-    let cache = digits_cache(t.path());
+    let cache = digits_t4_cache().to_path_buf();
     let settings: Vec<&str> = ["--steps", "3000", "--checkpoint-every", "100", "--batch-size", "32", "--lr", "0.003", "--seed", "7"]
         .iter()
         .chain(window)
@@ -127,22 +104,9 @@ fn resume_after_kill_with(window: &[&str]) {
     ok(&train(&cache, &full, &settings));
 
     let cut = t.path().join("cut");
-    let mut args: Vec<String> = vec![
-        "train-student".into(),
-        "--cache".into(),
-        cache.display().to_string(),
-        "--data".into(),
-        data("digits/train.parquet").display().to_string(),
-        "--out".into(),
-        cut.display().to_string(),
-        "--student".into(),
-        "mlp:hidden=32".into(),
-        "--quiet".into(),
-    ];
-    args.extend(settings.iter().map(|s| s.to_string()));
-    kill_after_checkpoint(&args, &cut, 300);
-    let o = distill([&args[..], &["--resume".to_string()]].concat());
-    ok(&o);
+    let run = train_cmd(&cache, &cut).args(&settings);
+    kill_after_checkpoint(&run, &cut, 300);
+    let o = run.arg("--resume").ok();
     let out = stdout(&o);
     eprintln!("resume test: {}", out.trim());
     if !out.contains("resumed from step") {
@@ -164,20 +128,12 @@ mod mismatch {
     #[test]
     fn cache_of_another_dataset_is_refused() {
         let t = temp();
-        let cache = digits_cache(t.path());
-        let o = distill([
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &data("digits/test.parquet").display().to_string(),
-            "--out",
-            &t.path().join("r").display().to_string(),
-            "--student",
-            "mlp",
-            "--quiet",
+        let cache = digits_t4_cache().to_path_buf();
+        Distill::train(&cache, data("digits/test.parquet"), t.path().join("r")).opt("--student", "mlp").arg("--quiet").fails_with(&[
+            "made from another dataset",
+            "test.parquet",
+            "train.parquet",
         ]);
-        fails_with(&o, &["made from another dataset", "test.parquet", "train.parquet"]);
     }
 
     #[test]
@@ -195,20 +151,12 @@ mod mismatch {
     #[test]
     fn a_student_of_the_wrong_kind_is_refused() {
         let t = temp();
-        let cache = digits_cache(t.path());
-        let o = distill([
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &data("digits/train.parquet").display().to_string(),
-            "--out",
-            &t.path().join("r").display().to_string(),
-            "--student",
-            "decoder",
-            "--quiet",
+        let cache = digits_t4_cache().to_path_buf();
+        Distill::train(&cache, data("digits/train.parquet"), t.path().join("r")).opt("--student", "decoder").arg("--quiet").fails_with(&[
+            "student kind `decoder` cannot learn this cache",
+            "classification over numeric features",
+            "`mlp`",
         ]);
-        fails_with(&o, &["student kind `decoder` cannot learn this cache", "classification over numeric features", "`mlp`"]);
     }
 
     #[test]
@@ -218,44 +166,16 @@ mod mismatch {
         let small = t.path().join("small.jsonl");
         let text = std::fs::read_to_string(data("lm/train.jsonl")).unwrap();
         std::fs::write(&small, text.lines().take(8).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-        ok(&distill([
-            "cache-teacher",
-            "--teacher",
-            &data("lm/teacher.onnx").display().to_string(),
-            "--tokenizer",
-            &data("lm/tokenizer.json").display().to_string(),
-            "--data",
-            &small.display().to_string(),
-            "--prompt-column",
-            "prompt",
-            "--completion-column",
-            "completion",
-            "--top-k",
-            "8",
-            "--out",
-            &cache.display().to_string(),
-            "--quiet",
-        ]));
+        Distill::lm_cache(&small, &cache).opt("--top-k", "8").ok();
         let other = t.path().join("other-tokenizer.json");
         let tok = std::fs::read_to_string(data("lm/tokenizer.json")).unwrap();
         std::fs::write(&other, tok.replacen("\"<|pad|>\"", "\"<|padding|>\"", 1)).unwrap();
-        let o = distill([
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &small.display().to_string(),
-            "--out",
-            &t.path().join("r").display().to_string(),
-            "--student",
-            "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-            "--tokenizer",
-            &other.display().to_string(),
-            "--steps",
-            "1",
-            "--quiet",
-        ]);
-        fails_with(&o, &["other-tokenizer.json", "is not the tokenizer the cache was made with"]);
+        Distill::train(&cache, &small, t.path().join("r"))
+            .opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32")
+            .path("--tokenizer", &other)
+            .opt("--steps", "1")
+            .arg("--quiet")
+            .fails_with(&["other-tokenizer.json", "is not the tokenizer the cache was made with"]);
     }
 }
 
@@ -268,20 +188,11 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     let small = t.path().join("train.jsonl");
     std::fs::write(&small, text.lines().take(48).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let cache = t.path().join("cache");
-    let lm = |data_file: &Path, out: &Path, extra: &[&str]| ok(&distill(lm_cache_args(data_file, out, extra)));
+    let lm = |data_file: &Path, out: &Path, extra: &[&str]| lm_cache_args(data_file, out, extra).ok();
     lm(&small, &cache, &["--top-k", "16", "--temperature", "2"]);
     let run = t.path().join("run");
-    let o_args = |cache: &Path, small: &Path, run: &Path| -> Vec<String> {
-        [
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &small.display().to_string(),
-            "--out",
-            &run.display().to_string(),
-            "--student",
-            "decoder:d_model=32,layers=1,heads=2,d_ff=64",
+    let train = |out: &Path| {
+        Distill::train(&cache, &small, out).opt("--student", "decoder:d_model=32,layers=1,heads=2,d_ff=64").args([
             "--steps",
             "12",
             "--batch-size",
@@ -289,13 +200,9 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
             "--lr",
             "0.01",
             "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ])
     };
-    let o = distill(o_args(&cache, &small, &run));
-    ok(&o);
+    train(&run).ok();
     let losses = |run: &Path| -> Vec<f64> {
         let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect()
@@ -304,26 +211,14 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
     assert!(whole.last().unwrap() < whole.first().unwrap(), "loss decreases: {whole:?}");
     // The head and loss over chunks of 7 positions train the same run (float noise only).
     let chunked = t.path().join("chunked");
-    let mut args: Vec<String> = o_args(&cache, &small, &chunked);
-    args.extend(["--loss-chunk".to_string(), "7".to_string()]);
-    ok(&distill(&args));
+    train(&chunked).opt("--loss-chunk", "7").ok();
     for (i, (a, b)) in whole.iter().zip(losses(&chunked)).enumerate() {
         assert!((a - b).abs() <= 1e-4 * a.abs(), "step {}: loss {a} whole vs {b} in chunks", i + 1);
     }
     let valid = data("lm/valid.jsonl");
     let eval_cache = t.path().join("eval-cache");
     lm(&valid, &eval_cache, &["--top-k", "1", "--temperature", "1"]);
-    let o = distill([
-        "eval".as_ref(),
-        "--student".as_ref(),
-        run.as_os_str(),
-        "--data".as_ref(),
-        valid.as_os_str(),
-        "--cache".as_ref(),
-        eval_cache.as_os_str(),
-        "--json".as_ref(),
-    ]);
-    ok(&o);
+    let o = Distill::new("eval").path("--student", &run).path("--data", &valid).path("--cache", &eval_cache).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let ppl = v["perplexity"].as_f64().unwrap();
     assert!(ppl > 1.0 && ppl < 4096.0, "perplexity {ppl} below the uniform 4096 after training");
@@ -339,50 +234,14 @@ fn decoder_student_trains_and_evaluates_on_the_lm_cache() {
 fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     let t = temp();
     let cache = t.path().join("cache");
-    let cache_of = |data_file: &Path, out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            data("textcls/teacher.onnx").display().to_string(),
-            "--tokenizer".into(),
-            data("textcls/tokenizer.json").display().to_string(),
-            "--data".into(),
-            data_file.display().to_string(),
-            "--text-column".into(),
-            "text".into(),
-            "--max-seq-len".into(),
-            "64".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--quiet".into(),
-        ];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        ok(&distill(a));
-    };
+    let cache_of = |data_file: &Path, out: &Path, extra: &[&str]| Distill::textcls_cache(data_file, out).args(extra).ok();
     let train_data = data("textcls/train.parquet");
     cache_of(&train_data, &cache, &["--temperature", "1"]);
     let run = t.path().join("run");
-    let o = distill([
-        "train-student",
-        "--cache",
-        &cache.display().to_string(),
-        "--data",
-        &train_data.display().to_string(),
-        "--out",
-        &run.display().to_string(),
-        "--student",
-        "encoder:d_model=32,layers=1,heads=2,d_ff=64",
-        "--steps",
-        "200",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.003",
-        "--max-rows",
-        "512",
-        "--quiet",
-    ]);
-    ok(&o);
+    Distill::train(&cache, &train_data, &run)
+        .opt("--student", "encoder:d_model=32,layers=1,heads=2,d_ff=64")
+        .args(["--steps", "200", "--batch-size", "32", "--lr", "0.003", "--max-rows", "512", "--quiet"])
+        .ok();
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let losses: Vec<f64> = metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
@@ -391,17 +250,7 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     let test_data = data("textcls/test.parquet");
     let eval_cache = t.path().join("eval-cache");
     cache_of(&test_data, &eval_cache, &["--top-k", "1", "--temperature", "1"]);
-    let o = distill([
-        "eval".as_ref(),
-        "--student".as_ref(),
-        run.as_os_str(),
-        "--data".as_ref(),
-        test_data.as_os_str(),
-        "--cache".as_ref(),
-        eval_cache.as_os_str(),
-        "--json".as_ref(),
-    ]);
-    ok(&o);
+    let o = Distill::new("eval").path("--student", &run).path("--data", &test_data).path("--cache", &eval_cache).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["positions"].as_u64(), Some(441));
     let acc = v["accuracy"].as_f64().unwrap();
@@ -412,48 +261,33 @@ fn encoder_student_trains_and_evaluates_on_the_text_classification_cache() {
     assert_eq!(hf["model_type"], "bert");
     assert_eq!(hf["id2label"].as_object().unwrap().len(), 8);
     assert!(run.join("hf/model.safetensors").is_file() && run.join("hf/tokenizer.json").is_file());
-    let o = distill([
-        "train-student",
-        "--cache",
-        &cache.display().to_string(),
-        "--data",
-        &train_data.display().to_string(),
-        "--out",
-        &t.path().join("mlp").display().to_string(),
-        "--student",
-        "mlp",
-        "--quiet",
+    Distill::train(&cache, &train_data, t.path().join("mlp")).opt("--student", "mlp").arg("--quiet").fails_with(&[
+        "student kind `mlp` cannot learn this cache",
+        "classification over tokens",
+        "`encoder`",
     ]);
-    fails_with(&o, &["student kind `mlp` cannot learn this cache", "classification over tokens", "`encoder`"]);
     // Prepared rows kept between epochs change the work, not the batches: with one-shard
     // windows (the cache's 2 shards of 1024 rows each a group, re-joined every epoch) a run
     // that keeps the token ids and one that tokenizes every epoch log the same losses, step
     // for step, over 3 epochs of the first 512 rows.
     let losses_of = |name: &str, mb: &str| {
         let run = t.path().join(name);
-        let o = distill([
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &train_data.display().to_string(),
-            "--out",
-            &run.display().to_string(),
-            "--student",
-            "encoder:d_model=16,layers=1,heads=2,d_ff=32",
-            "--steps",
-            "48",
-            "--batch-size",
-            "32",
-            "--max-rows",
-            "512",
-            "--shuffle-window",
-            "1",
-            "--prepared-rows-mb",
-            mb,
-            "--quiet",
-        ]);
-        ok(&o);
+        Distill::train(&cache, &train_data, &run)
+            .opt("--student", "encoder:d_model=16,layers=1,heads=2,d_ff=32")
+            .args([
+                "--steps",
+                "48",
+                "--batch-size",
+                "32",
+                "--max-rows",
+                "512",
+                "--shuffle-window",
+                "1",
+                "--prepared-rows-mb",
+                mb,
+                "--quiet",
+            ])
+            .ok();
         let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().to_string()).collect::<Vec<_>>()
     };
@@ -491,7 +325,7 @@ fn every_pipeline_file_parses_and_validates() {
 #[test]
 fn tch_backend_trains_the_digits_student() {
     let t = temp();
-    let cache = digits_cache(t.path());
+    let cache = digits_t4_cache().to_path_buf();
     let common = ["--steps", "600", "--batch-size", "32", "--lr", "0.005", "--max-rows", "300", "--alpha", "0.7"];
     let flex = t.path().join("flex");
     ok(&train(&cache, &flex, &[&common[..], &["--device", "flex"]].concat()));
@@ -508,7 +342,7 @@ fn tch_backend_trains_the_digits_student() {
 #[test]
 fn a_cache_serves_a_smaller_k_and_refuses_a_larger_one() {
     let t = temp();
-    let cache = digits_cache(t.path()); // k = 10 (every class), T = 4
+    let cache = digits_t4_cache().to_path_buf(); // k = 10 (every class), T = 4
     let common = ["--steps", "300", "--batch-size", "32", "--lr", "0.005", "--max-rows", "300", "--alpha", "0.7"];
     let k3 = t.path().join("k3");
     ok(&train(&cache, &k3, &[&common[..], &["--top-k", "3"]].concat()));
@@ -543,44 +377,13 @@ fn unlabelled_rows_train_the_kd_term_only() {
         .collect();
     std::fs::write(&mixed, lines).unwrap();
     let cache = t.path().join("cache");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &data("textcls/teacher.onnx").display().to_string(),
-        "--tokenizer",
-        &data("textcls/tokenizer.json").display().to_string(),
-        "--data",
-        &mixed.display().to_string(),
-        "--text-column",
-        "text",
-        "--label-column",
-        "label",
-        "--max-seq-len",
-        "64",
-        "--out",
-        &cache.display().to_string(),
-        "--quiet",
-    ]));
+    Distill::textcls_cache(&mixed, &cache).opt("--label-column", "label").ok();
     let run = |alpha: &str, name: &str| {
         let out = t.path().join(name);
-        ok(&distill([
-            "train-student",
-            "--cache",
-            &cache.display().to_string(),
-            "--data",
-            &mixed.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--student",
-            "encoder:d_model=16,layers=1,heads=2,d_ff=32",
-            "--alpha",
-            alpha,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--quiet",
-        ]));
+        Distill::train(&cache, &mixed, &out)
+            .opt("--student", "encoder:d_model=16,layers=1,heads=2,d_ff=32")
+            .args(["--alpha", alpha, "--epochs", "1", "--batch-size", "16", "--quiet"])
+            .ok();
         let m = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
         m.lines().skip(1).map(|l| l.split(',').nth(6).unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>()
     };
@@ -620,16 +423,13 @@ fn batches_mix_rows_across_the_shuffle_window() {
 #[test]
 fn report_draws_the_runs_metrics() {
     let t = tempfile::tempdir().unwrap();
-    let cache = digits_cache(t.path());
+    let cache = digits_t4_cache().to_path_buf();
     let runs: Vec<PathBuf> = ["0", "0.7"].iter().map(|a| t.path().join(format!("run-{a}"))).collect();
     for (run, alpha) in runs.iter().zip(["0", "0.7"]) {
         ok(&train(&cache, run, &["--steps", "60", "--alpha", alpha, "--checkpoint-every", "30"]));
     }
     let svg = t.path().join("report.svg");
-    let mut args = vec!["report".to_string()];
-    args.extend(runs.iter().map(|r| r.display().to_string()));
-    args.extend(["--cache".into(), cache.display().to_string(), "--out".into(), svg.display().to_string()]);
-    ok(&distill(args));
+    Distill::new("report").args(&runs).path("--cache", &cache).path("--out", &svg).ok();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("teacher mass kept in the top-k") && text.contains("teacher entropy"), "the cache's panels are missing");
     // The curves: polylines with one point per logged step (legend lines have two).

@@ -5,8 +5,8 @@
 //! under a time limit, so a regression fails instead of stalling the suite.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -16,25 +16,7 @@ fn s(p: &Path) -> String {
 
 /// `distill args`, killed if it runs past `limit` (then the test fails, naming the hang).
 fn distill_within(limit: Duration, args: &[String]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distill"));
-    cmd.args(args).env("OMP_NUM_THREADS", "2");
-    run_within(limit, cmd)
-}
-
-/// Run `cmd`, killed if it runs past `limit` (then the test fails, naming the hang).
-fn run_within(limit: Duration, mut cmd: Command) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > limit {
-            child.kill().ok();
-            let o = child.wait_with_output().expect("output");
-            panic!("{what} still ran after {limit:?} (a hang):\n{}", stderr(&o));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    Distill::bare().args(args).within(limit).run()
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -148,16 +130,8 @@ fn external_data_outside_the_rules_is_refused_naming_the_tensor() {
 #[test]
 fn special_files_in_a_cache_are_refused_at_once() {
     let t = temp();
-    let good = t.path().join("good");
-    cache_digits("test.parquet", &good, &["--top-k", "3"]);
-    let copy = |name: &str| {
-        let d = t.path().join(name);
-        std::fs::create_dir(&d).unwrap();
-        for e in std::fs::read_dir(&good).unwrap().flatten() {
-            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
-        }
-        d
-    };
+    let good = digits_test_k3_cache();
+    let copy = |name: &str| private_copy(good, &t.path().join(name));
     let zero = copy("zero");
     std::fs::remove_file(zero.join("manifest.json")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", zero.join("manifest.json")).unwrap();
@@ -241,8 +215,7 @@ fn a_planted_probe_link_does_not_truncate_its_target() {
     let other = t.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::os::unix::fs::symlink(&target, other.join(".distill.lock")).unwrap();
-    let o = distill(digits_cache_args("test.parquet", &other, &[]));
-    fails_with(&o, &[".distill.lock", "symbolic link"]);
+    digits_cache_args("test.parquet", &other, &[]).fails_with(&[".distill.lock", "symbolic link"]);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
 }
 
@@ -463,8 +436,8 @@ fn a_forged_parquet_footer_is_not_believed() {
 #[test]
 fn settings_that_overflow_are_refused_by_the_parser() {
     let t = temp();
-    let o = distill(digits_cache_args("test.parquet", &t.path().join("c"), &["--soft-labels", "topk+sampled:18446744073709551615,2"]));
-    fails_with(&o, &["K + N must be at most"]);
+    digits_cache_args("test.parquet", &t.path().join("c"), &["--soft-labels", "topk+sampled:18446744073709551615,2"])
+        .fails_with(&["K + N must be at most"]);
     let (teacher, out) = (data("lm/teacher.onnx"), t.path().join("g"));
     let o = distill(generate_args(&teacher, &out, &["--samples-per-prompt", "4294967297"]));
     fails_with(&o, &["--samples-per-prompt", "4294967297"]);
@@ -593,10 +566,9 @@ print(json.dumps([whole, cut]))
 fn awkward_results_are_clear_ones() {
     use std::os::unix::fs::PermissionsExt;
     let t = temp();
-    let cache = t.path().join("cache");
-    cache_digits("test.parquet", &cache, &["--top-k", "3"]);
+    let cache = digits_test_k3_cache();
     let train = |out: &Path, extra: &[&str]| {
-        let mut a = args(&["train-student", "--cache", &s(&cache), "--data", &s(&data("digits/test.parquet")), "--student", "mlp"]);
+        let mut a = args(&["train-student", "--cache", &s(cache), "--data", &s(&data("digits/test.parquet")), "--student", "mlp"]);
         a.extend(args(&["--out", &s(out), "--steps", "3", "--quiet"]));
         a.extend(args(extra));
         distill(a)
