@@ -201,7 +201,8 @@ impl std::fmt::Display for TrainDevice {
     }
 }
 
-/// Validated settings of stage two.
+/// Validated settings of stage two, in three parts: what is trained from and where it goes
+/// (the top level), the loss, and the optimisation schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub cache: PathBuf,
@@ -209,19 +210,7 @@ pub struct TrainConfig {
     pub out: PathBuf,
     pub tokenizer: Option<PathBuf>,
     pub student: StudentSpec,
-    pub alpha: f32,
-    pub temperature: Option<f32>,
-    pub tail: TailMode,
-    pub divergence: Divergence,
-    /// `None`: [`defaults::EPOCHS`], made longer for a classifier ([`defaults::MIN_CLASSIFIER_STEPS`]).
-    pub epochs: Option<usize>,
-    pub steps: Option<usize>,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub seed: u64,
     pub device: TrainDevice,
-    pub checkpoint_every: usize,
     pub max_rows: Option<u64>,
     pub top_k: Option<usize>,
     /// Shards shuffled together.
@@ -233,12 +222,37 @@ pub struct TrainConfig {
     /// Which parameters train, and the globs of those frozen after that.
     pub trainable: Trainable,
     pub freeze: Vec<String>,
+    pub loss: LossConfig,
+    pub schedule: Schedule,
+}
+
+/// The loss: `alpha * T^2 * divergence + (1 - alpha) * CE`, and the hidden-state term.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossConfig {
+    pub alpha: f32,
+    /// `None`: the cache's temperature.
+    pub temperature: Option<f32>,
+    pub tail: TailMode,
+    pub divergence: Divergence,
     /// Positions per chunk of a decoder's head and loss (`None`: [`defaults::loss_chunk_positions`]).
     pub loss_chunk: Option<usize>,
     /// Hidden-state pairs (empty: no hidden-state term), their loss and its weight.
     pub hidden: Vec<HiddenPair>,
     pub hidden_loss: HiddenLoss,
     pub hidden_weight: f32,
+}
+
+/// How long and how fast the student trains, and when it is checkpointed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// `None`: [`defaults::EPOCHS`], made longer for a classifier ([`defaults::MIN_CLASSIFIER_STEPS`]).
+    pub epochs: Option<usize>,
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub checkpoint_every: usize,
 }
 
 /// The range of `alpha` and `weight_decay`.
@@ -286,18 +300,7 @@ impl TrainSettings {
             out: need(self.out, "out")?,
             tokenizer: self.tokenizer,
             student,
-            alpha,
-            temperature: self.temperature,
-            tail: self.tail.unwrap_or(TailMode::Bucket),
-            divergence: self.divergence.unwrap_or(defaults::DIVERGENCE),
-            epochs: self.epochs.map(NonZeroUsize::get),
-            steps: self.steps.map(NonZeroUsize::get),
-            batch_size,
-            lr,
-            weight_decay,
-            seed: self.seed.unwrap_or(defaults::SEED),
             device,
-            checkpoint_every,
             max_rows: self.max_rows.map(NonZeroU64::get),
             top_k: self.top_k.map(NonZeroUsize::get),
             shuffle_window,
@@ -305,10 +308,25 @@ impl TrainSettings {
             export_dtype: self.export_dtype,
             trainable: self.train_params.unwrap_or(Trainable::All),
             freeze: self.freeze.map(|g| g.0).unwrap_or_default(),
-            loss_chunk: self.loss_chunk.map(NonZeroUsize::get),
-            hidden: self.hidden_layers.map(|h| h.0).unwrap_or_default(),
-            hidden_loss: self.hidden_loss.unwrap_or(HiddenLoss::Cosine),
-            hidden_weight,
+            loss: LossConfig {
+                alpha,
+                temperature: self.temperature,
+                tail: self.tail.unwrap_or(TailMode::Bucket),
+                divergence: self.divergence.unwrap_or(defaults::DIVERGENCE),
+                loss_chunk: self.loss_chunk.map(NonZeroUsize::get),
+                hidden: self.hidden_layers.map(|h| h.0).unwrap_or_default(),
+                hidden_loss: self.hidden_loss.unwrap_or(HiddenLoss::Cosine),
+                hidden_weight,
+            },
+            schedule: Schedule {
+                epochs: self.epochs.map(NonZeroUsize::get),
+                steps: self.steps.map(NonZeroUsize::get),
+                batch_size,
+                lr,
+                weight_decay,
+                seed: self.seed.unwrap_or(defaults::SEED),
+                checkpoint_every,
+            },
         })
     }
 

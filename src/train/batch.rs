@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::config::TrainConfig;
+use crate::config::LossConfig;
 use crate::config::defaults::train as defaults;
 use crate::loss::{self, HiddenMaps, SoftTargets};
 use crate::student::{Positions, RowInput, Student};
@@ -40,7 +40,7 @@ pub(super) fn batch_loss(
     model: &Student,
     batch: &[&Example],
     Support { k, vocab }: Support,
-    cfg: &TrainConfig,
+    cfg: &LossConfig,
     train_t: f32,
     hidden: Option<HiddenTerm<'_>>,
     device: &Device,

@@ -14,7 +14,7 @@ use crate::text::{self, Tokenizer};
 
 /// Every `--hidden-layers` pair names a hidden state the cache holds.
 fn check_hidden_states(cfg: &TrainConfig, m: &Manifest) -> Result<()> {
-    for p in &cfg.hidden {
+    for p in &cfg.loss.hidden {
         if !m.hidden_states.iter().any(|h| h.output == p.output) {
             let held = if m.hidden_states.is_empty() {
                 "it holds none".to_string()
@@ -37,7 +37,8 @@ fn check_hidden_states(cfg: &TrainConfig, m: &Manifest) -> Result<()> {
 /// The student's layers that `--hidden-layers` names exist.
 pub(super) fn check_hidden_layers(cfg: &TrainConfig, model: &crate::student::Student) -> Result<Vec<usize>> {
     let widths = model.layer_widths();
-    cfg.hidden
+    cfg.loss
+        .hidden
         .iter()
         .map(|p| {
             widths.iter().find(|(l, _)| *l == p.layer).map(|(_, w)| *w).ok_or_else(|| {
@@ -52,7 +53,7 @@ pub(super) fn check_hidden_layers(cfg: &TrainConfig, model: &crate::student::Stu
 pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader, f32)> {
     // A remote cache's shards are still arriving: they are checked as they are read.
     let reader = if crate::store::is_url(&cfg.cache) { CacheReader::open_lazy(dir)? } else { CacheReader::open(dir)? };
-    let outputs: Vec<&str> = cfg.hidden.iter().map(|p| p.output.as_str()).collect();
+    let outputs: Vec<&str> = cfg.loss.hidden.iter().map(|p| p.output.as_str()).collect();
     let reader = reader.with_hidden(&outputs);
     let m = reader.manifest();
     if let Some(why) = DatasetInfo::of(&cfg.data)?.difference(&m.dataset) {
@@ -68,14 +69,14 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
             "train.top_k cannot narrow a cache of sampled soft labels: dropping drawn ids would bias the estimate".into(),
         ));
     }
-    let t = cfg.temperature.unwrap_or(m.temperature);
+    let t = cfg.loss.temperature.unwrap_or(m.temperature);
     if m.sampled.is_some() && (t - m.temperature).abs() > 1e-6 {
         return Err(Error::Config(format!(
             "train.temperature = {t} differs from the cache's {}: sampled soft labels are draws at the cache's temperature and cannot be re-tempered",
             m.temperature
         )));
     }
-    if (t - m.temperature).abs() > 1e-6 && cfg.tail == TailMode::Bucket && m.top_k < m.vocab_size {
+    if (t - m.temperature).abs() > 1e-6 && cfg.loss.tail == TailMode::Bucket && m.top_k < m.vocab_size {
         return Err(Error::Config(format!(
             "train.temperature = {t} differs from the cache's temperature {}: the tail mass at {t} cannot be \
              recovered from the cache, so tail = \"bucket\" cannot serve it; use tail = \"renormalize\" (the top-k is \

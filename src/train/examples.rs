@@ -120,7 +120,7 @@ pub(super) fn load_shard(
     }
     *read_seconds += t0.elapsed().as_secs_f64();
     examples.retain(|e| !e.targets.is_empty());
-    if cfg.alpha == 0.0 {
+    if cfg.loss.alpha == 0.0 {
         // Hard labels only: unlabelled rows teach nothing; leave them out so batches are
         // full of labelled rows (the same batches as training on the labelled rows alone).
         examples.retain(|e| e.targets.iter().all(|t| t.hard.is_some()));
@@ -181,7 +181,8 @@ struct SoftLabelReader {
 /// Where each `--hidden-layers` pair's teacher output is in the cache's hidden states
 /// (their presence is checked before training).
 pub(super) fn hidden_columns(cfg: &TrainConfig, m: &crate::cache::Manifest) -> Vec<(usize, usize)> {
-    cfg.hidden
+    cfg.loss
+        .hidden
         .iter()
         .map(|p| {
             let j = m.hidden_states.iter().position(|h| h.output == p.output).expect("checked by checks::check_cache");

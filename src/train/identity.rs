@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{TrainConfig, TrainDevice};
+use crate::config::{LossConfig, Schedule, TrainConfig, TrainDevice};
 use crate::loss::{HiddenLoss, HiddenPair, TailMode};
 use crate::student::select::Trainable;
 
@@ -72,18 +72,7 @@ impl<'a> TrainIdentity<'a> {
             out: _,       // where the run goes
             tokenizer: _, // must be the cache's (checked)
             student: _,   // built into `student`
-            alpha,
-            temperature: _, // resolved in `train_t`
-            tail,
-            divergence,
-            epochs,
-            steps,
-            batch_size,
-            lr,
-            weight_decay,
-            seed,
             device,
-            checkpoint_every,
             max_rows,
             top_k,
             shuffle_window,
@@ -91,11 +80,20 @@ impl<'a> TrainIdentity<'a> {
             export_dtype: _,     // how the result is written, not what it is
             trainable,
             freeze,
+            loss,
+            schedule,
+        } = cfg;
+        let LossConfig {
+            alpha,
+            temperature: _, // resolved in `train_t`
+            tail,
+            divergence,
             loss_chunk: _, // the same loss, computed in chunks
             hidden,
             hidden_loss,
             hidden_weight,
-        } = cfg;
+        } = loss;
+        let Schedule { epochs, steps, batch_size, lr, weight_decay, seed, checkpoint_every } = schedule;
         TrainIdentity {
             student,
             train: TrainKeys {

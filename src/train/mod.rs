@@ -126,7 +126,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let Source { opened, reader, m, train_t, tok, spec } = open_source(cfg)?;
     let mut notes = Vec::new();
     let (arch, pretrained) = student_arch(cfg, &m, &spec, tok.as_ref(), &mut notes)?;
-    let student_file = StudentFile::of(arch.clone(), &m, cfg.alpha, train_t, cfg.tail);
+    let student_file = StudentFile::of(arch.clone(), &m, cfg.loss.alpha, train_t, cfg.loss.tail);
     let (config_json, config_sha) = run_config(cfg, &student_file, train_t, opts);
 
     // Run directory: new, or resumed from a checkpoint made with the same config.
@@ -134,10 +134,10 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let _lock = crate::lock::DirLock::acquire(out, "", "a training run")?;
     let resume = checkpoint::resume_state(out, opts.resume, &config_sha, &config_json)?;
     let device = training_device(cfg)?;
-    let (model, optim) = start_student(&arch, cfg.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
+    let (model, optim) = start_student(&arch, cfg.schedule.weight_decay as f32, pretrained, resume.as_ref(), out, &device, &mut notes)?;
     let (model, selected) = student::select::select(model, &cfg.trainable, &cfg.freeze)?;
     notes.extend(selected);
-    let hidden = start_hidden(cfg, &m, &model, cfg.weight_decay as f32, resume.as_ref(), out, &device)?;
+    let hidden = start_hidden(cfg, &m, &model, cfg.schedule.weight_decay as f32, resume.as_ref(), out, &device)?;
     // Written once the student and its hidden-state pairs are known to fit: a refused run
     // leaves no run behind, and its corrected rerun needs no --resume.
     write_run_files(out, &config_json, tok.as_ref())?;
@@ -251,7 +251,7 @@ fn write_run_files(out: &Path, config_json: &[u8], tok: Option<&Tokenizer>) -> R
 /// The training device, seeded, with autodiff.
 fn training_device(cfg: &TrainConfig) -> Result<Device> {
     let base = device_for(cfg.device)?;
-    base.seed(cfg.seed);
+    base.seed(cfg.schedule.seed);
     crate::process::keep_freed_memory();
     Ok(base.autodiff())
 }
@@ -293,7 +293,7 @@ fn start_hidden(
     out: &Path,
     device: &Device,
 ) -> Result<Option<HiddenTraining>> {
-    if cfg.hidden.is_empty() {
+    if cfg.loss.hidden.is_empty() {
         return Ok(None);
     }
     let student_widths = checks::check_hidden_layers(cfg, model)?;
@@ -304,7 +304,7 @@ fn start_hidden(
     if let Some(s) = resume {
         optim = checkpoint::load_hidden(out, s, &mut maps, optim)?;
     }
-    Ok(Some(HiddenTraining { maps, optim, layers: cfg.hidden.iter().map(|p| p.layer).collect(), dims }))
+    Ok(Some(HiddenTraining { maps, optim, layers: cfg.loss.hidden.iter().map(|p| p.layer).collect(), dims }))
 }
 
 /// Train on a loader thread's shards: the loader reads one shard ahead of training (so at

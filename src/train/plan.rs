@@ -30,7 +30,7 @@ impl<'a> ShardPlan<'a> {
     pub fn new(cfg: &TrainConfig, m: &'a Manifest) -> Result<ShardPlan<'a>> {
         let limit = cfg.max_rows.unwrap_or(u64::MAX);
         let labelled = match (&m.label_column, m.task) {
-            (Some(col), Task::Classification) if cfg.alpha == 0.0 => {
+            (Some(col), Task::Classification) if cfg.loss.alpha == 0.0 => {
                 let mut flags = Vec::new();
                 for row in data::read_rows(&cfg.data, &[Column::new(col, Kind::Label)])?.take(limit.min(m.dataset.rows) as usize) {
                     flags.push(matches!(row?.fields[0], Field::Label(_)));
@@ -41,9 +41,9 @@ impl<'a> ShardPlan<'a> {
         };
         let plan = ShardPlan {
             shards: &m.shards,
-            seed: cfg.seed,
+            seed: cfg.schedule.seed,
             window: cfg.shuffle_window,
-            batch_size: cfg.batch_size,
+            batch_size: cfg.schedule.batch_size,
             limit,
             labelled,
             classifier: m.task == Task::Classification,
@@ -54,7 +54,7 @@ impl<'a> ShardPlan<'a> {
                 format!(
                     "holds no rows to train on ({} rows cached{}{})",
                     m.totals.rows,
-                    if cfg.alpha == 0.0 { ", none of them labelled" } else { "" },
+                    if cfg.loss.alpha == 0.0 { ", none of them labelled" } else { "" },
                     cfg.max_rows.map(|r| format!(", --max-rows {r}")).unwrap_or_default()
                 ),
             ));
@@ -93,7 +93,7 @@ impl<'a> ShardPlan<'a> {
     /// Steps of the run: `--steps`, or every epoch's: `--epochs`, else the default 10, and
     /// for a classifier as many more epochs as reach [`defaults::MIN_CLASSIFIER_STEPS`].
     pub fn total_steps(&self, cfg: &TrainConfig) -> usize {
-        let steps = match (cfg.steps, cfg.epochs) {
+        let steps = match (cfg.schedule.steps, cfg.schedule.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) => (0..e).map(|e| self.epoch_steps(e)).sum(),
             (None, None) => {

@@ -96,7 +96,7 @@ impl Trainer<'_> {
         self.at.epoch += 1;
         self.skip = 0;
         self.at.step_in_epoch = 0;
-        if !self.at.step.is_multiple_of(self.cfg.checkpoint_every) {
+        if !self.at.step.is_multiple_of(self.cfg.schedule.checkpoint_every) {
             self.save_checkpoint(model)?;
         }
         Ok(())
@@ -107,8 +107,8 @@ impl Trainer<'_> {
     fn train_group(&mut self, mut model: Student, shards: Vec<Arc<Vec<Example>>>, epoch: usize, index: usize) -> Result<Student> {
         let mut order: Vec<(u32, u32)> =
             shards.iter().enumerate().flat_map(|(s, v)| (0..v.len()).map(move |i| (s as u32, i as u32))).collect();
-        Rng::new(self.cfg.seed, ((epoch as u64) << 32) | index as u64).shuffle(&mut order);
-        for chunk in order.chunks(self.cfg.batch_size) {
+        Rng::new(self.cfg.schedule.seed, ((epoch as u64) << 32) | index as u64).shuffle(&mut order);
+        for chunk in order.chunks(self.cfg.schedule.batch_size) {
             if self.skip > 0 {
                 self.skip -= 1;
                 self.at.step_in_epoch += 1;
@@ -128,15 +128,15 @@ impl Trainer<'_> {
         let (cfg, step) = (self.cfg, self.at.step);
         let term = self.hidden.as_ref().map(|h| HiddenTerm { maps: &h.maps, layers: &h.layers, dims: &h.dims });
         let support = Support { k: cfg.top_k.unwrap_or(self.m.top_k), vocab: self.m.vocab_size };
-        let (parts, hidden, count) = batch_loss(&model, batch, support, cfg, self.train_t, term, self.device);
-        let lr = lr_at(cfg.lr, step, self.total);
+        let (parts, hidden, count) = batch_loss(&model, batch, support, &cfg.loss, self.train_t, term, self.device);
+        let lr = lr_at(cfg.schedule.lr, step, self.total);
         let (l, kl, ce) = (scalar(&parts.loss), scalar(&parts.kl), scalar(&parts.ce));
         if !l.is_finite() {
             return Err(Error::Config(format!(
                 "the loss became {l} at step {step} (kl {kl}, ce {ce}); likely causes, most likely first: \
                  train.lr too high (now {}), non-finite values in the cache (check it with `distill verify`) \
                  or in the data's features, train.weight_decay (now {})",
-                cfg.lr, cfg.weight_decay
+                cfg.schedule.lr, cfg.schedule.weight_decay
             )));
         }
         let mut grads = parts.loss.backward();
@@ -156,7 +156,7 @@ impl Trainer<'_> {
         let seconds = self.started.elapsed().as_secs_f64();
         self.metrics.write(&StepLine { step, epoch, loss: l, kl, ce, lr, positions: count, seconds, hidden })?;
         self.progress.tick_to(step as u64, format!("epoch {epoch} loss {l:.4}"));
-        if step.is_multiple_of(cfg.checkpoint_every) || step == self.total {
+        if step.is_multiple_of(cfg.schedule.checkpoint_every) || step == self.total {
             self.save_checkpoint(&model)?;
         }
         Ok(model)
