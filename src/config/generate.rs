@@ -17,6 +17,8 @@ pub const CACHE_DIR: &str = "cache";
 pub mod defaults {
     pub const PROMPT_COLUMN: &str = "prompt";
     pub const MAX_NEW_TOKENS: usize = 64;
+    /// Entries cached per generated position: the same as stage one's.
+    pub const CACHE_TOP_K: usize = crate::config::defaults::cache::TOP_K;
     pub const BATCH_SIZE: usize = 16;
     pub const MAX_SEQ_LEN: usize = 512;
     pub const SOFT_TEMPERATURE: f32 = 1.0;

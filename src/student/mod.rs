@@ -208,13 +208,13 @@ pub enum StudentSpec {
     },
     /// BERT-style Transformer encoder classifier over tokens.
     Encoder {
-        #[serde(default = "d64")]
+        #[serde(default = "d_model")]
         d_model: usize,
-        #[serde(default = "d2")]
+        #[serde(default = "layers")]
         layers: usize,
-        #[serde(default = "d2")]
+        #[serde(default = "heads")]
         heads: usize,
-        #[serde(default = "d256")]
+        #[serde(default = "encoder_d_ff")]
         d_ff: usize,
     },
     /// A pretrained Hugging Face checkpoint directory (`LlamaForCausalLM` or
@@ -222,13 +222,13 @@ pub enum StudentSpec {
     Hf { path: std::path::PathBuf },
     /// Llama-style causal decoder.
     Decoder {
-        #[serde(default = "d64")]
+        #[serde(default = "d_model")]
         d_model: usize,
-        #[serde(default = "d2")]
+        #[serde(default = "layers")]
         layers: usize,
-        #[serde(default = "d2")]
+        #[serde(default = "heads")]
         heads: usize,
-        #[serde(default = "d172")]
+        #[serde(default = "decoder_d_ff")]
         d_ff: usize,
         /// K/V heads (grouped-query attention); `None`: as many as `heads`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,20 +236,35 @@ pub enum StudentSpec {
     },
 }
 
+/// The shape of a student whose spec leaves it out, declared once for `--student` and a
+/// pipeline's `[student]`.
+pub mod defaults {
+    pub const MLP_HIDDEN: &[usize] = &[64];
+    pub const D_MODEL: usize = 64;
+    pub const LAYERS: usize = 2;
+    pub const HEADS: usize = 2;
+    pub const ENCODER_D_FF: usize = 256;
+    /// About 8/3 of `D_MODEL`, as Llama sizes its SwiGLU.
+    pub const DECODER_D_FF: usize = 172;
+}
+
 fn default_hidden() -> Vec<usize> {
-    vec![64]
+    defaults::MLP_HIDDEN.to_vec()
 }
-fn d64() -> usize {
-    64
+fn d_model() -> usize {
+    defaults::D_MODEL
 }
-fn d2() -> usize {
-    2
+fn layers() -> usize {
+    defaults::LAYERS
 }
-fn d172() -> usize {
-    172
+fn heads() -> usize {
+    defaults::HEADS
 }
-fn d256() -> usize {
-    256
+fn encoder_d_ff() -> usize {
+    defaults::ENCODER_D_FF
+}
+fn decoder_d_ff() -> usize {
+    defaults::DECODER_D_FF
 }
 
 impl StudentSpec {
@@ -289,8 +304,8 @@ impl StudentSpec {
                 Ok(StudentSpec::Mlp { hidden })
             }
             "encoder" | "decoder" => {
-                let (mut d_model, mut layers, mut heads, mut kv_heads) = (64, 2, 2, None);
-                let mut d_ff = if kind == "encoder" { 256 } else { 172 };
+                let (mut d_model, mut layers, mut heads, mut kv_heads) = (d_model(), layers(), heads(), None);
+                let mut d_ff = if kind == "encoder" { encoder_d_ff() } else { decoder_d_ff() };
                 for (k, v) in &pairs {
                     match k.as_str() {
                         "d_model" => d_model = num(v, k)?,

@@ -180,7 +180,7 @@ fn top_k(cfg: &CacheTeacherConfig, teacher: &Teacher, selectable: &Selectable) -
             Err(Error::Config(format!("cache.top_k = {k} is larger than the tokenizer's {} tokens", selectable.ids)))
         }
         Some(k) => Ok(k),
-        None => Ok(selectable.ids.min(64)),
+        None => Ok(selectable.ids.min(crate::config::defaults::cache::TOP_K)),
     }
 }
 

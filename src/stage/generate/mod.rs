@@ -233,14 +233,14 @@ fn use_kv_cache(cfg: &GenerateConfig, teacher: &Teacher) -> (bool, Option<String
     (false, Some(format!("each new token reruns the whole sequence through the teacher ({why}): slower than decoding with a KV cache")))
 }
 
-/// `--top-k`, at most the ids a soft label may name; by default 64 or fewer.
+/// `--cache-top-k`, at most the ids a soft label may name; by default 64 or fewer.
 fn top_k(cfg: &GenerateConfig, selectable: usize) -> Result<usize> {
     match cfg.top_k {
-        Some(k) if k > selectable => {
-            Err(Error::Config(format!("generate.top_k = {k} is larger than the {selectable} ids the tokenizer and the teacher share")))
-        }
+        Some(k) if k > selectable => Err(Error::Config(format!(
+            "generate.cache_top_k = {k} is larger than the {selectable} ids the tokenizer and the teacher share"
+        ))),
         Some(k) => Ok(k),
-        None => Ok(selectable.min(64)),
+        None => Ok(selectable.min(crate::config::defaults::generate::CACHE_TOP_K)),
     }
 }
 
