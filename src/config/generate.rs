@@ -210,6 +210,12 @@ impl GenerateSettings {
             (None, p) => PromptSource::Text(p.unwrap_or_else(|| defaults::PROMPT_COLUMN.into())),
         };
         let device = self.device.unwrap_or_default();
+        if let Some(out) = self.out.as_deref().filter(|o| crate::store::is_url(o)) {
+            return Err(Error::Config(format!(
+                "generate.out `{}` is an object-storage URL: generate writes a local directory (copy it to the bucket once it is complete)",
+                out.display()
+            )));
+        }
         Ok(GenerateConfig {
             teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
             tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
@@ -258,6 +264,7 @@ mod tests {
         assert!(err(GenerateSettings { top_p: Some(0.0), ..base() }).contains("generate.top_p"));
         assert!(err(GenerateSettings { temperature: Some(0.001), ..base() }).contains("generate.temperature"));
         assert!(err(GenerateSettings { teacher: None, ..base() }).contains("generate.teacher is required"));
+        assert!(err(GenerateSettings { out: Some("s3://bucket/gen".into()), ..base() }).contains("generate writes a local directory"));
         assert!(err(GenerateSettings { chat_template: Some("t.jinja".into()), ..base() }).contains("conversations only"));
         let m = GenerateSettings { messages_column: Some("messages".into()), ..base() }.validate().unwrap();
         assert_eq!(m.prompts, PromptSource::Messages { column: "messages".into(), chat_template: None });
