@@ -211,15 +211,6 @@ impl Distill {
     }
 }
 
-/// Run the distill binary with `args`.
-pub fn distill<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Distill::bare().args(args.into_iter().map(|a| a.as_ref().to_os_string())).run()
-}
-
 /// Run `cmd`, killed if it runs past `limit` (then the test fails, naming the hang).
 pub fn run_within(limit: Duration, mut cmd: Command) -> Output {
     let what = format!("{cmd:?}");
