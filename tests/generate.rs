@@ -11,38 +11,16 @@ const LM: (&str, &str) = ("lm/teacher.onnx", "lm/tokenizer.json");
 /// `optimum-cli export onnx --task text-generation-with-past` of a GQA Llama (KV cache).
 const WITH_PAST: (&str, &str) = ("exports/gqa-with-past/model.onnx", "exports/gqa-with-past/tokenizer.json");
 
-fn generate_args(teacher: (&str, &str), prompts: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "generate",
-        "--teacher",
-        &s(&data(teacher.0)),
-        "--tokenizer",
-        &s(&data(teacher.1)),
-        "--data",
-        &s(prompts),
-        "--out",
-        &s(out),
-        "--cache-top-k",
-        "16",
-        "--quiet",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    if !extra.contains(&"--max-new-tokens") {
-        a.extend(["--max-new-tokens".to_string(), "10".to_string()]);
-    }
-    a.extend(extra.iter().map(|x| x.to_string()));
-    a
+/// `generate` with `teacher` over `prompts` into `out`: 10 new tokens at most, 16 ids
+/// cached a position, `--quiet`.
+fn generating(teacher: (&str, &str), prompts: &Path, out: &Path) -> Distill {
+    Distill::generate(data(teacher.0), data(teacher.1), prompts, out).opt("--cache-top-k", 16).arg("--quiet").opt("--max-new-tokens", 10)
 }
 
+/// [`generating`] with `extra`, asserting success: the generated dataset.
 fn generate(teacher: (&str, &str), prompts: &Path, out: &Path, extra: &[&str]) -> PathBuf {
-    ok(&distill(generate_args(teacher, prompts, out, extra)));
+    generating(teacher, prompts, out).args(extra).ok();
     out.join("generated.parquet")
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
 }
 
 fn prompts(dir: &Path, n: usize) -> PathBuf {
@@ -55,27 +33,15 @@ fn prompts(dir: &Path, n: usize) -> PathBuf {
 /// `cache-teacher` over the generated dataset's token ids (teacher-forced), as a user
 /// would check a generated cache.
 fn teacher_forced(teacher: (&str, &str), dataset: &Path, out: &Path) {
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data(teacher.0)),
-        "--tokenizer",
-        &s(&data(teacher.1)),
-        "--data",
-        &s(dataset),
-        "--token-ids",
-        "--prompt-column",
-        "prompt_ids",
-        "--completion-column",
-        "completion_ids",
-        "--top-k",
-        "16",
-        "--max-seq-len",
-        "512",
-        "--out",
-        &s(out),
-        "--quiet",
-    ]));
+    Distill::lm_cache(dataset, out)
+        .set("--teacher", data(teacher.0))
+        .set("--tokenizer", data(teacher.1))
+        .arg("--token-ids")
+        .set("--prompt-column", "prompt_ids")
+        .set("--completion-column", "completion_ids")
+        .opt("--top-k", 16)
+        .opt("--max-seq-len", 512)
+        .ok();
 }
 
 fn column(dataset: &Path, name: &str) -> String {
@@ -205,21 +171,11 @@ fn sampled_generation_is_fixed_by_seed_whatever_the_batching() {
     let c = ids(&generate(WITH_PAST, &p, &t.path().join("c"), &[&sampled[..], &["--seed", "1"]].concat()));
     assert_eq!(a, b, "the batch size changed the draws");
     assert_ne!(a, c, "another seed drew the same");
-    let run = t.path().join("run");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&t.path().join("a/cache")),
-        "--data",
-        &s(&t.path().join("a/generated.parquet")),
-        "--student",
-        "decoder:d_model=16,layers=1,heads=2,d_ff=24",
-        "--steps",
-        "3",
-        "--out",
-        &s(&run),
-        "--quiet",
-    ]));
+    Distill::train(t.path().join("a/cache"), t.path().join("a/generated.parquet"), t.path().join("run"))
+        .opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=24")
+        .opt("--steps", 3)
+        .arg("--quiet")
+        .ok();
 }
 
 /// A generate killed after its second finished shard resumes after it: the dataset and
@@ -229,11 +185,19 @@ fn sampled_generation_is_fixed_by_seed_whatever_the_batching() {
 fn killed_generate_resumes_to_the_same_output() {
     let t = temp();
     let p = prompts(t.path(), 7);
-    let extra = ["--temperature", "1", "--samples-per-prompt", "2", "--rows-per-shard", "2", "--batch-size", "1", "--max-new-tokens", "24"];
+    let sampling = |out: &Path| {
+        generating(LM, &p, out)
+            .opt("--temperature", 1)
+            .opt("--samples-per-prompt", 2)
+            .opt("--rows-per-shard", 2)
+            .opt("--batch-size", 1)
+            .set("--max-new-tokens", 24)
+    };
     let full = t.path().join("full");
-    generate(LM, &p, &full, &extra);
+    sampling(&full).ok();
     let out = t.path().join("cut");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(generate_args(LM, &p, &out, &extra)).spawn().unwrap();
+    let cut = sampling(&out);
+    let mut child = cut.spawn();
     let started = std::time::Instant::now();
     loop {
         let done = std::fs::read_to_string(out.join("cache/manifest.partial.json"))
@@ -250,8 +214,7 @@ fn killed_generate_resumes_to_the_same_output() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!out.join("generated.parquet").exists(), "the dataset appeared before the last shard");
-    let o = distill(generate_args(LM, &p, &out, &extra).into_iter().filter(|a| a != "--quiet"));
-    ok(&o);
+    let o = cut.clone().without("--quiet").ok();
     assert!(stdout(&o).contains("resumed after"), "{}", stdout(&o));
     let sums = |d: &Path| {
         let m = distill::cache::Manifest::read(&d.join("cache")).unwrap();
@@ -263,9 +226,8 @@ fn killed_generate_resumes_to_the_same_output() {
         distill::cache::manifest::sha256_file(&full.join("generated.parquet")).unwrap()
     );
     assert!(!out.join("generated.parts").exists());
-    fails_with(&distill(generate_args(LM, &p, &out, &[&extra[..], &["--seed", "5"]].concat())), &["made with other settings"]);
-    let again = distill(generate_args(LM, &p, &out, &extra));
-    ok(&again);
+    cut.clone().opt("--seed", 5).fails_with(&["made with other settings"]);
+    let again = cut.ok();
     assert!(stdout(&again).contains("0 tokens") || stdout(&again).contains("positions in"), "{}", stdout(&again));
 }
 
@@ -314,13 +276,12 @@ batch_size = 8
 data = "held-out.jsonl"
 seeds = [0]
 "#,
-            teacher = s(&data(LM.0)),
-            tokenizer = s(&data(LM.1)),
+            teacher = data(LM.0).display(),
+            tokenizer = data(LM.1).display(),
         ),
     )
     .unwrap();
-    let o = distill(["run", &s(&pipeline), "--quiet"]);
-    ok(&o);
+    Distill::new("run").arg(&pipeline).arg("--quiet").ok();
     let results = std::fs::read_to_string(t.path().join("students/results.md")).unwrap();
     assert!(results.contains("student, hard labels only") && results.contains("student, distilled"), "{results}");
     let m = distill::cache::Manifest::read(&t.path().join("gen/cache")).unwrap();
@@ -376,11 +337,8 @@ fn end_ids_from_the_generation_config_and_long_prompts_keep_their_end() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(data(LM.0), dir.join("teacher.onnx")).unwrap();
     std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [17, 42]}"#).unwrap();
-    let teacher = (dir.join("teacher.onnx"), data(LM.1));
     let out = t.path().join("gen");
-    let mut a = generate_args(LM, &p, &out, &["--max-seq-len", "8", "--temperature", "1"]);
-    a[2] = s(&teacher.0);
-    ok(&distill(a));
+    generating(LM, &p, &out).set("--teacher", dir.join("teacher.onnx")).opt("--max-seq-len", 8).opt("--temperature", 1).ok();
     let m = distill::cache::Manifest::read(&out.join("cache")).unwrap();
     assert_eq!(m.generation.as_ref().unwrap().eos_ids, [17, 42]);
     let o = python(

@@ -23,53 +23,16 @@ fn exact(dir: &Path) -> Exact {
         .collect()
 }
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
+/// `cache-teacher` with the digits teacher over `data_spec` (a file, a directory or a glob)
+/// into `out`, k = 5 at T = 2, `--quiet`.
+fn digits_from(data_spec: impl Arg, out: &Path) -> Distill {
+    Distill::digits_cache("train.parquet", out).set("--data", data_spec).opt("--top-k", 5).opt("--temperature", 2)
 }
 
-fn cache_digits_from(data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "cache-teacher".to_string(),
-        "--teacher".into(),
-        s(&data("digits/teacher.onnx")),
-        "--data".into(),
-        data_spec.to_string(),
-        "--out".into(),
-        s(out),
-        "--top-k".into(),
-        "5".into(),
-        "--temperature".into(),
-        "2".into(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|x| x.to_string()));
-    distill(a)
-}
-
-/// The LM teacher `teacher` over `data_spec` (prompt/completion columns) into `out`.
-fn cache_lm_from(teacher: &Path, data_spec: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "cache-teacher".to_string(),
-        "--teacher".into(),
-        s(teacher),
-        "--tokenizer".into(),
-        s(&data("lm/tokenizer.json")),
-        "--data".into(),
-        data_spec.to_string(),
-        "--prompt-column".into(),
-        "prompt".into(),
-        "--completion-column".into(),
-        "completion".into(),
-        "--out".into(),
-        s(out),
-        "--top-k".into(),
-        "8".into(),
-        "--temperature".into(),
-        "2".into(),
-        "--quiet".into(),
-    ];
-    a.extend(extra.iter().map(|x| x.to_string()));
-    distill(a)
+/// `cache-teacher` with the LM teacher `teacher` over `data_spec` (prompt/completion columns)
+/// into `out`, k = 8 at T = 2, `--quiet`.
+fn lm_from(teacher: &Path, data_spec: &Path, out: &Path) -> Distill {
+    Distill::lm_cache(data_spec, out).set("--teacher", teacher).opt("--top-k", 8).opt("--temperature", 2)
 }
 
 /// The same 200 digits rows written by pyarrow in each codec and by pandas with its
@@ -81,7 +44,7 @@ fn parquet_in_every_codec_caches_trains_and_evaluates() {
     let mut first: Option<Exact> = None;
     for codec in ["snappy", "gzip", "lz4", "brotli", "zstd", "none", "pandas"] {
         let out = t.path().join(codec);
-        ok(&cache_digits_from(&s(&data(&format!("inputs/codecs/digits-{codec}.parquet"))), &out, &[]));
+        digits_from(data(&format!("inputs/codecs/digits-{codec}.parquet")), &out).ok();
         let got = exact(&out);
         assert_eq!(got.len(), 200, "{codec}: one position per row");
         match &first {
@@ -89,24 +52,10 @@ fn parquet_in_every_codec_caches_trains_and_evaluates() {
             Some(f) => assert!(&got == f, "{codec}: soft labels differ from snappy's"),
         }
     }
-    let snappy = s(&data("inputs/codecs/digits-snappy.parquet"));
+    let snappy = data("inputs/codecs/digits-snappy.parquet");
     let run = t.path().join("run");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&t.path().join("snappy")),
-        "--data",
-        &snappy,
-        "--out",
-        &s(&run),
-        "--student",
-        "mlp:hidden=16",
-        "--steps",
-        "5",
-        "--quiet",
-    ]));
-    let o = distill(["eval", "--student", &s(&run), "--data", &snappy, "--json"]);
-    ok(&o);
+    Distill::train(t.path().join("snappy"), &snappy, &run).opt("--student", "mlp:hidden=16").opt("--steps", 5).arg("--quiet").ok();
+    let o = Distill::new("eval").path("--student", &run).path("--data", &snappy).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
     assert!(v["accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{v}");
 }
@@ -118,14 +67,14 @@ fn parquet_in_every_codec_caches_trains_and_evaluates() {
 #[test]
 fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
     let t = temp();
-    let shard = ["--rows-per-shard", "50"];
+    let sharded = |data_spec: &Path, out: &Path| digits_from(data_spec, out).opt("--rows-per-shard", 50).ok();
     let whole = t.path().join("whole");
-    ok(&cache_digits_from(&s(&data("inputs/codecs/digits-zstd.parquet")), &whole, &shard));
+    sharded(&data("inputs/codecs/digits-zstd.parquet"), &whole);
     let by_dir = t.path().join("dir");
-    ok(&cache_digits_from(&s(&data("inputs/train-shards")), &by_dir, &shard));
-    let glob = s(&data("inputs/hf-layout/data")) + "/train-*.parquet";
+    sharded(&data("inputs/train-shards"), &by_dir);
+    let glob = PathBuf::from(data("inputs/hf-layout/data").display().to_string() + "/train-*.parquet");
     let by_glob = t.path().join("glob");
-    ok(&cache_digits_from(&glob, &by_glob, &shard));
+    sharded(&glob, &by_glob);
     let want = exact(&whole);
     assert!(exact(&by_dir) == want, "directory: soft labels differ from the single file's");
     assert!(exact(&by_glob) == want, "glob: soft labels differ from the single file's");
@@ -137,25 +86,8 @@ fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
     assert_eq!(files.iter().map(|f| f.1).sum::<u64>(), 200);
     assert_eq!(m.dataset.rows, 200);
 
-    let run = t.path().join("run");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&by_glob),
-        "--data",
-        &glob,
-        "--out",
-        &s(&run),
-        "--student",
-        "mlp:hidden=16",
-        "--steps",
-        "10",
-        "--batch-size",
-        "64",
-        "--shuffle-window",
-        "1",
-        "--quiet",
-    ]));
+    let train = |cache: &Path, rows: &Path, out: &Path| Distill::train(cache, rows, out).opt("--student", "mlp:hidden=16");
+    train(&by_glob, &glob, &t.path().join("run")).opt("--steps", 10).opt("--batch-size", 64).opt("--shuffle-window", 1).arg("--quiet").ok();
 
     // Another file in place of the second: named, with its hash and rows.
     let copy = t.path().join("copy");
@@ -164,27 +96,17 @@ fn a_sharded_dataset_is_one_dataset_as_a_directory_or_a_glob() {
         std::fs::copy(data("inputs/train-shards").join(n), copy.join(n)).unwrap();
     }
     std::fs::copy(copy.join(&names[0]), copy.join(&names[1])).unwrap();
-    let o = distill([
-        "train-student",
-        "--cache",
-        &s(&by_dir),
-        "--data",
-        &s(&copy),
-        "--out",
-        &s(&t.path().join("r2")),
-        "--student",
-        "mlp:hidden=16",
-        "--steps",
-        "1",
-        "--quiet",
+    train(&by_dir, &copy, &t.path().join("r2")).opt("--steps", 1).arg("--quiet").fails_with(&[
+        "another dataset",
+        "train-00001-of-00003.parquet",
+        "70 rows",
+        "65 rows",
     ]);
-    fails_with(&o, &["another dataset", "train-00001-of-00003.parquet", "70 rows", "65 rows"]);
 
     // The Hugging Face data/ directory holds train and test shards: the user picks one.
-    let o = cache_digits_from(&s(&data("inputs/hf-layout/data")), &t.path().join("splits"), &[]);
-    fails_with(&o, &["2 splits", "train, test", "train-*"]);
-    let o = cache_digits_from(&(s(&data("inputs")) + "/nothing-*.parquet"), &t.path().join("none"), &[]);
-    fails_with(&o, &["the glob matches no file"]);
+    digits_from(data("inputs/hf-layout/data"), &t.path().join("splits")).fails_with(&["2 splits", "train, test", "train-*"]);
+    let nothing = data("inputs").display().to_string() + "/nothing-*.parquet";
+    digits_from(nothing, &t.path().join("none")).fails_with(&["the glob matches no file"]);
 }
 
 /// `.jsonl.gz` and `.jsonl.zst` hold the bytes of the `.jsonl`: the same cache, recorded
@@ -196,7 +118,7 @@ fn compressed_jsonl_is_read_as_plain_jsonl() {
     let mut first: Option<Exact> = None;
     for ext in ["jsonl", "jsonl.gz", "jsonl.zst"] {
         let out = t.path().join(ext);
-        ok(&cache_lm_from(&teacher, &s(&data(&format!("inputs/jsonl/lm-300.{ext}"))), &out, &["--rows-per-shard", "100"]));
+        lm_from(&teacher, &data(&format!("inputs/jsonl/lm-300.{ext}")), &out).opt("--rows-per-shard", 100).ok();
         let (m, _) = read_all(&out);
         assert_eq!(m.dataset.format, ext);
         assert_eq!(m.dataset.rows, 300);
@@ -206,22 +128,12 @@ fn compressed_jsonl_is_read_as_plain_jsonl() {
             Some(f) => assert!(&got == f, "{ext}: soft labels differ from the plain file's"),
         }
     }
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&t.path().join("jsonl.zst")),
-        "--data",
-        &s(&data("inputs/jsonl/lm-300.jsonl.zst")),
-        "--out",
-        &s(&t.path().join("run")),
-        "--student",
-        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-        "--steps",
-        "3",
-        "--shuffle-window",
-        "1",
-        "--quiet",
-    ]));
+    Distill::train(t.path().join("jsonl.zst"), data("inputs/jsonl/lm-300.jsonl.zst"), t.path().join("run"))
+        .opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32")
+        .opt("--steps", 3)
+        .opt("--shuffle-window", 1)
+        .arg("--quiet")
+        .ok();
 }
 
 /// The export variants' reference, computed by data/reference/make_exports_reference.py on
@@ -254,6 +166,18 @@ fn first_rows(dir: &Path, n: usize) -> PathBuf {
     p
 }
 
+/// The first 16 rows of lm-300.jsonl (`rows.jsonl`) and the LM teacher's top-8 cache of
+/// them at T = 2 (`cache`), in one shared directory: two tests train from the cache, and
+/// neither changes it.
+fn lm_first_16_k8() -> (PathBuf, PathBuf) {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = shared_cache(&DIR, "lm-first-16-k8", |dir| {
+        std::fs::create_dir_all(dir).unwrap();
+        lm_from(&data("lm/teacher.onnx"), &first_rows(dir, 16), &dir.join("cache")).ok();
+    });
+    (dir.join("rows.jsonl"), dir.join("cache"))
+}
+
 /// Each export variant's soft labels equal onnxruntime + numpy's on its own logits (f16 and
 /// bf16 logits widened to f64 by numpy, to f32 here; both exact), within 1e-4 with f32
 /// storage: Optimum's `text-generation` and `text-generation-with-past` (grouped-query past,
@@ -272,7 +196,7 @@ fn teacher_export_variants_match_numpy_reference() {
         ("padded-vocab", "exports/padded-vocab/model.onnx"),
     ] {
         let out = t.path().join(name);
-        ok(&cache_lm_from(&data(file), &s(&rows), &out, &["--logprob-encoding", "f32"]));
+        lm_from(&data(file), &rows, &out).opt("--logprob-encoding", "f32").ok();
         let mut reference = r["exports"][name].clone();
         reference["top_k"] = r["top_k"].clone();
         compare_with_reference_value(&out, &reference, 1e-4);
@@ -291,39 +215,24 @@ fn teacher_export_variants_match_numpy_reference() {
 #[test]
 fn a_student_trains_from_a_teacher_with_padded_logits() {
     let t = temp();
-    let rows = first_rows(t.path(), 16);
-    let (padded, plain) = (t.path().join("padded"), t.path().join("plain"));
-    ok(&cache_lm_from(&data("exports/padded-vocab/model.onnx"), &s(&rows), &padded, &[]));
-    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &plain, &[]));
+    let (rows, plain) = lm_first_16_k8();
+    let padded = t.path().join("padded");
+    lm_from(&data("exports/padded-vocab/model.onnx"), &rows, &padded).ok();
     // A 4096-token Hugging Face student: the export of a decoder trained on the plain cache.
     let first = t.path().join("first");
     let train = |cache: &Path, student: &str, out: &Path| {
-        distill([
-            "train-student",
-            "--cache",
-            &s(cache),
-            "--data",
-            &s(&rows),
-            "--student",
-            student,
-            "--out",
-            &s(out),
-            "--steps",
-            "2",
-            "--quiet",
-        ])
+        Distill::train(cache, &rows, out).opt("--student", student).opt("--steps", 2).arg("--quiet")
     };
-    ok(&train(&plain, "decoder:d_model=32,layers=1,heads=2,d_ff=48", &first));
+    train(&plain, "decoder:d_model=32,layers=1,heads=2,d_ff=48", &first).ok();
     let student = format!("hf:{}", first.join("hf").display());
-    let o = train(&padded, &student, &t.path().join("second"));
-    ok(&o);
+    let o = train(&padded, &student, &t.path().join("second")).ok();
     assert!(stderr(&o).contains("padded past the student's vocabulary (4096)"), "{}", stderr(&o));
     // 4000 outputs would lose tokens 4000..4095 of the tokenizer.
     let config = first.join("hf/config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     c["vocab_size"] = 4000.into();
     std::fs::write(&config, c.to_string()).unwrap();
-    fails_with(&train(&padded, &student, &t.path().join("third")), &["vocab_size is 4000", "up to 4095", "token 4000"]);
+    train(&padded, &student, &t.path().join("third")).fails_with(&["vocab_size is 4000", "up to 4095", "token 4000"]);
 }
 
 /// `--soft-labels sampled:N`: each position holds N distinct ids with their share of the N
@@ -334,39 +243,12 @@ fn a_student_trains_from_a_teacher_with_padded_logits() {
 fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
     let t = temp();
     let rows = first_rows(t.path(), 12);
-    let cache = |out: &Path, extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "cache-teacher",
-            "--teacher",
-            &s(&data("lm/teacher.onnx")),
-            "--tokenizer",
-            &s(&data("lm/tokenizer.json")),
-            "--data",
-            &s(&rows),
-            "--prompt-column",
-            "prompt",
-            "--completion-column",
-            "completion",
-            "--out",
-            &s(out),
-            "--temperature",
-            "2",
-            "--rows-per-shard",
-            "5",
-            "--soft-labels",
-            "sampled:16",
-            "--quiet",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
-    };
+    let cache =
+        |out: &Path| Distill::lm_cache(&rows, out).opt("--temperature", 2).opt("--rows-per-shard", 5).opt("--soft-labels", "sampled:16");
     let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
-    ok(&cache(&a, &["--batch-size", "3"]));
-    ok(&cache(&b, &["--batch-size", "16"]));
-    ok(&cache(&c, &["--seed", "1"]));
+    cache(&a).opt("--batch-size", 3).ok();
+    cache(&b).opt("--batch-size", 16).ok();
+    cache(&c).opt("--seed", 1).ok();
     let shards = |d: &Path| {
         let mut v: Vec<_> =
             std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
@@ -386,8 +268,7 @@ fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
     std::fs::copy(a.join(&partial.shards[0].file), cut.join(&partial.shards[0].file)).unwrap();
     partial.checksum = partial.compute_checksum();
     std::fs::write(cut.join("manifest.partial.json"), serde_json::to_vec_pretty(&partial).unwrap()).unwrap();
-    let o = cache(&cut, &["--batch-size", "4"]);
-    ok(&o);
+    let o = cache(&cut).opt("--batch-size", 4).ok();
     assert!(stdout(&o).contains("resumed after 1 finished shards"), "{}", stdout(&o));
     assert!(shards(&cut) == shards(&a), "the resumed sampled cache differs from the uninterrupted one");
     let (m, all) = read_all(&a);
@@ -397,28 +278,12 @@ fn sampled_soft_labels_are_fixed_by_seed_row_and_position() {
             all.logprobs[i * 16..(i + 1) * 16].iter().map(|&l| (l as f64).exp()).sum::<f64>() + (all.tail_logmass[i] as f64).exp();
         assert!((mass - 1.0).abs() < 0.02, "position {i}: the draws' shares sum to {mass}");
     }
-    let train = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "train-student",
-            "--cache",
-            &s(&a),
-            "--data",
-            &s(&rows),
-            "--student",
-            "decoder:d_model=16,layers=1,heads=2,d_ff=24",
-            "--steps",
-            "2",
-            "--quiet",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
+    let train = |out: &Path| {
+        Distill::train(&a, &rows, out).opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=24").opt("--steps", 2).arg("--quiet")
     };
-    ok(&train(&["--out", &s(&t.path().join("run"))]));
-    fails_with(&train(&["--out", &s(&t.path().join("r2")), "--temperature", "1", "--tail", "renormalize"]), &["cannot be re-tempered"]);
-    fails_with(&cache(&t.path().join("d"), &["--top-k", "4"]), &["cache.top_k does not apply to sampled soft labels"]);
+    train(&t.path().join("run")).ok();
+    train(&t.path().join("r2")).opt("--temperature", 1).opt("--tail", "renormalize").fails_with(&["cannot be re-tempered"]);
+    cache(&t.path().join("d")).opt("--top-k", 4).fails_with(&["cache.top_k does not apply to sampled soft labels"]);
 }
 
 /// `--soft-labels topk+sampled:K,N`: each position holds the exact top K (the same ids and
@@ -429,8 +294,8 @@ fn topk_plus_sampled_keeps_the_exact_head() {
     let t = temp();
     let rows = first_rows(t.path(), 8);
     let (top, mixed) = (t.path().join("top"), t.path().join("mixed"));
-    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &top, &[])); // top-8 at T = 2
-    lm_cache_args(&rows, &mixed, &["--soft-labels", "topk+sampled:8,8", "--temperature", "2"]).ok();
+    lm_from(&data("lm/teacher.onnx"), &rows, &top).ok(); // top-8 at T = 2
+    Distill::lm_cache(&rows, &mixed).opt("--soft-labels", "topk+sampled:8,8").opt("--temperature", 2).ok();
     let ((_, a), (m, b)) = (read_all(&top), read_all(&mixed));
     assert_eq!((m.top_k, m.sampled.map(|s| (s.exact_top, s.draws))), (16, Some((8, 8))));
     assert_eq!(a.tail_logmass.len(), b.tail_logmass.len());
@@ -450,20 +315,10 @@ fn topk_plus_sampled_keeps_the_exact_head() {
 #[test]
 fn only_the_selected_weights_train() {
     let t = temp();
-    let rows = first_rows(t.path(), 16);
-    let cache = t.path().join("cache");
-    ok(&cache_lm_from(&data("lm/teacher.onnx"), &s(&rows), &cache, &[]));
-    let train = |student: &str, out: &Path, extra: &[&str]| {
-        let mut a: Vec<String> = ["train-student", "--cache", &s(&cache), "--data", &s(&rows), "--out", &s(out), "--steps", "3", "--quiet"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        a.extend(["--student".to_string(), student.to_string()]);
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
-    };
+    let (rows, cache) = lm_first_16_k8();
+    let train = |student: &str, out: &Path| Distill::train(&cache, &rows, out).opt("--steps", 3).arg("--quiet").opt("--student", student);
     let start = t.path().join("start");
-    ok(&train("decoder:d_model=32,layers=2,heads=2,d_ff=48", &start, &[]));
+    train("decoder:d_model=32,layers=2,heads=2,d_ff=48", &start).ok();
     let tensors = |run: &Path| -> std::collections::BTreeMap<String, Vec<u8>> {
         let bytes = std::fs::read(run.join("hf/model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -475,8 +330,7 @@ fn only_the_selected_weights_train() {
         [(vec!["--train", "head"], "lm_head."), (vec!["--freeze", "blocks.0.*,embed.*", "--weight-decay", "0.1"], "model.layers.1.")]
     {
         let run = t.path().join(format!("run-{}", extra[0].trim_start_matches('-')));
-        let o = train(&from, &run, &extra);
-        ok(&o);
+        let o = train(&from, &run).args(&extra).ok();
         assert!(stderr(&o).contains("parameter tensors") && stderr(&o).contains("the others are frozen"), "{}", stderr(&o));
         let after = tensors(&run);
         for (name, b) in &before {
@@ -495,14 +349,14 @@ fn only_the_selected_weights_train() {
         std::fs::metadata(dir.path().join("optim.bpk")).unwrap().len()
     };
     let all = t.path().join("run-all");
-    ok(&train(&from, &all, &[]));
+    train(&from, &all).ok();
     // AdamW keeps two f32 moments per trained value: the head alone is 2 * 4 * 4096 * 32
     // bytes (1 MiB); every weight holds at least the embedding's 1 MiB more.
     let head = 2 * 4 * 4096 * 32;
     let (h, a) = (optim("run-train"), optim("run-all"));
     assert!(h >= head && h < head + 4096 && a >= h + head, "head only {h} vs all {a} bytes of optimizer state");
-    fails_with(&train(&from, &t.path().join("none"), &["--train", "nothing.*"]), &["`nothing.*` matches no parameter", "embed.weight"]);
-    fails_with(&train(&from, &t.path().join("list"), &["--train", "head,norm.*"]), &["`head` matches no parameter", "stand alone"]);
+    train(&from, &t.path().join("none")).opt("--train", "nothing.*").fails_with(&["`nothing.*` matches no parameter", "embed.weight"]);
+    train(&from, &t.path().join("list")).opt("--train", "head,norm.*").fails_with(&["`head` matches no parameter", "stand alone"]);
 }
 
 /// The legacy merged decoder (`use_cache_branch` = false, past of length 0) gives the soft
@@ -512,7 +366,7 @@ fn merged_decoder_is_fed_use_cache_branch_false() {
     let t = temp();
     let rows = first_rows(t.path(), 4);
     let merged = t.path().join("merged");
-    ok(&cache_lm_from(&data("exports/merged/decoder_model_merged.onnx"), &s(&rows), &merged, &["--logprob-encoding", "f32"]));
+    lm_from(&data("exports/merged/decoder_model_merged.onnx"), &rows, &merged).opt("--logprob-encoding", "f32").ok();
     let (m, _) = read_all(&merged);
     let branch = m.teacher.inputs.iter().find(|i| i.name == "use_cache_branch").expect("the merged decoder has use_cache_branch");
     assert_eq!(branch.filled_from.as_deref(), Some("false (no past)"));
@@ -527,8 +381,11 @@ fn merged_decoder_is_fed_use_cache_branch_false() {
 fn pruned_lm_head_is_refused_with_the_reason() {
     let t = temp();
     let rows = first_rows(t.path(), 2);
-    let o = cache_lm_from(&data("exports/pruned-head/model.onnx"), &s(&rows), &t.path().join("c"), &[]);
-    fails_with(&o, &["last position only", "prune_lm_head", "[batch, seq, vocab]"]);
+    lm_from(&data("exports/pruned-head/model.onnx"), &rows, &t.path().join("c")).fails_with(&[
+        "last position only",
+        "prune_lm_head",
+        "[batch, seq, vocab]",
+    ]);
 }
 
 /// The teacher's fingerprint covers its external-data file: the weights scaled by 1.5 make
@@ -545,7 +402,7 @@ fn external_data_weights_are_part_of_the_teacher_fingerprint() {
     }
     let out = t.path().join("cache");
     let teacher = model.join("model.onnx");
-    ok(&cache_lm_from(&teacher, &s(&rows), &out, &[]));
+    lm_from(&teacher, &rows, &out).ok();
     let (m, _) = read_all(&out);
     let weights = std::fs::read(model.join("model.onnx_data")).unwrap();
     assert_eq!(m.teacher.external_data.len(), 1);
@@ -555,11 +412,10 @@ fn external_data_weights_are_part_of_the_teacher_fingerprint() {
     // Every f32 weight times 1.5 (the data file is raw little-endian tensors).
     let scaled: Vec<u8> = weights.chunks(4).flat_map(|c| (f32::from_le_bytes(c.try_into().unwrap()) * 1.5).to_le_bytes()).collect();
     std::fs::write(model.join("model.onnx_data"), scaled).unwrap();
-    let o = cache_lm_from(&teacher, &s(&rows), &out, &[]);
-    fails_with(&o, &["other settings", "external-data file model.onnx_data differs"]);
+    lm_from(&teacher, &rows, &out).fails_with(&["other settings", "external-data file model.onnx_data differs"]);
     // Into a new directory it is a teacher of its own, with its own soft labels.
     let other = t.path().join("other");
-    ok(&cache_lm_from(&teacher, &s(&rows), &other, &[]));
+    lm_from(&teacher, &rows, &other).ok();
     let (m2, _) = read_all(&other);
     assert_ne!(m2.teacher.external_data[0].sha256, m.teacher.external_data[0].sha256);
     assert_ne!(m2.fingerprint, m.fingerprint);
@@ -575,38 +431,21 @@ fn external_data_weights_are_part_of_the_teacher_fingerprint() {
 #[test]
 fn chat_data_caches_assistant_turns_and_trains() {
     let t = temp();
-    let chat = |data_file: &str, out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            s(&data("lm/teacher.onnx")),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--chat-template".into(),
-            s(&data("chat/tokenizer_config.json")),
-            "--data".into(),
-            s(&data(data_file)),
-            "--messages-column".into(),
-            "messages".into(),
-            "--top-k".into(),
-            "8".into(),
-            "--temperature".into(),
-            "2".into(),
-            "--max-seq-len".into(),
-            "1024".into(),
-            "--out".into(),
-            s(out),
-            "--quiet".into(),
-        ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
+    let chat = |data_file: &str, out: &Path| {
+        Distill::lm_teacher(&data(data_file), out)
+            .path("--chat-template", data("chat/tokenizer_config.json"))
+            .opt("--messages-column", "messages")
+            .opt("--top-k", 8)
+            .opt("--temperature", 2)
+            .opt("--max-seq-len", 1024)
+            .opt("--rows-per-shard", 50)
     };
     let assistant = t.path().join("assistant");
-    ok(&chat("chat/train.jsonl", &assistant, &["--rows-per-shard", "50"]));
+    chat("chat/train.jsonl", &assistant).ok();
     let every = t.path().join("all");
-    ok(&chat("chat/train.jsonl", &every, &["--positions", "all", "--rows-per-shard", "50"]));
+    chat("chat/train.jsonl", &every).opt("--positions", "all").ok();
     let from_parquet = t.path().join("parquet");
-    ok(&chat("chat/train.parquet", &from_parquet, &["--rows-per-shard", "50"]));
+    chat("chat/train.parquet", &from_parquet).ok();
     let (m, a) = read_all(&assistant);
     let (_, e) = read_all(&every);
     assert_eq!(m.positions, distill::cache::Positions::Assistant);
@@ -621,23 +460,12 @@ fn chat_data_caches_assistant_turns_and_trains() {
     }
     assert!(exact(&from_parquet) == exact(&assistant), "Parquet conversations give another cache than JSONL");
 
+    let train = |out: &Path| {
+        Distill::train(&assistant, data("chat/train.jsonl"), out).opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32")
+    };
     let run = t.path().join("run");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&assistant),
-        "--data",
-        &s(&data("chat/train.jsonl")),
-        "--out",
-        &s(&run),
-        "--student",
-        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-        "--steps",
-        "3",
-        "--quiet",
-    ]));
-    let o = distill(["eval", "--student", &s(&run), "--data", &s(&data("chat/valid.jsonl")), "--json"]);
-    ok(&o);
+    train(&run).opt("--steps", 3).arg("--quiet").ok();
+    let o = Distill::new("eval").path("--student", &run).path("--data", data("chat/valid.jsonl")).arg("--json").ok();
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("eval --json prints JSON");
     assert!(v["perplexity"].as_f64().is_some_and(|p| p.is_finite() && p > 1.0), "{v}");
 
@@ -645,21 +473,10 @@ fn chat_data_caches_assistant_turns_and_trains() {
     let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(assistant.join("chat_template.json")).unwrap()).unwrap();
     saved["template"] = serde_json::Value::String(saved["template"].as_str().unwrap().replace("<|user|>", "<|human|>"));
     std::fs::write(assistant.join("chat_template.json"), serde_json::to_vec(&saved).unwrap()).unwrap();
-    let o = distill([
-        "train-student",
-        "--cache",
-        &s(&assistant),
-        "--data",
-        &s(&data("chat/train.jsonl")),
-        "--out",
-        &s(&t.path().join("r2")),
-        "--student",
-        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-        "--steps",
-        "1",
-        "--quiet",
-    ]);
-    fails_with(&o, &["chat_template.json", "is not the chat template the cache was made with"]);
+    train(&t.path().join("r2"))
+        .opt("--steps", 1)
+        .arg("--quiet")
+        .fails_with(&["chat_template.json", "is not the chat template the cache was made with"]);
 }
 
 /// Bad chat input is refused naming what is wrong: no template beside the tokenizer, a
@@ -675,34 +492,23 @@ fn chat_input_errors_name_the_row_and_the_fix() {
          {\"messages\": [{\"role\": \"tool\", \"content\": \"42\"}]}\n",
     )
     .unwrap();
-    let run = |extra: &[&str], out: &str| {
-        let mut a = vec![
-            "cache-teacher".to_string(),
-            "--teacher".into(),
-            s(&data("lm/teacher.onnx")),
-            "--tokenizer".into(),
-            s(&data("lm/tokenizer.json")),
-            "--data".into(),
-            s(&rows),
-            "--out".into(),
-            s(&t.path().join(out)),
-            "--quiet".into(),
-        ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        distill(a)
-    };
-    fails_with(&run(&["--messages-column", "messages"], "a"), &["needs a chat template", "--chat-template FILE"]);
-    let template = s(&data("chat/tokenizer_config.json"));
-    fails_with(
-        &run(&["--messages-column", "messages", "--chat-template", &template], "b"),
-        &["row 1, column `messages`", "Conversation roles must be system, user or assistant; got: tool"],
-    );
+    let run = |out: &str| Distill::lm_teacher(&rows, &t.path().join(out));
+    run("a").opt("--messages-column", "messages").fails_with(&["needs a chat template", "--chat-template FILE"]);
+    let template = data("chat/tokenizer_config.json");
+    run("b")
+        .opt("--messages-column", "messages")
+        .path("--chat-template", &template)
+        .fails_with(&["row 1, column `messages`", "Conversation roles must be system, user or assistant; got: tool"]);
     std::fs::write(&rows, "{\"messages\": \"not a list\"}\n").unwrap();
-    fails_with(
-        &run(&["--messages-column", "messages", "--chat-template", &template], "c"),
-        &["row 0", "column `messages`", "found a string"],
-    );
-    fails_with(&run(&["--text-column", "messages", "--positions", "assistant"], "d"), &["positions = \"assistant\" needs messages_column"]);
+    run("c").opt("--messages-column", "messages").path("--chat-template", &template).fails_with(&[
+        "row 0",
+        "column `messages`",
+        "found a string",
+    ]);
+    run("d")
+        .opt("--text-column", "messages")
+        .opt("--positions", "assistant")
+        .fails_with(&["positions = \"assistant\" needs messages_column"]);
 }
 
 /// A damaged compressed file and a dataset of mixed formats are refused naming the file.
@@ -712,14 +518,12 @@ fn damaged_and_mixed_datasets_are_refused_by_name() {
     let gz = t.path().join("cut.jsonl.gz");
     let bytes = std::fs::read(data("inputs/jsonl/lm-300.jsonl.gz")).unwrap();
     std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
-    let o = cache_lm_from(&data("lm/teacher.onnx"), &s(&gz), &t.path().join("a"), &[]);
-    fails_with(&o, &["cut.jsonl.gz"]);
+    lm_from(&data("lm/teacher.onnx"), &gz, &t.path().join("a")).fails_with(&["cut.jsonl.gz"]);
     let mixed = t.path().join("mixed");
     std::fs::create_dir(&mixed).unwrap();
     std::fs::copy(data("inputs/jsonl/lm-300.jsonl"), mixed.join("a.jsonl")).unwrap();
     std::fs::copy(data("inputs/codecs/digits-zstd.parquet"), mixed.join("b.parquet")).unwrap();
-    let o = cache_digits_from(&s(&mixed), &t.path().join("b"), &[]);
-    fails_with(&o, &["mixes jsonl and parquet files"]);
+    digits_from(&mixed, &t.path().join("b")).fails_with(&["mixes jsonl and parquet files"]);
 }
 
 /// TRL's conversational prompt/completion (lists of turns in both columns): rendered with
@@ -729,63 +533,20 @@ fn damaged_and_mixed_datasets_are_refused_by_name() {
 fn conversational_prompt_completion_is_rendered_and_trains() {
     let t = temp();
     let out = t.path().join("cache");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("lm/teacher.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--chat-template",
-        &s(&data("chat/tokenizer_config.json")),
-        "--data",
-        &s(&data("chat/prompt_completion.jsonl")),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--top-k",
-        "8",
-        "--out",
-        &s(&out),
-        "--quiet",
-    ]));
+    let conversations = data("chat/prompt_completion.jsonl");
+    let chat = |rows: &Path, out: &Path| Distill::lm_cache(rows, out).path("--chat-template", data("chat/tokenizer_config.json"));
+    chat(&conversations, &out).opt("--top-k", 8).ok();
     let (m, all) = read_all(&out);
     let text = m.text.as_ref().expect("text settings");
     assert!(text.conversational && text.chat_template_sha256.is_some());
     assert_eq!(m.positions, distill::cache::Positions::Completion);
     assert_eq!(all.rows.iter().collect::<std::collections::HashSet<_>>().len(), 60, "every row has completion positions");
-    ok(&distill([
-        "train-student",
-        "--cache",
-        &s(&out),
-        "--data",
-        &s(&data("chat/prompt_completion.jsonl")),
-        "--out",
-        &s(&t.path().join("run")),
-        "--student",
-        "decoder:d_model=16,layers=1,heads=2,d_ff=32",
-        "--steps",
-        "2",
-        "--quiet",
-    ]));
+    Distill::train(&out, &conversations, t.path().join("run"))
+        .opt("--student", "decoder:d_model=16,layers=1,heads=2,d_ff=32")
+        .opt("--steps", 2)
+        .arg("--quiet")
+        .ok();
     // Plain-text prompts take no chat template.
-    let o = distill([
-        "cache-teacher",
-        "--teacher",
-        &s(&data("lm/teacher.onnx")),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--chat-template",
-        &s(&data("chat/tokenizer_config.json")),
-        "--data",
-        &s(&data("inputs/jsonl/lm-300.jsonl")),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--out",
-        &s(&t.path().join("plain")),
-        "--quiet",
-    ]);
-    fails_with(&o, &["chat_template applies to conversations", "holds plain text"]);
+    chat(&data("inputs/jsonl/lm-300.jsonl"), &t.path().join("plain"))
+        .fails_with(&["chat_template applies to conversations", "holds plain text"]);
 }

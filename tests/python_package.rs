@@ -94,20 +94,11 @@ fn python_reader_decodes_hidden_states() {
     }
     let t = temp();
     let cache = t.path().join("cache");
-    ok(&distill([
-        "cache-teacher",
-        "--teacher",
-        &data("digits/teacher-hidden.onnx").display().to_string(),
-        "--data",
-        &data("digits/test.parquet").display().to_string(),
-        "--out",
-        &cache.display().to_string(),
-        "--hidden-states",
-        "hidden",
-        "--hidden-dim",
-        "16",
-        "--quiet",
-    ]));
+    Distill::digits_cache("test.parquet", &cache)
+        .set("--teacher", data("digits/teacher-hidden.onnx"))
+        .opt("--hidden-states", "hidden")
+        .opt("--hidden-dim", 16)
+        .ok();
     let reader = CacheReader::open(&cache).unwrap().with_hidden(&["hidden"]);
     let mut values = Vec::new();
     for shard in &reader.manifest().shards {

@@ -18,8 +18,7 @@ fn help_pages() {
         ("help_cache_teacher", vec!["cache-teacher", "--help"]),
         ("help_train_student", vec!["train-student", "--help"]),
     ] {
-        let o = distill(&args);
-        ok(&o);
+        let o = Distill::bare().args(args).ok();
         settings().bind(|| insta::assert_snapshot!(name, stdout(&o)));
     }
 }
@@ -29,7 +28,6 @@ fn inspect_report() {
     let t = temp();
     let out = t.path().join("cache");
     cache_digits("test.parquet", &out, &["--top-k", "5", "--temperature", "2"]);
-    let o = distill(["inspect".as_ref(), out.as_os_str()]);
-    ok(&o);
+    let o = Distill::new("inspect").arg(&out).ok();
     settings().bind(|| insta::assert_snapshot!("inspect_digits_k5_t2", stdout(&o)));
 }

@@ -5,22 +5,13 @@
 //! under a time limit, so a regression fails instead of stalling the suite.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// `distill args`, killed if it runs past `limit` (then the test fails, naming the hang).
-fn distill_within(limit: Duration, args: &[String]) -> Output {
-    Distill::bare().args(args).within(limit).run()
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|x| x.to_string()).collect()
 }
 
 fn mkfifo(path: &Path) {
@@ -66,34 +57,11 @@ fn teacher_with_unused_tensor_at(dir: &Path, location: &str) -> PathBuf {
     path
 }
 
-fn lm_cache(teacher: &Path, rows: &Path, out: &Path) -> Vec<String> {
-    args(&[
-        "cache-teacher",
-        "--teacher",
-        &s(teacher),
-        "--tokenizer",
-        &s(&data("lm/tokenizer.json")),
-        "--data",
-        &s(rows),
-        "--prompt-column",
-        "prompt",
-        "--completion-column",
-        "completion",
-        "--out",
-        &s(out),
-        "--quiet",
-    ])
-}
-
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// `generate` with `teacher` and the LM tokenizer over the LM's held-out prompts into `out`,
-/// then `extra`.
-fn generate_args(teacher: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a = args(&["generate", "--teacher", &s(teacher), "--tokenizer", &s(&data("lm/tokenizer.json"))]);
-    a.extend(args(&["--data", &s(&data("lm/valid.jsonl")), "--out", &s(out)]));
-    a.extend(args(extra));
-    a
+/// `generate` with `teacher` and the LM tokenizer over the LM's held-out prompts into `out`.
+fn generate_lm(teacher: &Path, out: &Path) -> Distill {
+    Distill::generate(teacher, data("lm/tokenizer.json"), data("lm/valid.jsonl"), out)
 }
 
 /// Root cause 1: an unused initializer's external data at `/dev/zero`, at a FIFO, or
@@ -113,16 +81,15 @@ fn external_data_outside_the_rules_is_refused_naming_the_tensor() {
         }
         let teacher = teacher_with_unused_tensor_at(&dir, location);
         let out = t.path().join(format!("cache-{i}"));
-        let o = distill_within(LIMIT, &lm_cache(&teacher, &rows, &out));
         let why = if location == "fifo" { "FIFO" } else { "only a relative path inside" };
-        fails_with(&o, &["the external data of tensor `unused`", why]);
+        Distill::lm_cache(&rows, &out).set("--teacher", &teacher).within(LIMIT).fails_with(&["the external data of tensor `unused`", why]);
         assert!(!out.join("manifest.json").exists(), "{location}: a manifest was published");
     }
     // The same model with its unused tensor's data inside its directory is a teacher.
     let dir = t.path().join("teacher-fine");
     let teacher = teacher_with_unused_tensor_at(&dir, "extra.bin");
     std::fs::write(dir.join("extra.bin"), [0u8; 16]).unwrap();
-    ok(&distill_within(LIMIT, &lm_cache(&teacher, &rows, &t.path().join("cache-fine"))));
+    Distill::lm_cache(&rows, &t.path().join("cache-fine")).set("--teacher", &teacher).within(LIMIT).ok();
 }
 
 /// Root cause 2: a manifest that is a link to `/dev/zero` grew until out of memory; a FIFO
@@ -143,15 +110,14 @@ fn special_files_in_a_cache_are_refused_at_once() {
     mkfifo(&shard.join("shard-00000.parquet"));
     for (dir, why) in [(&zero, "a link that leads out of"), (&fifo, "FIFO"), (&shard, "not a regular file")] {
         for cmd in ["verify", "inspect"] {
-            let o = distill_within(Duration::from_secs(30), &args(&[cmd, &s(dir)]));
-            fails_with(&o, &[why]);
+            Distill::new(cmd).arg(dir).within(Duration::from_secs(30)).fails_with(&[why]);
         }
     }
     // A manifest over its size limit is refused before it is read.
     let big = copy("big");
     let f = std::fs::OpenOptions::new().append(true).open(big.join("manifest.json")).unwrap();
     f.set_len(distill::untrusted::Cap::Manifest.bytes() + 1).unwrap();
-    fails_with(&distill_within(Duration::from_secs(30), &args(&["verify", &s(&big)])), &["over the 67108864-byte limit"]);
+    Distill::new("verify").arg(&big).within(Duration::from_secs(30)).fails_with(&["over the 67108864-byte limit"]);
 }
 
 /// Root causes 2 and 11: both readers, `distill verify` and `python -m distill_cache
@@ -175,7 +141,7 @@ fn both_readers_refuse_the_same_hostile_caches() {
     let limit = Duration::from_secs(30);
     for case in &cases {
         let (name, dir) = (case["name"].as_str().unwrap(), PathBuf::from(case["dir"].as_str().unwrap()));
-        let rust = distill_within(limit, &args(&["verify", &s(&dir)]));
+        let rust = Distill::new("verify").arg(&dir).within(limit).run();
         let mut py = Command::new("python3");
         py.args(["-m", "distill_cache", "verify"]).arg(&dir).env("PYTHONPATH", repo().join("python"));
         let py = run_within(limit, py);
@@ -215,7 +181,7 @@ fn a_planted_probe_link_does_not_truncate_its_target() {
     let other = t.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::os::unix::fs::symlink(&target, other.join(".distill.lock")).unwrap();
-    digits_cache_args("test.parquet", &other, &[]).fails_with(&[".distill.lock", "symbolic link"]);
+    Distill::digits_cache("test.parquet", &other).fails_with(&[".distill.lock", "symbolic link"]);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
 }
 
@@ -226,48 +192,24 @@ fn a_chat_template_that_never_ends_is_stopped() {
     let t = temp();
     let template = t.path().join("slow.jinja");
     std::fs::write(&template, "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}").unwrap();
-    let o = distill_within(
-        LIMIT,
-        &args(&[
-            "cache-teacher",
-            "--teacher",
-            &s(&data("lm/teacher.onnx")),
-            "--tokenizer",
-            &s(&data("lm/tokenizer.json")),
-            "--chat-template",
-            &s(&template),
-            "--data",
-            &s(&data("chat/valid.jsonl")),
-            "--messages-column",
-            "messages",
-            "--out",
-            &s(&t.path().join("cache")),
-            "--quiet",
-        ]),
-    );
-    fails_with(&o, &["row 0", "ran past its limit of 20000000 instructions"]);
+    Distill::lm_teacher(&data("chat/valid.jsonl"), &t.path().join("cache"))
+        .path("--chat-template", &template)
+        .opt("--messages-column", "messages")
+        .within(LIMIT)
+        .fails_with(&["row 0", "ran past its limit of 20000000 instructions"]);
 }
 
 /// A small decoder run (2 steps) and its Hugging Face export, `RUN/hf`.
 fn small_decoder_run(dir: &Path) -> (PathBuf, PathBuf) {
     let rows = lm_rows(dir, 6);
     let cache = dir.join("cache");
-    ok(&distill(lm_cache(&data("lm/teacher.onnx"), &rows, &cache)));
+    Distill::lm_cache(&rows, &cache).ok();
     let run = dir.join("run");
-    ok(&distill(args(&[
-        "train-student",
-        "--cache",
-        &s(&cache),
-        "--data",
-        &s(&rows),
-        "--student",
-        "decoder:d_model=16,layers=2,heads=2,d_ff=24",
-        "--out",
-        &s(&run),
-        "--steps",
-        "2",
-        "--quiet",
-    ])));
+    Distill::train(&cache, &rows, &run)
+        .opt("--student", "decoder:d_model=16,layers=2,heads=2,d_ff=24")
+        .opt("--steps", 2)
+        .arg("--quiet")
+        .ok();
     (rows, run)
 }
 
@@ -293,11 +235,9 @@ fn checkpoints_from_elsewhere_are_checked_before_use() {
             std::fs::copy(e.path(), bad.join(e.file_name())).unwrap();
         }
         edit_json(&bad.join("config.json"), |c| c[key] = serde_json::json!(value as u64));
-        let o = distill_within(LIMIT, &args(&["eval", "--student", &s(&bad), "--data", &s(&rows)]));
-        fails_with(&o, &["config.json", "the config does not describe these weights"]);
-        let o =
-            distill_within(LIMIT, &args(&["predict", "--student", &s(&bad), "--data", &s(&rows), "--out", &s(&t.path().join("p.jsonl"))]));
-        fails_with(&o, &["the config does not describe these weights"]);
+        let scoring = |cmd: &str| Distill::new(cmd).path("--student", &bad).path("--data", &rows).within(LIMIT);
+        scoring("eval").fails_with(&["config.json", "the config does not describe these weights"]);
+        scoring("predict").path("--out", t.path().join("p.jsonl")).fails_with(&["the config does not describe these weights"]);
     }
     // A run directory's student.json is held to its weights the same way.
     let forged = t.path().join("forged-run");
@@ -306,44 +246,34 @@ fn checkpoints_from_elsewhere_are_checked_before_use() {
         std::fs::copy(e.path(), forged.join(e.file_name())).unwrap();
     }
     edit_json(&forged.join("student.json"), |v| v["arch"]["vocab_size"] = serde_json::json!(1_000_000_000_000u64));
-    fails_with(
-        &distill_within(LIMIT, &args(&["eval", "--student", &s(&forged), "--data", &s(&rows)])),
-        &["student.json", "does not describe these weights"],
-    );
+    Distill::new("eval")
+        .path("--student", &forged)
+        .path("--data", &rows)
+        .within(LIMIT)
+        .fails_with(&["student.json", "does not describe these weights"]);
 
     // 9: one token per row leaves nothing to score: an error, not perplexity 1.000.
-    let o = distill(args(&["eval", "--student", &s(&hf), "--data", &s(&rows), "--text-column", "prompt", "--max-seq-len", "1"]));
-    fails_with(&o, &["no position to score", "--max-seq-len 1"]);
+    let on_rows = |cmd: &str| Distill::new(cmd).path("--student", &hf).path("--data", &rows);
+    on_rows("eval").opt("--text-column", "prompt").opt("--max-seq-len", 1).fails_with(&["no position to score", "--max-seq-len 1"]);
 
     // 7: outputs over inputs.
-    let o = distill(args(&["init-student", "--from", &s(&hf), "--layers", "0", "--out", &s(&hf)]));
-    fails_with(&o, &["--out", "is --from", "never writes over its own inputs"]);
+    let init = |layers: u32, out: &Path| Distill::new("init-student").path("--from", &hf).opt("--layers", layers).path("--out", out);
+    init(0, &hf).fails_with(&["--out", "is --from", "never writes over its own inputs"]);
     let before = std::fs::read(&rows).unwrap();
-    let o = distill(args(&["predict", "--student", &s(&hf), "--data", &s(&rows), "--out", &s(&rows), "--text-column", "prompt"]));
-    fails_with(&o, &["is --data"]);
+    on_rows("predict").path("--out", &rows).opt("--text-column", "prompt").fails_with(&["is --data"]);
     assert_eq!(std::fs::read(&rows).unwrap(), before, "predict replaced its dataset");
     let metrics = run.join("metrics.csv");
     let before = std::fs::read(&metrics).unwrap();
-    fails_with(&distill(args(&["report", &s(&run), "--out", &s(&metrics)])), &["is the run's"]);
+    Distill::new("report").arg(&run).path("--out", &metrics).fails_with(&["is the run's"]);
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
     let cache = t.path().join("cache");
     for out in [cache.clone(), cache.join("run")] {
-        let o = distill(args(&[
-            "train-student",
-            "--cache",
-            &s(&cache),
-            "--data",
-            &s(&rows),
-            "--student",
-            "mlp",
-            "--out",
-            &s(&out),
-            "--steps",
-            "1",
-        ]));
-        fails_with(&o, &["--cache", "never writes over its own inputs"]);
+        Distill::train(&cache, &rows, &out)
+            .opt("--student", "mlp")
+            .opt("--steps", 1)
+            .fails_with(&["--cache", "never writes over its own inputs"]);
     }
-    ok(&distill(args(&["verify", &s(&cache)])));
+    Distill::new("verify").arg(&cache).ok();
 
     // init-student into a directory holding a sharded checkpoint: refused without
     // --overwrite; with it, the stale index (which every loader prefers) is gone.
@@ -351,15 +281,10 @@ fn checkpoints_from_elsewhere_are_checked_before_use() {
     std::fs::create_dir(&sharded).unwrap();
     std::fs::write(sharded.join("model.safetensors.index.json"), r#"{"weight_map": {"x": "model-00001-of-00002.safetensors"}}"#).unwrap();
     std::fs::write(sharded.join("model-00001-of-00002.safetensors"), b"old").unwrap();
-    let init = |extra: &[&str]| {
-        let mut a = args(&["init-student", "--from", &s(&hf), "--layers", "1", "--out", &s(&sharded)]);
-        a.extend(args(extra));
-        distill(a)
-    };
-    fails_with(&init(&[]), &["is not empty", "model.safetensors.index.json", "--overwrite"]);
-    ok(&init(&["--overwrite"]));
+    init(1, &sharded).fails_with(&["is not empty", "model.safetensors.index.json", "--overwrite"]);
+    init(1, &sharded).arg("--overwrite").ok();
     assert!(!sharded.join("model.safetensors.index.json").exists() && !sharded.join("model-00001-of-00002.safetensors").exists());
-    ok(&distill(args(&["eval", "--student", &s(&sharded), "--data", &s(&rows), "--text-column", "prompt"])));
+    Distill::new("eval").path("--student", &sharded).path("--data", &rows).opt("--text-column", "prompt").ok();
 }
 
 /// Root cause 5, the data side: a Parquet footer claiming 2^40 rows (its row groups forged
@@ -390,25 +315,11 @@ fn a_forged_parquet_footer_is_not_believed() {
         std::fs::write(&p, &out).unwrap();
         p
     };
-    let cache = |data_file: &Path| {
-        distill_within(
-            LIMIT,
-            &args(&[
-                "cache-teacher",
-                "--teacher",
-                &s(&data("digits/teacher.onnx")),
-                "--data",
-                &s(data_file),
-                "--out",
-                &s(&t.path().join("c")),
-                "--quiet",
-            ]),
-        )
-    };
+    let cache = |data_file: &Path| Distill::digits_cache("test.parquet", &t.path().join("c")).set("--data", data_file).within(LIMIT);
     let huge = 1i64 << 40;
     let groups = meta.num_row_groups() as i64;
     let forged = forge(huge * groups, huge, "huge.parquet");
-    fails_with(&cache(&forged), &["shards of --rows-per-shard", "over the limit of 1000000 shards"]);
+    cache(&forged).fails_with(&["shards of --rows-per-shard", "over the limit of 1000000 shards"]);
     // The writer sums the row groups into the file's count, so the lie is patched into the
     // footer's Thrift: FileMetaData field 3 (i64, compact header 0x16) comes before the row
     // groups, so the first `0x16 varint(zigzag(rows))` is the file's own count.
@@ -429,22 +340,24 @@ fn a_forged_parquet_footer_is_not_believed() {
     let patched = [&footer[..at], &zigzag(huge)[..], &footer[at + from.len()..]].concat();
     let lying = t.path().join("lying.parquet");
     std::fs::write(&lying, [body, &patched, &(patched.len() as u32).to_le_bytes(), b"PAR1"].concat()).unwrap();
-    fails_with(&cache(&lying), &["footer says 1099511627776 rows but its row groups hold 600"]);
+    cache(&lying).fails_with(&["footer says 1099511627776 rows but its row groups hold 600"]);
 }
 
 /// Root cause 6: values past what the settings can hold wrapped silently.
 #[test]
 fn settings_that_overflow_are_refused_by_the_parser() {
     let t = temp();
-    digits_cache_args("test.parquet", &t.path().join("c"), &["--soft-labels", "topk+sampled:18446744073709551615,2"])
+    Distill::digits_cache("test.parquet", &t.path().join("c"))
+        .opt("--soft-labels", "topk+sampled:18446744073709551615,2")
         .fails_with(&["K + N must be at most"]);
     let (teacher, out) = (data("lm/teacher.onnx"), t.path().join("g"));
-    let o = distill(generate_args(&teacher, &out, &["--samples-per-prompt", "4294967297"]));
-    fails_with(&o, &["--samples-per-prompt", "4294967297"]);
+    generate_lm(&teacher, &out).opt("--samples-per-prompt", "4294967297").fails_with(&["--samples-per-prompt", "4294967297"]);
     // The largest count that fits is planned from the row count, not built in memory: the
     // plan's size is refused before anything is read or decoded.
-    let o = distill_within(LIMIT, &generate_args(&teacher, &out, &["--samples-per-prompt", "4294967295"]));
-    fails_with(&o, &["prompts x 4294967295 samples", "more than 1000000 shards"]);
+    generate_lm(&teacher, &out)
+        .opt("--samples-per-prompt", "4294967295")
+        .within(LIMIT)
+        .fails_with(&["prompts x 4294967295 samples", "more than 1000000 shards"]);
 }
 
 /// Root causes 7 and 8 in a pipeline file: `out = ""` pointed at the pipeline's own
@@ -471,7 +384,7 @@ fn pipeline_values_that_would_become_defaults_are_refused() {
         };
         std::fs::write(&p, body).unwrap();
         for cmd in ["cache-teacher", "train-student"] {
-            fails_with(&distill(args(&[cmd, "--pipeline", &s(&p)])), &[want]);
+            Distill::new(cmd).path("--pipeline", &p).fails_with(&[want]);
         }
     }
 }
@@ -489,8 +402,7 @@ fn report_draws_what_it_can_of_hostile_metrics() {
     )
     .unwrap();
     let out = t.path().join("r.svg");
-    let o = distill_within(Duration::from_secs(30), &args(&["report", &s(&run), "--out", &s(&out)]));
-    ok(&o);
+    let o = Distill::new("report").arg(&run).path("--out", &out).within(Duration::from_secs(30)).ok();
     assert!(stderr(&o).contains("7 values of metrics.csv were not drawn"), "{}", stderr(&o));
     assert!(std::fs::metadata(&out).unwrap().len() > 0);
 }
@@ -567,25 +479,21 @@ fn awkward_results_are_clear_ones() {
     use std::os::unix::fs::PermissionsExt;
     let t = temp();
     let cache = digits_test_k3_cache();
-    let train = |out: &Path, extra: &[&str]| {
-        let mut a = args(&["train-student", "--cache", &s(cache), "--data", &s(&data("digits/test.parquet")), "--student", "mlp"]);
-        a.extend(args(&["--out", &s(out), "--steps", "3", "--quiet"]));
-        a.extend(args(extra));
-        distill(a)
-    };
+    let train =
+        |out: &Path| Distill::train(cache, data("digits/test.parquet"), out).opt("--student", "mlp").opt("--steps", 3).arg("--quiet");
     // Killed before the first checkpoint: config.json is there, no checkpoint yet.
     let run = t.path().join("run");
-    ok(&train(&run, &[]));
+    train(&run).ok();
     std::fs::remove_file(run.join("checkpoint.json")).unwrap();
     for e in std::fs::read_dir(&run).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")) {
         std::fs::remove_dir_all(e.path()).unwrap();
     }
-    fails_with(&train(&run, &["--resume", "--lr", "0.02"]), &["stopped before its first checkpoint", "other settings", "lr"]);
-    ok(&train(&run, &["--resume"]));
+    train(&run).arg("--resume").opt("--lr", "0.02").fails_with(&["stopped before its first checkpoint", "other settings", "lr"]);
+    train(&run).arg("--resume").ok();
 
     // The same run twice: the same student.safetensors, byte for byte, with the usual mode.
     let again = t.path().join("again");
-    ok(&train(&again, &[]));
+    train(&again).ok();
     let (a, b) = (run.join("student.safetensors"), again.join("student.safetensors"));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "identical runs wrote different bytes");
     assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o044, 0o044, "not readable by group and others");
@@ -596,11 +504,11 @@ fn awkward_results_are_clear_ones() {
     for f in ["model.onnx", "config.json"] {
         std::fs::copy(data("exports/text-generation").join(f), teacher.join(f)).unwrap();
     }
-    let generate = || distill(generate_args(&teacher.join("model.onnx"), &t.path().join("g"), &[]));
+    let generate = generate_lm(&teacher.join("model.onnx"), &t.path().join("g"));
     std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": [2, ").unwrap();
-    fails_with(&generate(), &["generation_config.json: not valid JSON"]);
+    generate.fails_with(&["generation_config.json: not valid JSON"]);
     std::fs::write(teacher.join("generation_config.json"), "{\"eos_token_id\": 999999}").unwrap();
-    fails_with(&generate(), &["eos_token_id 999999 is not a token id", "--eos-id"]);
+    generate.fails_with(&["eos_token_id 999999 is not a token id", "--eos-id"]);
 
     // `[eval] data` that does not exist is refused before stage one makes anything.
     let pipeline = t.path().join("p.toml");
@@ -610,7 +518,6 @@ fn awkward_results_are_clear_ones() {
         .replace("\"../target/pipelines/digits/", &format!("\"{}/", s(t.path())))
         .replace("test.parquet\"\nseeds", "missing.parquet\"\nseeds");
     std::fs::write(&pipeline, text).unwrap();
-    let o = distill(args(&["run", &s(&pipeline), "--quiet"]));
-    fails_with(&o, &["eval.data", "missing.parquet", "checked before any work"]);
+    Distill::new("run").arg(&pipeline).arg("--quiet").fails_with(&["eval.data", "missing.parquet", "checked before any work"]);
     assert!(!t.path().join("cache").join("manifest.partial.json").exists() && !t.path().join("students").exists());
 }

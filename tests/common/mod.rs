@@ -77,17 +77,21 @@ impl Distill {
             .arg("--quiet")
     }
 
-    /// `cache-teacher` with the LM teacher and tokenizer over the prompt/completion rows
-    /// `rows` into `out`, `--quiet`.
-    pub fn lm_cache(rows: &Path, out: &Path) -> Distill {
+    /// `cache-teacher` with the LM teacher and tokenizer over `rows` into `out`, `--quiet`; the
+    /// columns to read (and a chat template) are the caller's.
+    pub fn lm_teacher(rows: &Path, out: &Path) -> Distill {
         Distill::new("cache-teacher")
             .path("--teacher", data("lm/teacher.onnx"))
             .path("--tokenizer", data("lm/tokenizer.json"))
             .path("--data", rows)
-            .opt("--prompt-column", "prompt")
-            .opt("--completion-column", "completion")
             .path("--out", out)
             .arg("--quiet")
+    }
+
+    /// `cache-teacher` with the LM teacher and tokenizer over the prompt/completion rows
+    /// `rows` into `out`, `--quiet`.
+    pub fn lm_cache(rows: &Path, out: &Path) -> Distill {
+        Distill::lm_teacher(rows, out).opt("--prompt-column", "prompt").opt("--completion-column", "completion")
     }
 
     /// `cache-teacher` with the BERT text classifier over the `text` column of `rows`
@@ -101,6 +105,12 @@ impl Distill {
             .opt("--max-seq-len", "64")
             .path("--out", out)
             .arg("--quiet")
+    }
+
+    /// `generate --teacher TEACHER --tokenizer TOKENIZER --data PROMPTS --out OUT` (how many
+    /// tokens, how they are drawn and `--quiet` are the caller's).
+    pub fn generate(teacher: impl AsRef<Path>, tokenizer: impl AsRef<Path>, prompts: impl AsRef<Path>, out: impl AsRef<Path>) -> Distill {
+        Distill::new("generate").path("--teacher", teacher).path("--tokenizer", tokenizer).path("--data", prompts).path("--out", out)
     }
 
     /// `train-student --cache CACHE --data ROWS --out OUT` (the student and `--quiet` are the
@@ -199,15 +209,6 @@ impl Distill {
         fails_with(&o, needles);
         o
     }
-}
-
-/// Run the distill binary with `args`.
-pub fn distill<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Distill::bare().args(args.into_iter().map(|a| a.as_ref().to_os_string())).run()
 }
 
 /// Run `cmd`, killed if it runs past `limit` (then the test fails, naming the hang).
@@ -387,7 +388,7 @@ fn shared_dir() -> &'static Path {
 /// A cache that several tests read and none changes, made by `make` into the shared
 /// directory as `name` once per test run, by the first test that asks (the others, in
 /// their threads, wait for it). A test that changes a cache takes a [`private_copy`].
-fn shared_cache(cell: &'static OnceLock<PathBuf>, name: &str, make: impl FnOnce(&Path)) -> &'static Path {
+pub fn shared_cache(cell: &'static OnceLock<PathBuf>, name: &str, make: impl FnOnce(&Path)) -> &'static Path {
     cell.get_or_init(|| {
         let out = shared_dir().join(name);
         make(&out);
