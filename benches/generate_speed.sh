@@ -24,7 +24,7 @@ for mode in kv rerun; do
     tps[ort-$mode]=$(rate "$tokens" "$seconds")
     flag=$([ "$mode" = kv ] && echo auto || echo off)
     line=$($bin generate --teacher "$model" --tokenizer "$tok" --data "$out/prompts.jsonl" --out "$out/distill-$mode" \
-        --batch-size 16 --max-new-tokens 64 --threads 2 --top-k 64 --kv-cache "$flag" --quiet | head -1)
+        --batch-size 16 --max-new-tokens 64 --threads 2 --cache-top-k 64 --kv-cache "$flag" --quiet | head -1)
     tps[distill-$mode]=$(printf '%.0f' "$(echo "$line" | sed -E 's/.*, ([0-9.]+) tokens\/s.*/\1/')")
     share[$mode]=$(echo "$line" | sed -E 's/.*\(([0-9]+) % of the time.*/\1/')
     python3 -c "

@@ -448,6 +448,12 @@ impl Manifest {
 }
 
 impl Manifest {
+    /// One past the largest token id the soft labels may name: the tokenizer's size when
+    /// the teacher's logits are wider (padding ids are never kept), else the logits' width.
+    pub fn cached_id_bound(&self) -> usize {
+        self.tokenizer.as_ref().map_or(self.vocab_size, |t| t.vocab_size.min(self.vocab_size))
+    }
+
     /// Read and validate `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);

@@ -14,7 +14,7 @@ use crate::cache::manifest::DatasetInfo;
 use crate::cache::{CacheReader, Task};
 use crate::error::{Error, Result};
 use crate::student::load::{LoadedStudent, Reading};
-use crate::student::{Positions, RowInput, Student, StudentArch};
+use crate::student::{Positions, RowInput, StudentArch};
 use crate::student::{PreparedRow, prepare_rows};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -96,12 +96,12 @@ pub fn eval_student(run_dir: &Path, data: &Path, cache: Option<&Path>, opts: &Pr
     }
     let mut tally = Tally::default();
     for chunk in rows.chunks(64) {
-        match (&st.model, st.spec.task) {
-            (Student::Mlp(_) | Student::Encoder(_), Task::Classification) => {
+        match (st.model.task(), st.spec.task) {
+            (Task::Classification, Task::Classification) => {
                 let logits = st.model.logits(&inputs(chunk.iter()), Positions::All, &device);
                 tally.classes(chunk, logits, teacher.as_ref(), data)?;
             }
-            (Student::Decoder(_), Task::CausalLm) => {
+            (Task::CausalLm, Task::CausalLm) => {
                 let chunk: Vec<&PreparedRow> = chunk.iter().filter(|r| !r.positions.is_empty()).collect();
                 if !chunk.is_empty() {
                     let logits = st.model.logits(&inputs(chunk.iter().copied()), Positions::All, &device);
@@ -277,8 +277,8 @@ fn argmax_rows(logits: Tensor<2>) -> Vec<i64> {
 /// are scored, labels among its classes. Messages name the row.
 fn check_rows(rows: &[PreparedRow], arch: &StudentArch, data: &Path, scored: bool) -> Result<()> {
     for r in rows {
-        if let StudentArch::Mlp(crate::student::MlpConfig { input, .. }) = arch
-            && r.features.len() != *input
+        if let Some(input) = arch.feature_width()
+            && r.features.len() != input
         {
             return Err(Error::data(data, format!("row {}: {} feature values, but the student takes {input}", r.index, r.features.len())));
         }
@@ -367,12 +367,14 @@ pub fn predict(student_dir: &Path, data: &Path, out: &Path, opts: &PredictOption
     let mut text = String::new();
     for chunk in rows.chunks(16) {
         let logits = rows_of(st.model.logits(&inputs(chunk.iter()), Positions::All, &device));
-        let lines: Vec<serde_json::Value> = match &st.model {
-            Student::Mlp(_) => chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "logits": l})).collect(),
-            Student::Encoder(_) => {
+        let lines: Vec<serde_json::Value> = match (st.model.task(), st.model.reads_tokens()) {
+            (Task::Classification, false) => {
+                chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "logits": l})).collect()
+            }
+            (Task::Classification, true) => {
                 chunk.iter().zip(logits).map(|(r, l)| serde_json::json!({"row": r.index, "tokens": r.tokens, "logits": l})).collect()
             }
-            Student::Decoder(_) => {
+            (Task::CausalLm, _) => {
                 let s = logits.len() / chunk.len();
                 chunk
                     .iter()

@@ -122,7 +122,7 @@ fn load_checkpoint_for_cache(dir: &Path, cache: &Path, device: &Device) -> Resul
     let m = CacheReader::open(cache)?.manifest().clone();
     let ck = hf::read_checkpoint(dir)?;
     let fits = matches!((&ck.arch, m.task), (StudentArch::Decoder(_), Task::CausalLm) | (StudentArch::Encoder(_), Task::Classification));
-    let ids = m.tokenizer.as_ref().map_or(m.vocab_size, |t| t.vocab_size.min(m.vocab_size));
+    let ids = m.cached_id_bound();
     if !fits || ck.arch.vocab() < ids {
         return Err(Error::Config(format!(
             "{}: a {} with {} outputs cannot be scored on {} ({:?} over {} outputs)",

@@ -82,6 +82,20 @@ pub enum Positions<'a> {
 }
 
 impl Student {
+    /// What it predicts: a class per row (MLP, encoder) or the next token at each position
+    /// (decoder).
+    pub fn task(&self) -> crate::cache::Task {
+        match self {
+            Student::Mlp(_) | Student::Encoder(_) => crate::cache::Task::Classification,
+            Student::Decoder(_) => crate::cache::Task::CausalLm,
+        }
+    }
+
+    /// Whether it reads token ids (an encoder or decoder) rather than feature vectors.
+    pub fn reads_tokens(&self) -> bool {
+        !matches!(self, Student::Mlp(_))
+    }
+
     /// The forward pass of any student: the one dispatch training, `eval` and `predict` use.
     ///
     /// # Shapes
@@ -415,6 +429,20 @@ impl StudentArch {
     }
 
     /// `mlp`, `encoder` or `decoder`.
+    /// Whether it reads token ids (an encoder or decoder, which also have a Hugging Face
+    /// form) rather than feature vectors.
+    pub fn reads_tokens(&self) -> bool {
+        !matches!(self, StudentArch::Mlp(_))
+    }
+
+    /// The feature values per row an MLP takes (`None`: a token model).
+    pub fn feature_width(&self) -> Option<usize> {
+        match self {
+            StudentArch::Mlp(c) => Some(c.input),
+            _ => None,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             StudentArch::Mlp(_) => "mlp",

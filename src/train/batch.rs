@@ -75,7 +75,7 @@ pub(super) fn batch_loss(
     // logits would pass the budget (the same loss; see loss::chunked_head_loss).
     let chunk = cfg.loss_chunk.unwrap_or_else(|| defaults::loss_chunk_positions(vocab));
     let fused = |logits: Tensor<2>| {
-        // A student vocabulary padded past the cache's (checked in check_hf_fits): the
+        // A student vocabulary padded past the cache's (checked in student::hf::check_fits): the
         // padding columns are not part of the distribution.
         let logits = if logits.dims()[1] > vocab { logits.narrow(1, 0, vocab) } else { logits };
         let w = weights;

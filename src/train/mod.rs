@@ -208,7 +208,7 @@ fn student_arch(
 ) -> Result<(StudentArch, Option<hf::HfCheckpoint>)> {
     if let StudentSpec::Hf { path } = &cfg.student {
         let mut ck = hf::read_checkpoint(path)?;
-        checks::check_hf_fits(&mut ck, m, tok, notes)?;
+        hf::check_fits(&mut ck, m, tok, notes)?;
         return Ok((ck.arch.clone(), Some(ck)));
     }
     let width = match (spec.task, &spec.text) {
@@ -332,7 +332,7 @@ fn export_student(cfg: &TrainConfig, valid: &Student, student_file: &StudentFile
     };
     checkpoint::export_atomic(&out.join("student.bpk"), |p| student::save_burnpack(&Student::clone(valid), p))?;
     checkpoint::export_atomic(&out.join("student.safetensors"), |p| student::save_safetensors(valid, p))?;
-    if matches!(arch, StudentArch::Encoder { .. } | StudentArch::Decoder { .. }) {
+    if arch.reads_tokens() {
         let tokenizer = out.join(TOKENIZER_FILE);
         hf::write_checkpoint(
             valid,

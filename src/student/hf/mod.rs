@@ -19,7 +19,10 @@ use serde_json::Value;
 
 mod decoder;
 mod encoder;
+mod fits;
 pub mod init;
+
+pub use fits::check_fits;
 
 use super::{Student, StudentArch};
 use crate::cache::manifest::write_atomic;
