@@ -383,46 +383,68 @@ impl Drop for Prefetcher {
 
 /// Where a command that writes a cache (cache-teacher, merge) works: the output directory
 /// itself, or for an object-storage URL its staging directory, which starts from what the
-/// bucket holds and is uploaded as the work goes (shards before manifests).
+/// bucket holds and is uploaded as the work goes (shards before manifests). The directory's
+/// locks are held from when it is taken to the last upload (when the `Staging` is dropped).
 pub struct Staging {
     /// The local directory the command writes.
     pub dir: PathBuf,
+    /// The URL it mirrors, for a remote cache.
+    url: Option<String>,
+    /// Not yet pulled from (taken by [`Staging::take`]).
     remote: Option<Remote>,
     uploader: Option<Arc<Uploader>>,
+    lock: Box<LockFn>,
+    pull: Pull,
+    held: Option<Vec<crate::lock::DirLock>>,
 }
 
+/// How a command locks its output directory (the locks it returns are held until the end).
+pub type LockFn = dyn Fn(&Path) -> Result<Vec<crate::lock::DirLock>>;
+
 /// What a staging directory brings from the bucket once it is locked.
-pub enum Pull<'a> {
+pub enum Pull {
     /// These manifests, the shards they list and the tokenizer (resuming a capture).
-    Manifests(&'a [&'a str]),
+    Manifests(Vec<String>),
     /// Every object (a merge needs every part).
     All,
 }
 
 impl Staging {
-    /// The directory `out` names; nothing is created or downloaded yet.
-    pub fn of(out: &Path) -> Result<Staging> {
-        Ok(match Location::parse(out)? {
-            Location::Local(dir) => Staging { dir, remote: None, uploader: None },
-            Location::Remote(remote) => Staging { dir: remote.staging_dir(), remote: Some(remote), uploader: None },
-        })
+    /// The directory `out` names, locked by `lock` and filled by `pull` when it is taken. A
+    /// URL's staging directory is taken at once, before any other work (another run on the
+    /// same URL shares it); a local directory when [`Staging::take`] is called, once the
+    /// inputs are known to be usable, so a refused run creates nothing.
+    pub fn open(out: &Path, lock: impl Fn(&Path) -> Result<Vec<crate::lock::DirLock>> + 'static, pull: Pull) -> Result<Staging> {
+        let (dir, url, remote) = match Location::parse(out)? {
+            Location::Local(dir) => (dir, None, None),
+            Location::Remote(remote) => (remote.staging_dir(), Some(remote.url.clone()), Some(remote)),
+        };
+        let mut staging = Staging { dir, url, remote, uploader: None, lock: Box::new(lock), pull, held: None };
+        if staging.url.is_some() {
+            staging.take()?;
+        }
+        Ok(staging)
     }
 
-    /// Take the directory: the locks `lock` acquires on it, then for a URL what `pull`
-    /// names from the bucket, so the locks are held from the first download to the last
-    /// upload. Returns the locks, held until dropped.
-    pub fn take<L>(&mut self, lock: impl FnOnce(&Path) -> Result<L>, pull: Pull<'_>) -> Result<L> {
-        let held = lock(&self.dir)?;
+    /// Take the directory, once: its locks, then for a URL what the bucket holds.
+    pub fn take(&mut self) -> Result<()> {
+        if self.held.is_some() {
+            return Ok(());
+        }
+        self.held = Some((self.lock)(&self.dir)?);
         if let Some(remote) = self.remote.take() {
-            match pull {
-                Pull::Manifests(names) => remote.pull_manifests(&self.dir, names)?,
+            match &self.pull {
+                Pull::Manifests(names) => {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    remote.pull_manifests(&self.dir, &names)?
+                }
                 Pull::All => {
                     remote.pull_all(&self.dir)?;
                 }
             }
             self.uploader = Some(Arc::new(Uploader::new(remote, self.dir.clone())?));
         }
-        Ok(held)
+        Ok(())
     }
 
     /// Uploads what changed (after each finished shard); `None` for a local directory.
@@ -431,15 +453,12 @@ impl Staging {
     }
 
     /// The last upload (with `prune`, objects this run removed locally are deleted from the
-    /// bucket); returns where the cache is: the URL, or the directory.
+    /// bucket), under the locks; returns where the cache is: the URL, or the directory.
     pub fn finish(self, prune: bool) -> Result<PathBuf> {
-        match self.uploader {
-            Some(up) => {
-                up.sync(prune)?;
-                Ok(PathBuf::from(up.url()))
-            }
-            None => Ok(self.dir),
+        if let Some(up) = &self.uploader {
+            up.sync(prune)?;
         }
+        Ok(self.url.clone().map(PathBuf::from).unwrap_or_else(|| self.dir.clone()))
     }
 }
 

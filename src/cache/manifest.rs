@@ -433,14 +433,13 @@ impl Manifest {
     }
 
     /// Publish the complete manifest, checked, under `complete` in `dir`, and remove the
-    /// partial one (`partial`) the run resumed from: the last step of every command that
-    /// makes or merges a cache. Shards must all be on disk before.
-    pub fn publish(&mut self, dir: &Path, complete: &str, partial: &str) -> Result<()> {
+    /// partial one the run resumed from (`partial`; a merge has none): the last step of
+    /// every command that makes or merges a cache. Shards must all be on disk before.
+    pub fn publish(&mut self, dir: &Path, complete: &str, partial: Option<&str>) -> Result<()> {
         self.complete = true;
         self.validate(&dir.join(complete))?;
         self.write_atomic(dir, complete)?;
-        let partial = dir.join(partial);
-        if partial.exists() {
+        if let Some(partial) = partial.map(|p| dir.join(p)).filter(|p| p.exists()) {
             std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
         }
         Ok(())

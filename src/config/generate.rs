@@ -22,8 +22,10 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 16;
     pub const MAX_SEQ_LEN: usize = 512;
     pub const SOFT_TEMPERATURE: f32 = 1.0;
-    /// Greedy decoding.
-    pub const TEMPERATURE: f32 = 0.0;
+    /// `--temperature 0`: greedy decoding, the most probable token.
+    pub const GREEDY: f32 = 0.0;
+    pub const TEMPERATURE: f32 = GREEDY;
+    /// The whole distribution; also the largest `--top-p`.
     pub const TOP_P: f32 = 1.0;
     pub const SAMPLES_PER_PROMPT: u32 = 1;
     pub const SEED: u64 = 0;
@@ -165,8 +167,13 @@ pub struct GenerateConfig {
     pub device: crate::teacher::TeacherDevice,
 }
 
-/// `--temperature 0`: the most probable token.
-pub const GREEDY: f32 = 0.0;
+/// `file:///x` as the directory it names (generate writes only local directories).
+fn local_dir(out: PathBuf) -> PathBuf {
+    match out.to_str().and_then(|s| s.strip_prefix("file://")) {
+        Some(rest) => PathBuf::from(rest),
+        None => out,
+    }
+}
 
 impl GenerateSettings {
     /// Paths of a pipeline file made relative to the working directory.
@@ -186,7 +193,7 @@ impl GenerateSettings {
         let need =
             |v: Option<PathBuf>, key: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("generate.{key} is required (--{flag})")));
         let temperature = self.temperature.unwrap_or(defaults::TEMPERATURE);
-        if temperature != GREEDY {
+        if temperature != defaults::GREEDY {
             super::check_temperature("generate.temperature (0 for greedy)", temperature)?;
         }
         let top_p = self.top_p.unwrap_or(defaults::TOP_P);
@@ -210,7 +217,7 @@ impl GenerateSettings {
             (None, p) => PromptSource::Text(p.unwrap_or_else(|| defaults::PROMPT_COLUMN.into())),
         };
         let device = self.device.unwrap_or_default();
-        if let Some(out) = self.out.as_deref().filter(|o| crate::store::is_url(o)) {
+        if let Some(out) = self.out.as_deref().filter(|o| crate::store::is_url(o) && !o.starts_with("file:")) {
             return Err(Error::Config(format!(
                 "generate.out `{}` is an object-storage URL: generate writes a local directory (copy it to the bucket once it is complete)",
                 out.display()
@@ -220,7 +227,7 @@ impl GenerateSettings {
             teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
             tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
             data: need(self.data, "data", "data PROMPTS")?,
-            out: need(self.out, "out", "out DIR")?,
+            out: local_dir(need(self.out, "out", "out DIR")?),
             prompts,
             max_new_tokens: self.max_new_tokens.map_or(defaults::MAX_NEW_TOKENS, NonZeroUsize::get),
             temperature,

@@ -34,7 +34,8 @@ pub fn merge(out: &Path, inputs: &[PathBuf], command: Vec<String>) -> Result<Mer
             }
         });
     }
-    let mut staging = Staging::of(out)?;
+    let lock = |dir: &Path| Ok(vec![crate::lock::DirLock::acquire(dir, "", "a cache")?]);
+    let mut staging = Staging::open(out, lock, Pull::All)?;
     let mut summary = merge_local(&mut staging, &local_inputs, command)?;
     summary.out = staging.finish(false)?;
     Ok(summary)
@@ -46,7 +47,7 @@ fn merge_local(staging: &mut Staging, inputs: &[PathBuf], command: Vec<String>) 
     let first = check_parts(&parts)?;
     let shards = tiled_shards(&parts, &first)?;
     let out = &staging.dir.clone();
-    let _lock = staging.take(|dir| crate::lock::DirLock::acquire(dir, "", "a cache"), Pull::All)?;
+    staging.take()?;
     refuse_other_cache(out, &first)?;
     // Bring the shards (checked) into `out`, then publish the manifest last.
     copy_shards(out, &shards)?;
@@ -62,8 +63,7 @@ fn merge_local(staging: &mut Staging, inputs: &[PathBuf], command: Vec<String>) 
         merged.totals.rows_without_positions += m.totals.rows_without_positions;
     }
     merged.command = command;
-    // A merged cache has no partial manifest of its own.
-    merged.publish(out, MANIFEST_FILE, manifest::PARTIAL_MANIFEST_FILE)?;
+    merged.publish(out, MANIFEST_FILE, None)?;
     Ok(MergeSummary {
         out: out.to_path_buf(),
         parts: parts.len(),

@@ -428,7 +428,6 @@ impl StudentArch {
         }
     }
 
-    /// `mlp`, `encoder` or `decoder`.
     /// Whether it reads token ids (an encoder or decoder, which also have a Hugging Face
     /// form) rather than feature vectors.
     pub fn reads_tokens(&self) -> bool {
@@ -443,6 +442,7 @@ impl StudentArch {
         }
     }
 
+    /// `mlp`, `encoder` or `decoder`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             StudentArch::Mlp(_) => "mlp",

@@ -76,7 +76,7 @@ pub fn sampled_soft_label(
     let n = draws as f64;
     let mut entries: Vec<(u32, f64)> = head.iter().map(|&id| (id, logits[id as usize] as f64 / t - lse)).collect();
     entries.extend(counts.iter().map(|&(id, c)| (id, (rest_mass * c as f64 / n).ln())));
-    write_entries(&entries, exact_top + draws, out);
+    write_entries(entries, exact_top + draws, out);
     out.tail_logmass = if padding > 0 { (rest_mass * padding as f64 / n).ln() as f32 } else { f32::NEG_INFINITY };
     out.entropy = entropy as f32;
     Ok(())
@@ -159,8 +159,7 @@ fn draw_counts(
 
 /// The entries, most probable first (ties by id), padded to `len` distinct ids with ids
 /// not drawn at a log-prob `PAD_BELOW` under the largest.
-fn write_entries(entries: &[(u32, f64)], len: usize, out: &mut SoftLabel) {
-    let mut entries = entries.to_vec();
+fn write_entries(mut entries: Vec<(u32, f64)>, len: usize, out: &mut SoftLabel) {
     entries.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out.ids.clear();
     out.logprobs.clear();

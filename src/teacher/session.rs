@@ -46,9 +46,6 @@ impl std::fmt::Display for TeacherDevice {
     }
 }
 
-/// The outputs asked for beside the logits, checked against the model's outputs: each
-/// must exist, be floating point, and have a fixed last dimension; `[batch, dim]` only for
-/// a classifier.
 /// The inputs and outputs of a model, each as `name dtype [shape]`, for error messages.
 pub(super) fn listing(ios: &[IoInfo]) -> String {
     ios.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ")
@@ -121,8 +118,11 @@ pub(super) fn logits_output(path: &Path, mapping: &InputMapping, io_outputs: &[I
     Ok((output, task, vocab as usize))
 }
 
+/// The outputs asked for beside the logits, checked against the model's outputs: each
+/// must exist, be floating point, and have a fixed last dimension; `[batch, dim]` only for
+/// a classifier.
 pub(super) fn hidden_outputs(path: &Path, names: &[String], outputs: &[IoInfo], logits: &str, task: Task) -> Result<Vec<HiddenOutput>> {
-    let listing = || outputs.iter().map(|i| format!("{} {} {}", i.name, i.dtype, dims(&i.shape))).collect::<Vec<_>>().join(", ");
+    let listing = || listing(outputs);
     names
         .iter()
         .map(|name| {

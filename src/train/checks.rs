@@ -109,7 +109,6 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
     Ok((reader, t))
 }
 
-
 /// The cache's tokenizer (a text cache), with its chat template: `--tokenizer` or the copy
 /// in the cache, checked against the manifest's hash.
 pub(super) fn tokenizer_for(cfg: &TrainConfig, m: &Manifest, cache_dir: &Path) -> Result<Option<Tokenizer>> {

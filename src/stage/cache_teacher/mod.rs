@@ -93,7 +93,9 @@ impl std::fmt::Debug for ShardHook {
 /// directory, starting from whatever reached the bucket, and each finished shard is
 /// uploaded before the next one starts to count.
 pub fn cache_teacher(cfg: &CacheTeacherConfig, opts: &RunOptions) -> Result<CacheSummary> {
-    let mut staging = Staging::of(&cfg.out)?;
+    let names = ManifestNames::of(cfg.part);
+    let part = cfg.part;
+    let mut staging = Staging::open(&cfg.out, move |dir| lock_out(dir, part), Pull::Manifests(vec![names.complete, names.partial]))?;
     let local = CacheTeacherConfig { out: staging.dir.clone(), ..cfg.clone() };
     let mut summary = cache_teacher_local(&local, opts, &mut staging)?;
     summary.dir = staging.finish(true)?;
@@ -129,7 +131,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, staging: &mu
     if out.exists() && !out.is_dir() {
         return Err(Error::cache(out, "--out exists and is not a directory"));
     }
-    let _lock = staging.take(|dir| lock_out(dir, cfg.part), Pull::Manifests(&[names.complete.as_str(), names.partial.as_str()]))?;
+    staging.take()?;
     let uploads = staging.sync_fn().map(|f| ShardHook(std::sync::Arc::new(f)));
     let opts = &RunOptions { on_shard: uploads.or_else(|| opts.on_shard.clone()), ..opts.clone() };
     let mut warnings: Vec<String> = inputs.teacher.device_note.iter().chain(&inputs.selectable.warning).cloned().collect();
@@ -151,7 +153,7 @@ fn cache_teacher_local(cfg: &CacheTeacherConfig, opts: &RunOptions, staging: &mu
     man.totals.truncated_rows += counts.truncated_rows;
     stream::check_rows_read(cfg, &man, &plan)?;
     warnings.extend(run_warnings(cfg, &man, &counts, inputs.label_column.as_deref()));
-    man.publish(out, &names.complete, &names.partial)?;
+    man.publish(out, &names.complete, Some(&names.partial))?;
     Ok(CacheSummary {
         dir: out.clone(),
         rows: man.totals.rows,

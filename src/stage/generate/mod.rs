@@ -475,7 +475,7 @@ fn finish(
     if let Some(g) = &mut man.generation {
         g.stopped_at_eos = eos;
     }
-    man.publish(cache_dir, &names.complete, &names.partial)?;
+    man.publish(cache_dir, &names.complete, Some(&names.partial))?;
     std::fs::remove_dir_all(&parts_dir).map_err(|e| Error::io(&parts_dir, e))?;
     Ok(cache_summary(cache_dir, man, resumed, started.elapsed().as_secs_f64(), false))
 }

@@ -71,4 +71,3 @@ pub fn check_fits(ck: &mut HfCheckpoint, m: &Manifest, tok: Option<&Tokenizer>, 
     }
     Ok(())
 }
-
