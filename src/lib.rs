@@ -27,7 +27,7 @@
 //!     teacher: Some("data/digits/teacher.onnx".into()),
 //!     data: Some("data/digits/train.parquet".into()),
 //!     out: Some("/tmp/digits-cache".into()),
-//!     top_k: Some(5),
+//!     top_k: std::num::NonZeroUsize::new(5),
 //!     temperature: Some(2.0),
 //!     ..Default::default()
 //! }
