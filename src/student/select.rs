@@ -55,6 +55,9 @@ impl std::fmt::Display for Trainable {
             Trainable::All => f.write_str("all"),
             Trainable::Head => f.write_str("head"),
             Trainable::Last(n) => write!(f, "last:{n}"),
+            // One glob spelled like a keyword (`all,`) keeps its comma, or it would read back
+            // as the keyword.
+            Trainable::Globs(g) if matches!(g.as_slice(), [one] if one == "all" || one == "head") => write!(f, "{},", g[0]),
             Trainable::Globs(g) => f.write_str(&g.join(",")),
         }
     }
@@ -221,6 +224,11 @@ mod tests {
         assert_eq!(Trainable::parse("last:2").unwrap(), Trainable::Last(2));
         assert!(Trainable::parse("last:0").is_err());
         assert_eq!(Trainable::parse("head,norm.*").unwrap(), Trainable::Globs(vec!["head".into(), "norm.*".into()]));
+        // Written back as read (a flag over a pipeline file goes through the text form).
+        for text in ["all", "head", "last:3", "head,norm.*", "all,", "head,", "blocks.*.q.weight"] {
+            let t = Trainable::parse(text).unwrap();
+            assert_eq!(Trainable::parse(&t.to_string()).unwrap(), t, "{text}");
+        }
     }
 
     /// A decoder's names as the mapper sees them, and which train under each selection.
