@@ -118,10 +118,13 @@ fn seeds(file: &PipelineFile, student: &StudentSpec, eval: &EvalSettings) -> Res
 fn stage_one(checked: &Checked, opts: &RunOptions, on_step: &mut dyn FnMut(Step<'_>)) -> Result<PathBuf> {
     match &checked.generate {
         Some(g) => {
-            on_step(Step::StageOne { command: "generate", teacher: &g.teacher });
+            let crate::config::Generator::Teacher(teacher) = &g.model else {
+                return Err(Error::Config("a pipeline's [generate] runs the teacher: give generate.teacher, not generate.student".into()));
+            };
+            on_step(Step::StageOne { command: "generate", teacher });
             let s = stage::generate::generate(g, opts)?;
             on_step(Step::Generated(&s));
-            Ok(s.cache.dir)
+            Ok(s.cache.as_ref().expect("the teacher's generation writes a cache").dir.clone())
         }
         None => {
             on_step(Step::StageOne { command: "cache-teacher", teacher: &checked.cache.teacher });

@@ -324,7 +324,7 @@ class Cache:
     def rows(self, shards=None):
         """One dict per dataset row that has cached positions, in dataset order: `row`,
         `positions` `[p]`, `ids`/`logprobs` `[p, k]`, `tail_logmass`, `hard_label`,
-        `labelled` `[p]` (and `hidden`)."""
+        `hard_label_logprob` (NaN where null), `labelled` `[p]` (and `hidden`)."""
         for i in (range(len(self.manifest["shards"])) if shards is None else shards):
             b = self.read_shard(i)
             starts = np.flatnonzero(np.r_[True, b["row"][1:] != b["row"][:-1]]) if len(b["row"]) else []
@@ -337,6 +337,7 @@ class Cache:
                     "logprobs": b["logprobs"][a:e],
                     "tail_logmass": b["tail_logmass"][a:e],
                     "hard_label": b["hard_label"][a:e],
+                    "hard_label_logprob": b["hard_label_logprob"][a:e],
                     "labelled": b["labelled"][a:e],
                     "hidden": {name: v[a:e] for name, v in b["hidden"].items()},
                 }

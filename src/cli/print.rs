@@ -13,7 +13,9 @@ pub fn generate_summary(s: &stage::generate::GenerateSummary, quiet: bool) {
         }
     }
     let how = if s.kv_cache { "with the KV cache" } else { "rerunning each sequence" };
-    let rate = if s.decode_seconds > 0.0 {
+    let rate = if s.decode_seconds > 0.0 && s.cache.is_none() {
+        format!(", {:.1} tokens/s", s.tokens_this_run as f64 / s.decode_seconds)
+    } else if s.decode_seconds > 0.0 {
         format!(
             ", {:.1} tokens/s ({:.0} % of the time on soft labels and picks)",
             s.tokens_this_run as f64 / s.decode_seconds,
@@ -30,7 +32,7 @@ pub fn generate_summary(s: &stage::generate::GenerateSummary, quiet: bool) {
         s.stopped_at_eos,
         s.seconds
     );
-    let c = &s.cache;
+    let Some(c) = &s.cache else { return };
     let resumed = if c.resumed_shards > 0 { format!(" (resumed after {} finished shards)", c.resumed_shards) } else { String::new() };
     println!("{}: {} positions in {} shards ({} bytes){resumed}", c.dir.display(), c.positions, c.shards, c.bytes);
     if !quiet {

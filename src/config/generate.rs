@@ -51,7 +51,13 @@ pub struct GenerateSettings {
     /// --task text-generation-with-past`) decodes with its KV cache.
     #[arg(long, value_name = "MODEL.onnx")]
     pub teacher: Option<PathBuf>,
-    /// The teacher's tokenizer.json.
+    /// A causal-LM student writes the completions instead of the teacher (on-policy data): a
+    /// train-student run directory or a Hugging Face checkpoint directory. It writes
+    /// OUT/generated.parquet with each token's log-prob under the student, and no cache
+    /// (`distill cache-teacher --token-ids` over it is the teacher's scoring).
+    #[arg(long, value_name = "RUN_DIR|HF_DIR", conflicts_with = "teacher")]
+    pub student: Option<PathBuf>,
+    /// The teacher's tokenizer.json [default with --student: the one in its directory].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// The prompts (Parquet or JSONL; a file, a directory or a quoted glob).
@@ -140,10 +146,20 @@ impl PromptSource {
     }
 }
 
+/// Which model writes the completions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generator {
+    /// The teacher's ONNX export: the completions and their soft labels (a cache).
+    Teacher(PathBuf),
+    /// A student's directory (run or checkpoint): the completions and its log-prob of each
+    /// token, to be scored by the teacher.
+    Student(PathBuf),
+}
+
 /// Validated settings of `generate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateConfig {
-    pub teacher: PathBuf,
+    pub model: Generator,
     pub tokenizer: PathBuf,
     pub data: PathBuf,
     pub prompts: PromptSource,
@@ -181,6 +197,7 @@ impl GenerateSettings {
         let r = super::relative_to(base);
         GenerateSettings {
             teacher: r(self.teacher),
+            student: r(self.student),
             tokenizer: r(self.tokenizer),
             data: r(self.data),
             out: r(self.out),
@@ -223,9 +240,31 @@ impl GenerateSettings {
                 out.display()
             )));
         }
+        let (model, tokenizer) = match (self.teacher, self.student) {
+            (Some(_), Some(_)) => return Err(Error::Config("generate.teacher and generate.student cannot be combined".into())),
+            (None, Some(dir)) => {
+                let teacher_only = [
+                    ("cache_top_k", self.cache_top_k.is_some()),
+                    ("soft_temperature", self.soft_temperature.is_some()),
+                    ("kv_cache", self.kv_cache.is_some()),
+                    ("device", self.device.is_some()),
+                ];
+                if let Some((key, _)) = teacher_only.iter().find(|(_, set)| *set) {
+                    return Err(Error::Config(format!(
+                        "generate.{key} applies to the teacher's generation (its cache); a student's writes no cache"
+                    )));
+                }
+                let tokenizer = self.tokenizer.unwrap_or_else(|| dir.join("tokenizer.json"));
+                (Generator::Student(dir), tokenizer)
+            }
+            (teacher, None) => (
+                Generator::Teacher(need(teacher, "teacher", "teacher MODEL.onnx, or --student DIR")?),
+                need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
+            ),
+        };
         Ok(GenerateConfig {
-            teacher: need(self.teacher, "teacher", "teacher MODEL.onnx")?,
-            tokenizer: need(self.tokenizer, "tokenizer", "tokenizer tokenizer.json")?,
+            model,
+            tokenizer,
             data: need(self.data, "data", "data PROMPTS")?,
             out: local_dir(need(self.out, "out", "out DIR")?),
             prompts,
@@ -271,6 +310,11 @@ mod tests {
         assert!(err(GenerateSettings { top_p: Some(0.0), ..base() }).contains("generate.top_p"));
         assert!(err(GenerateSettings { temperature: Some(0.001), ..base() }).contains("generate.temperature"));
         assert!(err(GenerateSettings { teacher: None, ..base() }).contains("generate.teacher is required"));
+        let student = GenerateSettings { teacher: None, tokenizer: None, student: Some("run".into()), ..base() };
+        let c = student.clone().validate().unwrap();
+        assert_eq!((c.model, c.tokenizer), (Generator::Student("run".into()), PathBuf::from("run/tokenizer.json")));
+        assert!(err(GenerateSettings { soft_temperature: Some(2.0), ..student.clone() }).contains("generate.soft_temperature applies"));
+        assert!(err(GenerateSettings { student: Some("run".into()), ..base() }).contains("cannot be combined"));
         assert!(err(GenerateSettings { out: Some("s3://bucket/gen".into()), ..base() }).contains("generate writes a local directory"));
         assert!(err(GenerateSettings { chat_template: Some("t.jinja".into()), ..base() }).contains("conversations only"));
         let m = GenerateSettings { messages_column: Some("messages".into()), ..base() }.validate().unwrap();

@@ -19,11 +19,13 @@ pub(super) struct Sequence {
     pub prompt: Vec<u32>,
     pub generated: Vec<u32>,
     pub labels: Vec<(SoftLabel, f32)>,
+    /// A student generator's log-prob at temperature 1 of each generated token.
+    pub logprobs: Vec<f32>,
     pub done: Option<&'static str>,
 }
 
 impl Sequence {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.prompt.len() + self.generated.len()
     }
 }

@@ -17,6 +17,7 @@
 mod decode;
 mod output;
 mod prompts;
+mod student;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,7 +27,7 @@ use crate::cache::manifest::{self, CacheContents, DatasetInfo, EncodingInfo, Gen
 use crate::cache::out_dir::{ManifestNames, OutState, prepare_out_dir};
 use crate::cache::{LogprobEncoding, Positions, Task};
 use crate::chat::ChatTemplate;
-use crate::config::{GenerateConfig, KvCache, PromptSource};
+use crate::config::{GenerateConfig, Generator, KvCache, PromptSource};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::teacher::{InputMapping, Teacher, TopKScratch};
@@ -55,19 +56,28 @@ pub struct GenerateSummary {
     pub decode_seconds: f64,
     pub label_seconds: f64,
     pub seconds: f64,
-    pub cache: CacheSummary,
+    /// The soft labels' cache (the teacher's generation; a student's writes none).
+    pub cache: Option<CacheSummary>,
     /// What the user should know (the teacher fell back to the CPU, no KV cache, prompts cut).
     pub warnings: Vec<String>,
 }
 
-/// Generate, cache the soft labels, write the dataset.
+/// Generate, cache the soft labels, write the dataset; or, with a student as the
+/// generator, write its completions ([`student::generate`]).
 pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSummary> {
-    let inputs = [("--data", cfg.data.as_path()), ("--teacher", cfg.teacher.as_path()), ("--tokenizer", cfg.tokenizer.as_path())];
+    match &cfg.model {
+        Generator::Teacher(teacher) => generate_with_teacher(cfg, teacher, opts),
+        Generator::Student(dir) => student::generate(cfg, dir, opts),
+    }
+}
+
+fn generate_with_teacher(cfg: &GenerateConfig, teacher_path: &Path, opts: &RunOptions) -> Result<GenerateSummary> {
+    let inputs = [("--data", cfg.data.as_path()), ("--teacher", teacher_path), ("--tokenizer", cfg.tokenizer.as_path())];
     crate::untrusted::refuse_overlap(("--out", &cfg.out), &inputs)?;
     let started = Instant::now();
     let tok = load_tokenizer(cfg)?;
-    let eos = end_ids(cfg, &tok)?;
-    let mut teacher = load_teacher(cfg, opts)?;
+    let eos = end_ids(cfg, teacher_path, &tok)?;
+    let mut teacher = load_teacher(cfg, teacher_path, opts)?;
     let mut warnings: Vec<String> = teacher.device_note.iter().cloned().collect();
     let (kv_cache, rerun_note) = use_kv_cache(cfg, &teacher);
     warnings.extend(rerun_note);
@@ -77,7 +87,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
     let cache_dir = cfg.out.join(CACHE_DIR);
     let _lock = crate::lock::DirLock::acquire(&cfg.out, ".generate", "a generate run")?;
     let resolved = Resolved { eos: &eos, kv_cache, top_k, selectable };
-    let mut man = new_manifest(cfg, opts, &teacher, &tok, &resolved, sequences)?;
+    let mut man = new_manifest(cfg, teacher_path, opts, &teacher, &tok, &resolved, sequences)?;
     let names = ManifestNames::of(None);
     let resumed = match prepare_out_dir(&cache_dir, &man, opts.overwrite, &names, manifest::PartInfo { index: 0, count: 1 })? {
         OutState::Complete(existing) => return already_complete(cfg, &cache_dir, existing, started),
@@ -135,7 +145,7 @@ pub fn generate(cfg: &GenerateConfig, opts: &RunOptions) -> Result<GenerateSumma
         decode_seconds: tally.seconds,
         label_seconds: decoder.label_seconds,
         seconds: started.elapsed().as_secs_f64(),
-        cache,
+        cache: Some(cache),
         warnings,
     })
 }
@@ -188,7 +198,7 @@ fn record_shard(
     shard: &[decode::Sequence],
     tok: &Tokenizer,
 ) -> Result<()> {
-    output::write_part(&output::part_path(parts, index), shard, tok)?;
+    output::write_part(&output::part_path(parts, index), shard, tok, false)?;
     let info = output::write_shard(cache_dir, man, index, index as u64 * man.rows_per_shard, shard)?;
     man.totals.rows += shard.len() as u64;
     man.totals.positions += info.positions;
@@ -206,13 +216,13 @@ fn load_tokenizer(cfg: &GenerateConfig) -> Result<Tokenizer> {
 }
 
 /// The teacher, which must be a causal LM.
-fn load_teacher(cfg: &GenerateConfig, opts: &RunOptions) -> Result<Teacher> {
+fn load_teacher(cfg: &GenerateConfig, path: &Path, opts: &RunOptions) -> Result<Teacher> {
     let mapping = InputMapping { tokens: true, ..InputMapping::default() };
     // Spinning intra-op threads: decoding steps are many short runs (measured at 2 threads
     // on the with-past fixture: the rerun path 0.77-0.96x raw ONNX Runtime without, 1.05x with).
-    let teacher = Teacher::load(&cfg.teacher, &mapping, cfg.threads, true, opts.ort_lib.as_deref(), cfg.device)?;
+    let teacher = Teacher::load(path, &mapping, cfg.threads, true, opts.ort_lib.as_deref(), cfg.device)?;
     if teacher.task != Task::CausalLm {
-        return Err(Error::teacher(&cfg.teacher, "outputs [batch, classes] logits: generate needs a causal LM ([batch, seq, vocab])"));
+        return Err(Error::teacher(path, "outputs [batch, classes] logits: generate needs a causal LM ([batch, seq, vocab])"));
     }
     Ok(teacher)
 }
@@ -248,7 +258,7 @@ fn top_k(cfg: &GenerateConfig, selectable: usize) -> Result<usize> {
 /// `generation_config.json` beside the teacher (as Optimum exports it: Qwen's lists
 /// `<|im_end|>` and `<|endoftext|>`); else `eos_token` of the `tokenizer_config.json` beside
 /// the tokenizer; else the first of the usual names the tokenizer has.
-fn end_ids(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<u32>> {
+fn end_ids(cfg: &GenerateConfig, model: &Path, tok: &Tokenizer) -> Result<Vec<u32>> {
     let vocab = tok.vocab_size();
     if let Some(id) = cfg.eos {
         if id as usize >= vocab {
@@ -257,7 +267,7 @@ fn end_ids(cfg: &GenerateConfig, tok: &Tokenizer) -> Result<Vec<u32>> {
         return Ok(vec![id]);
     }
     let beside = |file: &Path, name: &str| crate::integrity::parent_dir(file).join(name);
-    let generation_config = beside(&cfg.teacher, "generation_config.json");
+    let generation_config = beside(model, "generation_config.json");
     if let Some(g) = optional_json(&generation_config)? {
         let ids = eos_ids_of(&g["eos_token_id"], vocab).map_err(|m| Error::Config(format!("{}: {m}", generation_config.display())))?;
         if !ids.is_empty() {
@@ -318,6 +328,7 @@ struct Resolved<'a> {
 /// `dataset` is filled in when that dataset is complete.
 fn new_manifest(
     cfg: &GenerateConfig,
+    teacher_path: &Path,
     opts: &RunOptions,
     teacher: &Teacher,
     tok: &Tokenizer,
@@ -345,7 +356,7 @@ fn new_manifest(
     let contents = CacheContents {
         part: None,
         task: Task::CausalLm,
-        teacher: teacher.manifest_info(file_name(&cfg.teacher)),
+        teacher: teacher.manifest_info(file_name(teacher_path)),
         tokenizer: Some(TokenizerInfo { file: file_name(&tok.path), sha256: tok.sha256.clone(), vocab_size: tok.vocab_size() }),
         vocab_size: teacher.vocab_size,
         top_k: r.top_k,
@@ -393,7 +404,7 @@ fn identity(
     encoding: &EncodingInfo,
 ) -> CacheIdentity {
     let GenerateConfig {
-        teacher: _,   // its hash and its external data's
+        model: _,     // the teacher: its hash and its external data's
         tokenizer: _, // its hash, and its chat template's
         data: _,      // the prompts' hash
         prompts: source,
@@ -470,7 +481,7 @@ fn finish(
     let parts_dir = cfg.out.join(PARTS_DIR);
     let parts: Vec<PathBuf> = (0..shards).map(|i| output::part_path(&parts_dir, i)).collect();
     let dataset = cfg.out.join(GENERATED_FILE);
-    let eos = output::assemble(&parts, &dataset)?;
+    let (eos, ..) = output::assemble(&parts, &dataset, false)?;
     man.dataset = DatasetInfo::of(&dataset)?;
     if let Some(g) = &mut man.generation {
         g.stopped_at_eos = eos;
@@ -509,7 +520,7 @@ fn already_complete(cfg: &GenerateConfig, cache_dir: &Path, man: Manifest, start
         decode_seconds: 0.0,
         label_seconds: 0.0,
         seconds: started.elapsed().as_secs_f64(),
-        cache: cache_summary(cache_dir, &man, man.shards.len(), 0.0, true),
+        cache: Some(cache_summary(cache_dir, &man, man.shards.len(), 0.0, true)),
         warnings: Vec::new(),
     })
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringBuilder, UInt32Builder, UInt64Builder};
 use arrow::datatypes::{DataType, Field as ArrowField, Schema};
 
 use crate::cache::ShardBuilder;
@@ -23,8 +23,9 @@ fn ids_field() -> DataType {
     DataType::List(Arc::new(ArrowField::new("item", DataType::UInt32, false)))
 }
 
-fn schema() -> Schema {
-    Schema::new(vec![
+/// The dataset's columns; a student's generation adds `completion_logprobs`.
+fn schema(logprobs: bool) -> Schema {
+    let mut fields = vec![
         ArrowField::new("prompt", DataType::Utf8, false),
         ArrowField::new("completion", DataType::Utf8, false),
         ArrowField::new("prompt_ids", ids_field(), false),
@@ -32,8 +33,16 @@ fn schema() -> Schema {
         ArrowField::new("stop_reason", DataType::Utf8, false),
         ArrowField::new("row", DataType::UInt64, false),
         ArrowField::new("sample", DataType::UInt32, false),
-    ])
+    ];
+    if logprobs {
+        let item = Arc::new(ArrowField::new("item", DataType::Float32, false));
+        fields.push(ArrowField::new(COMPLETION_LOGPROBS, DataType::List(item), false));
+    }
+    Schema::new(fields)
 }
+
+/// The generator's log-prob at temperature 1 of each completion token (a student's generation).
+pub const COMPLETION_LOGPROBS: &str = "completion_logprobs";
 
 fn properties() -> parquet::file::properties::WriterProperties {
     parquet::file::properties::WriterProperties::builder()
@@ -44,13 +53,17 @@ fn properties() -> parquet::file::properties::WriterProperties {
 /// One part of the generated dataset: prompt (the text, or the rendered conversation),
 /// completion (the generated tokens decoded, without the end token), prompt_ids (as fed),
 /// completion_ids (as generated, with the end token), stop_reason (`eos` or `length`), row,
-/// sample; one row per sequence, in (row, sample) order.
-pub(super) fn write_part(path: &Path, seqs: &[Sequence], tok: &Tokenizer) -> Result<()> {
+/// sample, and with `logprobs` the generator's log-prob of each completion token; one row
+/// per sequence, in (row, sample) order.
+pub(super) fn write_part(path: &Path, seqs: &[Sequence], tok: &Tokenizer, logprobs: bool) -> Result<()> {
     let (mut prompt, mut completion, mut stop) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let list = || ListBuilder::new(UInt32Builder::new()).with_field(Arc::new(ArrowField::new("item", DataType::UInt32, false)));
     let (mut prompt_ids, mut ids) = (list(), list());
     let (mut row, mut sample) = (UInt64Builder::new(), UInt32Builder::new());
+    let mut lps = ListBuilder::new(Float32Builder::new()).with_field(Arc::new(ArrowField::new("item", DataType::Float32, false)));
     for s in seqs {
+        lps.values().append_slice(&s.logprobs);
+        lps.append(true);
         let text_ids: &[u32] = if s.done == Some("eos") { &s.generated[..s.generated.len() - 1] } else { &s.generated };
         let text = tok.inner.decode(text_ids, true).map_err(|e| Error::Tokenizer {
             path: tok.path.clone(),
@@ -66,7 +79,7 @@ pub(super) fn write_part(path: &Path, seqs: &[Sequence], tok: &Tokenizer) -> Res
         row.append_value(s.row);
         sample.append_value(s.sample);
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(prompt.finish()),
         Arc::new(completion.finish()),
         Arc::new(prompt_ids.finish()),
@@ -75,14 +88,17 @@ pub(super) fn write_part(path: &Path, seqs: &[Sequence], tok: &Tokenizer) -> Res
         Arc::new(row.finish()),
         Arc::new(sample.finish()),
     ];
-    let batch = RecordBatch::try_new(Arc::new(schema()), columns).expect("columns match the schema");
-    write_batches(path, &[batch])
+    if logprobs {
+        columns.push(Arc::new(lps.finish()));
+    }
+    let batch = RecordBatch::try_new(Arc::new(schema(logprobs)), columns).expect("columns match the schema");
+    write_batches(path, &[batch], logprobs)
 }
 
-fn write_batches(path: &Path, batches: &[RecordBatch]) -> Result<()> {
+fn write_batches(path: &Path, batches: &[RecordBatch], logprobs: bool) -> Result<()> {
     let mut bytes = Vec::new();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(&mut bytes, Arc::new(schema()), Some(properties())).map_err(|e| Error::parquet(path, e))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, Arc::new(schema(logprobs)), Some(properties()))
+        .map_err(|e| Error::parquet(path, e))?;
     for b in batches {
         w.write(b).map_err(|e| Error::parquet(path, e))?;
     }
@@ -91,8 +107,8 @@ fn write_batches(path: &Path, batches: &[RecordBatch]) -> Result<()> {
 }
 
 /// The parts, in order, as one file at `out` (written atomically); returns how many
-/// sequences stopped at the end-of-sequence token.
-pub(super) fn assemble(parts: &[PathBuf], out: &Path) -> Result<u64> {
+/// sequences stopped at the end-of-sequence token, the sequences and the tokens generated.
+pub(super) fn assemble(parts: &[PathBuf], out: &Path, logprobs: bool) -> Result<(u64, u64, u64)> {
     let mut batches = Vec::new();
     for p in parts {
         let (file, _) = crate::untrusted::open(p, crate::untrusted::Cap::Weights)?;
@@ -103,11 +119,13 @@ pub(super) fn assemble(parts: &[PathBuf], out: &Path) -> Result<u64> {
             batches.push(b.map_err(|e| Error::data(p, e.to_string()))?);
         }
     }
-    let batch = arrow::compute::concat_batches(&Arc::new(schema()), &batches).map_err(|e| Error::data(out, e.to_string()))?;
+    let batch = arrow::compute::concat_batches(&Arc::new(schema(logprobs)), &batches).map_err(|e| Error::data(out, e.to_string()))?;
     let stop = batch.column(4).as_any().downcast_ref::<arrow::array::StringArray>().expect("stop_reason is a string column");
     let eos = stop.iter().filter(|s| *s == Some("eos")).count() as u64;
-    write_batches(out, &[batch])?;
-    Ok(eos)
+    let ids = batch.column(3).as_any().downcast_ref::<arrow::array::ListArray>().expect("completion_ids is a list column");
+    let tokens = ids.values().len() as u64;
+    write_batches(out, std::slice::from_ref(&batch), logprobs)?;
+    Ok((eos, batch.num_rows() as u64, tokens))
 }
 
 /// Cache shard `index` of the sequences `seqs` (dataset rows from `first_row`): each

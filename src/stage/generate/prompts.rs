@@ -100,6 +100,7 @@ impl<'a> Prompts<'a> {
             prompt: prompt.clone(),
             generated: Vec::new(),
             labels: Vec::new(),
+            logprobs: Vec::new(),
             done: None,
         };
         *sample += 1;
