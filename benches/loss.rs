@@ -26,6 +26,7 @@ fn main() {
                     ids: Tensor::from_data(TensorData::new(ids.clone(), [n, k]), &device),
                     logprobs: Tensor::from_data(TensorData::new(lps.clone(), [n, k]), &device),
                     tail_logmass: Tensor::from_data(TensorData::new(vec![-2.0f32; n], [n]), &device),
+                    sampled: None,
                 };
                 let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![1i64; n], [n]), &device);
                 let mask: Tensor<1> = Tensor::ones([n], &device);

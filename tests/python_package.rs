@@ -157,6 +157,7 @@ fn python_loss_equals_the_rust_loss() {
                 ids: Tensor::from_data(TensorData::new(all.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n, k]), &device),
                 logprobs: Tensor::from_data(TensorData::new(all.logprobs.clone(), [n, k]), &device),
                 tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [n]), &device),
+                sampled: None,
             };
             let z: Tensor<2> = Tensor::from_data(TensorData::new(logits.clone(), [n, v]), &device);
             let h: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard.clone(), [n]), &device);

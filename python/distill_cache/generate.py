@@ -170,7 +170,7 @@ def write_generated(table, out_dir):
     fd, tmp = tempfile.mkstemp(prefix=f".{GENERATED}.", suffix=".tmp", dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            pq.write_table(table, f, compression="zstd", compression_level=3)  # as distill writes it
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

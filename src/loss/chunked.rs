@@ -62,11 +62,7 @@ pub fn chunked_head_loss(
             Some(b) => z + b.clone(),
             None => z,
         };
-        let soft_c = SoftTargets {
-            ids: soft.ids.clone().narrow(0, start, len),
-            logprobs: soft.logprobs.clone().narrow(0, start, len),
-            tail_logmass: soft.tail_logmass.clone().narrow(0, start, len),
-        };
+        let soft_c = soft.narrow(start, len);
         let t = fused_terms(
             z,
             &soft_c,
@@ -148,6 +144,7 @@ mod tests {
                     ids: Tensor::from_data(TensorData::new(ids.clone(), [m, k]), &device),
                     logprobs: Tensor::from_data(TensorData::new(lps.clone(), [m, k]), &device),
                     tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [m]), &device),
+                    sampled: None,
                 };
                 let hard_t: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard.clone(), [m]), &device);
                 let mask: Tensor<1> = Tensor::ones([m], &device);

@@ -4,7 +4,50 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
+use burn::tensor::Int;
+
 use super::{MIN_REST, SoftTargets, TailMode, kl_per_position, log_sum_exp};
+
+/// The tokens the student drew, for [`Divergence::SampledRkl`] on data the student wrote
+/// and the teacher scored (`generate --student`, then `cache-teacher --token-ids`).
+///
+/// `rho` is a truncated importance weight for staleness: the student's probability of `y`
+/// at temperature 1 now over when it was generated (`generated`), at most
+/// [`MAX_IMPORTANCE_WEIGHT`]; 1 where the generation's log-prob is unknown (NaN) or the
+/// student has not changed. On the student's own samples `E_y[(log q - log p) grad log q]`
+/// is the reverse KL's gradient (the `+1` of `grad (q log q)` has mean zero), so the term
+/// trains the student where it is, not where the teacher's text was.
+///
+/// # Shapes
+/// - `tokens`: `[n]` the token each position's hard label is (the one drawn)
+/// - `teacher`: `[n]` the teacher's log-prob of it at the cache's temperature
+///   (`hard_label_logprob`)
+/// - `generated`: `[n]` the student's log-prob of it at T = 1 when generated, or NaN
+pub struct SampledTokens {
+    pub tokens: Tensor<1, Int>,
+    pub teacher: Tensor<1>,
+    pub generated: Tensor<1>,
+}
+
+impl SampledTokens {
+    /// The same without autodiff.
+    pub(crate) fn inner(&self) -> SampledTokens {
+        SampledTokens {
+            tokens: self.tokens.clone().inner(),
+            teacher: self.teacher.clone().inner(),
+            generated: self.generated.clone().inner(),
+        }
+    }
+
+    /// Positions `start..start + len`.
+    pub(crate) fn narrow(&self, start: usize, len: usize) -> SampledTokens {
+        SampledTokens {
+            tokens: self.tokens.clone().narrow(0, start, len),
+            teacher: self.teacher.clone().narrow(0, start, len),
+            generated: self.generated.clone().narrow(0, start, len),
+        }
+    }
+}
 
 /// The divergence between the teacher's and the student's distributions over the cached
 /// support (`--divergence`). Each is a sum over the support's outcomes (the cached ids, and
@@ -17,6 +60,11 @@ use super::{MIN_REST, SoftTargets, TailMode, kl_per_position, log_sum_exp};
 /// - `Jsd(beta)`: `beta p log(p / m) + (1 - beta) q log(q / m)`, `m = beta p + (1 - beta) q`
 ///   (the generalised JSD of TRL's GKD and Liger-Kernel), `0 < beta < 1`
 /// - `Tvd`: `|p - q| / 2` (DistillKit)
+/// - `SampledRkl`: not a sum over the support but the per-token estimator of on-policy
+///   distillation (GKD; "on-policy distillation", Thinking Machines 2025), for data the
+///   student wrote: at each position, with `y` the token the student drew (the hard label),
+///   `d = rho (log q(y) - log p(y))`, whose mean estimates the reverse KL; its gradient is
+///   `d * grad log q(y)` (see [`SampledTokens`])
 /// - `SkewKl(lambda)`: `p log(p / m)`, `m = lambda p + (1 - lambda) q` (DistiLLM)
 /// - `SkewRkl(lambda)`: `q log(q / m)`, `m = (1 - lambda) p + lambda q` (DistiLLM)
 ///
@@ -29,6 +77,7 @@ pub enum Divergence {
     Tvd,
     SkewKl(f32),
     SkewRkl(f32),
+    SampledRkl,
 }
 
 impl Divergence {
@@ -51,12 +100,13 @@ impl Divergence {
             "forward-kl" | "kl" => plain(Divergence::ForwardKl),
             "reverse-kl" => plain(Divergence::ReverseKl),
             "tvd" => plain(Divergence::Tvd),
+            "sampled-rkl" => plain(Divergence::SampledRkl),
             "jsd" => Ok(Divergence::Jsd(weight("beta")?)),
             "skew-kl" => Ok(Divergence::SkewKl(weight("lambda")?)),
             "skew-rkl" => Ok(Divergence::SkewRkl(weight("lambda")?)),
-            other => {
-                Err(format!("unknown divergence `{other}` (known: forward-kl, reverse-kl, jsd:BETA, tvd, skew-kl:LAMBDA, skew-rkl:LAMBDA)"))
-            }
+            other => Err(format!(
+                "unknown divergence `{other}` (known: forward-kl, reverse-kl, jsd:BETA, tvd, skew-kl:LAMBDA, skew-rkl:LAMBDA, sampled-rkl)"
+            )),
         }
     }
 
@@ -66,6 +116,7 @@ impl Divergence {
     /// - `p`, `logp`, `q`, `logq`: one shape; returns two of it
     fn term<const D: usize>(self, p: Tensor<D>, logp: Tensor<D>, q: Tensor<D>, logq: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
         match self {
+            Divergence::SampledRkl => unreachable!("sampled-rkl is a term at the drawn token, not a sum over the support"),
             Divergence::ForwardKl => ((logp - logq) * p.clone(), (p / q).neg()),
             Divergence::ReverseKl => {
                 let logp = logp.clamp_min(MIN_REST.ln());
@@ -114,6 +165,7 @@ impl std::fmt::Display for Divergence {
             Divergence::Jsd(b) => write!(f, "jsd:{b}"),
             Divergence::SkewKl(l) => write!(f, "skew-kl:{l}"),
             Divergence::SkewRkl(l) => write!(f, "skew-rkl:{l}"),
+            Divergence::SampledRkl => write!(f, "sampled-rkl"),
         }
     }
 }
@@ -132,6 +184,9 @@ pub fn divergence_per_position(
 ) -> Tensor<1> {
     if div == Divergence::ForwardKl {
         return kl_per_position(student_logits, soft, temperature, tail);
+    }
+    if div == Divergence::SampledRkl {
+        return sampled_per_position(student_logits, soft, temperature);
     }
     let [_, vocab] = student_logits.dims();
     let [_, k] = soft.ids.dims();
@@ -199,4 +254,32 @@ pub(super) fn divergence_terms(
             (d.sum_dim(1).squeeze_dim::<1>(1), None, s * (g - c) * w.clone())
         }
     }
+}
+
+/// The largest importance weight of a sampled token ([`SampledTokens`]): truncated, so a
+/// token the student has since made much more likely does not dominate a batch.
+pub const MAX_IMPORTANCE_WEIGHT: f32 = 2.0;
+
+/// `d = rho (log q_T(y) - log p_T(y))` per position ([`Divergence::SampledRkl`]), composed
+/// from Burn operations: the reference of the fused loss's value. (Its own gradient is not
+/// the estimator's: the fused loss backpropagates `d * grad log q_T(y)`, `d` held constant.)
+///
+/// # Shapes
+/// - `student_logits`: `[n, vocab]`; returns `[n]`
+pub fn sampled_per_position(student_logits: Tensor<2>, soft: &SoftTargets, temperature: f32) -> Tensor<1> {
+    let s = soft.sampled.as_ref().expect("sampled-rkl needs the sampled tokens (checked before training)");
+    let y = s.tokens.clone().unsqueeze_dim::<2>(1); // [n, 1]
+    let student = log_softmax(student_logits.clone().div_scalar(temperature), 1).gather(1, y.clone()).squeeze_dim::<1>(1);
+    let now = log_softmax(student_logits, 1).gather(1, y).squeeze_dim::<1>(1);
+    (student - s.teacher.clone()) * importance_weight(now, s.generated.clone())
+}
+
+/// `rho = min(exp(log q_1(y) - log q_gen(y)), MAX_IMPORTANCE_WEIGHT)`, 1 where the
+/// generation's log-prob is unknown (NaN). No gradient.
+///
+/// # Shapes
+/// - `now`, `generated`: `[n]`; returns `[n]`
+pub(crate) fn importance_weight(now: Tensor<1>, generated: Tensor<1>) -> Tensor<1> {
+    let unknown = generated.clone().is_nan();
+    (now.detach() - generated.mask_fill(unknown.clone(), 0.0)).exp().clamp_max(MAX_IMPORTANCE_WEIGHT).mask_fill(unknown, 1.0)
 }

@@ -24,7 +24,7 @@ pub mod hidden;
 
 pub use chunked::{HeadWeights, chunked_head_loss};
 use divergence::divergence_terms;
-pub use divergence::{Divergence, divergence_per_position};
+pub use divergence::{Divergence, MAX_IMPORTANCE_WEIGHT, SampledTokens, divergence_per_position, sampled_per_position};
 pub use hidden::{HiddenLoss, HiddenMaps, HiddenPair, HiddenPairs};
 
 /// How the mass outside the cached top-k is treated.
@@ -50,6 +50,8 @@ pub struct SoftTargets {
     pub ids: Tensor<2, Int>,
     pub logprobs: Tensor<2>,
     pub tail_logmass: Tensor<1>,
+    /// The tokens drawn, for [`Divergence::SampledRkl`] (`None` for the other divergences).
+    pub sampled: Option<SampledTokens>,
 }
 
 /// The loss and its parts (each a mean over the positions that count).
@@ -236,6 +238,17 @@ impl SoftTargets {
             ids: self.ids.clone().inner(),
             logprobs: self.logprobs.clone().inner(),
             tail_logmass: self.tail_logmass.clone().inner(),
+            sampled: self.sampled.as_ref().map(SampledTokens::inner),
+        }
+    }
+
+    /// Positions `start..start + len`.
+    pub(crate) fn narrow(&self, start: usize, len: usize) -> SoftTargets {
+        SoftTargets {
+            ids: self.ids.clone().narrow(0, start, len),
+            logprobs: self.logprobs.clone().narrow(0, start, len),
+            tail_logmass: self.tail_logmass.clone().narrow(0, start, len),
+            sampled: self.sampled.as_ref().map(|s| s.narrow(start, len)),
         }
     }
 }
@@ -255,7 +268,6 @@ pub(crate) fn fused_terms(
 ) -> Terms {
     let [_, vocab] = z.dims();
     let [_, k] = soft.ids.dims();
-    let soft = SoftTargets { ids: soft.ids.clone(), logprobs: soft.logprobs.clone(), tail_logmass: soft.tail_logmass.clone() };
     let zmax = z.clone().max_dim(1); // [n, 1]
     let (count, labelled_count) = (counts.masked.clone(), counts.labelled.clone());
 
@@ -277,10 +289,10 @@ pub(crate) fn fused_terms(
     // Cross-entropy at T = 1. log Z = z_max - log(q_max), and q_max >= 1 / V cannot underflow.
     let lse1 = zmax.clone() - q1.clone().max_dim(1).log(); // [n, 1]
     let y = hard.unsqueeze_dim::<2>(1); // [n, 1]
-    let ce_i = (lse1 - z.clone().gather(1, y.clone())).squeeze_dim::<1>(1); // [n]
+    let ce_i = (lse1.clone() - z.clone().gather(1, y.clone())).squeeze_dim::<1>(1); // [n]
     let ce = (ce_i * labelled.clone()).sum() / labelled_count.clone();
     let w_ce = (labelled / labelled_count).mul_scalar(1.0 - alpha).unsqueeze_dim::<2>(1); // [n, 1]
-    let mut grad = q1 * w_ce.clone(); // [n, V]
+    let mut grad = q1.clone() * w_ce.clone(); // [n, V]
     let mut idx = vec![y]; // scattered into `grad`: [n, 1] and [n, k]
     let mut vals = vec![w_ce.neg()];
 
@@ -290,6 +302,21 @@ pub(crate) fn fused_terms(
         let zk = z.clone().gather(1, soft.ids.clone()).div_scalar(temperature); // [n, k]
         let teacher = soft.logprobs.clone(); // [n, k]
         let kl_i = match tail {
+            _ if divergence == Divergence::SampledRkl => {
+                // d/dz_j of alpha T^2 mean(d log q_T(y)), d held: alpha T w_i d_i ([j = y] - q_T,j)
+                let s = soft.sampled.as_ref().expect("sampled-rkl needs the sampled tokens (checked before training)");
+                let qt = if temperature == 1.0 { q1.clone() } else { kernels::softmax(z.clone(), 1.0 / temperature as f64) }; // [n, V]
+                let lse_t = zmax.clone().div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
+                let y = s.tokens.clone().unsqueeze_dim::<2>(1); // [n, 1]
+                let student = (z.clone().gather(1, y.clone()).div_scalar(temperature) - lse_t).squeeze_dim::<1>(1); // [n]
+                let now = (z.clone().gather(1, y.clone()) - lse1.clone()).squeeze_dim::<1>(1); // [n] log q_1(y)
+                let d = (student - s.teacher.clone()) * divergence::importance_weight(now, s.generated.clone()); // [n]
+                let wd = w.clone() * d.clone().unsqueeze_dim::<2>(1); // [n, 1]
+                grad = grad - qt * wd.clone();
+                idx.push(y);
+                vals.push(wd);
+                d
+            }
             _ if divergence != Divergence::ForwardKl => {
                 let (d, dense, g_val) = divergence_terms(divergence, tail, k < vocab, qt, &zmax, &zk, &soft, temperature, &w);
                 if let Some(dense) = dense {

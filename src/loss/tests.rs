@@ -33,6 +33,7 @@ fn targets(lp: Vec<f32>, ids: Vec<i64>, tail: Vec<f32>, n: usize, k: usize) -> S
         ids: Tensor::from_data(TensorData::new(ids, [n, k]), &dev()),
         logprobs: t2(&lp, n, k),
         tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [n]), &dev()),
+        sampled: None,
     }
 }
 
@@ -169,6 +170,7 @@ fn sampled_soft_labels_give_an_unbiased_gradient() {
     let on = |s: SoftTargets| SoftTargets {
         ids: Tensor::from_data(s.ids.into_data(), &device),
         logprobs: Tensor::from_data(s.logprobs.into_data(), &device),
+        sampled: None,
         tail_logmass: Tensor::from_data(s.tail_logmass.into_data(), &device),
     };
     let grad = |soft: SoftTargets, n: usize| -> Vec<f64> {
@@ -271,6 +273,7 @@ fn unlabelled_positions_count_in_the_kl_only() {
     let d = &d;
     let soft = SoftTargets {
         ids: Tensor::from_data(TensorData::new(vec![2i64, 0, 1, 0, 2, 1], [2, 3]), d),
+        sampled: None,
         logprobs: Tensor::from_data(TensorData::new(vec![-0.5f32, -1.5, -1.6, -0.2, -2.0, -3.0], [2, 3]), d),
         tail_logmass: Tensor::from_data(TensorData::new(vec![-1e4f32, -1e4], [2]), d),
     };
@@ -352,6 +355,7 @@ fn fused_matches_the_reference_in_value_and_gradient() {
                 ids: Tensor::from_data(TensorData::new(ids, [n, k]), &device),
                 logprobs: Tensor::from_data(TensorData::new(lps, [n, k]), &device),
                 tail_logmass: Tensor::from_data(TensorData::new(tails, [n]), &device),
+                sampled: None,
             };
             let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(vec![1i64, 0, 6, 2, 5], [n]), &device);
             let mask: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 1.0, 0.0, 1.0, 1.0], [n]), &device);
@@ -373,5 +377,90 @@ fn fused_matches_the_reference_in_value_and_gradient() {
                 assert!((a - b).abs() <= 1e-5, "{case}: d loss / d z[{}, {}] = {b}, reference {a}", j / v, j % v);
             }
         }
+    }
+}
+
+/// The sampled-token estimator (`sampled-rkl`): the fused loss's `kl` is the mean over the
+/// mask of `d = rho (log q_T(y) - log p_T(y))` (the composed reference,
+/// `sampled_per_position`), its value `alpha T^2 kl + (1 - alpha) ce`, and its gradient
+/// that of the REINFORCE surrogate `alpha T^2 mean(d log q_T(y)) + (1 - alpha) ce` with `d`
+/// held constant, taken by Burn's autodiff. The generation-time log-probs cover an unknown
+/// one (NaN: rho = 1), one the student has made more likely since (rho clamped at 2), one
+/// less likely (rho < 1) and the same (rho = 1); one position is masked out.
+#[test]
+fn sampled_rkl_is_the_reinforce_surrogate() {
+    let device = dev().autodiff();
+    let (n, v) = (5, 7);
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 6.0 - 3.0
+    };
+    let z: Vec<f32> = (0..n * v).map(|_| next() as f32).collect();
+    let y = vec![1i64, 0, 6, 2, 5];
+    let teacher: Vec<f32> = (0..n).map(|_| (next() - 4.0) as f32).collect();
+    let now: Vec<f64> =
+        (0..n).map(|r| log_softmax_ref(&z[r * v..(r + 1) * v].iter().map(|&x| x as f64).collect::<Vec<_>>(), 1.0)[y[r] as usize]).collect();
+    let generated = vec![f32::NAN, (now[1] - 3.0) as f32, (now[2] + 0.7) as f32, now[3] as f32, (now[4] - 0.2) as f32];
+    let mask: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 1.0, 0.0, 1.0, 1.0], [n]), &device);
+    let labelled: Tensor<1> = Tensor::from_data(TensorData::new(vec![1f32, 0.0, 1.0, 1.0, 1.0], [n]), &device);
+    let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(y.clone(), [n]), &device);
+    let soft = SoftTargets {
+        ids: Tensor::from_data(TensorData::new(vec![0i64; n], [n, 1]), &device),
+        logprobs: Tensor::zeros([n, 1], &device),
+        tail_logmass: Tensor::zeros([n], &device),
+        sampled: Some(SampledTokens {
+            tokens: hard.clone(),
+            teacher: Tensor::from_data(TensorData::new(teacher.clone(), [n]), &device),
+            generated: Tensor::from_data(TensorData::new(generated.clone(), [n]), &device),
+        }),
+    };
+    for (alpha, temperature) in [(1.0f32, 1.0f32), (0.5, 1.0), (0.5, 2.0), (0.0, 2.0)] {
+        let case = format!("alpha = {alpha}, T = {temperature}");
+        let x = || Tensor::<2>::from_data(TensorData::new(z.clone(), [n, v]), &device).require_grad();
+        let fused_x = x();
+        let parts = fused_distillation_loss(
+            fused_x.clone(),
+            &soft,
+            hard.clone(),
+            mask.clone(),
+            labelled.clone(),
+            alpha,
+            temperature,
+            TailMode::Bucket,
+            Divergence::SampledRkl,
+        );
+        let (loss, kl, ce) = (scalar(parts.loss.clone()), scalar(parts.kl), scalar(parts.ce));
+        let got = fused_x.grad(&parts.loss.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+
+        let ref_x = x();
+        let d = sampled_per_position(ref_x.clone(), &soft, temperature); // [n]
+        let count = mask.clone().sum();
+        // At alpha = 0 the divergence is not computed (reported as 0), as for the others.
+        let want_kl = if alpha > 0.0 { scalar((d.clone() * mask.clone()).sum() / count.clone()) } else { 0.0 };
+        let log_q = log_softmax(ref_x.clone().div_scalar(temperature), 1).gather(1, hard.clone().unsqueeze_dim(1)).squeeze_dim::<1>(1);
+        let ce_ref = (ce_per_position(ref_x.clone(), hard.clone()) * labelled.clone()).sum() / labelled.clone().sum();
+        let surrogate = (d.detach() * log_q * mask.clone()).sum() / count;
+        let total = surrogate.mul_scalar(alpha * temperature * temperature) + ce_ref.clone().mul_scalar(1.0 - alpha);
+        let want = ref_x.grad(&total.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let want_ce = scalar(ce_ref);
+        let want_loss = (alpha * temperature * temperature) as f64 * want_kl + (1.0 - alpha) as f64 * want_ce;
+        for (name, a, b) in [("kl", want_kl, kl), ("ce", want_ce, ce), ("loss", want_loss, loss)] {
+            assert!(a.is_finite() && (a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{case}: {name} {b} vs reference {a}");
+        }
+        for (j, (a, b)) in want.iter().zip(&got).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "{case}: d loss / d z[{}, {}] = {b}, reference {a}", j / v, j % v);
+        }
+    }
+    // rho by hand: unknown -> 1, made more likely since -> clamped at 2, less likely -> e^-0.7.
+    let rho = crate::loss::divergence::importance_weight(
+        Tensor::from_data(TensorData::new(now.iter().map(|&x| x as f32).collect::<Vec<_>>(), [n]), &device),
+        Tensor::from_data(TensorData::new(generated, [n]), &device),
+    )
+    .into_data()
+    .try_to_vec::<f32>()
+    .unwrap();
+    for (got, want) in rho.iter().zip([1.0, MAX_IMPORTANCE_WEIGHT as f64, (-0.7f64).exp(), 1.0, 0.2f64.exp()]) {
+        assert!((*got as f64 - want).abs() < 1e-5, "rho {got} vs {want}");
     }
 }

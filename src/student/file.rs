@@ -82,6 +82,9 @@ pub struct PreparedRow {
     pub tokens: Vec<u32>,
     pub positions: Vec<usize>,
     pub label: Option<i64>,
+    /// A student's generation ([`prepare_rows_with_logprobs`]): its log-prob of each
+    /// completion token, the first predicted by position `.0` (the first cached one).
+    pub generated: Option<(usize, Vec<f32>)>,
 }
 
 pub fn prepare_rows(
@@ -92,8 +95,26 @@ pub fn prepare_rows(
     count: u64,
     start: Option<data::RowStart>,
 ) -> Result<Vec<PreparedRow>> {
-    let cols = columns_of(spec);
+    prepare_rows_with_logprobs(path, spec, tok, first, count, start, None)
+}
+
+/// [`prepare_rows`], with each row's generation log-probs from the list column `logprobs`
+/// (`completion_logprobs` of `generate --student`), one per completion token.
+pub fn prepare_rows_with_logprobs(
+    path: &Path,
+    spec: &DataSpec,
+    tok: Option<&Tokenizer>,
+    first: u64,
+    count: u64,
+    start: Option<data::RowStart>,
+    logprobs: Option<&str>,
+) -> Result<Vec<PreparedRow>> {
+    let mut cols = columns_of(spec);
     let label_slot = spec.label_column.as_ref().map(|_| cols.len() - 1);
+    let logprobs_slot = logprobs.map(|name| {
+        cols.push(Column::new(name, Kind::Numbers));
+        cols.len() - 1
+    });
     let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
     let rows = match start {
         Some(at) if at.row == first => data::read_jsonl_at(path, &cols, at)?,
@@ -105,10 +126,15 @@ pub fn prepare_rows(
             Some(Field::Label(l)) => Some(*l),
             _ => None,
         };
+        let generated = match logprobs_slot.map(|s| &row.fields[s]) {
+            Some(Field::Numbers(v)) => Some(v.clone()),
+            _ => None,
+        };
         match (&spec.text, tok) {
             (Some(t), Some(tok)) => {
                 let tk = text::tokenize(tok, t, &row.fields, row.index, path)?;
-                out.push(PreparedRow { index: row.index, features: vec![], positions: tk.positions(), tokens: tk.ids, label });
+                let generated = generated.map(|v| (tk.first_position, v));
+                out.push(PreparedRow { index: row.index, features: vec![], positions: tk.positions(), tokens: tk.ids, label, generated });
             }
             _ => {
                 let mut features = Vec::new();
@@ -123,7 +149,7 @@ pub fn prepare_rows(
                         _ => return Err(Error::data(path, format!("row {}, column `{name}`: value is missing (null)", row.index))),
                     }
                 }
-                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label });
+                out.push(PreparedRow { index: row.index, features, tokens: vec![], positions: vec![0], label, generated: None });
             }
         }
     }
@@ -133,6 +159,6 @@ pub fn prepare_rows(
 impl PreparedRow {
     /// Bytes this row holds.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len())
+        std::mem::size_of::<Self>() + 4 * (self.tokens.len() + self.features.len() + self.generated.as_ref().map_or(0, |g| g.1.len()))
     }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::{Encoder, EncoderConfig};
-pub use file::{DataSpec, PreparedRow, StudentFile, prepare_rows};
+pub use file::{DataSpec, PreparedRow, StudentFile, prepare_rows, prepare_rows_with_logprobs};
 pub use mlp::{Mlp, MlpConfig};
 
 use crate::error::{Error, Result};

@@ -48,6 +48,7 @@ pub(super) fn batch_loss(
     let mut cached: Vec<(usize, usize)> = Vec::new(); // (row in the batch, position)
     let (mut ids, mut lps, mut tail, mut hard, mut labelled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut teacher_states: Vec<f32> = Vec::new(); // [m, sum of widths]
+    let (mut drawn_teacher, mut drawn_generated) = (Vec::new(), Vec::new()); // [m] each, sampled-rkl
     for (r, e) in batch.iter().enumerate() {
         for t in &e.targets {
             cached.push((r, t.position));
@@ -57,6 +58,10 @@ pub(super) fn batch_loss(
             hard.push(t.hard.unwrap_or(0));
             labelled.push(if t.hard.is_some() { 1f32 } else { 0.0 });
             teacher_states.extend(t.hidden.iter().map(|v| v.to_f32()));
+            if let Some((teacher, generated)) = t.sampled {
+                drawn_teacher.push(teacher);
+                drawn_generated.push(generated);
+            }
         }
     }
     let count = cached.len();
@@ -66,6 +71,11 @@ pub(super) fn batch_loss(
         ids: Tensor::from_data(TensorData::new(ids, [count, k]), device),
         logprobs: Tensor::from_data(TensorData::new(lps, [count, k]), device),
         tail_logmass: Tensor::from_data(TensorData::new(tail, [count]), device),
+        sampled: (drawn_teacher.len() == count && cfg.divergence == loss::Divergence::SampledRkl).then(|| loss::SampledTokens {
+            tokens: Tensor::from_data(TensorData::new(hard.clone(), [count]), device),
+            teacher: Tensor::from_data(TensorData::new(drawn_teacher, [count]), device),
+            generated: Tensor::from_data(TensorData::new(drawn_generated, [count]), device),
+        }),
     };
     let hard: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard, [count]), device);
     let mask: Tensor<1> = Tensor::ones([count], device);

@@ -76,6 +76,19 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
             m.temperature
         )));
     }
+    if cfg.loss.divergence == crate::loss::Divergence::SampledRkl {
+        if m.task != Task::CausalLm {
+            return Err(Error::Config(
+                "train.divergence = sampled-rkl needs a causal-LM cache of text the student wrote (generate --student, then cache-teacher --token-ids)".into(),
+            ));
+        }
+        if (t - m.temperature).abs() > 1e-6 {
+            return Err(Error::Config(format!(
+                "train.temperature = {t} differs from the cache's {}: sampled-rkl reads the teacher's log-prob of each drawn token, stored at the cache's temperature only",
+                m.temperature
+            )));
+        }
+    }
     if (t - m.temperature).abs() > 1e-6 && cfg.loss.tail == TailMode::Bucket && m.top_k < m.vocab_size {
         return Err(Error::Config(format!(
             "train.temperature = {t} differs from the cache's temperature {}: the tail mass at {t} cannot be \

@@ -11,7 +11,16 @@ use crate::error::{Error, Result};
 use crate::loss;
 use crate::text::Tokenizer;
 
-use crate::student::{DataSpec, PreparedRow, prepare_rows};
+use crate::student::{DataSpec, PreparedRow, prepare_rows_with_logprobs};
+
+/// The column of a student's generation log-probs (`generate --student`).
+pub(super) use crate::stage::generate::COMPLETION_LOGPROBS;
+
+/// Whether the training data carries a student's generation log-probs (a Parquet dataset
+/// made by `generate --student`).
+fn generation_logprobs_in(data: &std::path::Path) -> Result<bool> {
+    Ok(data::column_names(data)?.iter().any(|c| c == COMPLETION_LOGPROBS))
+}
 
 /// One dataset row joined with its cached positions.
 pub(super) struct Example {
@@ -27,6 +36,10 @@ pub(super) struct Target {
     pub tail: f32,
     /// `None`: an unlabelled classification row (soft label only).
     pub hard: Option<i64>,
+    /// `--divergence sampled-rkl`: the teacher's log-prob of the hard label (the token the
+    /// student drew) at the cache's temperature, and the student's at T = 1 when it was
+    /// generated (NaN: unknown).
+    pub sampled: Option<(f32, f32)>,
     /// The cached teacher hidden states of `--hidden-layers`, one after the other in the
     /// pairs' order (`[sum of their widths]`; empty without hidden-state pairs), in f16 as
     /// the cache stores them (half the memory of the shuffle window's f32).
@@ -85,9 +98,12 @@ pub(super) fn load_shard(
         return Ok(Vec::new());
     }
     let count = shard.rows.min(limit - shard.first_row);
-    let rows =
-        memo.rows(shard.first_row, || prepare_rows(&cfg.data, spec, tok, shard.first_row, count, starts.get(&shard.first_row).copied()))?;
+    let sampled = cfg.loss.divergence == loss::Divergence::SampledRkl;
+    let logprobs = (sampled && generation_logprobs_in(&cfg.data)?).then_some(COMPLETION_LOGPROBS);
+    let start = starts.get(&shard.first_row).copied();
+    let rows = memo.rows(shard.first_row, || prepare_rows_with_logprobs(&cfg.data, spec, tok, shard.first_row, count, start, logprobs))?;
     let labels: Vec<Option<i64>> = rows.iter().map(|r| r.label).collect();
+    let generated: Vec<Option<(usize, Vec<f32>)>> = rows.iter().map(|r| r.generated.clone()).collect();
     let mut examples: Vec<Example> =
         rows.into_iter().map(|r| Example { features: r.features, tokens: r.tokens, targets: Vec::new() }).collect();
     let t0 = Instant::now();
@@ -108,7 +124,17 @@ pub(super) fn load_shard(
             let at = (r - shard.first_row) as usize;
             let (position, hard) = (b.positions[i] as usize, b.hard_labels[i]);
             check_hard_label(reader, shard, r, position, hard, labels[at], &examples[at].tokens)?;
-            let target = soft.target(&b, i, position, hard);
+            let mut target = soft.target(&b, i, position, hard);
+            if sampled {
+                let teacher = b.hard_label_logprobs[i].filter(|v| v.is_finite()).ok_or_else(|| {
+                    Error::cache(
+                        reader.shard_path(shard),
+                        format!("row {r} position {position}: no teacher log-prob of the next token, which sampled-rkl needs"),
+                    )
+                })?;
+                let at_generation = generated[at].as_ref().and_then(|(first, v)| v.get(position.checked_sub(*first)?).copied());
+                target.sampled = Some((teacher, at_generation.unwrap_or(f32::NAN)));
+            }
             if let Some(bad) = target.ids.iter().find(|&&id| id as usize >= student_vocab) {
                 return Err(Error::cache(
                     reader.shard_path(shard),
@@ -212,6 +238,7 @@ impl SoftLabelReader {
             logprobs,
             tail: if tail.is_finite() { tail as f32 } else { -1e4 },
             hard,
+            sampled: None,
             hidden: self
                 .hidden
                 .iter()
