@@ -318,7 +318,7 @@ pub(crate) fn fused_terms(
                 d
             }
             _ if divergence != Divergence::ForwardKl => {
-                let (d, dense, g_val) = divergence_terms(divergence, tail, k < vocab, qt, &zmax, &zk, &soft, temperature, &w);
+                let (d, dense, g_val) = divergence_terms(divergence, tail, k < vocab, qt, &zmax, &zk, soft, temperature, &w);
                 if let Some(dense) = dense {
                     grad = grad + dense;
                 }
