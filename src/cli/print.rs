@@ -132,6 +132,7 @@ pub fn step(step: distill::pipeline::Step<'_>, quiet: bool) {
         Step::Table(table) => println!("\n{table}"),
         Step::Drawn(picture) => println!("{}", picture.display()),
         Step::Warning(w) => eprintln!("warning: {w}"),
+        Step::Round { seed, round, dir } => eprintln!("== on-policy round {round}, seed {seed} -> {}", dir.display()),
     }
 }
 

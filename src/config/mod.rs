@@ -5,6 +5,7 @@
 mod as_text;
 mod cache;
 mod generate;
+mod onpolicy;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -17,12 +18,14 @@ use crate::student::StudentSpec;
 
 pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Names, SoftLabels, Spin, TextConfig, TextPositions, TextSource, TopkIn};
 pub use generate::{CACHE_DIR, GENERATED_FILE, GenerateConfig, GenerateSettings, Generator, KvCache, PromptSource};
+pub use onpolicy::{OnPolicyConfig, OnPolicySettings};
 pub use train::{LossConfig, Schedule, TrainConfig, TrainDevice, TrainSettings};
 
 /// The defaults of every setting, in one place.
 pub mod defaults {
     pub use super::cache::defaults as cache;
     pub use super::generate::defaults as generate;
+    pub use super::onpolicy::defaults as onpolicy;
     pub use super::train::defaults as train;
 }
 
@@ -113,6 +116,8 @@ pub struct PipelineFile {
     pub train: Option<TrainSettings>,
     /// Evaluation of teacher, distilled and hard-label-only students.
     pub eval: Option<EvalSettings>,
+    /// Rounds of on-policy distillation after each seed's distilled student.
+    pub onpolicy: Option<OnPolicySettings>,
 }
 
 impl PipelineFile {
@@ -128,6 +133,7 @@ impl PipelineFile {
         file.cache = file.cache.relative_to(base);
         file.generate = file.generate.map(|g| g.relative_to(base));
         file.train = file.train.map(|t| t.relative_to(base));
+        file.onpolicy = file.onpolicy.map(|o| o.relative_to(base));
         if let Some(StudentSpec::Hf { path: p }) = &mut file.student
             && p.is_relative()
         {

@@ -8,9 +8,11 @@
 //! In: a loaded [`PipelineFile`] and [`RunOptions`]. Out: [`Step`]s as they happen (the
 //! binary prints them) and the results table. Every setting is checked before any work.
 
+mod onpolicy;
+
 use std::path::{Path, PathBuf};
 
-use crate::config::{CacheTeacherConfig, EvalSettings, GenerateConfig, PipelineFile, TrainSettings};
+use crate::config::{CacheTeacherConfig, EvalSettings, GenerateConfig, OnPolicyConfig, PipelineFile, TrainSettings};
 use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 use crate::train::{TrainOptions, TrainSummary};
@@ -46,6 +48,12 @@ pub enum Step<'a> {
     Drawn(&'a Path),
     /// Something the user should know that did not stop the pipeline.
     Warning(String),
+    /// An on-policy round starts: the seed, the round (from 1) and its directory.
+    Round {
+        seed: u64,
+        round: usize,
+        dir: &'a Path,
+    },
 }
 
 /// A row of the results table: its label and each seed's report.
@@ -57,6 +65,8 @@ struct Checked {
     generate: Option<GenerateConfig>,
     /// `[student]`, `[eval]` and the seeds, when the pipeline trains.
     students: Option<(StudentSpec, EvalSettings, Vec<u64>)>,
+    /// `[onpolicy]`, when the distilled students go on to on-policy rounds.
+    onpolicy: Option<OnPolicyConfig>,
 }
 
 /// Run the pipeline `file`; returns the results table when it trains students.
@@ -72,8 +82,14 @@ pub fn run(file: &PipelineFile, opts: &RunOptions, on_step: &mut dyn FnMut(Step<
     // One pipeline at a time in `[train] out`: its run directories are replaced below.
     let _lock = crate::lock::DirLock::acquire(&out, ".pipeline", "a pipeline's students")?;
     let (rows, trained) = train_students(file, student, eval, seeds, &teacher_cache, opts, on_step)?;
-    let table = results_table(&teacher, &rows, seeds.len());
+    let mut table = results_table(&teacher, &rows, seeds.len());
     on_step(Step::Table(&table));
+    if let Some(cfg) = &checked.onpolicy {
+        let rounds = onpolicy::Rounds { file, cfg, eval, teacher_cache: &teacher_cache, opts };
+        let onpolicy = on_policy_rows(&rounds, seeds, &out, on_step)?;
+        on_step(Step::Table(&onpolicy));
+        table = format!("{table}\n## On the students' own completions of the held-out prompts\n\n{onpolicy}");
+    }
     crate::integrity::write_atomic(&out.join("results.md"), table.as_bytes())?;
     draw_report(&train_cache, &trained, &out.join("report.svg"), on_step);
     Ok(Some(table))
@@ -88,7 +104,27 @@ fn check(file: &PipelineFile) -> Result<Checked> {
         (Some(student), Some(eval)) => Some((student.clone(), eval.clone(), seeds(file, student, eval)?)),
         _ => None,
     };
-    Ok(Checked { cache, generate, students })
+    let onpolicy = file.onpolicy.clone().map(|o| o.validate(cache.data.as_path().into())).transpose()?;
+    if onpolicy.is_some() && (students.is_none() || cache.text.is_none() || file.generate.is_some()) {
+        return Err(Error::Config(
+            "[onpolicy] continues a causal-LM pipeline's distilled students: it needs [student], [eval] and a text [cache] (not [generate])".into(),
+        ));
+    }
+    Ok(Checked { cache, generate, students, onpolicy })
+}
+
+/// Every seed's on-policy rounds from its distilled student; returns their table.
+fn on_policy_rows(rounds: &onpolicy::Rounds<'_>, seeds: &[u64], out: &Path, on_step: &mut dyn FnMut(Step<'_>)) -> Result<String> {
+    let mut rows: Vec<(String, Vec<onpolicy::Scored>)> = Vec::new();
+    for &seed in seeds {
+        for (i, (label, scored)) in rounds.run(seed, &out.join(format!("distilled-seed{seed}")), on_step)?.into_iter().enumerate() {
+            match rows.get_mut(i) {
+                Some(row) => row.1.push(scored),
+                None => rows.push((label, vec![scored])),
+            }
+        }
+    }
+    Ok(onpolicy::onpolicy_table(&rows))
 }
 
 /// The seeds a pipeline trains with (`[eval] seeds`, default `[train] seed`), each distinct,
