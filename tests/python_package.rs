@@ -8,7 +8,7 @@ use std::process::Command;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use distill::cache::CacheReader;
-use distill::loss::{Divergence, SoftTargets, TailMode, fused_distillation_loss};
+use distill::loss::{Divergence, SampledTokens, SoftTargets, TailMode, fused_distillation_loss};
 
 use crate::cache_teacher::read_all;
 use crate::common::*;
@@ -131,7 +131,10 @@ print("hidden", got.shape)
 /// distill_cache.torch.distillation_loss equals distill's fused loss (value, KL and CE
 /// within 1e-5) on the same logits and the cached targets of an LM cache (k = 16 of 4096,
 /// tail bucket and renormalised, T = 2) and a digits cache with k = 10 = every class (the
-/// full KL), with every third position unlabelled (masked out of the CE).
+/// full KL), with every third position unlabelled (masked out of the CE); for each
+/// divergence Python has (forward KL, reverse KL, JSD, and on the LM cache the
+/// sampled-token estimator, with generation log-probs that put some importance weights
+/// under 1, some clamped at 2 and some unknown).
 #[test]
 fn python_loss_equals_the_rust_loss() {
     if !have_torch() {
@@ -152,22 +155,37 @@ fn python_loss_equals_the_rust_loss() {
         let labelled: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
         let tail: Vec<f32> = all.tail_logmass.iter().map(|&x| if x.is_finite() { x } else { -1e4 }).collect();
         let hard: Vec<i64> = all.hard_labels.iter().map(|h| h.unwrap_or(0)).collect();
-        for tail_mode in [TailMode::Bucket, TailMode::Renormalize] {
+        // Generation log-probs: unknown (NaN), far below now (weight clamped at 2), near.
+        let generated: Vec<f32> = (0..n).map(|i| [f32::NAN, -20.0, -7.5, -8.5][i % 4]).collect();
+        let teacher_token: Vec<f32> = all.hard_label_logprobs.iter().map(|lp| lp.unwrap_or(f32::NAN)).collect();
+        let mut divergences = vec![Divergence::ForwardKl, Divergence::ReverseKl, Divergence::Jsd(0.3)];
+        if name == "lm" {
+            divergences.push(Divergence::SampledRkl);
+        }
+        for (tail_mode, divergence) in
+            [TailMode::Bucket, TailMode::Renormalize].into_iter().flat_map(|t| divergences.iter().map(move |&d| (t, d)))
+        {
+            let sampled = divergence == Divergence::SampledRkl;
             let soft = SoftTargets {
                 ids: Tensor::from_data(TensorData::new(all.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [n, k]), &device),
                 logprobs: Tensor::from_data(TensorData::new(all.logprobs.clone(), [n, k]), &device),
                 tail_logmass: Tensor::from_data(TensorData::new(tail.clone(), [n]), &device),
-                sampled: None,
+                sampled: sampled.then(|| SampledTokens {
+                    tokens: Tensor::from_data(TensorData::new(hard.clone(), [n]), &device),
+                    teacher: Tensor::from_data(TensorData::new(teacher_token.clone(), [n]), &device),
+                    generated: Tensor::from_data(TensorData::new(generated.clone(), [n]), &device),
+                }),
             };
             let z: Tensor<2> = Tensor::from_data(TensorData::new(logits.clone(), [n, v]), &device);
             let h: Tensor<1, Int> = Tensor::from_data(TensorData::new(hard.clone(), [n]), &device);
             let lab: Tensor<1> = Tensor::from_data(TensorData::new(labelled.clone(), [n]), &device);
-            let p =
-                fused_distillation_loss(z, &soft, h, Tensor::ones([n], &device), lab, 0.6, temperature, tail_mode, Divergence::ForwardKl);
+            let p = fused_distillation_loss(z, &soft, h, Tensor::ones([n], &device), lab, 0.6, temperature, tail_mode, divergence);
             let get = |x: Tensor<1>| x.into_data().try_to_vec::<f32>().unwrap()[0] as f64;
             let tail_name = if tail_mode == TailMode::Bucket { "bucket" } else { "renormalize" };
             cases.push(serde_json::json!({
                 "name": name, "dir": dir, "temperature": temperature, "tail": tail_name, "vocab": v,
+                "divergence": divergence.to_string(),
+                "generated": sampled.then(|| generated.iter().map(|&g| if g.is_nan() { None } else { Some(g) }).collect::<Vec<_>>()),
                 "loss": get(p.loss), "kl": get(p.kl), "ce": get(p.ce), "labelled": labelled,
             }));
         }
@@ -187,15 +205,18 @@ for case in json.load(open(sys.argv[1])):
     n = batch["ids"].shape[0]
     logits = np.fromfile(os.path.join(os.path.dirname(sys.argv[1]), case["name"] + ".logits"), dtype="<f4").reshape(n, case["vocab"])
     batch["labelled"] = torch.tensor(case["labelled"]) > 0
-    loss, kl, ce = distillation_loss(torch.from_numpy(logits), batch, case["temperature"], alpha=0.6, tail=case["tail"])
+    generated = None if case["generated"] is None else torch.tensor([float("nan") if g is None else g for g in case["generated"]])
+    loss, kl, ce = distillation_loss(torch.from_numpy(logits), batch, case["temperature"], alpha=0.6, tail=case["tail"],
+                                     divergence=case["divergence"], generation_logprobs=generated)
     for what, got in [("loss", loss), ("kl", kl), ("ce", ce)]:
         want = case[what]
-        assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want)), (case["name"], case["tail"], what, got.item(), want)
-    print(case["name"], case["tail"], round(loss.item(), 6), "ok")
+        assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want)), (case["name"], case["tail"], case["divergence"], what, got.item(), want)
+    print(case["name"], case["tail"], case["divergence"], round(loss.item(), 6), "ok")
 "#,
         &[&spec],
     );
-    assert_eq!(out.matches(" ok").count(), 4, "{out}");
+    // lm: 4 divergences x 2 tails; digits: 3 x 2.
+    assert_eq!(out.matches(" ok").count(), 14, "{out}");
 }
 
 /// CacheDataset(rank, world_size) takes the rows DistributedSampler(shuffle=False) gives

@@ -11,6 +11,7 @@ mod hidden_states;
 mod ingraph;
 mod inputs;
 mod object_store;
+mod onpolicy;
 mod python_package;
 mod sharding;
 mod silent;

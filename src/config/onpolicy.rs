@@ -90,7 +90,9 @@ impl OnPolicySettings {
         let steps = self.steps.ok_or_else(|| Error::Config("onpolicy.steps is required: the student's steps per round".into()))?;
         let lambda = self.lambda.unwrap_or(defaults::LAMBDA);
         if !(lambda > 0.0 && lambda <= 1.0) {
-            return Err(Error::Config(format!("onpolicy.lambda must be in (0, 1], the share of a round's steps on the student's samples (got {lambda})")));
+            return Err(Error::Config(format!(
+                "onpolicy.lambda must be in (0, 1], the share of a round's steps on the student's samples (got {lambda})"
+            )));
         }
         let temperature = self.temperature.unwrap_or(defaults::TEMPERATURE);
         super::check_temperature("onpolicy.temperature (the student's sampling temperature)", temperature)?;
