@@ -16,8 +16,9 @@ For a Llama-style causal LM and a BERT sequence classifier:
    llama3 rope scaling, tied; Qwen2.5: Q/K/V biases, tied; Qwen3: head_dim * heads !=
    hidden_size, per-head Q/K norms, tied; Mistral: a sliding window shorter than the rows;
    Llama with yarn, linear and dynamic rope scaling; a bf16 checkpoint in shards): Burn's
-   logits equal PyTorch's, and a trained Qwen3 and Mistral come back from RUN/hf in their
-   own model_type with equal logits.
+   logits equal PyTorch's, `distill generate --student` (greedy, batched, KV cache) equals
+   transformers' `generate` token for token with the same log-probs, and a trained Qwen3
+   and Mistral come back from RUN/hf in their own model_type with equal logits.
 
 Usage: python tests/hf_roundtrip.py path/to/distill   (needs onnxruntime for the `python3`
 on PATH, which distill uses to find ONNX Runtime; torch, transformers, pyarrow here).
@@ -51,6 +52,47 @@ def distill(*args, fail=False):
         return p.stderr
     assert p.returncode == 0, f"distill {' '.join(map(str, args))} failed:\n{p.stderr}"
     return p.stdout + p.stderr
+
+
+def generates_as_transformers(name, cls, d):
+    """`distill generate --student d` (greedy, 3 prompts to a batch, so rows are padded, and
+    through the KV cache) equals transformers' greedy `generate` of each prompt alone token
+    for token, stopping at the same end token; each `completion_logprobs` entry equals the
+    log-softmax of the logits transformers chose that token from, within 1e-4. The end id
+    is a token the model writes early on the first prompt, so one row stops there. A fresh
+    model per prompt: dynamic rope scaling keeps state between generate calls."""
+    prompts = os.path.join(work, f"{name}-prompts.jsonl")
+    with open(lm_rows) as f, open(prompts, "w") as out:
+        for line in list(f)[:5]:
+            out.write(json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n")
+
+    def hf_greedy(ids, eos):
+        model = cls.from_pretrained(d).eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=40, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                                 output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[0, len(ids):].tolist()
+        return new, [float(torch.log_softmax(z[0].double(), -1)[t]) for z, t in zip(out.logits, new)]
+
+    def run(eos):
+        out = os.path.join(work, f"{name}-generated-{eos}")
+        distill("generate", "--student", d, "--data", prompts, "--out", out, "--max-new-tokens", 40, "--temperature", 0,
+                "--batch-size", 3, "--eos-id", eos, "--quiet")
+        return pq.read_table(f"{out}/generated.parquet").to_pylist()
+
+    first = run(0)
+    eos = first[0]["completion_ids"][5]
+    rows = run(eos)
+    worst, stopped = 0.0, 0
+    for r in rows:
+        want, logprobs = hf_greedy(r["prompt_ids"], eos)
+        assert r["completion_ids"] == want, f"{name}: row {r['row']}: distill {r['completion_ids']} vs transformers {want}"
+        worst = max([worst] + [abs(a - b) for a, b in zip(r["completion_logprobs"], logprobs)])
+        stopped += r["stop_reason"] == "eos"
+    assert stopped >= 1 and rows[0]["stop_reason"] == "eos", [r["stop_reason"] for r in rows]
+    check(f"{name}: generate --student greedy = transformers' generate ({len(rows)} prompts, {stopped} stop at the end id); "
+          "completion_logprobs max abs diff", worst, TOL)
 
 
 def predicted(path):
@@ -214,6 +256,7 @@ try:
         rows = predicted(out)
         assert max(len(r["tokens"]) for r in rows) > 32, "rows longer than the sliding window and original contexts"
         check(f"{name}: Burn vs PyTorch, loaded checkpoint, max abs logit diff", max_diff(model, rows, "lm"), TOL)
+        generates_as_transformers(name, cls, d)
 
     # bf16 weights in two shards: read as f32, the same function as PyTorch's in f32 of them.
     bf16 = os.path.join(work, "qwen3-bf16")
