@@ -189,7 +189,9 @@ fn sampled_rkl_trains_on_scored_completions_and_refuses_what_it_cannot_serve() {
 
 /// A pipeline with `[onpolicy]`: `distill run` trains the hard-label and distilled students,
 /// then two rounds of generate → score → train (half the steps off-policy, lambda 0.5) from
-/// each distilled student; the results gain the on-policy table with a row per round, every
+/// each distilled student, beside the baselines (as many more steps on the training cache,
+/// and on the teacher's own completions); the results gain the on-policy table with a row
+/// per round and baseline, every
 /// round's directories are kept, and a second run of the same file gives the same tables
 /// (the rounds' data and runs are found complete and kept).
 #[test]
@@ -244,6 +246,7 @@ steps = 4
     for row in [
         "| distilled |",
         "| distilled, 8 more steps off-policy |",
+        "| distilled, 8 more steps on teacher-written completions |",
         "| on-policy round 1 (sampled-rkl, lambda = 0.5) |",
         "| on-policy round 2",
     ] {

@@ -4,9 +4,11 @@
 //! the training cache for the round's off-policy share (GKD's `1 - lambda`), then on its own
 //! samples with the on-policy divergence. The teacher never runs beside the student.
 //!
-//! Out, in `[train] out`/`onpolicy-seedS`: `round-R/{generated, cache, offpolicy, student}`
-//! and `more-steps` (the distilled student trained as many more steps on the training cache:
-//! the baseline at equal student steps). Each step resumes: generate and cache-teacher
+//! Out, in `[train] out`/`onpolicy-seedS`: `round-R/{generated, cache, offpolicy, student}`,
+//! `more-steps` (the distilled student trained as many more steps on the training cache: the
+//! baseline at equal student steps) and `teacher-written` (as many more steps on the
+//! teacher's own completions of the prompts, as many as the rounds': the baseline at equal
+//! student steps and about equal teacher positions, from `onpolicy-teacher-written`). Each step resumes: generate and cache-teacher
 //! from their finished shards, training from its last checkpoint, a finished round as it is.
 //!
 //! Every student of the comparison is also scored on its own completions of the held-out
@@ -47,6 +49,13 @@ pub struct Scored {
     pub extra_steps: usize,
 }
 
+/// The teacher's own completions of the prompts and their cache.
+struct Written {
+    dataset: PathBuf,
+    cache: PathBuf,
+    positions: u64,
+}
+
 /// A student's completions of the held-out prompts, scored.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OwnCompletions {
@@ -68,6 +77,16 @@ impl Rounds<'_> {
         self.train_off_policy(distilled, &more, steps, seed, on_step)?;
         let label = format!("distilled, {steps} more steps off-policy");
         rows.push((label, self.score(&more, &scores.join("more-steps"), 0, steps, seed, on_step)?));
+        let written = self.teacher_written(on_step)?;
+        let extra = TrainSettings {
+            cache: Some(written.cache.clone()),
+            data: Some(written.dataset.clone()),
+            ..self.train_base(&dir.join("teacher-written"), steps, seed)
+        };
+        self.train(extra, distilled, &dir.join("teacher-written"), "off-policy, teacher-written", seed, on_step)?;
+        let label = format!("distilled, {steps} more steps on teacher-written completions");
+        let scored = self.score(&dir.join("teacher-written"), &scores.join("teacher-written"), written.positions, steps, seed, on_step)?;
+        rows.push((label, scored));
         let (mut student, mut positions) = (distilled.to_path_buf(), 0u64);
         for round in 1..=self.cfg.rounds {
             let r = dir.join(format!("round-{round}"));
@@ -113,6 +132,37 @@ impl Rounds<'_> {
         };
         self.train(settings, &from, &out, "on-policy", seed, on_step)?;
         Ok(out)
+    }
+
+    /// The baseline at equal teacher compute: the teacher's own completions of the prompts,
+    /// as many as the rounds' (`rounds x samples_per_prompt` a prompt, sampled as the student
+    /// samples), cached as `[cache]` caches (its temperature and k) by `generate`; one for
+    /// every seed, in `[train] out`/`onpolicy-teacher-written`.
+    fn teacher_written(&self, on_step: &mut dyn FnMut(Step<'_>)) -> Result<Written> {
+        let cache = self.file.cache_settings();
+        let samples = (self.cfg.rounds as u32).saturating_mul(self.cfg.samples_per_prompt);
+        let settings = GenerateSettings {
+            teacher: cache.teacher.clone(),
+            tokenizer: cache.tokenizer.clone(),
+            data: Some(self.cfg.prompts.clone()),
+            out: Some(self.out()?.join("onpolicy-teacher-written")),
+            prompt_column: Some(self.cfg.prompt_column.clone()),
+            max_new_tokens: std::num::NonZeroUsize::new(self.cfg.max_new_tokens),
+            temperature: Some(self.cfg.temperature),
+            top_p: Some(self.cfg.top_p),
+            samples_per_prompt: std::num::NonZeroU32::new(samples),
+            cache_top_k: cache.top_k,
+            soft_temperature: cache.temperature,
+            max_seq_len: cache.max_seq_len,
+            ..Default::default()
+        };
+        let Some(teacher) = &settings.teacher else { return Err(Error::Config("cache.teacher is required".into())) };
+        on_step(Step::StageOne { command: "generate", teacher });
+        let opts = RunOptions { overwrite: true, ..self.opts.clone() };
+        let s = stage::generate::generate(&settings.validate()?, &opts)?;
+        on_step(Step::Generated(&s));
+        let cache = s.cache.as_ref().expect("the teacher's generation writes a cache");
+        Ok(Written { dataset: s.dataset.clone(), cache: cache.dir.clone(), positions: s.tokens })
     }
 
     /// `student` trained `steps` more steps on the training cache as `[train]` says.
