@@ -264,3 +264,44 @@ steps = 4
     let again = std::fs::read_to_string(t.path().join("students/results.md")).unwrap();
     assert_eq!(again, results, "a rerun changed the results");
 }
+
+/// One on-policy round in PyTorch (`python/examples/onpolicy_round.py`): a student distill
+/// trained and exported to Hugging Face writes with `distill_cache.generate`, distill's
+/// teacher scores it, and transformers trains it with distill_cache's sampled-rkl loss; the
+/// round saves a student that transformers loads. Skipped, saying how to install them, where
+/// torch and distill_cache are missing (CI installs them).
+#[test]
+fn a_round_in_pytorch_runs() {
+    let torch_python = repo().join(".venv-torch/bin/python3");
+    let ok = std::process::Command::new(&torch_python)
+        .args(["-c", "import torch, transformers, distill_cache.generate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_tool(ok, ".venv-torch with torch and distill_cache", "bash .ci/setup-hf && .venv-torch/bin/python3 -m pip install ./python") {
+        return;
+    }
+    let t = temp();
+    let (_, _, run) = student(t.path(), "decoder:d_model=32,layers=2,heads=2,d_ff=48");
+    let p = prompts(t.path(), 12);
+    let out = t.path().join("round");
+    let o = std::process::Command::new(&torch_python)
+        .arg(repo().join("python/examples/onpolicy_round.py"))
+        .arg("--distill")
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .arg("--student")
+        .arg(run.join("hf"))
+        .arg("--teacher")
+        .arg(data("lm/teacher.onnx"))
+        .arg("--tokenizer")
+        .arg(data("lm/tokenizer.json"))
+        .arg("--data")
+        .arg(&p)
+        .arg("--out")
+        .arg(&out)
+        .args(["--max-new-tokens", "8", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o).lines().filter(|l| l.contains("\"reverse_kl\"")).count(), 2, "{}", stdout(&o));
+    assert!(out.join("student/config.json").is_file() && out.join("cache/manifest.json").is_file());
+}

@@ -283,7 +283,8 @@ impl ExportDtype {
 const SIDE_FILES: [&str; 4] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
 
 /// Write `student` as a Hugging Face checkpoint in `dir` (config.json, model.safetensors
-/// in `dtype`, and `tokenizer` copied as tokenizer.json). `pad_id` goes into the config of
+/// in `dtype`, and `tokenizer` copied as tokenizer.json, with a tokenizer_config.json
+/// naming the generic tokenizer class unless the source has its own). `pad_id` goes into the config of
 /// a fresh student; a student trained from the checkpoint `source` keeps that checkpoint's
 /// config.json (its `model_type`, token ids, rope settings) and side files. `dtype`
 /// `None`: the dtype the source came in, f32 for a fresh student.
@@ -342,6 +343,13 @@ pub fn write_checkpoint(
             let b = crate::untrusted::read(&from, crate::untrusted::Cap::Tokenizer)?;
             write_atomic(&dir.join(name), &b)?;
         }
+    }
+    let tokenizer_config = dir.join("tokenizer_config.json");
+    if tokenizer.is_some() && !tokenizer_config.is_file() {
+        // Without one, AutoTokenizer reads tokenizer.json as the model type's tokenizer class
+        // and adds that class's default special tokens (Llama's <s>, </s>, <unk>) as new ids
+        // past the vocabulary; the generic class takes tokenizer.json as it is.
+        write_atomic(&tokenizer_config, br#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#)?;
     }
     Ok(())
 }
