@@ -180,7 +180,8 @@ def _sampled_rkl(logits, batch, t, mask, generation_logprobs, cache_temperature)
                                  "(one per position of logits)")
             now = torch.log_softmax(logits.float(), -1).gather(1, y)[:, 0]
             then = generation_logprobs.to(logits.device, torch.float32)
-            rho = (now - then).exp().clamp_max(MAX_IMPORTANCE_WEIGHT)
+            # NaN: the generation's log-prob is unknown (weight 1), as distill reads it.
+            rho = torch.where(then.isnan(), torch.ones_like(s), (now - then).exp().clamp_max(MAX_IMPORTANCE_WEIGHT))
         d = torch.where(mask > 0, rho * (s - teacher), torch.zeros_like(s))
     return d, s
 
@@ -206,8 +207,8 @@ def distillation_loss(logits, batch, temperature, alpha=0.5, tail="bucket", mask
       student's own completions (`cache-teacher --token-ids`), whose hard label `y` is the
       token the student drew: `d = rho (log q_T(y) - log p_T(y))`, `log p_T(y)` the cache's
       `hard_label_logprob` (so T must be the cache's temperature). `rho` is 1, or with
-      `generation_logprobs` `min(q_1(y) / q_gen(y), 2)`: the student's current probability
-      of `y` at T = 1 over the one it had when it drew it (a truncated importance weight, for
+      `generation_logprobs` `min(q_1(y) / q_gen(y), 2)` (1 where an entry is NaN: unknown):
+      the student's current probability of `y` at T = 1 over the one it had when it drew it (a truncated importance weight, for
       a student that has moved since it generated). The value is `alpha T^2 mean_mask d +
       (1 - alpha) CE`; the gradient is that of the REINFORCE surrogate `alpha T^2
       mean_mask(stopgrad(d) log q_T(y)) + (1 - alpha) CE`, since `E_{y~q}[(log q - log p)

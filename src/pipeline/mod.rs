@@ -105,9 +105,14 @@ fn check(file: &PipelineFile) -> Result<Checked> {
         _ => None,
     };
     let onpolicy = file.onpolicy.clone().map(|o| o.validate(cache.data.as_path().into())).transpose()?;
-    if onpolicy.is_some() && (students.is_none() || cache.text.is_none() || file.generate.is_some()) {
+    let decoder = match &file.student {
+        Some(StudentSpec::Decoder { .. }) => true,
+        Some(StudentSpec::Hf { path }) => crate::student::hf::read_arch(path)?.kind_name() == "decoder",
+        _ => false,
+    };
+    if onpolicy.is_some() && (students.is_none() || !decoder || cache.text.is_none() || file.generate.is_some()) {
         return Err(Error::Config(
-            "[onpolicy] continues a causal-LM pipeline's distilled students: it needs [student], [eval] and a text [cache] (not [generate])".into(),
+            "[onpolicy] continues a causal-LM pipeline's distilled students: it needs a decoder [student], [eval] and a text [cache] (not [generate])".into(),
         ));
     }
     Ok(Checked { cache, generate, students, onpolicy })
