@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub const GENERATED_FILE: &str = "generated.parquet";
 /// The cache of the generated positions in a generate run's `--out`.
 pub const CACHE_DIR: &str = "cache";
+/// The generated dataset's column of a student generator's log-prob at temperature 1 of
+/// each completion token (`generate --student`; read by `--divergence sampled-rkl`).
+pub const COMPLETION_LOGPROBS: &str = "completion_logprobs";
 
 /// The defaults of `generate`.
 pub mod defaults {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::student::StudentSpec;
 
 pub use cache::{CacheSettings, CacheTeacherConfig, LongSequences, Names, SoftLabels, Spin, TextConfig, TextPositions, TextSource, TopkIn};
-pub use generate::{CACHE_DIR, GENERATED_FILE, GenerateConfig, GenerateSettings, Generator, KvCache, PromptSource};
+pub use generate::{CACHE_DIR, COMPLETION_LOGPROBS, GENERATED_FILE, GenerateConfig, GenerateSettings, Generator, KvCache, PromptSource};
 pub use onpolicy::{OnPolicyConfig, OnPolicySettings};
 pub use train::{LossConfig, Schedule, TrainConfig, TrainDevice, TrainSettings};
 

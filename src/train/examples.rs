@@ -13,8 +13,7 @@ use crate::text::Tokenizer;
 
 use crate::student::{DataSpec, PreparedRow, prepare_rows_with_logprobs};
 
-/// The column of a student's generation log-probs (`generate --student`).
-pub(super) use crate::stage::generate::COMPLETION_LOGPROBS;
+use crate::config::COMPLETION_LOGPROBS;
 
 /// Whether the training data carries a student's generation log-probs (a Parquet dataset
 /// made by `generate --student`).

@@ -36,8 +36,7 @@ use crate::text::{TextColumns, Tokenizer};
 use super::cache_teacher::{CacheSummary, RunOptions, Timings};
 use decode::Decoder;
 
-pub use crate::config::{CACHE_DIR, GENERATED_FILE};
-pub use output::COMPLETION_LOGPROBS;
+pub use crate::config::{CACHE_DIR, COMPLETION_LOGPROBS, GENERATED_FILE};
 pub use student::GENERATION_FILE;
 /// The dataset's parts while a run goes, one per cache shard.
 pub const PARTS_DIR: &str = "generated.parts";

@@ -9,6 +9,7 @@ use arrow::datatypes::{DataType, Field as ArrowField, Schema};
 
 use crate::cache::ShardBuilder;
 use crate::cache::manifest::{Manifest, ShardInfo, ShardStamp};
+use crate::config::COMPLETION_LOGPROBS;
 use crate::error::{Error, Result};
 use crate::text::Tokenizer;
 
@@ -40,9 +41,6 @@ fn schema(logprobs: bool) -> Schema {
     }
     Schema::new(fields)
 }
-
-/// The generator's log-prob at temperature 1 of each completion token (a student's generation).
-pub const COMPLETION_LOGPROBS: &str = "completion_logprobs";
 
 fn properties() -> parquet::file::properties::WriterProperties {
     parquet::file::properties::WriterProperties::builder()
