@@ -2,12 +2,14 @@
 beside transformers' `generate` (PyTorch eager, its KV cache) on the same checkpoint, the
 same prompts and batches, greedy, on the CPU with the same threads.
 
-Models are built here from transformers configs with random weights (speed does not depend
-on the values): the LM pipeline's student shape (Llama, 2 layers, d 64, vocabulary 4096), a
+Models are built here from transformers configs with random weights, scaled so that the
+logits are peaked (speed does not depend on the values; the greedy tokens are then decided
+by the model, not by float rounding): the LM pipeline's student shape (Llama, 2 layers, d 64, vocabulary 4096), a
 wider one (4 layers, d 256, GQA 8/2 heads) and, with `--smollm2`, a SmolLM2-135M-shaped one
 (30 layers, d 576, 9/3 heads, SwiGLU 1536, vocabulary 49152, tied). Prompts: the first
 `--prompts` rows of data/lm/valid.jsonl, tokenized with data/lm/tokenizer.json (ids past
-its 4096 are never fed; the 49152-wide head is still computed). distill's tokens/s is its
+its 4096 are never fed; the 49152-wide head is still computed, and both pick among the
+tokenizer's 4096 ids: distill always does, transformers with `suppress_tokens`). distill's tokens/s is its
 decoding time (as it prints it: prefill, steps and picks, the writing not); transformers'
 is the wall time of `generate` over the same batches (left padded, as it needs). The
 tokens each writes are compared: equal greedy tokens are reported as a share (padding on
@@ -47,6 +49,19 @@ def shapes(smollm2):
     return out
 
 
+def peaked(model):
+    """Weights of std 1.5 / sqrt(fan-in), norms near 1: logits of order 1-10, so greedy
+    tokens are not decided by float rounding among near-equal logits (transformers' init,
+    std 0.02, gives nearly uniform ones at 30 layers)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.5 / p.shape[1] ** 0.5)
+            else:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--distill", default=os.path.join(ROOT, "target/release/distill"))
@@ -67,11 +82,11 @@ def main():
     print("|---|---|---|---|---|")
     for name, cfg in shapes(args.smollm2).items():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).eval()
-        d = os.path.join(work, re.sub(r"[^a-z0-9]+", "-", name.lower()))
+        model = peaked(LlamaForCausalLM(cfg)).eval()
+        d = os.path.join(work, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))
         model.save_pretrained(d)
         shutil.copy(os.path.join(ROOT, "data/lm/tokenizer.json"), d)
-        out = os.path.join(d, "generated")
+        out = d.rstrip("-") + "-generated"
         env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
         p = subprocess.run([args.distill, "generate", "--student", d, "--data", prompts, "--out", out, "--temperature", "0",
                             "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.new_tokens),
@@ -79,6 +94,9 @@ def main():
         assert p.returncode == 0, p.stderr
         distill_rate = float(re.search(r"([0-9.]+) tokens/s", p.stdout).group(1))
         rows = pq.read_table(os.path.join(out, "generated.parquet")).to_pylist()
+        # distill picks among the tokenizer's ids only (ids past it cannot be decoded): so does
+        # transformers here, by suppressing the rest of a wider head.
+        past_tokenizer = list(range(4096, cfg.vocab_size)) or None
         # transformers over the same prompt ids and batches, left padded.
         tokens, seconds, same, total = 0, 0.0, 0, 0
         for start in range(0, len(rows), args.batch_size):
@@ -89,7 +107,7 @@ def main():
             t0 = time.perf_counter()
             with torch.no_grad():
                 got = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False,
-                                     eos_token_id=0, pad_token_id=0)
+                                     eos_token_id=0, pad_token_id=0, suppress_tokens=past_tokenizer)
             seconds += time.perf_counter() - t0
             for r, g in zip(batch, got[:, width:].tolist()):
                 g = g[: len(r["completion_ids"])]

@@ -247,7 +247,7 @@ steps = 4
         "| distilled |",
         "| distilled, 8 more steps off-policy |",
         "| distilled, 8 more steps on teacher-written completions |",
-        "| on-policy round 1 (sampled-rkl, lambda = 0.5) |",
+        "| on-policy round 1 (jsd:0.5, lambda = 0.5) |",
         "| on-policy round 2",
     ] {
         assert!(results.contains(row), "{row} missing from\n{results}");
