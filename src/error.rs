@@ -23,6 +23,11 @@ pub enum Error {
     #[error("invalid setting: {0}")]
     Config(String),
 
+    /// `--resume` into a run directory whose run was made with other settings (a pipeline
+    /// that owns the directory replaces it; a user is told what differs).
+    #[error("invalid setting: {0}")]
+    OtherRun(String),
+
     /// A pipeline file could not be parsed.
     #[error("pipeline file {path}: {message}")]
     PipelineFile { path: PathBuf, message: String },

@@ -107,7 +107,8 @@ fn count_eos(dataset: &Path) -> u64 {
 
 /// A student generation killed after its second finished part resumes after it: the dataset
 /// equals an uninterrupted run's byte for byte; a rerun with another seed is refused, naming
-/// why, and replaced with --overwrite; a rerun of a complete run does nothing.
+/// why, and replaced with --overwrite (that run, killed, resumes); a rerun of a complete run
+/// does nothing; a teacher's generation in the directory is replaced only with --overwrite.
 #[test]
 fn killed_student_generation_resumes_to_the_same_output() {
     let t = temp();
@@ -143,13 +144,30 @@ fn killed_student_generation_resumes_to_the_same_output() {
     cut.clone().opt("--seed", 5).fails_with(&["holds another generation", "--overwrite"]);
     let again = cut.clone().without("--quiet").ok();
     assert!(!stdout(&again).contains("tokens/s"), "a complete run decoded again: {}", stdout(&again));
-    cut.opt("--seed", 5).arg("--overwrite").ok();
+    // Replaced with --overwrite; that run killed in turn resumes, not refused by the record
+    // of the run it replaces.
+    let other = cut.clone().opt("--seed", 5).arg("--overwrite");
+    let mut child = other.spawn();
+    while !out.join("generated.parts/part-00001.parquet").is_file() {
+        assert!(child.try_wait().unwrap().is_none(), "generate finished before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    cut.clone().opt("--seed", 5).ok();
     assert_ne!(sha(&out), sha(&full));
+    // A teacher's generation in the directory is not replaced without --overwrite.
+    let teacher_out = t.path().join("teacher-gen");
+    Distill::generate(data("lm/teacher.onnx"), data("lm/tokenizer.json"), &p, &teacher_out).opt("--max-new-tokens", 4).arg("--quiet").ok();
+    generating(&run, &p, &teacher_out).fails_with(&["holds another generation", "--overwrite"]);
+    generating(&run, &p, &teacher_out).arg("--overwrite").ok();
+    assert!(!teacher_out.join("cache").exists(), "the teacher's cache was left beside the student's dataset");
 }
 
 /// `--divergence sampled-rkl` trains on the student's own completions scored by the teacher,
-/// reading the generation log-probs beside them; it refuses a classification cache and a
-/// training temperature other than the cache's, naming why.
+/// reading the generation log-probs beside them; it refuses a classification cache, a cache
+/// of every position (prompt tokens are not drawn ones) and a training temperature other
+/// than the cache's, naming why.
 #[test]
 fn sampled_rkl_trains_on_scored_completions_and_refuses_what_it_cannot_serve() {
     let t = temp();
@@ -180,6 +198,21 @@ fn sampled_rkl_trains_on_scored_completions_and_refuses_what_it_cannot_serve() {
     let metrics = std::fs::read_to_string(t.path().join("on/metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     train("hot").opt("--temperature", 2).opt("--tail", "renormalize").fails_with(&["sampled-rkl", "differs from the cache's 1"]);
+    // Every position cached (prompt positions too): the hard labels are not all drawn tokens.
+    let all = t.path().join("all");
+    Distill::lm_teacher(&dataset, &all)
+        .arg("--token-ids")
+        .opt("--prompt-column", "prompt_ids")
+        .opt("--completion-column", "completion_ids")
+        .opt("--positions", "all")
+        .opt("--temperature", 1)
+        .opt("--top-k", 16)
+        .ok();
+    Distill::train(&all, &dataset, t.path().join("every"))
+        .opt("--student", format!("hf:{}", hf.display()))
+        .opt("--divergence", "sampled-rkl")
+        .opt("--steps", 1)
+        .fails_with(&["sampled-rkl needs a cache of the completion positions"]);
     Distill::train(digits_default_cache(), data("digits/train.parquet"), t.path().join("cls"))
         .opt("--student", "mlp:hidden=16")
         .opt("--divergence", "sampled-rkl")

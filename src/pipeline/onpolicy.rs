@@ -184,7 +184,8 @@ impl Rounds<'_> {
     }
 
     /// Train from the run `from` (its Hugging Face export), resuming a run killed before it
-    /// finished; a run there with other settings is replaced.
+    /// finished; a run there with other settings (among them other starting weights: an
+    /// earlier round or distilled student trained again) is replaced.
     fn train(
         &self,
         settings: TrainSettings,
@@ -198,7 +199,7 @@ impl Rounds<'_> {
         on_step(Step::Training { label, seed, run: out });
         let opts = TrainOptions { quiet: self.opts.quiet, resume: true, command: self.opts.command.clone() };
         let summary = match crate::train::train_student(&cfg, &opts) {
-            Err(Error::Config(why)) if out.exists() => {
+            Err(Error::OtherRun(why)) => {
                 on_step(Step::Warning(format!("{}: replaced ({why})", out.display())));
                 std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
                 crate::train::train_student(&cfg, &opts)?

@@ -39,7 +39,7 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_js
             .map_err(|e| Error::Config(format!("{}: not a checkpoint pointer: {e}", pointer.display())))?;
         if s.config_sha256 != config_sha {
             let what = difference_from_run(out, config_json).unwrap_or_else(|| "config.json differs".into());
-            return Err(Error::Config(format!(
+            return Err(Error::OtherRun(format!(
                 "{}: the checkpoint was made with other settings ({what}); resume with the same settings \
                  (a default that changed between versions counts: give the old value explicitly)",
                 out.display()
@@ -53,7 +53,7 @@ pub(super) fn resume_state(out: &Path, resume: bool, config_sha: &str, config_js
     {
         // Killed before its first checkpoint: nothing to resume, but --resume still means
         // "the run that is there", so other settings are refused as they would be later.
-        return Err(Error::Config(format!(
+        return Err(Error::OtherRun(format!(
             "{}: the run there stopped before its first checkpoint and was started with other settings ({what}); \
              rerun with its settings, or choose another --out",
             out.display()

@@ -82,6 +82,14 @@ pub(super) fn check_cache(cfg: &TrainConfig, dir: &Path) -> Result<(CacheReader,
                 "train.divergence = sampled-rkl needs a causal-LM cache of text the student wrote (generate --student, then cache-teacher --token-ids)".into(),
             ));
         }
+        if !m.text.as_ref().is_some_and(|c| c.token_ids && c.positions == crate::cache::Positions::Completion) {
+            return Err(Error::Config(
+                "train.divergence = sampled-rkl needs a cache of the completion positions of token ids (cache-teacher --token-ids \
+                 --prompt-column prompt_ids --completion-column completion_ids over generated.parquet): its hard labels must be \
+                 the tokens the student drew"
+                    .into(),
+            ));
+        }
         if (t - m.temperature).abs() > 1e-6 {
             return Err(Error::Config(format!(
                 "train.temperature = {t} differs from the cache's {}: sampled-rkl reads the teacher's log-prob of each drawn token, stored at the cache's temperature only",

@@ -43,6 +43,9 @@ struct TrainKeys<'a> {
     shuffle_window: usize,
     cache: &'a Path,
     data: &'a Path,
+    /// The weights a `--student hf:DIR` run starts from ([`crate::student::hf::weights_sha256`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting_weights: Option<String>,
     /// `--train`, when not every parameter trains (its Debug form, as first recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     train: Option<String>,
@@ -64,14 +67,15 @@ struct HiddenKeys<'a> {
 }
 
 impl<'a> TrainIdentity<'a> {
-    /// The identity of training `cfg`'s student (`student`) at temperature `train_t`.
-    pub(super) fn of(cfg: &'a TrainConfig, student: &'a StudentFile, train_t: f32) -> TrainIdentity<'a> {
+    /// The identity of training `cfg`'s student (`student`) at temperature `train_t`, from
+    /// the checkpoint weights `starting_weights` (their hash) when it starts from one.
+    pub(super) fn of(cfg: &'a TrainConfig, student: &'a StudentFile, train_t: f32, starting_weights: Option<String>) -> TrainIdentity<'a> {
         let TrainConfig {
             cache,
             data,
             out: _,       // where the run goes
             tokenizer: _, // must be the cache's (checked)
-            student: _,   // built into `student`
+            student: _,   // built into `student`, with `starting_weights`
             device,
             max_rows,
             top_k,
@@ -113,6 +117,7 @@ impl<'a> TrainIdentity<'a> {
                 shuffle_window: *shuffle_window,
                 cache,
                 data,
+                starting_weights,
                 train: (*trainable != Trainable::All).then(|| format!("{trainable:?}")),
                 divergence: (*divergence != crate::loss::Divergence::ForwardKl).then(|| divergence.to_string()),
                 freeze,
@@ -197,8 +202,12 @@ mod tests {
         ];
         let s = student();
         for (cfg, want) in configs().iter().zip(want) {
-            let json = TrainIdentity::of(cfg, &s, 2.0).to_json();
+            let json = TrainIdentity::of(cfg, &s, 2.0, None).to_json();
             assert_eq!(crate::integrity::sha256_canonical_json(&json), want, "{}", json["train"]);
         }
+        // A run from a checkpoint names the weights it starts from: other weights, another run.
+        let from = |w: &str| crate::integrity::sha256_canonical_json(&TrainIdentity::of(&configs()[0], &s, 2.0, Some(w.into())).to_json());
+        assert_ne!(from("a"), from("b"));
+        assert_ne!(from("a"), want[0]);
     }
 }

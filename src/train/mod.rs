@@ -127,7 +127,7 @@ pub fn train_student(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSumm
     let mut notes = Vec::new();
     let (arch, pretrained) = student_arch(cfg, &m, &spec, tok.as_ref(), &mut notes)?;
     let student_file = StudentFile::of(arch.clone(), &m, cfg.loss.alpha, train_t, cfg.loss.tail);
-    let (config_json, config_sha) = run_config(cfg, &student_file, train_t, opts);
+    let (config_json, config_sha) = run_config(cfg, &student_file, train_t, opts)?;
 
     // Run directory: new, or resumed from a checkpoint made with the same config.
     let out = &cfg.out;
@@ -228,11 +228,15 @@ fn student_arch(
 
 /// `config.json` of the run, and the SHA-256 of its identity (a resumed run must match
 /// it); the command line is recorded beside it but may differ (it carries --resume).
-fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts: &TrainOptions) -> (Vec<u8>, String) {
-    let mut config = identity::TrainIdentity::of(cfg, student_file, train_t).to_json();
+fn run_config(cfg: &TrainConfig, student_file: &StudentFile, train_t: f32, opts: &TrainOptions) -> Result<(Vec<u8>, String)> {
+    let starting_weights = match &cfg.student {
+        StudentSpec::Hf { path } => Some(crate::student::hf::weights_sha256(path)?),
+        _ => None,
+    };
+    let mut config = identity::TrainIdentity::of(cfg, student_file, train_t, starting_weights).to_json();
     let sha = sha256_canonical_json(&config);
     config["command"] = serde_json::json!(opts.command);
-    (serde_json::to_vec_pretty(&config).expect("serialises"), sha)
+    Ok((serde_json::to_vec_pretty(&config).expect("serialises"), sha))
 }
 
 /// `config.json`, and the tokenizer (with its chat template) that `eval` reads the data with.

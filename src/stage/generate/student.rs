@@ -203,6 +203,21 @@ fn student_files(dir: &Path) -> Result<Vec<(String, String)>> {
 fn already_complete(cfg: &GenerateConfig, identity: &StudentGeneration, overwrite: bool) -> Result<Option<GenerationRecord>> {
     let record_path = cfg.out.join(GENERATION_FILE);
     if std::fs::symlink_metadata(&record_path).is_err() {
+        // A teacher's generation (its dataset and cache), or a dataset from elsewhere.
+        let theirs: Vec<PathBuf> = [GENERATED_FILE, super::CACHE_DIR].iter().map(|n| cfg.out.join(n)).filter(|p| p.exists()).collect();
+        if let Some(first) = theirs.first() {
+            if !overwrite {
+                return Err(Error::Config(format!(
+                    "{} holds another generation ({} is not this student's); pass --overwrite to replace it",
+                    cfg.out.display(),
+                    first.display()
+                )));
+            }
+            for p in &theirs {
+                let removed = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+                removed.map_err(|e| Error::io(p, e))?;
+            }
+        }
         return Ok(None);
     }
     let bytes = crate::untrusted::read(&record_path, crate::untrusted::Cap::Settings)?;
@@ -224,8 +239,9 @@ fn already_complete(cfg: &GenerateConfig, identity: &StudentGeneration, overwrit
     Ok(None)
 }
 
-/// The first shard without a part from this identity's run; parts of another run are
-/// removed with `--overwrite`, refused without.
+/// The first shard without a part from this identity's run. Parts of another run are
+/// removed with `--overwrite`, refused without; a fresh start removes the dataset and record
+/// it replaces.
 fn resume_point(parts: &Path, identity: &StudentGeneration, overwrite: bool) -> Result<usize> {
     let id_path = parts.join(PARTS_IDENTITY);
     let json = serde_json::to_vec_pretty(identity).expect("an identity serializes");
@@ -240,9 +256,22 @@ fn resume_point(parts: &Path, identity: &StudentGeneration, overwrite: bool) -> 
                 parts.display()
             )));
         }
+    } else if parts.exists() && !overwrite {
+        return Err(Error::Config(format!(
+            "{} holds the parts of another generation (not this student's); pass --overwrite to replace them",
+            parts.display()
+        )));
     }
     if parts.exists() {
         std::fs::remove_dir_all(parts).map_err(|e| Error::io(parts, e))?;
+    }
+    // The generation this run replaces (its dataset and record), so that a rerun after a
+    // kill finds only this run's parts.
+    let out = crate::integrity::parent_dir(parts);
+    for old in [out.join(GENERATION_FILE), out.join(GENERATED_FILE)] {
+        if std::fs::symlink_metadata(&old).is_ok() {
+            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+        }
     }
     std::fs::create_dir_all(parts).map_err(|e| Error::io(parts, e))?;
     crate::integrity::write_atomic(&id_path, &json)?;

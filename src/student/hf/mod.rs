@@ -79,6 +79,17 @@ pub fn read_arch(dir: &Path) -> Result<StudentArch> {
     }
 }
 
+/// The SHA-256 of a checkpoint's weights: of the name and SHA-256 of each of its
+/// safetensors files, in order (a run's identity names the weights it started from).
+pub fn weights_sha256(dir: &Path) -> Result<String> {
+    let mut listing = String::new();
+    for f in weight_files(dir)? {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        listing.push_str(&format!("{name} {}\n", crate::integrity::sha256_file(&f)?));
+    }
+    Ok(crate::integrity::sha256_bytes(listing.as_bytes()))
+}
+
 /// The safetensors files of a checkpoint: `model.safetensors`, or the shards its
 /// `model.safetensors.index.json` names.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
