@@ -274,6 +274,35 @@ pub fn sampled_per_position(student_logits: Tensor<2>, soft: &SoftTargets, tempe
     (student - s.teacher.clone()) * importance_weight(now, s.generated.clone())
 }
 
+/// [`Divergence::SampledRkl`] per position, with its gradient in the logits: `d` held
+/// constant, `d/dz_j` of `alpha T^2 mean(d log q_T(y))` is `alpha T (mask / count) d ([j = y]
+/// - q_T,j)`, i.e. `w d ([j = y] - q_T,j)` with the fused loss's `w`.
+///
+/// Returns `d` `[n]`, the dense part `-w d q_T` `[n, V]` and the value scattered at `y`,
+/// `w d` `[n, 1]`.
+///
+/// # Shapes
+/// - `z`: `[n, V]` logits; `zmax`, `lse1` (their max and log-sum-exp at T = 1), `w`: `[n, 1]`;
+///   `qt`: `[n, V]` the student's softmax at T
+pub(super) fn sampled_terms(
+    z: &Tensor<2>,
+    zmax: &Tensor<2>,
+    lse1: &Tensor<2>,
+    qt: Tensor<2>,
+    s: &SampledTokens,
+    temperature: f32,
+    w: &Tensor<2>,
+) -> (Tensor<1>, Tensor<2>, Tensor<2>) {
+    let lse_t = zmax.clone().div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
+    let y = s.tokens.clone().unsqueeze_dim::<2>(1); // [n, 1]
+    let z_y = z.clone().gather(1, y); // [n, 1]
+    let student = (z_y.clone().div_scalar(temperature) - lse_t).squeeze_dim::<1>(1); // [n] log q_T(y)
+    let now = (z_y - lse1.clone()).squeeze_dim::<1>(1); // [n] log q_1(y)
+    let d = (student - s.teacher.clone()) * importance_weight(now, s.generated.clone()); // [n]
+    let wd = w.clone() * d.clone().unsqueeze_dim::<2>(1); // [n, 1]
+    (d, (qt * wd.clone()).neg(), wd)
+}
+
 /// `rho = min(exp(log q_1(y) - log q_gen(y)), MAX_IMPORTANCE_WEIGHT)`, 1 where the
 /// generation's log-prob is unknown (NaN). No gradient.
 ///

@@ -128,6 +128,10 @@ pub fn distillation_loss(
 /// soft labels only): the KL is averaged over the positions where `mask` is 1, the
 /// cross-entropy over those where `labelled` is 1 (0 when a batch has none).
 ///
+/// With [`Divergence::SampledRkl`] its value is the fused loss's but its autodiff gradient is
+/// not the estimator's (it differentiates `d` itself): train with
+/// [`fused_distillation_loss`], which backpropagates `d * grad log q_T(y)`.
+///
 /// # Shapes
 /// - as [`distillation_loss`]; `labelled`: `[n]`, 1 where `hard` holds a label (and `mask` is 1)
 #[allow(clippy::too_many_arguments)]
@@ -303,18 +307,12 @@ pub(crate) fn fused_terms(
         let teacher = soft.logprobs.clone(); // [n, k]
         let kl_i = match tail {
             _ if divergence == Divergence::SampledRkl => {
-                // d/dz_j of alpha T^2 mean(d log q_T(y)), d held: alpha T w_i d_i ([j = y] - q_T,j)
                 let s = soft.sampled.as_ref().expect("sampled-rkl needs the sampled tokens (checked before training)");
                 let qt = if temperature == 1.0 { q1.clone() } else { kernels::softmax(z.clone(), 1.0 / temperature as f64) }; // [n, V]
-                let lse_t = zmax.clone().div_scalar(temperature) - qt.clone().max_dim(1).log(); // [n, 1]
-                let y = s.tokens.clone().unsqueeze_dim::<2>(1); // [n, 1]
-                let student = (z.clone().gather(1, y.clone()).div_scalar(temperature) - lse_t).squeeze_dim::<1>(1); // [n]
-                let now = (z.clone().gather(1, y.clone()) - lse1.clone()).squeeze_dim::<1>(1); // [n] log q_1(y)
-                let d = (student - s.teacher.clone()) * divergence::importance_weight(now, s.generated.clone()); // [n]
-                let wd = w.clone() * d.clone().unsqueeze_dim::<2>(1); // [n, 1]
-                grad = grad - qt * wd.clone();
-                idx.push(y);
-                vals.push(wd);
+                let (d, dense, at_y) = divergence::sampled_terms(&z, &zmax, &lse1, qt, s, temperature, &w);
+                grad = grad + dense;
+                idx.push(s.tokens.clone().unsqueeze_dim::<2>(1));
+                vals.push(at_y);
                 d
             }
             _ if divergence != Divergence::ForwardKl => {

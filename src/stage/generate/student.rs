@@ -129,6 +129,14 @@ fn load(cfg: &GenerateConfig, dir: &Path, device: &Device) -> Result<(Student, T
     if let PromptSource::Messages { chat_template, .. } = &cfg.prompts {
         tok.chat = Some(crate::chat::ChatTemplate::find(chat_template.as_deref(), &cfg.tokenizer)?);
     }
+    let vocab = model_vocab(&st.model);
+    if tok.vocab_size() > vocab {
+        return Err(Error::Config(format!(
+            "{}: the tokenizer has {} ids but the student's embedding {vocab}: its prompts could name ids the student has no row for",
+            cfg.tokenizer.display(),
+            tok.vocab_size()
+        )));
+    }
     Ok((st.model, tok))
 }
 
