@@ -70,32 +70,37 @@ impl Rounds<'_> {
     /// student, the same trained more steps off-policy, and each round's student, scored.
     pub fn run(&self, seed: u64, distilled: &Path, on_step: &mut dyn FnMut(Step<'_>)) -> Result<Vec<(String, Scored)>> {
         let dir = self.out()?.join(format!("onpolicy-seed{seed}"));
-        let scores = dir.join("scores");
-        let mut rows = vec![("distilled".to_string(), self.score(distilled, &scores.join("distilled"), 0, 0, seed, on_step)?)];
-        let more = dir.join("more-steps");
-        let steps = self.cfg.rounds * self.cfg.steps;
-        self.train_off_policy(distilled, &more, steps, seed, on_step)?;
-        let label = format!("distilled, {steps} more steps off-policy");
-        rows.push((label, self.score(&more, &scores.join("more-steps"), 0, steps, seed, on_step)?));
-        let written = self.teacher_written(on_step)?;
-        let extra = TrainSettings {
-            cache: Some(written.cache.clone()),
-            data: Some(written.dataset.clone()),
-            ..self.train_base(&dir.join("teacher-written"), steps, seed)
-        };
-        self.train(extra, distilled, &dir.join("teacher-written"), "off-policy, teacher-written", seed, on_step)?;
-        let label = format!("distilled, {steps} more steps on teacher-written completions");
-        let scored = self.score(&dir.join("teacher-written"), &scores.join("teacher-written"), written.positions, steps, seed, on_step)?;
-        rows.push((label, scored));
+        let mut rows = self.baselines(seed, distilled, &dir, on_step)?;
         let (mut student, mut positions) = (distilled.to_path_buf(), 0u64);
         for round in 1..=self.cfg.rounds {
             let r = dir.join(format!("round-{round}"));
             on_step(Step::Round { seed, round, dir: &r });
             student = self.round(&student, &r, seed, round, on_step, &mut positions)?;
             let label = format!("on-policy round {round} ({}, lambda = {})", self.cfg.divergence, self.cfg.lambda);
-            let scored = self.score(&student, &scores.join(format!("round-{round}")), positions, round * self.cfg.steps, seed, on_step)?;
+            let scored =
+                self.score(&student, &dir.join("scores").join(format!("round-{round}")), positions, round * self.cfg.steps, seed, on_step)?;
             rows.push((label, scored));
         }
+        Ok(rows)
+    }
+
+    /// The rows the rounds are compared with: the distilled student, and the same trained as
+    /// many steps as the rounds on the training cache and on the teacher's own completions.
+    fn baselines(&self, seed: u64, distilled: &Path, dir: &Path, on_step: &mut dyn FnMut(Step<'_>)) -> Result<Vec<(String, Scored)>> {
+        let scores = dir.join("scores");
+        let steps = self.cfg.rounds * self.cfg.steps;
+        let mut rows = vec![("distilled".to_string(), self.score(distilled, &scores.join("distilled"), 0, 0, seed, on_step)?)];
+        let more = dir.join("more-steps");
+        self.train_off_policy(distilled, &more, steps, seed, on_step)?;
+        let label = format!("distilled, {steps} more steps off-policy");
+        rows.push((label, self.score(&more, &scores.join("more-steps"), 0, steps, seed, on_step)?));
+        let written = self.teacher_written(on_step)?;
+        let run = dir.join("teacher-written");
+        let extra =
+            TrainSettings { cache: Some(written.cache.clone()), data: Some(written.dataset.clone()), ..self.train_base(&run, steps, seed) };
+        self.train(extra, distilled, &run, "off-policy, teacher-written", seed, on_step)?;
+        let label = format!("distilled, {steps} more steps on teacher-written completions");
+        rows.push((label, self.score(&run, &scores.join("teacher-written"), written.positions, steps, seed, on_step)?));
         Ok(rows)
     }
 
