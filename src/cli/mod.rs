@@ -56,6 +56,11 @@ enum Command {
     /// A with-past export decodes with its KV cache; any other causal-LM export reruns each
     /// sequence per new token (slower). Rerunning the same command after an interruption
     /// resumes after the last finished shard.
+    ///
+    /// With --student RUN_DIR|HF_DIR the student writes instead (on-policy data), decoded
+    /// with its KV cache: OUT/generated.parquet gains completion_logprobs (its log-prob of
+    /// each token) and there is no cache; score it with `cache-teacher --token-ids
+    /// --prompt-column prompt_ids --completion-column completion_ids`.
     Generate(GenerateArgs),
     /// Print a cache's manifest summary and statistics read from its shards.
     Inspect {
@@ -171,6 +176,11 @@ enum Command {
     },
     /// Run a pipeline file: cache the teacher, train the distilled and the hard-label-only
     /// students for each seed, evaluate all three on the held-out data, print a table.
+    ///
+    /// With `[onpolicy]` (pipelines/lm-onpolicy.toml), each distilled student then goes on in
+    /// rounds: it completes the prompts (generate --student), the teacher scores them
+    /// (cache-teacher --token-ids), it trains on them; a second table scores every student on
+    /// its own completions of the held-out prompts.
     Run {
         /// A pipeline file, e.g. pipelines/lm.toml.
         pipeline: PathBuf,
